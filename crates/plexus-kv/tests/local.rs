@@ -1,0 +1,47 @@
+//! The conformance suite on the in-process backends, plus what only they can show.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use plexus_kv::{LocalStore, Store};
+use plexus_testkit::kv::KvBackend;
+use plexus_testkit::kv_conformance;
+
+/// Every client is the same in-process store: the process is the session.
+struct Local {
+    store: Arc<dyn Store>,
+    _dir: Option<tempfile::TempDir>,
+}
+
+#[async_trait]
+impl KvBackend for Local {
+    async fn client(&self) -> Arc<dyn Store> {
+        self.store.clone()
+    }
+    fn ttl_slack(&self) -> Duration {
+        Duration::from_millis(500)
+    }
+}
+
+async fn memory() -> Local {
+    Local {
+        store: Arc::new(LocalStore::memory()),
+        _dir: None,
+    }
+}
+
+async fn redb() -> Local {
+    let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("tempdir: {e}"));
+    let url = format!("redb://{}", dir.path().join("state.db").display());
+    let store = plexus_kv::open(&url, Default::default())
+        .await
+        .unwrap_or_else(|e| panic!("open {url}: {e}"));
+    Local {
+        store,
+        _dir: Some(dir),
+    }
+}
+
+kv_conformance!(memory, memory());
+kv_conformance!(redb, redb());

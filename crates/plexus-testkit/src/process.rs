@@ -1,0 +1,99 @@
+//! Child processes that cannot outlive the test that started them.
+
+use std::io;
+use std::os::unix::process::CommandExt;
+use std::process::{Child, Command};
+
+/// A child process killed (SIGKILL) and reaped on drop; it also dies with the test process
+/// (`PR_SET_PDEATHSIG`), so a panicking or killed test leaves no server behind.
+#[derive(Debug)]
+pub struct ChildGuard {
+    child: Option<Child>,
+}
+
+impl ChildGuard {
+    /// Spawns `cmd` as a guarded child.
+    ///
+    /// The death signal is tied to the thread that forks; tests run on short-lived threads, so
+    /// the fork happens on a thread that lives as long as the process.
+    pub fn spawn(cmd: Command) -> io::Result<Self> {
+        let child = spawner::spawn(cmd)?;
+        Ok(Self { child: Some(child) })
+    }
+
+    /// The child's pid.
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().map(|c| c.id()).unwrap_or(0)
+    }
+
+    /// Kills the child with SIGKILL and waits for it.
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Whether the child is still running.
+    pub fn is_running(&mut self) -> bool {
+        match self.child.as_mut() {
+            Some(c) => matches!(c.try_wait(), Ok(None)),
+            None => false,
+        }
+    }
+}
+
+impl Drop for ChildGuard {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+mod spawner {
+    use super::*;
+    use std::sync::mpsc;
+    use std::sync::{Mutex, OnceLock};
+
+    type Job = (Command, mpsc::Sender<io::Result<Child>>);
+
+    fn queue() -> &'static Mutex<mpsc::Sender<Job>> {
+        static QUEUE: OnceLock<Mutex<mpsc::Sender<Job>>> = OnceLock::new();
+        QUEUE.get_or_init(|| {
+            let (tx, rx) = mpsc::channel::<Job>();
+            std::thread::Builder::new()
+                .name("testkit-spawner".into())
+                .spawn(move || {
+                    for (mut cmd, reply) in rx {
+                        // SAFETY: prctl is async-signal-safe; nothing else runs between fork
+                        // and exec.
+                        unsafe {
+                            cmd.pre_exec(|| {
+                                if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
+                                    return Err(io::Error::last_os_error());
+                                }
+                                Ok(())
+                            });
+                        }
+                        let _ = reply.send(cmd.spawn());
+                    }
+                    // Keep this thread alive: its exit would kill every child.
+                    loop {
+                        std::thread::park();
+                    }
+                })
+                .map(|_| ())
+                .unwrap_or_else(|e| panic!("cannot start the spawner thread: {e}"));
+            Mutex::new(tx)
+        })
+    }
+
+    pub fn spawn(cmd: Command) -> io::Result<Child> {
+        let (tx, rx) = mpsc::channel();
+        queue()
+            .lock()
+            .map_err(|_| io::Error::other("spawner poisoned"))?
+            .send((cmd, tx))
+            .map_err(|_| io::Error::other("spawner gone"))?;
+        rx.recv().map_err(|_| io::Error::other("spawner gone"))?
+    }
+}

@@ -1,0 +1,1 @@
+//! A real zookeeper server for tests (being written).
