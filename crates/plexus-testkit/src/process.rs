@@ -26,6 +26,11 @@ impl ChildGuard {
         self.child.as_ref().map(|c| c.id()).unwrap_or(0)
     }
 
+    /// Takes the child's stdout, if it was piped.
+    pub fn take_stdout(&mut self) -> Option<std::process::ChildStdout> {
+        self.child.as_mut().and_then(|c| c.stdout.take())
+    }
+
     /// Kills the child with SIGKILL and waits for it.
     pub fn kill(&mut self) {
         if let Some(mut child) = self.child.take() {

@@ -38,7 +38,8 @@ struct Shared {
     url: String,
     backend: &'static str,
     max_value: usize,
-    backing: Arc<dyn Backing>,
+    /// Taken out on close so that the file is released even while handles remain.
+    backing: std::sync::RwLock<Option<Arc<dyn Backing>>>,
     requests: std::sync::mpsc::Sender<Request>,
     closed: AtomicBool,
 }
@@ -82,7 +83,7 @@ impl LocalStore {
                 url,
                 backend,
                 max_value: DEFAULT_MAX_VALUE_BYTES,
-                backing,
+                backing: std::sync::RwLock::new(Some(backing)),
                 requests: tx,
                 closed: AtomicBool::new(false),
             }),
@@ -115,11 +116,19 @@ impl LocalStore {
         rx.await.map_err(|_| self.closed_err())?
     }
 
+    fn backing(&self) -> Result<Arc<dyn Backing>> {
+        self.shared
+            .backing
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+            .ok_or_else(|| self.closed_err())
+    }
+
     fn read(&self, key: &str) -> Result<Option<KvPair>> {
         let now = now_ms();
         Ok(self
-            .shared
-            .backing
+            .backing()?
             .get(key)?
             .filter(|e| !e.expired(now))
             .map(|e| e.into_pair(key.to_string())))
@@ -197,8 +206,7 @@ impl Store for LocalStore {
         let prefix = key::dir_prefix(key::directory(dir)?);
         let now = now_ms();
         Ok(self
-            .shared
-            .backing
+            .backing()?
             .range(&prefix)?
             .into_iter()
             .filter(|(_, e)| !e.expired(now))
@@ -293,8 +301,14 @@ impl Store for LocalStore {
         }
         let (tx, rx) = oneshot::channel();
         if self.shared.requests.send(Request::Close { reply: tx }).is_ok() {
+            // The writer answers once it has let go of the backing.
             let _ = rx.await;
         }
+        self.shared
+            .backing
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .take();
         Ok(())
     }
 }

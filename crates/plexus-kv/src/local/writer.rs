@@ -145,7 +145,12 @@ pub(crate) fn run(backing: Arc<dyn Backing>, url: String, rx: Receiver<Request>)
                 Err(_) => break,
             }
         }
-        if writer.process(batch) {
+        if let Some(closing) = writer.process(batch) {
+            // Let go of the backing (and so of the file) before saying it is closed.
+            drop(writer);
+            for reply in closing {
+                let _ = reply.send(());
+            }
             return;
         }
     }
@@ -179,8 +184,8 @@ impl Writer {
         self.expiries.first().map(|(t, _)| *t)
     }
 
-    /// Applies one batch; returns true when the writer must stop.
-    fn process(&mut self, batch: Vec<Request>) -> bool {
+    /// Applies one batch; returns the close requests to answer when the writer must stop.
+    fn process(&mut self, batch: Vec<Request>) -> Option<Vec<oneshot::Sender<()>>> {
         let start_revision = self.revision;
         let mut done = Vec::with_capacity(batch.len());
         let mut new_watchers = Vec::new();
@@ -248,11 +253,9 @@ impl Writer {
         if stop {
             // Dropping the watchers ends their streams.
             self.watchers.clear();
-            for reply in closing {
-                let _ = reply.send(());
-            }
+            return Some(closing);
         }
-        stop
+        None
     }
 
     /// The live entry at `key` as this batch sees it.
