@@ -1,0 +1,1 @@
+//! Remote IPAM (to come).
