@@ -1,0 +1,34 @@
+//! # plexus-sys — the kernel, for Plexus
+//!
+//! Everything Plexus asks of the kernel, through system calls and netlink only (no `ip`,
+//! `iptables` or `nft` processes):
+//!
+//! - [`netns`]: create, open, enter and delete network namespaces;
+//! - [`rtnl`]: links (bridge, veth, vxlan, macvlan), addresses and routes of one namespace,
+//!   through a netlink socket born inside it;
+//! - [`sysctl`]: per-namespace `net.*` sysctls;
+//! - [`probe`]: what the running kernel supports, found by trying it in a scratch namespace.
+//!
+//! This crate knows nothing of networks, endpoints or sandboxes: it is the vocabulary the
+//! drivers speak.
+//!
+//! ```no_run
+//! # async fn demo() -> plexus_sys::Result<()> {
+//! use plexus_sys::{netns::Netns, rtnl::Rtnl};
+//! let ns = Netns::create(std::path::Path::new("/run/plexus/netns"), "demo")?;
+//! let rtnl = Rtnl::connect(&ns).await?;
+//! let br = rtnl.add_bridge("plx0", Some(1500), "plexus").await?;
+//! rtnl.set_up(br.index).await?;
+//! # Ok(()) }
+//! ```
+
+#![warn(missing_docs)]
+
+mod error;
+pub mod netns;
+pub mod probe;
+pub mod rtnl;
+mod socket;
+pub mod sysctl;
+
+pub use error::{Result, SysError};

@@ -1,0 +1,454 @@
+//! Links, addresses and routes of one namespace, through rtnetlink.
+
+use std::net::IpAddr;
+use std::os::fd::AsRawFd;
+
+use futures::TryStreamExt;
+use rtnetlink::packet_route::address::{AddressAttribute, AddressMessage};
+use rtnetlink::packet_route::link::{LinkAttribute, LinkFlags, LinkInfo, LinkMessage, MacVlanMode};
+use rtnetlink::packet_route::route::RouteMessage;
+use rtnetlink::{
+    Handle, LinkBridge, LinkMacVlan, LinkMessageBuilder, LinkUnspec, LinkVeth, LinkVxlan,
+    RouteMessageBuilder,
+};
+
+use crate::error::{Result, SysError};
+use crate::netns::Netns;
+use crate::socket::{with_target, NsSocket};
+
+/// Longest interface name the kernel accepts (IFNAMSIZ - 1).
+pub const MAX_IFNAME: usize = 15;
+
+/// Checks an interface name the way the kernel will, so the error names the field.
+pub fn check_ifname(field: &'static str, name: &str) -> Result<()> {
+    let reason = if name.is_empty() {
+        Some("must not be empty")
+    } else if name.len() > MAX_IFNAME {
+        Some("is longer than 15 bytes")
+    } else if name == "." || name == ".." {
+        Some("is reserved")
+    } else if name
+        .bytes()
+        .any(|b| b == b'/' || b == b':' || b.is_ascii_whitespace() || b == 0)
+    {
+        Some("must not contain '/', ':' or spaces")
+    } else {
+        None
+    };
+    match reason {
+        Some(reason) => Err(SysError::Invalid {
+            field,
+            value: name.into(),
+            reason,
+        }),
+        None => Ok(()),
+    }
+}
+
+/// A link as the kernel reports it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Link {
+    /// Interface index.
+    pub index: u32,
+    /// Interface name.
+    pub name: String,
+    /// Kind (`bridge`, `veth`, `vxlan`, ...), when the link has one.
+    pub kind: Option<String>,
+    /// MTU.
+    pub mtu: Option<u32>,
+    /// Administratively up.
+    pub up: bool,
+    /// Index of the bridge (or other controller) it is attached to.
+    pub master: Option<u32>,
+    /// The alias (`ifalias`): Plexus marks the links it makes with it.
+    pub alias: Option<String>,
+    /// Hardware address.
+    pub mac: Option<Vec<u8>>,
+}
+
+impl Link {
+    fn from_message(m: &LinkMessage) -> Self {
+        let mut link = Link {
+            index: m.header.index,
+            name: String::new(),
+            kind: None,
+            mtu: None,
+            up: m.header.flags.contains(LinkFlags::Up),
+            master: None,
+            alias: None,
+            mac: None,
+        };
+        for attr in &m.attributes {
+            match attr {
+                LinkAttribute::IfName(n) => link.name = n.clone(),
+                LinkAttribute::Mtu(v) => link.mtu = Some(*v),
+                LinkAttribute::Controller(v) => link.master = Some(*v),
+                LinkAttribute::IfAlias(a) => link.alias = Some(a.clone()),
+                LinkAttribute::Address(a) => link.mac = Some(a.clone()),
+                LinkAttribute::LinkInfo(infos) => {
+                    for info in infos {
+                        if let LinkInfo::Kind(kind) = info {
+                            link.kind = Some(kind.to_string());
+                        }
+                    }
+                }
+                _ => {}
+            }
+        }
+        link
+    }
+}
+
+/// A route to add or delete.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Route {
+    /// Destination prefix; `None` for the default route.
+    pub destination: Option<(IpAddr, u8)>,
+    /// Next hop; `None` for an on-link route.
+    pub gateway: Option<IpAddr>,
+    /// Output interface.
+    pub oif: Option<u32>,
+}
+
+/// A netlink connection to one namespace.
+pub struct Rtnl {
+    handle: Handle,
+    ns: Netns,
+    connection: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for Rtnl {
+    fn drop(&mut self) {
+        self.connection.abort();
+    }
+}
+
+impl Rtnl {
+    /// Connects to `ns`. Must be called from within a tokio runtime.
+    pub async fn connect(ns: &Netns) -> Result<Self> {
+        let fd = ns.fd().as_raw_fd();
+        let (connection, handle, _) =
+            with_target(fd, || rtnetlink::new_connection_with_socket::<NsSocket>()).map_err(
+                |e| SysError::Netns {
+                    path: ns.path().to_path_buf(),
+                    op: "open netlink socket",
+                    source: e,
+                },
+            )?;
+        let connection = tokio::spawn(connection);
+        Ok(Self {
+            handle,
+            ns: ns.clone(),
+            connection,
+        })
+    }
+
+    /// The namespace this connection talks to.
+    pub fn netns(&self) -> &Netns {
+        &self.ns
+    }
+
+    /// Every link.
+    pub async fn links(&self) -> Result<Vec<Link>> {
+        let msgs: Vec<LinkMessage> = self
+            .handle
+            .link()
+            .get()
+            .execute()
+            .try_collect()
+            .await
+            .map_err(|e| SysError::netlink("list links", "links", e))?;
+        Ok(msgs.iter().map(Link::from_message).collect())
+    }
+
+    /// The link called `name`, if any.
+    pub async fn link(&self, name: &str) -> Result<Option<Link>> {
+        check_ifname("interface name", name)?;
+        let found = self
+            .handle
+            .link()
+            .get()
+            .match_name(name.to_string())
+            .execute()
+            .try_next()
+            .await;
+        match found {
+            Ok(m) => Ok(m.as_ref().map(Link::from_message)),
+            Err(e) => match SysError::netlink("get link", &format!("link {name:?}"), e) {
+                SysError::NotFound { .. } => Ok(None),
+                other => Err(other),
+            },
+        }
+    }
+
+    /// The link called `name`, or [`SysError::NotFound`].
+    pub async fn require_link(&self, name: &str) -> Result<Link> {
+        self.link(name).await?.ok_or_else(|| SysError::NotFound {
+            what: format!("link {name:?} in {}", self.ns.path().display()),
+        })
+    }
+
+    async fn add(&self, what: String, message: LinkMessage) -> Result<()> {
+        self.handle
+            .link()
+            .add(message)
+            .execute()
+            .await
+            .map_err(|e| SysError::netlink(format!("create {what}"), &what, e))
+    }
+
+    /// Creates a bridge, marked with `alias`, and returns it.
+    pub async fn add_bridge(&self, name: &str, mtu: Option<u32>, alias: &str) -> Result<Link> {
+        check_ifname("bridge name", name)?;
+        let mut builder = LinkBridge::new(name);
+        if let Some(mtu) = mtu {
+            builder = builder.mtu(mtu);
+        }
+        self.add(format!("bridge {name:?}"), builder.build())
+            .await?;
+        self.marked(name, alias).await
+    }
+
+    /// Creates a veth pair `name` ↔ `peer` in this namespace, both marked with `alias`.
+    pub async fn add_veth(
+        &self,
+        name: &str,
+        peer: &str,
+        mtu: Option<u32>,
+        alias: &str,
+    ) -> Result<(Link, Link)> {
+        check_ifname("veth name", name)?;
+        check_ifname("veth peer name", peer)?;
+        let mut builder = LinkVeth::new(name, peer);
+        if let Some(mtu) = mtu {
+            builder = builder.mtu(mtu);
+        }
+        self.add(format!("veth {name:?}"), builder.build()).await?;
+        let a = self.marked(name, alias).await?;
+        let b = self.require_link(peer).await?;
+        if let Some(mtu) = mtu {
+            self.set(b.index, |m| m.mtu(mtu), "set mtu").await?;
+        }
+        let b = self.marked(peer, alias).await?;
+        Ok((a, b))
+    }
+
+    /// Creates a VXLAN device.
+    pub async fn add_vxlan(&self, name: &str, vni: u32, port: u16, alias: &str) -> Result<Link> {
+        check_ifname("vxlan name", name)?;
+        let builder = LinkVxlan::new(name, vni).port(port).learning(false);
+        self.add(format!("vxlan {name:?}"), builder.build()).await?;
+        self.marked(name, alias).await
+    }
+
+    /// Creates a macvlan device on `parent` in bridge mode.
+    pub async fn add_macvlan(&self, name: &str, parent: u32, alias: &str) -> Result<Link> {
+        check_ifname("macvlan name", name)?;
+        let builder = LinkMacVlan::new(name, parent, MacVlanMode::Bridge);
+        self.add(format!("macvlan {name:?}"), builder.build())
+            .await?;
+        self.marked(name, alias).await
+    }
+
+    /// Marks a freshly made link with `alias` (the kernel ignores an alias given at creation)
+    /// and returns it. If marking fails the link is deleted, so nothing unmarked is left.
+    async fn marked(&self, name: &str, alias: &str) -> Result<Link> {
+        let link = self.require_link(name).await?;
+        if let Err(e) = self.set(link.index, |m| m.alias(alias), "set alias").await {
+            let _ = self.delete_link(link.index).await;
+            return Err(e);
+        }
+        self.require_link(name).await
+    }
+
+    /// Creates a link of any kind from a prepared message (for probing and rare kinds).
+    pub async fn add_message(&self, what: &str, message: LinkMessage) -> Result<()> {
+        self.add(what.to_string(), message).await
+    }
+
+    async fn set(
+        &self,
+        index: u32,
+        f: impl FnOnce(LinkMessageBuilder<LinkUnspec>) -> LinkMessageBuilder<LinkUnspec>,
+        op: &str,
+    ) -> Result<()> {
+        let message = f(LinkUnspec::new_with_index(index)).build();
+        self.handle
+            .link()
+            .set(message)
+            .execute()
+            .await
+            .map_err(|e| {
+                SysError::netlink(format!("{op} of link {index}"), &format!("link {index}"), e)
+            })
+    }
+
+    /// Brings a link up.
+    pub async fn set_up(&self, index: u32) -> Result<()> {
+        self.set(index, |m| m.up(), "bring up").await
+    }
+
+    /// Brings a link down.
+    pub async fn set_down(&self, index: u32) -> Result<()> {
+        self.set(index, |m| m.down(), "bring down").await
+    }
+
+    /// Sets a link's MTU.
+    pub async fn set_mtu(&self, index: u32, mtu: u32) -> Result<()> {
+        self.set(index, |m| m.mtu(mtu), "set mtu").await
+    }
+
+    /// Attaches a link to a bridge.
+    pub async fn set_master(&self, index: u32, master: u32) -> Result<()> {
+        self.set(index, |m| m.controller(master), "attach").await
+    }
+
+    /// Renames a link (it must be down).
+    pub async fn rename(&self, index: u32, name: &str) -> Result<()> {
+        check_ifname("interface name", name)?;
+        self.set(index, |m| m.name(name.to_string()), "rename")
+            .await
+    }
+
+    /// Moves a link into another namespace, optionally renaming it on the way.
+    pub async fn move_to(&self, index: u32, target: &Netns, new_name: Option<&str>) -> Result<()> {
+        if let Some(n) = new_name {
+            check_ifname("interface name", n)?;
+        }
+        let fd = target.fd().as_raw_fd();
+        self.set(
+            index,
+            |m| {
+                let m = m.setns_by_fd(fd);
+                match new_name {
+                    Some(n) => m.name(n.to_string()),
+                    None => m,
+                }
+            },
+            "move to namespace",
+        )
+        .await
+    }
+
+    /// Deletes a link (a veth takes its peer with it).
+    pub async fn delete_link(&self, index: u32) -> Result<()> {
+        self.handle.link().del(index).execute().await.map_err(|e| {
+            SysError::netlink(format!("delete link {index}"), &format!("link {index}"), e)
+        })
+    }
+
+    /// Adds an address to a link.
+    pub async fn add_address(&self, index: u32, address: IpAddr, prefix: u8) -> Result<()> {
+        let max = if address.is_ipv4() { 32 } else { 128 };
+        if prefix > max {
+            return Err(SysError::Invalid {
+                field: "prefix length",
+                value: prefix.to_string(),
+                reason: "longer than the address",
+            });
+        }
+        self.handle
+            .address()
+            .add(index, address, prefix)
+            .execute()
+            .await
+            .map_err(|e| {
+                SysError::netlink(
+                    format!("add address {address}/{prefix} to link {index}"),
+                    &format!("address {address}/{prefix}"),
+                    e,
+                )
+            })
+    }
+
+    /// The addresses of a link.
+    pub async fn addresses(&self, index: u32) -> Result<Vec<(IpAddr, u8)>> {
+        let msgs: Vec<AddressMessage> = self
+            .handle
+            .address()
+            .get()
+            .set_link_index_filter(index)
+            .execute()
+            .try_collect()
+            .await
+            .map_err(|e| SysError::netlink("list addresses", &format!("link {index}"), e))?;
+        Ok(msgs
+            .iter()
+            .filter_map(|m| {
+                m.attributes.iter().find_map(|a| match a {
+                    AddressAttribute::Address(ip) => Some((*ip, m.header.prefix_len)),
+                    _ => None,
+                })
+            })
+            .collect())
+    }
+
+    fn route_message(route: &Route) -> Result<RouteMessage> {
+        let family_v4 = route
+            .destination
+            .map(|(a, _)| a.is_ipv4())
+            .or(route.gateway.map(|g| g.is_ipv4()))
+            .unwrap_or(true);
+        let invalid = |reason| SysError::Invalid {
+            field: "route",
+            value: format!("{route:?}"),
+            reason,
+        };
+        let message = if family_v4 {
+            let mut b = RouteMessageBuilder::<std::net::Ipv4Addr>::new();
+            if let Some((IpAddr::V4(d), p)) = route.destination {
+                b = b.destination_prefix(d, p);
+            } else if route.destination.is_some() {
+                return Err(invalid("mixes IPv4 and IPv6"));
+            }
+            match route.gateway {
+                Some(IpAddr::V4(g)) => b = b.gateway(g),
+                Some(IpAddr::V6(_)) => return Err(invalid("mixes IPv4 and IPv6")),
+                None => {}
+            }
+            if let Some(oif) = route.oif {
+                b = b.output_interface(oif);
+            }
+            b.build()
+        } else {
+            let mut b = RouteMessageBuilder::<std::net::Ipv6Addr>::new();
+            if let Some((IpAddr::V6(d), p)) = route.destination {
+                b = b.destination_prefix(d, p);
+            } else if route.destination.is_some() {
+                return Err(invalid("mixes IPv4 and IPv6"));
+            }
+            match route.gateway {
+                Some(IpAddr::V6(g)) => b = b.gateway(g),
+                Some(IpAddr::V4(_)) => return Err(invalid("mixes IPv4 and IPv6")),
+                None => {}
+            }
+            if let Some(oif) = route.oif {
+                b = b.output_interface(oif);
+            }
+            b.build()
+        };
+        Ok(message)
+    }
+
+    /// Adds a route.
+    pub async fn add_route(&self, route: &Route) -> Result<()> {
+        let message = Self::route_message(route)?;
+        self.handle
+            .route()
+            .add(message)
+            .execute()
+            .await
+            .map_err(|e| SysError::netlink(format!("add route {route:?}"), "route", e))
+    }
+
+    /// Deletes a route.
+    pub async fn delete_route(&self, route: &Route) -> Result<()> {
+        let message = Self::route_message(route)?;
+        self.handle
+            .route()
+            .del(message)
+            .execute()
+            .await
+            .map_err(|e| SysError::netlink(format!("delete route {route:?}"), "route", e))
+    }
+}

@@ -1,0 +1,348 @@
+//! plexus-sys against the real kernel, inside namespaces the tests make (needs root).
+//! Every test works in its own namespaces, so they run in parallel and leave the host alone.
+
+use std::io::{Read, Write};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr, TcpListener, TcpStream};
+use std::time::Duration;
+
+use plexus_sys::netns::Netns;
+use plexus_sys::probe::{Feature, KernelFeatures};
+use plexus_sys::rtnl::{Route, Rtnl};
+use plexus_sys::{sysctl, SysError};
+
+const MARK: &str = "plexus-test";
+
+fn root() -> bool {
+    std::fs::read_to_string("/proc/self/status")
+        .map(|s| {
+            s.lines()
+                .any(|l| l.starts_with("Uid:") && l.split_whitespace().nth(1) == Some("0"))
+        })
+        .unwrap_or(false)
+}
+
+macro_rules! need_root {
+    () => {
+        if !root() {
+            eprintln!("skipped: needs root (CAP_SYS_ADMIN, CAP_NET_ADMIN) to make namespaces");
+            return;
+        }
+    };
+}
+
+fn ok<T>(what: &str, r: plexus_sys::Result<T>) -> T {
+    r.unwrap_or_else(|e| panic!("{what}: {e}"))
+}
+
+/// A namespace pinned in a temporary directory, removed on drop even if the test fails.
+struct PinnedNs {
+    dir: tempfile::TempDir,
+    name: String,
+    ns: Netns,
+}
+
+impl PinnedNs {
+    fn new(name: &str) -> Self {
+        let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("tempdir: {e}"));
+        let ns = ok("create netns", Netns::create(dir.path(), name));
+        Self {
+            dir,
+            name: name.into(),
+            ns,
+        }
+    }
+}
+
+impl Drop for PinnedNs {
+    fn drop(&mut self) {
+        let _ = Netns::delete(self.dir.path(), &self.name);
+    }
+}
+
+async fn lo_up(rtnl: &Rtnl) {
+    let lo = ok("lo", rtnl.require_link("lo").await);
+    ok("lo up", rtnl.set_up(lo.index).await);
+}
+
+/// Listens on `addr` inside `ns` and echoes one connection, from a thread.
+fn echo_server(ns: &Netns, addr: SocketAddr) -> std::thread::JoinHandle<()> {
+    let listener = ok("listen", ns.run(move || TcpListener::bind(addr)))
+        .unwrap_or_else(|e| panic!("bind {addr}: {e}"));
+    std::thread::spawn(move || {
+        if let Ok((mut conn, _)) = listener.accept() {
+            let mut buf = [0u8; 64];
+            if let Ok(n) = conn.read(&mut buf) {
+                let _ = conn.write_all(&buf[..n]);
+            }
+        }
+    })
+}
+
+/// Connects from inside `ns` to `addr`, sends a line and returns the echo.
+fn echo_client(ns: &Netns, addr: SocketAddr) -> std::io::Result<String> {
+    ok(
+        "run",
+        ns.run(move || -> std::io::Result<String> {
+            let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(3))?;
+            s.set_read_timeout(Some(Duration::from_secs(3)))?;
+            s.write_all(b"hello plexus")?;
+            let mut buf = [0u8; 64];
+            let n = s.read(&mut buf)?;
+            Ok(String::from_utf8_lossy(&buf[..n]).into_owned())
+        }),
+    )
+}
+
+#[tokio::test]
+async fn veth_between_two_namespaces_carries_tcp() {
+    need_root!();
+    let a = PinnedNs::new("a");
+    let b = PinnedNs::new("b");
+    let ra = ok("connect a", Rtnl::connect(&a.ns).await);
+    let rb = ok("connect b", Rtnl::connect(&b.ns).await);
+    let (va, vb) = ok("veth", ra.add_veth("va", "vb", Some(1400), MARK).await);
+    assert_eq!(va.alias.as_deref(), Some(MARK));
+    ok("move", ra.move_to(vb.index, &b.ns, Some("eth0")).await);
+    assert!(
+        ok("gone from a", ra.link("vb").await).is_none(),
+        "peer still in a"
+    );
+    let eth0 = ok("eth0 in b", rb.require_link("eth0").await);
+    assert_eq!(eth0.mtu, Some(1400));
+    ok(
+        "addr a",
+        ra.add_address(va.index, IpAddr::V4(Ipv4Addr::new(10, 77, 0, 1)), 24)
+            .await,
+    );
+    ok(
+        "addr b",
+        rb.add_address(eth0.index, IpAddr::V4(Ipv4Addr::new(10, 77, 0, 2)), 24)
+            .await,
+    );
+    ok("up a", ra.set_up(va.index).await);
+    ok("up b", rb.set_up(eth0.index).await);
+    lo_up(&rb).await;
+    assert_eq!(
+        ok("addresses", rb.addresses(eth0.index).await),
+        vec![(IpAddr::V4(Ipv4Addr::new(10, 77, 0, 2)), 24)]
+    );
+    let server = SocketAddr::from(([10, 77, 0, 2], 7000));
+    let echo = echo_server(&b.ns, server);
+    assert_eq!(
+        echo_client(&a.ns, server).ok().as_deref(),
+        Some("hello plexus")
+    );
+    let _ = echo.join();
+    // Nothing listens at .3: the connection fails (no route to a live host).
+    assert!(echo_client(&a.ns, SocketAddr::from(([10, 77, 0, 3], 7000))).is_err());
+}
+
+#[tokio::test]
+async fn bridge_joins_sandboxes_and_routes_through_gateway() {
+    need_root!();
+    let host = PinnedNs::new("host");
+    let c1 = PinnedNs::new("c1");
+    let c2 = PinnedNs::new("c2");
+    let rh = ok("connect host", Rtnl::connect(&host.ns).await);
+    let br = ok("bridge", rh.add_bridge("plx-br0", None, MARK).await);
+    assert_eq!(br.kind.as_deref(), Some("bridge"));
+    ok(
+        "gw addr",
+        rh.add_address(br.index, IpAddr::V4(Ipv4Addr::new(10, 78, 0, 1)), 24)
+            .await,
+    );
+    ok("br up", rh.set_up(br.index).await);
+    for (i, c) in [&c1, &c2].into_iter().enumerate() {
+        let host_end = format!("veth{i}");
+        let (h, peer) = ok(
+            "veth",
+            rh.add_veth(&host_end, &format!("peer{i}"), None, MARK)
+                .await,
+        );
+        ok("attach", rh.set_master(h.index, br.index).await);
+        assert_eq!(
+            ok("link", rh.require_link(&host_end).await).master,
+            Some(br.index)
+        );
+        ok("up", rh.set_up(h.index).await);
+        ok("move", rh.move_to(peer.index, &c.ns, Some("eth0")).await);
+        let rc = ok("connect c", Rtnl::connect(&c.ns).await);
+        let eth0 = ok("eth0", rc.require_link("eth0").await);
+        ok(
+            "addr",
+            rc.add_address(
+                eth0.index,
+                IpAddr::V4(Ipv4Addr::new(10, 78, 0, 2 + i as u8)),
+                24,
+            )
+            .await,
+        );
+        ok("up", rc.set_up(eth0.index).await);
+        ok(
+            "default route",
+            rc.add_route(&Route {
+                destination: None,
+                gateway: Some(IpAddr::V4(Ipv4Addr::new(10, 78, 0, 1))),
+                oif: None,
+            })
+            .await,
+        );
+    }
+    // Sandbox to sandbox across the bridge.
+    let server = SocketAddr::from(([10, 78, 0, 3], 7001));
+    let echo = echo_server(&c2.ns, server);
+    assert_eq!(
+        echo_client(&c1.ns, server).ok().as_deref(),
+        Some("hello plexus")
+    );
+    let _ = echo.join();
+    // Sandbox to the gateway address on the host side.
+    let gw = SocketAddr::from(([10, 78, 0, 1], 7002));
+    let echo = echo_server(&host.ns, gw);
+    assert_eq!(
+        echo_client(&c1.ns, gw).ok().as_deref(),
+        Some("hello plexus")
+    );
+    let _ = echo.join();
+    // Deleting the host end of a veth removes its peer in the sandbox.
+    let v0 = ok("veth0", rh.require_link("veth0").await);
+    ok("delete", rh.delete_link(v0.index).await);
+    let rc1 = ok("connect c1", Rtnl::connect(&c1.ns).await);
+    assert!(ok("eth0 gone", rc1.link("eth0").await).is_none());
+}
+
+#[tokio::test]
+async fn bad_input_names_the_field_and_makes_nothing() {
+    need_root!();
+    let a = PinnedNs::new("bad");
+    let r = ok("connect", Rtnl::connect(&a.ns).await);
+    let before = ok("links", r.links().await).len();
+    match r.add_bridge("a-name-far-too-long", None, MARK).await {
+        Err(SysError::Invalid { field, value, .. }) => {
+            assert_eq!(
+                (field, value.as_str()),
+                ("bridge name", "a-name-far-too-long")
+            )
+        }
+        other => panic!("long name gave {other:?}"),
+    }
+    ok("bridge", r.add_bridge("dup0", None, MARK).await);
+    match r.add_bridge("dup0", None, MARK).await {
+        Err(e @ SysError::Exists { .. }) => assert!(e.to_string().contains("dup0"), "{e}"),
+        other => panic!("duplicate gave {other:?}"),
+    }
+    assert!(matches!(
+        r.delete_link(999_999).await,
+        Err(SysError::NotFound { .. })
+    ));
+    assert!(matches!(
+        r.require_link("nope0").await,
+        Err(SysError::NotFound { .. })
+    ));
+    assert_eq!(ok("links", r.links().await).len(), before + 1);
+
+    let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+    let plain = dir.path().join("plain-file");
+    std::fs::write(&plain, b"x").unwrap_or_else(|e| panic!("{e}"));
+    match Netns::open(&plain) {
+        Err(SysError::Invalid {
+            field: "netns path",
+            reason,
+            ..
+        }) => assert_eq!(reason, "not a network namespace"),
+        other => panic!("plain file gave {other:?}"),
+    }
+    let missing = dir.path().join("missing");
+    let err = Netns::open(&missing)
+        .err()
+        .map(|e| e.to_string())
+        .unwrap_or_default();
+    assert!(err.contains("missing"), "{err}");
+    assert!(matches!(
+        Netns::create(dir.path(), "a/b"),
+        Err(SysError::Invalid { .. })
+    ));
+    assert!(matches!(
+        sysctl::write(&a.ns, "kernel.hostname", "x"),
+        Err(SysError::Invalid {
+            field: "sysctl",
+            ..
+        })
+    ));
+}
+
+#[tokio::test]
+async fn created_namespace_is_pinned_until_deleted() {
+    need_root!();
+    let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+    let ns = ok("create", Netns::create(dir.path(), "pin"));
+    assert!(matches!(
+        Netns::create(dir.path(), "pin"),
+        Err(SysError::Exists { .. })
+    ));
+    // A link made inside survives while the namespace is pinned, seen through a fresh open.
+    ok(
+        "bridge",
+        ok("connect", Rtnl::connect(&ns).await)
+            .add_bridge("pinned0", None, MARK)
+            .await,
+    );
+    drop(ns);
+    let again = ok("reopen", Netns::open(&dir.path().join("pin")));
+    assert!(ok(
+        "link",
+        ok("connect", Rtnl::connect(&again).await)
+            .link("pinned0")
+            .await
+    )
+    .is_some());
+    ok("delete", Netns::delete(dir.path(), "pin"));
+    assert!(!dir.path().join("pin").exists());
+    ok("delete again", Netns::delete(dir.path(), "pin"));
+    let mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
+    assert!(
+        !mounts.contains(&dir.path().join("pin").display().to_string()),
+        "mount left behind"
+    );
+}
+
+#[tokio::test]
+async fn sysctls_are_per_namespace() {
+    need_root!();
+    let a = PinnedNs::new("sa");
+    let b = PinnedNs::new("sb");
+    ok("write", sysctl::write(&a.ns, "net.ipv4.ip_forward", "1"));
+    assert_eq!(
+        ok("read a", sysctl::read(&a.ns, "net.ipv4.ip_forward")),
+        "1"
+    );
+    assert_eq!(
+        ok("read b", sysctl::read(&b.ns, "net/ipv4/ip_forward")),
+        "0"
+    );
+}
+
+#[tokio::test]
+async fn probe_agrees_with_the_kernel() {
+    need_root!();
+    let features = ok("probe", KernelFeatures::probe().await);
+    assert!(
+        features.has(Feature::Bridge) && features.has(Feature::Veth),
+        "{features:?}"
+    );
+    for feature in Feature::ALL {
+        match features.require(feature) {
+            Ok(()) => assert!(features.has(feature)),
+            Err(e) => {
+                let msg = e.to_string();
+                assert!(msg.contains(feature.name()), "{msg}");
+                eprintln!("this kernel lacks {}: {msg}", feature.name());
+            }
+        }
+    }
+    // Cross-check one answer by trying it by hand.
+    let scratch = ok("scratch", Netns::anonymous());
+    let r = ok("connect", Rtnl::connect(&scratch).await);
+    let made = r.add_vxlan("vx0", 7, 4789, MARK).await.is_ok();
+    assert_eq!(made, features.has(Feature::Vxlan));
+}
