@@ -48,6 +48,9 @@ pub const GLOBAL_SPACE: &str = "global";
 
 /// How many times an operation re-reads the store after losing a race before giving up.
 const MAX_ATTEMPTS: usize = 64;
+/// Addresses one transaction of [`BuiltinIpam::request_addresses`] takes (two entries each,
+/// plus the pool's comparison, within the store's 128-entry limit).
+pub const BATCH_ADDRESSES: usize = 60;
 /// Aux addresses one pool request may reserve (they go in the pool's one transaction).
 pub const MAX_AUX_ADDRESSES: usize = 100;
 
@@ -975,6 +978,158 @@ impl BuiltinIpam {
                         None => return Err(e.into()),
                     }
                 }
+            }
+        }
+    }
+
+    /// Allocates `count` next free addresses of a pool, all or nothing, in as few store
+    /// transactions as the store's limit allows ([`BATCH_ADDRESSES`] addresses each; a failure
+    /// after the first transaction releases what earlier ones took).
+    pub async fn request_addresses(
+        &self,
+        pool_id_text: &str,
+        count: usize,
+    ) -> Result<Vec<AddressResponse>> {
+        let (space, subnet) = parse_pool_id(pool_id_text)?;
+        let mut out: Vec<AddressResponse> = Vec::with_capacity(count);
+        let mut reloaded = false;
+        let mut races = 0;
+        while out.len() < count {
+            let want = (count - out.len()).min(BATCH_ADDRESSES);
+            let picked = {
+                let mut st = lock(&self.state);
+                match st
+                    .spaces
+                    .get_mut(space)
+                    .and_then(|s| s.pools.get_mut(&subnet))
+                {
+                    None => None,
+                    Some(pool) => {
+                        let mut ips = Vec::with_capacity(want);
+                        let mut failed = None;
+                        for _ in 0..want {
+                            match pool.alloc.allocate_next() {
+                                Ok(ip) => ips.push(ip),
+                                Err(e) => {
+                                    failed = Some(e);
+                                    break;
+                                }
+                            }
+                        }
+                        match failed {
+                            Some(e) => {
+                                for ip in &ips {
+                                    let _ = pool.alloc.release(*ip);
+                                }
+                                Some(Err(e))
+                            }
+                            None => {
+                                pool.pending.extend(ips.iter().copied());
+                                Some(Ok((ips, pool.index, pool.record.generation)))
+                            }
+                        }
+                    }
+                }
+            };
+            let (ips, pool_index, generation) = match picked {
+                None => {
+                    if let Err(e) = self.load_pool(space, subnet).await {
+                        self.undo_batch(pool_id_text, &out).await;
+                        return Err(e);
+                    }
+                    continue;
+                }
+                Some(Err(e)) => {
+                    if !reloaded && matches!(e, IpamError::PoolExhausted { .. }) {
+                        reloaded = true;
+                        if self.load_pool(space, subnet).await.is_ok() {
+                            continue;
+                        }
+                    }
+                    self.undo_batch(pool_id_text, &out).await;
+                    return Err(e);
+                }
+                Some(Ok(v)) => v,
+            };
+            let pool_key = self.pool_key(space, &subnet);
+            let mut txn = Txn::new().compare_index(pool_key.clone(), pool_index);
+            let keys: Vec<String> = ips
+                .iter()
+                .map(|ip| self.addr_key(space, &subnet, generation, *ip))
+                .collect();
+            for k in &keys {
+                txn = txn.compare_absent(k.clone()).put(k.clone(), Vec::new());
+            }
+            let result = self.store.txn(txn).await;
+            let conflict = match &result {
+                Err(e) => is_conflict(e).map(str::to_string),
+                Ok(_) => None,
+            };
+            {
+                let mut st = lock(&self.state);
+                let mut forget = false;
+                if let Some(pool) = st
+                    .spaces
+                    .get_mut(space)
+                    .and_then(|s| s.pools.get_mut(&subnet))
+                    .filter(|p| p.record.generation == generation)
+                {
+                    for (ip, k) in ips.iter().zip(&keys) {
+                        pool.pending.remove(ip);
+                        if result.is_err() && conflict.as_deref() != Some(k.as_str()) {
+                            let _ = pool.alloc.release(*ip);
+                        }
+                    }
+                    forget = conflict.as_deref() == Some(pool_key.as_str());
+                }
+                if forget {
+                    if let Some(sp) = st.spaces.get_mut(space) {
+                        if sp.pools.remove(&subnet).is_some() {
+                            sp.layout.remove(&subnet);
+                        }
+                    }
+                }
+            }
+            match result {
+                Ok(_) => {
+                    for ip in ips {
+                        let address = IpNet::new(ip, subnet.prefix_len()).map_err(|e| {
+                            IpamError::InvalidCidr {
+                                field: "subnet",
+                                value: subnet.to_string(),
+                                reason: e.to_string(),
+                            }
+                        })?;
+                        out.push(AddressResponse {
+                            address,
+                            data: BTreeMap::new(),
+                        });
+                    }
+                }
+                Err(e) if conflict.is_some() => {
+                    races += 1;
+                    if races >= MAX_ATTEMPTS * 16 {
+                        self.undo_batch(pool_id_text, &out).await;
+                        return Err(IpamError::Contention {
+                            op: "request addresses",
+                            attempts: races,
+                        });
+                    }
+                    debug!(error = %e, "batch lost a race; retrying");
+                }
+                Err(e) => {
+                    self.undo_batch(pool_id_text, &out).await;
+                    return Err(e.into());
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    async fn undo_batch(&self, pool_id: &str, done: &[AddressResponse]) {
+        for a in done {
+            if let Err(e) = self.do_release_address(pool_id, a.address.addr()).await {
+                warn!(pool_id, address = %a.address, error = %e, "could not undo a batch address");
             }
         }
     }

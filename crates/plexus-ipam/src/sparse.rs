@@ -7,11 +7,13 @@ use std::collections::BTreeMap;
 
 /// An offset type of the run map.
 trait Off: Copy + Ord + std::fmt::Debug {
+    const MAX: u128;
     fn from_u128(v: u128) -> Self;
     fn to_u128(self) -> u128;
 }
 
 impl Off for u64 {
+    const MAX: u128 = u64::MAX as u128;
     fn from_u128(v: u128) -> Self {
         v as u64
     }
@@ -21,6 +23,7 @@ impl Off for u64 {
 }
 
 impl Off for u128 {
+    const MAX: u128 = u128::MAX;
     fn from_u128(v: u128) -> Self {
         v
     }
@@ -52,7 +55,10 @@ impl<T: Off> Runs<T> {
         let left = off
             .checked_sub(1)
             .and_then(|p| self.containing(T::from_u128(p)));
-        let right_start = off.checked_add(1).map(T::from_u128);
+        let right_start = off
+            .checked_add(1)
+            .filter(|r| *r <= T::MAX)
+            .map(T::from_u128);
         let right = right_start.and_then(|r| self.runs.get(&r).copied().map(|e| (r, e)));
         match (left, right) {
             (Some((ls, _)), Some((rs, re))) => {
@@ -119,7 +125,8 @@ enum Repr {
 impl SparseSet {
     /// An empty set of `size` offsets.
     pub fn new(size: u128) -> Self {
-        let repr = if size <= u128::from(u64::MAX) {
+        // Offsets go up to size - 1: a /64 (size 2^64) still fits u64 offsets.
+        let repr = if size.saturating_sub(1) <= u128::from(u64::MAX) {
             Repr::Small(Runs::default())
         } else {
             Repr::Large(Runs::default())
@@ -215,6 +222,12 @@ mod tests {
     #[test]
     fn merge_and_split() {
         let mut s = SparseSet::new(1 << 64);
+        assert!(matches!(s.repr, Repr::Small(_)));
+        assert!(s.insert(u128::from(u64::MAX)));
+        assert!(s.insert(0));
+        assert_eq!(s.runs(), 2);
+        assert!(s.remove(u128::from(u64::MAX)));
+        assert!(s.remove(0));
         for i in [5u128, 7, 6, 4, 8] {
             assert!(s.insert(i));
         }

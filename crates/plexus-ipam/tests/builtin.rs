@@ -541,3 +541,32 @@ async fn two_allocators_see_each_others_pools_and_addresses() {
         .unwrap_err();
     assert!(matches!(e, IpamError::PoolNotFound { .. }), "{e}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn batches_are_all_or_nothing_and_race_safely() {
+    let store = memory();
+    let a = Arc::new(ipam(&store).await);
+    let b = Arc::new(ipam(&store).await);
+    let p = a
+        .request_pool(PoolRequest::new("local", "batch").subnet("10.60.0.0/22"))
+        .await
+        .unwrap();
+    let (x, y) = tokio::join!(
+        a.request_addresses(&p.pool_id, 400),
+        b.request_addresses(&p.pool_id, 400)
+    );
+    let (x, y) = (x.unwrap(), y.unwrap());
+    let mut all: Vec<_> = x.iter().chain(&y).map(|r| r.address.addr()).collect();
+    all.sort();
+    all.dedup();
+    assert_eq!(all.len(), 800);
+    assert_eq!(store.list("ipam/local/addrs").await.unwrap().len(), 801);
+    // 1021 usable, 801 taken: a batch of 300 fails and leaves nothing behind.
+    let e = a.request_addresses(&p.pool_id, 300).await.unwrap_err();
+    assert_eq!(e.to_string(), "no free address in 10.60.0.0/22");
+    assert_eq!(store.list("ipam/local/addrs").await.unwrap().len(), 801);
+    assert_eq!(
+        a.request_addresses(&p.pool_id, 221).await.unwrap().len(),
+        221
+    );
+}
