@@ -148,8 +148,8 @@ struct PoolState {
 
 #[derive(Default)]
 struct SpaceState {
-    /// The `version` index the cached pool list corresponds to (`None`: key absent);
-    /// `Some(None)` when never loaded.
+    /// The `version` index the cached pool list corresponds to: `Some(None)` when the key is
+    /// absent, `None` when never loaded or known to be stale.
     version: Option<Option<u64>>,
     layout: SpaceLayout,
     pools: HashMap<IpNet, PoolState>,
@@ -497,8 +497,10 @@ impl BuiltinIpam {
                     s
                 }),
             };
+            // The layout always holds every stored pool (it guards against overlaps); the
+            // address state of one that could not be kept is loaded again on use.
+            sp.layout.insert(subnet, &record.owner);
             if let Some(s) = state {
-                sp.layout.insert(subnet, &record.owner);
                 sp.pools.insert(subnet, s);
             }
         }
@@ -514,7 +516,9 @@ impl BuiltinIpam {
             let mut st = lock(&self.state);
             if let Some(sp) = st.spaces.get_mut(space) {
                 if sp.pools.remove(&subnet).is_some() {
-                    sp.layout.remove(&subnet);
+                    // Released elsewhere: the space's view is stale; re-read it before the
+                    // next pool request.
+                    sp.version = None;
                 }
             }
             return Err(IpamError::PoolNotFound {
@@ -946,9 +950,8 @@ impl BuiltinIpam {
                     if pool_changed {
                         // The pool was released or re-created: forget it and re-read.
                         if let Some(sp) = st.spaces.get_mut(space) {
-                            if sp.pools.remove(&subnet).is_some() {
-                                sp.layout.remove(&subnet);
-                            }
+                            sp.pools.remove(&subnet);
+                            sp.version = None;
                         }
                     }
                     drop(st);
@@ -1084,9 +1087,8 @@ impl BuiltinIpam {
                 }
                 if forget {
                     if let Some(sp) = st.spaces.get_mut(space) {
-                        if sp.pools.remove(&subnet).is_some() {
-                            sp.layout.remove(&subnet);
-                        }
+                        sp.pools.remove(&subnet);
+                        sp.version = None;
                     }
                 }
             }

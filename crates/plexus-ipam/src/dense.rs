@@ -117,6 +117,15 @@ impl DenseSet {
         if u64::from(block.count) == len {
             *chunk = Chunk::Full;
             self.full[ci / 64] |= 1 << (ci % 64);
+            if ci == self.low_full {
+                // Keep "everything below low_full is full" tight, so searches from the start
+                // skip filled chunks without scanning the summary (amortized O(1)).
+                while self.low_full < self.chunks.len()
+                    && matches!(self.chunks[self.low_full], Chunk::Full)
+                {
+                    self.low_full += 1;
+                }
+            }
         }
         true
     }

@@ -540,6 +540,12 @@ async fn two_allocators_see_each_others_pools_and_addresses() {
         .await
         .unwrap_err();
     assert!(matches!(e, IpamError::PoolNotFound { .. }), "{e}");
+    // b's view of the space follows: the subnet is free for another network.
+    let q = b
+        .request_pool(PoolRequest::new("global", "other").subnet("10.50.0.0/24"))
+        .await
+        .unwrap();
+    assert_eq!(next(&a, &q.pool_id).await, "10.50.0.2");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
