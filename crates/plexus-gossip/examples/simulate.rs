@@ -32,9 +32,11 @@ fn peak_rss_mb() -> u64 {
     std::fs::read_to_string("/proc/self/status")
         .ok()
         .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("VmHWM:"))
-                .and_then(|l| l.split_whitespace().nth(1).and_then(|v| v.parse::<u64>().ok()))
+            s.lines().find(|l| l.starts_with("VmHWM:")).and_then(|l| {
+                l.split_whitespace()
+                    .nth(1)
+                    .and_then(|v| v.parse::<u64>().ok())
+            })
         })
         .map(|kb| kb / 1024)
         .unwrap_or(0)
@@ -82,10 +84,16 @@ fn main() {
     let members_ok = sim
         .live()
         .iter()
-        .filter(|i| sim.node(**i).is_some_and(|n| n.active_members() + 1 == nodes))
+        .filter(|i| {
+            sim.node(**i)
+                .is_some_and(|n| n.active_members() + 1 == nodes)
+        })
         .count();
     sim.take_events();
-    eprintln!("# bootstrap: {members_ok}/{nodes} nodes see every member ({:?} wall)", started.elapsed());
+    eprintln!(
+        "# bootstrap: {members_ok}/{nodes} nodes see every member ({:?} wall)",
+        started.elapsed()
+    );
 
     // Idle bandwidth over one sync interval.
     let b0 = sim.total_tx_bytes();
@@ -93,7 +101,10 @@ fn main() {
     let idle_bytes = sim.total_tx_bytes() - b0;
     let bytes_per_node_per_s = idle_bytes as f64 / nodes as f64 / (sync_ms as f64 / 1000.0);
     sim.take_events();
-    eprintln!("# idle: {bytes_per_node_per_s:.0} B/node/s ({:?} wall)", started.elapsed());
+    eprintln!(
+        "# idle: {bytes_per_node_per_s:.0} B/node/s ({:?} wall)",
+        started.elapsed()
+    );
 
     // Convergence: entries written at random nodes, 250 ms apart.
     let mut rng = plexus_gossip::rng::Rng::new(seed ^ 0x5eed);
@@ -149,7 +160,11 @@ fn main() {
     while sim.now < deadline && detect.len() < victims.len() {
         sim.run_for(1_000);
         for (at, node, ev) in sim.take_events() {
-            if let Event::Member { node: who, state: MemberState::Dead } = ev {
+            if let Event::Member {
+                node: who,
+                state: MemberState::Dead,
+            } = ev
+            {
                 if victims.contains(&who) {
                     let s = dead_seen.entry(who).or_default();
                     if s.insert(node) && s.len() == live {

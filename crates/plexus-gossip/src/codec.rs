@@ -30,15 +30,23 @@ pub trait Address: Copy + Eq + Ord + Hash + Debug + Send + Sync + 'static {
     }
 }
 
+/// Largest simulator address (dense `u32` addresses index vectors directly, so they are
+/// bounded to keep a hostile frame from making a node allocate for 2^32 slots).
+pub const MAX_DENSE_ADDR: u32 = (1 << 20) - 1;
+
 impl Address for u32 {
     fn encode(&self, w: &mut Vec<u8>) {
         w.extend_from_slice(&self.to_be_bytes());
     }
     fn decode(r: &mut Reader<'_>) -> Result<Self, DecodeError> {
-        r.u32()
+        let v = r.u32()?;
+        if v > MAX_DENSE_ADDR {
+            return Err(DecodeError::Invalid("simulator address"));
+        }
+        Ok(v)
     }
     fn dense(&self) -> Option<usize> {
-        Some(*self as usize)
+        Some((*self).min(MAX_DENSE_ADDR) as usize)
     }
 }
 
@@ -632,7 +640,9 @@ mod tests {
             Body::Ack { seq: 3 },
             Body::Nack { seq: 4 },
             Body::Gossip,
-            Body::TableGossip { network: "n".into() },
+            Body::TableGossip {
+                network: "n".into(),
+            },
             Body::MemberDigest { hash: 5, count: 6 },
             Body::PushPull { reply: true },
             Body::SyncDigest {

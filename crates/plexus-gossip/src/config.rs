@@ -68,10 +68,14 @@ impl Config {
             return Err(GossipError::Config("intervals must not be zero"));
         }
         if self.probe_timeout >= self.probe_interval {
-            return Err(GossipError::Config("probe_timeout must be below probe_interval"));
+            return Err(GossipError::Config(
+                "probe_timeout must be below probe_interval",
+            ));
         }
         if self.sync_interval.is_zero() || self.join_retry.is_zero() {
-            return Err(GossipError::Config("sync_interval and join_retry must not be zero"));
+            return Err(GossipError::Config(
+                "sync_interval and join_retry must not be zero",
+            ));
         }
         if self.gossip_fanout == 0 {
             return Err(GossipError::Config("gossip_fanout must be at least 1"));

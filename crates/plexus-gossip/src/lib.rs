@@ -25,5 +25,7 @@ pub mod table;
 pub use codec::MemberState;
 pub use config::Config;
 pub use error::{DecodeError, GossipError, OpenError};
-pub use node::{EntryEvent, EntryEventKind, EntryInfo, Event, MemberInfo, NetworkInfo, Node, Stats, Transmit};
+pub use node::{
+    EntryEvent, EntryEventKind, EntryInfo, Event, MemberInfo, NetworkInfo, Node, Stats, Transmit,
+};
 pub use seal::{Key, Keyring};

@@ -85,7 +85,10 @@ impl<A: Address> Members<A> {
             Some(i) => {
                 while self.recs.len() <= i {
                     self.addrs.push(a);
-                    self.recs.push(Rec { inc: 0, state: UNKNOWN });
+                    self.recs.push(Rec {
+                        inc: 0,
+                        state: UNKNOWN,
+                    });
                 }
                 self.addrs[i] = a;
                 i as u32
@@ -93,7 +96,10 @@ impl<A: Address> Members<A> {
             None => {
                 let s = self.recs.len() as u32;
                 self.addrs.push(a);
-                self.recs.push(Rec { inc: 0, state: UNKNOWN });
+                self.recs.push(Rec {
+                    inc: 0,
+                    state: UNKNOWN,
+                });
                 self.index.insert(a, s);
                 s
             }
@@ -107,10 +113,10 @@ impl<A: Address> Members<A> {
 
     /// The record of a slot.
     pub fn rec(&self, slot: u32) -> Rec {
-        self.recs
-            .get(slot as usize)
-            .copied()
-            .unwrap_or(Rec { inc: 0, state: UNKNOWN })
+        self.recs.get(slot as usize).copied().unwrap_or(Rec {
+            inc: 0,
+            state: UNKNOWN,
+        })
     }
 
     /// The address of a slot.
@@ -129,7 +135,10 @@ impl<A: Address> Members<A> {
     pub fn set(&mut self, slot: u32, inc: u32, state: MemberState) {
         if let Some(r) = self.recs.get_mut(slot as usize) {
             let was = r.active();
-            *r = Rec { inc, state: code(state) };
+            *r = Rec {
+                inc,
+                state: code(state),
+            };
             match (was, r.active()) {
                 (false, true) => self.active += 1,
                 (true, false) => self.active -= 1,
@@ -144,7 +153,10 @@ impl<A: Address> Members<A> {
             if r.active() {
                 self.active -= 1;
             }
-            *r = Rec { inc: 0, state: UNKNOWN };
+            *r = Rec {
+                inc: 0,
+                state: UNKNOWN,
+            };
         }
     }
 

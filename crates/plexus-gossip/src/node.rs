@@ -368,7 +368,14 @@ impl<A: Address> Node<A> {
         }
     }
 
-    fn emit_entry(&mut self, kind: EntryEventKind, net: &str, table: &str, key: &str, e: &Entry<A>) {
+    fn emit_entry(
+        &mut self,
+        kind: EntryEventKind,
+        net: &str,
+        table: &str,
+        key: &str,
+        e: &Entry<A>,
+    ) {
         self.emit(Event::Entry(EntryEvent {
             kind,
             network: net.to_string(),
@@ -479,7 +486,10 @@ impl<A: Address> Node<A> {
         for s in seeds {
             self.send_stream(s, Body::PushPull { reply: false }, &items);
         }
-        self.join = self.join.take().map(|(s, _)| (s, now + ms(self.cfg.join_retry)));
+        self.join = self
+            .join
+            .take()
+            .map(|(s, _)| (s, now + ms(self.cfg.join_retry)));
     }
 
     /// Leaves the cluster gracefully: leaves every network, broadcasts `Left`.
@@ -513,7 +523,13 @@ impl<A: Address> Node<A> {
             return Ok(());
         }
         let t = self.tick_clock();
-        self.set_my_attach(network, Attach { ltime: t, joined: true });
+        self.set_my_attach(
+            network,
+            Attach {
+                ltime: t,
+                joined: true,
+            },
+        );
         self.local.insert(
             network.to_string(),
             Local {
@@ -538,7 +554,13 @@ impl<A: Address> Node<A> {
                 self.emit_entry(EntryEventKind::Delete, network, tb, k, e);
             }
         }
-        self.set_my_attach(network, Attach { ltime: t, joined: false });
+        self.set_my_attach(
+            network,
+            Attach {
+                ltime: t,
+                joined: false,
+            },
+        );
     }
 
     fn set_my_attach(&mut self, network: &str, a: Attach) {
@@ -555,20 +577,41 @@ impl<A: Address> Node<A> {
             ltime: a.ltime,
             joined: a.joined,
         });
-        self.cluster_q.push(attach_key(&self.addr, network), item.to_bytes());
+        self.cluster_q
+            .push(attach_key(&self.addr, network), item.to_bytes());
     }
 
     /// Creates or updates an entry owned by this node.
-    pub fn put(&mut self, network: &str, table: &str, key: &str, value: &[u8], now: u64) -> Result<(), GossipError> {
+    pub fn put(
+        &mut self,
+        network: &str,
+        table: &str,
+        key: &str,
+        value: &[u8],
+        now: u64,
+    ) -> Result<(), GossipError> {
         self.write(network, table, key, Some(value), now)
     }
 
     /// Deletes an entry (leaves a tombstone for the reap interval).
-    pub fn delete(&mut self, network: &str, table: &str, key: &str, now: u64) -> Result<(), GossipError> {
+    pub fn delete(
+        &mut self,
+        network: &str,
+        table: &str,
+        key: &str,
+        now: u64,
+    ) -> Result<(), GossipError> {
         self.write(network, table, key, None, now)
     }
 
-    fn write(&mut self, network: &str, table: &str, key: &str, value: Option<&[u8]>, now: u64) -> Result<(), GossipError> {
+    fn write(
+        &mut self,
+        network: &str,
+        table: &str,
+        key: &str,
+        value: Option<&[u8]>,
+        now: u64,
+    ) -> Result<(), GossipError> {
         if table.len() > MAX_NAME || key.len() > MAX_NAME {
             return Err(GossipError::TooLong("table or key"));
         }
@@ -584,14 +627,25 @@ impl<A: Address> Node<A> {
             owner: self.addr,
             ltime: t,
             deleted: value.is_none(),
-            reap_at: if value.is_none() { now + ms(self.cfg.reap_interval) } else { 0 },
+            reap_at: if value.is_none() {
+                now + ms(self.cfg.reap_interval)
+            } else {
+                0
+            },
         };
         self.store_entry(network, table, key, e, now);
         Ok(())
     }
 
     /// Stores an entry that won the merge (or is ours), queues it for gossip, emits events.
-    fn store_entry(&mut self, network: &str, table: &str, key: &str, e: Entry<A>, now: u64) -> bool {
+    fn store_entry(
+        &mut self,
+        network: &str,
+        table: &str,
+        key: &str,
+        e: Entry<A>,
+        now: u64,
+    ) -> bool {
         let att = self.attach_of(&e.owner, network);
         let active = self.is_active(&e.owner);
         let Some(l) = self.local.get_mut(network) else {
@@ -601,15 +655,26 @@ impl<A: Address> Node<A> {
         match l.table.merge(table, key, e.clone()) {
             Merge::Ignored => false,
             Merge::Applied(prev) => {
-                l.queue.push(stable_hash(&[table.as_bytes(), key.as_bytes()]), item.to_bytes());
+                l.queue.push(
+                    stable_hash(&[table.as_bytes(), key.as_bytes()]),
+                    item.to_bytes(),
+                );
                 let before = prev.as_ref().is_some_and(|p| {
-                    let pa = if p.owner == e.owner { att } else { self.attach_of(&p.owner, network) };
+                    let pa = if p.owner == e.owner {
+                        att
+                    } else {
+                        self.attach_of(&p.owner, network)
+                    };
                     visible(p, pa, self.is_active(&p.owner))
                 });
                 let after = visible(&e, att, active);
                 match (before, after) {
-                    (false, true) => self.emit_entry(EntryEventKind::Create, network, table, key, &e),
-                    (true, true) => self.emit_entry(EntryEventKind::Update, network, table, key, &e),
+                    (false, true) => {
+                        self.emit_entry(EntryEventKind::Create, network, table, key, &e)
+                    }
+                    (true, true) => {
+                        self.emit_entry(EntryEventKind::Update, network, table, key, &e)
+                    }
                     (true, false) => {
                         let p = prev.unwrap_or(e);
                         self.emit_entry(EntryEventKind::Delete, network, table, key, &p)
@@ -624,7 +689,12 @@ impl<A: Address> Node<A> {
     /// The visible value of an entry.
     pub fn get(&self, network: &str, table: &str, key: &str) -> Option<Vec<u8>> {
         let e = self.local.get(network)?.table.get(table, key)?;
-        visible(e, self.attach_of(&e.owner, network), self.is_active(&e.owner)).then(|| e.value.clone())
+        visible(
+            e,
+            self.attach_of(&e.owner, network),
+            self.is_active(&e.owner),
+        )
+        .then(|| e.value.clone())
     }
 
     /// Visible entries of one table: (key, value, owner).
@@ -650,7 +720,11 @@ impl<A: Address> Node<A> {
                 owner: e.owner,
                 ltime: e.ltime,
                 deleted: e.deleted,
-                visible: visible(e, self.attach_of(&e.owner, network), self.is_active(&e.owner)),
+                visible: visible(
+                    e,
+                    self.attach_of(&e.owner, network),
+                    self.is_active(&e.owner),
+                ),
             })
             .collect()
     }
@@ -660,7 +734,11 @@ impl<A: Address> Node<A> {
         let mut v = vec![MemberInfo {
             addr: self.addr,
             incarnation: self.incarnation,
-            state: if self.leaving { MemberState::Left } else { MemberState::Alive },
+            state: if self.leaving {
+                MemberState::Left
+            } else {
+                MemberState::Alive
+            },
         }];
         for (s, r) in self.members.iter() {
             if let Some(state) = r.state() {
@@ -719,6 +797,11 @@ impl<A: Address> Node<A> {
         &self.stats
     }
 
+    /// Counts a frame the transport refused for its size before reading it.
+    pub fn note_oversize(&mut self) {
+        self.stats.dropped_oversize += 1;
+    }
+
     /// Lifeguard local health multiplier score (0 = healthy).
     pub fn local_health(&self) -> u32 {
         self.lhm
@@ -755,7 +838,10 @@ impl<A: Address> Node<A> {
                 if att.by_slot.len() <= s as usize {
                     att.by_slot.resize(s as usize + 1, 0);
                 }
-                let at = Attach { ltime: 1, joined: true };
+                let at = Attach {
+                    ltime: 1,
+                    joined: true,
+                };
                 att.by_slot[s as usize] = pack(at);
                 att.dirty = true;
                 self.digest ^= attach_hash(a, name, at);
@@ -763,7 +849,10 @@ impl<A: Address> Node<A> {
         }
         self.clock = self.clock.max(1);
         for n in networks {
-            let at = Attach { ltime: 1, joined: true };
+            let at = Attach {
+                ltime: 1,
+                joined: true,
+            };
             if let Some(o) = self.my_attach.insert(n.to_string(), at) {
                 self.digest ^= attach_hash(&self.addr, n, o);
             }
@@ -831,7 +920,9 @@ impl<A: Address> Node<A> {
     fn on_frame(&mut self, from: A, body: Body<A>, items: Vec<Item<A>>, now: u64) {
         let pushpull = matches!(body, Body::PushPull { .. });
         let entry_net = match &body {
-            Body::TableGossip { network } | Body::SyncEntries { network, .. } => Some(network.clone()),
+            Body::TableGossip { network } | Body::SyncEntries { network, .. } => {
+                Some(network.clone())
+            }
             _ => None,
         };
         for it in items {
@@ -930,9 +1021,19 @@ impl<A: Address> Node<A> {
             }
             Body::SyncEntries { network, want } => {
                 if !want.is_empty() && self.local.contains_key(&network) {
-                    let want: Vec<u16> = want.into_iter().filter(|b| (*b as usize) < BUCKETS).collect();
+                    let want: Vec<u16> = want
+                        .into_iter()
+                        .filter(|b| (*b as usize) < BUCKETS)
+                        .collect();
                     let items = self.entry_items(&network, &want, now);
-                    self.send_stream(from, Body::SyncEntries { network, want: Vec::new() }, &items);
+                    self.send_stream(
+                        from,
+                        Body::SyncEntries {
+                            network,
+                            want: Vec::new(),
+                        },
+                        &items,
+                    );
                 }
             }
         }
@@ -954,7 +1055,11 @@ impl<A: Address> Node<A> {
         v.push(Item::Member(MemberUpdate {
             node: self.addr,
             incarnation: self.incarnation,
-            state: if self.leaving { MemberState::Left } else { MemberState::Alive },
+            state: if self.leaving {
+                MemberState::Left
+            } else {
+                MemberState::Alive
+            },
             from: self.addr,
         }));
         for (s, r) in self.members.iter() {
@@ -1016,7 +1121,8 @@ impl<A: Address> Node<A> {
             let claims_down = u.state != MemberState::Alive && u.incarnation >= self.incarnation;
             if claims_down || u.incarnation > self.incarnation {
                 if claims_down {
-                    self.lhm = (self.lhm + 1).min(self.cfg.awareness_max_multiplier.saturating_sub(1));
+                    self.lhm =
+                        (self.lhm + 1).min(self.cfg.awareness_max_multiplier.saturating_sub(1));
                 }
                 self.refute(u.incarnation);
             }
@@ -1035,15 +1141,14 @@ impl<A: Address> Node<A> {
             (Some((_, c)), MemberState::Alive) => (u.incarnation > c.inc, false),
             (Some((_, c)), MemberState::Suspect) => match c.state() {
                 Some(MemberState::Alive) => (u.incarnation >= c.inc, false),
-                Some(MemberState::Suspect) => {
-                    (u.incarnation > c.inc, u.incarnation == c.inc)
-                }
+                Some(MemberState::Suspect) => (u.incarnation > c.inc, u.incarnation == c.inc),
                 _ => (false, false),
             },
             (Some((_, c)), MemberState::Dead) => (c.active() && u.incarnation >= c.inc, false),
-            (Some((_, c)), MemberState::Left) => {
-                (c.state() != Some(MemberState::Left) && u.incarnation >= c.inc, false)
-            }
+            (Some((_, c)), MemberState::Left) => (
+                c.state() != Some(MemberState::Left) && u.incarnation >= c.inc,
+                false,
+            ),
         };
         if confirm {
             self.confirm_suspicion(&u, now);
@@ -1139,7 +1244,11 @@ impl<A: Address> Node<A> {
             }
             for ((t, k), e) in l.table.iter() {
                 if e.owner == owner && visible(e, att, true) {
-                    let kind = if now_active { EntryEventKind::Create } else { EntryEventKind::Delete };
+                    let kind = if now_active {
+                        EntryEventKind::Create
+                    } else {
+                        EntryEventKind::Delete
+                    };
                     evs.push(EntryEvent {
                         kind,
                         network: net.clone(),
@@ -1177,7 +1286,10 @@ impl<A: Address> Node<A> {
         }
         let slot = self.members.ensure(u.node);
         let id = self.net_id(&u.network);
-        let cur = self.attach[id].by_slot.get(slot as usize).and_then(|v| unpack(*v));
+        let cur = self.attach[id]
+            .by_slot
+            .get(slot as usize)
+            .and_then(|v| unpack(*v));
         if !attach_newer(cur, incoming) {
             return;
         }
@@ -1194,7 +1306,8 @@ impl<A: Address> Node<A> {
         }
         self.digest ^= attach_hash(&u.node, &u.network, incoming);
         let item = Item::Attach(u.clone());
-        self.cluster_q.push(attach_key(&u.node, &u.network), item.to_bytes());
+        self.cluster_q
+            .push(attach_key(&u.node, &u.network), item.to_bytes());
         let active = self.is_active(&u.node);
         let owner = u.node;
         let network = u.network;
@@ -1211,7 +1324,10 @@ impl<A: Address> Node<A> {
             }
             if incoming.joined {
                 for ((t, k), e) in l.table.iter() {
-                    if e.owner == owner && visible(e, Some(incoming), active) && !visible(e, cur, active) {
+                    if e.owner == owner
+                        && visible(e, Some(incoming), active)
+                        && !visible(e, cur, active)
+                    {
                         evs.push((EntryEventKind::Create, t.clone(), k.clone(), e.clone()));
                     }
                 }
@@ -1235,7 +1351,11 @@ impl<A: Address> Node<A> {
         }
         self.witness(u.ltime);
         if u.owner == self.addr {
-            let mine = self.local.get(network).and_then(|l| l.table.get(&u.table, &u.key)).cloned();
+            let mine = self
+                .local
+                .get(network)
+                .and_then(|l| l.table.get(&u.table, &u.key))
+                .cloned();
             if mine.as_ref().is_some_and(|m| m.ltime >= u.ltime) {
                 return;
             }
@@ -1260,7 +1380,11 @@ impl<A: Address> Node<A> {
             owner: u.owner,
             ltime: u.ltime,
             deleted: u.deleted,
-            reap_at: if u.deleted { now + u.reap_in_ms.min(reap) } else { 0 },
+            reap_at: if u.deleted {
+                now + u.reap_in_ms.min(reap)
+            } else {
+                0
+            },
         };
         if superseded(&e, self.attach_of(&u.owner, network)) {
             return;
@@ -1272,7 +1396,11 @@ impl<A: Address> Node<A> {
 
     /// When [`handle_timeout`](Self::handle_timeout) should next be called (ms).
     pub fn poll_timeout(&self) -> u64 {
-        let mut t = self.next_probe_at.min(self.next_gossip_at).min(self.next_sync_at).min(self.next_reap_at);
+        let mut t = self
+            .next_probe_at
+            .min(self.next_gossip_at)
+            .min(self.next_sync_at)
+            .min(self.next_reap_at);
         if let Some(p) = &self.probe {
             if !p.acked && !p.indirect {
                 t = t.min(p.direct_at);
@@ -1299,14 +1427,24 @@ impl<A: Address> Node<A> {
             }
         }
         // Indirect-probe helpers whose target stayed silent send a nack.
-        let due: Vec<u32> = self.forwards.iter().filter(|(_, f)| f.nack_at <= now).map(|(k, _)| *k).collect();
+        let due: Vec<u32> = self
+            .forwards
+            .iter()
+            .filter(|(_, f)| f.nack_at <= now)
+            .map(|(k, _)| *k)
+            .collect();
         for k in due {
             if let Some(f) = self.forwards.remove(&k) {
                 self.send_datagram(f.origin, Body::Nack { seq: f.oseq }, None);
             }
         }
         // Suspicions that ran out.
-        let expired: Vec<u32> = self.suspicions.iter().filter(|(_, s)| s.deadline <= now).map(|(k, _)| *k).collect();
+        let expired: Vec<u32> = self
+            .suspicions
+            .iter()
+            .filter(|(_, s)| s.deadline <= now)
+            .map(|(k, _)| *k)
+            .collect();
         for slot in expired {
             if let Some(s) = self.suspicions.remove(&slot) {
                 let r = self.members.rec(slot);
@@ -1362,7 +1500,11 @@ impl<A: Address> Node<A> {
         if p.acked {
             return;
         }
-        let delta = if p.expected_nacks > 0 { p.expected_nacks.saturating_sub(p.nacks) } else { 1 };
+        let delta = if p.expected_nacks > 0 {
+            p.expected_nacks.saturating_sub(p.nacks)
+        } else {
+            1
+        };
         self.lhm = (self.lhm + delta).min(self.cfg.awareness_max_multiplier.saturating_sub(1));
         if let Some((_, r)) = self.members.get(&p.target) {
             match r.state() {
@@ -1399,7 +1541,12 @@ impl<A: Address> Node<A> {
         let mut tries = 0;
         let target = loop {
             if self.probe_pos >= self.probe_order.len() {
-                let mut order: Vec<u32> = self.members.iter().filter(|(_, r)| r.active()).map(|(s, _)| s).collect();
+                let mut order: Vec<u32> = self
+                    .members
+                    .iter()
+                    .filter(|(_, r)| r.active())
+                    .map(|(s, _)| s)
+                    .collect();
                 self.rng.shuffle(&mut order);
                 self.probe_order = order;
                 self.probe_pos = 0;
@@ -1421,7 +1568,11 @@ impl<A: Address> Node<A> {
         self.probe_seq = self.probe_seq.wrapping_add(1);
         let seq = self.probe_seq;
         // Buddy system: a suspect target hears about its suspicion in the ping itself.
-        self.send_datagram(addr, Body::Ping { seq, target: addr }, Some(member_key(target)));
+        self.send_datagram(
+            addr,
+            Body::Ping { seq, target: addr },
+            Some(member_key(target)),
+        );
         self.probe = Some(Probe {
             target: addr,
             seq,
@@ -1451,8 +1602,12 @@ impl<A: Address> Node<A> {
             }
         }
         if out.len() < k {
-            let mut all: Vec<u32> =
-                self.members.iter().filter(|(s, r)| pred(r) && !out.contains(s)).map(|(s, _)| s).collect();
+            let mut all: Vec<u32> = self
+                .members
+                .iter()
+                .filter(|(s, r)| pred(r) && !out.contains(s))
+                .map(|(s, _)| s)
+                .collect();
             self.rng.shuffle(&mut all);
             out.extend(all.into_iter().take(k - out.len()));
         }
@@ -1460,7 +1615,12 @@ impl<A: Address> Node<A> {
     }
 
     /// Up to `k` random members attached to `network` satisfying `pred`.
-    fn random_network_peers(&mut self, network: &str, k: usize, pred: impl Fn(&crate::members::Rec) -> bool) -> Vec<A> {
+    fn random_network_peers(
+        &mut self,
+        network: &str,
+        k: usize,
+        pred: impl Fn(&crate::members::Rec) -> bool,
+    ) -> Vec<A> {
         let Some(id) = self.net_ids.get(network).copied() else {
             return Vec::new();
         };
@@ -1515,14 +1675,25 @@ impl<A: Address> Node<A> {
                 self.send_datagram(t, Body::Gossip, None);
             }
         }
-        let nets: Vec<String> = self.local.iter().filter(|(_, l)| !l.queue.is_empty()).map(|(n, _)| n.clone()).collect();
+        let nets: Vec<String> = self
+            .local
+            .iter()
+            .filter(|(_, l)| !l.queue.is_empty())
+            .map(|(n, _)| n.clone())
+            .collect();
         for net in nets {
             let peers = self.random_network_peers(&net, self.cfg.gossip_fanout, |r| r.active());
             for p in peers {
                 if self.local.get(&net).is_none_or(|l| l.queue.is_empty()) {
                     break;
                 }
-                self.send_datagram(p, Body::TableGossip { network: net.clone() }, None);
+                self.send_datagram(
+                    p,
+                    Body::TableGossip {
+                        network: net.clone(),
+                    },
+                    None,
+                );
             }
         }
     }
@@ -1554,7 +1725,10 @@ impl<A: Address> Node<A> {
             return;
         }
         let any_dead = !self.dead_since.is_empty()
-            && self.dead_since.keys().any(|s| self.members.rec(*s).state() == Some(MemberState::Dead));
+            && self
+                .dead_since
+                .keys()
+                .any(|s| self.members.rec(*s).state() == Some(MemberState::Dead));
         let peer = if any_dead && self.rng.chance(0.5) {
             self.random_members(1, |r| r.state() == Some(MemberState::Dead))
         } else {
@@ -1562,12 +1736,22 @@ impl<A: Address> Node<A> {
         };
         if let Some(p) = peer.first() {
             let count = self.members.iter().count() as u32;
-            self.send_stream(*p, Body::MemberDigest { hash: self.digest, count }, &[]);
+            self.send_stream(
+                *p,
+                Body::MemberDigest {
+                    hash: self.digest,
+                    count,
+                },
+                &[],
+            );
         }
         let nets: Vec<String> = self.local.keys().cloned().collect();
         for net in nets {
             let peers = self.random_network_peers(&net, 1, |r| {
-                matches!(r.state(), Some(MemberState::Alive | MemberState::Suspect | MemberState::Dead))
+                matches!(
+                    r.state(),
+                    Some(MemberState::Alive | MemberState::Suspect | MemberState::Dead)
+                )
             });
             if let Some(p) = peers.first() {
                 self.sync_with(&net, *p);
@@ -1636,7 +1820,13 @@ fn member_hash<A: Address>(node: &A, inc: u32, state: MemberState) -> u64 {
 fn attach_hash<A: Address>(node: &A, net: &str, a: Attach) -> u64 {
     let mut b = Vec::with_capacity(24);
     node.encode(&mut b);
-    stable_hash(&[b"attach", &b, net.as_bytes(), &a.ltime.to_be_bytes(), &[a.joined as u8]])
+    stable_hash(&[
+        b"attach",
+        &b,
+        net.as_bytes(),
+        &a.ltime.to_be_bytes(),
+        &[a.joined as u8],
+    ])
 }
 
 fn entry_update<A: Address>(table: &str, key: &str, e: &Entry<A>, now: u64) -> EntryUpdate<A> {
@@ -1650,4 +1840,3 @@ fn entry_update<A: Address>(table: &str, key: &str, e: &Entry<A>, now: u64) -> E
         value: e.value.clone(),
     }
 }
-

@@ -38,7 +38,8 @@ impl BroadcastQueue {
             id: self.next_id,
         });
         if self.items.len() > MAX_QUEUE {
-            self.items.sort_by_key(|q| (q.sent, std::cmp::Reverse(q.id)));
+            self.items
+                .sort_by_key(|q| (q.sent, std::cmp::Reverse(q.id)));
             self.items.truncate(MAX_QUEUE);
         }
     }
@@ -56,7 +57,13 @@ impl BroadcastQueue {
     /// Appends items to `out` while they fit in `budget` bytes, preferring `prefer` keys, then
     /// least-sent and newest; counts a transmission for each and drops those that reached
     /// `limit`. Returns how many were appended.
-    pub fn fill(&mut self, out: &mut Vec<u8>, mut budget: usize, limit: u32, prefer: Option<u64>) -> usize {
+    pub fn fill(
+        &mut self,
+        out: &mut Vec<u8>,
+        mut budget: usize,
+        limit: u32,
+        prefer: Option<u64>,
+    ) -> usize {
         if self.items.is_empty() {
             return 0;
         }

@@ -196,7 +196,10 @@ pub fn open_with(keyring: &Keyring, channel: Channel, sealed: &[u8]) -> Result<V
     let order = std::iter::once(keyring.primary)
         .chain((0..keyring.keys.len()).filter(|i| *i != keyring.primary));
     for i in order {
-        if let Ok(pt) = keyring.keys[i].1.decrypt(nonce, Payload { msg: ct, aad: &aad }) {
+        if let Ok(pt) = keyring.keys[i]
+            .1
+            .decrypt(nonce, Payload { msg: ct, aad: &aad })
+        {
             return Ok(pt);
         }
     }
@@ -309,7 +312,10 @@ mod tests {
         let last = t.len() - 1;
         t[last] ^= 1;
         assert_eq!(a.open(Channel::Datagram, &t), Err(OpenError::NoKey));
-        assert_eq!(a.open(Channel::Datagram, &t[..10]), Err(OpenError::Truncated));
+        assert_eq!(
+            a.open(Channel::Datagram, &t[..10]),
+            Err(OpenError::Truncated)
+        );
     }
 
     #[test]

@@ -126,8 +126,19 @@ impl Sim {
     }
 
     fn make_node(&self, i: u32) -> Node<u32> {
-        let seed = stable_hash(&[&self.cfg.seed.to_be_bytes(), &i.to_be_bytes(), &self.epochs[i as usize].to_be_bytes()]);
-        Node::new(i, self.cfg.node.clone(), Keyring::new(self.cfg.key), self.epochs[i as usize], seed, self.now)
+        let seed = stable_hash(&[
+            &self.cfg.seed.to_be_bytes(),
+            &i.to_be_bytes(),
+            &self.epochs[i as usize].to_be_bytes(),
+        ]);
+        Node::new(
+            i,
+            self.cfg.node.clone(),
+            Keyring::new(self.cfg.key),
+            self.epochs[i as usize],
+            seed,
+            self.now,
+        )
     }
 
     /// Number of node slots.
@@ -147,7 +158,9 @@ impl Sim {
 
     /// Indices of running nodes.
     pub fn live(&self) -> Vec<u32> {
-        (0..self.nodes.len() as u32).filter(|i| self.nodes[*i as usize].is_some()).collect()
+        (0..self.nodes.len() as u32)
+            .filter(|i| self.nodes[*i as usize].is_some())
+            .collect()
     }
 
     /// Runs `f` on a running node at the current time, then sends what it produced.
@@ -204,7 +217,11 @@ impl Sim {
 
     fn push(&mut self, at: u64, kind: Kind) {
         self.seq += 1;
-        self.queue.push(Ev { at, seq: self.seq, kind });
+        self.queue.push(Ev {
+            at,
+            seq: self.seq,
+            kind,
+        });
     }
 
     fn cut(&self, a: u32, b: u32) -> bool {
@@ -310,6 +327,10 @@ impl Sim {
 
     /// Total bytes sent by live nodes' counters.
     pub fn total_tx_bytes(&self) -> u64 {
-        self.nodes.iter().flatten().map(|n| n.stats().tx_bytes).sum()
+        self.nodes
+            .iter()
+            .flatten()
+            .map(|n| n.stats().tx_bytes)
+            .sum()
     }
 }

@@ -171,7 +171,10 @@ impl<A: Address> Table<A> {
     }
 
     /// Removes every entry matching `pred`; returns them.
-    pub fn remove_where(&mut self, mut pred: impl FnMut(&EntryKey, &Entry<A>) -> bool) -> Vec<(EntryKey, Entry<A>)> {
+    pub fn remove_where(
+        &mut self,
+        mut pred: impl FnMut(&EntryKey, &Entry<A>) -> bool,
+    ) -> Vec<(EntryKey, Entry<A>)> {
         let keys: Vec<EntryKey> = self
             .entries
             .iter()
@@ -190,7 +193,8 @@ impl<A: Address> Table<A> {
 
     /// Reaps tombstones whose time has come.
     pub fn reap(&mut self, now: u64) -> usize {
-        self.remove_where(|_, e| e.deleted && e.reap_at <= now).len()
+        self.remove_where(|_, e| e.deleted && e.reap_at <= now)
+            .len()
     }
 }
 
@@ -220,9 +224,7 @@ pub fn superseded<A: Address>(entry: &Entry<A>, attach: Option<Attach>) -> bool 
 /// Whether a stored entry is visible: not a tombstone, owner active (not failed or left),
 /// owner attached to the network since before the entry was written.
 pub fn visible<A: Address>(entry: &Entry<A>, attach: Option<Attach>, owner_active: bool) -> bool {
-    !entry.deleted
-        && owner_active
-        && matches!(attach, Some(a) if a.joined && a.ltime < entry.ltime)
+    !entry.deleted && owner_active && matches!(attach, Some(a) if a.joined && a.ltime < entry.ltime)
 }
 
 #[cfg(test)]
@@ -247,10 +249,16 @@ mod tests {
         assert_eq!(t.merge("t", "k", e(2, 4, false, 2)), Merge::Ignored);
         assert_eq!(t.merge("t", "k", e(1, 5, false, 1)), Merge::Ignored);
         // Same ltime, higher owner wins: a total order.
-        assert!(matches!(t.merge("t", "k", e(2, 5, false, 3)), Merge::Applied(Some(_))));
+        assert!(matches!(
+            t.merge("t", "k", e(2, 5, false, 3)),
+            Merge::Applied(Some(_))
+        ));
         assert_eq!(t.get("t", "k").map(|x| x.value.clone()), Some(vec![3]));
         // Tombstone newer wins, older value cannot resurrect.
-        assert!(matches!(t.merge("t", "k", e(1, 6, true, 0)), Merge::Applied(_)));
+        assert!(matches!(
+            t.merge("t", "k", e(1, 6, true, 0)),
+            Merge::Applied(_)
+        ));
         assert_eq!(t.merge("t", "k", e(2, 5, false, 9)), Merge::Ignored);
         assert!(t.get("t", "k").is_some_and(|x| x.deleted));
     }
@@ -274,9 +282,18 @@ mod tests {
 
     #[test]
     fn owner_leave_rules() {
-        let joined = Some(Attach { ltime: 10, joined: true });
-        let left = Some(Attach { ltime: 20, joined: false });
-        let rejoined = Some(Attach { ltime: 30, joined: true });
+        let joined = Some(Attach {
+            ltime: 10,
+            joined: true,
+        });
+        let left = Some(Attach {
+            ltime: 20,
+            joined: false,
+        });
+        let rejoined = Some(Attach {
+            ltime: 30,
+            joined: true,
+        });
         let x = e(1, 15, false, 1);
         assert!(visible(&x, joined, true));
         assert!(!visible(&x, joined, false), "failed owner hides");
@@ -286,8 +303,20 @@ mod tests {
         assert!(superseded(&x, rejoined), "from an earlier membership");
         assert!(!visible(&x, rejoined, true));
         assert!(visible(&e(1, 31, false, 1), rejoined, true));
-        assert!(attach_newer(joined, Attach { ltime: 20, joined: false }));
-        assert!(!attach_newer(left, Attach { ltime: 10, joined: true }));
+        assert!(attach_newer(
+            joined,
+            Attach {
+                ltime: 20,
+                joined: false
+            }
+        ));
+        assert!(!attach_newer(
+            left,
+            Attach {
+                ltime: 10,
+                joined: true
+            }
+        ));
     }
 
     proptest! {
