@@ -179,6 +179,9 @@ pub struct BuiltinIpam {
     store: Arc<dyn Store>,
     config: Mutex<IpamConfig>,
     state: Mutex<State>,
+    /// Serializes this allocator's pool creations and releases (rare), so its own tasks do not
+    /// race each other on the space's version; other daemons still race through the store.
+    pool_ops: tokio::sync::Mutex<()>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -338,6 +341,7 @@ impl BuiltinIpam {
             store,
             config: Mutex::new(config),
             state: Mutex::new(State::default()),
+            pool_ops: tokio::sync::Mutex::new(()),
         };
         for space in [LOCAL_SPACE, GLOBAL_SPACE] {
             ipam.load_space(space, true).await?;
@@ -468,7 +472,9 @@ impl BuiltinIpam {
             let addrs_dir = format!("{}/addrs", self.space_dir(space));
             let mut orphans = HashSet::new();
             for pair in self.store.list(&addrs_dir).await? {
-                let rest = &pair.key[addrs_dir.len() + 1..];
+                let Some(rest) = pair.key.strip_prefix(&format!("{addrs_dir}/")) else {
+                    continue;
+                };
                 let mut parts = rest.splitn(3, '/');
                 let (Some(sub), Some(generation)) = (parts.next(), parts.next()) else {
                     continue;
@@ -719,6 +725,7 @@ impl BuiltinIpam {
 
     async fn do_request_pool(&self, req: PoolRequest) -> Result<PoolResponse> {
         let p = parse_pool_request(&req)?;
+        let _serial = self.pool_ops.lock().await;
         for attempt in 0..MAX_ATTEMPTS {
             let version = self.get_opt(&self.version_key(p.space)).await?;
             let current = version.as_ref().map(|v| v.last_index);
@@ -781,6 +788,7 @@ impl BuiltinIpam {
         let (space, subnet) = parse_pool_id(id)?;
         let pool_key = self.pool_key(space, &subnet);
         let version_key = self.version_key(space);
+        let _serial = self.pool_ops.lock().await;
         for _ in 0..MAX_ATTEMPTS {
             let Some(pair) = self.get_opt(&pool_key).await? else {
                 return Err(IpamError::NotAllocated {
