@@ -576,3 +576,16 @@ async fn batches_are_all_or_nothing_and_race_safely() {
         221
     );
 }
+
+#[tokio::test]
+async fn restart_roundtrip_on_memory_and_redb() {
+    plexus_ipam::testing::restart_roundtrip(memory())
+        .await
+        .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let url = format!("redb://{}/r.db", dir.path().display());
+    let store = plexus_kv::open(&url, Default::default()).await.unwrap();
+    plexus_ipam::testing::restart_roundtrip(store)
+        .await
+        .unwrap();
+}
