@@ -57,6 +57,14 @@ pub enum SysError {
         /// What is wrong.
         reason: &'static str,
     },
+    /// The object is taken by someone else (a host port published by another endpoint).
+    #[error("{what} is already in use by {owner}")]
+    Conflict {
+        /// The object (`host port tcp/8080`).
+        what: String,
+        /// Who has it.
+        owner: String,
+    },
     /// A file operation failed (sysctls, namespace files).
     #[error("{path}: {source}")]
     Io {
@@ -106,7 +114,7 @@ impl SysError {
     pub fn errno(&self) -> Option<i32> {
         match self {
             SysError::Netlink { errno, .. } => *errno,
-            SysError::Exists { .. } => Some(libc_errno::EEXIST),
+            SysError::Exists { .. } | SysError::Conflict { .. } => Some(libc_errno::EEXIST),
             SysError::NotFound { .. } => Some(libc_errno::ENODEV),
             SysError::Unsupported { .. } => Some(libc_errno::EOPNOTSUPP),
             _ => None,

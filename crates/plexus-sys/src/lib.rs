@@ -6,6 +6,8 @@
 //! - [`netns`]: create, open, enter and delete network namespaces;
 //! - [`rtnl`]: links (bridge, veth, vxlan, macvlan), addresses and routes of one namespace,
 //!   through a netlink socket born inside it;
+//! - [`nft`]: nf_tables over netlink: Plexus's own tables, atomic batches, set- and map-driven
+//!   NAT, published ports and isolation;
 //! - [`sysctl`]: per-namespace `net.*` sysctls;
 //! - [`probe`]: what the running kernel supports, found by trying it in a scratch namespace.
 //!
@@ -26,6 +28,7 @@
 
 mod error;
 pub mod netns;
+pub mod nft;
 pub mod probe;
 pub mod rtnl;
 mod socket;

@@ -5,11 +5,13 @@ use std::os::fd::AsRawFd;
 
 use futures::TryStreamExt;
 use rtnetlink::packet_route::address::{AddressAttribute, AddressMessage};
-use rtnetlink::packet_route::link::{LinkAttribute, LinkFlags, LinkInfo, LinkMessage, MacVlanMode};
+use rtnetlink::packet_route::link::{
+    InfoBridgePort, LinkAttribute, LinkFlags, LinkInfo, LinkMessage, MacVlanMode,
+};
 use rtnetlink::packet_route::route::RouteMessage;
 use rtnetlink::{
-    Handle, LinkBridge, LinkMacVlan, LinkMessageBuilder, LinkUnspec, LinkVeth, LinkVxlan,
-    RouteMessageBuilder,
+    Handle, LinkBridge, LinkBridgePort, LinkMacVlan, LinkMessageBuilder, LinkUnspec, LinkVeth,
+    LinkVxlan, RouteMessageBuilder,
 };
 
 use crate::error::{Result, SysError};
@@ -128,13 +130,13 @@ impl Rtnl {
     pub async fn connect(ns: &Netns) -> Result<Self> {
         let fd = ns.fd().as_raw_fd();
         let (connection, handle, _) =
-            with_target(fd, || rtnetlink::new_connection_with_socket::<NsSocket>()).map_err(
-                |e| SysError::Netns {
+            with_target(fd, rtnetlink::new_connection_with_socket::<NsSocket>).map_err(|e| {
+                SysError::Netns {
                     path: ns.path().to_path_buf(),
                     op: "open netlink socket",
                     source: e,
-                },
-            )?;
+                }
+            })?;
         let connection = tokio::spawn(connection);
         Ok(Self {
             handle,
@@ -301,6 +303,29 @@ impl Rtnl {
     /// Attaches a link to a bridge.
     pub async fn set_master(&self, index: u32, master: u32) -> Result<()> {
         self.set(index, |m| m.controller(master), "attach").await
+    }
+
+    /// Sets or clears the bridge port `isolated` flag (`IFLA_BRPORT_ISOLATED`) of a link
+    /// attached to a bridge: isolated ports cannot exchange frames with each other, only with
+    /// non-isolated ports and the bridge itself. This is how Plexus enforces `enable_icc=false`
+    /// without `br_netfilter`.
+    pub async fn set_port_isolated(&self, index: u32, isolated: bool) -> Result<()> {
+        // Port settings need RTM_NEWLINK on the existing link (RTM_SETLINK ignores them).
+        let message = LinkBridgePort::new(index)
+            .append_info_data(InfoBridgePort::Isolated(isolated))
+            .build();
+        self.handle
+            .link()
+            .set_port(message)
+            .execute()
+            .await
+            .map_err(|e| {
+                SysError::netlink(
+                    format!("set bridge port isolated={isolated} of link {index}"),
+                    &format!("link {index}"),
+                    e,
+                )
+            })
     }
 
     /// Renames a link (it must be down).

@@ -1,0 +1,234 @@
+//! The raw nf_tables connection: a `NETLINK_NETFILTER` socket born inside one namespace,
+//! atomic batches, and dumps of tables and set elements.
+
+use std::io;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::Mutex;
+
+use netlink_sys::{protocols::NETLINK_NETFILTER, Socket, SocketAddr};
+
+use super::wire::{self, msg, nlm, Batch, Element, Family};
+use crate::error::{libc_errno, Result, SysError};
+use crate::netns::Netns;
+
+/// Sequence numbers: each batch takes a block, so replies of different batches never mix.
+static SEQ: AtomicU32 = AtomicU32::new(1);
+const SEQ_BLOCK: u32 = 1 << 16;
+const RECV_BUF: usize = 256 * 1024;
+
+/// A connection to nf_tables in one namespace.
+pub struct Nft {
+    sock: Mutex<Socket>,
+    ns: Netns,
+}
+
+impl std::fmt::Debug for Nft {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Nft")
+            .field("netns", &self.ns.path())
+            .finish()
+    }
+}
+
+fn open_socket() -> io::Result<Socket> {
+    let mut s = Socket::new(NETLINK_NETFILTER)?;
+    s.bind_auto()?;
+    s.connect(&SocketAddr::new(0, 0))?;
+    let _ = s.set_rx_buf_sz(1 << 20);
+    nix::sys::socket::setsockopt(
+        &s,
+        nix::sys::socket::sockopt::ReceiveTimeout,
+        &nix::sys::time::TimeVal::new(5, 0),
+    )
+    .map_err(io::Error::from)?;
+    Ok(s)
+}
+
+/// Maps the kernel's errno for `op` to the most precise error.
+fn kernel_error(op: &str, errno: i32) -> SysError {
+    match errno {
+        libc_errno::EEXIST => SysError::Exists { what: op.into() },
+        libc_errno::ENOENT => SysError::NotFound { what: op.into() },
+        libc_errno::EOPNOTSUPP | nix::libc::EAFNOSUPPORT | nix::libc::EPROTONOSUPPORT => {
+            SysError::Unsupported {
+                feature: format!("nf_tables: {op}"),
+                hint: "the kernel lacks nf_tables or one of its modules (nft_nat, nft_masq, nft_ct, nft_fib, nft_chain_nat)".into(),
+            }
+        }
+        _ => SysError::Netlink {
+            op: op.into(),
+            message: io::Error::from_raw_os_error(errno).to_string(),
+            errno: Some(errno),
+        },
+    }
+}
+
+fn io_error(op: &str, e: io::Error) -> SysError {
+    SysError::Netlink {
+        op: op.into(),
+        message: e.to_string(),
+        errno: e.raw_os_error(),
+    }
+}
+
+impl Nft {
+    /// Opens a `NETLINK_NETFILTER` socket inside `ns` (on a short-lived thread there), so
+    /// everything sent through it programs that namespace's nf_tables.
+    pub fn open(ns: &Netns) -> Result<Self> {
+        let sock = ns.run(open_socket)?.map_err(|source| SysError::Netns {
+            path: ns.path().to_path_buf(),
+            op: "open nf_tables netlink socket",
+            source,
+        })?;
+        Ok(Self {
+            sock: Mutex::new(sock),
+            ns: ns.clone(),
+        })
+    }
+
+    /// The namespace it programs.
+    pub fn netns(&self) -> &Netns {
+        &self.ns
+    }
+
+    /// A new, empty batch for [`apply`](Self::apply).
+    pub fn batch(&self) -> Batch {
+        Batch::new(SEQ.fetch_add(SEQ_BLOCK, Ordering::Relaxed))
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Socket> {
+        // A panic while holding the lock leaves nothing half-done on the socket we rely on:
+        // every call drains its replies, so a poisoned lock is safe to reuse.
+        self.sock.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Sends a batch and waits for the kernel's verdict: all of it applied, or none of it and
+    /// the error of the first message that failed (naming the object).
+    pub fn apply(&self, batch: Batch) -> Result<()> {
+        if batch.is_empty() {
+            return Ok(());
+        }
+        let (buf, ops, _) = batch.finish();
+        let sock = self.lock();
+        sock.send(&buf, 0)
+            .map_err(|e| io_error("send nf_tables batch", e))?;
+        // The kernel handles a batch inside sendmsg: every reply is queued by now.
+        let mut rx = Vec::with_capacity(RECV_BUF);
+        let mut first_error: Option<(u32, i32)> = None;
+        let mut acks = 0usize;
+        loop {
+            rx.clear();
+            match sock.recv(&mut rx, nix::libc::MSG_DONTWAIT) {
+                Ok(_) => {}
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => return Err(io_error("read nf_tables replies", e)),
+            }
+            for m in wire::messages(&rx) {
+                if m.ty != nlm::ERROR || m.payload.len() < 4 {
+                    continue;
+                }
+                let code =
+                    i32::from_ne_bytes([m.payload[0], m.payload[1], m.payload[2], m.payload[3]]);
+                if code == 0 {
+                    acks += 1;
+                } else if first_error.is_none() {
+                    first_error = Some((m.seq, -code));
+                }
+            }
+        }
+        if let Some((seq, errno)) = first_error {
+            let op = ops
+                .iter()
+                .find(|(s, _)| *s == seq)
+                .map(|(_, op)| op.clone())
+                .unwrap_or_else(|| "nf_tables batch".to_string());
+            tracing::debug!(netns = %self.ns.path().display(), %op, errno, "nf_tables batch refused");
+            return Err(kernel_error(&op, errno));
+        }
+        if acks < ops.len() {
+            tracing::warn!(
+                acks,
+                messages = ops.len(),
+                "nf_tables batch: fewer acks than messages"
+            );
+        }
+        tracing::trace!(netns = %self.ns.path().display(), messages = ops.len(), "nf_tables batch applied");
+        Ok(())
+    }
+
+    /// Runs a dump and returns the payloads (after the nfgenmsg header) with their family.
+    fn dump(
+        &self,
+        op: &str,
+        m: u8,
+        family: u8,
+        f: impl FnOnce(&mut Vec<u8>),
+    ) -> Result<Vec<(u8, Vec<u8>)>> {
+        let seq = SEQ.fetch_add(SEQ_BLOCK, Ordering::Relaxed);
+        let req = wire::dump_request(m, family, seq, f);
+        let sock = self.lock();
+        sock.send(&req, 0).map_err(|e| io_error(op, e))?;
+        let mut out = Vec::new();
+        let mut rx = Vec::with_capacity(RECV_BUF);
+        loop {
+            rx.clear();
+            match sock.recv(&mut rx, 0) {
+                Ok(_) => {}
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => return Err(io_error(op, e)),
+            }
+            for m in wire::messages(&rx) {
+                if m.seq != seq {
+                    continue; // a stale reply of an earlier request
+                }
+                match m.ty {
+                    nlm::DONE => return Ok(out),
+                    nlm::NOOP => {}
+                    nlm::ERROR => {
+                        let code = m
+                            .payload
+                            .get(..4)
+                            .map(|b| i32::from_ne_bytes([b[0], b[1], b[2], b[3]]))
+                            .unwrap_or(0);
+                        if code == 0 {
+                            return Ok(out);
+                        }
+                        return Err(kernel_error(op, -code));
+                    }
+                    _ if m.payload.len() >= 4 => {
+                        out.push((m.payload[0], m.payload[4..].to_vec()));
+                    }
+                    _ => {}
+                }
+            }
+        }
+    }
+
+    /// Every nf_tables table of the namespace, of every family.
+    pub fn tables(&self) -> Result<Vec<(Family, String)>> {
+        let msgs = self.dump("list nf_tables tables", msg::GETTABLE, 0, |_| {})?;
+        Ok(msgs
+            .into_iter()
+            .filter_map(|(fam, payload)| {
+                Some((
+                    Family::from_number(fam)?,
+                    wire::attr_str(&payload, wire::TABLE_NAME_ATTR)?,
+                ))
+            })
+            .collect())
+    }
+
+    /// The elements of a set or map.
+    pub fn elements(&self, family: Family, table: &str, set: &str) -> Result<Vec<Element>> {
+        let op = format!("list set {} {table} {set}", family.name());
+        let msgs = self.dump(&op, msg::GETSETELEM, family.number(), |b| {
+            wire::put_str(b, wire::NFTA_SET_ELEM_LIST_TABLE, table);
+            wire::put_str(b, wire::NFTA_SET_ELEM_LIST_SET, set);
+        })?;
+        Ok(msgs
+            .iter()
+            .flat_map(|(_, p)| wire::parse_elements(p))
+            .collect())
+    }
+}
