@@ -184,6 +184,7 @@ fn main() {
         peak_rss_mb(),
         started.elapsed()
     );
+    eprintln!("# detect times (ms): {detect:?}");
     let c50 = pct(&mut conv.clone(), 0.5);
     let c99 = pct(&mut conv, 0.99);
     let d99 = pct(&mut detect, 0.99);

@@ -9,7 +9,7 @@ use crate::error::GossipError;
 pub struct Config {
     /// Largest datagram sent or accepted, seal included (default 1400).
     pub packet_size: usize,
-    /// Largest stream frame accepted (default 32 MiB).
+    /// Largest stream frame accepted (default 8 MiB).
     pub max_stream_size: usize,
     /// How often queued gossip is pushed to `gossip_fanout` random peers (default 200 ms).
     pub gossip_interval: Duration,
@@ -41,7 +41,7 @@ impl Default for Config {
     fn default() -> Self {
         Self {
             packet_size: 1400,
-            max_stream_size: 32 << 20,
+            max_stream_size: 8 << 20,
             gossip_interval: Duration::from_millis(200),
             gossip_fanout: 3,
             sync_interval: Duration::from_secs(30),

@@ -402,18 +402,13 @@ impl<A: Address> Node<A> {
         let budget = self.cfg.packet_size.saturating_sub(SEAL_OVERHEAD + w.len());
         let limit = self.retransmit_limit(self.members.active() + 1);
         let n = match &body {
-            Body::TableGossip { network } => match self.local.get_mut(network) {
-                Some(l) => {
-                    let nl = {
-                        let id = self.net_ids.get(network).copied();
-                        id.map(|i| self.attach[i].joined.len()).unwrap_or(1)
-                    };
-                    let lim = self.cfg.retransmit_mult.max(1)
-                        * (((nl + 1) as f64).log10().ceil().max(1.0) as u32 + 2);
-                    l.queue.fill(&mut w, budget, lim, None)
+            Body::TableGossip { network } => {
+                let lim = self.table_limit(network);
+                match self.local.get_mut(network) {
+                    Some(l) => l.queue.fill(&mut w, budget, lim, None),
+                    None => 0,
                 }
-                None => 0,
-            },
+            }
             _ => self.cluster_q.fill(&mut w, budget, limit, prefer),
         };
         set_item_count(&mut w, at, n);
@@ -424,6 +419,15 @@ impl<A: Address> Node<A> {
     }
 
     fn send_stream(&mut self, to: A, body: Body<A>, items: &[Item<A>]) {
+        let raw: Vec<Vec<u8>> = items
+            .iter()
+            .take(u16::MAX as usize)
+            .map(|it| it.to_bytes())
+            .collect();
+        self.send_stream_raw(to, body, &raw);
+    }
+
+    fn send_stream_raw(&mut self, to: A, body: Body<A>, items: &[Vec<u8>]) {
         let header = Header {
             from: self.addr,
             epoch: self.epoch,
@@ -436,13 +440,24 @@ impl<A: Address> Node<A> {
         let at = encode_head(&header, &body, &mut w);
         let n = items.len().min(u16::MAX as usize);
         for it in &items[..n] {
-            it.encode(&mut w);
+            w.extend_from_slice(it);
         }
         set_item_count(&mut w, at, n);
         let data = self.sealer.seal(Channel::Stream, &w);
         self.stats.tx_streams += 1;
         self.stats.tx_bytes += data.len() as u64;
         self.outbox.push_back(Transmit::Stream { to, data });
+    }
+
+    /// Transmissions of a table event in `network` (same formula as the cluster's, over
+    /// the network's size).
+    fn table_limit(&self, network: &str) -> u32 {
+        let nl = self
+            .net_ids
+            .get(network)
+            .map(|i| self.attach[*i].joined.len())
+            .unwrap_or(1);
+        self.retransmit_limit(nl)
     }
 
     /// The next thing to send, if any.
@@ -1683,17 +1698,36 @@ impl<A: Address> Node<A> {
             .collect();
         for net in nets {
             let peers = self.random_network_peers(&net, self.cfg.gossip_fanout, |r| r.active());
+            let lim = self.table_limit(&net);
+            // Entries too big for a datagram travel over streams (same epidemic, same limit).
+            let threshold = self
+                .cfg
+                .packet_size
+                .saturating_sub(SEAL_OVERHEAD + 64 + net.len());
             for p in peers {
-                if self.local.get(&net).is_none_or(|l| l.queue.is_empty()) {
-                    break;
-                }
-                self.send_datagram(
-                    p,
-                    Body::TableGossip {
+                let large = match self.local.get_mut(&net) {
+                    Some(l) if !l.queue.is_empty() => l.queue.take_large(threshold, lim),
+                    _ => break,
+                };
+                if !large.is_empty() {
+                    let body = Body::TableGossip {
                         network: net.clone(),
-                    },
-                    None,
-                );
+                    };
+                    self.send_stream_raw(p, body, &large);
+                }
+                if self
+                    .local
+                    .get(&net)
+                    .is_some_and(|l| l.queue.has_small(threshold))
+                {
+                    self.send_datagram(
+                        p,
+                        Body::TableGossip {
+                            network: net.clone(),
+                        },
+                        None,
+                    );
+                }
             }
         }
     }

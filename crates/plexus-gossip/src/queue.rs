@@ -86,6 +86,29 @@ impl BroadcastQueue {
     }
 }
 
+impl BroadcastQueue {
+    /// Whether any queued item fits in `threshold` bytes.
+    pub fn has_small(&self, threshold: usize) -> bool {
+        self.items.iter().any(|q| q.bytes.len() <= threshold)
+    }
+
+    /// Items too large for a datagram (`len > threshold`): returns copies to send over a
+    /// stream, counting one transmission each and dropping those that reached `limit`.
+    pub fn take_large(&mut self, threshold: usize, limit: u32) -> Vec<Vec<u8>> {
+        let mut out = Vec::new();
+        for q in self.items.iter_mut() {
+            if q.bytes.len() > threshold {
+                out.push(q.bytes.clone());
+                q.sent += 1;
+            }
+        }
+        if !out.is_empty() {
+            self.items.retain(|q| q.sent < limit);
+        }
+        out
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

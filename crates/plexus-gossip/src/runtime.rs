@@ -21,8 +21,9 @@ use crate::node::{EntryInfo, Event, MemberInfo, NetworkInfo, Node, Stats, Transm
 use crate::rng::Rng;
 use crate::seal::{Key, Keyring};
 
-/// Most concurrent inbound and outbound stream connections each.
-const MAX_CONNS: usize = 64;
+/// Most concurrent inbound and outbound stream connections each (with the stream size
+/// limit, this bounds what unauthenticated peers can make us buffer).
+const MAX_CONNS: usize = 16;
 /// Time allowed to read or write one stream frame.
 const STREAM_TIMEOUT: Duration = Duration::from_secs(10);
 
