@@ -548,6 +548,7 @@ async fn cleanup_removes_only_plexus_tables() {
             key_len: 16,
             interval: false,
             data: None,
+            userdata: Vec::new(),
         },
     );
     b.add_chain(
@@ -608,6 +609,7 @@ async fn cleanup_removes_only_plexus_tables() {
             key_len: 16,
             interval: false,
             data: None,
+            userdata: Vec::new(),
         },
     );
     let err = raw
@@ -632,4 +634,66 @@ async fn cleanup_removes_only_plexus_tables() {
     );
     assert_eq!(ok("state", fw.state()), Default::default());
     assert!(ok("names", raw.elements(Family::Inet, "foreign", "names")).is_empty());
+}
+
+#[tokio::test]
+async fn reconcile_makes_the_kernel_match_the_store() {
+    need_root!();
+    let host = PinnedNs::new("rec");
+    let fw = ok("open", Firewall::open(&host.ns));
+    ok("ensure base", fw.ensure_base());
+    let a = net("plx-r1", 80);
+    let b = NetworkRules {
+        internal: true,
+        ..net("plx-r2", 81)
+    };
+    let p1 = port(8080, 80, 2, "ep-1");
+    let p2 = port(8081, 81, 2, "ep-2");
+    let p3 = port(8082, 80, 3, "ep-3");
+    ok("a", fw.setup_network(&a));
+    ok("b", fw.setup_network(&b));
+    ok("ports", fw.publish(&[p1.clone(), p2.clone(), p3.clone()]));
+
+    // The store (after a crash) says: network a without masquerade, p1, and p3 moved.
+    let a2 = NetworkRules {
+        masquerade: false,
+        ..a.clone()
+    };
+    let p3b = PortMapping {
+        port: 443,
+        ..p3.clone()
+    };
+    let p4 = PortMapping {
+        host_ip: Some(Ipv4Addr::new(10, 80, 0, 1).into()),
+        ..port(9000, 80, 4, "ep-4")
+    };
+    let wanted = [p1.clone(), p3b.clone(), p4.clone()];
+    let fresh = ok("reopen", Firewall::open(&host.ns));
+    let removed = ok(
+        "reconcile",
+        fresh.reconcile(std::slice::from_ref(&a2), &wanted),
+    );
+    assert_eq!(removed.bridges, vec!["plx-r2".to_string()]);
+    assert_eq!(
+        removed.subnets,
+        vec![(IpAddr::from(Ipv4Addr::new(10, 81, 0, 0)), 24)]
+    );
+    let mut gone: Vec<u16> = removed.ports.iter().map(|p| p.host_port).collect();
+    gone.sort();
+    assert_eq!(gone, vec![8081, 8082]);
+
+    let st = ok("state", fresh.state());
+    assert_eq!(st.bridges.iter().collect::<Vec<_>>(), vec!["plx-r1"]);
+    assert!(st.internal.is_empty() && st.masquerade.is_empty(), "{st:?}");
+    assert_eq!(
+        st.subnets.iter().cloned().collect::<Vec<_>>(),
+        vec![(IpAddr::from(Ipv4Addr::new(10, 80, 0, 0)), 24)]
+    );
+    let mut want = wanted.to_vec();
+    want.sort_by_key(|p| (p.proto, p.host_port, p.host_ip));
+    assert_eq!(st.ports, want);
+    assert_eq!(fresh.published(), want);
+    // Idempotent: a second pass finds nothing stale.
+    let again = ok("reconcile again", fresh.reconcile(&[a2], &wanted));
+    assert_eq!(again, Default::default());
 }

@@ -121,6 +121,14 @@ const fn concat(a: u32, b: u32) -> u32 {
     (a << 6) | b
 }
 const IFNAMSIZ: usize = 16;
+
+/// nft's set userdata saying the key is in host byte order (`NFTNL_UDATA_SET_KEYBYTEORDER`,
+/// `BYTEORDER_HOST_ENDIAN`), so `nft list` prints interface names as strings.
+fn ifname_udata() -> Vec<u8> {
+    let mut u = vec![0, 4];
+    u.extend_from_slice(&1u32.to_ne_bytes());
+    u
+}
 const RTN_LOCAL: u32 = 2;
 /// nft's comment TLV type in element userdata.
 const UDATA_COMMENT: u8 = 0;
@@ -462,6 +470,7 @@ fn nat_sets(f: Family) -> Vec<SetDef> {
             key_len: IFNAMSIZ as u32,
             interval: false,
             data: None,
+            userdata: ifname_udata(),
         },
         SetDef {
             name: NETS.into(),
@@ -469,6 +478,7 @@ fn nat_sets(f: Family) -> Vec<SetDef> {
             key_len: alen,
             interval: true,
             data: None,
+            userdata: Vec::new(),
         },
         SetDef {
             name: MASQ_NETS.into(),
@@ -476,6 +486,7 @@ fn nat_sets(f: Family) -> Vec<SetDef> {
             key_len: alen,
             interval: true,
             data: None,
+            userdata: Vec::new(),
         },
         SetDef {
             name: PORTS.into(),
@@ -483,6 +494,7 @@ fn nat_sets(f: Family) -> Vec<SetDef> {
             key_len: 8,
             interval: false,
             data: Some((concat(ip_type, TYPE_INET_SERVICE), alen + 4)),
+            userdata: Vec::new(),
         },
         SetDef {
             name: PORTS_IP.into(),
@@ -490,6 +502,7 @@ fn nat_sets(f: Family) -> Vec<SetDef> {
             key_len: alen + 8,
             interval: false,
             data: Some((concat(ip_type, TYPE_INET_SERVICE), alen + 4)),
+            userdata: Vec::new(),
         },
     ]
 }
@@ -768,6 +781,11 @@ impl Firewall {
                     key_len: (IFNAMSIZ * fields) as u32,
                     interval: false,
                     data: None,
+                    userdata: if fields == 1 {
+                        ifname_udata()
+                    } else {
+                        Vec::new()
+                    },
                 },
             );
         }
@@ -833,11 +851,7 @@ impl Firewall {
         Ok(NetElements { bridge, nets })
     }
 
-    /// Adds a network: its bridge to the isolation sets, its subnets to the NAT sets
-    /// (masqueraded unless internal or masquerade is off). One batch of element inserts;
-    /// adding the same network again is harmless.
-    pub fn setup_network(&self, net: &NetworkRules) -> Result<()> {
-        let e = Self::network_elements(net)?;
+    fn network_adds(b: &mut Batch, net: &NetworkRules, e: &NetElements) {
         let bridge = [Element {
             key: e.bridge.clone(),
             ..Element::default()
@@ -846,7 +860,6 @@ impl Firewall {
             key: [e.bridge.clone(), e.bridge.clone()].concat(),
             ..Element::default()
         }];
-        let mut b = self.nft.batch();
         b.add_elements(Family::Inet, FILTER_TABLE, BRIDGES, &bridge, false);
         b.add_elements(Family::Inet, FILTER_TABLE, INTRA, &intra, false);
         if net.internal {
@@ -861,6 +874,15 @@ impl Firewall {
                 }
             }
         }
+    }
+
+    /// Adds a network: its bridge to the isolation sets, its subnets to the NAT sets
+    /// (masqueraded unless internal or masquerade is off). One batch of element inserts;
+    /// adding the same network again is harmless.
+    pub fn setup_network(&self, net: &NetworkRules) -> Result<()> {
+        let e = Self::network_elements(net)?;
+        let mut b = self.nft.batch();
+        Self::network_adds(&mut b, net, &e);
         self.nft.apply(b).map_err(|e| named(e, &net.bridge))?;
         tracing::debug!(bridge = %net.bridge, subnets = ?net.subnets, masquerade = net.masquerade, internal = net.internal, "network firewall set up");
         Ok(())
@@ -1035,6 +1057,131 @@ impl Firewall {
         Ok(st)
     }
 
+    /// Makes the kernel match the store: after [`ensure_base`](Self::ensure_base), one batch
+    /// removes every Plexus element (bridge, subnet, published port) that `networks` and
+    /// `ports` do not describe and adds whatever they describe and the kernel lacks. For
+    /// start-up after a crash; returns what was removed.
+    pub fn reconcile(
+        &self,
+        networks: &[NetworkRules],
+        ports: &[PortMapping],
+    ) -> Result<Reconciled> {
+        for (i, p) in ports.iter().enumerate() {
+            validate(p)?;
+            if let Some(o) = ports[..i].iter().find(|o| o.clashes(p)) {
+                return Err(conflict(p, o));
+            }
+        }
+        let mut want_bridges = BTreeSet::new();
+        let mut want_internal = BTreeSet::new();
+        let mut want_nets = BTreeSet::new();
+        let mut want_masq = BTreeSet::new();
+        for n in networks {
+            ifname_key(&n.bridge)?;
+            want_bridges.insert(n.bridge.clone());
+            if n.internal {
+                want_internal.insert(n.bridge.clone());
+            }
+            for &(a, len) in &n.subnets {
+                let (start, _) = prefix_elements(a, len)?;
+                want_nets.insert((start, len));
+                if n.masquerade && !n.internal {
+                    want_masq.insert((start, len));
+                }
+            }
+        }
+        self.ensure_base()?;
+        let st = self.state()?;
+        let names = |f: Family, table: &str, set: &str| -> Result<BTreeSet<String>> {
+            Ok(self
+                .nft
+                .elements(f, table, set)?
+                .iter()
+                .map(|e| {
+                    let k = e.key.get(..IFNAMSIZ).unwrap_or(&e.key);
+                    let end = k.iter().position(|&c| c == 0).unwrap_or(k.len());
+                    String::from_utf8_lossy(&k[..end]).into_owned()
+                })
+                .collect())
+        };
+        let mut seen = st.bridges.clone();
+        seen.extend(st.internal.iter().cloned());
+        seen.extend(names(Family::Inet, FILTER_TABLE, INTRA)?);
+        for f in [Family::Ip, Family::Ip6] {
+            seen.extend(names(f, NAT_TABLE, BRIDGES)?);
+        }
+        let mut out = Reconciled {
+            bridges: seen.difference(&want_bridges).cloned().collect(),
+            subnets: st
+                .subnets
+                .iter()
+                .chain(st.masquerade.iter())
+                .filter(|n| !want_nets.contains(n))
+                .cloned()
+                .collect::<BTreeSet<_>>()
+                .into_iter()
+                .collect(),
+            ports: st
+                .ports
+                .iter()
+                .filter(|p| !ports.contains(p))
+                .cloned()
+                .collect(),
+        };
+        let mut b = self.nft.batch();
+        for name in &out.bridges {
+            let key = ifname_key(name)?;
+            let one = [Element {
+                key: key.clone(),
+                ..Element::default()
+            }];
+            let pair = [Element {
+                key: [key.clone(), key].concat(),
+                ..Element::default()
+            }];
+            b.destroy_elements(Family::Inet, FILTER_TABLE, BRIDGES, &one);
+            b.destroy_elements(Family::Inet, FILTER_TABLE, INTERNAL, &one);
+            b.destroy_elements(Family::Inet, FILTER_TABLE, INTRA, &pair);
+            for f in [Family::Ip, Family::Ip6] {
+                b.destroy_elements(f, NAT_TABLE, BRIDGES, &one);
+            }
+        }
+        for name in st.internal.difference(&want_internal) {
+            let one = [Element {
+                key: ifname_key(name)?,
+                ..Element::default()
+            }];
+            b.destroy_elements(Family::Inet, FILTER_TABLE, INTERNAL, &one);
+        }
+        for (set, have, want) in [
+            (NETS, &st.subnets, &want_nets),
+            (MASQ_NETS, &st.masquerade, &want_masq),
+        ] {
+            for &(a, len) in have.difference(want) {
+                let (_, elems) = prefix_elements(a, len)?;
+                b.destroy_elements(family_of(a), NAT_TABLE, set, &elems);
+            }
+        }
+        Self::port_deletes(&mut b, &out.ports);
+        for n in networks {
+            let e = Self::network_elements(n)?;
+            Self::network_adds(&mut b, n, &e);
+        }
+        for p in ports.iter().filter(|p| !st.ports.contains(p)) {
+            b.add_elements(p.family(), NAT_TABLE, p.set(), &[p.element(true)], true);
+        }
+        self.nft.apply(b)?;
+        self.reload_ports()?;
+        out.ports.sort_by_key(|p| (p.proto, p.host_port, p.host_ip));
+        tracing::info!(
+            stale_bridges = out.bridges.len(),
+            stale_subnets = out.subnets.len(),
+            stale_ports = out.ports.len(),
+            "nf_tables reconciled with the store"
+        );
+        Ok(out)
+    }
+
     /// Deletes Plexus's tables (and so all its rules, sets and elements) in one batch;
     /// no other table is touched. Idempotent.
     pub fn cleanup_all(&self) -> Result<()> {
@@ -1055,6 +1202,17 @@ pub fn is_plexus_table(family: Family, name: &str) -> bool {
         (family, name),
         (Family::Inet, FILTER_TABLE) | (Family::Ip, NAT_TABLE) | (Family::Ip6, NAT_TABLE)
     )
+}
+
+/// What [`Firewall::reconcile`] removed from the kernel.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Reconciled {
+    /// Bridges no network of the store has.
+    pub bridges: Vec<String>,
+    /// Subnets no network of the store has (or no longer masquerades).
+    pub subnets: Vec<(IpAddr, u8)>,
+    /// Published ports the store does not have (or has differently).
+    pub ports: Vec<PortMapping>,
 }
 
 struct NetElements {

@@ -62,6 +62,7 @@ const NFTA_SET_KEY_LEN: u16 = 5;
 const NFTA_SET_DATA_TYPE: u16 = 6;
 const NFTA_SET_DATA_LEN: u16 = 7;
 const NFTA_SET_ID: u16 = 10;
+const NFTA_SET_USERDATA: u16 = 13;
 pub(crate) const NFTA_SET_ELEM_LIST_TABLE: u16 = 1;
 pub(crate) const NFTA_SET_ELEM_LIST_SET: u16 = 2;
 pub(crate) const NFTA_SET_ELEM_LIST_ELEMENTS: u16 = 3;
@@ -519,6 +520,8 @@ pub struct SetDef {
     pub interval: bool,
     /// For maps: the value's nft type number and length.
     pub data: Option<(u32, u32)>,
+    /// Opaque bytes stored with the set (nft keeps display hints there); empty for none.
+    pub userdata: Vec<u8>,
 }
 
 /// One set element.
@@ -713,6 +716,9 @@ impl Batch {
                     put_be32(b, NFTA_SET_DATA_LEN, len);
                 }
                 put_be32(b, NFTA_SET_ID, id); // required, unique within the batch
+                if !set.userdata.is_empty() {
+                    put(b, NFTA_SET_USERDATA, &set.userdata);
+                }
             },
         );
     }
