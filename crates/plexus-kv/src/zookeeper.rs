@@ -9,13 +9,17 @@
 //!
 //! | znode | data | mode |
 //! |---|---|---|
-//! | a key | `0x01` followed by the value (so an empty value is one byte) | persistent, or TTL |
-//! | an implicit parent, created only to hold keys under it (or a deleted key that still has keys under it) | empty | persistent (or the TTL it had as a key) |
+//! | a key | `0x01` followed by the value (so an empty value is one byte) | persistent |
+//! | a key with a TTL | `0x03`, the TTL in ms (8 bytes, big-endian), the value | TTL |
+//! | an implicit parent, created only to hold keys under it (or a deleted key that still has keys under it) | empty | persistent |
+//! | a deleted TTL key that still has keys under it | `0x04`, the TTL in ms | TTL |
 //! | a lock contender (`<lock key>/lock-<session>-<seq>`) | `0x02` followed by the lock's value | ephemeral sequential |
 //!
-//! Only the first kind is a key: `get`, `exists` and `list` ignore the other two, so implicit
-//! parents and lock nodes never show up. A znode written by another tool with data that does not
-//! start with `0x01`/`0x02` reads as a key with that raw value; one with empty data is a parent.
+//! Only keys are keys: `get`, `exists` and `list` ignore the other kinds, so implicit parents
+//! and lock nodes never show up. The data carries the TTL because ZooKeeper does not tell a
+//! client whether a znode is a TTL znode, and a write must know: a znode's mode is fixed at
+//! creation. A znode written by another tool with data that does not start with one of these
+//! marks reads as a key with that raw value; one with empty data is a parent.
 //!
 //! Deleting a key with nothing under it deletes its znode and then every implicit parent left
 //! empty above it; deleting a key that has keys under it empties its data. (A TTL key that expires
@@ -44,8 +48,11 @@
 //! the last one yielded. Updates made faster than that round trip are *coalesced* into the
 //! latest one; the last value is always delivered and indexes never go back. When the
 //! connection drops, the stream yields one `Err(Unavailable)`, and after the reconnection (or a
-//! new session, if the old one expired) it reads again, so the final state is never missed even
-//! though ZooKeeper does not replay notifications lost during the disconnection.
+//! new session, if the old one expired) it sets the watch again (zookeeper-client 0.11 does not
+//! restore persistent watches itself) and reads again, so the final state is never missed even
+//! though ZooKeeper does not replay notifications lost during the disconnection. A tree watch
+//! reads every znode it knows of, and those the notifications name, in one `multi` read, and
+//! reads again while that finds znodes it did not know: each list is a state the tree had.
 //!
 //! # TTL
 //!
@@ -103,6 +110,10 @@ const BACKEND: &str = "zookeeper";
 const KEY_MARK: u8 = 0x01;
 /// First data byte of a lock contender's znode.
 const LOCK_MARK: u8 = 0x02;
+/// First data byte of a key's znode with a TTL (then the TTL in ms, 8 bytes big-endian).
+const TTL_KEY_MARK: u8 = 0x03;
+/// First data byte of a TTL znode left as a parent (then the TTL in ms).
+const TTL_PARENT_MARK: u8 = 0x04;
 /// Name prefix of lock contenders' znodes.
 const LOCK_PREFIX: &str = "lock-";
 /// ZooKeeper's default `jute.maxbuffer`.
@@ -249,27 +260,14 @@ fn tls_options(url: &str, tls: &TlsOptions) -> Result<zk::TlsOptions> {
     Ok(options)
 }
 
-/// A znode's mode, from its stat.
+/// A znode's mode. ZooKeeper does not tell clients whether a znode is a TTL znode (its stat
+/// shows no owner), so the data says it (see the module docs).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Mode {
     Persistent,
-    Container,
     /// TTL in milliseconds.
     Ttl(u64),
     Ephemeral,
-}
-
-fn mode_of(stat: &Stat) -> Mode {
-    let owner = stat.ephemeral_owner as u64;
-    if owner == 0 {
-        Mode::Persistent
-    } else if owner == 0x8000_0000_0000_0000 {
-        Mode::Container
-    } else if owner >> 56 == 0xFF && (owner >> 40) & 0xFFFF == 0 {
-        Mode::Ttl(owner & 0xFF_FFFF_FFFF)
-    } else {
-        Mode::Ephemeral
-    }
 }
 
 /// The mode a write asks for.
@@ -288,31 +286,99 @@ fn create_options(mode: Mode) -> zk::CreateOptions<'static> {
     }
 }
 
-/// Whether the znode is a key (see the module docs).
-fn is_key(stat: &Stat) -> bool {
-    stat.data_length > 0 && mode_of(stat) != Mode::Ephemeral
+/// What a znode is, from its data (see the module docs).
+#[derive(Debug)]
+enum Node {
+    Key { value: Vec<u8>, mode: Mode },
+    Parent { mode: Mode },
+    Lock,
 }
 
-fn encode(value: &[u8]) -> Vec<u8> {
-    let mut data = Vec::with_capacity(value.len() + 1);
-    data.push(KEY_MARK);
+impl Node {
+    fn parse(mut data: Vec<u8>, stat: &Stat) -> Node {
+        // Only plain ephemeral znodes show their owner.
+        if stat.ephemeral_owner != 0 {
+            return Node::Lock;
+        }
+        let ttl = |data: &[u8]| -> Option<u64> {
+            Some(u64::from_be_bytes(data.get(1..9)?.try_into().ok()?))
+        };
+        match data.first() {
+            None => Node::Parent {
+                mode: Mode::Persistent,
+            },
+            Some(&KEY_MARK) => {
+                data.remove(0);
+                Node::Key {
+                    value: data,
+                    mode: Mode::Persistent,
+                }
+            }
+            Some(&LOCK_MARK) => Node::Lock,
+            Some(&TTL_KEY_MARK) if data.len() >= 9 => {
+                let mode = Mode::Ttl(ttl(&data).unwrap_or(0));
+                data.drain(..9);
+                Node::Key { value: data, mode }
+            }
+            Some(&TTL_PARENT_MARK) if data.len() >= 9 => Node::Parent {
+                mode: Mode::Ttl(ttl(&data).unwrap_or(0)),
+            },
+            // Written by another tool: a key with that raw value.
+            Some(_) => Node::Key {
+                value: data,
+                mode: Mode::Persistent,
+            },
+        }
+    }
+
+    fn mode(&self) -> Mode {
+        match self {
+            Node::Key { mode, .. } | Node::Parent { mode } => *mode,
+            Node::Lock => Mode::Ephemeral,
+        }
+    }
+
+    fn is_key(&self) -> bool {
+        matches!(self, Node::Key { .. })
+    }
+
+    fn into_value(self) -> Option<Vec<u8>> {
+        match self {
+            Node::Key { value, .. } => Some(value),
+            _ => None,
+        }
+    }
+}
+
+/// A key's data.
+fn encode(value: &[u8], mode: Mode) -> Vec<u8> {
+    let mut data = Vec::with_capacity(value.len() + 9);
+    match mode {
+        Mode::Ttl(ms) => {
+            data.push(TTL_KEY_MARK);
+            data.extend_from_slice(&ms.to_be_bytes());
+        }
+        _ => data.push(KEY_MARK),
+    }
     data.extend_from_slice(value);
     data
 }
 
-/// The value of a key's znode, or `None` for a parent or lock node.
-fn decode(mut data: Vec<u8>, stat: &Stat) -> Option<Vec<u8>> {
-    if !is_key(stat) {
-        return None;
-    }
-    match data.first() {
-        None | Some(&LOCK_MARK) => None,
-        Some(&KEY_MARK) => {
-            data.remove(0);
-            Some(data)
+/// The data of a deleted key that still has keys under it.
+fn parent_data(mode: Mode) -> Vec<u8> {
+    match mode {
+        Mode::Ttl(ms) => {
+            let mut data = vec![TTL_PARENT_MARK];
+            data.extend_from_slice(&ms.to_be_bytes());
+            data
         }
-        Some(_) => Some(data),
+        _ => Vec::new(),
     }
+}
+
+/// The value of a key's znode, or `None` for a parent or lock node.
+fn decode(data: Vec<u8>, stat: &Stat) -> Option<Vec<u8>> {
+    Node::parse(data, stat).into_value()
 }
 
 fn index_of(stat: &Stat) -> u64 {
@@ -605,14 +671,22 @@ impl Inner {
             let Ok(Some(stat)) = client.check_stat(path).await else {
                 return;
             };
-            if stat.data_length != 0 || stat.num_children != 0 || mode_of(&stat) != Mode::Persistent
-            {
+            if stat.data_length != 0 || stat.num_children != 0 || stat.ephemeral_owner != 0 {
                 return;
             }
             if client.delete(path, Some(stat.version)).await.is_err() {
                 return;
             }
             path = parent_of(path);
+        }
+    }
+
+    /// Reads a znode: what it is, and its stat; `None` if it does not exist.
+    async fn read_node(&self, client: &Client, path: &str) -> Result<Option<(Node, Stat)>> {
+        match client.get_data(path).await {
+            Ok((data, stat)) => Ok(Some((Node::parse(data, &stat), stat))),
+            Err(zk::Error::NoNode) => Ok(None),
+            Err(e) => Err(self.err("read", e)),
         }
     }
 
@@ -644,8 +718,8 @@ impl Inner {
         check_value(key, value, self.max_value(), BACKEND)?;
         let client = self.client().await?;
         let path = self.path(key);
-        let data = encode(value);
         let want = wanted_mode(&options);
+        let data = encode(value, want);
         let op = if options.ttl.is_some() {
             "write with TTL"
         } else {
@@ -657,11 +731,7 @@ impl Inner {
             last_index: index_of(stat),
         };
         for _ in 0..MAX_ATTEMPTS {
-            let stat = client
-                .check_stat(&path)
-                .await
-                .map_err(|e| self.err("stat", e))?;
-            let Some(stat) = stat else {
+            let Some((node, stat)) = self.read_node(&client, &path).await? else {
                 if let Expect::Index(_) = expect {
                     return Err(KvError::KeyNotFound {
                         key: key.to_string(),
@@ -677,7 +747,7 @@ impl Inner {
                     Err(e) => return Err(self.err(op, e)),
                 }
             };
-            let present = is_key(&stat);
+            let present = node.is_key();
             match expect {
                 Expect::Absent if present => {
                     return Err(KvError::KeyExists {
@@ -698,8 +768,7 @@ impl Inner {
                 }
                 _ => {}
             }
-            let mode = mode_of(&stat);
-            if mode == want {
+            if node.mode() == want {
                 match client.set_data(&path, &data, Some(stat.version)).await {
                     Ok(stat) => return Ok(pair(&stat)),
                     Err(zk::Error::BadVersion | zk::Error::NoNode) => continue,
@@ -750,12 +819,8 @@ impl Inner {
             key: key.to_string(),
         };
         for _ in 0..MAX_ATTEMPTS {
-            let stat = client
-                .check_stat(&path)
-                .await
-                .map_err(|e| self.err("stat", e))?;
-            let stat = match stat {
-                Some(stat) if is_key(&stat) => stat,
+            let (node, stat) = match self.read_node(&client, &path).await? {
+                Some((node, stat)) if node.is_key() => (node, stat),
                 _ => return Err(not_found()),
             };
             if let Some(index) = expected {
@@ -780,7 +845,10 @@ impl Inner {
                 }
             }
             // Keys live under it: it stays as an implicit parent.
-            match client.set_data(&path, &[], Some(stat.version)).await {
+            match client
+                .set_data(&path, &parent_data(node.mode()), Some(stat.version))
+                .await
+            {
                 Ok(_) => return Ok(()),
                 Err(zk::Error::BadVersion | zk::Error::NoNode) => continue,
                 Err(e) => return Err(self.err("delete", e)),
@@ -1060,17 +1128,24 @@ impl Inner {
                     .map_err(|e| self.err("txn", e))?;
             }
             let results = reader.commit().await.map_err(|e| self.err("txn", e))?;
-            let mut stats: HashMap<&str, Option<Stat>> = HashMap::new();
+            let mut stats: HashMap<&str, Option<Seen>> = HashMap::new();
             for (k, r) in keys.iter().zip(results) {
-                let stat = match r {
-                    MultiReadResult::Data { stat, .. } => Some(stat),
+                let seen = match r {
+                    MultiReadResult::Data { data, stat } => {
+                        let node = Node::parse(data, &stat);
+                        Some(Seen {
+                            present: node.is_key(),
+                            mode: node.mode(),
+                            stat,
+                        })
+                    }
                     _ => None,
                 };
-                stats.insert(k, stat);
+                stats.insert(k, seen);
             }
             let stat_of = |k: &str| stats.get(k).copied().flatten();
             for c in &txn.compares {
-                let stat = stat_of(c.key()).filter(is_key);
+                let stat = stat_of(c.key()).filter(|s| s.present).map(|s| s.stat);
                 let conflict = |reason: String| KvError::TxnConflict {
                     key: c.key().to_string(),
                     reason,
@@ -1105,7 +1180,7 @@ impl Inner {
                 let path = self.path(c.key());
                 match (c, stat_of(c.key())) {
                     (_, Some(s)) => {
-                        w.add_check_version(&path, s.version).map_err(zkerr)?;
+                        w.add_check_version(&path, s.stat.version).map_err(zkerr)?;
                         n += 1;
                     }
                     (Compare::Absent { key }, None) if !put_keys.contains(key.as_str()) => {
@@ -1125,7 +1200,7 @@ impl Inner {
                 let stat = stat_of(op.key());
                 match op {
                     TxnOp::Put { key, value } => {
-                        let data = encode(value);
+                        let data = encode(value, Mode::Persistent);
                         match stat {
                             None => {
                                 w.add_create(&path, &data, &create_options(Mode::Persistent))
@@ -1134,14 +1209,14 @@ impl Inner {
                                 n += 1;
                                 need_parents.push(path);
                             }
-                            Some(s) if mode_of(&s) == Mode::Persistent => {
-                                w.add_set_data(&path, &data, Some(s.version))
+                            Some(s) if s.mode == Mode::Persistent => {
+                                w.add_set_data(&path, &data, Some(s.stat.version))
                                     .map_err(zkerr)?;
                                 put_result.push(n);
                                 n += 1;
                             }
-                            Some(s) if s.num_children == 0 => {
-                                w.add_delete(&path, Some(s.version))
+                            Some(s) if s.stat.num_children == 0 => {
+                                w.add_delete(&path, Some(s.stat.version))
                                     .and_then(|_| {
                                         w.add_create(
                                             &path,
@@ -1165,13 +1240,14 @@ impl Inner {
                         }
                     }
                     TxnOp::Delete { .. } => match stat {
-                        Some(s) if is_key(&s) && s.num_children == 0 => {
-                            w.add_delete(&path, Some(s.version)).map_err(zkerr)?;
+                        Some(s) if s.present && s.stat.num_children == 0 => {
+                            w.add_delete(&path, Some(s.stat.version)).map_err(zkerr)?;
                             n += 1;
                             deleted.push(path);
                         }
-                        Some(s) if is_key(&s) => {
-                            w.add_set_data(&path, &[], Some(s.version)).map_err(zkerr)?;
+                        Some(s) if s.present => {
+                            w.add_set_data(&path, &parent_data(s.mode), Some(s.stat.version))
+                                .map_err(zkerr)?;
                             n += 1;
                         }
                         _ => {}
@@ -1240,6 +1316,14 @@ impl Inner {
     }
 }
 
+/// A znode as a transaction read it.
+#[derive(Debug, Clone, Copy)]
+struct Seen {
+    present: bool,
+    mode: Mode,
+    stat: Stat,
+}
+
 /// What a write expects to find.
 #[derive(Debug, Clone, Copy)]
 enum Expect {
@@ -1291,11 +1375,8 @@ impl Store for ZkStore {
         let i = &self.inner;
         i.run("exists", async {
             let client = i.client().await?;
-            let stat = client
-                .check_stat(&i.path(key))
-                .await
-                .map_err(|e| i.err("exists", e))?;
-            Ok(stat.as_ref().is_some_and(is_key))
+            let node = i.read_node(&client, &i.path(key)).await?;
+            Ok(node.is_some_and(|(node, _)| node.is_key()))
         })
         .await
     }
@@ -1493,6 +1574,7 @@ async fn watch_task<T: WatchState>(
             }
             let mut connected = true;
             let mut ended = false;
+            let mut reconnected = false;
             for event in &events {
                 if event.event_type != EventType::Session {
                     continue;
@@ -1512,10 +1594,16 @@ async fn watch_task<T: WatchState>(
                         }
                     }
                     s if s.is_terminated() => ended = true,
-                    _ => connected = true,
+                    _ => {
+                        connected = true;
+                        reconnected = true;
+                    }
                 }
             }
-            if ended {
+            if ended || (connected && reconnected) {
+                // zookeeper-client 0.11 does not set persistent watches again after a
+                // reconnection (its SetWatches request leaves them out), and ZooKeeper drops
+                // the notifications of the outage anyway: watch again, then read.
                 break;
             }
             if !connected {
@@ -1555,8 +1643,8 @@ async fn watch_task<T: WatchState>(
                 }
             }
         }
-        // The session ended: open a new one, watch again, read again.
-        drop(watcher);
+        // Reconnected, or the session ended (then open a new one): watch again, read again.
+        // The old watcher is dropped only once the new one is registered.
         loop {
             if inner.is_closed() {
                 return;
@@ -1892,8 +1980,8 @@ mod tests {
     }
 
     #[test]
-    fn modes_from_ephemeral_owner() {
-        let mut stat = Stat {
+    fn node_encoding() {
+        let stat = Stat {
             czxid: 1,
             mzxid: 1,
             pzxid: 1,
@@ -1906,14 +1994,31 @@ mod tests {
             data_length: 1,
             num_children: 0,
         };
-        assert_eq!(mode_of(&stat), Mode::Persistent);
-        stat.ephemeral_owner = (0xFF00_0000_0000_0000u64 | 1500) as i64;
-        assert_eq!(mode_of(&stat), Mode::Ttl(1500));
-        stat.ephemeral_owner = 0x1234;
-        assert_eq!(mode_of(&stat), Mode::Ephemeral);
-        assert!(!is_key(&stat));
-        stat.ephemeral_owner = i64::MIN;
-        assert_eq!(mode_of(&stat), Mode::Container);
+        let parse = |data: Vec<u8>| Node::parse(data, &stat);
+        assert!(matches!(parse(encode(b"v", Mode::Persistent)),
+            Node::Key { value, mode: Mode::Persistent } if value == b"v"));
+        assert!(matches!(parse(encode(b"", Mode::Ttl(1500))),
+            Node::Key { value, mode: Mode::Ttl(1500) } if value.is_empty()));
+        assert!(matches!(
+            parse(parent_data(Mode::Persistent)),
+            Node::Parent {
+                mode: Mode::Persistent
+            }
+        ));
+        assert!(matches!(
+            parse(parent_data(Mode::Ttl(7))),
+            Node::Parent { mode: Mode::Ttl(7) }
+        ));
+        assert!(matches!(parse(vec![LOCK_MARK, 1]), Node::Lock));
+        assert!(matches!(parse(b"raw".to_vec()), Node::Key { value, .. } if value == b"raw"));
+        let ephemeral = Stat {
+            ephemeral_owner: 0x1234,
+            ..stat
+        };
+        assert!(matches!(
+            Node::parse(encode(b"v", Mode::Persistent), &ephemeral),
+            Node::Lock
+        ));
     }
 
     #[test]
