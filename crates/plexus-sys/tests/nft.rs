@@ -9,7 +9,7 @@
 //! when it is masqueraded. Everything is removed by drop guards, even on failure.
 
 use std::io::{Read, Write};
-use std::net::{IpAddr, Ipv4Addr, SocketAddr, TcpListener, TcpStream};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, TcpListener, TcpStream};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -153,6 +153,17 @@ struct Topo {
     host: PinnedNs,
 }
 
+/// IPv6 addresses usable at once (no duplicate address detection) in links made or moved
+/// into `ns` from now on.
+fn no_dad(ns: &Netns) {
+    for key in [
+        "net.ipv6.conf.all.accept_dad",
+        "net.ipv6.conf.default.accept_dad",
+    ] {
+        ok("accept_dad", sysctl::write(ns, key, "0"));
+    }
+}
+
 async fn lo_up(rtnl: &Rtnl) {
     let lo = ok("lo", rtnl.require_link("lo").await);
     ok("lo up", rtnl.set_up(lo.index).await);
@@ -162,6 +173,8 @@ impl Topo {
     async fn new() -> Self {
         let host = PinnedNs::new("host");
         let outside = PinnedNs::new("outside");
+        no_dad(&host.ns);
+        no_dad(&outside.ns);
         let rh = ok("connect host", Rtnl::connect(&host.ns).await);
         lo_up(&rh).await;
         let (ext, peer) = ok("veth", rh.add_veth("ext0", "ext0p", None, MARK).await);
@@ -211,6 +224,7 @@ impl Topo {
     async fn sandbox(&mut self, bridge: u32, n: u8, host: u8) -> (usize, u32) {
         let i = self.sandboxes.len();
         let sb = PinnedNs::new(&format!("sb{i}"));
+        no_dad(&sb.ns);
         let (h, peer) = ok(
             "veth",
             self.rh
@@ -696,4 +710,86 @@ async fn reconcile_makes_the_kernel_match_the_store() {
     // Idempotent: a second pass finds nothing stale.
     let again = ok("reconcile again", fresh.reconcile(&[a2], &wanted));
     assert_eq!(again, Default::default());
+}
+
+#[tokio::test]
+async fn ipv6_egress_is_masqueraded_and_ports_are_published() {
+    need_root!();
+    let mut t = Topo::new().await;
+    let br = t.bridge("plx-6", 90).await;
+    let (s1, _) = t.sandbox(br, 90, 2).await;
+    let v6 = |s: &str| -> Ipv6Addr { s.parse().unwrap_or(Ipv6Addr::UNSPECIFIED) };
+    let (host6, out6, gw6, sb6) = (
+        v6("fd00:30::1"),
+        v6("fd00:30::2"),
+        v6("fd00:90::1"),
+        v6("fd00:90::2"),
+    );
+    let ext = ok("ext0", t.rh.require_link("ext0").await);
+    ok(
+        "host v6",
+        t.rh.add_address(ext.index, host6.into(), 64).await,
+    );
+    ok("gw v6", t.rh.add_address(br, gw6.into(), 64).await);
+    let ro = ok("connect outside", Rtnl::connect(&t.outside.ns).await);
+    let eth0 = ok("eth0", ro.require_link("eth0").await);
+    ok(
+        "outside v6",
+        ro.add_address(eth0.index, out6.into(), 64).await,
+    );
+    let rs = ok("connect sandbox", Rtnl::connect(t.sb(s1)).await);
+    let eth0 = ok("eth0", rs.require_link("eth0").await);
+    ok(
+        "sandbox v6",
+        rs.add_address(eth0.index, sb6.into(), 64).await,
+    );
+    ok(
+        "v6 default route",
+        rs.add_route(&Route {
+            destination: None,
+            gateway: Some(gw6.into()),
+            oif: None,
+        })
+        .await,
+    );
+    ok(
+        "v6 forwarding",
+        sysctl::write(&t.host.ns, "net.ipv6.conf.all.forwarding", "1"),
+    );
+    let fw = t.firewall();
+    let dual = NetworkRules {
+        subnets: vec![
+            (Ipv4Addr::new(10, 90, 0, 0).into(), 24),
+            (v6("fd00:90::").into(), 64),
+        ],
+        ..net("plx-6", 90)
+    };
+    ok("dual-stack network", fw.setup_network(&dual));
+    let st = ok("state", fw.state());
+    assert!(
+        st.masquerade.contains(&(v6("fd00:90::").into(), 64)),
+        "{st:?}"
+    );
+
+    let _out = Server::start(&t.outside.ns, SocketAddr::from((out6, 9000)));
+    assert_eq!(
+        reaches(t.sb(s1), SocketAddr::from((out6, 9000))),
+        host6.to_string()
+    );
+    let _web = Server::start(t.sb(s1), SocketAddr::from((sb6, 80)));
+    let web = PortMapping {
+        addr: sb6.into(),
+        ..port(8080, 90, 2, "endpoint-v6")
+    };
+    ok("publish v6", fw.publish(std::slice::from_ref(&web)));
+    // The same host port over IPv4 is a different binding.
+    ok(
+        "publish v4",
+        fw.publish(&[port(8080, 90, 2, "endpoint-v4")]),
+    );
+    let published = SocketAddr::from((host6, 8080));
+    assert_eq!(reaches(&t.outside.ns, published), out6.to_string());
+    reaches(&t.host.ns, published);
+    ok("unpublish v6", fw.unpublish(std::slice::from_ref(&web)));
+    assert!(blocked(&t.outside.ns, published));
 }

@@ -3,8 +3,10 @@
 //!
 //! # Library choice
 //!
-//! The messages are encoded here ([`wire`](self::Expr) — about 600 lines) and sent over a plain
-//! `NETLINK_NETFILTER` socket from `netlink-sys`, born inside the target namespace. The
+//! The messages are encoded here (module `wire`, whose building blocks are re-exported:
+//! [`Batch`], [`Expr`], [`SetDef`], [`Element`]) and sent by [`Nft`] over a plain
+//! `NETLINK_NETFILTER` socket from `netlink-sys`, born inside the target namespace (opened on
+//! a thread inside it through [`Netns::run`]). The
 //! alternatives were weighed first: `rustables` 0.9 has no maps (`NFTA_SET_DATA_*`), no
 //! concatenations, no `fib`; `netlink-packet-netfilter` 0.4's `nftables` module covers
 //! tables, chains, sets and a few expressions but not `nat`, `masq`, `ct`, `fib` or
@@ -75,7 +77,30 @@
 //!   daemon reads back who has which port ([`Firewall::state`]).
 //!
 //! Calls are synchronous: each is one short kernel round trip (no network wait), fine from
-//! async code.
+//! async code. Deletions use `NFT_MSG_DESTROY*` (missing objects are not errors), which needs
+//! Linux ≥ 6.3.
+//!
+//! ```no_run
+//! # fn demo(ns: &plexus_sys::netns::Netns) -> plexus_sys::Result<()> {
+//! use plexus_sys::nft::{Firewall, NetworkRules, PortMapping, Proto};
+//! let fw = Firewall::open(ns)?;
+//! fw.ensure_base()?;
+//! fw.setup_network(&NetworkRules {
+//!     bridge: "plx0".into(),
+//!     subnets: vec![("10.10.0.0".parse().unwrap(), 24)],
+//!     masquerade: true,
+//!     internal: false,
+//! })?;
+//! fw.publish(&[PortMapping {
+//!     proto: Proto::Tcp,
+//!     host_ip: None,
+//!     host_port: 8080,
+//!     addr: "10.10.0.2".parse().unwrap(),
+//!     port: 80,
+//!     owner: "endpoint-1".into(),
+//! }])?;
+//! # Ok(()) }
+//! ```
 
 mod raw;
 mod wire;
