@@ -4,6 +4,9 @@ use std::time::Duration;
 
 use crate::error::GossipError;
 
+/// The default gossip port (UDP and TCP), as Docker's.
+pub const DEFAULT_PORT: u16 = 7946;
+
 /// Protocol tunables. [`Config::default`] gives libnetwork's / memberlist's LAN defaults.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Config {

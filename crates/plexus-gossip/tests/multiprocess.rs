@@ -130,8 +130,13 @@ fn block() -> (u8, u8) {
     )
 }
 
+/// Not 7946 itself, in case something on the machine holds it on every address.
+fn port() -> u16 {
+    20_000 + (std::process::id() % 20_000) as u16
+}
+
 fn addr(b: (u8, u8), i: u8) -> SocketAddr {
-    SocketAddr::from(([127, b.0, b.1, i], 7946))
+    SocketAddr::from(([127, b.0, b.1, i], port()))
 }
 
 fn wait_until(what: &str, timeout: Duration, mut f: impl FnMut() -> bool) {

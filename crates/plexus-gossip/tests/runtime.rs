@@ -20,7 +20,10 @@ fn fast() -> Config {
 
 fn addr(i: u8) -> SocketAddr {
     let pid = std::process::id();
-    SocketAddr::from(([127, 1 + (pid % 99) as u8, 250, i], 7946))
+    SocketAddr::from((
+        [127, 1 + (pid % 99) as u8, 250, i],
+        20_000 + (pid % 20_000) as u16,
+    ))
 }
 
 async fn wait_until(what: &str, timeout: Duration, mut f: impl FnMut() -> bool) {
