@@ -832,46 +832,51 @@ impl<A: Address> Node<A> {
         self.incarnation
     }
 
-    /// Bulk bootstrap used by the simulator: every address in `all` is an alive member
-    /// attached to every network in `networks` at Lamport time 1, as after a completed
-    /// join. Emits no events and queues no gossip.
-    pub fn preload(&mut self, all: &[A], networks: &[&str]) {
+    /// Bulk bootstrap used by the simulator: every address of `p` is an alive member
+    /// attached to every network of `p` at Lamport time 1, as after a completed join.
+    /// Emits no events and queues no gossip.
+    pub fn preload(&mut self, p: &Preload<A>) {
+        let fresh = self.incarnation == 0 && self.members.slots() == 0 && self.my_attach.is_empty();
+        let all = &p.all;
         self.members.reserve_exact(all.len());
+        let networks: Vec<&str> = p.networks.iter().map(|s| s.as_str()).collect();
         let ids: Vec<usize> = networks.iter().map(|n| self.net_id(n)).collect();
         for id in &ids {
             self.attach[*id].by_slot.reserve_exact(all.len());
         }
+        let at = Attach {
+            ltime: 1,
+            joined: true,
+        };
         for a in all {
             if *a == self.addr {
                 continue;
             }
             let s = self.members.ensure(*a);
             self.members.set(s, 0, MemberState::Alive);
-            self.digest ^= member_hash(a, 0, MemberState::Alive);
-            for (id, name) in ids.iter().zip(networks) {
+            if !fresh {
+                self.digest ^= member_hash(a, 0, MemberState::Alive);
+            }
+            for (id, name) in ids.iter().zip(&networks) {
                 let att = &mut self.attach[*id];
                 if att.by_slot.len() <= s as usize {
                     att.by_slot.resize(s as usize + 1, 0);
                 }
-                let at = Attach {
-                    ltime: 1,
-                    joined: true,
-                };
                 att.by_slot[s as usize] = pack(at);
                 att.dirty = true;
-                self.digest ^= attach_hash(a, name, at);
+                if !fresh {
+                    self.digest ^= attach_hash(a, name, at);
+                }
             }
         }
         self.clock = self.clock.max(1);
-        for n in networks {
-            let at = Attach {
-                ltime: 1,
-                joined: true,
-            };
+        for n in &networks {
             if let Some(o) = self.my_attach.insert(n.to_string(), at) {
                 self.digest ^= attach_hash(&self.addr, n, o);
             }
-            self.digest ^= attach_hash(&self.addr, n, at);
+            if !fresh {
+                self.digest ^= attach_hash(&self.addr, n, at);
+            }
             self.local.insert(
                 n.to_string(),
                 Local {
@@ -880,6 +885,15 @@ impl<A: Address> Node<A> {
                     bootstrap: false,
                 },
             );
+        }
+        if fresh && all.contains(&self.addr) {
+            // Same full state on every node: the digest was computed once.
+            self.digest = p.digest;
+        } else if fresh {
+            self.digest = p.digest ^ self.self_hash();
+            for n in &networks {
+                self.digest ^= attach_hash(&self.addr, n, at);
+            }
         }
     }
 
@@ -1826,6 +1840,37 @@ impl<A: Address> Node<A> {
                 l.table.remove_where(|_, e| e.owner == node);
             }
             self.members.forget(slot);
+        }
+    }
+}
+
+/// A bulk bootstrap shared by many simulated nodes (see [`Node::preload`]): the member
+/// list, the networks, and the membership digest computed once.
+#[derive(Debug, Clone)]
+pub struct Preload<A> {
+    all: Vec<A>,
+    networks: Vec<String>,
+    digest: u64,
+}
+
+impl<A: Address> Preload<A> {
+    /// Every address of `all` alive (incarnation 0) and attached to every network.
+    pub fn new(all: Vec<A>, networks: &[&str]) -> Self {
+        let at = Attach {
+            ltime: 1,
+            joined: true,
+        };
+        let mut digest = 0;
+        for a in &all {
+            digest ^= member_hash(a, 0, MemberState::Alive);
+            for n in networks {
+                digest ^= attach_hash(a, n, at);
+            }
+        }
+        Self {
+            all,
+            networks: networks.iter().map(|s| s.to_string()).collect(),
+            digest,
         }
     }
 }

@@ -10,7 +10,7 @@ use std::cmp::Ordering;
 use std::collections::BinaryHeap;
 
 use crate::config::Config;
-use crate::node::{Event, Node, Transmit};
+use crate::node::{Event, Node, Preload, Transmit};
 use crate::rng::{stable_hash, Rng};
 use crate::seal::{Key, Keyring};
 
@@ -173,10 +173,10 @@ impl Sim {
 
     /// Bootstraps every node as if all had joined: full member list, attached to `networks`.
     pub fn preload(&mut self, networks: &[&str]) {
-        let all: Vec<u32> = (0..self.nodes.len() as u32).collect();
+        let p = Preload::new((0..self.nodes.len() as u32).collect(), networks);
         for i in 0..self.nodes.len() {
             if let Some(n) = self.nodes[i].as_mut() {
-                n.preload(&all, networks);
+                n.preload(&p);
             }
         }
     }
