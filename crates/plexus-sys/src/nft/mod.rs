@@ -917,6 +917,8 @@ impl Firewall {
     /// Missing elements are not an error (for clean-up and reconciliation).
     pub fn teardown_network(&self, net: &NetworkRules) -> Result<()> {
         let e = Self::network_elements(net)?;
+        // Ports published through another handle count too.
+        self.reload_ports()?;
         let bridge = [Element {
             key: e.bridge.clone(),
             ..Element::default()
@@ -972,8 +974,8 @@ impl Firewall {
                 validate(p)?;
                 let existing = map.get(&(p.proto, p.host_port)).into_iter().flatten();
                 if let Some(o) = existing.chain(ports[..i].iter()).find(|o| o.clashes(p)) {
-                    if o == p && !ports[..i].contains(p) {
-                        continue; // already published, identically
+                    if o == p {
+                        continue; // already published (or listed twice), identically
                     }
                     return Err(conflict(p, o));
                 }
@@ -1338,6 +1340,13 @@ mod tests {
             assert_eq!(back, BTreeSet::from([(start, l)]), "{a}/{l}");
         }
         assert!(prefix_elements(IpAddr::V4(Ipv4Addr::LOCALHOST), 33).is_err());
+    }
+
+    #[test]
+    fn firewall_is_shareable_across_tasks() {
+        fn shareable<T: Send + Sync>() {}
+        shareable::<Firewall>();
+        shareable::<Nft>();
     }
 
     #[test]
