@@ -17,7 +17,7 @@ use tokio::task::JoinHandle;
 
 use crate::config::Config;
 use crate::error::GossipError;
-use crate::node::{EntryInfo, Event, MemberInfo, NetworkInfo, Node, Stats, Transmit};
+use crate::node::{EntryEvent, EntryInfo, Event, MemberInfo, NetworkInfo, Node, Stats, Transmit};
 use crate::rng::Rng;
 use crate::seal::{Key, Keyring};
 
@@ -197,6 +197,15 @@ impl GossipHandle {
         self.shared.events.subscribe()
     }
 
+    /// Watches the entries of one table (create / update / delete).
+    pub fn watch_table(&self, network: &str, table: &str) -> TableWatch {
+        TableWatch {
+            rx: self.shared.events.subscribe(),
+            network: network.to_string(),
+            table: table.to_string(),
+        }
+    }
+
     /// Leaves gracefully, lets the news go out for `linger`, then stops.
     pub async fn leave(&self, linger: Duration) {
         self.with(|n, now| n.leave(now));
@@ -213,6 +222,31 @@ impl GossipHandle {
         for t in tasks {
             t.abort();
             let _ = t.await;
+        }
+    }
+}
+
+/// Entry events of one table (see [`GossipHandle::watch_table`]).
+#[derive(Debug)]
+pub struct TableWatch {
+    rx: broadcast::Receiver<Event<SocketAddr>>,
+    network: String,
+    table: String,
+}
+
+impl TableWatch {
+    /// The next event of the table; `Err(n)` if `n` events were missed because the watcher
+    /// fell behind (re-read the table then); `None` once the node has stopped.
+    pub async fn next(&mut self) -> Option<Result<EntryEvent<SocketAddr>, u64>> {
+        loop {
+            match self.rx.recv().await {
+                Ok(Event::Entry(e)) if e.network == self.network && e.table == self.table => {
+                    return Some(Ok(e))
+                }
+                Ok(_) => {}
+                Err(broadcast::error::RecvError::Lagged(n)) => return Some(Err(n)),
+                Err(broadcast::error::RecvError::Closed) => return None,
+            }
         }
     }
 }

@@ -63,6 +63,7 @@ async fn watch_diagnostics_and_key_rotation_over_real_sockets() {
     })
     .await;
     let mut watch = nodes[3].watch();
+    let mut table_watch = nodes[2].watch_table("net", "svc");
     nodes[0].put("net", "svc", "web", b"10.0.0.2").expect("put");
     let ev = tokio::time::timeout(Duration::from_secs(5), async {
         loop {
@@ -73,6 +74,18 @@ async fn watch_diagnostics_and_key_rotation_over_real_sockets() {
     })
     .await
     .expect("watch event");
+    let tev = tokio::time::timeout(Duration::from_secs(5), table_watch.next())
+        .await
+        .expect("table watch event");
+    assert!(matches!(tev, Some(Ok(e)) if e.key == "web" && e.kind == EntryEventKind::Create));
+    nodes[0].delete("net", "svc", "web").expect("delete");
+    let tev = tokio::time::timeout(Duration::from_secs(5), table_watch.next())
+        .await
+        .expect("table watch delete");
+    assert!(matches!(tev, Some(Ok(e)) if e.key == "web" && e.kind == EntryEventKind::Delete));
+    nodes[0]
+        .put("net", "svc", "web", b"10.0.0.2")
+        .expect("put again");
     assert_eq!(ev.kind, EntryEventKind::Create);
     assert_eq!(
         (ev.key.as_str(), ev.value.as_slice()),
