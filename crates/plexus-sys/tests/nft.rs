@@ -531,6 +531,22 @@ async fn internal_network_has_no_egress() {
         internal: true,
         ..net("plx-n", 97)
     };
+    // The outside could answer un-NATed traffic: what blocks is the firewall, not routing.
+    let ro = ok("connect outside", Rtnl::connect(&t.outside.ns).await);
+    ok(
+        "route back",
+        ro.add_route(&Route {
+            destination: Some((Ipv4Addr::new(10, 97, 0, 0).into(), 24)),
+            gateway: Some(HOST_EXT.into()),
+            oif: None,
+        })
+        .await,
+    );
+    assert_eq!(
+        reaches(t.sb(s1), sa(OUTSIDE, 9000)),
+        "10.97.0.2",
+        "before the network is set up"
+    );
     ok("internal network", fw.setup_network(&internal));
     assert!(blocked(t.sb(s1), sa(OUTSIDE, 9000)));
     // Inside the network, sandboxes still talk (and reach their gateway).
@@ -542,6 +558,22 @@ async fn internal_network_has_no_egress() {
         st.internal.contains("plx-n") && st.masquerade.is_empty(),
         "{st:?}"
     );
+    // Nor through a published port: host port 8080 leads to the outside server (the host
+    // itself reaches it), but not from the internal sandbox.
+    ok(
+        "publish",
+        fw.publish(&[PortMapping {
+            addr: OUTSIDE.into(),
+            port: 9000,
+            ..port(8080, 97, 9, "endpoint-out")
+        }]),
+    );
+    assert_eq!(
+        reaches(&t.host.ns, sa(HOST_EXT, 8080)),
+        HOST_EXT.to_string()
+    );
+    assert!(blocked(t.sb(s1), sa(Ipv4Addr::new(10, 97, 0, 1), 8080)));
+    assert!(blocked(t.sb(s1), sa(HOST_EXT, 8080)));
 }
 
 #[tokio::test]

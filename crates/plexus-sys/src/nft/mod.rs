@@ -27,9 +27,9 @@
 //!   set intra    { type ifname . ifname } (br . br) for every Plexus bridge
 //!   chain forward { type filter hook forward priority filter; policy accept;
 //!     ct state established,related accept
-//!     ct status dnat accept                       published ports, from anywhere
 //!     iifname . oifname @intra accept             within one network (seen with br_netfilter)
 //!     iifname @internal drop ; oifname @internal drop      internal: no way in or out
+//!     ct status dnat accept                       published ports, from any other network
 //!     iifname @bridges oifname @bridges drop      isolation between networks
 //!     iifname @bridges accept                     egress
 //!     oifname @bridges drop }                     nothing unsolicited reaches a sandbox
@@ -72,7 +72,8 @@
 //!   third postrouting rule then masquerades it to the gateway address.
 //! - **Published ports reach across networks**: `ct status dnat accept` precedes the
 //!   isolation drop, so another network's sandbox reaches a published port through the host
-//!   address, as any outside client does.
+//!   address, as any outside client does. It follows the internal drops: an internal
+//!   network neither reaches out through a published port nor has its own reachable.
 //! - Published ports carry their owner in the element's comment (userdata), so a restarted
 //!   daemon reads back who has which port ([`Firewall::state`]).
 //!
@@ -662,7 +663,6 @@ fn forward_rules() -> Vec<Vec<Expr>> {
     dnat.push(accept.clone());
     vec![
         est,
-        dnat,
         vec![
             Expr::Meta {
                 key: MetaKey::IifName,
@@ -687,6 +687,7 @@ fn forward_rules() -> Vec<Vec<Expr>> {
             Expr::Counter,
             drop.clone(),
         ],
+        dnat,
         vec![
             meta(MetaKey::IifName),
             lookup(BRIDGES, r(0)),
