@@ -106,7 +106,7 @@
 mod raw;
 mod wire;
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::sync::Mutex;
 
@@ -957,9 +957,29 @@ impl Firewall {
         Ok(())
     }
 
-    fn port_deletes(b: &mut Batch, ports: &[PortMapping]) {
+    /// Groups port elements by the map they go to: one message per map.
+    fn by_map<'a>(
+        ports: impl IntoIterator<Item = &'a PortMapping>,
+        with_data: bool,
+    ) -> BTreeMap<(Family, &'static str), Vec<Element>> {
+        let mut maps: BTreeMap<(Family, &'static str), Vec<Element>> = BTreeMap::new();
         for p in ports {
-            b.destroy_elements(p.family(), NAT_TABLE, p.set(), &[p.element(false)]);
+            maps.entry((p.family(), p.set()))
+                .or_default()
+                .push(p.element(with_data));
+        }
+        maps
+    }
+
+    fn port_adds<'a>(b: &mut Batch, ports: impl IntoIterator<Item = &'a PortMapping>) {
+        for ((f, set), elems) in Self::by_map(ports, true) {
+            b.add_elements(f, NAT_TABLE, set, &elems, true);
+        }
+    }
+
+    fn port_deletes(b: &mut Batch, ports: &[PortMapping]) {
+        for ((f, set), elems) in Self::by_map(ports, false) {
+            b.destroy_elements(f, NAT_TABLE, set, &elems);
         }
     }
 
@@ -987,9 +1007,7 @@ impl Firewall {
             return Ok(());
         }
         let mut b = self.nft.batch();
-        for p in &todo {
-            b.add_elements(p.family(), NAT_TABLE, p.set(), &[p.element(true)], true);
-        }
+        Self::port_adds(&mut b, todo.iter().copied());
         match self.nft.apply(b) {
             Ok(()) => {}
             Err(SysError::Exists { .. }) => {
@@ -1195,9 +1213,7 @@ impl Firewall {
             let e = Self::network_elements(n)?;
             Self::network_adds(&mut b, n, &e);
         }
-        for p in ports.iter().filter(|p| !st.ports.contains(p)) {
-            b.add_elements(p.family(), NAT_TABLE, p.set(), &[p.element(true)], true);
-        }
+        Self::port_adds(&mut b, ports.iter().filter(|p| !st.ports.contains(p)));
         self.nft.apply(b)?;
         self.reload_ports()?;
         out.ports.sort_by_key(|p| (p.proto, p.host_port, p.host_ip));
