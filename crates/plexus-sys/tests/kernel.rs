@@ -122,9 +122,14 @@ async fn veth_between_two_namespaces_carries_tcp() {
     ok("up a", ra.set_up(va.index).await);
     ok("up b", rb.set_up(eth0.index).await);
     lo_up(&rb).await;
-    assert_eq!(
-        ok("addresses", rb.addresses(eth0.index).await),
-        vec![(IpAddr::V4(Ipv4Addr::new(10, 77, 0, 2)), 24)]
+    // The kernel may add an IPv6 link-local address of its own once the link is up.
+    let addresses = ok("addresses", rb.addresses(eth0.index).await);
+    let (v4, v6): (Vec<_>, Vec<_>) = addresses.into_iter().partition(|(a, _)| a.is_ipv4());
+    assert_eq!(v4, vec![(IpAddr::V4(Ipv4Addr::new(10, 77, 0, 2)), 24)]);
+    assert!(
+        v6.iter()
+            .all(|(a, p)| *p == 64 && a.to_string().starts_with("fe80:")),
+        "unexpected addresses {v6:?}"
     );
     let server = SocketAddr::from(([10, 77, 0, 2], 7000));
     let echo = echo_server(&b.ns, server);
