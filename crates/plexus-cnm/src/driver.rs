@@ -1,0 +1,164 @@
+//! The driver API, in the shape of libnetwork's: the controller calls a driver to make a
+//! network, to make an endpoint, to join it to a sandbox and to open it to the outside; the
+//! driver never calls back into the controller or the API.
+
+use std::collections::BTreeMap;
+use std::net::IpAddr;
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use ipnet::IpNet;
+
+use crate::model::{IpamPool, PortBinding, Scope};
+
+/// A driver's failure: a message for the user, and whether it is the user's fault.
+#[derive(Debug, Clone, thiserror::Error, PartialEq, Eq)]
+pub enum DriverError {
+    /// Bad input (an unknown or malformed option): the message names the option.
+    #[error("{0}")]
+    Invalid(String),
+    /// A clash with something that exists (a port published twice, a bridge name in use).
+    #[error("{0}")]
+    Conflict(String),
+    /// The kernel cannot do it (a missing module): the message says what is missing.
+    #[error("{0}")]
+    Unsupported(String),
+    /// Anything else.
+    #[error("{0}")]
+    Failed(String),
+}
+
+/// What a driver is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Capability {
+    /// Where its networks' state lives.
+    pub scope: Scope,
+    /// Whether its networks need IP addresses from IPAM (`null` and `host` do not).
+    pub needs_ipam: bool,
+    /// Whether more than one network of this driver may exist (`host` and `null`: no).
+    pub multiple_networks: bool,
+}
+
+/// What a driver is told about a network it must create.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NetworkInfo {
+    /// The network's id.
+    pub id: String,
+    /// The network's name.
+    pub name: String,
+    /// Driver options (`-o`).
+    pub options: BTreeMap<String, String>,
+    /// IPv4 pools, with gateways.
+    pub ipv4: Vec<IpamPool>,
+    /// IPv6 pools.
+    pub ipv6: Vec<IpamPool>,
+    /// `--internal`.
+    pub internal: bool,
+    /// `--ipv6`.
+    pub enable_ipv6: bool,
+}
+
+/// What a driver is told about an endpoint it must create.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EndpointInfo {
+    /// The network's id.
+    pub network_id: String,
+    /// The endpoint's id.
+    pub endpoint_id: String,
+    /// Its IPv4 address, if any.
+    pub ipv4: Option<IpNet>,
+    /// Its IPv6 address, if any.
+    pub ipv6: Option<IpNet>,
+    /// A MAC address asked for, if any.
+    pub mac: Option<String>,
+    /// Published ports.
+    pub ports: Vec<PortBinding>,
+}
+
+/// What a driver made for an endpoint.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct EndpointCreated {
+    /// The MAC address it gave the interface.
+    pub mac: Option<String>,
+    /// Published ports with ephemeral host ports filled in.
+    pub ports: Vec<PortBinding>,
+}
+
+/// What a join put inside the sandbox.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Joined {
+    /// The interface's name inside the sandbox (`eth0`).
+    pub interface: Option<String>,
+    /// The gateway(s) it routes through.
+    pub gateways: Vec<IpAddr>,
+}
+
+/// A network driver.
+#[async_trait]
+pub trait Driver: Send + Sync {
+    /// The driver's name (`bridge`).
+    fn name(&self) -> &str;
+
+    /// What it is.
+    fn capability(&self) -> Capability;
+
+    /// Checks driver options before anything is allocated; the error names the option.
+    fn validate_options(&self, options: &BTreeMap<String, String>) -> Result<(), DriverError>;
+
+    /// Makes the network's data plane (a bridge, a VXLAN device, nothing).
+    async fn create_network(&self, network: &NetworkInfo) -> Result<(), DriverError>;
+
+    /// Removes it; removing a network the driver does not know is not an error.
+    async fn delete_network(&self, network_id: &str) -> Result<(), DriverError>;
+
+    /// Makes an endpoint (a veth pair, a macvlan device, ...), not yet in any sandbox.
+    async fn create_endpoint(
+        &self,
+        endpoint: &EndpointInfo,
+    ) -> Result<EndpointCreated, DriverError>;
+
+    /// Removes an endpoint; unknown endpoints are not an error.
+    async fn delete_endpoint(&self, network_id: &str, endpoint_id: &str)
+        -> Result<(), DriverError>;
+
+    /// Puts the endpoint into the sandbox at `sandbox_key` (a namespace path), named
+    /// `interface_prefix` + a number, with its addresses and routes.
+    async fn join(
+        &self,
+        network_id: &str,
+        endpoint_id: &str,
+        sandbox_key: &str,
+        interface_prefix: &str,
+    ) -> Result<Joined, DriverError>;
+
+    /// Takes the endpoint out of the sandbox; idempotent.
+    async fn leave(&self, network_id: &str, endpoint_id: &str) -> Result<(), DriverError>;
+}
+
+/// The drivers a controller knows, by name.
+#[derive(Clone, Default)]
+pub struct DriverRegistry {
+    drivers: BTreeMap<String, Arc<dyn Driver>>,
+}
+
+impl DriverRegistry {
+    /// An empty registry.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Adds a driver under its own name (replacing one of the same name).
+    pub fn register(&mut self, driver: Arc<dyn Driver>) {
+        self.drivers.insert(driver.name().to_string(), driver);
+    }
+
+    /// The driver called `name`.
+    pub fn get(&self, name: &str) -> Option<Arc<dyn Driver>> {
+        self.drivers.get(name).cloned()
+    }
+
+    /// Every driver's name.
+    pub fn names(&self) -> Vec<String> {
+        self.drivers.keys().cloned().collect()
+    }
+}

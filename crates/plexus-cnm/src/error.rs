@@ -1,0 +1,96 @@
+//! Errors of the model: each says which field or object is wrong, in words a user of
+//! `docker network` would recognise, and maps onto an HTTP status for the API.
+
+/// An error from the [`Controller`](crate::Controller).
+#[derive(Debug, thiserror::Error)]
+pub enum CnmError {
+    /// A request field is malformed or not allowed.
+    #[error("invalid {field}: {reason}")]
+    Invalid {
+        /// The field (`name`, `driver`, `option com.docker.network.driver.mtu`, ...).
+        field: String,
+        /// What is wrong with it.
+        reason: String,
+    },
+    /// The named object does not exist.
+    #[error("{kind} {name} not found")]
+    NotFound {
+        /// `network`, `sandbox`, `endpoint`, `driver`.
+        kind: &'static str,
+        /// The name or id asked for.
+        name: String,
+    },
+    /// The object already exists.
+    #[error("{kind} with name {name} already exists")]
+    Exists {
+        /// `network`, `sandbox`, `endpoint`.
+        kind: &'static str,
+        /// The clashing name.
+        name: String,
+    },
+    /// The object is in use and cannot be removed.
+    #[error("{what} has active endpoints ({by})")]
+    InUse {
+        /// The object (`network n1`).
+        what: String,
+        /// Who uses it (`sandbox s1 (endpoint e1)`, ...).
+        by: String,
+    },
+    /// A driver refused or failed.
+    #[error("{driver} driver: {message}")]
+    Driver {
+        /// The driver's name.
+        driver: String,
+        /// Its message.
+        message: String,
+    },
+    /// The IPAM refused or failed.
+    #[error(transparent)]
+    Ipam(#[from] plexus_ipam::IpamError),
+    /// The store failed.
+    #[error(transparent)]
+    Store(#[from] plexus_kv::KvError),
+    /// Stored state could not be read (a bug or a foreign writer).
+    #[error("corrupt record at {key}: {reason}")]
+    Corrupt {
+        /// The store key.
+        key: String,
+        /// The decoding error.
+        reason: String,
+    },
+}
+
+impl CnmError {
+    /// The HTTP status an API server should answer with.
+    pub fn http_status(&self) -> u16 {
+        match self {
+            CnmError::Invalid { .. } => 400,
+            CnmError::NotFound { .. } => 404,
+            CnmError::Exists { .. } | CnmError::InUse { .. } => 409,
+            CnmError::Ipam(e) => ipam_status(e),
+            CnmError::Store(plexus_kv::KvError::TxnConflict { .. }) => 409,
+            _ => 500,
+        }
+    }
+
+    pub(crate) fn invalid(field: impl Into<String>, reason: impl Into<String>) -> Self {
+        CnmError::Invalid {
+            field: field.into(),
+            reason: reason.into(),
+        }
+    }
+}
+
+/// Result alias for this crate.
+pub type Result<T, E = CnmError> = std::result::Result<T, E>;
+
+fn ipam_status(e: &plexus_ipam::IpamError) -> u16 {
+    use plexus_ipam::IpamError as E;
+    match e {
+        E::Store(_) | E::Corrupt { .. } | E::Contention { .. } | E::Plugin { .. } => 500,
+        E::PoolNotFound { .. } | E::PluginNotFound { .. } => 404,
+        E::AddressInUse { .. } | E::Overlap { .. } => 409,
+        E::PoolExhausted { .. } | E::DefaultPoolsExhausted { .. } => 409,
+        _ => 400,
+    }
+}

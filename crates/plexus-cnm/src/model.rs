@@ -1,0 +1,166 @@
+//! The records of the model: what users ask for (`*Spec`) and what is stored.
+//!
+//! Field names follow Docker's (`Name`, `Driver`, `IPAM`, `Internal`, `Attachable`, `EnableIPv6`,
+//! `Options`, `Labels`) so the API layer maps them one to one.
+
+use std::collections::BTreeMap;
+use std::net::IpAddr;
+
+use ipnet::IpNet;
+use serde::{Deserialize, Serialize};
+
+/// Where a network's state is shared: this host only, or the cluster.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum Scope {
+    /// One host (bridge, host, null, macvlan).
+    #[default]
+    Local,
+    /// Every host of the cluster (overlay).
+    Global,
+}
+
+/// One IPAM pool configuration of a network (`--subnet`, `--ip-range`, `--gateway`,
+/// `--aux-address`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+pub struct IpamPoolSpec {
+    /// `--subnet`; `None` lets IPAM pick from the default pools.
+    pub subnet: Option<String>,
+    /// `--ip-range`.
+    pub ip_range: Option<String>,
+    /// `--gateway`.
+    pub gateway: Option<String>,
+    /// `--aux-address name=ip`.
+    pub aux_addresses: BTreeMap<String, String>,
+}
+
+/// What a user asks for when creating a network (`docker network create`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+pub struct NetworkSpec {
+    /// The network's name, unique on this controller.
+    pub name: String,
+    /// The driver (`bridge`, `host`, `null`, ...); empty means `bridge`.
+    pub driver: String,
+    /// IPv4 pool configurations (at most one here, as Docker's bridge allows).
+    pub ipv4: Vec<IpamPoolSpec>,
+    /// IPv6 pool configurations; used when `enable_ipv6`.
+    pub ipv6: Vec<IpamPoolSpec>,
+    /// IPAM driver options (`com.docker.network.ipam.serial`, ...).
+    pub ipam_options: BTreeMap<String, String>,
+    /// `--ipv6`.
+    pub enable_ipv6: bool,
+    /// `--internal`: no connectivity outside the network.
+    pub internal: bool,
+    /// `--attachable` (meaningful for cluster networks).
+    pub attachable: bool,
+    /// `-o key=value` driver options.
+    pub options: BTreeMap<String, String>,
+    /// `--label key=value`.
+    pub labels: BTreeMap<String, String>,
+}
+
+/// One allocated pool of a network.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct IpamPool {
+    /// IPAM's id for the pool.
+    pub pool_id: String,
+    /// The subnet.
+    pub subnet: IpNet,
+    /// `--ip-range`, if given.
+    pub ip_range: Option<String>,
+    /// The gateway, with the subnet's prefix length.
+    pub gateway: Option<IpNet>,
+    /// Reserved auxiliary addresses.
+    pub aux_addresses: BTreeMap<String, IpAddr>,
+}
+
+/// A network as stored.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Network {
+    /// 64 hex digits, like Docker's ids.
+    pub id: String,
+    /// Its name.
+    pub name: String,
+    /// Its driver.
+    pub driver: String,
+    /// Local or global.
+    pub scope: Scope,
+    /// Allocated IPv4 pools.
+    pub ipv4: Vec<IpamPool>,
+    /// Allocated IPv6 pools.
+    pub ipv6: Vec<IpamPool>,
+    /// The spec it was created from (options, labels, flags).
+    pub spec: NetworkSpec,
+    /// Creation time, RFC 3339.
+    pub created: String,
+}
+
+/// A published port (`-p [hostIP:]hostPort[-end]:port[/proto]`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, PartialOrd, Ord, Hash)]
+pub struct PortBinding {
+    /// `tcp`, `udp` or `sctp`.
+    pub proto: String,
+    /// The container's port.
+    pub container_port: u16,
+    /// The host address to bind, if restricted.
+    pub host_ip: Option<IpAddr>,
+    /// The host port; 0 before an ephemeral one is chosen.
+    pub host_port: u16,
+}
+
+/// What a user asks for when connecting a sandbox to a network.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+pub struct EndpointSpec {
+    /// `--ip`.
+    pub ipv4: Option<String>,
+    /// `--ip6`.
+    pub ipv6: Option<String>,
+    /// `--alias`.
+    pub aliases: Vec<String>,
+    /// `-p`.
+    pub ports: Vec<PortBinding>,
+    /// A MAC address to use.
+    pub mac: Option<String>,
+}
+
+/// An endpoint as stored: one sandbox's attachment to one network.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Endpoint {
+    /// 64 hex digits.
+    pub id: String,
+    /// `<sandbox name>` on the network, as Docker names endpoints.
+    pub name: String,
+    /// The network's id.
+    pub network_id: String,
+    /// The sandbox's id.
+    pub sandbox_id: String,
+    /// Its IPv4 address with the subnet's prefix.
+    pub ipv4: Option<IpNet>,
+    /// Its IPv6 address.
+    pub ipv6: Option<IpNet>,
+    /// IPAM pool ids the addresses came from, for release.
+    pub pool_ids: Vec<String>,
+    /// Its MAC address, as the driver chose it.
+    pub mac: Option<String>,
+    /// The interface name inside the sandbox.
+    pub interface: Option<String>,
+    /// DNS aliases.
+    pub aliases: Vec<String>,
+    /// Published ports, with chosen host ports.
+    pub ports: Vec<PortBinding>,
+}
+
+/// A sandbox: one container's network stack (a network namespace).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Sandbox {
+    /// 64 hex digits.
+    pub id: String,
+    /// Its name, unique on this controller.
+    pub name: String,
+    /// The namespace's path (the "sandbox key").
+    pub key: String,
+    /// Whether Plexus made the namespace (and so deletes it) or it was handed over.
+    pub owned_netns: bool,
+    /// Endpoint ids, in connection order.
+    pub endpoints: Vec<String>,
+}

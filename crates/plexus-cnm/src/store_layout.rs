@@ -1,0 +1,45 @@
+//! Where the model's records live in the store. One place, so the layout is a reviewed
+//! contract (it is what a restarted daemon, or another daemon sharing the store, reads).
+//!
+//! ```text
+//! plexus/v1/network/<id>                  Network (JSON)
+//! plexus/v1/network-name/<name>           "<id>"   (makes names unique, in the same transaction)
+//! plexus/v1/endpoint/<network id>/<id>    Endpoint
+//! plexus/v1/sandbox/<id>                  Sandbox
+//! plexus/v1/sandbox-name/<name>           "<id>"
+//! ```
+
+/// Directory of network records.
+pub const NETWORKS: &str = "plexus/v1/network";
+/// Directory of sandbox records.
+pub const SANDBOXES: &str = "plexus/v1/sandbox";
+
+/// A network's record.
+pub fn network(id: &str) -> String {
+    format!("{NETWORKS}/{id}")
+}
+
+/// A network name's claim.
+pub fn network_name(name: &str) -> String {
+    format!("plexus/v1/network-name/{name}")
+}
+
+/// The directory of a network's endpoints.
+pub fn endpoints_of(network_id: &str) -> String {
+    format!("plexus/v1/endpoint/{network_id}")
+}
+
+/// An endpoint's record.
+pub fn endpoint(network_id: &str, id: &str) -> String {
+    format!("plexus/v1/endpoint/{network_id}/{id}")
+}
+
+/// A sandbox's record.
+pub fn sandbox(id: &str) -> String {
+    format!("{SANDBOXES}/{id}")
+}
+
+/// A sandbox name's claim.
+pub fn sandbox_name(name: &str) -> String {
+    format!("plexus/v1/sandbox-name/{name}")
+}
