@@ -109,6 +109,11 @@ pub struct AddressPool {
     set: AddrSet,
     serial: bool,
     cursor: Option<u128>,
+    /// Every dynamic offset in `dyn_lo..low_hint` is taken (lowest-free searches start here).
+    low_hint: u128,
+    /// The subnet's last offset.
+    span: u128,
+    v6: bool,
     labels: HashMap<u128, String>,
 }
 
@@ -177,6 +182,9 @@ impl AddressPool {
             set,
             serial,
             cursor: None,
+            low_hint: dyn_lo,
+            span,
+            v6,
             labels: HashMap::new(),
         })
     }
@@ -198,7 +206,7 @@ impl AddressPool {
 
     /// Whether the pool is IPv6.
     pub fn is_v6(&self) -> bool {
-        matches!(self.subnet, IpNet::V6(_))
+        self.v6
     }
 
     /// How many addresses are taken (gateway and aux addresses included).
@@ -227,10 +235,11 @@ impl AddressPool {
 
     /// The offset of `ip` in the subnet, if it is inside.
     pub fn offset(&self, ip: IpAddr) -> Option<u128> {
-        if !self.subnet.contains(&ip) {
+        if ip.is_ipv6() != self.v6 {
             return None;
         }
-        Some(ip_to_u128(ip) - self.base)
+        let off = ip_to_u128(ip).checked_sub(self.base)?;
+        (off <= self.span).then_some(off)
     }
 
     fn range_name(&self) -> String {
@@ -242,13 +251,15 @@ impl AddressPool {
     pub fn allocate_next(&mut self) -> Result<IpAddr> {
         let from = match (self.serial, self.cursor) {
             (true, Some(c)) if c >= self.dyn_lo && c < self.dyn_hi => c + 1,
-            _ => self.dyn_lo,
+            (true, _) => self.dyn_lo,
+            // Lowest free: nothing below the hint is free.
+            (false, _) => self.low_hint.max(self.dyn_lo),
         };
         let off = self
             .set
             .first_clear(from, self.dyn_hi)
             .or_else(|| {
-                if from > self.dyn_lo {
+                if self.serial && from > self.dyn_lo {
                     self.set.first_clear(self.dyn_lo, from - 1)
                 } else {
                     None
@@ -259,6 +270,9 @@ impl AddressPool {
             })?;
         self.set.insert(off);
         self.cursor = Some(off);
+        if !self.serial {
+            self.low_hint = off.saturating_add(1);
+        }
         Ok(self.addr(off))
     }
 
@@ -343,17 +357,20 @@ impl AddressPool {
 
     /// Gives back `ip`. Errors if it was never allocated.
     pub fn release(&mut self, ip: IpAddr) -> Result<()> {
-        let off = self
-            .offset(ip)
-            .filter(|o| self.set.contains(*o))
-            .ok_or_else(|| IpamError::NotAllocated {
+        match self.offset(ip) {
+            Some(off) if self.set.remove(off) => {
+                self.low_hint = self.low_hint.min(off);
+                if !self.labels.is_empty() {
+                    self.labels.remove(&off);
+                }
+                Ok(())
+            }
+            _ => Err(IpamError::NotAllocated {
                 what: "address",
                 value: ip.to_string(),
                 pool: Some(self.subnet.to_string()),
-            })?;
-        self.set.remove(off);
-        self.labels.remove(&off);
-        Ok(())
+            }),
+        }
     }
 
     /// Every taken address, in order.
