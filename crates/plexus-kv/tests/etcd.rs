@@ -476,3 +476,76 @@ async fn etcd_prefix_isolates_keys() {
         b"a"
     );
 }
+
+/// A watch whose connection is cut while the history it needs is compacted away resumes with
+/// an error saying so, then the current value; later changes flow as before.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn etcd_watch_after_compaction_rereads_current_value() {
+    let backend = EtcdBackend::new().await;
+    let url = backend.url().to_string();
+    let (base, prefix) = url.trim_start_matches("etcd://").split_once('/').unwrap();
+    let endpoint: std::net::SocketAddr = base.parse().unwrap();
+    let proxy = TcpProxy::start(endpoint).await.unwrap();
+    let watcher = open(&format!("etcd://{}/{prefix}", proxy.addr()), test_options()).await;
+    let writer = open(&url, test_options()).await;
+    writer.put("k", b"v0", PutOptions::default()).await.unwrap();
+    let mut w = watcher.watch("k").await.unwrap();
+    assert_eq!(next_item(&mut w).await, Ok(Some(b"v0".to_vec())));
+
+    proxy.cut();
+    assert!(matches!(
+        next_item(&mut w).await,
+        Err(KvError::Unavailable { .. })
+    ));
+    let mut last = None;
+    for i in 1..=5 {
+        last = Some(
+            writer
+                .put("k", format!("v{i}").as_bytes(), PutOptions::default())
+                .await
+                .unwrap(),
+        );
+    }
+    let rev = last.map(|p| p.last_index as i64).unwrap();
+    let mut raw = etcd_client::Client::connect([format!("http://{base}")], None)
+        .await
+        .unwrap();
+    raw.compact(rev, None).await.unwrap();
+    proxy.restore();
+
+    match next_item(&mut w).await {
+        Err(KvError::Backend { message, .. }) => {
+            assert!(message.contains("compacted"), "{message}")
+        }
+        other => panic!("expected the compaction to be reported, got {other:?}"),
+    }
+    assert_eq!(next_item(&mut w).await, Ok(Some(b"v5".to_vec())));
+    writer.put("k", b"v6", PutOptions::default()).await.unwrap();
+    assert_eq!(next_item(&mut w).await, Ok(Some(b"v6".to_vec())));
+}
+
+/// A lock whose key is deleted behind its holder's back is reported lost.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn etcd_lock_reports_loss_when_its_key_vanishes() {
+    let backend = EtcdBackend::new().await;
+    use plexus_testkit::kv::KvBackend as _;
+    let holder = backend.client().await;
+    let other = backend.client().await;
+    let opts = LockOptions {
+        value: b"h".to_vec(),
+        ttl: Duration::from_secs(10),
+    };
+    let mut handle = holder
+        .new_lock("locks/v", opts)
+        .unwrap()
+        .lock()
+        .await
+        .unwrap();
+    assert!(!handle.is_lost());
+    other.delete("locks/v").await.unwrap();
+    let reason = timeout(Duration::from_secs(5), handle.lost())
+        .await
+        .expect("loss not reported");
+    assert!(reason.contains("deleted"), "{reason}");
+    handle.unlock().await.unwrap();
+}
