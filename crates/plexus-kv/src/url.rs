@@ -36,7 +36,9 @@ impl StoreUrl {
         let scheme = scheme.to_ascii_lowercase();
         if scheme == "redb" || scheme == "boltdb" {
             if rest.is_empty() {
-                return Err(invalid("the redb URL needs a file path: redb:///path/state.db"));
+                return Err(invalid(
+                    "the redb URL needs a file path: redb:///path/state.db",
+                ));
             }
             return Ok(Self {
                 scheme: "redb".into(),
@@ -78,12 +80,18 @@ mod tests {
     #[test]
     fn parses_each_scheme() {
         let r = StoreUrl::parse("redb:///var/lib/plexus/state.db").unwrap();
-        assert_eq!((r.scheme.as_str(), r.path.as_str()), ("redb", "/var/lib/plexus/state.db"));
+        assert_eq!(
+            (r.scheme.as_str(), r.path.as_str()),
+            ("redb", "/var/lib/plexus/state.db")
+        );
         let z = StoreUrl::parse("zk://127.0.0.1:2181/plexus/").unwrap();
         assert_eq!(z.hosts, ["127.0.0.1:2181"]);
         assert_eq!(z.path, "plexus");
         assert_eq!(StoreUrl::parse("memory://").unwrap().scheme, "memory");
-        assert!(StoreUrl::parse("etcd://h1/x").unwrap_err().to_string().contains("h1"));
+        assert!(StoreUrl::parse("etcd://h1/x")
+            .unwrap_err()
+            .to_string()
+            .contains("h1"));
         assert!(StoreUrl::parse("nonsense").is_err());
     }
 }

@@ -17,10 +17,16 @@ const KEYS: usize = 32;
 fn spawn_child(test: &str, db: &Path) -> (ChildGuard, impl Iterator<Item = String>) {
     let exe = std::env::current_exe().unwrap_or_else(|e| panic!("current_exe: {e}"));
     let mut cmd = Command::new(exe);
-    cmd.args([test, "--exact", "--ignored", "--nocapture", "--test-threads=1"])
-        .env(DB_ENV, db)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null());
+    cmd.args([
+        test,
+        "--exact",
+        "--ignored",
+        "--nocapture",
+        "--test-threads=1",
+    ])
+    .env(DB_ENV, db)
+    .stdout(Stdio::piped())
+    .stderr(Stdio::null());
     let mut child = ChildGuard::spawn(cmd).unwrap_or_else(|e| panic!("spawn child: {e}"));
     let stdout = child.take_stdout().unwrap_or_else(|| panic!("no stdout"));
     let lines = BufReader::new(stdout).lines().map_while(Result::ok);
@@ -43,14 +49,19 @@ async fn child_transaction_loop() {
     };
     let store = open(Path::new(&db)).await;
     let start = match store.get("gen").await {
-        Ok(p) => String::from_utf8_lossy(&p.value).parse::<u64>().unwrap_or(0),
+        Ok(p) => String::from_utf8_lossy(&p.value)
+            .parse::<u64>()
+            .unwrap_or(0),
         Err(_) => 0,
     };
     for generation in start + 1.. {
         let mut txn = Txn::new().put("gen", generation.to_string().into_bytes());
         for k in 0..KEYS {
             // Values of varying size so pages split and merge under the kill.
-            let value = format!("{generation}:{}", "x".repeat((generation as usize * 37 + k) % 3000));
+            let value = format!(
+                "{generation}:{}",
+                "x".repeat((generation as usize * 37 + k) % 3000)
+            );
             txn = txn.put(format!("data/{k:02}"), value.into_bytes());
         }
         if let Err(e) = store.txn(txn).await {
@@ -75,17 +86,34 @@ async fn redb_kill_9_mid_transaction_leaves_store_consistent() {
         child.kill();
 
         let store = open(&db).await;
-        let generation: u64 = String::from_utf8_lossy(&store.get("gen").await.unwrap_or_else(|e| panic!("gen: {e}")).value)
-            .parse()
-            .unwrap_or_else(|e| panic!("gen: {e}"));
-        assert!(generation > last_gen, "no progress or went back: {generation} after {last_gen}");
+        let generation: u64 = String::from_utf8_lossy(
+            &store
+                .get("gen")
+                .await
+                .unwrap_or_else(|e| panic!("gen: {e}"))
+                .value,
+        )
+        .parse()
+        .unwrap_or_else(|e| panic!("gen: {e}"));
+        assert!(
+            generation > last_gen,
+            "no progress or went back: {generation} after {last_gen}"
+        );
         last_gen = generation;
-        let data = store.list("data").await.unwrap_or_else(|e| panic!("list: {e}"));
+        let data = store
+            .list("data")
+            .await
+            .unwrap_or_else(|e| panic!("list: {e}"));
         assert_eq!(data.len(), KEYS);
         for pair in data {
             let value = String::from_utf8_lossy(&pair.value);
             let g = value.split(':').next().unwrap_or("");
-            assert_eq!(g, generation.to_string(), "{} is from another transaction", pair.key);
+            assert_eq!(
+                g,
+                generation.to_string(),
+                "{} is from another transaction",
+                pair.key
+            );
         }
         store.close().await.unwrap_or_else(|e| panic!("close: {e}"));
         drop(store);
@@ -101,7 +129,13 @@ async fn child_lock_holder() {
     };
     let store = open(Path::new(&db)).await;
     let locker = store
-        .new_lock("locks/leader", LockOptions { value: b"child".to_vec(), ttl: Duration::from_secs(2) })
+        .new_lock(
+            "locks/leader",
+            LockOptions {
+                value: b"child".to_vec(),
+                ttl: Duration::from_secs(2),
+            },
+        )
         .unwrap_or_else(|e| panic!("new_lock: {e}"));
     let _held = locker.lock().await.unwrap_or_else(|e| panic!("lock: {e}"));
     println!("LOCKED");
@@ -113,17 +147,36 @@ async fn redb_lock_of_killed_holder_passes_within_ttl() {
     let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("tempdir: {e}"));
     let db = dir.path().join("state.db");
     let (mut child, mut lines) = spawn_child("child_lock_holder", &db);
-    assert!(lines.any(|l| l.ends_with("LOCKED")), "child did not take the lock");
+    assert!(
+        lines.any(|l| l.ends_with("LOCKED")),
+        "child did not take the lock"
+    );
     child.kill();
     let killed = Instant::now();
     let store = open(&db).await;
     // The dead holder's lock is still recorded until its TTL runs out.
-    assert_eq!(store.get("locks/leader").await.map(|p| p.value), Ok(b"child".to_vec()));
+    assert_eq!(
+        store.get("locks/leader").await.map(|p| p.value),
+        Ok(b"child".to_vec())
+    );
     let locker = store
-        .new_lock("locks/leader", LockOptions { value: b"parent".to_vec(), ttl: Duration::from_secs(2) })
+        .new_lock(
+            "locks/leader",
+            LockOptions {
+                value: b"parent".to_vec(),
+                ttl: Duration::from_secs(2),
+            },
+        )
         .unwrap_or_else(|e| panic!("new_lock: {e}"));
     let held = tokio::time::timeout(Duration::from_secs(5), locker.lock()).await;
     assert!(matches!(held, Ok(Ok(_))), "lock did not pass on: {held:?}");
-    assert!(killed.elapsed() <= Duration::from_secs(2) + Duration::from_millis(800), "took {:?}", killed.elapsed());
-    assert_eq!(store.get("locks/leader").await.map(|p| p.value), Ok(b"parent".to_vec()));
+    assert!(
+        killed.elapsed() <= Duration::from_secs(2) + Duration::from_millis(800),
+        "took {:?}",
+        killed.elapsed()
+    );
+    assert_eq!(
+        store.get("locks/leader").await.map(|p| p.value),
+        Ok(b"parent".to_vec())
+    );
 }

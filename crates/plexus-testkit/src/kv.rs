@@ -82,14 +82,24 @@ pub async fn crud(b: &impl KvBackend) {
     assert_eq!(got.last_index, p1.last_index);
     assert!(must("exists", s.exists("c/k").await).await);
     let p2 = must("put", s.put("/c/k", b"v2", PutOptions::default()).await).await;
-    assert!(p2.last_index > p1.last_index, "index did not grow: {p1:?} {p2:?}");
+    assert!(
+        p2.last_index > p1.last_index,
+        "index did not grow: {p1:?} {p2:?}"
+    );
     assert_eq!(s.get("c/k").await.map(|p| p.value), Ok(b"v2".to_vec()));
     must("delete", s.delete("c/k").await).await;
     assert!(!must("exists", s.exists("c/k").await).await);
     assert!(matches!(s.get("c/k").await, Err(KvError::KeyNotFound { key }) if key == "c/k"));
-    assert!(matches!(s.delete("c/k").await, Err(KvError::KeyNotFound { .. })));
+    assert!(matches!(
+        s.delete("c/k").await,
+        Err(KvError::KeyNotFound { .. })
+    ));
     // A value may be empty.
-    must("put empty", s.put("c/empty", b"", PutOptions::default()).await).await;
+    must(
+        "put empty",
+        s.put("c/empty", b"", PutOptions::default()).await,
+    )
+    .await;
     assert_eq!(s.get("c/empty").await.map(|p| p.value), Ok(vec![]));
 }
 
@@ -100,8 +110,14 @@ pub async fn list_and_delete_tree_prefixes(b: &impl KvBackend) {
         must("put", s.put(k, k.as_bytes(), PutOptions::default()).await).await;
     }
     let keys = |l: Vec<KvPair>| l.into_iter().map(|p| p.key).collect::<Vec<_>>();
-    assert_eq!(keys(must("list", s.list("d/a").await).await), ["d/a/x", "d/a/y/z"]);
-    assert_eq!(keys(must("list", s.list("d/a/").await).await), ["d/a/x", "d/a/y/z"]);
+    assert_eq!(
+        keys(must("list", s.list("d/a").await).await),
+        ["d/a/x", "d/a/y/z"]
+    );
+    assert_eq!(
+        keys(must("list", s.list("d/a/").await).await),
+        ["d/a/x", "d/a/y/z"]
+    );
     assert_eq!(keys(must("list", s.list("d/a/y").await).await), ["d/a/y/z"]);
     assert!(must("list", s.list("d/none").await).await.is_empty());
     let all = must("list", s.list("d").await).await;
@@ -114,22 +130,43 @@ pub async fn list_and_delete_tree_prefixes(b: &impl KvBackend) {
     );
     // Deleting an empty tree is fine; deleting the root is refused.
     must("delete_tree", s.delete_tree("d/none").await).await;
-    assert!(matches!(s.delete_tree("/").await, Err(KvError::InvalidKey { .. })));
+    assert!(matches!(
+        s.delete_tree("/").await,
+        Err(KvError::InvalidKey { .. })
+    ));
 }
 
 /// 1 MiB values round-trip; values over the limit are refused with the key and limit named.
 pub async fn large_values_and_limits(b: &impl KvBackend) {
     let s = b.client().await;
     let mib: Vec<u8> = (0..1 << 20).map(|i| (i % 251) as u8).collect();
-    must("put 1 MiB", s.put("big/one", &mib, PutOptions::default()).await).await;
+    must(
+        "put 1 MiB",
+        s.put("big/one", &mib, PutOptions::default()).await,
+    )
+    .await;
     assert!(must("get", s.get("big/one").await).await.value == mib);
     let limit = s.max_value_bytes();
     let over = vec![7u8; limit + 1];
     match s.put("big/over", &over, PutOptions::default()).await {
-        Err(KvError::ValueTooLarge { key, size, limit: l, .. }) => {
+        Err(KvError::ValueTooLarge {
+            key,
+            size,
+            limit: l,
+            ..
+        }) => {
             assert_eq!((key.as_str(), size, l), ("big/over", limit + 1, limit));
-            let msg = KvError::ValueTooLarge { key, size, limit: l, backend: "x" }.to_string();
-            assert!(msg.contains("big/over") && msg.contains(&limit.to_string()), "{msg}");
+            let msg = KvError::ValueTooLarge {
+                key,
+                size,
+                limit: l,
+                backend: "x",
+            }
+            .to_string();
+            assert!(
+                msg.contains("big/over") && msg.contains(&limit.to_string()),
+                "{msg}"
+            );
         }
         other => panic!("oversized put gave {other:?}"),
     }
@@ -146,7 +183,11 @@ pub async fn unicode_keys(b: &impl KvBackend) {
     for k in keys {
         assert_eq!(must("get", s.get(k).await).await.value, k.as_bytes());
     }
-    let listed: Vec<String> = must("list", s.list("u").await).await.into_iter().map(|p| p.key).collect();
+    let listed: Vec<String> = must("list", s.list("u").await)
+        .await
+        .into_iter()
+        .map(|p| p.key)
+        .collect();
     let mut expected: Vec<String> = keys.iter().map(|k| k.to_string()).collect();
     expected.sort();
     assert_eq!(listed, expected);
@@ -168,23 +209,40 @@ pub async fn invalid_keys_write_nothing(b: &impl KvBackend) {
 /// Compare-and-swap: create-only, modified, gone.
 pub async fn atomic_put_and_delete(b: &impl KvBackend) {
     let s = b.client().await;
-    let p1 = must("create", s.atomic_put("a/k", b"1", None, PutOptions::default()).await).await;
+    let p1 = must(
+        "create",
+        s.atomic_put("a/k", b"1", None, PutOptions::default()).await,
+    )
+    .await;
     assert!(matches!(
         s.atomic_put("a/k", b"x", None, PutOptions::default()).await,
         Err(KvError::KeyExists { key }) if key == "a/k"
     ));
-    let p2 = must("cas", s.atomic_put("a/k", b"2", Some(&p1), PutOptions::default()).await).await;
+    let p2 = must(
+        "cas",
+        s.atomic_put("a/k", b"2", Some(&p1), PutOptions::default())
+            .await,
+    )
+    .await;
     assert_eq!(p2.value, b"2");
     assert!(matches!(
-        s.atomic_put("a/k", b"3", Some(&p1), PutOptions::default()).await,
+        s.atomic_put("a/k", b"3", Some(&p1), PutOptions::default())
+            .await,
         Err(KvError::KeyModified { .. })
     ));
-    assert!(matches!(s.atomic_delete("a/k", &p1).await, Err(KvError::KeyModified { .. })));
+    assert!(matches!(
+        s.atomic_delete("a/k", &p1).await,
+        Err(KvError::KeyModified { .. })
+    ));
     assert_eq!(must("get", s.get("a/k").await).await.value, b"2");
     must("cas delete", s.atomic_delete("a/k", &p2).await).await;
-    assert!(matches!(s.atomic_delete("a/k", &p2).await, Err(KvError::KeyNotFound { .. })));
     assert!(matches!(
-        s.atomic_put("a/k", b"4", Some(&p2), PutOptions::default()).await,
+        s.atomic_delete("a/k", &p2).await,
+        Err(KvError::KeyNotFound { .. })
+    ));
+    assert!(matches!(
+        s.atomic_put("a/k", b"4", Some(&p2), PutOptions::default())
+            .await,
         Err(KvError::KeyNotFound { .. })
     ));
 }
@@ -192,7 +250,13 @@ pub async fn atomic_put_and_delete(b: &impl KvBackend) {
 /// 16 tasks × 200 compare-and-swap increments of one counter end at exactly 3,200.
 pub async fn cas_contention(b: &impl KvBackend) {
     let clients: Vec<Arc<dyn Store>> = futures::future::join_all((0..4).map(|_| b.client())).await;
-    must("init", clients[0].put("cas/counter", b"0", PutOptions::default()).await).await;
+    must(
+        "init",
+        clients[0]
+            .put("cas/counter", b"0", PutOptions::default())
+            .await,
+    )
+    .await;
     let conflicts = Arc::new(AtomicUsize::new(0));
     let mut tasks = Vec::new();
     for t in 0..16 {
@@ -202,9 +266,19 @@ pub async fn cas_contention(b: &impl KvBackend) {
             for _ in 0..200 {
                 loop {
                     let cur = s.get("cas/counter").await?;
-                    let n: u64 = String::from_utf8_lossy(&cur.value).parse().unwrap_or(u64::MAX);
+                    let n: u64 = String::from_utf8_lossy(&cur.value)
+                        .parse()
+                        .unwrap_or(u64::MAX);
                     let next = (n + 1).to_string();
-                    match s.atomic_put("cas/counter", next.as_bytes(), Some(&cur), PutOptions::default()).await {
+                    match s
+                        .atomic_put(
+                            "cas/counter",
+                            next.as_bytes(),
+                            Some(&cur),
+                            PutOptions::default(),
+                        )
+                        .await
+                    {
                         Ok(_) => break,
                         Err(KvError::KeyModified { .. }) => {
                             conflicts.fetch_add(1, Ordering::Relaxed);
@@ -217,7 +291,11 @@ pub async fn cas_contention(b: &impl KvBackend) {
         }));
     }
     for t in tasks {
-        must("task", t.await.unwrap_or_else(|e| panic!("task panicked: {e}"))).await;
+        must(
+            "task",
+            t.await.unwrap_or_else(|e| panic!("task panicked: {e}")),
+        )
+        .await;
     }
     let end = must("get", clients[0].get("cas/counter").await).await;
     assert_eq!(String::from_utf8_lossy(&end.value), "3200");
@@ -230,29 +308,39 @@ pub async fn transactions_all_or_nothing(b: &impl KvBackend) {
     must("put", s.put("t/gone", b"x", PutOptions::default()).await).await;
     let written = must(
         "txn",
-        s.txn(Txn::new()
-            .compare_index("t/a", a.last_index)
-            .compare_absent("t/b")
-            .put("t/a", b"a2".to_vec())
-            .put("t/b", b"b1".to_vec())
-            .delete("t/gone")
-            .delete("t/never"))
+        s.txn(
+            Txn::new()
+                .compare_index("t/a", a.last_index)
+                .compare_absent("t/b")
+                .put("t/a", b"a2".to_vec())
+                .put("t/b", b"b1".to_vec())
+                .delete("t/gone")
+                .delete("t/never"),
+        )
         .await,
     )
     .await;
-    assert_eq!(written.iter().map(|p| p.key.as_str()).collect::<Vec<_>>(), ["t/a", "t/b"]);
+    assert_eq!(
+        written.iter().map(|p| p.key.as_str()).collect::<Vec<_>>(),
+        ["t/a", "t/b"]
+    );
     assert_eq!(must("get", s.get("t/a").await).await.value, b"a2");
     assert_eq!(must("get", s.get("t/b").await).await.value, b"b1");
     assert!(!must("exists", s.exists("t/gone").await).await);
     // A stale comparison: nothing applied, the key named.
     let stale = s
-        .txn(Txn::new()
-            .compare_absent("t/c")
-            .compare_index("t/a", a.last_index)
-            .put("t/c", b"c".to_vec())
-            .delete("t/b"))
+        .txn(
+            Txn::new()
+                .compare_absent("t/c")
+                .compare_index("t/a", a.last_index)
+                .put("t/c", b"c".to_vec())
+                .delete("t/b"),
+        )
         .await;
-    assert!(matches!(&stale, Err(KvError::TxnConflict { key, .. }) if key == "t/a"), "{stale:?}");
+    assert!(
+        matches!(&stale, Err(KvError::TxnConflict { key, .. }) if key == "t/a"),
+        "{stale:?}"
+    );
     assert!(!must("exists", s.exists("t/c").await).await);
     assert!(must("exists", s.exists("t/b").await).await);
     // Malformed transactions are refused up front.
@@ -274,11 +362,16 @@ pub async fn watch_sees_every_update(b: &impl KvBackend) {
     let writer = b.client().await;
     let mut w = must("watch", s.watch("w/k").await).await;
     let first = timeout(Duration::from_secs(10), w.next()).await;
-    assert!(matches!(first, Ok(Some(Ok(None)))), "first item should be 'absent': {first:?}");
+    assert!(
+        matches!(first, Ok(Some(Ok(None)))),
+        "first item should be 'absent': {first:?}"
+    );
     let n = 1000u32;
     let write = tokio::spawn(async move {
         for i in 1..=n {
-            writer.put("w/k", i.to_string().as_bytes(), PutOptions::default()).await?;
+            writer
+                .put("w/k", i.to_string().as_bytes(), PutOptions::default())
+                .await?;
         }
         Ok::<_, KvError>(())
     });
@@ -293,7 +386,11 @@ pub async fn watch_sees_every_update(b: &impl KvBackend) {
         };
         assert!(pair.last_index > last_index, "index went back");
         last_index = pair.last_index;
-        seen.push(String::from_utf8_lossy(&pair.value).parse::<u32>().unwrap_or(0));
+        seen.push(
+            String::from_utf8_lossy(&pair.value)
+                .parse::<u32>()
+                .unwrap_or(0),
+        );
     }
     must("writer", write.await.unwrap_or_else(|e| panic!("{e}"))).await;
     assert!(seen.windows(2).all(|w| w[0] < w[1]), "out of order");
@@ -330,14 +427,23 @@ pub async fn next_value(w: &mut plexus_kv::WatchStream) -> Option<Vec<u8>> {
 pub async fn watch_tree_snapshots_are_consistent(b: &impl KvBackend) {
     let s = b.client().await;
     let writer = b.client().await;
-    must("outside", s.put("wt-outside", b"x", PutOptions::default()).await).await;
+    must(
+        "outside",
+        s.put("wt-outside", b"x", PutOptions::default()).await,
+    )
+    .await;
     let mut w = must("watch_tree", s.watch_tree("wt").await).await;
     let first = timeout(Duration::from_secs(10), w.next()).await;
-    assert!(matches!(&first, Ok(Some(Ok(l))) if l.is_empty()), "{first:?}");
+    assert!(
+        matches!(&first, Ok(Some(Ok(l))) if l.is_empty()),
+        "{first:?}"
+    );
     let n = 50;
     let write = tokio::spawn(async move {
         for i in 0..n {
-            writer.put(&format!("wt/k{i:02}"), b"v", PutOptions::default()).await?;
+            writer
+                .put(&format!("wt/k{i:02}"), b"v", PutOptions::default())
+                .await?;
         }
         writer.delete_tree("wt").await
     });
@@ -368,11 +474,25 @@ pub async fn ttl_expiry(b: &impl KvBackend) {
     let s = b.client().await;
     let ttl = b.min_ttl().max(Duration::from_secs(1));
     let start = tokio::time::Instant::now();
-    must("put ttl", s.put("ttl/k", b"v", PutOptions::with_ttl(ttl)).await).await;
-    must("put plain", s.put("ttl/keep", b"v", PutOptions::default()).await).await;
+    must(
+        "put ttl",
+        s.put("ttl/k", b"v", PutOptions::with_ttl(ttl)).await,
+    )
+    .await;
+    must(
+        "put plain",
+        s.put("ttl/keep", b"v", PutOptions::default()).await,
+    )
+    .await;
     let mut w = must("watch", s.watch("ttl/k").await).await;
-    assert!(matches!(timeout(Duration::from_secs(10), w.next()).await, Ok(Some(Ok(Some(_))))));
-    assert!(must("exists", s.exists("ttl/k").await).await, "gone before its TTL");
+    assert!(matches!(
+        timeout(Duration::from_secs(10), w.next()).await,
+        Ok(Some(Ok(Some(_))))
+    ));
+    assert!(
+        must("exists", s.exists("ttl/k").await).await,
+        "gone before its TTL"
+    );
     let gone = timeout(ttl + b.ttl_slack() + Duration::from_secs(5), async {
         loop {
             match w.next().await {
@@ -385,7 +505,10 @@ pub async fn ttl_expiry(b: &impl KvBackend) {
     .await;
     assert!(gone.is_ok(), "watch never saw the expiry");
     let waited = start.elapsed();
-    assert!(waited + Duration::from_millis(50) >= ttl, "expired early: {waited:?}");
+    assert!(
+        waited + Duration::from_millis(50) >= ttl,
+        "expired early: {waited:?}"
+    );
     assert!(waited <= ttl + b.ttl_slack(), "expired late: {waited:?}");
     assert!(!must("exists", s.exists("ttl/k").await).await);
     assert!(must("exists", s.exists("ttl/keep").await).await);
@@ -401,7 +524,10 @@ pub async fn locks_are_exclusive(b: &impl KvBackend) {
         let held = held.clone();
         let rounds = rounds.clone();
         tasks.push(tokio::spawn(async move {
-            let opts = LockOptions { value: format!("holder-{who}").into_bytes(), ttl: Duration::from_secs(10) };
+            let opts = LockOptions {
+                value: format!("holder-{who}").into_bytes(),
+                ttl: Duration::from_secs(10),
+            };
             let locker = s.new_lock("locks/x", opts)?;
             for _ in 0..10 {
                 let handle = timeout(Duration::from_secs(30), locker.lock())
@@ -427,12 +553,20 @@ pub async fn locks_are_exclusive(b: &impl KvBackend) {
 pub async fn dropped_lock_passes_on(b: &impl KvBackend) {
     let a = b.client().await;
     let c = b.client().await;
-    let opts = LockOptions { value: b"a".to_vec(), ttl: Duration::from_secs(5) };
+    let opts = LockOptions {
+        value: b"a".to_vec(),
+        ttl: Duration::from_secs(5),
+    };
     let la = must("new_lock", a.new_lock("locks/drop", opts.clone())).await;
     let lc = must("new_lock", c.new_lock("locks/drop", opts)).await;
     let ha = must("lock a", la.lock().await).await;
     // While held, the other contender waits.
-    assert!(timeout(Duration::from_millis(300), lc.lock()).await.is_err(), "lock not exclusive");
+    assert!(
+        timeout(Duration::from_millis(300), lc.lock())
+            .await
+            .is_err(),
+        "lock not exclusive"
+    );
     drop(ha);
     let hc = timeout(Duration::from_secs(10), lc.lock()).await;
     assert!(matches!(hc, Ok(Ok(_))), "lock did not pass on: {hc:?}");
@@ -443,10 +577,16 @@ pub async fn closed_store_refuses(b: &impl KvBackend) {
     let s = b.client().await;
     must("put", s.put("cl/k", b"v", PutOptions::default()).await).await;
     let mut w = must("watch", s.watch("cl/k").await).await;
-    assert!(matches!(timeout(Duration::from_secs(10), w.next()).await, Ok(Some(Ok(Some(_))))));
+    assert!(matches!(
+        timeout(Duration::from_secs(10), w.next()).await,
+        Ok(Some(Ok(Some(_))))
+    ));
     must("close", s.close().await).await;
     assert!(matches!(s.get("cl/k").await, Err(KvError::Closed { .. })));
-    assert!(matches!(s.put("cl/k", b"v", PutOptions::default()).await, Err(KvError::Closed { .. })));
+    assert!(matches!(
+        s.put("cl/k", b"v", PutOptions::default()).await,
+        Err(KvError::Closed { .. })
+    ));
     let end = timeout(Duration::from_secs(10), async {
         loop {
             match w.next().await {

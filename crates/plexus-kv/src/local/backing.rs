@@ -196,8 +196,7 @@ impl Backing for RedbBacking {
                 }
             }
             let mut meta = txn.open_table(META).map_err(|e| self.err(e))?;
-            meta.insert("revision", revision)
-                .map_err(|e| self.err(e))?;
+            meta.insert("revision", revision).map_err(|e| self.err(e))?;
         }
         txn.commit().map_err(|e| self.err(e))
     }

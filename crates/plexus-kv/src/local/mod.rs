@@ -103,10 +103,7 @@ impl LocalStore {
         Ok(())
     }
 
-    async fn call<T>(
-        &self,
-        make: impl FnOnce(oneshot::Sender<Result<T>>) -> Request,
-    ) -> Result<T> {
+    async fn call<T>(&self, make: impl FnOnce(oneshot::Sender<Result<T>>) -> Request) -> Result<T> {
         self.check_open()?;
         let (tx, rx) = oneshot::channel();
         self.shared
@@ -300,7 +297,12 @@ impl Store for LocalStore {
             return Ok(());
         }
         let (tx, rx) = oneshot::channel();
-        if self.shared.requests.send(Request::Close { reply: tx }).is_ok() {
+        if self
+            .shared
+            .requests
+            .send(Request::Close { reply: tx })
+            .is_ok()
+        {
             // The writer answers once it has let go of the backing.
             let _ = rx.await;
         }
