@@ -132,7 +132,7 @@ fn block() -> (u8, u8) {
 
 /// Not 7946 itself, in case something on the machine holds it on every address.
 fn port() -> u16 {
-    20_000 + (std::process::id() % 20_000) as u16
+    20_000 + (std::process::id() % 10_000) as u16
 }
 
 fn addr(b: (u8, u8), i: u8) -> SocketAddr {

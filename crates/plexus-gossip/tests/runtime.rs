@@ -22,7 +22,7 @@ fn addr(i: u8) -> SocketAddr {
     let pid = std::process::id();
     SocketAddr::from((
         [127, 1 + (pid % 99) as u8, 250, i],
-        20_000 + (pid % 20_000) as u16,
+        20_000 + (pid % 10_000) as u16,
     ))
 }
 
