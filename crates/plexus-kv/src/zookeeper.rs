@@ -212,6 +212,10 @@ pub async fn connect(url: &StoreUrl, options: &OpenOptions) -> Result<Arc<dyn St
 }
 
 fn tls_options(url: &str, tls: &TlsOptions) -> Result<zk::TlsOptions> {
+    // zookeeper-client builds its rustls config from the process-wide provider, and with both
+    // of rustls's providers compiled in (etcd's and zookeeper-client's) rustls cannot choose
+    // one: choose ring, unless the program installed one already.
+    let _ = rustls::crypto::ring::default_provider().install_default();
     let read = |path: &std::path::Path, what: &str| {
         std::fs::read_to_string(path).map_err(|e| KvError::Backend {
             url: url.to_string(),

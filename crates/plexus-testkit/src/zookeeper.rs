@@ -59,10 +59,25 @@ const JARS: &[&str] = &[
 /// How long a start or restart may take before the harness gives up.
 const START_TIMEOUT: Duration = Duration::from_secs(30);
 
+/// TLS for a test server's secure client port (PEM files, e.g. from
+/// [`TestCerts`](crate::etcd::TestCerts)).
+#[derive(Debug, Clone)]
+pub struct ZkTls {
+    /// PEM server certificate.
+    pub cert_file: PathBuf,
+    /// PEM server key (PKCS#8).
+    pub key_file: PathBuf,
+    /// PEM CA the server trusts for client certificates.
+    pub ca_file: PathBuf,
+    /// Whether clients must present a certificate.
+    pub need_client_auth: bool,
+}
+
 /// A running ZooKeeper server, killed (and its data removed) on drop.
 pub struct ZkServer {
     child: Mutex<Option<ChildGuard>>,
     port: u16,
+    secure_port: Option<u16>,
     dir: tempfile::TempDir,
     extra_config: String,
     extended_types: bool,
@@ -107,6 +122,7 @@ impl ZkServer {
         let server = ZkServer {
             child: Mutex::new(None),
             port: free_port(),
+            secure_port: None,
             dir: temp_dir()?,
             extra_config: extra_config.to_string(),
             extended_types,
@@ -114,6 +130,50 @@ impl ZkServer {
         std::fs::create_dir_all(server.data_dir())?;
         server.spawn()?;
         Ok(server)
+    }
+
+    /// Starts a server that also serves TLS on a second port ([`secure_endpoint`]), through
+    /// Netty with PEM key and trust stores.
+    ///
+    /// [`secure_endpoint`]: Self::secure_endpoint
+    pub fn try_start_tls(tls: &ZkTls) -> std::io::Result<ZkServer> {
+        let dir = temp_dir()?;
+        let keystore = dir.path().join("keystore.pem");
+        let mut pem = std::fs::read_to_string(&tls.cert_file)?;
+        pem.push('\n');
+        pem.push_str(&std::fs::read_to_string(&tls.key_file)?);
+        std::fs::write(&keystore, pem)?;
+        let secure_port = free_port();
+        let extra_config = format!(
+            "secureClientPort={secure_port}\n\
+             secureClientPortAddress=127.0.0.1\n\
+             serverCnxnFactory=org.apache.zookeeper.server.NettyServerCnxnFactory\n\
+             ssl.keyStore.location={}\n\
+             ssl.keyStore.type=PEM\n\
+             ssl.trustStore.location={}\n\
+             ssl.trustStore.type=PEM\n\
+             ssl.clientAuth={}\n",
+            keystore.display(),
+            tls.ca_file.display(),
+            if tls.need_client_auth { "need" } else { "none" }
+        );
+        let server = ZkServer {
+            child: Mutex::new(None),
+            port: free_port(),
+            secure_port: Some(secure_port),
+            dir,
+            extra_config,
+            extended_types: true,
+        };
+        std::fs::create_dir_all(server.data_dir())?;
+        server.spawn()?;
+        Ok(server)
+    }
+
+    /// The TLS client endpoint of a server started with [`try_start_tls`](Self::try_start_tls).
+    pub fn secure_endpoint(&self) -> Option<SocketAddr> {
+        self.secure_port
+            .map(|p| SocketAddr::from(([127, 0, 0, 1], p)))
     }
 
     fn log_path(&self) -> PathBuf {
