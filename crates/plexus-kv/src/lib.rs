@@ -35,8 +35,8 @@
 //!   key under `a/` at any depth, never `ab/x`, never `a` itself, and never a parent that was
 //!   only created implicitly.
 //! - **Indexes**: `last_index` grows with every change of a key and is what compare-and-swap
-//!   compares. Its scale is the backend's own (a global revision, or a znode version); only
-//!   pass it back, never compare indexes of different keys.
+//!   compares. Its scale is the backend's own (a global revision, or the zxid of a znode's
+//!   last write); only pass it back, never compare indexes of different keys.
 //! - **Watch** gives the current value first (`None` when absent), then changes in index
 //!   order, deletes included as `None`, and never goes back. The last value is always
 //!   delivered. Every intermediate value is delivered too, except where the table below says a
@@ -59,7 +59,7 @@
 //!
 //! | | redb / memory | etcd v3 | ZooKeeper |
 //! |---|---|---|---|
-//! | index | global revision, one per commit | `mod_revision` | znode data version |
+//! | index | global revision, one per commit | `mod_revision` | `mzxid`, the zxid of the znode's last write (CAS checks it, then writes at the data version read with it) |
 //! | watch | in-process, registered under the writer: every change | watch from revision, resumed from the last seen revision after a reconnect: every change | persistent recursive watch, then a read: may coalesce |
 //! | TTL | wall-clock deadline stored with the key, reaped by the writer (~ms) | lease per write | TTL znodes (`extendedTypesEnabled`), ~1 s |
 //! | lock | create-only put with TTL, CAS refresh | lease + create-only txn | ephemeral sequential znodes (the standard recipe) |

@@ -10,9 +10,9 @@ use crate::error::Result;
 /// A key, its value and the index at which it was last modified.
 ///
 /// `last_index` is the backend's modification index (the global revision for redb, memory and
-/// etcd; the znode version for ZooKeeper). It only serves to pass back to
-/// [`Store::atomic_put`](crate::Store::atomic_put) and friends, and grows with every change of
-/// the key.
+/// etcd; the zxid of the znode's last write, `mzxid`, for ZooKeeper). It only serves to pass
+/// back to [`Store::atomic_put`](crate::Store::atomic_put) and friends, and grows with every
+/// change of the key.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct KvPair {
     /// The key in canonical form (no leading `/`).
