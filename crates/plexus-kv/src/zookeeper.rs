@@ -80,6 +80,20 @@
 //! ask the server for it, so the URL says it: `?maxbuffer=BYTES` (default 1048575);
 //! [`Store::max_value_bytes`] is that less 64 KiB for the request's own fields. A transaction's
 //! values together must fit too.
+//!
+//! # Sessions
+//!
+//! A store has one session (timeout 10 s, or `?session_timeout=MS`), opened again when it
+//! expires; each held lock has its own (see above). Every operation is bounded by
+//! [`OpenOptions::timeout`].
+//!
+//! # Transactions
+//!
+//! A `Txn` reads every key it names in one `multi` read, checks its comparisons there (so a
+//! failed comparison names the key and both indexes), and commits one `multi` that checks the
+//! data version of every key it compared or read (absence is checked by creating and deleting
+//! the znode) and writes; if anything moved in between, it starts again. A `Delete` of a key
+//! absent at the read is left out of the `multi`.
 
 use std::collections::{BTreeSet, HashMap, HashSet};
 use std::future::Future;
@@ -122,7 +136,8 @@ const DEFAULT_MAX_BUFFER: usize = 0xfffff;
 const REQUEST_OVERHEAD: usize = 64 * 1024;
 /// Room per operation of a `multi`.
 const MULTI_OP_OVERHEAD: usize = 512;
-/// The timeout asked for the store's own session (watches, reads and writes).
+/// The timeout asked for the store's own session (watches, reads and writes), unless the URL
+/// says `?session_timeout=MS`.
 const STORE_SESSION_TIMEOUT: Duration = Duration::from_secs(10);
 /// How many times a write is retried when the znode changes under it.
 const MAX_ATTEMPTS: usize = 100;
@@ -152,6 +167,7 @@ pub async fn connect(url: &StoreUrl, options: &OpenOptions) -> Result<Arc<dyn St
         return Err(invalid("a ZooKeeper URL needs HOST:PORT endpoints".into()));
     }
     let mut max_buffer = DEFAULT_MAX_BUFFER;
+    let mut session_timeout = STORE_SESSION_TIMEOUT;
     for pair in query.unwrap_or("").split('&').filter(|p| !p.is_empty()) {
         match pair.split_once('=') {
             Some(("maxbuffer", v)) => {
@@ -165,9 +181,21 @@ pub async fn connect(url: &StoreUrl, options: &OpenOptions) -> Result<Arc<dyn St
                         ))
                     })?;
             }
+            Some(("session_timeout", v)) => {
+                session_timeout = v
+                    .parse()
+                    .ok()
+                    .filter(|ms| *ms > 0)
+                    .map(Duration::from_millis)
+                    .ok_or_else(|| {
+                        invalid(format!(
+                            "session_timeout={v:?}: expected the store session's timeout in ms"
+                        ))
+                    })?;
+            }
             _ => {
                 return Err(invalid(format!(
-                    "unknown parameter {pair:?}; the only one is maxbuffer=BYTES"
+                    "unknown parameter {pair:?}; known: maxbuffer=BYTES, session_timeout=MS"
                 )))
             }
         }
@@ -189,6 +217,7 @@ pub async fn connect(url: &StoreUrl, options: &OpenOptions) -> Result<Arc<dyn St
         root,
         timeout: options.timeout,
         max_buffer,
+        session_timeout,
         tls,
         credentials: options.credentials.clone(),
         session: tokio::sync::Mutex::new(None),
@@ -459,6 +488,8 @@ struct Inner {
     root: String,
     timeout: Duration,
     max_buffer: usize,
+    /// The timeout asked for the store's own session.
+    session_timeout: Duration,
     tls: Option<zk::TlsOptions>,
     credentials: Option<(String, String)>,
     /// The store's session, replaced when it expires.
@@ -585,7 +616,7 @@ impl Inner {
             }
             tracing::info!(url = %self.url, "ZooKeeper session ended; opening a new one");
         }
-        let client = self.new_session(STORE_SESSION_TIMEOUT).await?;
+        let client = self.new_session(self.session_timeout).await?;
         if self.is_closed() {
             return Err(self.closed_err());
         }

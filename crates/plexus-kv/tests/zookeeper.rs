@@ -406,3 +406,56 @@ async fn zk_tls_with_client_certificate() {
         Ok(_) => panic!("opened with a missing CA file"),
     }
 }
+
+/// The watching store's connection is cut until its session expires: the watch reports the
+/// outage, then opens a new session, watches again, and delivers the write made meanwhile and
+/// the writes after it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn zk_watch_survives_session_expiry() {
+    let shared = tokio::task::spawn_blocking(plexus_testkit::zookeeper::shared)
+        .await
+        .unwrap();
+    let proxy = TcpProxy::start(shared.endpoint()).await.unwrap();
+    let chroot = plexus_testkit::unique("expiry");
+    let watching = open(
+        &format!("{}&session_timeout=1000", url_for(proxy.addr(), &chroot)),
+        test_options(),
+    )
+    .await;
+    let writer = open(&shared.url(&chroot), test_options()).await;
+    writer.put("k", b"1", PutOptions::default()).await.unwrap();
+    let mut w = watching.watch("k").await.unwrap();
+    assert_eq!(next_item(&mut w).await, Ok(Some(b"1".to_vec())));
+
+    proxy.cut();
+    assert!(
+        matches!(next_item(&mut w).await, Err(KvError::Unavailable { .. })),
+        "the outage was not reported"
+    );
+    writer.put("k", b"2", PutOptions::default()).await.unwrap();
+    // Well past the session timeout (1 s, in ticks of 200 ms).
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    proxy.restore();
+    let mut seen = Vec::new();
+    while seen.last().map(Vec::as_slice) != Some(b"2".as_slice()) {
+        match next_item(&mut w).await {
+            Ok(Some(v)) => seen.push(v),
+            Ok(None) => panic!("the key vanished"),
+            Err(_) => {}
+        }
+    }
+    writer.put("k", b"3", PutOptions::default()).await.unwrap();
+    loop {
+        match next_item(&mut w).await {
+            Ok(Some(v)) if v == b"3" => break,
+            Ok(Some(v)) => assert_eq!(v, b"2"),
+            other => panic!("after the new session the watch gave {other:?}"),
+        }
+    }
+    // The store works on its new session.
+    watching
+        .put("k", b"4", PutOptions::default())
+        .await
+        .unwrap();
+    assert_eq!(writer.get("k").await.unwrap().value, b"4");
+}
