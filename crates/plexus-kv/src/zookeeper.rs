@@ -1811,11 +1811,14 @@ impl Locker for ZkLocker {
             .await?;
         let me = inner.run("lock", self.enqueue(&client)).await?;
         let mut state = client.state_watcher();
+        let mut closed = inner.closed.subscribe();
         loop {
             let waiting = inner.run("lock", self.step(&client, &me)).await?;
             let Some(watcher) = waiting else { break };
             tokio::select! {
                 _ = watcher.changed() => {}
+                // Dropping the session on return takes this contender's node away.
+                _ = until_closed(&mut closed) => return Err(inner.closed_err()),
                 s = wait_terminal(&mut state) => {
                     return Err(KvError::Unavailable {
                         url: inner.url.clone(),
