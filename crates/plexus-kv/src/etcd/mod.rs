@@ -375,6 +375,23 @@ impl Inner {
         }
     }
 
+    /// Bounds a sequence of calls (a lease grant, then the write) by one timeout, so that an
+    /// operation made of several round trips still fails within `OpenOptions::timeout`.
+    async fn bounded<T>(
+        &self,
+        op: &'static str,
+        fut: impl Future<Output = Result<T>>,
+    ) -> Result<T> {
+        match tokio::time::timeout(self.timeout, fut).await {
+            Ok(r) => r,
+            Err(_) => Err(KvError::Timeout {
+                url: self.url.clone(),
+                op,
+                after: self.timeout,
+            }),
+        }
+    }
+
     /// A lease for a write with `ttl` (0: none).
     async fn lease_for(&self, ttl: Option<Duration>) -> Result<i64> {
         match ttl {
@@ -443,14 +460,21 @@ impl Store for EtcdStore {
         inner.check_open()?;
         let key = key::leaf(key)?;
         check_value(key, value, MAX_VALUE_BYTES, "etcd")?;
-        let lease = inner.lease_for(options.ttl).await?;
         let mut kv = inner.kv.clone();
-        let resp = inner
-            .call(
-                "put",
-                kv.put(inner.full(key), value, Inner::put_options(lease)),
-            )
-            .await?;
+        let write = async {
+            let lease = inner.lease_for(options.ttl).await?;
+            inner
+                .call(
+                    "put",
+                    kv.put(inner.full(key), value, Inner::put_options(lease)),
+                )
+                .await
+        };
+        // With a TTL the put is two round trips (grant, put): bound them together.
+        let resp = match options.ttl {
+            Some(_) => inner.bounded("put", write).await?,
+            None => write.await?,
+        };
         Ok(KvPair {
             key: key.to_string(),
             value: value.to_vec(),
@@ -543,7 +567,6 @@ impl Store for EtcdStore {
         let key = key::leaf(key)?;
         check_value(key, value, MAX_VALUE_BYTES, "etcd")?;
         let full = inner.full(key);
-        let lease = inner.lease_for(options.ttl).await?;
         let compare = match previous {
             None => EtcdCompare::create_revision(full.as_str(), CompareOp::Equal, 0),
             Some(p) => EtcdCompare::mod_revision(
@@ -552,16 +575,23 @@ impl Store for EtcdStore {
                 i64::try_from(p.last_index).unwrap_or(i64::MAX),
             ),
         };
-        let txn = EtcdTxn::new()
-            .when([compare])
-            .and_then([EtcdTxnOp::put(
-                full.as_str(),
-                value,
-                Inner::put_options(lease),
-            )])
-            .or_else([Inner::read_op(&full)]);
         let mut kv = inner.kv.clone();
-        let resp = inner.call("atomic_put", kv.txn(txn)).await?;
+        let write = async {
+            let lease = inner.lease_for(options.ttl).await?;
+            let txn = EtcdTxn::new()
+                .when([compare])
+                .and_then([EtcdTxnOp::put(
+                    full.as_str(),
+                    value,
+                    Inner::put_options(lease),
+                )])
+                .or_else([Inner::read_op(&full)]);
+            inner.call("atomic_put", kv.txn(txn)).await
+        };
+        let resp = match options.ttl {
+            Some(_) => inner.bounded("atomic_put", write).await?,
+            None => write.await?,
+        };
         if resp.succeeded() {
             return Ok(KvPair {
                 key: key.to_string(),
