@@ -52,6 +52,25 @@ else
   echo "etcd not installed (apt-get install etcd-server): skipping the etcd backend" >&2
 fi
 
-# ZooKeeper: start it here and add: args+=(--url "zk=zk://127.0.0.1:PORT/kv-bench")
+# ZooKeeper: Debian's 3.8 standalone, default settings (data on disk, every write fsynced),
+# TTL znodes enabled; run from its jars in the foreground like the test harness does.
+if command -v java >/dev/null 2>&1 && [ -f /usr/share/java/zookeeper.jar ]; then
+  zk_port=$(free_port)
+  mkdir -p "$tmp/zk"
+  printf 'tickTime=2000\ndataDir=%s\nclientPort=%s\nclientPortAddress=127.0.0.1\nmaxClientCnxns=0\nadmin.enableServer=false\n' \
+    "$tmp/zk" "$zk_port" >"$tmp/zoo.cfg"
+  zk_cp=""
+  for jar in zookeeper zookeeper-jute slf4j-api slf4j-nop metrics-core commons-cli snappy-java \
+    netty-handler netty-common netty-buffer netty-transport netty-codec netty-resolver \
+    netty-transport-native-epoll netty-transport-native-unix-common; do
+    zk_cp="$zk_cp${zk_cp:+:}/usr/share/java/$jar.jar"
+  done
+  java -Xmx512m -Dzookeeper.extendedTypesEnabled=true -cp "$zk_cp" \
+    org.apache.zookeeper.server.ZooKeeperServerMain "$tmp/zoo.cfg" >"$tmp/zk.log" 2>&1 &
+  pids+=($!)
+  args+=(--url "zk=zk://127.0.0.1:$zk_port/kv-bench")
+else
+  echo "ZooKeeper not installed (apt-get install zookeeper): skipping the zk backend" >&2
+fi
 
 "$bin" "${args[@]}" "$@"
