@@ -300,6 +300,13 @@ impl Rtnl {
         self.set(index, |m| m.mtu(mtu), "set mtu").await
     }
 
+    /// Sets a link's hardware (MAC) address; the link should be down.
+    pub async fn set_mac(&self, index: u32, mac: &[u8]) -> Result<()> {
+        let mac = mac.to_vec();
+        self.set(index, |m| m.address(mac), "set hardware address")
+            .await
+    }
+
     /// Attaches a link to a bridge.
     pub async fn set_master(&self, index: u32, master: u32) -> Result<()> {
         self.set(index, |m| m.controller(master), "attach").await

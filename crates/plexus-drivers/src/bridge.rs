@@ -1,0 +1,978 @@
+//! The `bridge` driver: Docker's user-defined bridge networks.
+//!
+//! Per network: a Linux bridge (`plx-<11 hex of the id>` or `com.docker.network.bridge.name`)
+//! holding the gateway address(es), `route_localnet=1` (so `127.0.0.1:PORT` reaches published
+//! ports), and the network's elements in Plexus's nftables sets (isolation, masquerade,
+//! internal). Per endpoint: a veth pair whose host end (`plxv…`) is a bridge port (isolated when
+//! `enable_icc=false`) and whose other end (`plxc…` until joined) moves into the sandbox as
+//! `<prefix><n>` with the endpoint's MAC, MTU, addresses and default route; published ports are
+//! elements of the nftables port maps, owned by the endpoint id.
+//!
+//! Every step that makes something has its undo, run in reverse order when a later step fails,
+//! so a failed call leaves nothing behind. Deletions are idempotent and work from the kernel
+//! alone (names are derived from ids; ports are found by owner), so a restarted daemon can
+//! remove what an earlier run made before [`BridgeDriver::reconcile`] restored its memory.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::net::IpAddr;
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, AtomicU16, Ordering};
+
+use async_trait::async_trait;
+use ipnet::IpNet;
+use plexus_cnm::{
+    Capability, Driver, DriverError, EndpointCreated, EndpointInfo, Joined, NetworkInfo,
+    PortBinding, Scope,
+};
+use plexus_sys::netns::Netns;
+use plexus_sys::nft::{Firewall, NetworkRules, PortMapping, Proto};
+use plexus_sys::rtnl::{Link, Route, Rtnl};
+use plexus_sys::{sysctl, SysError};
+use tokio::sync::Mutex;
+
+use crate::names::{self, Marked};
+use crate::options::BridgeOptions;
+use crate::{sys_ctx, DriverConfig};
+
+/// The range ephemeral host ports are taken from (Docker's).
+pub const EPHEMERAL_PORTS: std::ops::RangeInclusive<u16> = 49153..=60999;
+
+/// What [`BridgeDriver::reconcile`] changed.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Reconciled {
+    /// Networks of the store whose data plane was (re)made or adopted.
+    pub restored: Vec<String>,
+    /// Marked links deleted because the store does not know their network or endpoint.
+    pub links: Vec<String>,
+    /// nftables bridges no known network has.
+    pub bridges: Vec<String>,
+    /// nftables subnets no known network has.
+    pub subnets: Vec<(IpAddr, u8)>,
+    /// Published ports whose owner the store does not know.
+    pub ports: Vec<PortMapping>,
+}
+
+#[derive(Debug, Clone)]
+struct NetState {
+    info: NetworkInfo,
+    opts: BridgeOptions,
+    bridge: String,
+    bridge_index: u32,
+}
+
+impl NetState {
+    fn rules(&self) -> NetworkRules {
+        NetworkRules {
+            bridge: self.bridge.clone(),
+            subnets: subnets(&self.info),
+            masquerade: self.opts.enable_ip_masquerade,
+            internal: self.info.internal,
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+struct EpState {
+    network_id: String,
+    ipv4: Option<IpNet>,
+    ipv6: Option<IpNet>,
+    mac: [u8; 6],
+    ports: Vec<PortMapping>,
+    /// The sandbox and the interface name inside it, once joined.
+    joined: Option<(String, String)>,
+}
+
+#[derive(Default)]
+struct State {
+    networks: HashMap<String, NetState>,
+    endpoints: HashMap<String, EpState>,
+}
+
+/// The `bridge` driver. See the [module docs](self).
+pub struct BridgeDriver {
+    host: Netns,
+    marker: String,
+    owns_namespace: bool,
+    rtnl: Rtnl,
+    fw: Firewall,
+    /// Held for the whole of every mutating call: calls of one driver run one at a time.
+    state: Mutex<State>,
+    base_ready: AtomicBool,
+    next_port: AtomicU16,
+}
+
+impl std::fmt::Debug for BridgeDriver {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("BridgeDriver")
+            .field("host", &self.host.path())
+            .field("marker", &self.marker)
+            .finish()
+    }
+}
+
+fn subnets(info: &NetworkInfo) -> Vec<(IpAddr, u8)> {
+    let v6 = if info.enable_ipv6 {
+        &info.ipv6[..]
+    } else {
+        &[]
+    };
+    info.ipv4
+        .iter()
+        .chain(v6)
+        .map(|p| (p.subnet.network(), p.subnet.prefix_len()))
+        .collect()
+}
+
+fn proto_of(binding: &PortBinding) -> Result<Proto, DriverError> {
+    match binding.proto.to_ascii_lowercase().as_str() {
+        "tcp" | "" => Ok(Proto::Tcp),
+        "udp" => Ok(Proto::Udp),
+        "sctp" => Ok(Proto::Sctp),
+        other => Err(DriverError::Invalid(format!(
+            "port {}/{other}: protocol must be tcp, udp or sctp",
+            binding.container_port
+        ))),
+    }
+}
+
+/// Steps to undo, run in reverse order.
+enum Undo {
+    DeleteLink(u32),
+    Teardown(NetworkRules),
+    Unpublish(Vec<PortMapping>),
+}
+
+impl BridgeDriver {
+    /// A bridge driver programming `config.host`, marking what it makes with `config.marker`.
+    /// Loads the published ports the kernel already holds (a restarted daemon knows them).
+    pub async fn new(config: DriverConfig) -> Result<Self, DriverError> {
+        let DriverConfig {
+            host,
+            marker,
+            owns_namespace,
+        } = config;
+        if marker.is_empty() || marker.contains(':') || marker.len() > 64 {
+            return Err(DriverError::Invalid(format!(
+                "marker {marker:?}: must be 1 to 64 bytes without ':'"
+            )));
+        }
+        let rtnl = Rtnl::connect(&host)
+            .await
+            .map_err(sys_ctx("host namespace"))?;
+        let fw = Firewall::open(&host).map_err(sys_ctx("host firewall"))?;
+        Ok(Self {
+            host,
+            marker,
+            owns_namespace,
+            rtnl,
+            fw,
+            state: Mutex::new(State::default()),
+            base_ready: AtomicBool::new(false),
+            next_port: AtomicU16::new(*EPHEMERAL_PORTS.start()),
+        })
+    }
+
+    /// The marker of the links this driver makes.
+    pub fn marker(&self) -> &str {
+        &self.marker
+    }
+
+    /// The bridge's interface name of a network this driver knows.
+    pub async fn bridge_name(&self, network_id: &str) -> Option<String> {
+        self.state
+            .lock()
+            .await
+            .networks
+            .get(network_id)
+            .map(|n| n.bridge.clone())
+    }
+
+    /// The firewall of the host namespace (to read its state).
+    pub fn firewall(&self) -> &Firewall {
+        &self.fw
+    }
+
+    fn sysctl(&self, key: &str, value: &str) -> Result<(), DriverError> {
+        sysctl::write(&self.host, key, value).map_err(sys_ctx(format!("sysctl {key}={value}")))
+    }
+
+    /// Host-wide settings, once: nft base, forwarding, br_netfilter off where we own the
+    /// namespace.
+    fn ensure_host(&self, ipv6: bool) -> Result<(), DriverError> {
+        if !self.base_ready.load(Ordering::Acquire) {
+            self.fw.ensure_base().map_err(sys_ctx("nftables base"))?;
+            self.sysctl("net.ipv4.ip_forward", "1")?;
+            if self.owns_namespace {
+                for key in [
+                    "net.bridge.bridge-nf-call-iptables",
+                    "net.bridge.bridge-nf-call-ip6tables",
+                ] {
+                    // Absent when br_netfilter is not loaded: nothing to turn off.
+                    if let Err(e) = sysctl::write(&self.host, key, "0") {
+                        tracing::debug!(%key, error = %e, "br_netfilter sysctl not set");
+                    }
+                }
+            }
+            self.base_ready.store(true, Ordering::Release);
+        }
+        if ipv6 {
+            self.sysctl("net.ipv6.conf.all.forwarding", "1")?;
+        }
+        Ok(())
+    }
+
+    async fn undo(&self, steps: Vec<Undo>) {
+        for step in steps.into_iter().rev() {
+            let r = match &step {
+                Undo::DeleteLink(i) => self.delete_link(*i).await,
+                Undo::Teardown(rules) => self.fw.teardown_network(rules).map_err(sys_ctx("undo")),
+                Undo::Unpublish(ports) => self.fw.unpublish(ports).map_err(sys_ctx("undo")),
+            };
+            if let Err(e) = r {
+                tracing::warn!(error = %e, "undo step failed; reconciliation will clean up");
+            }
+        }
+    }
+
+    async fn delete_link(&self, index: u32) -> Result<(), DriverError> {
+        match self.rtnl.delete_link(index).await {
+            Ok(()) | Err(SysError::NotFound { .. }) => Ok(()),
+            Err(e) => Err(sys_ctx(format!("delete link {index}"))(e)),
+        }
+    }
+
+    /// The link `name` if it carries exactly `alias`.
+    async fn marked_link(&self, name: &str, alias: &str) -> Result<Option<Link>, DriverError> {
+        let link = self
+            .rtnl
+            .link(name)
+            .await
+            .map_err(sys_ctx(format!("link {name}")))?;
+        Ok(link.filter(|l| l.alias.as_deref() == Some(alias)))
+    }
+
+    async fn create_network_locked(
+        &self,
+        st: &mut State,
+        info: &NetworkInfo,
+    ) -> Result<(), DriverError> {
+        if st.networks.contains_key(&info.id) {
+            return Ok(());
+        }
+        let opts = BridgeOptions::parse(&info.options)?;
+        let bridge = opts
+            .bridge_name
+            .clone()
+            .unwrap_or_else(|| names::default_bridge(&info.id));
+        let alias = names::bridge_alias(&self.marker, &info.id);
+        if alias.len() > names::MAX_ALIAS {
+            return Err(DriverError::Invalid(format!(
+                "network id {:?} is too long",
+                info.id
+            )));
+        }
+        let ipv6 = info.enable_ipv6 && !info.ipv6.is_empty();
+        self.ensure_host(ipv6)?;
+        let mut undo = Vec::new();
+        let r = self
+            .make_network(info, &opts, &bridge, &alias, ipv6, &mut undo)
+            .await;
+        match r {
+            Ok(index) => {
+                st.networks.insert(
+                    info.id.clone(),
+                    NetState {
+                        info: info.clone(),
+                        opts,
+                        bridge: bridge.clone(),
+                        bridge_index: index,
+                    },
+                );
+                tracing::info!(network = %info.name, %bridge, "bridge network ready");
+                Ok(())
+            }
+            Err(e) => {
+                self.undo(undo).await;
+                Err(e)
+            }
+        }
+    }
+
+    async fn make_network(
+        &self,
+        info: &NetworkInfo,
+        opts: &BridgeOptions,
+        bridge: &str,
+        alias: &str,
+        ipv6: bool,
+        undo: &mut Vec<Undo>,
+    ) -> Result<u32, DriverError> {
+        let what = format!("bridge {bridge}");
+        let br = match self.rtnl.link(bridge).await.map_err(sys_ctx(&what))? {
+            // Ours already (a restart, or reconciliation): adopt it.
+            Some(l) if l.alias.as_deref() == Some(alias) => l,
+            Some(l) => {
+                return Err(DriverError::Conflict(format!(
+                    "bridge name {bridge:?} is already used by another interface{}",
+                    l.alias
+                        .as_deref()
+                        .and_then(|a| names::parse_alias(&self.marker, a))
+                        .map(|m| match m {
+                            Marked::Bridge { network } => format!(" (network {network})"),
+                            Marked::Veth { endpoint, .. } => format!(" (endpoint {endpoint})"),
+                        })
+                        .unwrap_or_default()
+                )))
+            }
+            None => {
+                let l = self
+                    .rtnl
+                    .add_bridge(bridge, opts.mtu, alias)
+                    .await
+                    .map_err(sys_ctx(&what))?;
+                undo.push(Undo::DeleteLink(l.index));
+                l
+            }
+        };
+        if ipv6 {
+            // The gateway is usable at once (no duplicate address detection).
+            self.sysctl(&format!("net.ipv6.conf.{bridge}.accept_dad"), "0")?;
+        }
+        let v4 = info.ipv4.iter().filter(|_| !opts.inhibit_ipv4);
+        let v6 = info.ipv6.iter().filter(|_| ipv6);
+        for gw in v4.chain(v6).filter_map(|p| p.gateway) {
+            match self
+                .rtnl
+                .add_address(br.index, gw.addr(), gw.prefix_len())
+                .await
+            {
+                Ok(()) | Err(SysError::Exists { .. }) => {}
+                Err(e) => return Err(sys_ctx(format!("gateway {gw} on {bridge}"))(e)),
+            }
+        }
+        self.sysctl(&format!("net.ipv4.conf.{bridge}.route_localnet"), "1")?;
+        self.rtnl.set_up(br.index).await.map_err(sys_ctx(&what))?;
+        let rules = NetworkRules {
+            bridge: bridge.to_string(),
+            subnets: subnets(info),
+            masquerade: opts.enable_ip_masquerade,
+            internal: info.internal,
+        };
+        self.fw
+            .setup_network(&rules)
+            .map_err(sys_ctx(format!("firewall of {bridge}")))?;
+        undo.push(Undo::Teardown(rules));
+        Ok(br.index)
+    }
+
+    /// Removes a network's firewall elements and bridge, knowing only the kernel: the bridge
+    /// is found by its mark, the subnets by its addresses.
+    async fn delete_unknown_network(&self, network_id: &str) -> Result<(), DriverError> {
+        let alias = names::bridge_alias(&self.marker, network_id);
+        let links = self.rtnl.links().await.map_err(sys_ctx("list links"))?;
+        for link in links.iter().filter(|l| l.alias.as_deref() == Some(&alias)) {
+            self.remove_bridge_link(link).await?;
+        }
+        Ok(())
+    }
+
+    async fn remove_bridge_link(&self, link: &Link) -> Result<(), DriverError> {
+        let addrs = self
+            .rtnl
+            .addresses(link.index)
+            .await
+            .map_err(sys_ctx(format!("addresses of {}", link.name)))?;
+        let subnets = addrs
+            .into_iter()
+            .filter(|(a, _)| !matches!(a, IpAddr::V6(v6) if (v6.segments()[0] & 0xffc0) == 0xfe80))
+            .filter_map(|(a, len)| IpNet::new(a, len).ok())
+            .map(|n| (n.network(), n.prefix_len()))
+            .collect();
+        let rules = NetworkRules {
+            bridge: link.name.clone(),
+            subnets,
+            masquerade: true,
+            internal: true,
+        };
+        self.fw
+            .teardown_network(&rules)
+            .map_err(sys_ctx(format!("firewall of {}", link.name)))?;
+        self.delete_link(link.index).await
+    }
+
+    /// Picks host ports for the bindings and builds the mappings.
+    fn mappings(
+        &self,
+        net: &NetState,
+        ep: &EndpointInfo,
+    ) -> Result<(Vec<PortMapping>, Vec<PortBinding>), DriverError> {
+        let published = self.fw.published();
+        let mut out: Vec<PortMapping> = Vec::new();
+        let mut bindings = Vec::new();
+        for b in &ep.ports {
+            let proto = proto_of(b)?;
+            if b.container_port == 0 {
+                return Err(DriverError::Invalid(format!(
+                    "port 0/{}: the container port must not be 0",
+                    proto.name()
+                )));
+            }
+            let mut targets: Vec<(IpAddr, Option<IpAddr>)> = Vec::new();
+            if let Some(v4) = ep.ipv4 {
+                match b.host_ip {
+                    None => targets.push((v4.addr(), net.opts.host_binding_ipv4.map(IpAddr::V4))),
+                    Some(ip @ IpAddr::V4(_)) => {
+                        targets.push((v4.addr(), (!ip.is_unspecified()).then_some(ip)))
+                    }
+                    Some(IpAddr::V6(_)) => {}
+                }
+            }
+            if let Some(v6) = ep.ipv6 {
+                match b.host_ip {
+                    None => targets.push((v6.addr(), None)),
+                    Some(ip @ IpAddr::V6(_)) => {
+                        targets.push((v6.addr(), (!ip.is_unspecified()).then_some(ip)))
+                    }
+                    Some(IpAddr::V4(_)) => {}
+                }
+            }
+            if targets.is_empty() {
+                return Err(DriverError::Invalid(format!(
+                    "port {}/{}: the endpoint has no address of the host ip's family",
+                    b.container_port,
+                    proto.name()
+                )));
+            }
+            let host_port = if b.host_port != 0 {
+                b.host_port
+            } else {
+                self.ephemeral(proto, &published, &out)?
+            };
+            for (addr, host_ip) in &targets {
+                out.push(PortMapping {
+                    proto,
+                    host_ip: *host_ip,
+                    host_port,
+                    addr: *addr,
+                    port: b.container_port,
+                    owner: ep.endpoint_id.clone(),
+                });
+            }
+            let mut filled = b.clone();
+            filled.host_port = host_port;
+            if filled.host_ip.is_none() && ep.ipv4.is_some() && ep.ipv6.is_none() {
+                filled.host_ip = net.opts.host_binding_ipv4.map(IpAddr::V4);
+            }
+            bindings.push(filled);
+        }
+        Ok((out, bindings))
+    }
+
+    /// A host port in [`EPHEMERAL_PORTS`] that nobody has for `proto`.
+    fn ephemeral(
+        &self,
+        proto: Proto,
+        published: &[PortMapping],
+        chosen: &[PortMapping],
+    ) -> Result<u16, DriverError> {
+        let (lo, hi) = (*EPHEMERAL_PORTS.start(), *EPHEMERAL_PORTS.end());
+        let span = u32::from(hi - lo) + 1;
+        let start = self.next_port.load(Ordering::Relaxed).clamp(lo, hi);
+        for i in 0..span {
+            let port = lo + ((u32::from(start - lo) + i) % span) as u16;
+            let taken = published
+                .iter()
+                .chain(chosen)
+                .any(|p| p.proto == proto && p.host_port == port);
+            if !taken {
+                let next = if port == hi { lo } else { port + 1 };
+                self.next_port.store(next, Ordering::Relaxed);
+                return Ok(port);
+            }
+        }
+        Err(DriverError::Conflict(format!(
+            "no free {} host port left in {lo}-{hi}",
+            proto.name()
+        )))
+    }
+
+    /// Makes the veth pair of an endpoint: host end on the bridge and up, the other end with
+    /// the endpoint's MAC, waiting in the host namespace.
+    async fn make_veth(
+        &self,
+        net: &NetState,
+        network_id: &str,
+        endpoint_id: &str,
+        mac: &[u8; 6],
+        undo: &mut Vec<Undo>,
+    ) -> Result<(), DriverError> {
+        let alias = names::veth_alias(&self.marker, network_id, endpoint_id);
+        if alias.len() > names::MAX_ALIAS {
+            return Err(DriverError::Invalid(format!(
+                "endpoint id {endpoint_id:?} is too long"
+            )));
+        }
+        let (host_name, peer_name) = (names::host_veth(endpoint_id), names::peer_veth(endpoint_id));
+        let what = format!("veth {host_name}");
+        let (h, p) = self
+            .rtnl
+            .add_veth(&host_name, &peer_name, net.opts.mtu, &alias)
+            .await
+            .map_err(sys_ctx(&what))?;
+        undo.push(Undo::DeleteLink(h.index));
+        self.rtnl
+            .set_mac(p.index, mac)
+            .await
+            .map_err(sys_ctx(format!("mac {}", names::format_mac(mac))))?;
+        self.rtnl
+            .set_master(h.index, net.bridge_index)
+            .await
+            .map_err(sys_ctx(&what))?;
+        if !net.opts.enable_icc {
+            self.rtnl
+                .set_port_isolated(h.index, true)
+                .await
+                .map_err(sys_ctx(&what))?;
+        }
+        self.rtnl.set_up(h.index).await.map_err(sys_ctx(&what))?;
+        Ok(())
+    }
+
+    /// Deletes an endpoint's veth pair wherever its other end is (marked links only).
+    async fn delete_veth(&self, network_id: &str, endpoint_id: &str) -> Result<(), DriverError> {
+        let alias = names::veth_alias(&self.marker, network_id, endpoint_id);
+        for name in [names::host_veth(endpoint_id), names::peer_veth(endpoint_id)] {
+            if let Some(link) = self.marked_link(&name, &alias).await? {
+                self.delete_link(link.index).await?;
+            }
+        }
+        Ok(())
+    }
+
+    async fn join_locked(
+        &self,
+        st: &mut State,
+        network_id: &str,
+        endpoint_id: &str,
+        sandbox_key: &str,
+        prefix: &str,
+    ) -> Result<Joined, DriverError> {
+        let ep = st.endpoints.get(endpoint_id).cloned().ok_or_else(|| {
+            DriverError::Failed(format!(
+                "endpoint {endpoint_id} is not known to the bridge driver"
+            ))
+        })?;
+        if ep.network_id != network_id {
+            return Err(DriverError::Failed(format!(
+                "endpoint {endpoint_id} is on network {}, not {network_id}",
+                ep.network_id
+            )));
+        }
+        let net = st.networks.get(network_id).cloned().ok_or_else(|| {
+            DriverError::Failed(format!(
+                "network {network_id} is not known to the bridge driver"
+            ))
+        })?;
+        if let Some((key, _)) = &ep.joined {
+            return Err(DriverError::Conflict(format!(
+                "endpoint {endpoint_id} is already in sandbox {key}"
+            )));
+        }
+        if prefix.is_empty() || prefix.len() > plexus_sys::rtnl::MAX_IFNAME - 3 {
+            return Err(DriverError::Invalid(format!(
+                "interface prefix {prefix:?}: must be 1 to 12 bytes"
+            )));
+        }
+        let sandbox = Netns::open(Path::new(sandbox_key)).map_err(sys_ctx("sandbox"))?;
+        let mut undo = Vec::new();
+        let alias = names::veth_alias(&self.marker, network_id, endpoint_id);
+        let peer_name = names::peer_veth(endpoint_id);
+        let peer = match self.marked_link(&peer_name, &alias).await? {
+            Some(p) => p,
+            None => {
+                // Left earlier (leave deletes the pair): make it again.
+                self.delete_veth(network_id, endpoint_id).await?;
+                self.make_veth(&net, network_id, endpoint_id, &ep.mac, &mut undo)
+                    .await?;
+                match self.rtnl.require_link(&peer_name).await {
+                    Ok(p) => p,
+                    Err(e) => {
+                        self.undo(undo).await;
+                        return Err(sys_ctx("veth")(e));
+                    }
+                }
+            }
+        };
+        let r = self.move_in(&net, &ep, &sandbox, peer.index, prefix).await;
+        match r {
+            Ok((interface, gateways)) => {
+                if let Some(e) = st.endpoints.get_mut(endpoint_id) {
+                    e.joined = Some((sandbox_key.to_string(), interface.clone()));
+                }
+                tracing::debug!(endpoint = %endpoint_id, sandbox = %sandbox_key, %interface, "joined");
+                Ok(Joined {
+                    interface: Some(interface),
+                    gateways,
+                })
+            }
+            Err(e) => {
+                // The pair may be half inside the sandbox: delete it from wherever it is.
+                if let Err(e) = self.delete_veth(network_id, endpoint_id).await {
+                    tracing::warn!(error = %e, "cannot delete veth after failed join");
+                }
+                self.undo(undo).await;
+                Err(e)
+            }
+        }
+    }
+
+    async fn move_in(
+        &self,
+        net: &NetState,
+        ep: &EpState,
+        sandbox: &Netns,
+        peer: u32,
+        prefix: &str,
+    ) -> Result<(String, Vec<IpAddr>), DriverError> {
+        let rs = Rtnl::connect(sandbox).await.map_err(sys_ctx("sandbox"))?;
+        let taken: BTreeSet<String> = rs
+            .links()
+            .await
+            .map_err(sys_ctx("sandbox links"))?
+            .into_iter()
+            .map(|l| l.name)
+            .collect();
+        let mut n = 0u32;
+        let name = loop {
+            let name = format!("{prefix}{n}");
+            if taken.contains(&name) {
+                n += 1;
+                continue;
+            }
+            match self.rtnl.move_to(peer, sandbox, Some(&name)).await {
+                Ok(()) => break name,
+                Err(SysError::Exists { .. }) if n < 64 => n += 1,
+                Err(e) => return Err(sys_ctx(format!("move {name} into the sandbox"))(e)),
+            }
+        };
+        let what = format!("sandbox interface {name}");
+        let link = rs.require_link(&name).await.map_err(sys_ctx(&what))?;
+        if ep.ipv6.is_some() {
+            // Usable at once, as Docker does with IFA_F_NODAD.
+            if let Err(e) = sysctl::write(sandbox, &format!("net.ipv6.conf.{name}.accept_dad"), "0")
+            {
+                tracing::debug!(error = %e, "accept_dad not set");
+            }
+        }
+        for addr in ep.ipv4.iter().chain(ep.ipv6.iter()) {
+            rs.add_address(link.index, addr.addr(), addr.prefix_len())
+                .await
+                .map_err(sys_ctx(&what))?;
+        }
+        rs.set_up(link.index).await.map_err(sys_ctx(&what))?;
+        let lo = rs.require_link("lo").await.map_err(sys_ctx("sandbox lo"))?;
+        rs.set_up(lo.index).await.map_err(sys_ctx("sandbox lo"))?;
+        let mut gateways = Vec::new();
+        if !net.info.internal {
+            let v4 = net.info.ipv4.first().filter(|_| ep.ipv4.is_some());
+            let v6 = net.info.ipv6.first().filter(|_| ep.ipv6.is_some());
+            for gw in v4.into_iter().chain(v6).filter_map(|p| p.gateway) {
+                let route = Route {
+                    destination: None,
+                    gateway: Some(gw.addr()),
+                    oif: Some(link.index),
+                };
+                match rs.add_route(&route).await {
+                    Ok(()) => gateways.push(gw.addr()),
+                    // Another network already gives the sandbox its default route.
+                    Err(SysError::Exists { .. }) => {}
+                    Err(e) => return Err(sys_ctx(format!("default route via {gw}"))(e)),
+                }
+            }
+        }
+        Ok((name, gateways))
+    }
+
+    /// Makes the kernel match the store after a restart or a crash.
+    ///
+    /// `networks` are the store's networks of this driver (their records carry everything the
+    /// data plane needs), `endpoints` the ids of every endpoint in the store. Each network's
+    /// bridge, addresses and firewall elements are made or adopted (idempotently) and the
+    /// driver's memory restored; then marked links whose network or endpoint the store does not
+    /// know are deleted, and so are the nftables elements (bridges, subnets, published ports)
+    /// that no known network or endpoint has. Links without this driver's marker are never
+    /// touched. The bridge driver is the only user of Plexus's nftables network sets in its
+    /// namespace.
+    pub async fn reconcile(
+        &self,
+        networks: &[NetworkInfo],
+        endpoints: &BTreeSet<String>,
+    ) -> Result<Reconciled, DriverError> {
+        let mut st = self.state.lock().await;
+        let mut out = Reconciled::default();
+        let known: BTreeSet<&str> = networks.iter().map(|n| n.id.as_str()).collect();
+        // Forget what the store no longer has.
+        st.networks.retain(|id, _| known.contains(id.as_str()));
+        st.endpoints
+            .retain(|id, e| endpoints.contains(id) && known.contains(e.network_id.as_str()));
+        for info in networks {
+            if !st.networks.contains_key(&info.id) {
+                match self.create_network_locked(&mut st, info).await {
+                    Ok(()) => out.restored.push(info.id.clone()),
+                    Err(e) => {
+                        tracing::warn!(network = %info.name, error = %e, "cannot restore network")
+                    }
+                }
+            }
+        }
+        let links = self.rtnl.links().await.map_err(sys_ctx("list links"))?;
+        for link in &links {
+            let Some(mark) = link
+                .alias
+                .as_deref()
+                .and_then(|a| names::parse_alias(&self.marker, a))
+            else {
+                continue;
+            };
+            let stale = match &mark {
+                Marked::Bridge { network } => !known.contains(network.as_str()),
+                Marked::Veth { network, endpoint } => {
+                    !known.contains(network.as_str()) || !endpoints.contains(endpoint)
+                }
+            };
+            if !stale {
+                continue;
+            }
+            let r = match mark {
+                Marked::Bridge { .. } => self.remove_bridge_link(link).await,
+                Marked::Veth { .. } => self.delete_link(link.index).await,
+            };
+            match r {
+                Ok(()) => out.links.push(link.name.clone()),
+                Err(e) => tracing::warn!(link = %link.name, error = %e, "cannot delete stale link"),
+            }
+        }
+        // Endpoints' memory after a restart: the veth is in the kernel; ports are by owner.
+        let rules: Vec<NetworkRules> = st.networks.values().map(NetState::rules).collect();
+        let ports: Vec<PortMapping> = self
+            .fw
+            .state()
+            .map_err(sys_ctx("firewall state"))?
+            .ports
+            .into_iter()
+            .filter(|p| endpoints.contains(&p.owner))
+            .collect();
+        let removed = self
+            .fw
+            .reconcile(&rules, &ports)
+            .map_err(sys_ctx("firewall reconcile"))?;
+        out.bridges = removed.bridges;
+        out.subnets = removed.subnets;
+        out.ports = removed.ports;
+        tracing::info!(
+            restored = out.restored.len(),
+            links = out.links.len(),
+            bridges = out.bridges.len(),
+            ports = out.ports.len(),
+            "bridge driver reconciled with the store"
+        );
+        Ok(out)
+    }
+}
+
+#[async_trait]
+impl Driver for BridgeDriver {
+    fn name(&self) -> &str {
+        "bridge"
+    }
+
+    fn capability(&self) -> Capability {
+        Capability {
+            scope: Scope::Local,
+            needs_ipam: true,
+            multiple_networks: true,
+        }
+    }
+
+    fn validate_options(&self, options: &BTreeMap<String, String>) -> Result<(), DriverError> {
+        BridgeOptions::parse(options).map(|_| ())
+    }
+
+    async fn create_network(&self, network: &NetworkInfo) -> Result<(), DriverError> {
+        let mut st = self.state.lock().await;
+        if let Some(name) = BridgeOptions::parse(&network.options)?.bridge_name {
+            if let Some(other) = st.networks.values().find(|n| n.bridge == name) {
+                if other.info.id != network.id {
+                    return Err(DriverError::Conflict(format!(
+                        "bridge name {name:?} is already used by network {}",
+                        other.info.name
+                    )));
+                }
+            }
+        }
+        self.create_network_locked(&mut st, network).await
+    }
+
+    async fn delete_network(&self, network_id: &str) -> Result<(), DriverError> {
+        let mut st = self.state.lock().await;
+        let left: Vec<String> = st
+            .endpoints
+            .iter()
+            .filter(|(_, e)| e.network_id == network_id)
+            .map(|(id, _)| id.clone())
+            .collect();
+        for id in left {
+            self.delete_endpoint_locked(&mut st, network_id, &id)
+                .await?;
+        }
+        match st.networks.get(network_id).cloned() {
+            Some(net) => {
+                self.fw
+                    .teardown_network(&net.rules())
+                    .map_err(sys_ctx(format!("firewall of {}", net.bridge)))?;
+                let alias = names::bridge_alias(&self.marker, network_id);
+                if let Some(link) = self.marked_link(&net.bridge, &alias).await? {
+                    self.delete_link(link.index).await?;
+                }
+                st.networks.remove(network_id);
+                tracing::info!(network = %net.info.name, bridge = %net.bridge, "bridge network removed");
+                Ok(())
+            }
+            None => self.delete_unknown_network(network_id).await,
+        }
+    }
+
+    async fn create_endpoint(
+        &self,
+        endpoint: &EndpointInfo,
+    ) -> Result<EndpointCreated, DriverError> {
+        let mut st = self.state.lock().await;
+        let id = &endpoint.endpoint_id;
+        let net = st
+            .networks
+            .get(&endpoint.network_id)
+            .cloned()
+            .ok_or_else(|| {
+                DriverError::Failed(format!(
+                    "network {} is not known to the bridge driver (not created or not restored)",
+                    endpoint.network_id
+                ))
+            })?;
+        if st.endpoints.contains_key(id) {
+            return Err(DriverError::Conflict(format!(
+                "endpoint {id} already exists"
+            )));
+        }
+        let mac = match &endpoint.mac {
+            Some(m) => names::parse_mac(m).ok_or_else(|| {
+                DriverError::Invalid(format!(
+                    "mac address {m:?}: must be a unicast aa:bb:cc:dd:ee:ff"
+                ))
+            })?,
+            None => names::derive_mac(
+                endpoint.ipv4.and_then(|a| match a.addr() {
+                    IpAddr::V4(v4) => Some(v4),
+                    IpAddr::V6(_) => None,
+                }),
+                id,
+            ),
+        };
+        let (mappings, bindings) = self.mappings(&net, endpoint)?;
+        let mut undo = Vec::new();
+        let r = async {
+            self.make_veth(&net, &endpoint.network_id, id, &mac, &mut undo)
+                .await?;
+            if !mappings.is_empty() {
+                self.fw.publish(&mappings).map_err(sys_ctx("publish"))?;
+                undo.push(Undo::Unpublish(mappings.clone()));
+            }
+            Ok::<(), DriverError>(())
+        }
+        .await;
+        if let Err(e) = r {
+            self.undo(undo).await;
+            return Err(e);
+        }
+        st.endpoints.insert(
+            id.clone(),
+            EpState {
+                network_id: endpoint.network_id.clone(),
+                ipv4: endpoint.ipv4,
+                ipv6: endpoint.ipv6,
+                mac,
+                ports: mappings,
+                joined: None,
+            },
+        );
+        Ok(EndpointCreated {
+            mac: Some(names::format_mac(&mac)),
+            ports: bindings,
+        })
+    }
+
+    async fn delete_endpoint(
+        &self,
+        network_id: &str,
+        endpoint_id: &str,
+    ) -> Result<(), DriverError> {
+        let mut st = self.state.lock().await;
+        self.delete_endpoint_locked(&mut st, network_id, endpoint_id)
+            .await
+    }
+
+    async fn join(
+        &self,
+        network_id: &str,
+        endpoint_id: &str,
+        sandbox_key: &str,
+        interface_prefix: &str,
+    ) -> Result<Joined, DriverError> {
+        let mut st = self.state.lock().await;
+        self.join_locked(
+            &mut st,
+            network_id,
+            endpoint_id,
+            sandbox_key,
+            interface_prefix,
+        )
+        .await
+    }
+
+    async fn leave(&self, network_id: &str, endpoint_id: &str) -> Result<(), DriverError> {
+        let mut st = self.state.lock().await;
+        // Deleting the pair from the host side takes the sandbox's interface (and its routes)
+        // along, even if the sandbox's namespace path is gone.
+        self.delete_veth(network_id, endpoint_id).await?;
+        if let Some(ep) = st.endpoints.get_mut(endpoint_id) {
+            ep.joined = None;
+        }
+        Ok(())
+    }
+}
+
+impl BridgeDriver {
+    async fn delete_endpoint_locked(
+        &self,
+        st: &mut State,
+        network_id: &str,
+        endpoint_id: &str,
+    ) -> Result<(), DriverError> {
+        // Ports from memory, or by owner from the firewall (which read them from the kernel
+        // when it was opened: a restarted daemon finds them).
+        let ports: Vec<PortMapping> = match st.endpoints.get(endpoint_id) {
+            Some(ep) => ep.ports.clone(),
+            None => self
+                .fw
+                .published()
+                .into_iter()
+                .filter(|p| p.owner == endpoint_id)
+                .collect(),
+        };
+        if !ports.is_empty() {
+            self.fw.unpublish(&ports).map_err(sys_ctx("unpublish"))?;
+        }
+        self.delete_veth(network_id, endpoint_id).await?;
+        st.endpoints.remove(endpoint_id);
+        Ok(())
+    }
+}

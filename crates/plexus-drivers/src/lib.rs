@@ -1,0 +1,108 @@
+//! # plexus-drivers — the built-in network drivers
+//!
+//! Implementations of [`plexus_cnm::Driver`] on top of [`plexus_sys`]:
+//!
+//! - [`BridgeDriver`] (`bridge`): Docker's user-defined bridge networks — a Linux bridge per
+//!   network with the gateway address(es), a veth pair per endpoint, masqueraded egress,
+//!   isolation between networks, `--internal`, `enable_icc=false` (bridge port isolation),
+//!   published ports (nftables maps, no userland proxy) and IPv6, with Docker's option names
+//!   ([`options`]);
+//! - [`HostDriver`] (`host`): the sandbox is the host's own namespace; nothing to make;
+//! - [`NullDriver`] (`null`, Docker's `none` network): loopback only.
+//!
+//! A driver programs one "host" namespace, given at construction (in production the daemon's
+//! own, in tests one the test made). Every kernel object the bridge driver makes carries a
+//! marker: links get the alias `<marker>:bridge:<network id>` or
+//! `<marker>:veth:<network id>:<endpoint id>`, published ports carry their endpoint id as
+//! owner inside Plexus's nftables tables. [`BridgeDriver::reconcile`] uses the marks to make
+//! the kernel match the store after a restart or a crash, deleting only what it marked.
+//!
+//! ```no_run
+//! # async fn demo() -> Result<(), plexus_cnm::DriverError> {
+//! use plexus_drivers::{register_builtin, DriverConfig};
+//! let host = plexus_sys::netns::Netns::host().map_err(plexus_drivers::sys_error)?;
+//! let mut registry = plexus_cnm::DriverRegistry::new();
+//! let bridge = register_builtin(&mut registry, DriverConfig::new(host, "plexus")).await?;
+//! # let _ = bridge; Ok(()) }
+//! ```
+
+#![warn(missing_docs)]
+
+mod bridge;
+mod host;
+mod names;
+mod null;
+pub mod options;
+
+use std::sync::Arc;
+
+pub use bridge::{BridgeDriver, Reconciled};
+pub use host::HostDriver;
+pub use names::{parse_alias, Marked};
+pub use null::NullDriver;
+
+use plexus_cnm::{DriverError, DriverRegistry};
+use plexus_sys::netns::Netns;
+use plexus_sys::SysError;
+
+/// How a driver is set up: the namespace it programs and the marker of what it makes.
+#[derive(Debug, Clone)]
+pub struct DriverConfig {
+    /// The "host" namespace: where bridges, host veth ends and firewall rules live.
+    pub host: Netns,
+    /// The link alias prefix that marks every link the driver makes (no `:`).
+    pub marker: String,
+    /// Whether the namespace is Plexus's own (made for it): the driver then also turns
+    /// `br_netfilter` off there (`net.bridge.bridge-nf-call-ip{,6}tables=0`) for throughput.
+    /// Leave `false` for a namespace shared with other software (the machine's own).
+    pub owns_namespace: bool,
+}
+
+impl DriverConfig {
+    /// A configuration for `host`, marking objects with `marker`; `owns_namespace` false.
+    pub fn new(host: Netns, marker: impl Into<String>) -> Self {
+        Self {
+            host,
+            marker: marker.into(),
+            owns_namespace: false,
+        }
+    }
+}
+
+/// Registers `bridge`, `host` and `null` in `registry`, and returns the bridge driver (the
+/// daemon calls [`BridgeDriver::reconcile`] on it at start-up).
+pub async fn register_builtin(
+    registry: &mut DriverRegistry,
+    config: DriverConfig,
+) -> Result<Arc<BridgeDriver>, DriverError> {
+    let bridge = Arc::new(BridgeDriver::new(config.clone()).await?);
+    registry.register(bridge.clone());
+    registry.register(Arc::new(HostDriver::new(config.host.clone())));
+    registry.register(Arc::new(NullDriver::new()));
+    Ok(bridge)
+}
+
+/// Turns a kernel error into a driver error of the right class: bad input and missing
+/// namespaces are the user's fault ([`DriverError::Invalid`]), clashes are conflicts, missing
+/// kernel features are [`DriverError::Unsupported`], the rest [`DriverError::Failed`].
+pub fn sys_error(e: SysError) -> DriverError {
+    match &e {
+        SysError::Invalid { .. } => DriverError::Invalid(e.to_string()),
+        SysError::Conflict { .. } | SysError::Exists { .. } => DriverError::Conflict(e.to_string()),
+        SysError::Unsupported { .. } => DriverError::Unsupported(e.to_string()),
+        SysError::Netns { source, .. } if source.kind() == std::io::ErrorKind::NotFound => {
+            DriverError::Invalid(e.to_string())
+        }
+        _ => DriverError::Failed(e.to_string()),
+    }
+}
+
+/// [`sys_error`] with what was being done in front of the message.
+pub(crate) fn sys_ctx(what: impl std::fmt::Display) -> impl FnOnce(SysError) -> DriverError {
+    move |e| match sys_error(e) {
+        DriverError::Invalid(m) => DriverError::Invalid(format!("{what}: {m}")),
+        DriverError::Conflict(m) => DriverError::Conflict(format!("{what}: {m}")),
+        DriverError::Unsupported(m) => DriverError::Unsupported(format!("{what}: {m}")),
+        DriverError::Failed(m) => DriverError::Failed(format!("{what}: {m}")),
+    }
+}

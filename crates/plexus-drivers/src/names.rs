@@ -1,0 +1,170 @@
+//! Names and marks of the kernel objects the drivers make.
+
+/// What a marked link is, read back from its alias.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Marked {
+    /// A network's bridge.
+    Bridge {
+        /// The network's id.
+        network: String,
+    },
+    /// An endpoint's veth (either end).
+    Veth {
+        /// The network's id.
+        network: String,
+        /// The endpoint's id.
+        endpoint: String,
+    },
+}
+
+/// Reads a link alias: `Some` only if it carries `marker` and a well-formed mark.
+pub fn parse_alias(marker: &str, alias: &str) -> Option<Marked> {
+    let rest = alias.strip_prefix(marker)?.strip_prefix(':')?;
+    let mut parts = rest.split(':');
+    let kind = parts.next()?;
+    let a = parts.next().filter(|s| !s.is_empty())?;
+    match (kind, parts.next(), parts.next()) {
+        ("bridge", None, None) => Some(Marked::Bridge { network: a.into() }),
+        ("veth", Some(b), None) if !b.is_empty() => Some(Marked::Veth {
+            network: a.into(),
+            endpoint: b.into(),
+        }),
+        _ => None,
+    }
+}
+
+/// The alias of a network's bridge.
+pub(crate) fn bridge_alias(marker: &str, network: &str) -> String {
+    format!("{marker}:bridge:{network}")
+}
+
+/// The alias of an endpoint's veth ends.
+pub(crate) fn veth_alias(marker: &str, network: &str, endpoint: &str) -> String {
+    format!("{marker}:veth:{network}:{endpoint}")
+}
+
+/// The longest alias the kernel keeps (IFALIASZ - 1).
+pub(crate) const MAX_ALIAS: usize = 255;
+
+/// 11 characters naming an id in interface names: its first 11 hex digits (ids are 64 hex
+/// digits), or a hash of it for other ids.
+pub(crate) fn short(id: &str) -> String {
+    let head: String = id.chars().take(11).collect();
+    if head.len() == 11 && head.bytes().all(|b| b.is_ascii_hexdigit()) {
+        return head.to_ascii_lowercase();
+    }
+    // FNV-1a, 64 bits.
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in id.bytes() {
+        h ^= u64::from(b);
+        h = h.wrapping_mul(0x0100_0000_01b3);
+    }
+    format!("{h:016x}")[..11].to_string()
+}
+
+/// The default bridge name of a network: `plx-` and 11 hex digits of its id (15 bytes).
+pub(crate) fn default_bridge(network: &str) -> String {
+    format!("plx-{}", short(network))
+}
+
+/// The host end of an endpoint's veth pair.
+pub(crate) fn host_veth(endpoint: &str) -> String {
+    format!("plxv{}", short(endpoint))
+}
+
+/// The sandbox end of an endpoint's veth pair while it waits in the host namespace.
+pub(crate) fn peer_veth(endpoint: &str) -> String {
+    format!("plxc{}", short(endpoint))
+}
+
+/// Docker's MAC for an IPv4 address: `02:42` and the four address bytes; without one, `02:42`
+/// and four bytes of a hash of the endpoint id.
+pub(crate) fn derive_mac(ipv4: Option<std::net::Ipv4Addr>, endpoint: &str) -> [u8; 6] {
+    let tail = match ipv4 {
+        Some(ip) => ip.octets(),
+        None => {
+            let s = short(endpoint);
+            let n = u64::from_str_radix(&s, 16).unwrap_or(0);
+            let b = n.to_be_bytes();
+            [b[4], b[5], b[6], b[7]]
+        }
+    };
+    [0x02, 0x42, tail[0], tail[1], tail[2], tail[3]]
+}
+
+/// Parses `aa:bb:cc:dd:ee:ff` (or with `-`) into a unicast MAC.
+pub(crate) fn parse_mac(s: &str) -> Option<[u8; 6]> {
+    let parts: Vec<&str> = s.split([':', '-']).collect();
+    if parts.len() != 6 {
+        return None;
+    }
+    let mut mac = [0u8; 6];
+    for (i, p) in parts.iter().enumerate() {
+        if p.len() != 2 {
+            return None;
+        }
+        mac[i] = u8::from_str_radix(p, 16).ok()?;
+    }
+    // Multicast (group) addresses cannot be an interface's.
+    if mac[0] & 1 == 1 || mac == [0; 6] {
+        return None;
+    }
+    Some(mac)
+}
+
+/// `aa:bb:cc:dd:ee:ff`.
+pub(crate) fn format_mac(mac: &[u8]) -> String {
+    mac.iter()
+        .map(|b| format!("{b:02x}"))
+        .collect::<Vec<_>>()
+        .join(":")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn aliases_round_trip_and_foreign_ones_are_ignored() {
+        let b = bridge_alias("plexus", "n1");
+        assert_eq!(
+            parse_alias("plexus", &b),
+            Some(Marked::Bridge {
+                network: "n1".into()
+            })
+        );
+        let v = veth_alias("plexus", "n1", "e1");
+        assert_eq!(
+            parse_alias("plexus", &v),
+            Some(Marked::Veth {
+                network: "n1".into(),
+                endpoint: "e1".into()
+            })
+        );
+        assert_eq!(parse_alias("plexus2", &v), None);
+        assert_eq!(parse_alias("plex", &v), None);
+        assert_eq!(parse_alias("plexus", "plexus:bridge:"), None);
+        assert_eq!(parse_alias("plexus", "plexus:other:x"), None);
+        assert_eq!(parse_alias("plexus", "docker0"), None);
+    }
+
+    #[test]
+    fn names_fit_ifnamsiz() {
+        let id = "0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef";
+        assert_eq!(default_bridge(id), "plx-0123456789a");
+        assert_eq!(host_veth(id).len(), 15);
+        assert_eq!(peer_veth("x").len(), 15);
+        assert_ne!(short("a"), short("b"));
+    }
+
+    #[test]
+    fn macs_follow_docker() {
+        let mac = derive_mac(Some(std::net::Ipv4Addr::new(172, 17, 0, 2)), "e");
+        assert_eq!(format_mac(&mac), "02:42:ac:11:00:02");
+        assert_eq!(parse_mac("02:42:AC:11:00:02"), Some(mac));
+        assert_eq!(parse_mac("01:00:5e:00:00:01"), None);
+        assert_eq!(parse_mac("02:42:ac:11:00"), None);
+        assert_eq!(parse_mac("zz:42:ac:11:00:02"), None);
+        assert_eq!(derive_mac(None, "e")[..2], [0x02, 0x42]);
+    }
+}

@@ -1,0 +1,324 @@
+//! A test world: a "host" namespace with an "outside" peer, a controller (memory store,
+//! built-in IPAM, the built-in drivers programming the host namespace) and sandboxes handed
+//! over by path. Every namespace is removed by a drop guard, even when a test fails.
+//!
+//! ```text
+//!   sandbox ns ──veth── [plx bridge]  host ns  ext0 172.30.0.1 ──veth── eth0 172.30.0.2  outside ns
+//! ```
+//!
+//! The outside namespace has no route to the sandboxes' subnets: egress works only when it is
+//! masqueraded.
+
+#![allow(dead_code)]
+
+use std::collections::BTreeMap;
+use std::io::{Read, Write};
+use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use plexus_cnm::{
+    Controller, ControllerConfig, DriverRegistry, Endpoint, EndpointSpec, IpamPoolSpec, Network,
+    NetworkSpec,
+};
+use plexus_drivers::{register_builtin, BridgeDriver, DriverConfig};
+use plexus_ipam::{BuiltinIpam, IpamConfig};
+use plexus_sys::netns::Netns;
+use plexus_sys::rtnl::{Link, Rtnl};
+use plexus_sys::sysctl;
+
+pub const MARK: &str = "plexus-t";
+pub const HOST_EXT: Ipv4Addr = Ipv4Addr::new(172, 30, 0, 1);
+pub const OUTSIDE: Ipv4Addr = Ipv4Addr::new(172, 30, 0, 2);
+
+pub fn root() -> bool {
+    std::fs::read_to_string("/proc/self/status")
+        .map(|s| {
+            s.lines()
+                .any(|l| l.starts_with("Uid:") && l.split_whitespace().nth(1) == Some("0"))
+        })
+        .unwrap_or(false)
+}
+
+#[macro_export]
+macro_rules! need_root {
+    () => {
+        if !common::root() {
+            eprintln!("skipped: needs root (CAP_SYS_ADMIN, CAP_NET_ADMIN) to make namespaces");
+            return;
+        }
+    };
+}
+
+pub fn ok<T, E: std::fmt::Display>(what: &str, r: Result<T, E>) -> T {
+    r.unwrap_or_else(|e| panic!("{what}: {e}"))
+}
+
+/// A namespace pinned in a temporary directory, removed on drop.
+pub struct PinnedNs {
+    pub dir: tempfile::TempDir,
+    pub name: String,
+    pub ns: Netns,
+}
+
+impl PinnedNs {
+    pub fn new(name: &str) -> Self {
+        let dir = ok("tempdir", tempfile::tempdir());
+        let ns = ok("create netns", Netns::create(dir.path(), name));
+        Self {
+            dir,
+            name: name.into(),
+            ns,
+        }
+    }
+
+    pub fn path(&self) -> String {
+        self.dir.path().join(&self.name).display().to_string()
+    }
+}
+
+impl Drop for PinnedNs {
+    fn drop(&mut self) {
+        let _ = Netns::delete(self.dir.path(), &self.name);
+    }
+}
+
+/// A TCP server in a namespace that answers each connection with the peer address it sees.
+pub struct Server {
+    stop: Arc<AtomicBool>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Server {
+    pub fn start(ns: &Netns, addr: SocketAddr) -> Self {
+        let listener = ok("listen", ns.run(move || TcpListener::bind(addr)))
+            .unwrap_or_else(|e| panic!("bind {addr}: {e}"));
+        ok("nonblocking", listener.set_nonblocking(true));
+        let stop = Arc::new(AtomicBool::new(false));
+        let flag = stop.clone();
+        let thread = std::thread::spawn(move || {
+            while !flag.load(Ordering::Relaxed) {
+                match listener.accept() {
+                    Ok((mut conn, peer)) => {
+                        let _ = conn.set_nonblocking(false);
+                        let _ = conn.set_read_timeout(Some(Duration::from_secs(2)));
+                        let mut buf = [0u8; 16];
+                        let _ = conn.read(&mut buf);
+                        let _ = conn.write_all(peer.ip().to_string().as_bytes());
+                    }
+                    Err(_) => std::thread::sleep(Duration::from_millis(5)),
+                }
+            }
+        });
+        Self {
+            stop,
+            thread: Some(thread),
+        }
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+/// Connects from inside `ns`; returns the address the server saw us as.
+pub fn seen_as(ns: &Netns, addr: SocketAddr, timeout: Duration) -> std::io::Result<String> {
+    ok(
+        "run",
+        ns.run(move || -> std::io::Result<String> {
+            let mut s = TcpStream::connect_timeout(&addr, timeout)?;
+            s.set_read_timeout(Some(Duration::from_secs(3)))?;
+            s.write_all(b"hi")?;
+            let mut buf = [0u8; 64];
+            let n = s.read(&mut buf)?;
+            Ok(String::from_utf8_lossy(&buf[..n]).into_owned())
+        }),
+    )
+}
+
+pub fn reaches(ns: &Netns, addr: SocketAddr) -> String {
+    seen_as(ns, addr, Duration::from_secs(3)).unwrap_or_else(|e| panic!("connect to {addr}: {e}"))
+}
+
+pub fn blocked(ns: &Netns, addr: SocketAddr) -> bool {
+    seen_as(ns, addr, Duration::from_millis(600)).is_err()
+}
+
+pub fn sa(ip: impl Into<std::net::IpAddr>, port: u16) -> SocketAddr {
+    SocketAddr::new(ip.into(), port)
+}
+
+pub struct World {
+    pub controller: Controller,
+    pub bridge: Arc<BridgeDriver>,
+    pub sandboxes: BTreeMap<String, PinnedNs>,
+    pub rh: Rtnl,
+    pub outside: PinnedNs,
+    pub host: PinnedNs,
+}
+
+async fn lo_up(rtnl: &Rtnl) {
+    let lo = ok("lo", rtnl.require_link("lo").await);
+    ok("lo up", rtnl.set_up(lo.index).await);
+}
+
+impl World {
+    pub async fn new() -> Self {
+        let host = PinnedNs::new("host");
+        let outside = PinnedNs::new("outside");
+        for ns in [&host.ns, &outside.ns] {
+            for key in [
+                "net.ipv6.conf.all.accept_dad",
+                "net.ipv6.conf.default.accept_dad",
+            ] {
+                ok("accept_dad", sysctl::write(ns, key, "0"));
+            }
+        }
+        let rh = ok("connect host", Rtnl::connect(&host.ns).await);
+        lo_up(&rh).await;
+        // The uplink to the outside: a test link, not marked by the driver's marker.
+        let (ext, peer) = ok(
+            "veth",
+            rh.add_veth("ext0", "ext0p", None, "test-uplink").await,
+        );
+        ok(
+            "move",
+            rh.move_to(peer.index, &outside.ns, Some("eth0")).await,
+        );
+        ok(
+            "ext addr",
+            rh.add_address(ext.index, HOST_EXT.into(), 24).await,
+        );
+        ok("ext up", rh.set_up(ext.index).await);
+        let ro = ok("connect outside", Rtnl::connect(&outside.ns).await);
+        lo_up(&ro).await;
+        let eth0 = ok("eth0", ro.require_link("eth0").await);
+        ok(
+            "outside addr",
+            ro.add_address(eth0.index, OUTSIDE.into(), 24).await,
+        );
+        ok("outside up", ro.set_up(eth0.index).await);
+
+        let store = ok(
+            "store",
+            plexus_kv::open("memory://", Default::default()).await,
+        );
+        let ipam = ok(
+            "ipam",
+            BuiltinIpam::open(store.clone(), IpamConfig::new("host-1")).await,
+        );
+        let mut registry = DriverRegistry::new();
+        let config = DriverConfig {
+            owns_namespace: true,
+            ..DriverConfig::new(host.ns.clone(), MARK)
+        };
+        let bridge = ok("drivers", register_builtin(&mut registry, config).await);
+        let controller =
+            Controller::new(store, Arc::new(ipam), registry, ControllerConfig::default());
+        Self {
+            controller,
+            bridge,
+            sandboxes: BTreeMap::new(),
+            rh,
+            outside,
+            host,
+        }
+    }
+
+    /// A bridge network on `subnet` with driver options.
+    pub async fn network(&self, name: &str, subnet: &str, options: &[(&str, &str)]) -> Network {
+        ok(
+            &format!("create network {name}"),
+            self.controller
+                .create_network(net_spec(name, subnet, options))
+                .await,
+        )
+    }
+
+    /// A namespace made by the test and handed to the controller by path.
+    pub async fn sandbox(&mut self, name: &str) -> &Netns {
+        let ns = PinnedNs::new(name);
+        ok(
+            "accept_dad",
+            sysctl::write(&ns.ns, "net.ipv6.conf.default.accept_dad", "0"),
+        );
+        ok(
+            &format!("create sandbox {name}"),
+            self.controller
+                .create_sandbox(name, &ns.path(), false)
+                .await,
+        );
+        self.sandboxes.insert(name.to_string(), ns);
+        &self.sandboxes[name].ns
+    }
+
+    pub fn sb(&self, name: &str) -> &Netns {
+        &self.sandboxes[name].ns
+    }
+
+    pub async fn connect(&self, sandbox: &str, network: &str) -> Endpoint {
+        self.connect_with(sandbox, network, EndpointSpec::default())
+            .await
+    }
+
+    pub async fn connect_with(&self, sandbox: &str, network: &str, spec: EndpointSpec) -> Endpoint {
+        ok(
+            &format!("connect {sandbox} to {network}"),
+            self.controller.connect(sandbox, network, spec).await,
+        )
+    }
+
+    /// Links of the host namespace.
+    pub async fn host_links(&self) -> Vec<Link> {
+        ok("links", self.rh.links().await)
+    }
+
+    /// Host links carrying the driver's marker.
+    pub async fn marked_links(&self) -> Vec<String> {
+        self.host_links()
+            .await
+            .into_iter()
+            .filter(|l| {
+                l.alias
+                    .as_deref()
+                    .is_some_and(|a| a.starts_with(&format!("{MARK}:")))
+            })
+            .map(|l| l.name)
+            .collect()
+    }
+}
+
+pub fn net_spec(name: &str, subnet: &str, options: &[(&str, &str)]) -> NetworkSpec {
+    NetworkSpec {
+        name: name.into(),
+        ipv4: vec![IpamPoolSpec {
+            subnet: Some(subnet.into()),
+            ..Default::default()
+        }],
+        options: options
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect(),
+        ..Default::default()
+    }
+}
+
+/// The IPv4 address of an endpoint.
+pub fn ip4(ep: &Endpoint) -> Ipv4Addr {
+    match ep.ipv4.map(|a| a.addr()) {
+        Some(std::net::IpAddr::V4(a)) => a,
+        other => panic!("endpoint has no IPv4 address: {other:?}"),
+    }
+}
+
+/// Links of a sandbox.
+pub async fn links_of(ns: &Netns) -> Vec<Link> {
+    let r = ok("connect sandbox", Rtnl::connect(ns).await);
+    ok("links", r.links().await)
+}
