@@ -3,9 +3,13 @@
 
 mod common;
 
-use std::net::Ipv4Addr;
+use std::collections::BTreeSet;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use common::*;
+use plexus_cnm::{EndpointSpec, IpamPoolSpec, Network, NetworkInfo, NetworkSpec, PortBinding};
+use plexus_drivers::{BridgeDriver, DriverConfig};
+use plexus_sys::nft::{PortMapping, Proto};
 
 fn gw(n: u8) -> Ipv4Addr {
     Ipv4Addr::new(10, n, 0, 1)
@@ -64,4 +68,453 @@ async fn two_sandboxes_on_one_network_talk_and_disconnect_leaves_nothing() {
         st.bridges.is_empty() && st.subnets.is_empty() && st.ports.is_empty(),
         "{st:?}"
     );
+}
+
+#[tokio::test]
+async fn networks_are_isolated_and_a_sandbox_on_both_reaches_both() {
+    need_root!();
+    let mut w = World::new().await;
+    w.network("n1", "10.92.0.0/24", &[]).await;
+    w.network("n2", "10.93.0.0/24", &[]).await;
+    for s in ["a", "b", "c"] {
+        w.sandbox(s).await;
+    }
+    let ea = w.connect("a", "n1").await;
+    let eb = w.connect("b", "n2").await;
+    let c1 = w.connect("c", "n1").await;
+    let c2 = w.connect("c", "n2").await;
+    assert_eq!(c1.interface.as_deref(), Some("eth0"));
+    assert_eq!(c2.interface.as_deref(), Some("eth1"));
+    let _sa = Server::start(w.sb("a"), sa(ip4(&ea), 7000));
+    let _sb = Server::start(w.sb("b"), sa(ip4(&eb), 7000));
+    assert!(blocked(w.sb("a"), sa(ip4(&eb), 7000)), "n1 reached n2");
+    assert_eq!(reaches(w.sb("c"), sa(ip4(&ea), 7000)), ip4(&c1).to_string());
+    assert_eq!(reaches(w.sb("c"), sa(ip4(&eb), 7000)), ip4(&c2).to_string());
+}
+
+#[tokio::test]
+async fn published_ports_answer_from_outside_other_sandboxes_and_the_host() {
+    need_root!();
+    let mut w = World::new().await;
+    w.network("n1", "10.94.0.0/24", &[]).await;
+    w.network("n2", "10.95.0.0/24", &[]).await;
+    for s in ["web", "peer", "other", "clash"] {
+        w.sandbox(s).await;
+    }
+    let bind = |container_port: u16, host_port: u16| PortBinding {
+        proto: "tcp".into(),
+        container_port,
+        host_ip: None,
+        host_port,
+    };
+    let web = w
+        .connect_with(
+            "web",
+            "n1",
+            EndpointSpec {
+                ports: vec![bind(80, 8080), bind(81, 0)],
+                ..Default::default()
+            },
+        )
+        .await;
+    assert_eq!(web.ports[0].host_port, 8080);
+    let eph = web.ports[1].host_port;
+    assert!((49153..=60999).contains(&eph), "ephemeral port {eph}");
+    w.connect("peer", "n1").await;
+    w.connect("other", "n2").await;
+    let _s80 = Server::start(w.sb("web"), sa(ip4(&web), 80));
+    let _s81 = Server::start(w.sb("web"), sa(ip4(&web), 81));
+
+    // From outside, keeping the client's address.
+    assert_eq!(
+        reaches(&w.outside.ns, sa(HOST_EXT, 8080)),
+        OUTSIDE.to_string()
+    );
+    assert_eq!(
+        reaches(&w.outside.ns, sa(HOST_EXT, eph)),
+        OUTSIDE.to_string()
+    );
+    // From another sandbox, on the same network and on another one, via the host address.
+    reaches(w.sb("peer"), sa(HOST_EXT, 8080));
+    reaches(w.sb("other"), sa(HOST_EXT, 8080));
+    // From the host itself, and through localhost.
+    reaches(&w.host.ns, sa(HOST_EXT, 8080));
+    reaches(&w.host.ns, sa(Ipv4Addr::LOCALHOST, 8080));
+
+    // The same host port again: refused, naming the owner, leaving nothing behind.
+    let links = w.host_links().await.len();
+    let published = w.bridge.firewall().published();
+    let clash = w
+        .controller
+        .connect(
+            "clash",
+            "n1",
+            EndpointSpec {
+                ports: vec![bind(80, 8080)],
+                ..Default::default()
+            },
+        )
+        .await;
+    match clash {
+        Err(e) => assert!(
+            e.to_string().contains(&web.id) && e.to_string().contains("8080"),
+            "{e}"
+        ),
+        Ok(ep) => panic!("second publish of 8080 gave {ep:?}"),
+    }
+    assert_eq!(w.host_links().await.len(), links);
+    assert_eq!(w.bridge.firewall().published(), published);
+    assert_eq!(links_of(w.sb("clash")).await.len(), 1);
+
+    // Disconnected: the ports are withdrawn (refused at once, nothing listens on the host).
+    ok("disconnect", w.controller.disconnect("web", "n1").await);
+    assert!(blocked(&w.outside.ns, sa(HOST_EXT, 8080)));
+    assert!(w.bridge.firewall().published().is_empty());
+}
+
+#[tokio::test]
+async fn icc_false_internal_and_masquerade_shape_egress() {
+    need_root!();
+    let mut w = World::new().await;
+    w.network(
+        "icc",
+        "10.96.0.0/24",
+        &[("com.docker.network.bridge.enable_icc", "false")],
+    )
+    .await;
+    ok(
+        "internal",
+        w.controller
+            .create_network(NetworkSpec {
+                internal: true,
+                ..net_spec("int", "10.97.0.0/24", &[])
+            })
+            .await,
+    );
+    w.network(
+        "nomasq",
+        "10.98.0.0/24",
+        &[("com.docker.network.bridge.enable_ip_masquerade", "false")],
+    )
+    .await;
+    for s in ["s1", "s2", "s3", "s4", "s5"] {
+        w.sandbox(s).await;
+    }
+    let e1 = w.connect("s1", "icc").await;
+    let e2 = w.connect("s2", "icc").await;
+    w.connect("s3", "int").await;
+    let e4 = w.connect("s4", "int").await;
+    w.connect("s5", "nomasq").await;
+    let _out = Server::start(&w.outside.ns, sa(OUTSIDE, 9000));
+    let _s2 = Server::start(w.sb("s2"), sa(ip4(&e2), 7000));
+    let _s4 = Server::start(w.sb("s4"), sa(ip4(&e4), 7000));
+
+    // icc=false: no sandbox-to-sandbox, but egress (masqueraded to the host's outside
+    // address) and the gateway work.
+    assert!(
+        blocked(w.sb("s1"), sa(ip4(&e2), 7000)),
+        "icc=false let s1 reach s2"
+    );
+    assert_eq!(reaches(w.sb("s1"), sa(OUTSIDE, 9000)), HOST_EXT.to_string());
+    let _gw = Server::start(&w.host.ns, sa(gw(96), 7001));
+    assert_eq!(reaches(w.sb("s1"), sa(gw(96), 7001)), ip4(&e1).to_string());
+    // Internal: sandboxes talk, nothing goes out (no default route, and the firewall drops).
+    reaches(w.sb("s3"), sa(ip4(&e4), 7000));
+    assert!(
+        blocked(w.sb("s3"), sa(OUTSIDE, 9000)),
+        "internal network reached out"
+    );
+    // No masquerade: the outside has no route back.
+    assert!(
+        blocked(w.sb("s5"), sa(OUTSIDE, 9000)),
+        "unmasqueraded egress answered"
+    );
+}
+
+#[tokio::test]
+async fn mtu_prefix_mac_and_ipv6_apply_inside_the_sandbox() {
+    need_root!();
+    let mut w = World::new().await;
+    let spec = NetworkSpec {
+        enable_ipv6: true,
+        ipv6: vec![IpamPoolSpec {
+            subnet: Some("fd00:99::/64".into()),
+            ..Default::default()
+        }],
+        ..net_spec(
+            "v6",
+            "10.99.0.0/24",
+            &[
+                ("com.docker.network.driver.mtu", "1400"),
+                ("com.docker.network.container_iface_prefix", "net"),
+            ],
+        )
+    };
+    ok("create", w.controller.create_network(spec).await);
+    w.sandbox("s1").await;
+    w.sandbox("s2").await;
+    let e1 = w
+        .connect_with(
+            "s1",
+            "v6",
+            EndpointSpec {
+                mac: Some("02:aa:bb:cc:dd:ee".into()),
+                ..Default::default()
+            },
+        )
+        .await;
+    let e2 = w.connect("s2", "v6").await;
+    assert_eq!(e1.interface.as_deref(), Some("net0"));
+    let link = links_of(w.sb("s1"))
+        .await
+        .into_iter()
+        .find(|l| l.name == "net0")
+        .unwrap_or_else(|| panic!("no net0 in s1"));
+    assert_eq!(link.mtu, Some(1400));
+    assert_eq!(link.mac, Some(vec![0x02, 0xaa, 0xbb, 0xcc, 0xdd, 0xee]));
+    let v6 = |e: &plexus_cnm::Endpoint| -> Ipv6Addr {
+        match e.ipv6.map(|a| a.addr()) {
+            Some(IpAddr::V6(a)) => a,
+            other => panic!("no IPv6 address: {other:?}"),
+        }
+    };
+    let _srv = Server::start(w.sb("s2"), sa(v6(&e2), 7000));
+    assert_eq!(reaches(w.sb("s1"), sa(v6(&e2), 7000)), v6(&e1).to_string());
+    let _srv4 = Server::start(w.sb("s2"), sa(ip4(&e2), 7000));
+    assert_eq!(
+        reaches(w.sb("s1"), sa(ip4(&e2), 7000)),
+        ip4(&e1).to_string()
+    );
+}
+
+#[tokio::test]
+async fn bad_input_is_a_400_naming_the_option_and_leaves_nothing() {
+    need_root!();
+    let mut w = World::new().await;
+    let before = w.host_links().await.len();
+    for (k, v) in [
+        ("com.docker.network.driver.mtu", "jumbo"),
+        ("com.docker.network.driver.mtu", "70000"),
+        ("com.docker.network.bridge.enable_icc", "yes"),
+        ("com.docker.network.bridge.enable_ip_masquerade", "maybe"),
+        ("com.docker.network.bridge.inhibit_ipv4", "2"),
+        ("com.docker.network.bridge.host_binding_ipv4", "not-an-ip"),
+        ("com.docker.network.bridge.name", "much-too-long-a-name"),
+        ("com.docker.network.bridge.nosuch", "1"),
+    ] {
+        match w
+            .controller
+            .create_network(net_spec("bad", "10.90.0.0/24", &[(k, v)]))
+            .await
+        {
+            Err(e) => {
+                assert_eq!(e.http_status(), 400, "{k}={v}: {e}");
+                assert!(e.to_string().contains(k), "{k}={v}: {e}");
+            }
+            Ok(n) => panic!("{k}={v} gave {n:?}"),
+        }
+    }
+    // A bridge name someone else uses: a conflict naming the bridge; nothing made.
+    ok(
+        "foreign bridge",
+        w.rh.add_bridge("br-taken", None, "someone-else").await,
+    );
+    let taken = w
+        .controller
+        .create_network(net_spec(
+            "t",
+            "10.90.0.0/24",
+            &[("com.docker.network.bridge.name", "br-taken")],
+        ))
+        .await;
+    assert!(taken
+        .err()
+        .is_some_and(|e| e.to_string().contains("br-taken")));
+    assert_eq!(w.host_links().await.len(), before + 1);
+    assert!(w.marked_links().await.is_empty());
+    let st = ok("state", w.bridge.firewall().state());
+    assert!(st.bridges.is_empty() && st.subnets.is_empty(), "{st:?}");
+    // The subnet was released: the same network can be made now.
+    w.network("good", "10.90.0.0/24", &[]).await;
+    let marked = w.marked_links().await;
+    // A sandbox whose namespace does not exist: 400, and no veth left behind.
+    ok(
+        "sandbox",
+        w.controller
+            .create_sandbox("ghost", "/nonexistent/netns", false)
+            .await,
+    );
+    match w
+        .controller
+        .connect("ghost", "good", Default::default())
+        .await
+    {
+        Err(e) => assert_eq!(e.http_status(), 400, "{e}"),
+        Ok(ep) => panic!("missing netns gave {ep:?}"),
+    }
+    // A bad MAC, a bad protocol: 400, nothing left.
+    w.sandbox("s").await;
+    for spec in [
+        EndpointSpec {
+            mac: Some("01:00:5e:00:00:01".into()),
+            ..Default::default()
+        },
+        EndpointSpec {
+            ports: vec![PortBinding {
+                proto: "icmp".into(),
+                container_port: 80,
+                host_ip: None,
+                host_port: 8080,
+            }],
+            ..Default::default()
+        },
+    ] {
+        match w.controller.connect("s", "good", spec).await {
+            Err(e) => assert_eq!(e.http_status(), 400, "{e}"),
+            Ok(ep) => panic!("bad endpoint gave {ep:?}"),
+        }
+    }
+    assert_eq!(w.marked_links().await, marked);
+    assert_eq!(links_of(w.sb("s")).await.len(), 1);
+}
+
+fn info(n: &Network) -> NetworkInfo {
+    NetworkInfo {
+        id: n.id.clone(),
+        name: n.name.clone(),
+        options: n.spec.options.clone(),
+        ipv4: n.ipv4.clone(),
+        ipv6: n.ipv6.clone(),
+        internal: n.spec.internal,
+        enable_ipv6: n.spec.enable_ipv6,
+    }
+}
+
+#[tokio::test]
+async fn reconcile_removes_marked_orphans_and_a_restarted_driver_finds_its_objects() {
+    need_root!();
+    let mut w = World::new().await;
+    let n1 = w.network("n1", "10.88.0.0/24", &[]).await;
+    let n2 = w.network("n2", "10.89.0.0/24", &[]).await;
+    w.sandbox("s1").await;
+    w.sandbox("s2").await;
+    let e1 = w
+        .connect_with(
+            "s1",
+            "n1",
+            EndpointSpec {
+                ports: vec![PortBinding {
+                    proto: "tcp".into(),
+                    container_port: 80,
+                    host_ip: None,
+                    host_port: 8080,
+                }],
+                ..Default::default()
+            },
+        )
+        .await;
+    w.connect("s2", "n2").await;
+    let _web = Server::start(w.sb("s1"), sa(ip4(&e1), 80));
+    // Foreign links: another owner's bridge, and one whose marker merely starts like ours.
+    ok(
+        "foreign",
+        w.rh.add_bridge("foreignbr", None, "someone-else").await,
+    );
+    ok(
+        "look-alike",
+        w.rh.add_bridge("lookalike", None, &format!("{MARK}x:bridge:{}", n1.id))
+            .await,
+    );
+    // Orphans with our marker: a bridge and a veth of things the store does not know, and a
+    // published port of an unknown endpoint.
+    ok(
+        "orphan bridge",
+        w.rh.add_bridge("plx-orphan", None, &format!("{MARK}:bridge:dead"))
+            .await,
+    );
+    ok(
+        "orphan veth",
+        w.rh.add_veth(
+            "plxvorphan",
+            "plxcorphan",
+            None,
+            &format!("{MARK}:veth:{}:beef", n1.id),
+        )
+        .await,
+    );
+    ok(
+        "orphan port",
+        w.bridge.firewall().publish(&[PortMapping {
+            proto: Proto::Tcp,
+            host_ip: None,
+            host_port: 9999,
+            addr: Ipv4Addr::new(10, 88, 0, 99).into(),
+            port: 80,
+            owner: "beef".into(),
+        }]),
+    );
+
+    // The store lost n2 and its endpoint (say, a crash before they were recorded).
+    let known: BTreeSet<String> = [e1.id.clone()].into();
+    let report = ok("reconcile", w.bridge.reconcile(&[info(&n1)], &known).await);
+    let n2_bridge = format!("plx-{}", &n2.id[..11]);
+    for gone in ["plx-orphan", "plxvorphan", n2_bridge.as_str()] {
+        assert!(
+            report.links.iter().any(|l| l == gone),
+            "{gone} not in {report:?}"
+        );
+    }
+    assert_eq!(
+        report.ports.iter().map(|p| p.host_port).collect::<Vec<_>>(),
+        [9999]
+    );
+    // (n2's firewall elements went with its bridge link.)
+    let names: BTreeSet<String> = w.host_links().await.into_iter().map(|l| l.name).collect();
+    assert!(
+        names.contains("foreignbr") && names.contains("lookalike"),
+        "{names:?}"
+    );
+    let n1_bridge = format!("plx-{}", &n1.id[..11]);
+    let marked: BTreeSet<String> = w.marked_links().await.into_iter().collect();
+    let want: BTreeSet<String> = [n1_bridge.clone(), format!("plxv{}", &e1.id[..11])].into();
+    assert_eq!(marked, want);
+    let st = ok("state", w.bridge.firewall().state());
+    assert_eq!(st.bridges, [n1_bridge.clone()].into());
+    assert_eq!(st.ports.len(), 1);
+    // What the store knows still works.
+    assert_eq!(
+        reaches(&w.outside.ns, sa(HOST_EXT, 8080)),
+        OUTSIDE.to_string()
+    );
+
+    // A restarted daemon: a fresh driver adopts the objects and removes them by id.
+    let fresh = ok(
+        "restart",
+        BridgeDriver::new(DriverConfig::new(w.host.ns.clone(), MARK)).await,
+    );
+    let again = ok("reconcile", fresh.reconcile(&[info(&n1)], &known).await);
+    assert!(
+        again.links.is_empty() && again.ports.is_empty(),
+        "{again:?}"
+    );
+    assert_eq!(again.restored, vec![n1.id.clone()]);
+    reaches(&w.outside.ns, sa(HOST_EXT, 8080));
+    use plexus_cnm::Driver;
+    ok("leave", fresh.leave(&n1.id, &e1.id).await);
+    ok(
+        "delete endpoint",
+        fresh.delete_endpoint(&n1.id, &e1.id).await,
+    );
+    ok("delete network", fresh.delete_network(&n1.id).await);
+    assert!(
+        w.marked_links().await.is_empty(),
+        "{:?}",
+        w.marked_links().await
+    );
+    let st = ok("state", fresh.firewall().state());
+    assert!(
+        st.bridges.is_empty() && st.ports.is_empty() && st.subnets.is_empty(),
+        "{st:?}"
+    );
+    assert_eq!(links_of(w.sb("s1")).await.len(), 1);
 }
