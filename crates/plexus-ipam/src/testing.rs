@@ -20,6 +20,16 @@ use crate::{AddressRequest, BuiltinIpam, Ipam, IpamConfig, PoolRequest, GLOBAL_S
 /// and that a third allocator opened on the store sees the same state. The store should be
 /// empty under `ipam/` (use a fresh store or prefix).
 pub async fn race_allocations(store: Arc<dyn Store>, total: usize) -> Result<(), String> {
+    race_allocations_between(store.clone(), store, total).await
+}
+
+/// Like [`race_allocations`], with each allocator on its own client of the same store (two
+/// daemons, two connections): `store_a` and `store_b` must see the same keys.
+pub async fn race_allocations_between(
+    store: Arc<dyn Store>,
+    store_b: Arc<dyn Store>,
+    total: usize,
+) -> Result<(), String> {
     let e = |what: &str, err: &dyn std::fmt::Display| format!("{what}: {err}");
     let a = Arc::new(
         BuiltinIpam::open(store.clone(), IpamConfig::new("host-a"))
@@ -27,7 +37,7 @@ pub async fn race_allocations(store: Arc<dyn Store>, total: usize) -> Result<(),
             .map_err(|x| e("open a", &x))?,
     );
     let b = Arc::new(
-        BuiltinIpam::open(store.clone(), IpamConfig::new("host-b"))
+        BuiltinIpam::open(store_b, IpamConfig::new("host-b"))
             .await
             .map_err(|x| e("open b", &x))?,
     );
