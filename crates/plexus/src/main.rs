@@ -1,0 +1,839 @@
+//! `plexus` — the Plexus CLI.
+//!
+//! `plexus network create|ls|inspect|rm|connect|disconnect|prune` take `docker network`'s flags
+//! and print what it prints; `plexus sandbox create|ls|inspect|rm|exec` manage sandboxes (a
+//! container's network namespace). `-H` or `PLEXUS_HOST` selects the daemon's socket. Daemon
+//! errors print as docker's do — `Error response from daemon: <message>` — with exit code 1.
+
+mod client;
+mod format;
+
+use std::collections::BTreeMap;
+use std::io::{BufRead, Write};
+
+use anyhow::{anyhow, bail, Context, Result};
+use clap::{ArgMatches, CommandFactory, FromArgMatches, Parser, Subcommand};
+use plexus_api::types::{NetworkCreated, NetworkResource, NetworksPruned, SandboxResource};
+use serde_json::{json, Value};
+
+use client::{encode, Client, DaemonError};
+
+/// The Plexus CLI.
+#[derive(Debug, Parser)]
+#[command(name = "plexus", version)]
+struct Cli {
+    /// The daemon's socket.
+    #[arg(
+        short = 'H',
+        long = "host",
+        env = "PLEXUS_HOST",
+        global = true,
+        default_value = "unix:///run/plexus/plexus.sock"
+    )]
+    host: String,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Manage networks.
+    #[command(subcommand)]
+    Network(NetworkCmd),
+    /// Manage sandboxes (containers' network namespaces).
+    #[command(subcommand)]
+    Sandbox(SandboxCmd),
+}
+
+#[derive(Debug, Subcommand)]
+enum NetworkCmd {
+    /// Create a network.
+    Create {
+        /// The network's name.
+        name: String,
+        /// Driver to manage the network.
+        #[arg(short = 'd', long, default_value = "bridge")]
+        driver: String,
+        /// Subnet in CIDR format (one IPv4 and one IPv6 at most).
+        #[arg(long)]
+        subnet: Vec<String>,
+        /// Allocate container addresses from a sub-range.
+        #[arg(long = "ip-range")]
+        ip_range: Vec<String>,
+        /// Gateway for the subnet.
+        #[arg(long)]
+        gateway: Vec<String>,
+        /// Auxiliary addresses used by the network driver (name=ip).
+        #[arg(long = "aux-address")]
+        aux_address: Vec<String>,
+        /// Enable IPv6 networking.
+        #[arg(long)]
+        ipv6: bool,
+        /// Restrict external access to the network.
+        #[arg(long)]
+        internal: bool,
+        /// Enable manual container attachment.
+        #[arg(long)]
+        attachable: bool,
+        /// Driver specific options (key=value).
+        #[arg(short = 'o', long = "opt")]
+        opt: Vec<String>,
+        /// Set metadata on a network (key=value).
+        #[arg(long)]
+        label: Vec<String>,
+        /// IP Address Management driver.
+        #[arg(long = "ipam-driver", default_value = "default")]
+        ipam_driver: String,
+        /// IPAM driver specific options (key=value).
+        #[arg(long = "ipam-opt")]
+        ipam_opt: Vec<String>,
+    },
+    /// List networks.
+    #[command(alias = "list")]
+    Ls {
+        /// Only display network IDs.
+        #[arg(short, long)]
+        quiet: bool,
+        /// Filter output (name=, id=, driver=, label=, scope=, type=).
+        #[arg(short, long = "filter")]
+        filter: Vec<String>,
+        /// Format output: `json`, `table` or a Go template (`{{.Name}}`).
+        #[arg(long)]
+        format: Option<String>,
+        /// Do not truncate the output.
+        #[arg(long = "no-trunc")]
+        no_trunc: bool,
+    },
+    /// Display detailed information on one or more networks.
+    Inspect {
+        /// Networks (name or id).
+        #[arg(required = true)]
+        networks: Vec<String>,
+        /// Format output with a Go template (`{{.Name}}`, `{{json .IPAM}}`).
+        #[arg(short, long)]
+        format: Option<String>,
+    },
+    /// Remove one or more networks.
+    #[command(alias = "remove")]
+    Rm {
+        /// Networks (name or id).
+        #[arg(required = true)]
+        networks: Vec<String>,
+        /// Do not error if a network does not exist.
+        #[arg(short, long)]
+        force: bool,
+    },
+    /// Connect a sandbox to a network.
+    Connect {
+        /// The network.
+        network: String,
+        /// The sandbox.
+        sandbox: String,
+        /// IPv4 address.
+        #[arg(long)]
+        ip: Option<String>,
+        /// IPv6 address.
+        #[arg(long)]
+        ip6: Option<String>,
+        /// Network-scoped alias.
+        #[arg(long)]
+        alias: Vec<String>,
+    },
+    /// Disconnect a sandbox from a network.
+    Disconnect {
+        /// The network.
+        network: String,
+        /// The sandbox.
+        sandbox: String,
+        /// Force the sandbox to disconnect.
+        #[arg(short, long)]
+        force: bool,
+    },
+    /// Remove all unused networks.
+    Prune {
+        /// Do not prompt for confirmation.
+        #[arg(short, long)]
+        force: bool,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum SandboxCmd {
+    /// Create a sandbox: `--ip`/`--ip6`/`--alias` apply to the `--network` before them.
+    Create {
+        /// The sandbox's name.
+        name: String,
+        /// Connect to a network (repeatable).
+        #[arg(long)]
+        network: Vec<String>,
+        /// IPv4 address on the preceding --network.
+        #[arg(long)]
+        ip: Vec<String>,
+        /// IPv6 address on the preceding --network.
+        #[arg(long)]
+        ip6: Vec<String>,
+        /// Alias on the preceding --network.
+        #[arg(long)]
+        alias: Vec<String>,
+        /// Publish a port: `[hostIP:][hostPort:]port[/proto]` (on the first network).
+        #[arg(short = 'p', long = "publish")]
+        publish: Vec<String>,
+        /// Use this existing network namespace instead of making one.
+        #[arg(long)]
+        netns: Option<String>,
+    },
+    /// List sandboxes.
+    #[command(alias = "list")]
+    Ls {
+        /// Only display sandbox names.
+        #[arg(short, long)]
+        quiet: bool,
+        /// Format output: `json` or a Go template (`{{.Name}}`).
+        #[arg(long)]
+        format: Option<String>,
+    },
+    /// Display detailed information on one or more sandboxes.
+    Inspect {
+        /// Sandboxes (name or id).
+        #[arg(required = true)]
+        sandboxes: Vec<String>,
+        /// Format output with a Go template.
+        #[arg(short, long)]
+        format: Option<String>,
+    },
+    /// Remove one or more sandboxes (their namespaces too, if Plexus made them).
+    #[command(alias = "remove")]
+    Rm {
+        /// Sandboxes (name or id).
+        #[arg(required = true)]
+        sandboxes: Vec<String>,
+    },
+    /// Run a command inside a sandbox's network namespace.
+    Exec {
+        /// The sandbox.
+        name: String,
+        /// The command and its arguments.
+        #[arg(required = true, last = true)]
+        command: Vec<String>,
+    },
+}
+
+fn key_values(flag: &str, items: &[String]) -> Result<BTreeMap<String, String>> {
+    let mut out = BTreeMap::new();
+    for item in items {
+        let (k, v) = item.split_once('=').ok_or_else(|| {
+            anyhow!("invalid argument {item:?} for \"{flag}\" flag: expected key=value")
+        })?;
+        out.insert(k.to_string(), v.to_string());
+    }
+    Ok(out)
+}
+
+fn labels(items: &[String]) -> BTreeMap<String, String> {
+    items
+        .iter()
+        .map(|l| match l.split_once('=') {
+            Some((k, v)) => (k.to_string(), v.to_string()),
+            None => (l.to_string(), String::new()),
+        })
+        .collect()
+}
+
+/// Docker's rule: subnets, ranges, gateways and aux addresses are matched by containment.
+fn ipam_configs(
+    subnets: &[String],
+    ranges: &[String],
+    gateways: &[String],
+    aux: &BTreeMap<String, String>,
+) -> Result<Vec<Value>> {
+    let parse = |s: &str| -> Result<(std::net::IpAddr, u8)> {
+        let (ip, len) = s
+            .split_once('/')
+            .ok_or_else(|| anyhow!("invalid CIDR address: {s}"))?;
+        Ok((
+            ip.parse()
+                .map_err(|_| anyhow!("invalid CIDR address: {s}"))?,
+            len.parse()
+                .map_err(|_| anyhow!("invalid CIDR address: {s}"))?,
+        ))
+    };
+    let contains = |subnet: &str, ip: &str| -> bool {
+        let Ok((net, len)) = parse(subnet) else {
+            return false;
+        };
+        let ip = ip.split('/').next().unwrap_or(ip);
+        let Ok(ip) = ip.parse::<std::net::IpAddr>() else {
+            return false;
+        };
+        match (net, ip) {
+            (std::net::IpAddr::V4(n), std::net::IpAddr::V4(a)) => {
+                let mask = if len == 0 {
+                    0
+                } else {
+                    u32::MAX << (32 - u32::from(len.min(32)))
+                };
+                u32::from(n) & mask == u32::from(a) & mask
+            }
+            (std::net::IpAddr::V6(n), std::net::IpAddr::V6(a)) => {
+                let mask = if len == 0 {
+                    0
+                } else {
+                    u128::MAX << (128 - u32::from(len.min(128)))
+                };
+                u128::from(n) & mask == u128::from(a) & mask
+            }
+            _ => false,
+        }
+    };
+    if subnets.is_empty() && (!ranges.is_empty() || !gateways.is_empty() || !aux.is_empty()) {
+        bail!("--ip-range, --gateway and --aux-address need a --subnet");
+    }
+    let mut out = Vec::new();
+    for subnet in subnets {
+        let mut entry = json!({"Subnet": subnet});
+        let range: Vec<&String> = ranges.iter().filter(|r| contains(subnet, r)).collect();
+        if range.len() > 1 {
+            bail!(
+                "cannot configure multiple ranges ({}) on the same subnet ({subnet})",
+                range.len()
+            );
+        }
+        if let Some(r) = range.first() {
+            entry["IPRange"] = json!(r);
+        }
+        let gw: Vec<&String> = gateways.iter().filter(|g| contains(subnet, g)).collect();
+        if gw.len() > 1 {
+            bail!("cannot configure multiple gateways for the same subnet ({subnet})");
+        }
+        if let Some(g) = gw.first() {
+            entry["Gateway"] = json!(g);
+        }
+        let mine: BTreeMap<&String, &String> =
+            aux.iter().filter(|(_, ip)| contains(subnet, ip)).collect();
+        if !mine.is_empty() {
+            entry["AuxiliaryAddresses"] = json!(mine);
+        }
+        out.push(entry);
+    }
+    for r in ranges {
+        if !subnets.iter().any(|s| contains(s, r)) {
+            bail!("no matching subnet for range {r}");
+        }
+    }
+    for g in gateways {
+        if !subnets.iter().any(|s| contains(s, g)) {
+            bail!("no matching subnet for gateway {g}");
+        }
+    }
+    for (name, ip) in aux {
+        if !subnets.iter().any(|s| contains(s, ip)) {
+            bail!("no matching subnet for aux-address {name}={ip}");
+        }
+    }
+    Ok(out)
+}
+
+fn short(id: &str) -> String {
+    id.chars().take(12).collect()
+}
+
+fn network_row(n: &NetworkResource, trunc: bool) -> Value {
+    let labels: Vec<String> = n.labels.iter().map(|(k, v)| format!("{k}={v}")).collect();
+    json!({
+        "ID": if trunc { short(&n.id) } else { n.id.clone() },
+        "Name": n.name,
+        "Driver": n.driver,
+        "Scope": n.scope,
+        "IPv6": n.enable_ipv6.to_string(),
+        "Internal": n.internal.to_string(),
+        "Labels": labels.join(","),
+        "CreatedAt": n.created,
+    })
+}
+
+/// Prints rows with `--format`: `json` (one object per line), `table [TEMPLATE]` or a template.
+fn print_rows(
+    rows: &[Value],
+    format: Option<&str>,
+    headers: &Value,
+    default: &[&str],
+) -> Result<()> {
+    let fmt = format.unwrap_or("table");
+    let mut out = String::new();
+    if fmt == "json" {
+        for r in rows {
+            out.push_str(&serde_json::to_string(r)?);
+            out.push('\n');
+        }
+    } else if let Some(tpl) = fmt.strip_prefix("table") {
+        let tpl = if tpl.trim().is_empty() {
+            default
+                .iter()
+                .map(|f| format!("{{{{.{f}}}}}"))
+                .collect::<Vec<_>>()
+                .join("\t")
+        } else {
+            tpl.trim().to_string()
+        };
+        let header = format::template(&tpl, headers)?;
+        let header: Vec<&str> = header.split('\t').collect();
+        let mut cells = Vec::new();
+        for r in rows {
+            cells.push(
+                format::template(&tpl, r)?
+                    .split('\t')
+                    .map(str::to_string)
+                    .collect(),
+            );
+        }
+        out = format::table(&header, &cells);
+    } else {
+        for r in rows {
+            out.push_str(&format::template(fmt, r)?);
+            out.push('\n');
+        }
+    }
+    print!("{out}");
+    Ok(())
+}
+
+/// Prints each value with the template, or all as a JSON array.
+fn print_inspect<T: serde::Serialize>(items: &[T], format: Option<&str>) -> Result<()> {
+    match format {
+        None => println!("{}", format::pretty(&items)?),
+        Some(tpl) => {
+            for item in items {
+                println!("{}", format::template(tpl, &serde_json::to_value(item)?)?);
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Runs `f` on each name; prints daemon errors as docker does and fails at the end if any did.
+async fn each<F, Fut>(names: &[String], mut f: F) -> Result<()>
+where
+    F: FnMut(String) -> Fut,
+    Fut: std::future::Future<Output = Result<()>>,
+{
+    let mut failed = 0;
+    for name in names {
+        if let Err(e) = f(name.clone()).await {
+            eprintln!("{}", render_error(&e));
+            failed += 1;
+        }
+    }
+    if failed > 0 {
+        return Err(Reported.into());
+    }
+    Ok(())
+}
+
+/// An error already printed.
+#[derive(Debug)]
+struct Reported;
+
+impl std::fmt::Display for Reported {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("")
+    }
+}
+
+impl std::error::Error for Reported {}
+
+fn render_error(e: &anyhow::Error) -> String {
+    if let Some(d) = e.downcast_ref::<DaemonError>() {
+        d.to_string()
+    } else {
+        format!("{e:#}")
+    }
+}
+
+async fn network(client: &Client, cmd: NetworkCmd) -> Result<()> {
+    match cmd {
+        NetworkCmd::Create {
+            name,
+            driver,
+            subnet,
+            ip_range,
+            gateway,
+            aux_address,
+            ipv6,
+            internal,
+            attachable,
+            opt,
+            label,
+            ipam_driver,
+            ipam_opt,
+        } => {
+            let aux = key_values("--aux-address", &aux_address)?;
+            let config = ipam_configs(&subnet, &ip_range, &gateway, &aux)?;
+            let body = json!({
+                "Name": name,
+                "CheckDuplicate": true,
+                "Driver": driver,
+                "EnableIPv6": ipv6,
+                "Internal": internal,
+                "Attachable": attachable,
+                "IPAM": {
+                    "Driver": ipam_driver,
+                    "Config": config,
+                    "Options": key_values("--ipam-opt", &ipam_opt)?,
+                },
+                "Options": key_values("--opt", &opt)?,
+                "Labels": labels(&label),
+            });
+            let created: NetworkCreated = client.post("/networks/create", body).await?;
+            println!("{}", created.id);
+        }
+        NetworkCmd::Ls {
+            quiet,
+            filter,
+            format,
+            no_trunc,
+        } => {
+            let mut filters: BTreeMap<String, BTreeMap<String, bool>> = BTreeMap::new();
+            for f in &filter {
+                let (k, v) = f
+                    .split_once('=')
+                    .ok_or_else(|| anyhow!("bad format of filter (expected name=value): {f}"))?;
+                filters
+                    .entry(k.to_string())
+                    .or_default()
+                    .insert(v.to_string(), true);
+            }
+            let filters = serde_json::to_string(&filters)?;
+            let mut networks: Vec<NetworkResource> = client
+                .get(&format!("/networks?filters={}", encode(&filters)))
+                .await?;
+            networks.sort_by(|a, b| a.name.cmp(&b.name));
+            if quiet {
+                for n in &networks {
+                    println!("{}", if no_trunc { n.id.clone() } else { short(&n.id) });
+                }
+                return Ok(());
+            }
+            let rows: Vec<Value> = networks.iter().map(|n| network_row(n, !no_trunc)).collect();
+            let headers = json!({"ID": "NETWORK ID", "Name": "NAME", "Driver": "DRIVER",
+                "Scope": "SCOPE", "IPv6": "IPV6", "Internal": "INTERNAL", "Labels": "LABELS",
+                "CreatedAt": "CREATED AT"});
+            print_rows(
+                &rows,
+                format.as_deref(),
+                &headers,
+                &["ID", "Name", "Driver", "Scope"],
+            )?;
+        }
+        NetworkCmd::Inspect { networks, format } => {
+            let mut found = Vec::new();
+            let mut failed = false;
+            for n in &networks {
+                match client
+                    .get::<NetworkResource>(&format!("/networks/{}", encode(n)))
+                    .await
+                {
+                    Ok(v) => found.push(v),
+                    Err(e) => {
+                        failed = true;
+                        if format.is_none() && found.is_empty() && networks.len() == 1 {
+                            println!("[]");
+                        }
+                        eprintln!("{}", render_error(&e));
+                    }
+                }
+            }
+            if !found.is_empty() || !failed {
+                print_inspect(&found, format.as_deref())?;
+            }
+            if failed {
+                return Err(Reported.into());
+            }
+        }
+        NetworkCmd::Rm { networks, force } => {
+            each(&networks, |n| async move {
+                match client.delete(&format!("/networks/{}", encode(&n))).await {
+                    Ok(()) => {
+                        println!("{n}");
+                        Ok(())
+                    }
+                    Err(e)
+                        if force
+                            && e.downcast_ref::<DaemonError>()
+                                .is_some_and(|d| d.0.ends_with("not found")) =>
+                    {
+                        Ok(())
+                    }
+                    Err(e) => Err(e),
+                }
+            })
+            .await?;
+        }
+        NetworkCmd::Connect {
+            network,
+            sandbox,
+            ip,
+            ip6,
+            alias,
+        } => {
+            let body = json!({
+                "Container": sandbox,
+                "EndpointConfig": {
+                    "IPAMConfig": {"IPv4Address": ip.unwrap_or_default(), "IPv6Address": ip6.unwrap_or_default()},
+                    "Aliases": alias,
+                }
+            });
+            let _: Value = client
+                .post(&format!("/networks/{}/connect", encode(&network)), body)
+                .await?;
+        }
+        NetworkCmd::Disconnect {
+            network,
+            sandbox,
+            force,
+        } => {
+            let _: Value = client
+                .post(
+                    &format!("/networks/{}/disconnect", encode(&network)),
+                    json!({"Container": sandbox, "Force": force}),
+                )
+                .await?;
+        }
+        NetworkCmd::Prune { force } => {
+            if !force {
+                print!("WARNING! This will remove all custom networks not used by at least one container.\nAre you sure you want to continue? [y/N] ");
+                std::io::stdout().flush()?;
+                let mut answer = String::new();
+                std::io::stdin().lock().read_line(&mut answer)?;
+                if !matches!(answer.trim(), "y" | "Y" | "yes" | "YES") {
+                    return Ok(());
+                }
+            }
+            let pruned: NetworksPruned = client.post("/networks/prune", json!({})).await?;
+            if !pruned.networks_deleted.is_empty() {
+                println!("Deleted Networks:");
+                for n in &pruned.networks_deleted {
+                    println!("{n}");
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+/// `--network`, `--ip`, `--ip6`, `--alias` in command-line order: each address or alias goes
+/// to the network named before it.
+fn sandbox_networks(m: &ArgMatches) -> Result<Vec<Value>> {
+    let mut flags: Vec<(usize, &str, String)> = Vec::new();
+    for id in ["network", "ip", "ip6", "alias"] {
+        if let (Some(idx), Some(vals)) = (m.indices_of(id), m.get_many::<String>(id)) {
+            for (i, v) in idx.zip(vals) {
+                flags.push((i, id, v.clone()));
+            }
+        }
+    }
+    flags.sort_by_key(|(i, _, _)| *i);
+    let mut networks: Vec<Value> = Vec::new();
+    for (_, id, value) in flags {
+        if id == "network" {
+            networks
+                .push(json!({"Name": value, "IPv4Address": "", "IPv6Address": "", "Aliases": []}));
+            continue;
+        }
+        let Some(current) = networks.last_mut() else {
+            bail!("--{id} {value}: give --network NET before it");
+        };
+        match id {
+            "ip" => current["IPv4Address"] = json!(value),
+            "ip6" => current["IPv6Address"] = json!(value),
+            _ => {
+                if let Some(a) = current["Aliases"].as_array_mut() {
+                    a.push(json!(value));
+                }
+            }
+        }
+    }
+    Ok(networks)
+}
+
+fn sandbox_row(s: &SandboxResource) -> Value {
+    let networks: Vec<&str> = s.endpoints.iter().map(|e| e.network.as_str()).collect();
+    let addrs: Vec<&str> = s
+        .endpoints
+        .iter()
+        .flat_map(|e| [e.ipv4_address.as_str(), e.ipv6_address.as_str()])
+        .filter(|a| !a.is_empty())
+        .collect();
+    json!({
+        "ID": short(&s.id),
+        "Name": s.name,
+        "Networks": networks.join(","),
+        "Addresses": addrs.join(","),
+        "NetNs": s.netns,
+    })
+}
+
+async fn sandbox(
+    client: &Client,
+    cmd: SandboxCmd,
+    matches: Option<&ArgMatches>,
+) -> Result<Option<Exec>> {
+    match cmd {
+        SandboxCmd::Create {
+            name,
+            publish,
+            netns,
+            ..
+        } => {
+            let networks = match matches {
+                Some(m) => sandbox_networks(m)?,
+                None => Vec::new(),
+            };
+            let body = json!({
+                "Name": name,
+                "NetNs": netns.unwrap_or_default(),
+                "Networks": networks,
+                "Ports": publish,
+            });
+            let created: SandboxResource = client.post("/plexus/sandboxes", body).await?;
+            println!("{}", created.id);
+        }
+        SandboxCmd::Ls { quiet, format } => {
+            let all: Vec<SandboxResource> = client.get("/plexus/sandboxes").await?;
+            if quiet {
+                for s in &all {
+                    println!("{}", s.name);
+                }
+                return Ok(None);
+            }
+            let rows: Vec<Value> = all.iter().map(sandbox_row).collect();
+            let headers = json!({"ID": "SANDBOX ID", "Name": "NAME", "Networks": "NETWORKS",
+                "Addresses": "ADDRESSES", "NetNs": "NETNS"});
+            print_rows(
+                &rows,
+                format.as_deref(),
+                &headers,
+                &["ID", "Name", "Networks", "Addresses", "NetNs"],
+            )?;
+        }
+        SandboxCmd::Inspect { sandboxes, format } => {
+            let mut found = Vec::new();
+            let mut failed = false;
+            for s in &sandboxes {
+                match client
+                    .get::<SandboxResource>(&format!("/plexus/sandboxes/{}", encode(s)))
+                    .await
+                {
+                    Ok(v) => found.push(v),
+                    Err(e) => {
+                        failed = true;
+                        eprintln!("{}", render_error(&e));
+                    }
+                }
+            }
+            if !found.is_empty() || !failed {
+                print_inspect(&found, format.as_deref())?;
+            }
+            if failed {
+                return Err(Reported.into());
+            }
+        }
+        SandboxCmd::Rm { sandboxes } => {
+            each(&sandboxes, |s| async move {
+                client
+                    .delete(&format!("/plexus/sandboxes/{}", encode(&s)))
+                    .await?;
+                println!("{s}");
+                Ok(())
+            })
+            .await?;
+        }
+        SandboxCmd::Exec { name, command } => {
+            let s: SandboxResource = client
+                .get(&format!("/plexus/sandboxes/{}", encode(&name)))
+                .await?;
+            return Ok(Some(Exec {
+                netns: s.netns,
+                command,
+            }));
+        }
+    }
+    Ok(None)
+}
+
+/// What `sandbox exec` does once the runtime is gone.
+struct Exec {
+    netns: String,
+    command: Vec<String>,
+}
+
+/// Enters the namespace on this (the only) thread and replaces the process with the command.
+fn exec_in(exec: Exec) -> Result<std::convert::Infallible> {
+    use std::ffi::CString;
+    let file = std::fs::File::open(&exec.netns)
+        .with_context(|| format!("opening the sandbox's namespace {}", exec.netns))?;
+    nix::sched::setns(&file, nix::sched::CloneFlags::CLONE_NEWNET)
+        .with_context(|| format!("entering the sandbox's namespace {}", exec.netns))?;
+    let args: Vec<CString> = exec
+        .command
+        .iter()
+        .map(|a| CString::new(a.as_str()))
+        .collect::<Result<_, _>>()
+        .context("a command argument contains a NUL byte")?;
+    let Some(program) = args.first() else {
+        bail!("no command given");
+    };
+    let err = nix::unistd::execvp(program, &args).err();
+    bail!(
+        "exec {}: {}",
+        exec.command.first().map(String::as_str).unwrap_or(""),
+        err.map(|e| e.desc()).unwrap_or("failed")
+    )
+}
+
+fn main() -> std::process::ExitCode {
+    // Like any Unix filter, die quietly when the reader of our output goes away (`| head`).
+    // SAFETY: setting a signal disposition to SIG_DFL before any thread exists.
+    unsafe {
+        let _ = nix::sys::signal::signal(
+            nix::sys::signal::Signal::SIGPIPE,
+            nix::sys::signal::SigHandler::SigDfl,
+        );
+    }
+    let matches = Cli::command().get_matches();
+    let cli = match Cli::from_arg_matches(&matches) {
+        Ok(c) => c,
+        Err(e) => e.exit(),
+    };
+    let create_matches = matches
+        .subcommand_matches("sandbox")
+        .and_then(|m| m.subcommand_matches("create"));
+    let result = (|| -> Result<Option<Exec>> {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .context("starting the runtime")?;
+        let client = Client::new(&cli.host)?;
+        runtime.block_on(async {
+            match cli.command {
+                Command::Network(cmd) => network(&client, cmd).await.map(|()| None),
+                Command::Sandbox(cmd) => sandbox(&client, cmd, create_matches).await,
+            }
+        })
+    })();
+    match result {
+        Ok(None) => std::process::ExitCode::SUCCESS,
+        Ok(Some(exec)) => match exec_in(exec) {
+            Ok(never) => match never {},
+            Err(e) => {
+                eprintln!("{}", render_error(&e));
+                std::process::ExitCode::from(127)
+            }
+        },
+        Err(e) => {
+            if e.downcast_ref::<Reported>().is_none() {
+                eprintln!("{}", render_error(&e));
+            }
+            std::process::ExitCode::FAILURE
+        }
+    }
+}

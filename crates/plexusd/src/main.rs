@@ -1,0 +1,259 @@
+//! `plexusd` — the Plexus daemon.
+//!
+//! Opens the store (embedded redb in the state dir unless `--store` says otherwise), the
+//! built-in IPAM (with `--default-address-pool`s), registers the built-in drivers on the
+//! daemon's own namespace, makes the kernel match the store (start-up reconciliation), then
+//! serves the API on a unix socket until SIGTERM or SIGINT. Shutting down stops only the
+//! management plane: namespaces, links and firewall rules stay, and traffic keeps flowing.
+
+use std::collections::BTreeSet;
+use std::os::unix::fs::{FileTypeExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use anyhow::{bail, Context, Result};
+use clap::Parser;
+use plexus_cnm::{Controller, ControllerConfig, DriverRegistry, NetworkInfo};
+use plexus_ipam::{BuiltinIpam, IpamConfig};
+use tokio::signal::unix::{signal, SignalKind};
+
+/// The Plexus daemon: container networks on this host, served over the Docker Engine API.
+#[derive(Debug, Parser)]
+#[command(name = "plexusd", version)]
+struct Args {
+    /// Where persistent state lives (the embedded store, the host id).
+    #[arg(long, default_value = "/var/lib/plexus")]
+    state_dir: PathBuf,
+    /// Where run-time files live (the socket, sandbox namespaces under netns/).
+    #[arg(long, default_value = "/run/plexus")]
+    run_dir: PathBuf,
+    /// The socket to serve on, `unix:///path` [default: unix://<run-dir>/plexus.sock].
+    #[arg(short = 'H', long = "host")]
+    host: Option<String>,
+    /// The store URL (redb://, etcd://, zk://, memory://) [default: redb://<state-dir>/state.db].
+    #[arg(long)]
+    store: Option<String>,
+    /// A default address pool for networks without --subnet, `base=CIDR,size=N`; repeatable.
+    #[arg(long = "default-address-pool")]
+    default_address_pools: Vec<String>,
+    /// The marker that kernel objects made by this daemon carry (link alias prefix).
+    #[arg(long, default_value = "plexus", hide = true)]
+    marker: String,
+}
+
+fn socket_path(args: &Args) -> Result<PathBuf> {
+    match &args.host {
+        None => Ok(args.run_dir.join("plexus.sock")),
+        Some(h) => match h.strip_prefix("unix://") {
+            Some(p) if !p.is_empty() => Ok(PathBuf::from(p)),
+            _ => bail!("invalid -H {h:?}: only unix:///path sockets are served"),
+        },
+    }
+}
+
+/// A stable id for this host, kept in the state dir (IPAM derives the IPv6 ULA prefix from it).
+fn host_id(state_dir: &Path) -> Result<String> {
+    let path = state_dir.join("host-id");
+    match std::fs::read_to_string(&path) {
+        Ok(id) if !id.trim().is_empty() => return Ok(id.trim().to_string()),
+        Ok(_) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(e).with_context(|| format!("reading {}", path.display())),
+    }
+    let mut bytes = [0u8; 16];
+    {
+        use std::io::Read;
+        std::fs::File::open("/dev/urandom")
+            .and_then(|mut f| f.read_exact(&mut bytes))
+            .context("reading /dev/urandom")?;
+    }
+    let id: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
+    let tmp = path.with_extension("tmp");
+    std::fs::write(&tmp, &id).with_context(|| format!("writing {}", tmp.display()))?;
+    std::fs::rename(&tmp, &path).with_context(|| format!("writing {}", path.display()))?;
+    Ok(id)
+}
+
+/// Removes a socket file left by a daemon that is gone; refuses if one still answers.
+async fn clear_stale_socket(path: &Path) -> Result<()> {
+    match std::fs::symlink_metadata(path) {
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(e).with_context(|| format!("checking {}", path.display())),
+        Ok(meta) if !meta.file_type().is_socket() => {
+            bail!(
+                "{} exists and is not a socket; not removing it",
+                path.display()
+            )
+        }
+        Ok(_) => {
+            if tokio::net::UnixStream::connect(path).await.is_ok() {
+                bail!(
+                    "another daemon is serving on {}; stop it first or use another -H",
+                    path.display()
+                );
+            }
+            tracing::info!(socket = %path.display(), "removing stale socket");
+            std::fs::remove_file(path).with_context(|| format!("removing {}", path.display()))
+        }
+    }
+}
+
+/// Makes the bridge driver's kernel state match the store's records.
+async fn reconcile(controller: &Controller, bridge: &plexus_drivers::BridgeDriver) -> Result<()> {
+    let mut infos = Vec::new();
+    let mut endpoints = BTreeSet::new();
+    for n in controller.networks().await? {
+        for ep in controller.endpoints(&n.id).await? {
+            endpoints.insert(ep.id);
+        }
+        if n.driver == "bridge" {
+            infos.push(NetworkInfo {
+                id: n.id.clone(),
+                name: n.name.clone(),
+                options: n.spec.options.clone(),
+                ipv4: n.ipv4.clone(),
+                ipv6: n.ipv6.clone(),
+                internal: n.spec.internal,
+                enable_ipv6: n.spec.enable_ipv6,
+            });
+        }
+    }
+    let done = bridge
+        .reconcile(&infos, &endpoints)
+        .await
+        .map_err(|e| anyhow::anyhow!("start-up reconciliation: {e}"))?;
+    tracing::info!(
+        networks = infos.len(),
+        restored = done.restored.len(),
+        stale_links = done.links.len(),
+        stale_ports = done.ports.len(),
+        "kernel reconciled with the store"
+    );
+    Ok(())
+}
+
+async fn shutdown_signal() {
+    let (mut term, mut int) = match (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) {
+        (Ok(t), Ok(i)) => (t, i),
+        (Err(e), _) | (_, Err(e)) => {
+            tracing::error!(error = %e, "cannot watch signals; stop with SIGKILL");
+            std::future::pending::<()>().await;
+            return;
+        }
+    };
+    let name = tokio::select! {
+        _ = term.recv() => "SIGTERM",
+        _ = int.recv() => "SIGINT",
+    };
+    tracing::info!(signal = name, "shutting down; the data plane stays up");
+}
+
+async fn run(args: Args) -> Result<()> {
+    std::fs::create_dir_all(&args.state_dir)
+        .with_context(|| format!("creating state dir {}", args.state_dir.display()))?;
+    let netns_dir = args.run_dir.join("netns");
+    std::fs::create_dir_all(&netns_dir)
+        .with_context(|| format!("creating run dir {}", netns_dir.display()))?;
+    let socket = socket_path(&args)?;
+
+    let url = args
+        .store
+        .clone()
+        .unwrap_or_else(|| format!("redb://{}", args.state_dir.join("state.db").display()));
+    let store = plexus_kv::open(&url, plexus_kv::OpenOptions::default())
+        .await
+        .with_context(|| format!("opening store {url}"))?;
+
+    let pools: Vec<&str> = args
+        .default_address_pools
+        .iter()
+        .map(String::as_str)
+        .collect();
+    let mut ipam_config = IpamConfig::new(&host_id(&args.state_dir)?);
+    if !pools.is_empty() {
+        ipam_config = ipam_config
+            .with_default_address_pools(&pools)
+            .context("invalid --default-address-pool")?;
+    }
+    let ipam = BuiltinIpam::open(store.clone(), ipam_config)
+        .await
+        .context("opening IPAM")?;
+
+    let host = plexus_sys::netns::Netns::host().context("opening the daemon's namespace")?;
+    let mut drivers = DriverRegistry::new();
+    let bridge = plexus_drivers::register_builtin(
+        &mut drivers,
+        plexus_drivers::DriverConfig::new(host, args.marker.clone()),
+    )
+    .await
+    .map_err(|e| anyhow::anyhow!("starting the drivers: {e}"))?;
+    tracing::info!(drivers = ?drivers.names(), "drivers registered");
+
+    let controller = Arc::new(Controller::new(
+        store.clone(),
+        Arc::new(ipam),
+        drivers,
+        ControllerConfig::default(),
+    ));
+    reconcile(&controller, &bridge).await?;
+
+    if let Some(dir) = socket.parent() {
+        std::fs::create_dir_all(dir)
+            .with_context(|| format!("creating socket dir {}", dir.display()))?;
+    }
+    clear_stale_socket(&socket).await?;
+    let listener = tokio::net::UnixListener::bind(&socket)
+        .with_context(|| format!("listening on {}", socket.display()))?;
+    std::fs::set_permissions(&socket, std::fs::Permissions::from_mode(0o660))
+        .with_context(|| format!("setting mode 0660 on {}", socket.display()))?;
+
+    let app = plexus_api::router(plexus_api::AppState {
+        controller,
+        namespaces: Arc::new(plexus_api::SysNamespaces::new(netns_dir)),
+    });
+    tracing::info!(socket = %socket.display(), store = %url, "plexusd serving");
+    plexus_api::serve(listener, app, shutdown_signal())
+        .await
+        .context("serving the API")?;
+
+    if let Err(e) = std::fs::remove_file(&socket) {
+        tracing::warn!(socket = %socket.display(), error = %e, "cannot remove the socket");
+    }
+    if let Err(e) = store.close().await {
+        tracing::warn!(error = %e, "closing the store");
+    }
+    tracing::info!("plexusd stopped");
+    Ok(())
+}
+
+fn main() -> std::process::ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let args = Args::parse();
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("plexusd: cannot start the runtime: {e}");
+            return std::process::ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run(args)) {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            tracing::error!("{e:#}");
+            eprintln!("plexusd: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}

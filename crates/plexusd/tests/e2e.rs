@@ -1,0 +1,422 @@
+//! End to end: the real `plexusd` binary, in a network namespace the test makes (so bridges
+//! and firewall rules never touch the machine's own), with temp state and run dirs, driven by
+//! the real `plexus` CLI (and by docker's CLI, when it is installed). Needs root.
+//!
+//! `plexus` is looked up next to `plexusd` in the target dir: `cargo test --workspace` (or
+//! `cargo test -p plexus -p plexusd`) builds both.
+
+use std::os::fd::AsRawFd;
+use std::os::unix::process::{CommandExt, ExitStatusExt};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use plexus_sys::netns::Netns;
+
+/// A daemon and everything it made; dropping it kills the daemon and unpins namespaces.
+struct Daemon {
+    dir: tempfile::TempDir,
+    host_ns: Netns,
+    child: Option<Child>,
+    args: Vec<String>,
+}
+
+fn plexusd_bin() -> PathBuf {
+    PathBuf::from(env!("CARGO_BIN_EXE_plexusd"))
+}
+
+fn plexus_bin() -> PathBuf {
+    let p = plexusd_bin().with_file_name("plexus");
+    assert!(
+        p.exists(),
+        "{} is missing: run `cargo test -p plexus -p plexusd` (or --workspace) so both binaries are built",
+        p.display()
+    );
+    p
+}
+
+impl Daemon {
+    fn new(extra: &[&str]) -> Self {
+        let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("tempdir: {e}"));
+        let host_ns = Netns::create(dir.path(), "host-ns")
+            .unwrap_or_else(|e| panic!("making the test's host namespace: {e}"));
+        let mut args = vec![
+            "--state-dir".to_string(),
+            dir.path().join("state").display().to_string(),
+            "--run-dir".to_string(),
+            dir.path().join("run").display().to_string(),
+            "-H".to_string(),
+            format!("unix://{}", dir.path().join("plexus.sock").display()),
+        ];
+        args.extend(extra.iter().map(|s| s.to_string()));
+        let mut d = Daemon {
+            dir,
+            host_ns,
+            child: None,
+            args,
+        };
+        d.start();
+        d
+    }
+
+    fn socket(&self) -> PathBuf {
+        self.dir.path().join("plexus.sock")
+    }
+
+    fn host(&self) -> String {
+        format!("unix://{}", self.socket().display())
+    }
+
+    fn start(&mut self) {
+        let ns = self.host_ns.clone();
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.dir.path().join("plexusd.log"))
+            .unwrap_or_else(|e| panic!("log file: {e}"));
+        let mut cmd = Command::new(plexusd_bin());
+        cmd.args(&self.args)
+            .env("RUST_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(log);
+        let fd = ns.fd().as_raw_fd();
+        // SAFETY: only async-signal-safe calls (setns) between fork and exec.
+        unsafe {
+            cmd.pre_exec(move || {
+                let fd = std::os::fd::BorrowedFd::borrow_raw(fd);
+                nix::sched::setns(fd, nix::sched::CloneFlags::CLONE_NEWNET)
+                    .map_err(std::io::Error::from)
+            });
+        }
+        let child = cmd
+            .spawn()
+            .unwrap_or_else(|e| panic!("starting plexusd: {e}"));
+        self.child = Some(child);
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            if std::os::unix::net::UnixStream::connect(self.socket()).is_ok() {
+                return;
+            }
+            if let Some(c) = self.child.as_mut() {
+                if let Ok(Some(status)) = c.try_wait() {
+                    panic!("plexusd exited early ({status}):\n{}", self.log());
+                }
+            }
+            assert!(
+                Instant::now() < deadline,
+                "plexusd did not listen within 20 s:\n{}",
+                self.log()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("plexusd.log")).unwrap_or_default()
+    }
+
+    /// SIGTERM, and the exit status.
+    fn stop(&mut self) -> std::process::ExitStatus {
+        let mut child = self.child.take().unwrap_or_else(|| panic!("not running"));
+        let pid = nix::unistd::Pid::from_raw(child.id() as i32);
+        let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
+        let deadline = Instant::now() + Duration::from_secs(15);
+        loop {
+            if let Ok(Some(status)) = child.try_wait() {
+                return status;
+            }
+            if Instant::now() > deadline {
+                let _ = child.kill();
+                let _ = child.wait();
+                panic!("plexusd ignored SIGTERM for 15 s:\n{}", self.log());
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    fn plexus(&self, args: &[&str]) -> Output {
+        Command::new(plexus_bin())
+            .env("PLEXUS_HOST", self.host())
+            .args(args)
+            .stdin(Stdio::null())
+            .output()
+            .unwrap_or_else(|e| panic!("running plexus {args:?}: {e}"))
+    }
+
+    /// Runs the CLI and expects success; returns stdout.
+    fn ok(&self, args: &[&str]) -> String {
+        let out = self.plexus(args);
+        assert!(
+            out.status.success(),
+            "plexus {args:?} failed ({}): {}\n--- daemon log ---\n{}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr),
+            self.log()
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    /// Runs the CLI and expects exit code 1; returns stderr.
+    fn fails(&self, args: &[&str]) -> String {
+        let out = self.plexus(args);
+        assert_eq!(
+            out.status.code(),
+            Some(1),
+            "plexus {args:?} should fail: {}",
+            String::from_utf8_lossy(&out.stdout)
+        );
+        String::from_utf8_lossy(&out.stderr).into_owned()
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+        let netns = self.dir.path().join("run").join("netns");
+        if let Ok(entries) = std::fs::read_dir(&netns) {
+            for e in entries.flatten() {
+                let _ = Netns::delete(&netns, &e.file_name().to_string_lossy());
+            }
+        }
+        let _ = Netns::delete(self.dir.path(), "host-ns");
+    }
+}
+
+fn lines(s: &str) -> Vec<&str> {
+    s.lines().collect()
+}
+
+fn json(s: &str) -> serde_json::Value {
+    serde_json::from_str(s).unwrap_or_else(|e| panic!("not JSON ({e}): {s}"))
+}
+
+fn has_netns_in(dir: &Path) -> bool {
+    std::fs::read_to_string("/proc/self/mounts")
+        .map(|m| m.contains(&dir.display().to_string()))
+        .unwrap_or(false)
+}
+
+#[test]
+fn cli_against_the_daemon_and_state_survives_a_restart() {
+    let mut d = Daemon::new(&["--default-address-pool", "base=10.211.0.0/16,size=24"]);
+
+    // Create: the id is printed, as docker does.
+    let id = d.ok(&[
+        "network",
+        "create",
+        "--subnet",
+        "10.210.0.0/24",
+        "--gateway",
+        "10.210.0.254",
+        "--label",
+        "team=a",
+        "n1",
+    ]);
+    let id = id.trim().to_string();
+    assert_eq!(id.len(), 64, "{id}");
+    d.ok(&["network", "create", "n2"]);
+    d.ok(&["network", "create", "-d", "null", "none"]);
+
+    // ls: docker's columns, 12-char ids, sorted by name.
+    let ls = d.ok(&["network", "ls"]);
+    let ls = lines(&ls);
+    assert_eq!(ls[0], "NETWORK ID     NAME      DRIVER    SCOPE");
+    assert_eq!(ls[1], format!("{}   n1        bridge    local", &id[..12]));
+    assert!(ls[2].contains("   n2        bridge    local"), "{ls:?}");
+    assert!(ls[3].contains("   none      null      local"), "{ls:?}");
+    assert_eq!(
+        d.ok(&["network", "ls", "-q", "-f", "name=n1"]).trim(),
+        &id[..12]
+    );
+    let row = json(
+        d.ok(&["network", "ls", "--format", "json", "-f", "label=team=a"])
+            .trim(),
+    );
+    assert_eq!(row["Name"], "n1");
+    assert_eq!(row["Driver"], "bridge");
+    assert_eq!(
+        d.ok(&["network", "ls", "--format", "{{.Name}}"]),
+        "n1\nn2\nnone\n"
+    );
+
+    // inspect: a JSON array of Docker-shaped networks.
+    let inspected = json(&d.ok(&["network", "inspect", "n1"]));
+    let n1 = &inspected[0];
+    assert_eq!(n1["Id"], id.as_str());
+    assert_eq!(n1["IPAM"]["Config"][0]["Subnet"], "10.210.0.0/24");
+    assert_eq!(n1["IPAM"]["Config"][0]["Gateway"], "10.210.0.254");
+    assert_eq!(n1["Labels"]["team"], "a");
+    let n2 = json(&d.ok(&["network", "inspect", "n2"]));
+    let subnet = n2[0]["IPAM"]["Config"][0]["Subnet"].as_str().unwrap_or("");
+    assert!(subnet.starts_with("10.211."), "default pool used: {subnet}");
+
+    // Errors as docker prints them.
+    let err = d.fails(&["network", "create", "n1"]);
+    assert_eq!(
+        err.trim(),
+        "Error response from daemon: network with name n1 already exists"
+    );
+    let err = d.fails(&["network", "create", "-d", "warp", "x"]);
+    assert!(
+        err.starts_with("Error response from daemon: invalid driver"),
+        "{err}"
+    );
+    let err = d.fails(&["network", "inspect", "ghost"]);
+    assert!(err.contains("network ghost not found"), "{err}");
+
+    // Sandboxes: made, addressed, entered with `sandbox exec`.
+    d.ok(&[
+        "sandbox",
+        "create",
+        "s1",
+        "--network",
+        "n1",
+        "--ip",
+        "10.210.0.10",
+        "--alias",
+        "web",
+    ]);
+    d.ok(&["sandbox", "create", "s2", "--network", "n1"]);
+    let inside = d.ok(&["sandbox", "exec", "s1", "--", "cat", "/proc/net/fib_trie"]);
+    assert!(
+        inside.contains("10.210.0.10"),
+        "s1's namespace has its address:\n{inside}"
+    );
+    let err = d.fails(&["network", "rm", "n1"]);
+    assert!(
+        err.contains("has active endpoints (sandbox s1, sandbox s2)"),
+        "{err}"
+    );
+    let err = d.fails(&["sandbox", "create", "s3", "--netns", "/nonexistent/ns"]);
+    assert!(err.contains("/nonexistent/ns"), "{err}");
+
+    // Restart: SIGTERM exits 0 and leaves the data plane; the state comes back.
+    let status = d.stop();
+    assert_eq!(
+        status.code(),
+        Some(0),
+        "signal {:?}\n{}",
+        status.signal(),
+        d.log()
+    );
+    assert!(!d.socket().exists(), "socket removed at shutdown");
+    assert!(
+        has_netns_in(&d.dir.path().join("run")),
+        "sandbox namespaces stay up"
+    );
+    d.start();
+    let names = d.ok(&["network", "ls", "--format", "{{.Name}}"]);
+    assert_eq!(names, "n1\nn2\nnone\n");
+    let s1 = json(&d.ok(&["sandbox", "inspect", "s1"]));
+    assert_eq!(s1[0]["Endpoints"][0]["IPv4Address"], "10.210.0.10/24");
+    let inside = d.ok(&["sandbox", "exec", "s1", "--", "cat", "/proc/net/fib_trie"]);
+    assert!(
+        inside.contains("10.210.0.10"),
+        "address survived the restart"
+    );
+
+    // Disconnect, connect with --ip, remove everything.
+    d.ok(&["network", "disconnect", "n1", "s2"]);
+    d.ok(&["network", "connect", "--ip", "10.210.0.20", "n1", "s2"]);
+    let n1 = json(&d.ok(&["network", "inspect", "n1"]));
+    let addrs: Vec<&str> = n1[0]["Containers"]
+        .as_object()
+        .map(|m| {
+            m.values()
+                .filter_map(|c| c["IPv4Address"].as_str())
+                .collect()
+        })
+        .unwrap_or_default();
+    assert!(addrs.contains(&"10.210.0.20/24"), "{addrs:?}");
+    assert_eq!(d.ok(&["sandbox", "rm", "s1", "s2"]), "s1\ns2\n");
+    assert!(
+        !has_netns_in(&d.dir.path().join("run")),
+        "owned namespaces removed"
+    );
+    assert_eq!(d.ok(&["network", "rm", "n1"]), "n1\n");
+    let pruned = d.ok(&["network", "prune", "-f"]);
+    assert_eq!(pruned, "Deleted Networks:\nn2\nnone\n");
+    assert_eq!(d.ok(&["network", "ls", "-q"]), "");
+    let status = d.stop();
+    assert_eq!(status.code(), Some(0));
+}
+
+#[test]
+fn docker_cli_against_plexusd() {
+    let docker = ["/usr/bin/docker", "/usr/local/bin/docker"]
+        .into_iter()
+        .map(PathBuf::from)
+        .find(|p| p.exists())
+        .or_else(|| {
+            std::env::var_os("PATH").and_then(|paths| {
+                std::env::split_paths(&paths)
+                    .map(|p| p.join("docker"))
+                    .find(|p| p.exists())
+            })
+        });
+    let Some(docker) = docker else {
+        eprintln!("skipped: no docker CLI installed (Debian's docker.io gives one)");
+        return;
+    };
+    let mut d = Daemon::new(&[]);
+    let config = d.dir.path().join("docker-config");
+    let run = |args: &[&str]| -> Output {
+        Command::new(&docker)
+            .env("DOCKER_CONFIG", &config)
+            .env_remove("DOCKER_HOST")
+            .env_remove("DOCKER_CONTEXT")
+            .arg("-H")
+            .arg(d.host())
+            .args(args)
+            .stdin(Stdio::null())
+            .output()
+            .unwrap_or_else(|e| panic!("running docker {args:?}: {e}"))
+    };
+    let ok = |args: &[&str]| -> String {
+        let out = run(args);
+        assert!(
+            out.status.success(),
+            "docker {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let id = ok(&[
+        "network",
+        "create",
+        "--subnet",
+        "10.212.0.0/24",
+        "--label",
+        "k=v",
+        "dn",
+    ]);
+    assert_eq!(id.trim().len(), 64, "{id}");
+    let ls = ok(&["network", "ls"]);
+    assert!(ls.starts_with("NETWORK ID"), "{ls}");
+    assert!(ls.contains(&format!("{}   dn ", &id.trim()[..12])), "{ls}");
+    assert_eq!(
+        ok(&["network", "ls", "-q", "--filter", "name=dn"]).trim(),
+        &id.trim()[..12]
+    );
+    let inspected = json(&ok(&["network", "inspect", "dn"]));
+    assert_eq!(inspected[0]["IPAM"]["Config"][0]["Subnet"], "10.212.0.0/24");
+    assert_eq!(inspected[0]["Labels"]["k"], "v");
+    assert_eq!(
+        ok(&["network", "inspect", "-f", "{{.Driver}} {{.Scope}}", "dn"]).trim(),
+        "bridge local"
+    );
+    let dup = run(&["network", "create", "dn"]);
+    assert!(!dup.status.success());
+    assert!(
+        String::from_utf8_lossy(&dup.stderr).contains("already exists"),
+        "{}",
+        String::from_utf8_lossy(&dup.stderr)
+    );
+    assert_eq!(ok(&["network", "rm", "dn"]).trim(), "dn");
+    assert!(!ok(&["network", "ls"]).contains(" dn "));
+    assert_eq!(d.stop().code(), Some(0));
+}
