@@ -200,6 +200,53 @@ fn has_netns_in(dir: &Path) -> bool {
         .unwrap_or(false)
 }
 
+/// Listens on a TCP port inside the namespace at `netns`; returns the listener (it stays in
+/// that namespace wherever it is used).
+fn listen_in(netns: &str) -> std::net::TcpListener {
+    Netns::open(Path::new(netns))
+        .and_then(|ns| ns.run(|| std::net::TcpListener::bind("0.0.0.0:0")))
+        .unwrap_or_else(|e| panic!("entering {netns}: {e}"))
+        .unwrap_or_else(|e| panic!("listening in {netns}: {e}"))
+}
+
+/// Accepts one connection within 10 s and returns what it sent.
+fn receive(listener: std::net::TcpListener) -> std::sync::mpsc::Receiver<String> {
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        use std::io::Read;
+        if let Ok((mut conn, _)) = listener.accept() {
+            let _ = conn.set_read_timeout(Some(Duration::from_secs(10)));
+            let mut text = String::new();
+            let _ = conn.read_to_string(&mut text);
+            let _ = tx.send(text);
+        }
+    });
+    rx
+}
+
+/// `bash -c 'echo MESSAGE >/dev/tcp/IP/PORT'`, as a sandbox would run it.
+fn send_script(ip: &str, port: u16, message: &str) -> String {
+    format!("echo {message} >/dev/tcp/{ip}/{port}")
+}
+
+/// Runs `bash -c script` inside the namespace at `netns` without the daemon.
+fn run_in(netns: &str, script: &str) -> Output {
+    let ns = Netns::open(Path::new(netns)).unwrap_or_else(|e| panic!("opening {netns}: {e}"));
+    let fd = ns.fd().as_raw_fd();
+    let mut cmd = Command::new("bash");
+    cmd.args(["-c", script]);
+    // SAFETY: only async-signal-safe calls (setns) between fork and exec.
+    unsafe {
+        cmd.pre_exec(move || {
+            let fd = std::os::fd::BorrowedFd::borrow_raw(fd);
+            nix::sched::setns(fd, nix::sched::CloneFlags::CLONE_NEWNET)
+                .map_err(std::io::Error::from)
+        });
+    }
+    cmd.output()
+        .unwrap_or_else(|e| panic!("bash in {netns}: {e}"))
+}
+
 #[test]
 fn cli_against_the_daemon_and_state_survives_a_restart() {
     let mut d = Daemon::new(&["--default-address-pool", "base=10.211.0.0/16,size=24"]);
@@ -286,9 +333,41 @@ fn cli_against_the_daemon_and_state_survives_a_restart() {
         inside.contains("10.210.0.10"),
         "s1's namespace has its address:\n{inside}"
     );
+    // Real traffic, sandbox to sandbox, through `sandbox exec`.
+    let s2 = json(&d.ok(&["sandbox", "inspect", "s2"]));
+    let s2_netns = s2[0]["NetNs"].as_str().unwrap_or("").to_string();
+    let s1_netns = json(&d.ok(&["sandbox", "inspect", "s1"]))[0]["NetNs"]
+        .as_str()
+        .unwrap_or("")
+        .to_string();
+    let s2_ip = s2[0]["Endpoints"][0]["IPv4Address"]
+        .as_str()
+        .and_then(|a| a.split('/').next())
+        .unwrap_or("")
+        .to_string();
+    let listener = listen_in(&s2_netns);
+    let port = listener.local_addr().map(|a| a.port()).unwrap_or(0);
+    let got = receive(listener);
+    d.ok(&[
+        "sandbox",
+        "exec",
+        "s1",
+        "--",
+        "bash",
+        "-c",
+        &send_script(&s2_ip, port, "hello"),
+    ]);
+    assert_eq!(
+        got.recv_timeout(Duration::from_secs(10)).ok().as_deref(),
+        Some("hello\n"),
+        "s1 reaches s2 over TCP"
+    );
+
     let err = d.fails(&["network", "rm", "n1"]);
+    // Both users are named (in endpoint-id order).
+    assert!(err.contains("network n1 has active endpoints ("), "{err}");
     assert!(
-        err.contains("has active endpoints (sandbox s1, sandbox s2)"),
+        err.contains("sandbox s1") && err.contains("sandbox s2"),
         "{err}"
     );
     let err = d.fails(&["sandbox", "create", "s3", "--netns", "/nonexistent/ns"]);
@@ -308,6 +387,20 @@ fn cli_against_the_daemon_and_state_survives_a_restart() {
         has_netns_in(&d.dir.path().join("run")),
         "sandbox namespaces stay up"
     );
+    // Traffic flows while the daemon is down.
+    let listener = listen_in(&s2_netns);
+    let port = listener.local_addr().map(|a| a.port()).unwrap_or(0);
+    let got = receive(listener);
+    let sent = run_in(&s1_netns, &send_script(&s2_ip, port, "down"));
+    assert!(
+        sent.status.success(),
+        "{}",
+        String::from_utf8_lossy(&sent.stderr)
+    );
+    assert_eq!(
+        got.recv_timeout(Duration::from_secs(10)).ok().as_deref(),
+        Some("down\n")
+    );
     d.start();
     let names = d.ok(&["network", "ls", "--format", "{{.Name}}"]);
     assert_eq!(names, "n1\nn2\nnone\n");
@@ -317,6 +410,22 @@ fn cli_against_the_daemon_and_state_survives_a_restart() {
     assert!(
         inside.contains("10.210.0.10"),
         "address survived the restart"
+    );
+    let listener = listen_in(&s2_netns);
+    let port = listener.local_addr().map(|a| a.port()).unwrap_or(0);
+    let got = receive(listener);
+    d.ok(&[
+        "sandbox",
+        "exec",
+        "s1",
+        "--",
+        "bash",
+        "-c",
+        &send_script(&s2_ip, port, "again"),
+    ]);
+    assert_eq!(
+        got.recv_timeout(Duration::from_secs(10)).ok().as_deref(),
+        Some("again\n")
     );
 
     // Disconnect, connect with --ip, remove everything.
