@@ -518,3 +518,44 @@ async fn reconcile_removes_marked_orphans_and_a_restarted_driver_finds_its_objec
     );
     assert_eq!(links_of(w.sb("s1")).await.len(), 1);
 }
+
+#[tokio::test]
+async fn a_kernel_failure_half_way_through_create_network_is_undone() {
+    need_root!();
+    let w = World::new().await;
+    let before = w.host_links().await.len();
+    // IPv6 on a bridge whose MTU is below IPv6's minimum: the kernel refuses the gateway
+    // after the bridge exists, so the driver must take the bridge down again.
+    let spec = NetworkSpec {
+        enable_ipv6: true,
+        ipv6: vec![IpamPoolSpec {
+            subnet: Some("fd00:87::/64".into()),
+            ..Default::default()
+        }],
+        ..net_spec(
+            "half",
+            "10.87.0.0/24",
+            &[
+                ("com.docker.network.driver.mtu", "1000"),
+                ("com.docker.network.bridge.name", "br-half"),
+            ],
+        )
+    };
+    let r = w.controller.create_network(spec.clone()).await;
+    let msg = r.err().map(|e| e.to_string()).unwrap_or_default();
+    assert!(msg.contains("br-half"), "{msg}");
+    assert_eq!(w.host_links().await.len(), before);
+    let st = ok("state", w.bridge.firewall().state());
+    assert!(st.bridges.is_empty() && st.subnets.is_empty(), "{st:?}");
+    // Nothing leaked in the store or IPAM either: the same network with a workable MTU.
+    let fixed = NetworkSpec {
+        options: [(
+            "com.docker.network.bridge.name".to_string(),
+            "br-half".to_string(),
+        )]
+        .into(),
+        ..spec
+    };
+    ok("create", w.controller.create_network(fixed).await);
+    assert_eq!(w.marked_links().await, ["br-half"]);
+}
