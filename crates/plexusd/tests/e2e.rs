@@ -116,6 +116,14 @@ impl Daemon {
         std::fs::read_to_string(self.dir.path().join("plexusd.log")).unwrap_or_default()
     }
 
+    /// SIGKILL: the socket file stays behind, as after a crash.
+    fn kill9(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
     /// SIGTERM, and the exit status.
     fn stop(&mut self) -> std::process::ExitStatus {
         let mut child = self.child.take().unwrap_or_else(|| panic!("not running"));
@@ -326,6 +334,10 @@ fn cli_against_the_daemon_and_state_survives_a_restart() {
         "10.210.0.10",
         "--alias",
         "web",
+        "-p",
+        "18080:80",
+        "-p",
+        "53/udp",
     ]);
     d.ok(&["sandbox", "create", "s2", "--network", "n1"]);
     let inside = d.ok(&["sandbox", "exec", "s1", "--", "cat", "/proc/net/fib_trie"]);
@@ -406,6 +418,18 @@ fn cli_against_the_daemon_and_state_survives_a_restart() {
     assert_eq!(names, "n1\nn2\nnone\n");
     let s1 = json(&d.ok(&["sandbox", "inspect", "s1"]));
     assert_eq!(s1[0]["Endpoints"][0]["IPv4Address"], "10.210.0.10/24");
+    assert_eq!(s1[0]["Endpoints"][0]["Aliases"], serde_json::json!(["web"]));
+    let ports = &s1[0]["Endpoints"][0]["Ports"];
+    assert_eq!(
+        ports[0]["HostPort"], 18080,
+        "published ports survive: {ports}"
+    );
+    assert_eq!(ports[0]["ContainerPort"], 80);
+    assert_eq!(ports[1]["Proto"], "udp");
+    assert!(
+        ports[1]["HostPort"].as_u64().unwrap_or(0) > 0,
+        "ephemeral port chosen: {ports}"
+    );
     let inside = d.ok(&["sandbox", "exec", "s1", "--", "cat", "/proc/net/fib_trie"]);
     assert!(
         inside.contains("10.210.0.10"),
@@ -449,6 +473,17 @@ fn cli_against_the_daemon_and_state_survives_a_restart() {
     assert_eq!(d.ok(&["network", "rm", "n1"]), "n1\n");
     let pruned = d.ok(&["network", "prune", "-f"]);
     assert_eq!(pruned, "Deleted Networks:\nn2\nnone\n");
+    assert_eq!(d.ok(&["network", "ls", "-q"]), "");
+
+    // The socket is 0660; after a crash its stale file is replaced at start.
+    use std::os::unix::fs::PermissionsExt;
+    let mode = std::fs::metadata(d.socket())
+        .map(|m| m.permissions().mode() & 0o777)
+        .unwrap_or(0);
+    assert_eq!(mode, 0o660, "socket mode {mode:o}");
+    d.kill9();
+    assert!(d.socket().exists(), "a killed daemon leaves its socket");
+    d.start();
     assert_eq!(d.ok(&["network", "ls", "-q"]), "");
     let status = d.stop();
     assert_eq!(status.code(), Some(0));
