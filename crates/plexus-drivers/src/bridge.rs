@@ -80,6 +80,8 @@ struct EpState {
     ports: Vec<PortMapping>,
     /// The sandbox and the interface name inside it, once joined.
     joined: Option<(String, String)>,
+    /// The default routes it gave the sandbox (none when another network already had).
+    gateways: Vec<IpAddr>,
 }
 
 #[derive(Default)]
@@ -608,6 +610,7 @@ impl BridgeDriver {
             Ok((interface, gateways)) => {
                 if let Some(e) = st.endpoints.get_mut(endpoint_id) {
                     e.joined = Some((sandbox_key.to_string(), interface.clone()));
+                    e.gateways = gateways.clone();
                 }
                 tracing::debug!(endpoint = %endpoint_id, sandbox = %sandbox_key, %interface, "joined");
                 Ok(Joined {
@@ -902,6 +905,7 @@ impl Driver for BridgeDriver {
                 mac,
                 ports: mappings,
                 joined: None,
+                gateways: Vec::new(),
             },
         );
         Ok(EndpointCreated {
@@ -943,14 +947,58 @@ impl Driver for BridgeDriver {
         // Deleting the pair from the host side takes the sandbox's interface (and its routes)
         // along, even if the sandbox's namespace path is gone.
         self.delete_veth(network_id, endpoint_id).await?;
-        if let Some(ep) = st.endpoints.get_mut(endpoint_id) {
-            ep.joined = None;
+        let Some(ep) = st.endpoints.get_mut(endpoint_id) else {
+            return Ok(());
+        };
+        let (joined, had_default) = (ep.joined.take(), !ep.gateways.is_empty());
+        ep.gateways.clear();
+        if let (Some((key, _)), true) = (joined, had_default) {
+            // The sandbox lost its default route: another of its networks gives it one.
+            if let Err(e) = self.hand_over_default_route(&mut st, &key).await {
+                tracing::warn!(sandbox = %key, error = %e, "no default route handed over");
+            }
         }
         Ok(())
     }
 }
 
 impl BridgeDriver {
+    /// Gives the sandbox at `key` a default route through another joined, non-internal
+    /// endpoint of this driver, as Docker moves the gateway when the gateway endpoint leaves.
+    async fn hand_over_default_route(&self, st: &mut State, key: &str) -> Result<(), DriverError> {
+        let next = st.endpoints.iter().find_map(|(id, e)| {
+            let (k, ifname) = e.joined.as_ref()?;
+            let net = st.networks.get(&e.network_id)?;
+            (k == key && !net.info.internal)
+                .then(|| (id.clone(), ifname.clone(), net.clone(), e.clone()))
+        });
+        let Some((id, ifname, net, ep)) = next else {
+            return Ok(());
+        };
+        let sandbox = Netns::open(Path::new(key)).map_err(sys_ctx("sandbox"))?;
+        let rs = Rtnl::connect(&sandbox).await.map_err(sys_ctx("sandbox"))?;
+        let link = rs.require_link(&ifname).await.map_err(sys_ctx("sandbox"))?;
+        let v4 = net.info.ipv4.first().filter(|_| ep.ipv4.is_some());
+        let v6 = net.info.ipv6.first().filter(|_| ep.ipv6.is_some());
+        let mut added = Vec::new();
+        for gw in v4.into_iter().chain(v6).filter_map(|p| p.gateway) {
+            let route = Route {
+                destination: None,
+                gateway: Some(gw.addr()),
+                oif: Some(link.index),
+            };
+            match rs.add_route(&route).await {
+                Ok(()) => added.push(gw.addr()),
+                Err(SysError::Exists { .. }) => {}
+                Err(e) => return Err(sys_ctx(format!("default route via {gw}"))(e)),
+            }
+        }
+        if let Some(e) = st.endpoints.get_mut(&id) {
+            e.gateways.extend(added);
+        }
+        Ok(())
+    }
+
     async fn delete_endpoint_locked(
         &self,
         st: &mut State,

@@ -90,6 +90,12 @@ async fn networks_are_isolated_and_a_sandbox_on_both_reaches_both() {
     assert!(blocked(w.sb("a"), sa(ip4(&eb), 7000)), "n1 reached n2");
     assert_eq!(reaches(w.sb("c"), sa(ip4(&ea), 7000)), ip4(&c1).to_string());
     assert_eq!(reaches(w.sb("c"), sa(ip4(&eb), 7000)), ip4(&c2).to_string());
+    // Leaving the network that gave c its default route hands the route to the other one:
+    // egress goes on, masqueraded to the host's outside address.
+    let _out = Server::start(&w.outside.ns, sa(OUTSIDE, 9000));
+    assert_eq!(reaches(w.sb("c"), sa(OUTSIDE, 9000)), HOST_EXT.to_string());
+    ok("disconnect", w.controller.disconnect("c", "n1").await);
+    assert_eq!(reaches(w.sb("c"), sa(OUTSIDE, 9000)), HOST_EXT.to_string());
 }
 
 #[tokio::test]
