@@ -490,6 +490,35 @@ fn cli_against_the_daemon_and_state_survives_a_restart() {
 }
 
 #[test]
+fn bad_daemon_flags_fail_clearly() {
+    let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("tempdir: {e}"));
+    let run = |extra: &[&str]| -> (Option<i32>, String) {
+        let out = Command::new(plexusd_bin())
+            .arg("--state-dir")
+            .arg(dir.path().join("state"))
+            .arg("--run-dir")
+            .arg(dir.path().join("run"))
+            .args(extra)
+            .stdin(Stdio::null())
+            .output()
+            .unwrap_or_else(|e| panic!("running plexusd: {e}"));
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    let (code, err) = run(&["--default-address-pool", "base=10.0.0.0/8,size=4"]);
+    assert_eq!(code, Some(1));
+    assert!(err.contains("--default-address-pool"), "{err}");
+    let (code, err) = run(&["-H", "tcp://0.0.0.0:2375"]);
+    assert_eq!(code, Some(1));
+    assert!(err.contains("unix:///"), "{err}");
+    let (code, err) = run(&["--store", "bogus://x"]);
+    assert_eq!(code, Some(1));
+    assert!(err.contains("bogus://x"), "{err}");
+}
+
+#[test]
 fn docker_cli_against_plexusd() {
     let docker = ["/usr/bin/docker", "/usr/local/bin/docker"]
         .into_iter()
@@ -560,6 +589,27 @@ fn docker_cli_against_plexusd() {
         "{}",
         String::from_utf8_lossy(&dup.stderr)
     );
+    // A Plexus sandbox stands in for a container.
+    d.ok(&["sandbox", "create", "box"]);
+    ok(&["network", "connect", "--ip", "10.212.0.7", "dn", "box"]);
+    let inspected = json(&ok(&["network", "inspect", "dn"]));
+    let containers = inspected[0]["Containers"]
+        .as_object()
+        .cloned()
+        .unwrap_or_default();
+    let c = containers.values().next().cloned().unwrap_or_default();
+    assert_eq!(c["Name"], "box");
+    assert_eq!(c["IPv4Address"], "10.212.0.7/24");
+    let busy = run(&["network", "rm", "dn"]);
+    assert!(String::from_utf8_lossy(&busy.stderr).contains("sandbox box"));
+    ok(&["network", "disconnect", "dn", "box"]);
+    d.ok(&["sandbox", "rm", "box"]);
+    ok(&["network", "create", "dn2"]);
+    let pruned = ok(&["network", "prune", "-f"]);
+    assert!(pruned.contains("dn2"), "{pruned}");
+    assert!(pruned.contains("dn"), "{pruned}");
+    assert_eq!(ok(&["network", "ls", "-q"]).trim(), "");
+    ok(&["network", "create", "dn"]);
     assert_eq!(ok(&["network", "rm", "dn"]).trim(), "dn");
     assert!(!ok(&["network", "ls"]).contains(" dn "));
     assert_eq!(d.stop().code(), Some(0));
