@@ -183,6 +183,8 @@ struct Stats {
     ops: usize,
     elapsed: Duration,
     latencies: Vec<Duration>,
+    /// CPU time this process (the client side) spent during the run.
+    cpu: Duration,
 }
 
 impl Stats {
@@ -190,6 +192,11 @@ impl Stats {
         self.ops += other.ops;
         self.elapsed += other.elapsed;
         self.latencies.extend(other.latencies);
+        self.cpu += other.cpu;
+    }
+    /// Client CPU time per operation.
+    fn cpu_per_op(&self) -> Duration {
+        self.cpu / (self.ops.max(1) as u32)
     }
     fn ops_per_sec(&self) -> f64 {
         self.ops as f64 / self.elapsed.as_secs_f64().max(1e-9)
@@ -212,6 +219,7 @@ async fn run(driver: Arc<dyn Driver>, op: Op, clients: usize, duration: Duration
         driver.prepare(c, &mut state).await?;
         states.push(state);
     }
+    let cpu_before = process_cpu();
     let start = Instant::now();
     let deadline = start + duration;
     let mut tasks = Vec::with_capacity(clients);
@@ -234,6 +242,7 @@ async fn run(driver: Arc<dyn Driver>, op: Op, clients: usize, duration: Duration
         stats.latencies.extend(latencies);
     }
     stats.elapsed = start.elapsed();
+    stats.cpu = process_cpu().saturating_sub(cpu_before);
     Ok(stats)
 }
 
@@ -288,6 +297,25 @@ async fn open(url: &str) -> Result<Arc<dyn Store>> {
             Err(e) => return Err(e).with_context(|| format!("open {url}")),
         }
     }
+}
+
+/// CPU time used so far by every thread of this process, from the scheduler's own accounting
+/// (`/proc/self/task/*/schedstat`, nanoseconds). Unlike wall-clock throughput it does not
+/// depend on what else runs on the machine, so it measures the client-side cost of a layer.
+fn process_cpu() -> Duration {
+    let mut total = 0u64;
+    if let Ok(tasks) = std::fs::read_dir("/proc/self/task") {
+        for task in tasks.flatten() {
+            if let Ok(stat) = std::fs::read_to_string(task.path().join("schedstat")) {
+                total += stat
+                    .split_whitespace()
+                    .next()
+                    .and_then(|v| v.parse::<u64>().ok())
+                    .unwrap_or(0);
+            }
+        }
+    }
+    Duration::from_nanos(total)
 }
 
 /// The machine's 1-minute load average (the figures mean little on a busy machine).
@@ -367,6 +395,7 @@ async fn main() -> Result<()> {
         let plexus: Arc<dyn Driver> = Arc::new(Plexus(store.clone()));
         println!("\n== {name} ({})", store.url());
         let mut ratios = Vec::new();
+        let mut cpu_shares: Vec<f64> = Vec::new();
         let mut put_ops = Vec::new();
         for clients in CLIENTS {
             for op in Op::ALL {
@@ -418,6 +447,20 @@ async fn main() -> Result<()> {
                             (1.0 - ratio) * 100.0,
                             (p50p.as_secs_f64() / p50d.as_secs_f64().max(1e-12) - 1.0) * 100.0
                         );
+                        // The layer's own cost, free of the machine's load: the extra client CPU
+                        // per operation, against the time one operation takes through the
+                        // direct client (1 / its throughput).
+                        let extra = p.cpu_per_op().as_secs_f64() - d.cpu_per_op().as_secs_f64();
+                        let share = extra * d.ops_per_sec() * 100.0;
+                        println!(
+                            "{:<20} {:<11} clients={clients:<3} client CPU per op: plexus {:.1} us, direct {:.1} us: the layer adds {:+.1} us = {share:+.1} % of the time per op",
+                            "",
+                            op.name(),
+                            p.cpu_per_op().as_secs_f64() * 1e6,
+                            d.cpu_per_op().as_secs_f64() * 1e6,
+                            extra * 1e6
+                        );
+                        cpu_shares.push(share);
                         ratios.push(ratio);
                         headline.push((
                             format!("{name}_{}_c{clients}_ops", op.name()),
@@ -448,6 +491,15 @@ async fn main() -> Result<()> {
             );
             headline.push((format!("{name}_vs_client_mean"), format!("{mean:.3}")));
             headline.push((format!("{name}_vs_client_worst"), format!("{min:.3}")));
+            let worst_share = cpu_shares.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
+            println!(
+                "{name}: the layer's client CPU is at most {worst_share:.1} % of the time per op through etcd-client (< 10 %: {})",
+                if worst_share < 10.0 { "yes" } else { "NO" }
+            );
+            headline.push((
+                format!("{name}_layer_cpu_pct_max"),
+                format!("{worst_share:.1}"),
+            ));
         }
         store.close().await?;
     }
