@@ -536,7 +536,15 @@ pub async fn delete_sandbox(
 ) -> Result<StatusCode, ApiError> {
     let s = state.controller.delete_sandbox(&name).await?;
     if s.owned_netns {
-        state.namespaces.delete(&s.key).await?;
+        if let Err(e) = state.namespaces.delete(&s.key).await {
+            return Err(ApiError::new(
+                e.status,
+                format!(
+                    "sandbox {} removed, but its namespace could not be: {}",
+                    s.name, e.message
+                ),
+            ));
+        }
     }
     tracing::info!(sandbox = %s.name, "sandbox removed");
     Ok(StatusCode::NO_CONTENT)

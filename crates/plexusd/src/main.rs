@@ -118,6 +118,11 @@ async fn reconcile(controller: &Controller, bridge: &plexus_drivers::BridgeDrive
             });
         }
     }
+    for s in controller.sandboxes().await? {
+        if !Path::new(&s.key).exists() {
+            tracing::warn!(sandbox = %s.name, netns = %s.key, "the sandbox's namespace is gone (reboot?); remove the sandbox and create it again");
+        }
+    }
     let done = bridge
         .reconcile(&infos, &endpoints)
         .await
