@@ -137,6 +137,26 @@ fn proto_of(binding: &PortBinding) -> Result<Proto, DriverError> {
     }
 }
 
+/// Waits (at most two seconds) until `addr` can be bound inside `ns`. A new IPv6 address
+/// stays tentative until the kernel's link watch sees the link operational, up to a second
+/// after it went up; a sandbox should be able to use its address as soon as join returns.
+async fn wait_usable(ns: &Netns, addr: std::net::Ipv6Addr) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(2);
+    loop {
+        let usable = ns
+            .run(move || std::net::UdpSocket::bind((addr, 0)).is_ok())
+            .unwrap_or(true);
+        if usable {
+            return;
+        }
+        if std::time::Instant::now() >= deadline {
+            tracing::warn!(%addr, "IPv6 address still tentative after 2 s");
+            return;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+}
+
 /// Steps to undo, run in reverse order.
 enum Undo {
     DeleteLink(u32),
@@ -675,6 +695,9 @@ impl BridgeDriver {
         rs.set_up(link.index).await.map_err(sys_ctx(&what))?;
         let lo = rs.require_link("lo").await.map_err(sys_ctx("sandbox lo"))?;
         rs.set_up(lo.index).await.map_err(sys_ctx("sandbox lo"))?;
+        if let Some(IpAddr::V6(v6)) = ep.ipv6.map(|a| a.addr()) {
+            wait_usable(sandbox, v6).await;
+        }
         let mut gateways = Vec::new();
         if !net.info.internal {
             let v4 = net.info.ipv4.first().filter(|_| ep.ipv4.is_some());

@@ -10,6 +10,7 @@ use common::*;
 use plexus_cnm::{EndpointSpec, IpamPoolSpec, Network, NetworkInfo, NetworkSpec, PortBinding};
 use plexus_drivers::{BridgeDriver, DriverConfig};
 use plexus_sys::nft::{PortMapping, Proto};
+use plexus_sys::rtnl::Rtnl;
 
 fn gw(n: u8) -> Ipv4Addr {
     Ipv4Addr::new(10, n, 0, 1)
@@ -265,6 +266,12 @@ async fn mtu_prefix_mac_and_ipv6_apply_inside_the_sandbox() {
             "v6",
             EndpointSpec {
                 mac: Some("02:aa:bb:cc:dd:ee".into()),
+                ports: vec![PortBinding {
+                    proto: "tcp".into(),
+                    container_port: 80,
+                    host_ip: None,
+                    host_port: 8086,
+                }],
                 ..Default::default()
             },
         )
@@ -290,6 +297,30 @@ async fn mtu_prefix_mac_and_ipv6_apply_inside_the_sandbox() {
     assert_eq!(
         reaches(w.sb("s1"), sa(ip4(&e2), 7000)),
         ip4(&e1).to_string()
+    );
+
+    // IPv6 egress is masqueraded, and the published port answers over IPv6 and IPv4.
+    let parse = |s: &str| -> Ipv6Addr { s.parse().unwrap_or(Ipv6Addr::UNSPECIFIED) };
+    let (host6, out6) = (parse("fd00:30::1"), parse("fd00:30::2"));
+    let ext = ok("ext0", w.rh.require_link("ext0").await);
+    ok(
+        "host v6",
+        w.rh.add_address(ext.index, host6.into(), 64).await,
+    );
+    let ro = ok("outside", Rtnl::connect(&w.outside.ns).await);
+    let eth0 = ok("eth0", ro.require_link("eth0").await);
+    ok(
+        "outside v6",
+        ro.add_address(eth0.index, out6.into(), 64).await,
+    );
+    let _out = Server::start(&w.outside.ns, sa(out6, 9000));
+    assert_eq!(reaches(w.sb("s1"), sa(out6, 9000)), host6.to_string());
+    let _web6 = Server::start(w.sb("s1"), sa(v6(&e1), 80));
+    let _web4 = Server::start(w.sb("s1"), sa(ip4(&e1), 80));
+    assert_eq!(reaches(&w.outside.ns, sa(host6, 8086)), out6.to_string());
+    assert_eq!(
+        reaches(&w.outside.ns, sa(HOST_EXT, 8086)),
+        OUTSIDE.to_string()
     );
 }
 

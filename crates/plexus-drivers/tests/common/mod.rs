@@ -92,8 +92,21 @@ pub struct Server {
 
 impl Server {
     pub fn start(ns: &Netns, addr: SocketAddr) -> Self {
-        let listener = ok("listen", ns.run(move || TcpListener::bind(addr)))
-            .unwrap_or_else(|e| panic!("bind {addr}: {e}"));
+        // A fresh IPv6 address stays tentative until the kernel's link watch sees the link
+        // operational (up to a second after it is up): retry a while.
+        let deadline = std::time::Instant::now() + Duration::from_secs(3);
+        let listener = loop {
+            match ok("listen", ns.run(move || TcpListener::bind(addr))) {
+                Ok(l) => break l,
+                Err(e)
+                    if e.kind() == std::io::ErrorKind::AddrNotAvailable
+                        && std::time::Instant::now() < deadline =>
+                {
+                    std::thread::sleep(Duration::from_millis(50))
+                }
+                Err(e) => panic!("bind {addr}: {e}"),
+            }
+        };
         ok("nonblocking", listener.set_nonblocking(true));
         let stop = Arc::new(AtomicBool::new(false));
         let flag = stop.clone();
@@ -142,8 +155,19 @@ pub fn seen_as(ns: &Netns, addr: SocketAddr, timeout: Duration) -> std::io::Resu
     )
 }
 
+/// Connects (retrying for a few seconds: see [`Server::start`] on IPv6) and returns the
+/// address the server saw.
 pub fn reaches(ns: &Netns, addr: SocketAddr) -> String {
-    seen_as(ns, addr, Duration::from_secs(3)).unwrap_or_else(|e| panic!("connect to {addr}: {e}"))
+    let deadline = std::time::Instant::now() + Duration::from_secs(4);
+    loop {
+        match seen_as(ns, addr, Duration::from_secs(2)) {
+            Ok(seen) => return seen,
+            Err(_) if std::time::Instant::now() < deadline => {
+                std::thread::sleep(Duration::from_millis(100))
+            }
+            Err(e) => panic!("connect to {addr}: {e}"),
+        }
+    }
 }
 
 pub fn blocked(ns: &Netns, addr: SocketAddr) -> bool {
