@@ -518,6 +518,13 @@ impl BridgeDriver {
         )))
     }
 
+    /// Whether an endpoint's bridge port needs hairpin mode: only with published ports (so a
+    /// sandbox reaches its own through a host address) and only where `br_netfilter` may be
+    /// on (the driver turns it off in namespaces it owns, and then the path is routed).
+    fn needs_hairpin(&self, publishes: bool) -> bool {
+        publishes && !self.owns_namespace
+    }
+
     /// Makes the veth pair of an endpoint: host end on the bridge and up, the other end with
     /// the endpoint's MAC, waiting in the host namespace.
     async fn make_veth(
@@ -526,6 +533,7 @@ impl BridgeDriver {
         network_id: &str,
         endpoint_id: &str,
         mac: &[u8; 6],
+        hairpin: bool,
         undo: &mut Vec<Undo>,
     ) -> Result<(), DriverError> {
         let alias = names::veth_alias(&self.marker, network_id, endpoint_id);
@@ -553,6 +561,12 @@ impl BridgeDriver {
         if !net.opts.enable_icc {
             self.rtnl
                 .set_port_isolated(h.index, true)
+                .await
+                .map_err(sys_ctx(&what))?;
+        }
+        if hairpin {
+            self.rtnl
+                .set_port_hairpin(h.index, true)
                 .await
                 .map_err(sys_ctx(&what))?;
         }
@@ -614,7 +628,8 @@ impl BridgeDriver {
             None => {
                 // Left earlier (leave deletes the pair): make it again.
                 self.delete_veth(network_id, endpoint_id).await?;
-                self.make_veth(&net, network_id, endpoint_id, &ep.mac, &mut undo)
+                let hairpin = self.needs_hairpin(!ep.ports.is_empty());
+                self.make_veth(&net, network_id, endpoint_id, &ep.mac, hairpin, &mut undo)
                     .await?;
                 match self.rtnl.require_link(&peer_name).await {
                     Ok(p) => p,
@@ -906,7 +921,8 @@ impl Driver for BridgeDriver {
         let (mappings, bindings) = self.mappings(&net, endpoint)?;
         let mut undo = Vec::new();
         let r = async {
-            self.make_veth(&net, &endpoint.network_id, id, &mac, &mut undo)
+            let hairpin = self.needs_hairpin(!mappings.is_empty());
+            self.make_veth(&net, &endpoint.network_id, id, &mac, hairpin, &mut undo)
                 .await?;
             if !mappings.is_empty() {
                 self.fw.publish(&mappings).map_err(sys_ctx("publish"))?;

@@ -102,7 +102,16 @@ async fn networks_are_isolated_and_a_sandbox_on_both_reaches_both() {
 #[tokio::test]
 async fn published_ports_answer_from_outside_other_sandboxes_and_the_host() {
     need_root!();
-    let mut w = World::new().await;
+    published_ports(World::new().await).await;
+}
+
+#[tokio::test]
+async fn published_ports_answer_everywhere_with_br_netfilter_on_too() {
+    need_root!();
+    published_ports(World::with_br_netfilter().await).await;
+}
+
+async fn published_ports(mut w: World) {
     w.network("n1", "10.94.0.0/24", &[]).await;
     w.network("n2", "10.95.0.0/24", &[]).await;
     for s in ["web", "peer", "other", "clash"] {
@@ -144,6 +153,8 @@ async fn published_ports_answer_from_outside_other_sandboxes_and_the_host() {
     // From another sandbox, on the same network and on another one, via the host address.
     reaches(w.sb("peer"), sa(HOST_EXT, 8080));
     reaches(w.sb("other"), sa(HOST_EXT, 8080));
+    // Even from the publishing sandbox itself.
+    reaches(w.sb("web"), sa(HOST_EXT, 8080));
     // From the host itself, and through localhost.
     reaches(&w.host.ns, sa(HOST_EXT, 8080));
     reaches(&w.host.ns, sa(Ipv4Addr::LOCALHOST, 8080));

@@ -335,6 +335,28 @@ impl Rtnl {
             })
     }
 
+    /// Sets or clears the bridge port `hairpin` flag (`IFLA_BRPORT_MODE`) of a link attached
+    /// to a bridge: frames may then leave through the port they came in by. With
+    /// `br_netfilter` active, a sandbox reaching its own published port through a host address
+    /// needs it (the DNATed frame is bridged back out of its own port).
+    pub async fn set_port_hairpin(&self, index: u32, hairpin: bool) -> Result<()> {
+        let message = LinkBridgePort::new(index)
+            .append_info_data(InfoBridgePort::HairpinMode(hairpin))
+            .build();
+        self.handle
+            .link()
+            .set_port(message)
+            .execute()
+            .await
+            .map_err(|e| {
+                SysError::netlink(
+                    format!("set bridge port hairpin={hairpin} of link {index}"),
+                    &format!("link {index}"),
+                    e,
+                )
+            })
+    }
+
     /// Renames a link (it must be down).
     pub async fn rename(&self, index: u32, name: &str) -> Result<()> {
         check_ifname("interface name", name)?;

@@ -193,7 +193,17 @@ async fn lo_up(rtnl: &Rtnl) {
 }
 
 impl World {
+    /// A world whose host namespace the driver owns (it turns `br_netfilter` off there).
     pub async fn new() -> Self {
+        Self::build(true).await
+    }
+
+    /// A world where the driver leaves `br_netfilter` on, as on a shared machine.
+    pub async fn with_br_netfilter() -> Self {
+        Self::build(false).await
+    }
+
+    async fn build(owns_namespace: bool) -> Self {
         let host = PinnedNs::new("host");
         let outside = PinnedNs::new("outside");
         for ns in [&host.ns, &outside.ns] {
@@ -239,7 +249,7 @@ impl World {
         );
         let mut registry = DriverRegistry::new();
         let config = DriverConfig {
-            owns_namespace: true,
+            owns_namespace,
             ..DriverConfig::new(host.ns.clone(), MARK)
         };
         let bridge = ok("drivers", register_builtin(&mut registry, config).await);
