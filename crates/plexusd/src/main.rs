@@ -98,8 +98,13 @@ async fn clear_stale_socket(path: &Path) -> Result<()> {
     }
 }
 
-/// Makes the bridge driver's kernel state match the store's records.
-async fn reconcile(controller: &Controller, bridge: &plexus_drivers::BridgeDriver) -> Result<()> {
+/// Makes the kernel match the store's records: the bridge driver's links and rules, and the
+/// sandbox namespaces under `netns_dir`.
+async fn reconcile(
+    controller: &Controller,
+    bridge: &plexus_drivers::BridgeDriver,
+    netns_dir: &Path,
+) -> Result<()> {
     let mut infos = Vec::new();
     let mut endpoints = BTreeSet::new();
     for n in controller.networks().await? {
@@ -118,9 +123,32 @@ async fn reconcile(controller: &Controller, bridge: &plexus_drivers::BridgeDrive
             });
         }
     }
-    for s in controller.sandboxes().await? {
+    let sandboxes = controller.sandboxes().await?;
+    for s in &sandboxes {
         if !Path::new(&s.key).exists() {
             tracing::warn!(sandbox = %s.name, netns = %s.key, "the sandbox's namespace is gone (reboot?); remove the sandbox and create it again");
+        }
+    }
+    // Namespaces under our own netns dir that no sandbox owns were made by a daemon that
+    // died before recording them: remove them.
+    let owned: BTreeSet<PathBuf> = sandboxes
+        .iter()
+        .filter(|s| s.owned_netns)
+        .map(|s| PathBuf::from(&s.key))
+        .collect();
+    if let Ok(entries) = std::fs::read_dir(netns_dir) {
+        for entry in entries.flatten() {
+            if !owned.contains(&entry.path()) {
+                let name = entry.file_name().to_string_lossy().into_owned();
+                match plexus_sys::netns::Netns::delete(netns_dir, &name) {
+                    Ok(()) => {
+                        tracing::info!(netns = %entry.path().display(), "removed an orphan namespace")
+                    }
+                    Err(e) => {
+                        tracing::warn!(netns = %entry.path().display(), error = %e, "cannot remove an orphan namespace")
+                    }
+                }
+            }
         }
     }
     let done = bridge
@@ -203,7 +231,7 @@ async fn run(args: Args) -> Result<()> {
         drivers,
         ControllerConfig::default(),
     ));
-    reconcile(&controller, &bridge).await?;
+    reconcile(&controller, &bridge, &netns_dir).await?;
 
     if let Some(dir) = socket.parent() {
         std::fs::create_dir_all(dir)

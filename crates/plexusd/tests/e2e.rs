@@ -465,6 +465,41 @@ fn cli_against_the_daemon_and_state_survives_a_restart() {
         })
         .unwrap_or_default();
     assert!(addrs.contains(&"10.210.0.20/24"), "{addrs:?}");
+    // A namespace handed over by path is used, and kept when the sandbox goes.
+    let ext = Netns::create(d.dir.path(), "ext-ns").unwrap_or_else(|e| panic!("ext netns: {e}"));
+    let ext_path = ext.path().display().to_string();
+    d.ok(&[
+        "sandbox",
+        "create",
+        "ext",
+        "--netns",
+        &ext_path,
+        "--network",
+        "n1",
+        "--ip",
+        "10.210.0.30",
+    ]);
+    let inside = d.ok(&["sandbox", "exec", "ext", "--", "cat", "/proc/net/fib_trie"]);
+    assert!(inside.contains("10.210.0.30"), "{inside}");
+    assert_eq!(d.ok(&["sandbox", "rm", "ext"]), "ext\n");
+    assert!(
+        Netns::open(ext.path()).is_ok(),
+        "a given namespace is not Plexus's to delete"
+    );
+    let _ = Netns::delete(d.dir.path(), "ext-ns");
+
+    // An orphan namespace in the daemon's netns dir (a crash between making it and recording
+    // the sandbox) is removed at start.
+    let netns_dir = d.dir.path().join("run").join("netns");
+    Netns::create(&netns_dir, "orphan").unwrap_or_else(|e| panic!("orphan netns: {e}"));
+    assert_eq!(d.stop().code(), Some(0));
+    d.start();
+    assert!(
+        !netns_dir.join("orphan").exists(),
+        "orphan namespace removed at start"
+    );
+    assert!(netns_dir.join("s1").exists(), "recorded namespaces kept");
+
     assert_eq!(d.ok(&["sandbox", "rm", "s1", "s2"]), "s1\ns2\n");
     assert!(
         !has_netns_in(&d.dir.path().join("run")),
