@@ -1,0 +1,306 @@
+#!/usr/bin/env bash
+# Single-host benchmark: Plexus (plexusd + plexus CLI, release build) against Docker 20.10
+# (dockerd's embedded libnetwork, through the docker CLI) and netavark 1.4, in ONE run, with
+# the measurements interleaved (Plexus, peer, Plexus, peer...) so that the machine's noise hits
+# both sides alike.
+#
+#   1. network create / rm                      plexus vs docker
+#   2. attach / detach of an existing sandbox   plexus network connect/disconnect vs
+#                                               docker network connect/disconnect vs netavark setup/teardown
+#   3. the same with one published port, with N = 1, 100, 1000 sandboxes (each with a port) on the
+#      network: plexus sandbox create --netns PATH --network NET -p ... / sandbox rm
+#      vs netavark setup/teardown with a port_mappings entry (netavark up to --nv-max)
+#   4. iperf3 TCP between two sandboxes on a Plexus bridge vs a bare veth+bridge pair made by hand
+#
+# Usage: bench/single-host/run.sh [--quick] [--reps N] [--nv-max N] [--iperf-secs S] [--keep-data]
+# Needs root. Installs the peers from Debian's packages if missing; starts dockerd like
+# ../shared/anchors/00_setup.sh does if it is not running (and stops it again at the end).
+# plexusd runs from $CARGO_TARGET_DIR (default /work/target-bench) with temp state/run dirs and
+# its own socket, inside a network namespace the bench makes; netavark runs inside another one.
+# Everything made here is named plxb-* and is removed on exit, also on failure.
+# Last line: headline figures as key=value pairs.
+set -uo pipefail
+HERE="$(cd "$(dirname "$0")" && pwd)"
+ROOT="$(cd "$HERE/../.." && pwd)"
+T0=$SECONDS
+
+REPS=30; NV_MAX=1000; IPERF_SECS=10; IPERF_REPS=3; PORT_REPS=20; NLIST="1 100 1000"
+NV_BUDGET=330   # seconds the netavark fill may take before the ramp stops (its cost grows with N)
+KEEP=0
+while (($#)); do
+  case "$1" in
+    --quick) REPS=10; NV_MAX=100; IPERF_SECS=5; IPERF_REPS=2; PORT_REPS=8 ;;
+    --reps) REPS=$2; PORT_REPS=$2; shift ;;
+    --nv-max) NV_MAX=$2; shift ;;
+    --iperf-secs) IPERF_SECS=$2; shift ;;
+    --keep-data) KEEP=1 ;;
+    -h|--help) sed -n 2,22p "$0"; exit 0 ;;
+    *) echo "unknown argument $1" >&2; exit 2 ;;
+  esac
+  shift
+done
+[[ $(id -u) == 0 ]] || { echo "run as root" >&2; exit 1; }
+
+export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-/work/target-bench}
+TMP=$(mktemp -d /tmp/plxb.XXXXXX)
+D=$TMP/data; mkdir -p "$D"
+NETAVARK=/usr/lib/podman/netavark
+IMG=plxb-bb:latest
+log() { echo "[$(date +%T)] $*" >&2; }
+
+# ---------- cleanup (trap) ----------
+PLEXUSD_PID=""; DOCKERD_STARTED=0; DOCKERD_PID=""; IMG_IMPORTED=0; SRV_PIDS=()
+PX() { PLEXUS_HOST="unix://$TMP/plexus.sock" "$CARGO_TARGET_DIR/release/plexus" "$@"; }
+cleanup() {
+  set +e
+  log "cleanup"
+  for p in "${SRV_PIDS[@]}"; do kill "$p" 2>/dev/null; wait "$p" 2>/dev/null; done
+  if [[ -n $PLEXUSD_PID ]] && kill -0 "$PLEXUSD_PID" 2>/dev/null; then
+    sbs=$(PX sandbox ls -q 2>/dev/null)
+    [[ -n $sbs ]] && PX sandbox rm $sbs >/dev/null 2>&1
+    nets=$(PX network ls --format '{{.Name}}' 2>/dev/null | grep '^plxb-')
+    [[ -n $nets ]] && PX network rm $nets >/dev/null 2>&1
+    kill "$PLEXUSD_PID"; for _ in $(seq 100); do kill -0 "$PLEXUSD_PID" 2>/dev/null || break; sleep 0.1; done
+    kill -9 "$PLEXUSD_PID" 2>/dev/null; wait "$PLEXUSD_PID" 2>/dev/null
+  fi
+  # namespaces plexusd made (bind mounts under its run dir)
+  if [[ -d $TMP/run ]]; then
+    for m in $(awk -v p="$TMP/" 'index($5,p)==1{print $5}' /proc/self/mountinfo | sort -r); do umount -l "$m"; done
+  fi
+  if docker info >/dev/null 2>&1; then
+    docker ps -aq --filter label=plxb-bench | xargs -r docker rm -f >/dev/null 2>&1
+    for n in $(docker network ls --format '{{.Name}}' | grep '^plxb-'); do docker network rm "$n" >/dev/null 2>&1; done
+    [[ $IMG_IMPORTED == 1 ]] && docker image rm "$IMG" >/dev/null 2>&1
+  fi
+  if [[ $DOCKERD_STARTED == 1 && -n $DOCKERD_PID ]]; then
+    kill "$DOCKERD_PID" 2>/dev/null; for _ in $(seq 150); do kill -0 "$DOCKERD_PID" 2>/dev/null || break; sleep 0.1; done
+  fi
+  # every namespace the bench made (plexus host, netavark host, sandboxes, iperf)
+  for n in $(ip netns list | awk '{print $1}' | grep '^plxb-'); do ip netns del "$n"; done
+  if [[ $KEEP == 1 ]]; then log "raw data kept in $D"; rm -rf "$TMP/state" "$TMP/run" "$TMP/nvcfg"; else rm -rf "$TMP"; fi
+}
+trap cleanup EXIT
+trap 'exit 130' INT TERM
+
+# ms since $1 (an $EPOCHREALTIME), printed with 3 decimals
+el() { local t1=$EPOCHREALTIME; awk -v a="$1" -v b="$t1" 'BEGIN{printf "%.3f\n",(b-a)*1000}'; }
+# tm FILE CMD...: runs CMD, appends its wall-clock ms to FILE; fails if CMD fails
+tm() {
+  local f=$1; shift; local t0=$EPOCHREALTIME
+  "$@" >/dev/null 2>"$TMP/last.err"; local rc=$?
+  local t1=$EPOCHREALTIME
+  if ((rc)); then log "FAILED ($rc): $* : $(tail -2 "$TMP/last.err")"; return $rc; fi
+  awk -v a="$t0" -v b="$t1" 'BEGIN{printf "%.3f\n",(b-a)*1000}' >> "$D/$f"
+}
+
+# ---------- setup ----------
+export DEBIAN_FRONTEND=noninteractive
+need=()
+for p in docker.io netavark aardvark-dns iperf3 busybox-static iptables; do dpkg -s "$p" >/dev/null 2>&1 || need+=("$p"); done
+if ((${#need[@]})); then log "apt-get install ${need[*]}"; apt-get update -qq && apt-get install -y -qq "${need[@]}" >/dev/null; fi
+
+log "building plexusd + plexus (release) into $CARGO_TARGET_DIR"
+(cd "$ROOT" && cargo build --release -q -p plexusd -p plexus) || { echo "build failed" >&2; exit 1; }
+
+DOCKER=1
+if ! docker info >/dev/null 2>&1; then
+  if command -v dockerd >/dev/null; then
+    log "starting dockerd (as ../shared/anchors/00_setup.sh: dockerd --iptables=true)"
+    setsid dockerd --iptables=true >"$TMP/dockerd.log" 2>&1 &
+    DOCKERD_PID=$!; DOCKERD_STARTED=1
+    for _ in $(seq 60); do docker info >/dev/null 2>&1 && break; sleep 0.5; done
+  fi
+fi
+if ! docker info >/dev/null 2>&1; then
+  DOCKER=0
+  echo "!! dockerd cannot run on this machine: Docker is NOT measured (docker=unavailable)"
+  [[ -f $TMP/dockerd.log ]] && tail -5 "$TMP/dockerd.log" | sed 's/^/!!   /'
+  echo unavailable > "$D/docker_status"
+else
+  echo ok > "$D/docker_status"
+  if ! docker image inspect "$IMG" >/dev/null 2>&1; then
+    r=$(mktemp -d); mkdir -p "$r/bin"; cp /bin/busybox "$r/bin/"; ln -s busybox "$r/bin/sleep"; ln -s busybox "$r/bin/sh"
+    tar -C "$r" -c . | docker import - "$IMG" >/dev/null && IMG_IMPORTED=1; rm -rf "$r"
+  fi
+fi
+
+# Plexus: its own "host" namespace, temp dirs, own socket
+ip netns add plxb-host; ip -n plxb-host link set lo up
+log "starting plexusd (state $TMP/state, run $TMP/run, socket $TMP/plexus.sock, in netns plxb-host)"
+nsenter --net=/run/netns/plxb-host "$CARGO_TARGET_DIR/release/plexusd" --state-dir "$TMP/state" --run-dir "$TMP/run" \
+  -H "unix://$TMP/plexus.sock" </dev/null >/dev/null 2>"$TMP/plexusd.log" &
+PLEXUSD_PID=$!
+for _ in $(seq 200); do PX network ls >/dev/null 2>&1 && break; sleep 0.1; done
+PX network ls >/dev/null 2>&1 || { echo "plexusd did not start:"; tail "$TMP/plexusd.log"; exit 1; }
+
+# netavark: its own "host" namespace (its bridge + iptables rules live there, not in the machine's)
+ip netns add plxb-nvh; ip -n plxb-nvh link set lo up
+mkdir -p "$TMP/nvcfg" "$TMP/nvopts"
+export NETAVARK_FW=iptables
+NV() { nsenter --net=/run/netns/plxb-nvh "$NETAVARK" --config "$TMP/nvcfg" "$@"; }
+nvopts() { # I NET BRIDGE SUBNET_BASE PORT(0|1)
+  python3 - "$@" <<'PY'
+import hashlib, json, sys
+i, net, br, base, port = int(sys.argv[1]), sys.argv[2], sys.argv[3], sys.argv[4], sys.argv[5] == "1"
+ip = f"{base}.{(i + 1) // 250}.{(i + 1) % 250 + 2}"
+o = {"container_id": f"{i:064x}", "container_name": f"plxb-c{i}",
+     "networks": {net: {"static_ips": [ip], "aliases": [f"alias{i}"], "interface_name": "eth0"}},
+     "network_info": {net: {"name": net, "id": hashlib.sha256(net.encode()).hexdigest(), "driver": "bridge",
+         "network_interface": br, "subnets": [{"subnet": f"{base}.0.0/16", "gateway": f"{base}.0.1"}],
+         "ipv6_enabled": False, "internal": False, "dns_enabled": False,
+         "ipam_options": {"driver": "host-local"}}}}
+if port:
+    o["port_mappings"] = [{"host_ip": "127.0.0.1", "container_port": 80, "host_port": 20000 + i,
+                           "range": 1, "protocol": "tcp"}]
+print(json.dumps(o))
+PY
+}
+
+echo "== Plexus single-host benchmark, $(date -u +%FT%TZ), $(nproc) CPUs, load $(cut -d' ' -f1-3 /proc/loadavg) =="
+echo "plexus: $(git -C "$ROOT" rev-parse --short HEAD) release build; docker: $( ((DOCKER)) && docker version --format 'server {{.Server.Version}} / CLI {{.Client.Version}}' || echo unavailable); netavark: $($NETAVARK --version 2>/dev/null | awk '{print $2}')"
+echo "reps=$REPS port_reps=$PORT_REPS N=[$NLIST] netavark_max_N=$NV_MAX iperf=${IPERF_SECS}s x$IPERF_REPS"
+echo "timing: wall clock around each CLI command (bash \$EPOCHREALTIME), so every figure includes its CLI/exec round trip"
+
+# ---------- 1. network create / rm ----------
+log "1. network create/rm x$REPS (alternating)"
+for r in $(seq 1 "$REPS"); do
+  if ((r % 2)) || ((!DOCKER)); then
+    tm net_create_plexus.txt PX network create plxb-n$r
+    ((DOCKER)) && tm net_create_docker.txt docker network create plxb-n$r
+    tm net_rm_plexus.txt PX network rm plxb-n$r
+    ((DOCKER)) && tm net_rm_docker.txt docker network rm plxb-n$r
+  else
+    tm net_create_docker.txt docker network create plxb-n$r
+    tm net_create_plexus.txt PX network create plxb-n$r
+    tm net_rm_docker.txt docker network rm plxb-n$r
+    tm net_rm_plexus.txt PX network rm plxb-n$r
+  fi
+done
+
+# ---------- 2. attach / detach, no port ----------
+log "2. attach/detach of an existing sandbox x$REPS (rotating order)"
+PX network create --subnet 10.231.0.0/16 plxb-att >/dev/null
+PX sandbox create plxb-keep --network plxb-att >/dev/null      # keeps the network in use
+ip netns add plxb-sb; PX sandbox create plxb-sb --netns /run/netns/plxb-sb >/dev/null   # the existing sandbox
+if ((DOCKER)); then
+  docker network create plxb-att >/dev/null
+  docker run -d --label plxb-bench=1 --name plxb-dkeep --network plxb-att "$IMG" sleep 100000 >/dev/null
+  docker run -d --label plxb-bench=1 --name plxb-dsb "$IMG" sleep 100000 >/dev/null
+fi
+nvopts 1 plxb-nva plxb-nva0 10.232 0 > "$TMP/nvopts/a1.json"; nvopts 2 plxb-nva plxb-nva0 10.232 0 > "$TMP/nvopts/a2.json"
+ip netns add plxb-nva1; NV setup /run/netns/plxb-nva1 < "$TMP/nvopts/a1.json" >/dev/null   # keeps the bridge up
+ip netns add plxb-nva2
+pa() { tm attach_plexus.txt PX network connect plxb-att plxb-sb; }
+pd() { tm detach_plexus.txt PX network disconnect plxb-att plxb-sb; }
+da() { ((DOCKER)) && tm attach_docker.txt docker network connect plxb-att plxb-dsb; }
+dd() { ((DOCKER)) && tm detach_docker.txt docker network disconnect plxb-att plxb-dsb; }
+na() { t0=$EPOCHREALTIME; NV setup /run/netns/plxb-nva2 < "$TMP/nvopts/a2.json" >/dev/null && el "$t0" >> "$D/attach_netavark.txt"; }
+nd() { t0=$EPOCHREALTIME; NV teardown /run/netns/plxb-nva2 < "$TMP/nvopts/a2.json" >/dev/null && el "$t0" >> "$D/detach_netavark.txt"; }
+for r in $(seq 1 "$REPS"); do
+  case $((r % 3)) in
+    1) pa; da; na; pd; dd; nd ;;
+    2) da; na; pa; dd; nd; pd ;;
+    0) na; pa; da; nd; pd; dd ;;
+  esac
+done
+for _ in $(seq 1 10); do
+  tm noop_plexus.txt PX network inspect plxb-att
+  ((DOCKER)) && tm noop_docker.txt docker network inspect plxb-att
+  tm noop_netavark.txt "$NETAVARK" version
+done
+# sanity: the Plexus sandbox really gets a working interface
+PX network connect plxb-att plxb-sb >/dev/null
+ip=$(PX sandbox exec plxb-keep -- ip -4 -o addr show 2>/dev/null | awk '$2!="lo"{print $4}' | cut -d/ -f1 | head -1)
+if ip netns exec plxb-sb ping -c1 -W2 "$ip" >/dev/null 2>&1; then echo "check: plexus sandbox -> other sandbox ($ip) ping ok"; else echo "check: plexus sandbox -> $ip PING FAILED"; fi
+PX network disconnect plxb-att plxb-sb >/dev/null
+# free what phase 2 made
+PX sandbox rm plxb-keep plxb-sb >/dev/null; PX network rm plxb-att >/dev/null
+NV teardown /run/netns/plxb-nva1 < "$TMP/nvopts/a1.json" >/dev/null 2>&1
+ip netns del plxb-nva1; ip netns del plxb-nva2; ip netns del plxb-sb
+if ((DOCKER)); then docker rm -f plxb-dkeep plxb-dsb >/dev/null; docker network rm plxb-att >/dev/null; fi
+
+# ---------- 3. published port, N = 1, 100, 1000 ----------
+log "3. attach/detach with one published port at N in [$NLIST] (netavark up to $NV_MAX)"
+PX network create --subnet 10.233.0.0/16 plxb-port >/dev/null
+ip netns add plxb-probe
+nvopts 9999 plxb-nvp plxb-nvp0 10.234 1 | sed 's/"host_port": 29999/"host_port": 30000/' > "$TMP/nvopts/probe.json"
+ip netns add plxb-nvprobe
+pfill=0; nvfill=0; nv_stopped=0; nv_t0=$SECONDS
+for N in $NLIST; do
+  # fill up to N-1 others (the probe is the N-th)
+  while ((pfill < N - 1)); do
+    pfill=$((pfill + 1))
+    tm fill_plexus.txt PX sandbox create plxb-f$pfill --network plxb-port -p 127.0.0.1:$((20000 + pfill)):80 || break
+  done
+  nv_here=0
+  if ((N <= NV_MAX && !nv_stopped)); then
+    while ((nvfill < N - 1)); do
+      if ((SECONDS - nv_t0 > NV_BUDGET)); then nv_stopped=1; log "  netavark fill stopped at $nvfill (time budget ${NV_BUDGET}s)"; break; fi
+      nvfill=$((nvfill + 1))
+      [[ -f $TMP/nvopts/p$nvfill.json ]] || nvopts $nvfill plxb-nvp plxb-nvp0 10.234 1 > "$TMP/nvopts/p$nvfill.json"
+      ip netns add plxb-nvp$nvfill
+      t0=$EPOCHREALTIME; NV setup /run/netns/plxb-nvp$nvfill < "$TMP/nvopts/p$nvfill.json" >/dev/null 2>>"$TMP/nv.err" && el "$t0" >> "$D/fill_netavark.txt"
+    done
+    ((!nv_stopped)) && nv_here=1
+  fi
+  log "  N=$N: plexus has $pfill others, netavark $nvfill; probing x$PORT_REPS"
+  for r in $(seq 1 "$PORT_REPS"); do
+    if ((r % 2)) || ((!nv_here)); then
+      tm port_attach_plexus_n$N.txt PX sandbox create plxb-probe --netns /run/netns/plxb-probe --network plxb-port -p 127.0.0.1:30000:80
+      if ((nv_here)); then t0=$EPOCHREALTIME; NV setup /run/netns/plxb-nvprobe < "$TMP/nvopts/probe.json" >/dev/null && el "$t0" >> "$D/port_attach_netavark_n$N.txt"; fi
+      tm port_detach_plexus_n$N.txt PX sandbox rm plxb-probe
+      if ((nv_here)); then t0=$EPOCHREALTIME; NV teardown /run/netns/plxb-nvprobe < "$TMP/nvopts/probe.json" >/dev/null && el "$t0" >> "$D/port_detach_netavark_n$N.txt"; fi
+    else
+      t0=$EPOCHREALTIME; NV setup /run/netns/plxb-nvprobe < "$TMP/nvopts/probe.json" >/dev/null && el "$t0" >> "$D/port_attach_netavark_n$N.txt"
+      tm port_attach_plexus_n$N.txt PX sandbox create plxb-probe --netns /run/netns/plxb-probe --network plxb-port -p 127.0.0.1:30000:80
+      t0=$EPOCHREALTIME; NV teardown /run/netns/plxb-nvprobe < "$TMP/nvopts/probe.json" >/dev/null && el "$t0" >> "$D/port_detach_netavark_n$N.txt"
+      tm port_detach_plexus_n$N.txt PX sandbox rm plxb-probe
+    fi
+  done
+done
+# sanity: the probe's published port answers from the Plexus host namespace
+PX sandbox create plxb-probe --netns /run/netns/plxb-probe --network plxb-port -p 127.0.0.1:30000:80 >/dev/null
+ip netns exec plxb-probe busybox nc -l -p 80 -e echo plxb-hello >/dev/null 2>&1 & SRV_PIDS+=($!)
+sleep 0.3
+if ip netns exec plxb-host busybox nc -w 2 127.0.0.1 30000 </dev/null 2>/dev/null | grep -q plxb-hello; then
+  echo "check: plexus published port 127.0.0.1:30000 -> probe sandbox:80 ok (with $pfill other ports published)"
+else echo "check: plexus published port 127.0.0.1:30000 FAILED"; fi
+echo "kernel objects: plexus host netns has $(ip -n plxb-host -o link show | wc -l) links, nft $(ip netns exec plxb-host nft list ruleset 2>/dev/null | grep -c .) lines; netavark host netns iptables rules: $(ip netns exec plxb-nvh iptables-save 2>/dev/null | grep -c '^-A')"
+log "  removing the N sandboxes"
+sbs=$(PX sandbox ls -q); [[ -n $sbs ]] && PX sandbox rm $sbs >/dev/null
+PX network rm plxb-port >/dev/null
+for n in $(ip netns list | awk '{print $1}' | grep -E '^plxb-(nvp[0-9]+|nvprobe|probe)$'); do ip netns del "$n"; done
+
+# ---------- 4. throughput ----------
+log "4. iperf3 TCP, ${IPERF_SECS}s x $IPERF_REPS, plexus bridge vs bare veth+bridge (alternating)"
+PX network create --subnet 10.235.0.0/24 plxb-tput >/dev/null
+for s in 1 2; do ip netns add plxb-t$s; PX sandbox create plxb-t$s --netns /run/netns/plxb-t$s --network plxb-tput --ip 10.235.0.1$s >/dev/null; done
+# bare: bridge in its own netns (no rules), one veth to each of two netns
+for n in plxb-bh plxb-ba plxb-bb; do ip netns add $n; ip -n $n link set lo up; done
+ip -n plxb-bh link add br0 type bridge; ip -n plxb-bh link set br0 up
+for s in a b; do
+  ip link add plxb-b$s type veth peer name plxb-bh$s
+  ip link set plxb-b$s netns plxb-b$s; ip link set plxb-bh$s netns plxb-bh
+  ip -n plxb-bh link set plxb-bh$s master br0; ip -n plxb-bh link set plxb-bh$s up
+done
+ip -n plxb-ba addr add 10.236.0.1/24 dev plxb-ba; ip -n plxb-ba link set plxb-ba up
+ip -n plxb-bb addr add 10.236.0.2/24 dev plxb-bb; ip -n plxb-bb link set plxb-bb up
+ip netns exec plxb-t1 iperf3 -s -p 5201 >/dev/null 2>&1 & SRV_PIDS+=($!)
+ip netns exec plxb-ba iperf3 -s -p 5201 >/dev/null 2>&1 & SRV_PIDS+=($!)
+sleep 1
+ip netns exec plxb-t2 ping -c1 -W2 10.235.0.11 >/dev/null 2>&1 && echo "check: plexus t2 -> t1 ping ok" || echo "check: plexus t2 -> t1 PING FAILED"
+ip netns exec plxb-bb ping -c1 -W2 10.236.0.1 >/dev/null 2>&1 && echo "check: bare b -> a ping ok" || echo "check: bare b -> a PING FAILED"
+echo "mtu: plexus $(ip -n plxb-t2 -o link show | awk '$2!="lo:"{for(i=1;i<=NF;i++) if($i=="mtu") print $(i+1)}' | head -1), bare $(ip -n plxb-bb -o link show plxb-bb | awk '{for(i=1;i<=NF;i++) if($i=="mtu") print $(i+1)}'); bridge-nf-call-iptables: plexus host ns $(ip netns exec plxb-host sysctl -n net.bridge.bridge-nf-call-iptables 2>/dev/null || echo n/a), bare bridge ns $(ip netns exec plxb-bh sysctl -n net.bridge.bridge-nf-call-iptables 2>/dev/null || echo n/a)"
+ip3() { # NS DST FILE
+  local out; out=$(ip netns exec "$1" iperf3 -c "$2" -p 5201 -t "$IPERF_SECS" -J 2>/dev/null) || { log "iperf3 $1 failed"; return; }
+  python3 -c 'import json,sys; print("%.3f" % (json.load(sys.stdin)["end"]["sum_received"]["bits_per_second"]/1e9))' <<<"$out" >> "$D/$3"
+}
+for r in $(seq 1 "$IPERF_REPS"); do
+  if ((r % 2)); then ip3 plxb-t2 10.235.0.11 tput_plexus.txt; ip3 plxb-bb 10.236.0.1 tput_bare.txt
+  else ip3 plxb-bb 10.236.0.1 tput_bare.txt; ip3 plxb-t2 10.235.0.11 tput_plexus.txt; fi
+  log "  rep $r: plexus $(tail -1 "$D/tput_plexus.txt" 2>/dev/null) bare $(tail -1 "$D/tput_bare.txt" 2>/dev/null) Gbit/s"
+done
+
+echo "elapsed: $((SECONDS - T0)) s, load now $(cut -d' ' -f1-3 /proc/loadavg)"
+echo
+python3 "$HERE/report.py" "$D"
