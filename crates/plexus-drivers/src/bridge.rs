@@ -741,9 +741,10 @@ impl BridgeDriver {
     /// bridge, addresses and firewall elements are made or adopted (idempotently) and the
     /// driver's memory restored; then marked links whose network or endpoint the store does not
     /// know are deleted, and so are the nftables elements (bridges, subnets, published ports)
-    /// that no known network or endpoint has. Links without this driver's marker are never
-    /// touched. The bridge driver is the only user of Plexus's nftables network sets in its
-    /// namespace.
+    /// that no known network or endpoint has. Other links are never touched, except one with
+    /// no alias at all and a name this driver derives from an id (`plx-`, `plxv`, `plxc` and
+    /// 11 hex digits): a daemon died between making and marking it. The bridge driver is the
+    /// only user of Plexus's nftables network sets in its namespace.
     pub async fn reconcile(
         &self,
         networks: &[NetworkInfo],
@@ -773,6 +774,17 @@ impl BridgeDriver {
                 .as_deref()
                 .and_then(|a| names::parse_alias(&self.marker, a))
             else {
+                // Made, but not yet marked, when a daemon died: no alias at all and a name
+                // this driver derives from an id.
+                if link.alias.is_none() && names::is_derived_name(&link.name, link.kind.as_deref())
+                {
+                    match self.delete_link(link.index).await {
+                        Ok(()) => out.links.push(link.name.clone()),
+                        Err(e) => {
+                            tracing::warn!(link = %link.name, error = %e, "cannot delete unmarked link")
+                        }
+                    }
+                }
                 continue;
             };
             let stale = match &mark {

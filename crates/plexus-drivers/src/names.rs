@@ -77,6 +77,23 @@ pub(crate) fn peer_veth(endpoint: &str) -> String {
     format!("plxc{}", short(endpoint))
 }
 
+/// Whether `name` is one this crate derives for a link of `kind`: a default bridge
+/// (`plx-`) or either end of a veth (`plxv`, `plxc`), then 11 hex digits. Such a link with
+/// no alias at all was left by a daemon that died between making and marking it (the kernel
+/// takes no alias at creation).
+pub(crate) fn is_derived_name(name: &str, kind: Option<&str>) -> bool {
+    let (rest, want) = match name.get(..4) {
+        Some("plx-") => (&name[4..], "bridge"),
+        Some("plxv") | Some("plxc") => (&name[4..], "veth"),
+        _ => return false,
+    };
+    kind == Some(want)
+        && rest.len() == 11
+        && rest
+            .bytes()
+            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+}
+
 /// Docker's MAC for an IPv4 address: `02:42` and the four address bytes; without one, `02:42`
 /// and four bytes of a hash of the endpoint id.
 pub(crate) fn derive_mac(ipv4: Option<std::net::Ipv4Addr>, endpoint: &str) -> [u8; 6] {
@@ -155,6 +172,12 @@ mod tests {
         assert_eq!(host_veth(id).len(), 15);
         assert_eq!(peer_veth("x").len(), 15);
         assert_ne!(short("a"), short("b"));
+        assert!(is_derived_name(&default_bridge(id), Some("bridge")));
+        assert!(is_derived_name(&host_veth(id), Some("veth")));
+        assert!(is_derived_name(&peer_veth("x"), Some("veth")));
+        assert!(!is_derived_name(&host_veth(id), Some("bridge")));
+        assert!(!is_derived_name("plx-mybridge", Some("bridge")));
+        assert!(!is_derived_name("eth0", Some("veth")));
     }
 
     #[test]

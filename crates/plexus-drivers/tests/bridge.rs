@@ -607,3 +607,91 @@ async fn a_kernel_failure_half_way_through_create_network_is_undone() {
     ok("create", w.controller.create_network(fixed).await);
     assert_eq!(w.marked_links().await, ["br-half"]);
 }
+
+/// Not a check: prints what connect and disconnect cost through the controller
+/// (`cargo test -p plexus-drivers --release -- --ignored --nocapture timing`).
+#[tokio::test]
+#[ignore]
+async fn timing_of_connect_and_disconnect() {
+    need_root!();
+    let mut w = World::new().await;
+    w.network("t", "10.80.0.0/20", &[]).await;
+    let n = 200;
+    for i in 0..n {
+        w.sandbox(&format!("s{i}")).await;
+    }
+    let bind = |host_port: u16| PortBinding {
+        proto: "tcp".into(),
+        container_port: 80,
+        host_ip: None,
+        host_port,
+    };
+    let mut connect = Vec::new();
+    let mut disconnect = Vec::new();
+    for i in 0..n {
+        let spec = EndpointSpec {
+            ports: vec![bind(20000 + i as u16)],
+            ..Default::default()
+        };
+        let t = std::time::Instant::now();
+        w.connect_with(&format!("s{i}"), "t", spec).await;
+        connect.push(t.elapsed());
+    }
+    for i in 0..n {
+        let t = std::time::Instant::now();
+        ok(
+            "disconnect",
+            w.controller.disconnect(&format!("s{i}"), "t").await,
+        );
+        disconnect.push(t.elapsed());
+    }
+    // The driver alone (no store, no IPAM).
+    use plexus_cnm::Driver;
+    let net = ok("network", w.controller.network("t").await);
+    let mut create = Vec::new();
+    let mut join = Vec::new();
+    let mut leave = Vec::new();
+    for i in 0..n {
+        let id = format!("{:011x}{:053}", 0xabc000 + i, 0);
+        let info = plexus_cnm::EndpointInfo {
+            network_id: net.id.clone(),
+            endpoint_id: id.clone(),
+            ipv4: Some(ok("ip", format!("10.80.8.{}/20", i + 2).parse())),
+            ipv6: None,
+            mac: None,
+            ports: vec![bind(30000 + i as u16)],
+        };
+        let t = std::time::Instant::now();
+        ok("create", w.bridge.create_endpoint(&info).await);
+        create.push(t.elapsed());
+        let key = w.sandboxes[&format!("s{i}")].path();
+        let t = std::time::Instant::now();
+        ok("join", w.bridge.join(&net.id, &id, &key, "eth").await);
+        join.push(t.elapsed());
+    }
+    for i in 0..n {
+        let id = format!("{:011x}{:053}", 0xabc000 + i, 0);
+        let t = std::time::Instant::now();
+        ok("leave", w.bridge.leave(&net.id, &id).await);
+        ok("delete", w.bridge.delete_endpoint(&net.id, &id).await);
+        leave.push(t.elapsed());
+    }
+    for v in [&mut create, &mut join, &mut leave] {
+        v.sort();
+    }
+    eprintln!(
+        "driver alone: create_endpoint median {:?}, join median {:?}, leave+delete median {:?}",
+        create[n / 2],
+        join[n / 2],
+        leave[n / 2]
+    );
+    connect.sort();
+    disconnect.sort();
+    eprintln!(
+        "connect (1 published port): first {:?}, median {:?}, last-10% p90 {:?}; disconnect median {:?}",
+        connect[0],
+        connect[n / 2],
+        connect[n * 9 / 10],
+        disconnect[n / 2]
+    );
+}
