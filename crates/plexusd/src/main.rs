@@ -6,15 +6,16 @@
 //! serves the API on a unix socket until SIGTERM or SIGINT. Shutting down stops only the
 //! management plane: namespaces, links and firewall rules stay, and traffic keeps flowing.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::IpAddr;
 use std::os::unix::fs::{FileTypeExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use anyhow::{bail, Context, Result};
 use clap::Parser;
-use plexus_cnm::{Controller, ControllerConfig, DriverRegistry, NetworkInfo};
-use plexus_ipam::{BuiltinIpam, IpamConfig};
+use plexus_cnm::{Controller, ControllerConfig, DriverRegistry, Endpoint, Network, NetworkInfo};
+use plexus_ipam::{BuiltinIpam, Ipam, IpamConfig, LOCAL_SPACE};
 use tokio::signal::unix::{signal, SignalKind};
 
 /// The Plexus daemon: container networks on this host, served over the Docker Engine API.
@@ -98,18 +99,76 @@ async fn clear_stale_socket(path: &Path) -> Result<()> {
     }
 }
 
-/// Makes the kernel match the store's records: the bridge driver's links and rules, and the
-/// sandbox namespaces under `netns_dir`.
+/// Makes IPAM match the records: releases local-space pools no network uses and addresses
+/// of used pools that no endpoint, gateway or aux address holds — what a crash between an
+/// allocation and its record (or a record's removal and the release) leaves. Runs before the
+/// API serves; it assumes no other daemon allocates in this store's local space meanwhile.
+async fn reconcile_ipam(
+    ipam: &BuiltinIpam,
+    networks: &[Network],
+    endpoints: &[Endpoint],
+) -> Result<()> {
+    let mut held: BTreeMap<&str, BTreeSet<IpAddr>> = BTreeMap::new();
+    for pool in networks.iter().flat_map(|n| n.ipv4.iter().chain(&n.ipv6)) {
+        let fixed = held.entry(pool.pool_id.as_str()).or_default();
+        fixed.extend(pool.gateway.map(|g| g.addr()));
+        fixed.extend(pool.aux_addresses.values().copied());
+    }
+    for ep in endpoints {
+        let addrs = ep.ipv4.iter().chain(ep.ipv6.iter());
+        for (pool, addr) in ep.pool_ids.iter().zip(addrs) {
+            held.entry(pool.as_str()).or_default().insert(addr.addr());
+        }
+    }
+    let (mut pools, mut addrs) = (0, 0);
+    for (pool_id, _, owner) in ipam.pools(LOCAL_SPACE).context("listing IPAM pools")? {
+        let Some(keep) = held.get(pool_id.as_str()) else {
+            match ipam.release_pool(&pool_id).await {
+                Ok(()) => pools += 1,
+                Err(e) => {
+                    tracing::warn!(pool = %pool_id, %owner, error = %e, "cannot release a pool no network uses")
+                }
+            }
+            continue;
+        };
+        for addr in ipam.allocated(&pool_id).context("listing IPAM addresses")? {
+            if keep.contains(&addr) {
+                continue;
+            }
+            match ipam.release_address(&pool_id, addr).await {
+                Ok(()) => addrs += 1,
+                Err(e) => {
+                    tracing::warn!(pool = %pool_id, %addr, error = %e, "cannot release an address no endpoint holds")
+                }
+            }
+        }
+    }
+    if pools + addrs > 0 {
+        tracing::info!(
+            pools,
+            addresses = addrs,
+            "released IPAM allocations the store's records do not hold"
+        );
+    }
+    Ok(())
+}
+
+/// Makes the kernel and IPAM match the store's records: the bridge driver's links and rules,
+/// the sandbox namespaces under `netns_dir`, and IPAM's pools and addresses.
 async fn reconcile(
     controller: &Controller,
+    ipam: &BuiltinIpam,
     bridge: &plexus_drivers::BridgeDriver,
     netns_dir: &Path,
 ) -> Result<()> {
     let mut infos = Vec::new();
     let mut endpoints = BTreeSet::new();
-    for n in controller.networks().await? {
+    let networks = controller.networks().await?;
+    let mut records = Vec::new();
+    for n in &networks {
         for ep in controller.endpoints(&n.id).await? {
-            endpoints.insert(ep.id);
+            endpoints.insert(ep.id.clone());
+            records.push(ep);
         }
         if n.driver == "bridge" {
             infos.push(NetworkInfo {
@@ -162,7 +221,7 @@ async fn reconcile(
         stale_ports = done.ports.len(),
         "kernel reconciled with the store"
     );
-    Ok(())
+    reconcile_ipam(ipam, &networks, &records).await
 }
 
 async fn shutdown_signal() {
@@ -211,9 +270,11 @@ async fn run(args: Args) -> Result<()> {
             .with_default_address_pools(&pools)
             .context("invalid --default-address-pool")?;
     }
-    let ipam = BuiltinIpam::open(store.clone(), ipam_config)
-        .await
-        .context("opening IPAM")?;
+    let ipam = Arc::new(
+        BuiltinIpam::open(store.clone(), ipam_config)
+            .await
+            .context("opening IPAM")?,
+    );
 
     let host = plexus_sys::netns::Netns::host().context("opening the daemon's namespace")?;
     let mut drivers = DriverRegistry::new();
@@ -227,11 +288,11 @@ async fn run(args: Args) -> Result<()> {
 
     let controller = Arc::new(Controller::new(
         store.clone(),
-        Arc::new(ipam),
+        ipam.clone(),
         drivers,
         ControllerConfig::default(),
     ));
-    reconcile(&controller, &bridge, &netns_dir).await?;
+    reconcile(&controller, &ipam, &bridge, &netns_dir).await?;
 
     if let Some(dir) = socket.parent() {
         std::fs::create_dir_all(dir)
