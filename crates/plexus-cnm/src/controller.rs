@@ -61,6 +61,10 @@ fn driver_err(driver: &dyn Driver, e: DriverError) -> CnmError {
             field: format!("{} driver option", driver.name()),
             reason: m,
         },
+        DriverError::Conflict(message) => CnmError::Conflict {
+            driver: driver.name().to_string(),
+            message,
+        },
         other => CnmError::Driver {
             driver: driver.name().to_string(),
             message: other.to_string(),

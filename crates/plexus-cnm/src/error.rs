@@ -36,6 +36,15 @@ pub enum CnmError {
         /// Who uses it (`sandbox s1 (endpoint e1)`, ...).
         by: String,
     },
+    /// A driver refused because of something that exists (a host port already published, a
+    /// bridge name in use); the message names who has it.
+    #[error("{driver} driver: {message}")]
+    Conflict {
+        /// The driver's name.
+        driver: String,
+        /// Its message.
+        message: String,
+    },
     /// A driver refused or failed.
     #[error("{driver} driver: {message}")]
     Driver {
@@ -66,7 +75,7 @@ impl CnmError {
         match self {
             CnmError::Invalid { .. } => 400,
             CnmError::NotFound { .. } => 404,
-            CnmError::Exists { .. } | CnmError::InUse { .. } => 409,
+            CnmError::Exists { .. } | CnmError::InUse { .. } | CnmError::Conflict { .. } => 409,
             CnmError::Ipam(e) => ipam_status(e),
             CnmError::Store(plexus_kv::KvError::TxnConflict { .. }) => 409,
             _ => 500,
