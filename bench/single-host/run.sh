@@ -233,27 +233,29 @@ for N in $NLIST; do
     tm fill_plexus.txt PX sandbox create plxb-f$pfill --network plxb-port -p 127.0.0.1:$((20000 + pfill)):80 || break
   done
   nv_here=0
-  if ((N <= NV_MAX && !nv_stopped)); then
+  if ((N <= NV_MAX && nv_stopped < 2)); then
     while ((nvfill < N - 1)); do
-      if ((SECONDS - nv_t0 > NV_BUDGET)); then nv_stopped=1; log "  netavark fill stopped at $nvfill (time budget ${NV_BUDGET}s)"; break; fi
+      if ((nv_stopped || SECONDS - nv_t0 > NV_BUDGET)); then nv_stopped=1; log "  netavark fill stopped at $nvfill (time budget ${NV_BUDGET}s)"; break; fi
       nvfill=$((nvfill + 1))
       [[ -f $TMP/nvopts/p$nvfill.json ]] || nvopts $nvfill plxb-nvp plxb-nvp0 10.234 1 > "$TMP/nvopts/p$nvfill.json"
       ip netns add plxb-nvp$nvfill
       t0=$EPOCHREALTIME; NV setup /run/netns/plxb-nvp$nvfill < "$TMP/nvopts/p$nvfill.json" >/dev/null 2>>"$TMP/nv.err" && el "$t0" >> "$D/fill_netavark.txt"
     done
-    ((!nv_stopped)) && nv_here=1
+    nv_here=1
   fi
-  log "  N=$N: plexus has $pfill others, netavark $nvfill; probing x$PORT_REPS"
+  NV_N=$((nvfill + 1))   # the netavark probe is the (nvfill+1)-th container (< N if the fill ran out of time)
+  ((nv_here && nv_stopped)) && nv_stopped=2   # probed once at the N it reached, not again
+  log "  N=$N: plexus has $pfill others, netavark $nvfill (probe at N=$NV_N: $nv_here); probing x$PORT_REPS"
   for r in $(seq 1 "$PORT_REPS"); do
     if ((r % 2)) || ((!nv_here)); then
       tm port_attach_plexus_n$N.txt PX sandbox create plxb-probe --netns /run/netns/plxb-probe --network plxb-port -p 127.0.0.1:30000:80
-      if ((nv_here)); then t0=$EPOCHREALTIME; NV setup /run/netns/plxb-nvprobe < "$TMP/nvopts/probe.json" >/dev/null && el "$t0" >> "$D/port_attach_netavark_n$N.txt"; fi
+      if ((nv_here)); then t0=$EPOCHREALTIME; NV setup /run/netns/plxb-nvprobe < "$TMP/nvopts/probe.json" >/dev/null && el "$t0" >> "$D/port_attach_netavark_n$NV_N.txt"; fi
       tm port_detach_plexus_n$N.txt PX sandbox rm plxb-probe
-      if ((nv_here)); then t0=$EPOCHREALTIME; NV teardown /run/netns/plxb-nvprobe < "$TMP/nvopts/probe.json" >/dev/null && el "$t0" >> "$D/port_detach_netavark_n$N.txt"; fi
+      if ((nv_here)); then t0=$EPOCHREALTIME; NV teardown /run/netns/plxb-nvprobe < "$TMP/nvopts/probe.json" >/dev/null && el "$t0" >> "$D/port_detach_netavark_n$NV_N.txt"; fi
     else
-      t0=$EPOCHREALTIME; NV setup /run/netns/plxb-nvprobe < "$TMP/nvopts/probe.json" >/dev/null && el "$t0" >> "$D/port_attach_netavark_n$N.txt"
+      t0=$EPOCHREALTIME; NV setup /run/netns/plxb-nvprobe < "$TMP/nvopts/probe.json" >/dev/null && el "$t0" >> "$D/port_attach_netavark_n$NV_N.txt"
       tm port_attach_plexus_n$N.txt PX sandbox create plxb-probe --netns /run/netns/plxb-probe --network plxb-port -p 127.0.0.1:30000:80
-      t0=$EPOCHREALTIME; NV teardown /run/netns/plxb-nvprobe < "$TMP/nvopts/probe.json" >/dev/null && el "$t0" >> "$D/port_detach_netavark_n$N.txt"
+      t0=$EPOCHREALTIME; NV teardown /run/netns/plxb-nvprobe < "$TMP/nvopts/probe.json" >/dev/null && el "$t0" >> "$D/port_detach_netavark_n$NV_N.txt"
       tm port_detach_plexus_n$N.txt PX sandbox rm plxb-probe
     fi
   done
