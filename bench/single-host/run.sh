@@ -12,7 +12,10 @@
 #      vs netavark setup/teardown with a port_mappings entry (netavark up to --nv-max)
 #   4. iperf3 TCP between two sandboxes on a Plexus bridge vs a bare veth+bridge pair made by hand
 #
-# Usage: bench/single-host/run.sh [--quick] [--reps N] [--nv-max N] [--iperf-secs S] [--keep-data]
+# Usage: bench/single-host/run.sh [--quick] [--reps N] [--nv-max N] [--nv-budget S] [--iperf-secs S] [--keep-data]
+#   --quick: 10 reps, 8 probes per N, netavark ramp to 100, iperf3 5 s x 2 (about 4 min)
+#   default: 30 reps, 20 probes per N, netavark ramp to 1000 but at most --nv-budget (330) s of
+#   phase 3; netavark is then probed at the N its ramp reached (about 8 min)
 # Needs root. Installs the peers from Debian's packages if missing; starts dockerd like
 # ../shared/anchors/00_setup.sh does if it is not running (and stops it again at the end).
 # plexusd runs from $CARGO_TARGET_DIR (default /work/target-bench) with temp state/run dirs and
@@ -33,6 +36,7 @@ while (($#)); do
     --reps) REPS=$2; PORT_REPS=$2; shift ;;
     --nv-max) NV_MAX=$2; shift ;;
     --iperf-secs) IPERF_SECS=$2; shift ;;
+    --nv-budget) NV_BUDGET=$2; shift ;;
     --keep-data) KEEP=1 ;;
     -h|--help) sed -n 2,22p "$0"; exit 0 ;;
     *) echo "unknown argument $1" >&2; exit 2 ;;
@@ -225,7 +229,7 @@ PX network create --subnet 10.233.0.0/16 plxb-port >/dev/null
 ip netns add plxb-probe
 nvopts 9999 plxb-nvp plxb-nvp0 10.234 1 | sed 's/"host_port": 29999/"host_port": 30000/' > "$TMP/nvopts/probe.json"
 ip netns add plxb-nvprobe
-pfill=0; nvfill=0; nv_stopped=0; nv_t0=$SECONDS
+pfill=0; nvfill=0; nv_stopped=0; last_nv_n=0; nv_t0=$SECONDS
 for N in $NLIST; do
   # fill up to N-1 others (the probe is the N-th)
   while ((pfill < N - 1)); do
@@ -244,7 +248,9 @@ for N in $NLIST; do
     nv_here=1
   fi
   NV_N=$((nvfill + 1))   # the netavark probe is the (nvfill+1)-th container (< N if the fill ran out of time)
-  ((nv_here && nv_stopped)) && nv_stopped=2   # probed once at the N it reached, not again
+  ((nv_here && NV_N == last_nv_n)) && nv_here=0   # the fill did not get further: already probed there
+  ((nv_stopped)) && nv_stopped=2   # probed once at the N it reached (if new), not again
+  ((nv_here)) && last_nv_n=$NV_N
   log "  N=$N: plexus has $pfill others, netavark $nvfill (probe at N=$NV_N: $nv_here); probing x$PORT_REPS"
   for r in $(seq 1 "$PORT_REPS"); do
     if ((r % 2)) || ((!nv_here)); then
