@@ -605,6 +605,20 @@ impl Controller {
         Ok(sandbox)
     }
 
+    /// The sandbox's endpoint on a network, read through the sandbox's own endpoint list so
+    /// the cost does not grow with the number of endpoints on the network.
+    async fn endpoint_of(&self, sandbox: &Sandbox, network_id: &str) -> Result<Option<Endpoint>> {
+        for id in &sandbox.endpoints {
+            if let Some((ep, _)) = self
+                .load::<Endpoint>(&keys::endpoint(network_id, id))
+                .await?
+            {
+                return Ok(Some(ep));
+            }
+        }
+        Ok(None)
+    }
+
     async fn find_endpoint(&self, endpoint_id: &str) -> Result<Option<Endpoint>> {
         for network in self.networks().await? {
             if let Some((ep, _)) = self
@@ -634,8 +648,7 @@ impl Controller {
         for alias in &spec.aliases {
             check_name("alias", alias)?;
         }
-        let existing = self.endpoints(&network.id).await?;
-        if existing.iter().any(|e| e.sandbox_id == sandbox.id) {
+        if self.endpoint_of(&sandbox, &network.id).await?.is_some() {
             return Err(CnmError::Exists {
                 kind: "endpoint",
                 name: format!("{} on network {}", sandbox.name, network.name),
@@ -797,10 +810,8 @@ impl Controller {
         let (sandbox, _) = self.sandbox_indexed(sandbox).await?;
         let network = self.network(network).await?;
         let endpoint = self
-            .endpoints(&network.id)
+            .endpoint_of(&sandbox, &network.id)
             .await?
-            .into_iter()
-            .find(|e| e.sandbox_id == sandbox.id)
             .ok_or_else(|| CnmError::NotFound {
                 kind: "endpoint",
                 name: format!("{} on network {}", sandbox.name, network.name),
