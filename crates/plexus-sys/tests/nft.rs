@@ -21,56 +21,13 @@ use plexus_sys::nft::{
 use plexus_sys::rtnl::{Route, Rtnl};
 use plexus_sys::{sysctl, SysError};
 
+#[macro_use]
+mod common;
+use common::{lo_up, ok, PinnedNs};
+
 const MARK: &str = "plexus-test";
 const HOST_EXT: Ipv4Addr = Ipv4Addr::new(172, 30, 0, 1);
 const OUTSIDE: Ipv4Addr = Ipv4Addr::new(172, 30, 0, 2);
-
-fn root() -> bool {
-    std::fs::read_to_string("/proc/self/status")
-        .map(|s| {
-            s.lines()
-                .any(|l| l.starts_with("Uid:") && l.split_whitespace().nth(1) == Some("0"))
-        })
-        .unwrap_or(false)
-}
-
-macro_rules! need_root {
-    () => {
-        if !root() {
-            eprintln!("skipped: needs root (CAP_SYS_ADMIN, CAP_NET_ADMIN) to make namespaces");
-            return;
-        }
-    };
-}
-
-fn ok<T>(what: &str, r: plexus_sys::Result<T>) -> T {
-    r.unwrap_or_else(|e| panic!("{what}: {e}"))
-}
-
-/// A namespace pinned in a temporary directory, removed on drop even if the test fails.
-struct PinnedNs {
-    dir: tempfile::TempDir,
-    name: String,
-    ns: Netns,
-}
-
-impl PinnedNs {
-    fn new(name: &str) -> Self {
-        let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("tempdir: {e}"));
-        let ns = ok("create netns", Netns::create(dir.path(), name));
-        Self {
-            dir,
-            name: name.into(),
-            ns,
-        }
-    }
-}
-
-impl Drop for PinnedNs {
-    fn drop(&mut self) {
-        let _ = Netns::delete(self.dir.path(), &self.name);
-    }
-}
 
 /// A TCP server in a namespace that answers every connection with the peer address it sees.
 /// Stopped and joined on drop.
@@ -162,11 +119,6 @@ fn no_dad(ns: &Netns) {
     ] {
         ok("accept_dad", sysctl::write(ns, key, "0"));
     }
-}
-
-async fn lo_up(rtnl: &Rtnl) {
-    let lo = ok("lo", rtnl.require_link("lo").await);
-    ok("lo up", rtnl.set_up(lo.index).await);
 }
 
 impl Topo {
