@@ -20,7 +20,8 @@ pub mod error;
 pub mod handlers;
 pub mod namespaces;
 pub mod parse;
-pub mod types;
+/// The JSON of the API: [`plexus_api_types`], re-exported.
+pub use plexus_api_types as types;
 
 use std::future::Future;
 
@@ -33,8 +34,7 @@ pub use error::ApiError;
 pub use handlers::AppState;
 pub use namespaces::{Namespaces, SysNamespaces};
 
-/// The Docker Engine API version served.
-pub const API_VERSION: &str = "1.41";
+pub use plexus_api_types::API_VERSION;
 
 /// Strips a leading `/v1.xx` from the path, as dockerd accepts both forms.
 pub fn strip_version(path: &str) -> &str {

@@ -66,7 +66,7 @@ impl Client {
         };
         let request = Request::builder()
             .method(method)
-            .uri(format!("/v{}{path}", plexus_api::API_VERSION))
+            .uri(format!("/v{}{path}", plexus_api_types::API_VERSION))
             .header("host", "plexus")
             .header("content-type", "application/json")
             .body(Full::new(bytes))
@@ -84,7 +84,7 @@ impl Client {
             .to_bytes();
         driver.abort();
         if status.is_client_error() || status.is_server_error() {
-            let message = serde_json::from_slice::<plexus_api::types::ErrorResponse>(&body)
+            let message = serde_json::from_slice::<plexus_api_types::ErrorResponse>(&body)
                 .map(|e| e.message)
                 .unwrap_or_else(|_| String::from_utf8_lossy(&body).trim().to_string());
             return Err(DaemonError(message).into());

@@ -13,7 +13,7 @@ use std::io::{BufRead, Write};
 
 use anyhow::{anyhow, bail, Context, Result};
 use clap::{ArgMatches, CommandFactory, FromArgMatches, Parser, Subcommand};
-use plexus_api::types::{NetworkCreated, NetworkResource, NetworksPruned, SandboxResource};
+use plexus_api_types::{NetworkCreated, NetworkResource, NetworksPruned, SandboxResource};
 use serde_json::{json, Value};
 
 use client::{encode, Client, DaemonError};

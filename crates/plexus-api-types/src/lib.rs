@@ -1,11 +1,26 @@
-//! The JSON of the API, apart from any I/O: Docker Engine API v1.41 shapes for networks, and
-//! Plexus's own sandbox resource. Request types accept what the docker CLI sends (unknown
-//! fields are ignored, as dockerd does); response types print what `docker network inspect`
-//! shows.
+//! # plexus-api-types — the JSON of Plexus's HTTP API
+//!
+//! Apart from any I/O (as hickory-dns keeps its protocol types apart from its servers): Docker
+//! Engine API v1.41 shapes for networks, and Plexus's own sandbox resource. Request types
+//! accept what the docker CLI sends (unknown fields are ignored, as dockerd does); response
+//! types print what `docker network inspect` shows. The daemon (`plexus-api`) and the CLI
+//! (`plexus`) share them; the CLI depends on nothing else of the daemon, which keeps it small
+//! and quick to start.
+//!
+//! ```
+//! let created: plexus_api_types::NetworkCreated =
+//!     serde_json::from_str(r#"{"Id":"abc","Warning":""}"#).unwrap();
+//! assert_eq!(created.id, "abc");
+//! ```
+
+#![warn(missing_docs)]
 
 use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
+
+/// The Docker Engine API version served.
+pub const API_VERSION: &str = "1.41";
 
 /// `GET /version`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
