@@ -126,5 +126,9 @@ pub fn check_txn(txn: Txn, limit: usize, backend: &'static str) -> Result<Txn> {
         }
         ops.push(op);
     }
-    Ok(Txn { compares, ops })
+    Ok(Txn {
+        compares,
+        ops,
+        relaxed: txn.relaxed,
+    })
 }

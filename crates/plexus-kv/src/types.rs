@@ -128,12 +128,24 @@ pub struct Txn {
     pub compares: Vec<Compare>,
     /// Operations applied when they do. Each key appears at most once.
     pub ops: Vec<TxnOp>,
+    /// Relaxed durability: the transaction is atomic and seen by every later read at once,
+    /// but a crash may lose it unless a later durable write has committed (which makes it,
+    /// and everything before it, durable too, in order). For a write whose loss a later
+    /// durable write makes harmless (an address taken for an endpoint recorded right after),
+    /// it saves one disk flush. Only the embedded store honours it; etcd and ZooKeeper
+    /// commit every transaction durably.
+    pub relaxed: bool,
 }
 
 impl Txn {
     /// An empty transaction.
     pub fn new() -> Self {
         Self::default()
+    }
+    /// Makes the transaction [relaxed](Txn::relaxed).
+    pub fn relaxed(mut self) -> Self {
+        self.relaxed = true;
+        self
     }
     /// Requires `key` to be at `index`.
     pub fn compare_index(mut self, key: impl Into<String>, index: u64) -> Self {

@@ -45,8 +45,14 @@ pub trait Backing: Send + Sync + 'static {
     fn range(&self, prefix: &str) -> Result<Vec<(String, Entry)>>;
     /// The highest revision committed.
     fn revision(&self) -> Result<u64>;
-    /// Applies writes (`None` deletes) and records `revision`, atomically and durably.
-    fn commit(&self, writes: &BTreeMap<String, Option<Entry>>, revision: u64) -> Result<()>;
+    /// Applies writes (`None` deletes) and records `revision`, atomically; durably unless
+    /// `durable` is false (then a later durable commit makes it durable).
+    fn commit(
+        &self,
+        writes: &BTreeMap<String, Option<Entry>>,
+        revision: u64,
+        durable: bool,
+    ) -> Result<()>;
 }
 
 /// A map in memory.
@@ -75,7 +81,12 @@ impl Backing for MemoryBacking {
         Ok(self.state.read().unwrap_or_else(|e| e.into_inner()).1)
     }
 
-    fn commit(&self, writes: &BTreeMap<String, Option<Entry>>, revision: u64) -> Result<()> {
+    fn commit(
+        &self,
+        writes: &BTreeMap<String, Option<Entry>>,
+        revision: u64,
+        _durable: bool,
+    ) -> Result<()> {
         let mut state = self.state.write().unwrap_or_else(|e| e.into_inner());
         for (key, entry) in writes {
             match entry {
@@ -93,8 +104,10 @@ const ENTRIES: TableDefinition<&str, (u64, u64, &[u8])> = TableDefinition::new("
 /// "revision" → the highest committed revision
 const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
 
-/// A redb file: one write transaction per batch, committed with immediate durability, so a
-/// batch (and so every transaction in it) is on disk whole or not at all.
+/// A redb file: one write transaction per batch, committed with immediate durability (none
+/// when every write of the batch is a relaxed transaction: redb then makes it durable with the
+/// next durable commit), so a batch (and so every transaction in it) is on disk whole or not
+/// at all.
 pub struct RedbBacking {
     db: Database,
     url: String,
@@ -177,10 +190,19 @@ impl Backing for RedbBacking {
         Ok(found.map(|v| v.value()).unwrap_or(0))
     }
 
-    fn commit(&self, writes: &BTreeMap<String, Option<Entry>>, revision: u64) -> Result<()> {
+    fn commit(
+        &self,
+        writes: &BTreeMap<String, Option<Entry>>,
+        revision: u64,
+        durable: bool,
+    ) -> Result<()> {
         let mut txn = self.db.begin_write().map_err(|e| self.err(e))?;
-        txn.set_durability(Durability::Immediate)
-            .map_err(|e| self.err(e))?;
+        let durability = if durable {
+            Durability::Immediate
+        } else {
+            Durability::None
+        };
+        txn.set_durability(durability).map_err(|e| self.err(e))?;
         {
             let mut entries = txn.open_table(ENTRIES).map_err(|e| self.err(e))?;
             for (key, entry) in writes {

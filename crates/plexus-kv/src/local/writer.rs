@@ -187,6 +187,8 @@ impl Writer {
     /// Applies one batch; returns the close requests to answer when the writer must stop.
     fn process(&mut self, batch: Vec<Request>) -> Option<Vec<oneshot::Sender<()>>> {
         let start_revision = self.revision;
+        // Durable unless every write of the batch is a relaxed transaction.
+        let mut durable = false;
         let mut done = Vec::with_capacity(batch.len());
         let mut new_watchers = Vec::new();
         let mut closing = Vec::new();
@@ -202,6 +204,7 @@ impl Writer {
                     create_only,
                     reply,
                 } => {
+                    durable = true;
                     let r = self.put(key, value, expires_ms, previous, create_only);
                     done.push(Done::Pair(reply, r));
                 }
@@ -210,14 +213,17 @@ impl Writer {
                     previous,
                     reply,
                 } => {
+                    durable = true;
                     let r = self.delete(key, previous);
                     done.push(Done::Unit(reply, r));
                 }
                 Request::DeleteTree { prefix, reply } => {
+                    durable = true;
                     let r = self.delete_tree(&prefix);
                     done.push(Done::Unit(reply, r));
                 }
                 Request::Txn { txn, reply } => {
+                    durable |= !txn.relaxed;
                     let r = self.txn(txn);
                     done.push(Done::Pairs(reply, r));
                 }
@@ -233,7 +239,9 @@ impl Writer {
         let commit_err = if self.pending.is_empty() {
             None
         } else {
-            self.backing.commit(&self.pending, self.revision).err()
+            self.backing
+                .commit(&self.pending, self.revision, durable)
+                .err()
         };
         self.pending.clear();
         let events = std::mem::take(&mut self.events);
