@@ -1,7 +1,7 @@
 //! A netlink socket born inside a chosen namespace.
 //!
 //! rtnetlink makes its socket through `AsyncSocket::new`, in whatever namespace the calling
-//! thread is in. [`NsSocket::new`] instead makes it on a short-lived thread inside the namespace
+//! thread is in. [`NsSocket::new`] instead makes it on a helper thread inside the namespace
 //! named by [`with_target`], then hands it to tokio like any socket: the socket keeps talking to
 //! that namespace, and no tokio worker ever changes namespace.
 
@@ -11,7 +11,6 @@ use std::os::fd::{AsRawFd, FromRawFd, IntoRawFd, RawFd};
 use std::task::{Context, Poll};
 
 use netlink_sys::{AsyncSocket, Socket, SocketAddr, TokioSocket};
-use nix::sched::{setns, CloneFlags};
 
 thread_local! {
     static TARGET: Cell<Option<RawFd>> = const { Cell::new(None) };
@@ -33,16 +32,94 @@ pub(crate) fn with_target<T>(fd: RawFd, f: impl FnOnce() -> T) -> T {
 pub struct NsSocket(TokioSocket);
 
 fn socket_in(fd: RawFd, protocol: isize) -> io::Result<Socket> {
-    std::thread::scope(|s| {
-        s.spawn(|| {
-            // SAFETY: the caller keeps the namespace file open for the whole call.
-            let ns = unsafe { std::os::fd::BorrowedFd::borrow_raw(fd) };
-            setns(ns, CloneFlags::CLONE_NEWNET).map_err(io::Error::from)?;
-            Socket::new(protocol)
-        })
-        .join()
-        .unwrap_or_else(|_| Err(io::Error::other("netlink socket thread panicked")))
-    })
+    netns_helper::run_in(fd, move || Socket::new(protocol))
+}
+
+/// One long-lived thread that makes sockets inside other namespaces: it enters the target,
+/// runs the job and goes back home. Spawning a thread per socket cost more than the rest of
+/// a typical netlink exchange. A helper that cannot go back home ends itself, and the next
+/// call starts a fresh one.
+pub(crate) mod netns_helper {
+    use std::fs::File;
+    use std::io;
+    use std::os::fd::{AsFd, BorrowedFd, RawFd};
+    use std::sync::mpsc::{channel, Sender};
+    use std::sync::{Mutex, PoisonError};
+
+    use nix::sched::{setns, CloneFlags};
+
+    type Job = Box<dyn FnOnce(&File) -> bool + Send>;
+
+    static HELPER: Mutex<Option<Sender<Job>>> = Mutex::new(None);
+
+    fn start() -> io::Result<Sender<Job>> {
+        let (tx, rx) = channel::<Job>();
+        let (ready_tx, ready) = channel();
+        std::thread::Builder::new()
+            .name("plexus-netns".into())
+            .spawn(move || {
+                let home = match File::open("/proc/thread-self/ns/net") {
+                    Ok(f) => {
+                        let _ = ready_tx.send(Ok(()));
+                        f
+                    }
+                    Err(e) => {
+                        let _ = ready_tx.send(Err(e));
+                        return;
+                    }
+                };
+                for job in rx {
+                    if !job(&home) {
+                        // Stuck in a foreign namespace: this thread must not run more jobs.
+                        return;
+                    }
+                }
+            })?;
+        ready
+            .recv()
+            .map_err(|_| io::Error::other("netns helper thread died"))??;
+        Ok(tx)
+    }
+
+    /// Runs `f` inside the namespace open at `fd` (the caller keeps it open until this
+    /// returns) and returns its result.
+    pub(crate) fn run_in<T: Send + 'static>(
+        fd: RawFd,
+        f: impl FnOnce() -> io::Result<T> + Send + 'static,
+    ) -> io::Result<T> {
+        let (reply_tx, reply) = channel();
+        let job: Job = Box::new(move |home: &File| {
+            // SAFETY: the caller keeps `fd` open until it has our reply.
+            let target = unsafe { BorrowedFd::borrow_raw(fd) };
+            let result = setns(target, CloneFlags::CLONE_NEWNET)
+                .map_err(io::Error::from)
+                .and_then(|()| f());
+            let back = setns(home.as_fd(), CloneFlags::CLONE_NEWNET).is_ok();
+            let _ = reply_tx.send(result);
+            back
+        });
+        {
+            let mut helper = HELPER.lock().unwrap_or_else(PoisonError::into_inner);
+            let sender = match helper.take() {
+                Some(s) => s,
+                None => start()?,
+            };
+            match sender.send(job) {
+                Ok(()) => *helper = Some(sender),
+                Err(e) => {
+                    // The helper ended: start another one for this job.
+                    let fresh = start()?;
+                    fresh
+                        .send(e.0)
+                        .map_err(|_| io::Error::other("netns helper thread died"))?;
+                    *helper = Some(fresh);
+                }
+            }
+        }
+        reply
+            .recv()
+            .map_err(|_| io::Error::other("netns helper thread died"))?
+    }
 }
 
 impl AsyncSocket for NsSocket {
