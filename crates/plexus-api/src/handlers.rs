@@ -398,6 +398,19 @@ async fn all_endpoints(
     Ok(out)
 }
 
+/// The endpoints of one sandbox with their networks, by endpoint id (reads only those).
+async fn endpoints_of(
+    controller: &Controller,
+    sandbox: &Sandbox,
+) -> Result<HashMap<String, (Endpoint, Network)>, ApiError> {
+    Ok(controller
+        .sandbox_endpoints(sandbox)
+        .await?
+        .into_iter()
+        .map(|(ep, n)| (ep.id.clone(), (ep, n)))
+        .collect())
+}
+
 fn sandbox_view(s: &Sandbox, endpoints: &HashMap<String, (Endpoint, Network)>) -> SandboxResource {
     SandboxResource {
         id: s.id.clone(),
@@ -495,7 +508,7 @@ pub async fn create_sandbox(
         }
     }
     let sandbox = controller.sandbox(&sandbox.id).await?;
-    let endpoints = all_endpoints(controller).await?;
+    let endpoints = endpoints_of(controller, &sandbox).await?;
     tracing::info!(sandbox = %sandbox.name, netns = %sandbox.key, "sandbox created");
     Ok((
         StatusCode::CREATED,
@@ -525,7 +538,7 @@ pub async fn inspect_sandbox(
     Path(name): Path<String>,
 ) -> Result<Json<SandboxResource>, ApiError> {
     let s = state.controller.sandbox(&name).await?;
-    let endpoints = all_endpoints(&state.controller).await?;
+    let endpoints = endpoints_of(&state.controller, &s).await?;
     Ok(Json(sandbox_view(&s, &endpoints)))
 }
 

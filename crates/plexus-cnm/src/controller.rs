@@ -443,6 +443,29 @@ impl Controller {
         Ok(network)
     }
 
+    /// The endpoints of `sandbox`, each with its network, in the sandbox's order. Reads only
+    /// those endpoints (not every endpoint of every network), so its cost does not grow with
+    /// the number of other sandboxes.
+    pub async fn sandbox_endpoints(&self, sandbox: &Sandbox) -> Result<Vec<(Endpoint, Network)>> {
+        if sandbox.endpoints.is_empty() {
+            return Ok(Vec::new());
+        }
+        let networks = self.networks().await?;
+        let mut out = Vec::with_capacity(sandbox.endpoints.len());
+        for id in &sandbox.endpoints {
+            for network in &networks {
+                if let Some((ep, _)) = self
+                    .load::<Endpoint>(&keys::endpoint(&network.id, id))
+                    .await?
+                {
+                    out.push((ep, network.clone()));
+                    break;
+                }
+            }
+        }
+        Ok(out)
+    }
+
     /// Endpoints on a network.
     pub async fn endpoints(&self, network_id: &str) -> Result<Vec<Endpoint>> {
         self.load_all(&keys::endpoints_of(network_id)).await

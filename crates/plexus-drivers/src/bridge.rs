@@ -3,10 +3,15 @@
 //! Per network: a Linux bridge (`plx-<11 hex of the id>` or `com.docker.network.bridge.name`)
 //! holding the gateway address(es), `route_localnet=1` (so `127.0.0.1:PORT` reaches published
 //! ports), and the network's elements in Plexus's nftables sets (isolation, masquerade,
-//! internal). Per endpoint: a veth pair whose host end (`plxv…`) is a bridge port (isolated when
-//! `enable_icc=false`) and whose other end (`plxc…` until joined) moves into the sandbox as
-//! `<prefix><n>` with the endpoint's MAC, MTU, addresses and default route; published ports are
-//! elements of the nftables port maps, owned by the endpoint id.
+//! internal). Per endpoint: a veth pair, made at join with one netlink request, whose host end
+//! (`plxv…`) is a bridge port (isolated when `enable_icc=false`) and whose other end is born
+//! inside the sandbox as `<prefix><n>` with the endpoint's MAC and MTU, then gets its addresses
+//! and default route (born there, not moved: a move between namespaces waits for an RCU grace
+//! period); published ports are elements of the nftables port maps, owned by the endpoint id.
+//!
+//! Deleting a link is slow in the kernel (RCU grace periods), so leave and network removal take
+//! the link out of service at once (renamed to `plxc…`/`plxd…` and down) and delete it in the
+//! background ([`BridgeDriver::settle`] waits for that).
 //!
 //! Every step that makes something has its undo, run in reverse order when a later step fails,
 //! so a failed call leaves nothing behind. Deletions are idempotent and work from the kernel
@@ -26,12 +31,13 @@ use plexus_cnm::{
 };
 use plexus_sys::netns::Netns;
 use plexus_sys::nft::{Firewall, NetworkRules, PortMapping, Proto};
-use plexus_sys::rtnl::{Link, Route, Rtnl};
+use plexus_sys::rtnl::{Link, Route, Rtnl, VethPair};
 use plexus_sys::{sysctl, SysError};
 use tokio::sync::Mutex;
 
 use crate::names::{self, Marked};
 use crate::options::BridgeOptions;
+use crate::reaper::Reaper;
 use crate::{sys_ctx, DriverConfig};
 
 /// The range ephemeral host ports are taken from (Docker's).
@@ -97,6 +103,7 @@ pub struct BridgeDriver {
     owns_namespace: bool,
     rtnl: Rtnl,
     fw: Firewall,
+    reaper: Reaper,
     /// Held for the whole of every mutating call: calls of one driver run one at a time.
     state: Mutex<State>,
     base_ready: AtomicBool,
@@ -161,7 +168,6 @@ async fn wait_usable(ns: &Netns, addr: std::net::Ipv6Addr) {
 enum Undo {
     DeleteLink(u32),
     Teardown(NetworkRules),
-    Unpublish(Vec<PortMapping>),
 }
 
 impl BridgeDriver {
@@ -182,16 +188,27 @@ impl BridgeDriver {
             .await
             .map_err(sys_ctx("host namespace"))?;
         let fw = Firewall::open(&host).map_err(sys_ctx("host firewall"))?;
+        let reaper = Reaper::new(&host)
+            .await
+            .map_err(sys_ctx("host namespace"))?;
         Ok(Self {
             host,
             marker,
             owns_namespace,
+            reaper,
             rtnl,
             fw,
             state: Mutex::new(State::default()),
             base_ready: AtomicBool::new(false),
             next_port: AtomicU16::new(*EPHEMERAL_PORTS.start()),
         })
+    }
+
+    /// Waits until the links this driver is deleting in the background are gone (leave and
+    /// network removal return once the link is out of service; the kernel's deletion takes
+    /// longer). For tests and shutdown.
+    pub async fn settle(&self) {
+        self.reaper.settle().await;
     }
 
     /// The marker of the links this driver makes.
@@ -248,7 +265,6 @@ impl BridgeDriver {
             let r = match &step {
                 Undo::DeleteLink(i) => self.delete_link(*i).await,
                 Undo::Teardown(rules) => self.fw.teardown_network(rules).map_err(sys_ctx("undo")),
-                Undo::Unpublish(ports) => self.fw.unpublish(ports).map_err(sys_ctx("undo")),
             };
             if let Err(e) = r {
                 tracing::warn!(error = %e, "undo step failed; reconciliation will clean up");
@@ -525,53 +541,92 @@ impl BridgeDriver {
         publishes && !self.owns_namespace
     }
 
-    /// Makes the veth pair of an endpoint: host end on the bridge and up, the other end with
-    /// the endpoint's MAC, waiting in the host namespace.
-    async fn make_veth(
+    /// Makes the veth pair of a joining endpoint in one request: the host end on the bridge,
+    /// the other end straight inside the sandbox as the first free `<prefix><n>` (taken:
+    /// names the sandbox already has), the host end up. Returns the sandbox-side name.
+    async fn make_pair(
         &self,
         net: &NetState,
-        network_id: &str,
         endpoint_id: &str,
-        mac: &[u8; 6],
-        hairpin: bool,
-        undo: &mut Vec<Undo>,
-    ) -> Result<(), DriverError> {
-        let alias = names::veth_alias(&self.marker, network_id, endpoint_id);
+        ep: &EpState,
+        sandbox: &Netns,
+        taken: &BTreeSet<String>,
+        prefix: &str,
+    ) -> Result<String, DriverError> {
+        let alias = names::veth_alias(&self.marker, &ep.network_id, endpoint_id);
         if alias.len() > names::MAX_ALIAS {
             return Err(DriverError::Invalid(format!(
                 "endpoint id {endpoint_id:?} is too long"
             )));
         }
-        let (host_name, peer_name) = (names::host_veth(endpoint_id), names::peer_veth(endpoint_id));
-        let what = format!("veth {host_name}");
-        let (h, p) = self
-            .rtnl
-            .add_veth(&host_name, &peer_name, net.opts.mtu, &alias)
-            .await
-            .map_err(sys_ctx(&what))?;
-        undo.push(Undo::DeleteLink(h.index));
-        self.rtnl
-            .set_mac(p.index, mac)
-            .await
-            .map_err(sys_ctx(format!("mac {}", names::format_mac(mac))))?;
-        self.rtnl
-            .set_master(h.index, net.bridge_index)
-            .await
-            .map_err(sys_ctx(&what))?;
-        if !net.opts.enable_icc {
-            self.rtnl
-                .set_port_isolated(h.index, true)
-                .await
-                .map_err(sys_ctx(&what))?;
+        let host_name = names::host_veth(endpoint_id);
+        let mut n = 0u32;
+        let mut cleared_host_end = false;
+        loop {
+            let name = format!("{prefix}{n}");
+            if taken.contains(&name) {
+                n += 1;
+                continue;
+            }
+            let pair = VethPair {
+                name: &host_name,
+                master: Some(net.bridge_index),
+                mtu: net.opts.mtu,
+                peer_name: &name,
+                peer_ns: sandbox,
+                peer_mac: Some(ep.mac),
+            };
+            match self.rtnl.add_veth_pair(&pair, &alias).await {
+                Ok(()) => return Ok(name),
+                Err(SysError::Exists { .. }) if n < 64 => {
+                    // Either the sandbox took the name meanwhile, or a host end of an earlier
+                    // run of this endpoint is left over (ours: derived from its id).
+                    let left = self
+                        .rtnl
+                        .link(&host_name)
+                        .await
+                        .map_err(sys_ctx(format!("veth {host_name}")))?;
+                    match left {
+                        Some(l) if !cleared_host_end => {
+                            cleared_host_end = true;
+                            self.delete_link(l.index).await?;
+                        }
+                        _ => n += 1,
+                    }
+                }
+                Err(e) => {
+                    return Err(sys_ctx(format!(
+                        "veth {host_name} into the sandbox as {name}"
+                    ))(e))
+                }
+            }
         }
-        if hairpin {
-            self.rtnl
-                .set_port_hairpin(h.index, true)
-                .await
-                .map_err(sys_ctx(&what))?;
+    }
+
+    /// Takes an endpoint's veth pair out of service at once and deletes it in the
+    /// background: the sandbox side (if `joined`) is renamed off its name and brought down,
+    /// which drops its routes; deleting the host end then takes the pair away.
+    async fn retire_veth(
+        &self,
+        network_id: &str,
+        endpoint_id: &str,
+        joined: Option<&(String, String)>,
+    ) {
+        if let Some((key, ifname)) = joined {
+            let retired = async {
+                let sandbox = Netns::open(Path::new(key))?;
+                let rs = Rtnl::connect(&sandbox).await?;
+                let link = rs.require_link(ifname).await?;
+                rs.retire(link.index, &names::peer_veth(endpoint_id)).await
+            }
+            .await;
+            if let Err(e) = retired {
+                // The sandbox (or its interface) is gone already: the host end goes anyway.
+                tracing::debug!(endpoint = %endpoint_id, error = %e, "sandbox interface not retired");
+            }
         }
-        self.rtnl.set_up(h.index).await.map_err(sys_ctx(&what))?;
-        Ok(())
+        let alias = names::veth_alias(&self.marker, network_id, endpoint_id);
+        self.reaper.delete(names::host_veth(endpoint_id), alias);
     }
 
     /// Deletes an endpoint's veth pair wherever its other end is (marked links only).
@@ -620,84 +675,84 @@ impl BridgeDriver {
             )));
         }
         let sandbox = Netns::open(Path::new(sandbox_key)).map_err(sys_ctx("sandbox"))?;
-        let mut undo = Vec::new();
-        let alias = names::veth_alias(&self.marker, network_id, endpoint_id);
-        let peer_name = names::peer_veth(endpoint_id);
-        let peer = match self.marked_link(&peer_name, &alias).await? {
-            Some(p) => p,
-            None => {
-                // Left earlier (leave deletes the pair): make it again.
-                self.delete_veth(network_id, endpoint_id).await?;
-                let hairpin = self.needs_hairpin(!ep.ports.is_empty());
-                self.make_veth(&net, network_id, endpoint_id, &ep.mac, hairpin, &mut undo)
-                    .await?;
-                match self.rtnl.require_link(&peer_name).await {
-                    Ok(p) => p,
-                    Err(e) => {
-                        self.undo(undo).await;
-                        return Err(sys_ctx("veth")(e));
-                    }
-                }
-            }
-        };
-        let r = self.move_in(&net, &ep, &sandbox, peer.index, prefix).await;
-        match r {
-            Ok((interface, gateways)) => {
+        let rs = Rtnl::connect(&sandbox).await.map_err(sys_ctx("sandbox"))?;
+        let links = rs.links().await.map_err(sys_ctx("sandbox links"))?;
+        let taken: BTreeSet<String> = links.iter().map(|l| l.name.clone()).collect();
+        let name = self
+            .make_pair(&net, endpoint_id, &ep, &sandbox, &taken, prefix)
+            .await?;
+        let lo_down = links.iter().any(|l| l.name == "lo" && !l.up);
+        match self
+            .configure(&net, &ep, endpoint_id, &rs, &name, lo_down)
+            .await
+        {
+            Ok(gateways) => {
                 if let Some(e) = st.endpoints.get_mut(endpoint_id) {
-                    e.joined = Some((sandbox_key.to_string(), interface.clone()));
+                    e.joined = Some((sandbox_key.to_string(), name.clone()));
                     e.gateways = gateways.clone();
                 }
-                tracing::debug!(endpoint = %endpoint_id, sandbox = %sandbox_key, %interface, "joined");
+                tracing::debug!(endpoint = %endpoint_id, sandbox = %sandbox_key, interface = %name, "joined");
                 Ok(Joined {
-                    interface: Some(interface),
+                    interface: Some(name),
                     gateways,
                 })
             }
             Err(e) => {
-                // The pair may be half inside the sandbox: delete it from wherever it is.
-                if let Err(e) = self.delete_veth(network_id, endpoint_id).await {
-                    tracing::warn!(error = %e, "cannot delete veth after failed join");
+                // Deleting the host end takes the sandbox side along.
+                let host_name = names::host_veth(endpoint_id);
+                match self.rtnl.link(&host_name).await {
+                    Ok(Some(l)) => {
+                        if let Err(e) = self.delete_link(l.index).await {
+                            tracing::warn!(error = %e, "cannot delete veth after failed join");
+                        }
+                    }
+                    Ok(None) => {}
+                    Err(e) => tracing::warn!(error = %e, "cannot find veth after failed join"),
                 }
-                self.undo(undo).await;
                 Err(e)
             }
         }
     }
 
-    async fn move_in(
+    /// Sets up a freshly made pair: bridge port flags on the host end; addresses, loopback
+    /// and the default route inside the sandbox. Returns the gateways it routed through.
+    async fn configure(
         &self,
         net: &NetState,
         ep: &EpState,
-        sandbox: &Netns,
-        peer: u32,
-        prefix: &str,
-    ) -> Result<(String, Vec<IpAddr>), DriverError> {
-        let rs = Rtnl::connect(sandbox).await.map_err(sys_ctx("sandbox"))?;
-        let taken: BTreeSet<String> = rs
-            .links()
-            .await
-            .map_err(sys_ctx("sandbox links"))?
-            .into_iter()
-            .map(|l| l.name)
-            .collect();
-        let mut n = 0u32;
-        let name = loop {
-            let name = format!("{prefix}{n}");
-            if taken.contains(&name) {
-                n += 1;
-                continue;
+        endpoint_id: &str,
+        rs: &Rtnl,
+        name: &str,
+        lo_down: bool,
+    ) -> Result<Vec<IpAddr>, DriverError> {
+        let hairpin = self.needs_hairpin(!ep.ports.is_empty());
+        if !net.opts.enable_icc || hairpin {
+            let host_name = names::host_veth(endpoint_id);
+            let what = format!("veth {host_name}");
+            let h = self
+                .rtnl
+                .require_link(&host_name)
+                .await
+                .map_err(sys_ctx(&what))?;
+            if !net.opts.enable_icc {
+                self.rtnl
+                    .set_port_isolated(h.index, true)
+                    .await
+                    .map_err(sys_ctx(&what))?;
             }
-            match self.rtnl.move_to(peer, sandbox, Some(&name)).await {
-                Ok(()) => break name,
-                Err(SysError::Exists { .. }) if n < 64 => n += 1,
-                Err(e) => return Err(sys_ctx(format!("move {name} into the sandbox"))(e)),
+            if hairpin {
+                self.rtnl
+                    .set_port_hairpin(h.index, true)
+                    .await
+                    .map_err(sys_ctx(&what))?;
             }
-        };
+        }
         let what = format!("sandbox interface {name}");
-        let link = rs.require_link(&name).await.map_err(sys_ctx(&what))?;
+        let link = rs.require_link(name).await.map_err(sys_ctx(&what))?;
         if ep.ipv6.is_some() {
             // Usable at once, as Docker does with IFA_F_NODAD.
-            if let Err(e) = sysctl::write(sandbox, &format!("net.ipv6.conf.{name}.accept_dad"), "0")
+            if let Err(e) =
+                sysctl::write(rs.netns(), &format!("net.ipv6.conf.{name}.accept_dad"), "0")
             {
                 tracing::debug!(error = %e, "accept_dad not set");
             }
@@ -708,10 +763,12 @@ impl BridgeDriver {
                 .map_err(sys_ctx(&what))?;
         }
         rs.set_up(link.index).await.map_err(sys_ctx(&what))?;
-        let lo = rs.require_link("lo").await.map_err(sys_ctx("sandbox lo"))?;
-        rs.set_up(lo.index).await.map_err(sys_ctx("sandbox lo"))?;
+        if lo_down {
+            let lo = rs.require_link("lo").await.map_err(sys_ctx("sandbox lo"))?;
+            rs.set_up(lo.index).await.map_err(sys_ctx("sandbox lo"))?;
+        }
         if let Some(IpAddr::V6(v6)) = ep.ipv6.map(|a| a.addr()) {
-            wait_usable(sandbox, v6).await;
+            wait_usable(rs.netns(), v6).await;
         }
         let mut gateways = Vec::new();
         if !net.info.internal {
@@ -731,7 +788,7 @@ impl BridgeDriver {
                 }
             }
         }
-        Ok((name, gateways))
+        Ok(gateways)
     }
 
     /// Makes the kernel match the store after a restart or a crash.
@@ -751,6 +808,8 @@ impl BridgeDriver {
         endpoints: &BTreeSet<String>,
     ) -> Result<Reconciled, DriverError> {
         let mut st = self.state.lock().await;
+        // Background deletions first, so the scan below sees the kernel as it will be.
+        self.reaper.settle().await;
         let mut out = Reconciled::default();
         let known: BTreeSet<&str> = networks.iter().map(|n| n.id.as_str()).collect();
         // Forget what the store no longer has.
@@ -885,7 +944,14 @@ impl Driver for BridgeDriver {
                     .map_err(sys_ctx(format!("firewall of {}", net.bridge)))?;
                 let alias = names::bridge_alias(&self.marker, network_id);
                 if let Some(link) = self.marked_link(&net.bridge, &alias).await? {
-                    self.delete_link(link.index).await?;
+                    // Out of service at once (down: its routes go; renamed: a new network
+                    // may take its name), deleted in the background.
+                    let retired = names::retired_bridge(network_id);
+                    self.rtnl
+                        .retire(link.index, &retired)
+                        .await
+                        .map_err(sys_ctx(format!("bridge {}", net.bridge)))?;
+                    self.reaper.delete(retired, alias);
                 }
                 st.networks.remove(network_id);
                 tracing::info!(network = %net.info.name, bridge = %net.bridge, "bridge network removed");
@@ -931,21 +997,9 @@ impl Driver for BridgeDriver {
             ),
         };
         let (mappings, bindings) = self.mappings(&net, endpoint)?;
-        let mut undo = Vec::new();
-        let r = async {
-            let hairpin = self.needs_hairpin(!mappings.is_empty());
-            self.make_veth(&net, &endpoint.network_id, id, &mac, hairpin, &mut undo)
-                .await?;
-            if !mappings.is_empty() {
-                self.fw.publish(&mappings).map_err(sys_ctx("publish"))?;
-                undo.push(Undo::Unpublish(mappings.clone()));
-            }
-            Ok::<(), DriverError>(())
-        }
-        .await;
-        if let Err(e) = r {
-            self.undo(undo).await;
-            return Err(e);
+        // The veth pair is made at join, straight inside the sandbox.
+        if !mappings.is_empty() {
+            self.fw.publish(&mappings).map_err(sys_ctx("publish"))?;
         }
         st.endpoints.insert(
             id.clone(),
@@ -995,14 +1049,17 @@ impl Driver for BridgeDriver {
 
     async fn leave(&self, network_id: &str, endpoint_id: &str) -> Result<(), DriverError> {
         let mut st = self.state.lock().await;
-        // Deleting the pair from the host side takes the sandbox's interface (and its routes)
-        // along, even if the sandbox's namespace path is gone.
-        self.delete_veth(network_id, endpoint_id).await?;
         let Some(ep) = st.endpoints.get_mut(endpoint_id) else {
-            return Ok(());
+            // Not in memory (a restarted daemon): find the pair by its names. Deleting it
+            // from the host side takes the sandbox's interface (and its routes) along.
+            return self.delete_veth(network_id, endpoint_id).await;
         };
         let (joined, had_default) = (ep.joined.take(), !ep.gateways.is_empty());
         ep.gateways.clear();
+        if joined.is_some() {
+            self.retire_veth(network_id, endpoint_id, joined.as_ref())
+                .await;
+        }
         if let (Some((key, _)), true) = (joined, had_default) {
             // The sandbox lost its default route: another of its networks gives it one.
             if let Err(e) = self.hand_over_default_route(&mut st, &key).await {
@@ -1070,7 +1127,16 @@ impl BridgeDriver {
         if !ports.is_empty() {
             self.fw.unpublish(&ports).map_err(sys_ctx("unpublish"))?;
         }
-        self.delete_veth(network_id, endpoint_id).await?;
+        match st.endpoints.get(endpoint_id) {
+            // Never joined, or left already: it has no pair.
+            Some(ep) if ep.joined.is_none() => {}
+            Some(ep) => {
+                let joined = ep.joined.clone();
+                self.retire_veth(network_id, endpoint_id, joined.as_ref())
+                    .await
+            }
+            None => self.delete_veth(network_id, endpoint_id).await?,
+        }
         st.endpoints.remove(endpoint_id);
         Ok(())
     }

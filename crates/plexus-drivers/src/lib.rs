@@ -33,6 +33,7 @@ mod host;
 mod names;
 mod null;
 pub mod options;
+mod reaper;
 
 use std::sync::Arc;
 

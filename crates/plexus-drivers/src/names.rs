@@ -72,18 +72,26 @@ pub(crate) fn host_veth(endpoint: &str) -> String {
     format!("plxv{}", short(endpoint))
 }
 
-/// The sandbox end of an endpoint's veth pair while it waits in the host namespace.
+/// The name the sandbox end of an endpoint's veth pair takes when it leaves (so the sandbox
+/// may reuse its name at once) until its background deletion is done. Earlier versions also
+/// parked it under this name in the host namespace before the join.
 pub(crate) fn peer_veth(endpoint: &str) -> String {
     format!("plxc{}", short(endpoint))
 }
 
+/// The name a removed network's bridge takes (down, so its routes are gone) until its
+/// background deletion is done: its own name may be wanted by a new network at once.
+pub(crate) fn retired_bridge(network: &str) -> String {
+    format!("plxd{}", short(network))
+}
+
 /// Whether `name` is one this crate derives for a link of `kind`: a default bridge
-/// (`plx-`) or either end of a veth (`plxv`, `plxc`), then 11 hex digits. Such a link with
+/// (`plx-`, or `plxd` once retired) or either end of a veth (`plxv`, `plxc`), then 11 hex digits. Such a link with
 /// no alias at all was left by a daemon that died between making and marking it (the kernel
 /// takes no alias at creation).
 pub(crate) fn is_derived_name(name: &str, kind: Option<&str>) -> bool {
     let (rest, want) = match name.get(..4) {
-        Some("plx-") => (&name[4..], "bridge"),
+        Some("plx-") | Some("plxd") => (&name[4..], "bridge"),
         Some("plxv") | Some("plxc") => (&name[4..], "veth"),
         _ => return false,
     };

@@ -48,7 +48,29 @@ async fn two_sandboxes_on_one_network_talk_and_disconnect_leaves_nothing() {
     assert_eq!(reaches(w.sb("s1"), sa(gw(91), 7001)), ip4(&e1).to_string());
 
     ok("disconnect", w.controller.disconnect("s1", "n1").await);
+    // At once (the kernel's deletion of the pair goes on in the background): no eth0, no
+    // interface up but loopback, no way to s2.
+    let left: Vec<(String, bool)> = links_of(w.sb("s1"))
+        .await
+        .into_iter()
+        .filter(|l| l.name != "lo")
+        .map(|l| (l.name, l.up))
+        .collect();
+    assert!(
+        left.iter().all(|(name, up)| name != "eth0" && !up),
+        "{left:?}"
+    );
+    assert!(blocked(w.sb("s1"), sa(ip4(&e2), 7000)));
+    // Connected again straight away: eth0 again, and it works.
+    let e1 = w.connect("s1", "n1").await;
+    assert_eq!(e1.interface.as_deref(), Some("eth0"));
+    assert_eq!(
+        reaches(w.sb("s1"), sa(ip4(&e2), 7000)),
+        ip4(&e1).to_string()
+    );
+    ok("disconnect", w.controller.disconnect("s1", "n1").await);
     ok("disconnect", w.controller.disconnect("s2", "n1").await);
+    w.bridge.settle().await;
     let names: Vec<String> = links_of(w.sb("s1"))
         .await
         .into_iter()
@@ -554,6 +576,7 @@ async fn reconcile_removes_marked_orphans_and_a_restarted_driver_finds_its_objec
         fresh.delete_endpoint(&n1.id, &e1.id).await,
     );
     ok("delete network", fresh.delete_network(&n1.id).await);
+    fresh.settle().await;
     assert!(
         w.marked_links().await.is_empty(),
         "{:?}",

@@ -270,6 +270,10 @@ async fn run(args: Args) -> Result<()> {
             .with_default_address_pools(&pools)
             .context("invalid --default-address-pool")?;
     }
+    // The controller records every network and endpoint durably right after IPAM hands out
+    // its pools and addresses (and start-up reconciliation below releases what no record
+    // holds), so IPAM's writes need no disk flush of their own.
+    ipam_config.relaxed_writes = true;
     let ipam = Arc::new(
         BuiltinIpam::open(store.clone(), ipam_config)
             .await
@@ -315,6 +319,14 @@ async fn run(args: Args) -> Result<()> {
 
     if let Err(e) = std::fs::remove_file(&socket) {
         tracing::warn!(socket = %socket.display(), error = %e, "cannot remove the socket");
+    }
+    // Links already removed from the store may still be being deleted in the background:
+    // let that finish (briefly; the next start's reconciliation deletes what is left).
+    if tokio::time::timeout(std::time::Duration::from_secs(2), bridge.settle())
+        .await
+        .is_err()
+    {
+        tracing::warn!("background link deletions still running; the next start finishes them");
     }
     if let Err(e) = store.close().await {
         tracing::warn!(error = %e, "closing the store");

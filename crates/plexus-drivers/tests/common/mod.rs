@@ -308,8 +308,10 @@ impl World {
         )
     }
 
-    /// Links of the host namespace.
+    /// Links of the host namespace, once the driver's background deletions are done (leave and network
+    /// removal hand them over).
     pub async fn host_links(&self) -> Vec<Link> {
+        self.bridge.settle().await;
         ok("links", self.rh.links().await)
     }
 
