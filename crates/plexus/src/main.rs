@@ -411,14 +411,13 @@ fn print_inspect<T: serde::Serialize>(items: &[T], format: Option<&str>) -> Resu
 }
 
 /// Runs `f` on each name; prints daemon errors as docker does and fails at the end if any did.
-async fn each<F, Fut>(names: &[String], mut f: F) -> Result<()>
+fn each<F>(names: &[String], mut f: F) -> Result<()>
 where
-    F: FnMut(String) -> Fut,
-    Fut: std::future::Future<Output = Result<()>>,
+    F: FnMut(&str) -> Result<()>,
 {
     let mut failed = 0;
     for name in names {
-        if let Err(e) = f(name.clone()).await {
+        if let Err(e) = f(name) {
             eprintln!("{}", render_error(&e));
             failed += 1;
         }
@@ -449,7 +448,7 @@ fn render_error(e: &anyhow::Error) -> String {
     }
 }
 
-async fn network(client: &Client, cmd: NetworkCmd) -> Result<()> {
+fn network(client: &Client, cmd: NetworkCmd) -> Result<()> {
     match cmd {
         NetworkCmd::Create {
             name,
@@ -483,7 +482,7 @@ async fn network(client: &Client, cmd: NetworkCmd) -> Result<()> {
                 "Options": key_values("--opt", &opt)?,
                 "Labels": labels(&label),
             });
-            let created: NetworkCreated = client.post("/networks/create", body).await?;
+            let created: NetworkCreated = client.post("/networks/create", body)?;
             println!("{}", created.id);
         }
         NetworkCmd::Ls {
@@ -503,9 +502,8 @@ async fn network(client: &Client, cmd: NetworkCmd) -> Result<()> {
                     .insert(v.to_string(), true);
             }
             let filters = serde_json::to_string(&filters)?;
-            let mut networks: Vec<NetworkResource> = client
-                .get(&format!("/networks?filters={}", encode(&filters)))
-                .await?;
+            let mut networks: Vec<NetworkResource> =
+                client.get(&format!("/networks?filters={}", encode(&filters)))?;
             networks.sort_by(|a, b| a.name.cmp(&b.name));
             if quiet {
                 for n in &networks {
@@ -528,10 +526,7 @@ async fn network(client: &Client, cmd: NetworkCmd) -> Result<()> {
             let mut found = Vec::new();
             let mut failed = false;
             for n in &networks {
-                match client
-                    .get::<NetworkResource>(&format!("/networks/{}", encode(n)))
-                    .await
-                {
+                match client.get::<NetworkResource>(&format!("/networks/{}", encode(n))) {
                     Ok(v) => found.push(v),
                     Err(e) => {
                         failed = true;
@@ -550,8 +545,8 @@ async fn network(client: &Client, cmd: NetworkCmd) -> Result<()> {
             }
         }
         NetworkCmd::Rm { networks, force } => {
-            each(&networks, |n| async move {
-                match client.delete(&format!("/networks/{}", encode(&n))).await {
+            each(&networks, |n| {
+                match client.delete(&format!("/networks/{}", encode(n))) {
                     Ok(()) => {
                         println!("{n}");
                         Ok(())
@@ -565,8 +560,7 @@ async fn network(client: &Client, cmd: NetworkCmd) -> Result<()> {
                     }
                     Err(e) => Err(e),
                 }
-            })
-            .await?;
+            })?;
         }
         NetworkCmd::Connect {
             network,
@@ -582,21 +576,17 @@ async fn network(client: &Client, cmd: NetworkCmd) -> Result<()> {
                     "Aliases": alias,
                 }
             });
-            let _: Value = client
-                .post(&format!("/networks/{}/connect", encode(&network)), body)
-                .await?;
+            let _: Value = client.post(&format!("/networks/{}/connect", encode(&network)), body)?;
         }
         NetworkCmd::Disconnect {
             network,
             sandbox,
             force,
         } => {
-            let _: Value = client
-                .post(
-                    &format!("/networks/{}/disconnect", encode(&network)),
-                    json!({"Container": sandbox, "Force": force}),
-                )
-                .await?;
+            let _: Value = client.post(
+                &format!("/networks/{}/disconnect", encode(&network)),
+                json!({"Container": sandbox, "Force": force}),
+            )?;
         }
         NetworkCmd::Prune { force } => {
             if !force {
@@ -608,7 +598,7 @@ async fn network(client: &Client, cmd: NetworkCmd) -> Result<()> {
                     return Ok(());
                 }
             }
-            let pruned: NetworksPruned = client.post("/networks/prune", json!({})).await?;
+            let pruned: NetworksPruned = client.post("/networks/prune", json!({}))?;
             if !pruned.networks_deleted.is_empty() {
                 println!("Deleted Networks:");
                 for n in &pruned.networks_deleted {
@@ -672,11 +662,7 @@ fn sandbox_row(s: &SandboxResource) -> Value {
     })
 }
 
-async fn sandbox(
-    client: &Client,
-    cmd: SandboxCmd,
-    matches: Option<&ArgMatches>,
-) -> Result<Option<Exec>> {
+fn sandbox(client: &Client, cmd: SandboxCmd, matches: Option<&ArgMatches>) -> Result<Option<Exec>> {
     match cmd {
         SandboxCmd::Create {
             name,
@@ -694,11 +680,11 @@ async fn sandbox(
                 "Networks": networks,
                 "Ports": publish,
             });
-            let created: SandboxResource = client.post("/plexus/sandboxes", body).await?;
+            let created: SandboxResource = client.post("/plexus/sandboxes", body)?;
             println!("{}", created.id);
         }
         SandboxCmd::Ls { quiet, format } => {
-            let all: Vec<SandboxResource> = client.get("/plexus/sandboxes").await?;
+            let all: Vec<SandboxResource> = client.get("/plexus/sandboxes")?;
             if quiet {
                 for s in &all {
                     println!("{}", s.name);
@@ -719,10 +705,7 @@ async fn sandbox(
             let mut found = Vec::new();
             let mut failed = false;
             for s in &sandboxes {
-                match client
-                    .get::<SandboxResource>(&format!("/plexus/sandboxes/{}", encode(s)))
-                    .await
-                {
+                match client.get::<SandboxResource>(&format!("/plexus/sandboxes/{}", encode(s))) {
                     Ok(v) => found.push(v),
                     Err(e) => {
                         failed = true;
@@ -738,19 +721,14 @@ async fn sandbox(
             }
         }
         SandboxCmd::Rm { sandboxes } => {
-            each(&sandboxes, |s| async move {
-                client
-                    .delete(&format!("/plexus/sandboxes/{}", encode(&s)))
-                    .await?;
+            each(&sandboxes, |s| {
+                client.delete(&format!("/plexus/sandboxes/{}", encode(s)))?;
                 println!("{s}");
                 Ok(())
-            })
-            .await?;
+            })?;
         }
         SandboxCmd::Exec { name, command } => {
-            let s: SandboxResource = client
-                .get(&format!("/plexus/sandboxes/{}", encode(&name)))
-                .await?;
+            let s: SandboxResource = client.get(&format!("/plexus/sandboxes/{}", encode(&name)))?;
             return Ok(Some(Exec {
                 netns: s.netns,
                 command,
@@ -760,7 +738,8 @@ async fn sandbox(
     Ok(None)
 }
 
-/// What `sandbox exec` does once the runtime is gone.
+/// What `sandbox exec` runs once the daemon has named the sandbox's namespace: `main` does it
+/// after every request is over, on the process's only thread (`setns` moves just that thread).
 struct Exec {
     netns: String,
     command: Vec<String>,
@@ -808,17 +787,11 @@ fn main() -> std::process::ExitCode {
         .subcommand_matches("sandbox")
         .and_then(|m| m.subcommand_matches("create"));
     let result = (|| -> Result<Option<Exec>> {
-        let runtime = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .context("starting the runtime")?;
         let client = Client::new(&cli.host)?;
-        runtime.block_on(async {
-            match cli.command {
-                Command::Network(cmd) => network(&client, cmd).await.map(|()| None),
-                Command::Sandbox(cmd) => sandbox(&client, cmd, create_matches).await,
-            }
-        })
+        match cli.command {
+            Command::Network(cmd) => network(&client, cmd).map(|()| None),
+            Command::Sandbox(cmd) => sandbox(&client, cmd, create_matches),
+        }
     })();
     match result {
         Ok(None) => std::process::ExitCode::SUCCESS,
