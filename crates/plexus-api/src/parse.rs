@@ -127,10 +127,11 @@ pub fn parse_port_spec(spec: &str) -> Result<Vec<PortBinding>, String> {
     let count = c_end - c_start;
     let mut out = Vec::new();
     for i in 0..=count {
-        let host_port = match host_range {
-            None => 0,
-            Some((h_start, h_end)) if h_end - h_start == count => h_start + i,
-            Some((h_start, h_end)) if h_start == h_end && count == 0 => h_start,
+        let (host_port, host_port_end) = match host_range {
+            None => (0, 0),
+            Some((h_start, h_end)) if h_end - h_start == count => (h_start + i, 0),
+            // Docker: one container port, a host range: the first free port of the range.
+            Some((h_start, h_end)) if count == 0 => (h_start, h_end),
             Some(_) => {
                 return Err(format!(
                     "invalid port spec {spec:?}: the host and container port ranges must have the same length"
@@ -142,6 +143,7 @@ pub fn parse_port_spec(spec: &str) -> Result<Vec<PortBinding>, String> {
             container_port: c_start + i,
             host_ip,
             host_port,
+            host_port_end,
         });
     }
     Ok(out)
@@ -176,10 +178,16 @@ mod tests {
         let range = parse_port_spec("9000-9002:80-82").unwrap_or_default();
         assert_eq!(range.len(), 3);
         assert_eq!((range[2].host_port, range[2].container_port), (9002, 82));
+        assert_eq!(range[2].host_port_end, 0);
+        // One container port, a host range: the driver picks the first free one.
+        let pick = parse_port_spec("127.0.0.1:9000-9009:80").unwrap_or_default();
+        assert_eq!(pick.len(), 1);
+        assert_eq!((pick[0].host_port, pick[0].host_port_end), (9000, 9009));
         for bad in [
             "x:80",
             "80/icmp",
-            "9000-9001:80",
+            "9000-9001:80-82",
+            "9009-9000:80",
             "1.2.3:80:80",
             "0",
             "a:b:c:d",

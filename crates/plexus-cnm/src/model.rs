@@ -95,6 +95,10 @@ pub struct Network {
     pub created: String,
 }
 
+fn is_zero(n: &u16) -> bool {
+    *n == 0
+}
+
 /// A published port (`-p [hostIP:]hostPort[-end]:port[/proto]`).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, PartialOrd, Ord, Hash)]
 pub struct PortBinding {
@@ -106,6 +110,11 @@ pub struct PortBinding {
     pub host_ip: Option<IpAddr>,
     /// The host port; 0 before an ephemeral one is chosen.
     pub host_port: u16,
+    /// With a host range for one container port (`-p 8000-8010:80`): the range's last port;
+    /// the first free port from `host_port` to here is chosen. 0 (or `host_port`) for one
+    /// port. Always 0 in what the driver answers.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub host_port_end: u16,
 }
 
 /// What a user asks for when connecting a sandbox to a network.

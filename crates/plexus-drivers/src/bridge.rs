@@ -164,6 +164,31 @@ async fn wait_usable(ns: &Netns, addr: std::net::Ipv6Addr) {
     }
 }
 
+/// The first port of `range` that no published or already chosen mapping of `proto` has
+/// (Docker's `-p 8000-8010:80`).
+fn first_free(
+    proto: Proto,
+    range: std::ops::RangeInclusive<u16>,
+    published: &[PortMapping],
+    chosen: &[PortMapping],
+) -> Result<u16, DriverError> {
+    let (lo, hi) = (*range.start(), *range.end());
+    range
+        .into_iter()
+        .find(|port| {
+            !published
+                .iter()
+                .chain(chosen)
+                .any(|p| p.proto == proto && p.host_port == *port)
+        })
+        .ok_or_else(|| {
+            DriverError::Conflict(format!(
+                "no free {} host port left in {lo}-{hi}",
+                proto.name()
+            ))
+        })
+}
+
 /// Steps to undo, run in reverse order.
 enum Undo {
     DeleteLink(u32),
@@ -481,10 +506,17 @@ impl BridgeDriver {
                     proto.name()
                 )));
             }
-            let host_port = if b.host_port != 0 {
-                b.host_port
-            } else {
+            let host_port = if b.host_port == 0 {
                 self.ephemeral(proto, &published, &out)?
+            } else if b.host_port_end > b.host_port {
+                first_free(proto, b.host_port..=b.host_port_end, &published, &out)?
+            } else if b.host_port_end != 0 && b.host_port_end < b.host_port {
+                return Err(DriverError::Invalid(format!(
+                    "host port range {}-{}: ends before it starts",
+                    b.host_port, b.host_port_end
+                )));
+            } else {
+                b.host_port
             };
             for (addr, host_ip) in &targets {
                 out.push(PortMapping {
@@ -498,6 +530,7 @@ impl BridgeDriver {
             }
             let mut filled = b.clone();
             filled.host_port = host_port;
+            filled.host_port_end = 0;
             if filled.host_ip.is_none() && ep.ipv4.is_some() && ep.ipv6.is_none() {
                 filled.host_ip = net.opts.host_binding_ipv4.map(IpAddr::V4);
             }

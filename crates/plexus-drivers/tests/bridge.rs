@@ -144,6 +144,7 @@ async fn published_ports(mut w: World) {
         container_port,
         host_ip: None,
         host_port,
+        host_port_end: 0,
     };
     let web = w
         .connect_with(
@@ -205,6 +206,32 @@ async fn published_ports(mut w: World) {
     assert_eq!(w.host_links().await.len(), links);
     assert_eq!(w.bridge.firewall().published(), published);
     assert_eq!(links_of(w.sb("clash")).await.len(), 1);
+
+    // A host range for one container port (`-p 8080-8082:80`): the first free one, 8081.
+    let ranged = |end: u16| EndpointSpec {
+        ports: vec![PortBinding {
+            host_port_end: end,
+            ..bind(80, 8080)
+        }],
+        ..Default::default()
+    };
+    let picked = w.connect_with("clash", "n1", ranged(8081)).await;
+    assert_eq!(picked.ports[0].host_port, 8081);
+    assert_eq!(picked.ports[0].host_port_end, 0);
+    let _picked80 = Server::start(w.sb("clash"), sa(ip4(&picked), 80));
+    assert_eq!(
+        reaches(&w.outside.ns, sa(HOST_EXT, 8081)),
+        OUTSIDE.to_string()
+    );
+    // The range is full now: refused, naming it.
+    match w.controller.connect("peer", "n2", ranged(8081)).await {
+        Err(e) => assert!(
+            e.http_status() == 409 && e.to_string().contains("8080-8081"),
+            "{e}"
+        ),
+        Ok(ep) => panic!("a full range gave {ep:?}"),
+    }
+    ok("disconnect", w.controller.disconnect("clash", "n1").await);
 
     // Disconnected: the ports are withdrawn (refused at once, nothing listens on the host).
     ok("disconnect", w.controller.disconnect("web", "n1").await);
@@ -304,6 +331,7 @@ async fn mtu_prefix_mac_and_ipv6_apply_inside_the_sandbox() {
                     container_port: 80,
                     host_ip: None,
                     host_port: 8086,
+                    host_port_end: 0,
                 }],
                 ..Default::default()
             },
@@ -435,6 +463,7 @@ async fn bad_input_is_a_400_naming_the_option_and_leaves_nothing() {
                 container_port: 80,
                 host_ip: None,
                 host_port: 8080,
+                host_port_end: 0,
             }],
             ..Default::default()
         },
@@ -478,6 +507,7 @@ async fn reconcile_removes_marked_orphans_and_a_restarted_driver_finds_its_objec
                     container_port: 80,
                     host_ip: None,
                     host_port: 8080,
+                    host_port_end: 0,
                 }],
                 ..Default::default()
             },
@@ -648,6 +678,7 @@ async fn timing_of_connect_and_disconnect() {
         container_port: 80,
         host_ip: None,
         host_port,
+        host_port_end: 0,
     };
     let mut connect = Vec::new();
     let mut disconnect = Vec::new();
