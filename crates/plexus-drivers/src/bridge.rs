@@ -795,7 +795,10 @@ impl BridgeDriver {
                 .await
                 .map_err(sys_ctx(&what))?;
         }
-        rs.set_up(link.index).await.map_err(sys_ctx(&what))?;
+        let alias = names::veth_alias(&self.marker, &ep.network_id, endpoint_id);
+        rs.set_up_marked(link.index, &alias)
+            .await
+            .map_err(sys_ctx(&what))?;
         if lo_down {
             let lo = rs.require_link("lo").await.map_err(sys_ctx("sandbox lo"))?;
             rs.set_up(lo.index).await.map_err(sys_ctx("sandbox lo"))?;

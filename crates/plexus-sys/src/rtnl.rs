@@ -397,6 +397,13 @@ impl Rtnl {
         self.set(index, |m| m.up(), "bring up").await
     }
 
+    /// Brings a link up and marks it with `alias`, in one request (the far end of a
+    /// [`VethPair`] comes down and unmarked).
+    pub async fn set_up_marked(&self, index: u32, alias: &str) -> Result<()> {
+        self.set(index, |m| m.up().alias(alias), "bring up and mark")
+            .await
+    }
+
     /// Brings a link down.
     pub async fn set_down(&self, index: u32) -> Result<()> {
         self.set(index, |m| m.down(), "bring down").await
