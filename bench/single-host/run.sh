@@ -12,10 +12,13 @@
 #      vs netavark setup/teardown with a port_mappings entry (netavark up to --nv-max)
 #   4. iperf3 TCP between two sandboxes on a Plexus bridge vs a bare veth+bridge pair made by hand
 #
-# Usage: bench/single-host/run.sh [--quick] [--reps N] [--nv-max N] [--nv-budget S] [--iperf-secs S] [--keep-data]
+# Usage: bench/single-host/run.sh [--quick] [--reps N] [--nv-max N] [--nv-budget S] [--iperf-secs S] [--pause S] [--keep-data]
 #   --quick: 10 reps, 8 probes per N, netavark ramp to 100, iperf3 5 s x 2 (about 4 min)
 #   default: 30 reps, 20 probes per N, netavark ramp to 1000 but at most --nv-budget (330) s of
-#   phase 3; netavark is then probed at the N its ramp reached (about 8 min)
+#   phase 3; netavark is then probed at the N its ramp reached (about 9 min)
+#   --pause: quiet time before each measured command (default 0.1 s), so that one tool's
+#   asynchronous tail (dockerd keeps working after its CLI returns; Plexus deletes links in the
+#   background) is not billed to the next tool measured; fills are not paused
 # Needs root. Installs the peers from Debian's packages if missing; starts dockerd like
 # ../shared/anchors/00_setup.sh does if it is not running (and stops it again at the end).
 # plexusd runs from $CARGO_TARGET_DIR (default /work/target-bench) with temp state/run dirs and
@@ -30,6 +33,7 @@ T0=$SECONDS
 REPS=30; NV_MAX=1000; IPERF_SECS=10; IPERF_REPS=3; PORT_REPS=20; NLIST="1 100 1000"
 NV_BUDGET=330   # seconds the netavark fill may take before the ramp stops (its cost grows with N)
 KEEP=0
+PAUSE=0.1       # seconds of quiet before each measured command (see "timing" below)
 while (($#)); do
   case "$1" in
     --quick) REPS=10; NV_MAX=100; IPERF_SECS=5; IPERF_REPS=2; PORT_REPS=8 ;;
@@ -37,6 +41,7 @@ while (($#)); do
     --nv-max) NV_MAX=$2; shift ;;
     --iperf-secs) IPERF_SECS=$2; shift ;;
     --nv-budget) NV_BUDGET=$2; shift ;;
+    --pause) PAUSE=$2; shift ;;
     --keep-data) KEEP=1 ;;
     -h|--help) sed -n 2,22p "$0"; exit 0 ;;
     *) echo "unknown argument $1" >&2; exit 2 ;;
@@ -90,7 +95,9 @@ trap 'exit 130' INT TERM
 el() { local t1=$EPOCHREALTIME; awk -v a="$1" -v b="$t1" 'BEGIN{printf "%.3f\n",(b-a)*1000}'; }
 # tm FILE CMD...: runs CMD, appends its wall-clock ms to FILE; fails if CMD fails
 tm() {
-  local f=$1; shift; local t0=$EPOCHREALTIME
+  local f=$1; shift
+  [[ $f == fill_* ]] || sleep "$PAUSE"
+  local t0=$EPOCHREALTIME
   "$@" >/dev/null 2>"$TMP/last.err"; local rc=$?
   local t1=$EPOCHREALTIME
   if ((rc)); then log "FAILED ($rc): $* : $(tail -2 "$TMP/last.err")"; return $rc; fi
@@ -163,7 +170,7 @@ PY
 echo "== Plexus single-host benchmark, $(date -u +%FT%TZ), $(nproc) CPUs, load $(cut -d' ' -f1-3 /proc/loadavg) =="
 echo "plexus: $(git -C "$ROOT" rev-parse --short HEAD) release build; docker: $( ((DOCKER)) && docker version --format 'server {{.Server.Version}} / CLI {{.Client.Version}}' || echo unavailable); netavark: $($NETAVARK --version 2>/dev/null | awk '{print $2}')"
 echo "reps=$REPS port_reps=$PORT_REPS N=[$NLIST] netavark_max_N=$NV_MAX iperf=${IPERF_SECS}s x$IPERF_REPS"
-echo "timing: wall clock around each CLI command (bash \$EPOCHREALTIME), so every figure includes its CLI/exec round trip"
+echo "timing: wall clock around each CLI command (bash \$EPOCHREALTIME), so every figure includes its CLI/exec round trip; ${PAUSE}s of quiet before each measured command"
 
 # ---------- 1. network create / rm ----------
 log "1. network create/rm x$REPS (alternating)"
@@ -198,8 +205,8 @@ pa() { tm attach_plexus.txt PX network connect plxb-att plxb-sb; }
 pd() { tm detach_plexus.txt PX network disconnect plxb-att plxb-sb; }
 da() { ((DOCKER)) && tm attach_docker.txt docker network connect plxb-att plxb-dsb; }
 dd() { ((DOCKER)) && tm detach_docker.txt docker network disconnect plxb-att plxb-dsb; }
-na() { t0=$EPOCHREALTIME; NV setup /run/netns/plxb-nva2 < "$TMP/nvopts/a2.json" >/dev/null && el "$t0" >> "$D/attach_netavark.txt"; }
-nd() { t0=$EPOCHREALTIME; NV teardown /run/netns/plxb-nva2 < "$TMP/nvopts/a2.json" >/dev/null && el "$t0" >> "$D/detach_netavark.txt"; }
+na() { sleep "$PAUSE"; t0=$EPOCHREALTIME; NV setup /run/netns/plxb-nva2 < "$TMP/nvopts/a2.json" >/dev/null && el "$t0" >> "$D/attach_netavark.txt"; }
+nd() { sleep "$PAUSE"; t0=$EPOCHREALTIME; NV teardown /run/netns/plxb-nva2 < "$TMP/nvopts/a2.json" >/dev/null && el "$t0" >> "$D/detach_netavark.txt"; }
 for r in $(seq 1 "$REPS"); do
   case $((r % 3)) in
     1) pa; da; na; pd; dd; nd ;;
@@ -215,7 +222,7 @@ done
 # sanity: the Plexus sandbox really gets a working interface
 PX network connect plxb-att plxb-sb >/dev/null
 ip=$(PX sandbox exec plxb-keep -- ip -4 -o addr show 2>/dev/null | awk '$2!="lo"{print $4}' | cut -d/ -f1 | head -1)
-if ip netns exec plxb-sb ping -c1 -W2 "$ip" >/dev/null 2>&1; then echo "check: plexus sandbox -> other sandbox ($ip) ping ok"; else echo "check: plexus sandbox -> $ip PING FAILED"; fi
+if ip netns exec plxb-sb busybox ping -c1 -W2 "$ip" >/dev/null 2>&1; then echo "check: plexus sandbox -> other sandbox ($ip) ping ok"; else echo "check: plexus sandbox -> $ip PING FAILED"; fi
 PX network disconnect plxb-att plxb-sb >/dev/null
 # free what phase 2 made
 PX sandbox rm plxb-keep plxb-sb >/dev/null; PX network rm plxb-att >/dev/null
@@ -255,13 +262,13 @@ for N in $NLIST; do
   for r in $(seq 1 "$PORT_REPS"); do
     if ((r % 2)) || ((!nv_here)); then
       tm port_attach_plexus_n$N.txt PX sandbox create plxb-probe --netns /run/netns/plxb-probe --network plxb-port -p 127.0.0.1:30000:80
-      if ((nv_here)); then t0=$EPOCHREALTIME; NV setup /run/netns/plxb-nvprobe < "$TMP/nvopts/probe.json" >/dev/null && el "$t0" >> "$D/port_attach_netavark_n$NV_N.txt"; fi
+      if ((nv_here)); then sleep "$PAUSE"; t0=$EPOCHREALTIME; NV setup /run/netns/plxb-nvprobe < "$TMP/nvopts/probe.json" >/dev/null && el "$t0" >> "$D/port_attach_netavark_n$NV_N.txt"; fi
       tm port_detach_plexus_n$N.txt PX sandbox rm plxb-probe
-      if ((nv_here)); then t0=$EPOCHREALTIME; NV teardown /run/netns/plxb-nvprobe < "$TMP/nvopts/probe.json" >/dev/null && el "$t0" >> "$D/port_detach_netavark_n$NV_N.txt"; fi
+      if ((nv_here)); then sleep "$PAUSE"; t0=$EPOCHREALTIME; NV teardown /run/netns/plxb-nvprobe < "$TMP/nvopts/probe.json" >/dev/null && el "$t0" >> "$D/port_detach_netavark_n$NV_N.txt"; fi
     else
-      t0=$EPOCHREALTIME; NV setup /run/netns/plxb-nvprobe < "$TMP/nvopts/probe.json" >/dev/null && el "$t0" >> "$D/port_attach_netavark_n$NV_N.txt"
+      sleep "$PAUSE"; t0=$EPOCHREALTIME; NV setup /run/netns/plxb-nvprobe < "$TMP/nvopts/probe.json" >/dev/null && el "$t0" >> "$D/port_attach_netavark_n$NV_N.txt"
       tm port_attach_plexus_n$N.txt PX sandbox create plxb-probe --netns /run/netns/plxb-probe --network plxb-port -p 127.0.0.1:30000:80
-      t0=$EPOCHREALTIME; NV teardown /run/netns/plxb-nvprobe < "$TMP/nvopts/probe.json" >/dev/null && el "$t0" >> "$D/port_detach_netavark_n$NV_N.txt"
+      sleep "$PAUSE"; t0=$EPOCHREALTIME; NV teardown /run/netns/plxb-nvprobe < "$TMP/nvopts/probe.json" >/dev/null && el "$t0" >> "$D/port_detach_netavark_n$NV_N.txt"
       tm port_detach_plexus_n$N.txt PX sandbox rm plxb-probe
     fi
   done
@@ -296,8 +303,8 @@ ip -n plxb-bb addr add 10.236.0.2/24 dev plxb-bb; ip -n plxb-bb link set plxb-bb
 ip netns exec plxb-t1 iperf3 -s -p 5201 >/dev/null 2>&1 & SRV_PIDS+=($!)
 ip netns exec plxb-ba iperf3 -s -p 5201 >/dev/null 2>&1 & SRV_PIDS+=($!)
 sleep 1
-ip netns exec plxb-t2 ping -c1 -W2 10.235.0.11 >/dev/null 2>&1 && echo "check: plexus t2 -> t1 ping ok" || echo "check: plexus t2 -> t1 PING FAILED"
-ip netns exec plxb-bb ping -c1 -W2 10.236.0.1 >/dev/null 2>&1 && echo "check: bare b -> a ping ok" || echo "check: bare b -> a PING FAILED"
+ip netns exec plxb-t2 busybox ping -c1 -W2 10.235.0.11 >/dev/null 2>&1 && echo "check: plexus t2 -> t1 ping ok" || echo "check: plexus t2 -> t1 PING FAILED"
+ip netns exec plxb-bb busybox ping -c1 -W2 10.236.0.1 >/dev/null 2>&1 && echo "check: bare b -> a ping ok" || echo "check: bare b -> a PING FAILED"
 echo "mtu: plexus $(ip -n plxb-t2 -o link show | awk '$2!="lo:"{for(i=1;i<=NF;i++) if($i=="mtu") print $(i+1)}' | head -1), bare $(ip -n plxb-bb -o link show plxb-bb | awk '{for(i=1;i<=NF;i++) if($i=="mtu") print $(i+1)}'); bridge-nf-call-iptables: plexus host ns $(ip netns exec plxb-host sysctl -n net.bridge.bridge-nf-call-iptables 2>/dev/null || echo n/a), bare bridge ns $(ip netns exec plxb-bh sysctl -n net.bridge.bridge-nf-call-iptables 2>/dev/null || echo n/a)"
 ip3() { # NS DST FILE
   local out; out=$(ip netns exec "$1" iperf3 -c "$2" -p 5201 -t "$IPERF_SECS" -J 2>/dev/null) || { log "iperf3 $1 failed"; return; }

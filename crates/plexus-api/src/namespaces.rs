@@ -63,19 +63,17 @@ impl Namespaces for SysNamespaces {
     }
 
     async fn check(&self, path: &str) -> Result<(), ApiError> {
-        let path = PathBuf::from(path);
-        blocking(move || {
-            if !path.exists() {
-                return Err(ApiError::bad_request(format!(
-                    "invalid netns: {} does not exist",
-                    path.display()
-                )));
-            }
-            plexus_sys::netns::Netns::open(&path)
-                .map(|_| ())
-                .map_err(|e| sys_err("invalid netns", e))
-        })
-        .await
+        // An open and an ioctl: quicker inline than a hop to the blocking pool.
+        let path = Path::new(path);
+        if !path.exists() {
+            return Err(ApiError::bad_request(format!(
+                "invalid netns: {} does not exist",
+                path.display()
+            )));
+        }
+        plexus_sys::netns::Netns::open(path)
+            .map(|_| ())
+            .map_err(|e| sys_err("invalid netns", e))
     }
 
     async fn delete(&self, path: &str) -> Result<(), ApiError> {

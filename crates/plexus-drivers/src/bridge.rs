@@ -796,7 +796,7 @@ impl BridgeDriver {
                 .map_err(sys_ctx(&what))?;
         }
         let alias = names::veth_alias(&self.marker, &ep.network_id, endpoint_id);
-        rs.set_up_marked(link.index, &alias)
+        rs.set_up_marked(link.index, name, &alias, ep.ipv6.is_some())
             .await
             .map_err(sys_ctx(&what))?;
         if lo_down {

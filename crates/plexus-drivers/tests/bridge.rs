@@ -37,6 +37,14 @@ async fn two_sandboxes_on_one_network_talk_and_disconnect_leaves_nothing() {
         .unwrap_or_else(|| panic!("no eth0 in s1"));
     assert!(eth0.up);
     assert_eq!(eth0.mac, Some(vec![0x02, 0x42, 10, 91, 0, 2]));
+    // A network without IPv6: IPv6 is off on the interface (no link-local chatter).
+    assert_eq!(
+        ok(
+            "sysctl",
+            plexus_sys::sysctl::read(w.sb("s1"), "net.ipv6.conf.eth0.disable_ipv6")
+        ),
+        "1"
+    );
 
     let _srv = Server::start(w.sb("s2"), sa(ip4(&e2), 7000));
     assert_eq!(

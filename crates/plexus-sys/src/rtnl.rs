@@ -133,6 +133,15 @@ pub struct VethPair<'a> {
     pub peer_mac: Option<[u8; 6]>,
 }
 
+/// Turns IPv6 off on the (down) link `name`. Best effort: a kernel without IPv6 has nothing
+/// to turn off.
+fn no_ipv6(ns: &Netns, name: &str) {
+    let key = format!("net.ipv6.conf.{name}.disable_ipv6");
+    if let Err(e) = crate::sysctl::write(ns, &key, "1") {
+        tracing::debug!(%key, error = %e, "IPv6 not turned off");
+    }
+}
+
 /// Aborts the connection task when the last clone of an [`Rtnl`] goes.
 struct ConnectionTask(tokio::task::JoinHandle<()>);
 
@@ -278,7 +287,8 @@ impl Rtnl {
             peer = peer.mtu(mtu);
         }
         let peer = peer.build();
-        let mut near = LinkVeth::new(pair.name, pair.peer_name).up();
+        // Down at first: IPv6 is turned off on it before it comes up.
+        let mut near = LinkVeth::new(pair.name, pair.peer_name);
         if let Some(mtu) = pair.mtu {
             near = near.mtu(mtu);
         }
@@ -297,8 +307,13 @@ impl Rtnl {
         }
         let what = format!("veth {:?} (peer {:?})", pair.name, pair.peer_name);
         self.add(what.clone(), message).await?;
+        // A bridge port needs no address of its own. Without IPv6 it sends no router
+        // solicitations, DAD or MLD (which the bridge floods to every other port) and adds
+        // no routes to the IPv6 tables (which the kernel walks whenever a link goes down):
+        // both costs otherwise grow with the number of ports.
+        no_ipv6(&self.ns, pair.name);
         let marked = self
-            .set_by_name(pair.name, |m| m.alias(alias), "set alias")
+            .set_by_name(pair.name, |m| m.alias(alias).up(), "set alias")
             .await;
         if let Err(e) = marked {
             if let Ok(Some(link)) = self.link(pair.name).await {
@@ -397,9 +412,20 @@ impl Rtnl {
         self.set(index, |m| m.up(), "bring up").await
     }
 
-    /// Brings a link up and marks it with `alias`, in one request (the far end of a
-    /// [`VethPair`] comes down and unmarked).
-    pub async fn set_up_marked(&self, index: u32, alias: &str) -> Result<()> {
+    /// Marks the link `name` (index `index`) with `alias` and brings it up, in one request
+    /// (the far end of a [`VethPair`] comes down and unmarked). Without `ipv6`, IPv6 is
+    /// turned off on it first (no link-local address, no IPv6 chatter): for an interface on
+    /// a network without IPv6, as recent Docker does.
+    pub async fn set_up_marked(
+        &self,
+        index: u32,
+        name: &str,
+        alias: &str,
+        ipv6: bool,
+    ) -> Result<()> {
+        if !ipv6 {
+            no_ipv6(&self.ns, name);
+        }
         self.set(index, |m| m.up().alias(alias), "bring up and mark")
             .await
     }
