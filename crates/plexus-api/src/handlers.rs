@@ -484,7 +484,11 @@ pub async fn create_sandbox(
             }
         }
     };
-    let sandbox = match controller.create_sandbox(&req.name, &key, owned).await {
+    let connects = !req.networks.is_empty();
+    let sandbox = match controller
+        .create_sandbox_then(&req.name, &key, owned, connects)
+        .await
+    {
         Ok(s) => s,
         Err(e) => {
             undo_netns(key).await;

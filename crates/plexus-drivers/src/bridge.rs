@@ -169,24 +169,27 @@ async fn wait_usable(ns: &Netns, addr: std::net::Ipv6Addr) {
 fn first_free(
     proto: Proto,
     range: std::ops::RangeInclusive<u16>,
-    published: &[PortMapping],
+    fw: &Firewall,
     chosen: &[PortMapping],
 ) -> Result<u16, DriverError> {
     let (lo, hi) = (*range.start(), *range.end());
     range
         .into_iter()
-        .find(|port| {
-            !published
-                .iter()
-                .chain(chosen)
-                .any(|p| p.proto == proto && p.host_port == *port)
-        })
+        .find(|port| !port_taken(proto, *port, fw, chosen))
         .ok_or_else(|| {
             DriverError::Conflict(format!(
                 "no free {} host port left in {lo}-{hi}",
                 proto.name()
             ))
         })
+}
+
+/// Whether host port `port` of `proto` is published already, or chosen earlier in this call.
+fn port_taken(proto: Proto, port: u16, fw: &Firewall, chosen: &[PortMapping]) -> bool {
+    fw.port_in_use(proto, port)
+        || chosen
+            .iter()
+            .any(|p| p.proto == proto && p.host_port == port)
 }
 
 /// Steps to undo, run in reverse order.
@@ -469,7 +472,6 @@ impl BridgeDriver {
         net: &NetState,
         ep: &EndpointInfo,
     ) -> Result<(Vec<PortMapping>, Vec<PortBinding>), DriverError> {
-        let published = self.fw.published();
         let mut out: Vec<PortMapping> = Vec::new();
         let mut bindings = Vec::new();
         for b in &ep.ports {
@@ -507,9 +509,9 @@ impl BridgeDriver {
                 )));
             }
             let host_port = if b.host_port == 0 {
-                self.ephemeral(proto, &published, &out)?
+                self.ephemeral(proto, &out)?
             } else if b.host_port_end > b.host_port {
-                first_free(proto, b.host_port..=b.host_port_end, &published, &out)?
+                first_free(proto, b.host_port..=b.host_port_end, &self.fw, &out)?
             } else if b.host_port_end != 0 && b.host_port_end < b.host_port {
                 return Err(DriverError::Invalid(format!(
                     "host port range {}-{}: ends before it starts",
@@ -540,22 +542,13 @@ impl BridgeDriver {
     }
 
     /// A host port in [`EPHEMERAL_PORTS`] that nobody has for `proto`.
-    fn ephemeral(
-        &self,
-        proto: Proto,
-        published: &[PortMapping],
-        chosen: &[PortMapping],
-    ) -> Result<u16, DriverError> {
+    fn ephemeral(&self, proto: Proto, chosen: &[PortMapping]) -> Result<u16, DriverError> {
         let (lo, hi) = (*EPHEMERAL_PORTS.start(), *EPHEMERAL_PORTS.end());
         let span = u32::from(hi - lo) + 1;
         let start = self.next_port.load(Ordering::Relaxed).clamp(lo, hi);
         for i in 0..span {
             let port = lo + ((u32::from(start - lo) + i) % span) as u16;
-            let taken = published
-                .iter()
-                .chain(chosen)
-                .any(|p| p.proto == proto && p.host_port == port);
-            if !taken {
+            if !port_taken(proto, port, &self.fw, chosen) {
                 let next = if port == hi { lo } else { port + 1 };
                 self.next_port.store(next, Ordering::Relaxed);
                 return Ok(port);
@@ -796,7 +789,7 @@ impl BridgeDriver {
                 .map_err(sys_ctx(&what))?;
         }
         let alias = names::veth_alias(&self.marker, &ep.network_id, endpoint_id);
-        rs.set_up_marked(link.index, name, &alias, ep.ipv6.is_some())
+        rs.set_up_marked(link.index, &alias, ep.ipv6.is_some())
             .await
             .map_err(sys_ctx(&what))?;
         if lo_down {

@@ -37,13 +37,13 @@ async fn two_sandboxes_on_one_network_talk_and_disconnect_leaves_nothing() {
         .unwrap_or_else(|| panic!("no eth0 in s1"));
     assert!(eth0.up);
     assert_eq!(eth0.mac, Some(vec![0x02, 0x42, 10, 91, 0, 2]));
-    // A network without IPv6: IPv6 is off on the interface (no link-local chatter).
+    // A network without IPv6: no IPv6 link-local address on the interface (no chatter).
+    let rs = ok("rtnl", Rtnl::connect(w.sb("s1")).await);
+    let addrs = ok("addresses", rs.addresses(eth0.index).await);
     assert_eq!(
-        ok(
-            "sysctl",
-            plexus_sys::sysctl::read(w.sb("s1"), "net.ipv6.conf.eth0.disable_ipv6")
-        ),
-        "1"
+        addrs,
+        [(IpAddr::V4(Ipv4Addr::new(10, 91, 0, 2)), 24)],
+        "eth0 has only its IPv4 address"
     );
 
     let _srv = Server::start(w.sb("s2"), sa(ip4(&e2), 7000));

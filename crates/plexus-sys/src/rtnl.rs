@@ -6,8 +6,8 @@ use std::os::fd::AsRawFd;
 use futures::TryStreamExt;
 use rtnetlink::packet_route::address::{AddressAttribute, AddressMessage};
 use rtnetlink::packet_route::link::{
-    InfoBridgePort, InfoData, InfoVeth, LinkAttribute, LinkFlags, LinkInfo, LinkMessage,
-    MacVlanMode,
+    AfSpecInet6, AfSpecUnspec, In6AddrGenMode, InfoBridgePort, InfoData, InfoVeth, LinkAttribute,
+    LinkFlags, LinkInfo, LinkMessage, MacVlanMode,
 };
 use rtnetlink::packet_route::route::RouteMessage;
 use rtnetlink::{
@@ -133,13 +133,11 @@ pub struct VethPair<'a> {
     pub peer_mac: Option<[u8; 6]>,
 }
 
-/// Turns IPv6 off on the (down) link `name`. Best effort: a kernel without IPv6 has nothing
-/// to turn off.
-fn no_ipv6(ns: &Netns, name: &str) {
-    let key = format!("net.ipv6.conf.{name}.disable_ipv6");
-    if let Err(e) = crate::sysctl::write(ns, &key, "1") {
-        tracing::debug!(%key, error = %e, "IPv6 not turned off");
-    }
+/// `IFLA_AF_SPEC` with the IPv6 address generation mode `none`: no link-local address.
+fn no_link_local() -> LinkAttribute {
+    LinkAttribute::AfSpecUnspec(vec![AfSpecUnspec::Inet6(vec![AfSpecInet6::AddrGenMode(
+        In6AddrGenMode::None,
+    )])])
 }
 
 /// Aborts the connection task when the last clone of an [`Rtnl`] goes.
@@ -287,7 +285,7 @@ impl Rtnl {
             peer = peer.mtu(mtu);
         }
         let peer = peer.build();
-        // Down at first: IPv6 is turned off on it before it comes up.
+        // Down at first: its IPv6 link-local address is turned off before it comes up.
         let mut near = LinkVeth::new(pair.name, pair.peer_name);
         if let Some(mtu) = pair.mtu {
             near = near.mtu(mtu);
@@ -307,14 +305,22 @@ impl Rtnl {
         }
         let what = format!("veth {:?} (peer {:?})", pair.name, pair.peer_name);
         self.add(what.clone(), message).await?;
-        // A bridge port needs no address of its own. Without IPv6 it sends no router
-        // solicitations, DAD or MLD (which the bridge floods to every other port) and adds
-        // no routes to the IPv6 tables (which the kernel walks whenever a link goes down):
-        // both costs otherwise grow with the number of ports.
-        no_ipv6(&self.ns, pair.name);
-        let marked = self
-            .set_by_name(pair.name, |m| m.alias(alias).up(), "set alias")
+        // A bridge port needs no address of its own. Without a link-local one it sends no
+        // router solicitations, DAD or MLD, which the bridge would flood to every other port
+        // (a cost that grows with the number of ports). Through netlink, not the
+        // `disable_ipv6` sysctl: opening a sysctl file of a new link took 1-2 ms here.
+        // The kernel applies flags before address-family settings in one request, so the
+        // mode is set while the link is down, then it comes up.
+        let mut marked = self
+            .set_by_name(
+                pair.name,
+                |m| m.alias(alias).append_extra_attribute(no_link_local()),
+                "set alias",
+            )
             .await;
+        if marked.is_ok() {
+            marked = self.set_by_name(pair.name, |m| m.up(), "bring up").await;
+        }
         if let Err(e) = marked {
             if let Ok(Some(link)) = self.link(pair.name).await {
                 let _ = self.delete_link(link.index).await;
@@ -412,22 +418,24 @@ impl Rtnl {
         self.set(index, |m| m.up(), "bring up").await
     }
 
-    /// Marks the link `name` (index `index`) with `alias` and brings it up, in one request
-    /// (the far end of a [`VethPair`] comes down and unmarked). Without `ipv6`, IPv6 is
-    /// turned off on it first (no link-local address, no IPv6 chatter): for an interface on
-    /// a network without IPv6, as recent Docker does.
-    pub async fn set_up_marked(
-        &self,
-        index: u32,
-        name: &str,
-        alias: &str,
-        ipv6: bool,
-    ) -> Result<()> {
-        if !ipv6 {
-            no_ipv6(&self.ns, name);
+    /// Marks a link with `alias` and brings it up (the far end of a [`VethPair`] comes down
+    /// and unmarked). Without `link_local` it gets no IPv6 link-local address and so sends
+    /// no IPv6 chatter: for an interface on a network without IPv6.
+    pub async fn set_up_marked(&self, index: u32, alias: &str, link_local: bool) -> Result<()> {
+        if link_local {
+            return self
+                .set(index, |m| m.up().alias(alias), "bring up and mark")
+                .await;
         }
-        self.set(index, |m| m.up().alias(alias), "bring up and mark")
-            .await
+        // Flags are applied before address-family settings within one request: the mode
+        // goes first, while the link is down.
+        self.set(
+            index,
+            |m| m.alias(alias).append_extra_attribute(no_link_local()),
+            "mark",
+        )
+        .await?;
+        self.set(index, |m| m.up(), "bring up").await
     }
 
     /// Brings a link down.

@@ -1054,6 +1054,15 @@ impl Firewall {
         Ok(())
     }
 
+    /// Whether a published port of `proto` uses host port `port` (on any host address), as
+    /// this handle knows them. A lookup, not a scan: choosing a port stays flat in the number
+    /// of ports published.
+    pub fn port_in_use(&self, proto: Proto, port: u16) -> bool {
+        self.lock_ports()
+            .get(&(proto, port))
+            .is_some_and(|v| !v.is_empty())
+    }
+
     /// The ports published, as this handle knows them.
     pub fn published(&self) -> Vec<PortMapping> {
         let mut v: Vec<PortMapping> = self.lock_ports().values().flatten().cloned().collect();
