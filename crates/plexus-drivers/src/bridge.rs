@@ -84,10 +84,19 @@ struct EpState {
     ipv6: Option<IpNet>,
     mac: [u8; 6],
     ports: Vec<PortMapping>,
-    /// The sandbox and the interface name inside it, once joined.
-    joined: Option<(String, String)>,
+    /// Where its interface is, once joined.
+    joined: Option<InSandbox>,
     /// The default routes it gave the sandbox (none when another network already had).
     gateways: Vec<IpAddr>,
+}
+
+/// A joined endpoint's interface: the sandbox's namespace path, and the interface's name and
+/// index there (kept so leaving needs no lookup).
+#[derive(Debug, Clone)]
+struct InSandbox {
+    key: String,
+    ifname: String,
+    ifindex: u32,
 }
 
 #[derive(Default)]
@@ -629,27 +638,19 @@ impl BridgeDriver {
         }
     }
 
-    /// Takes an endpoint's veth pair out of service at once and deletes it in the
-    /// background: the sandbox side (if `joined`) is renamed off its name and brought down,
-    /// which drops its routes; deleting the host end then takes the pair away.
-    async fn retire_veth(
-        &self,
-        network_id: &str,
-        endpoint_id: &str,
-        joined: Option<&(String, String)>,
-    ) {
-        if let Some((key, ifname)) = joined {
-            let retired = async {
-                let sandbox = Netns::open(Path::new(key))?;
-                let rs = Rtnl::connect(&sandbox).await?;
-                let link = rs.require_link(ifname).await?;
-                rs.retire(link.index, &names::peer_veth(endpoint_id)).await
-            }
-            .await;
-            if let Err(e) = retired {
-                // The sandbox (or its interface) is gone already: the host end goes anyway.
-                tracing::debug!(endpoint = %endpoint_id, error = %e, "sandbox interface not retired");
-            }
+    /// Takes a joined endpoint's veth pair out of service at once and deletes it in the
+    /// background: the sandbox side is renamed off its name and brought down, which drops
+    /// its routes; deleting the host end then takes the pair away.
+    async fn retire_veth(&self, network_id: &str, endpoint_id: &str, at: &InSandbox) {
+        let retired = async {
+            let sandbox = Netns::open(Path::new(&at.key))?;
+            let rs = Rtnl::connect(&sandbox).await?;
+            rs.retire(at.ifindex, &names::peer_veth(endpoint_id)).await
+        }
+        .await;
+        if let Err(e) = retired {
+            // The sandbox (or its interface) is gone already: the host end goes anyway.
+            tracing::debug!(endpoint = %endpoint_id, interface = %at.ifname, error = %e, "sandbox interface not retired");
         }
         let alias = names::veth_alias(&self.marker, network_id, endpoint_id);
         self.reaper.delete(names::host_veth(endpoint_id), alias);
@@ -690,9 +691,10 @@ impl BridgeDriver {
                 "network {network_id} is not known to the bridge driver"
             ))
         })?;
-        if let Some((key, _)) = &ep.joined {
+        if let Some(at) = &ep.joined {
             return Err(DriverError::Conflict(format!(
-                "endpoint {endpoint_id} is already in sandbox {key}"
+                "endpoint {endpoint_id} is already in sandbox {}",
+                at.key
             )));
         }
         if prefix.is_empty() || prefix.len() > plexus_sys::rtnl::MAX_IFNAME - 3 {
@@ -707,14 +709,21 @@ impl BridgeDriver {
         let name = self
             .make_pair(&net, endpoint_id, &ep, &sandbox, &taken, prefix)
             .await?;
-        let lo_down = links.iter().any(|l| l.name == "lo" && !l.up);
+        let lo_down = links
+            .iter()
+            .find(|l| l.name == "lo" && !l.up)
+            .map(|l| l.index);
         match self
             .configure(&net, &ep, endpoint_id, &rs, &name, lo_down)
             .await
         {
-            Ok(gateways) => {
+            Ok((ifindex, gateways)) => {
                 if let Some(e) = st.endpoints.get_mut(endpoint_id) {
-                    e.joined = Some((sandbox_key.to_string(), name.clone()));
+                    e.joined = Some(InSandbox {
+                        key: sandbox_key.to_string(),
+                        ifname: name.clone(),
+                        ifindex,
+                    });
                     e.gateways = gateways.clone();
                 }
                 tracing::debug!(endpoint = %endpoint_id, sandbox = %sandbox_key, interface = %name, "joined");
@@ -725,15 +734,8 @@ impl BridgeDriver {
             }
             Err(e) => {
                 // Deleting the host end takes the sandbox side along.
-                let host_name = names::host_veth(endpoint_id);
-                match self.rtnl.link(&host_name).await {
-                    Ok(Some(l)) => {
-                        if let Err(e) = self.delete_link(l.index).await {
-                            tracing::warn!(error = %e, "cannot delete veth after failed join");
-                        }
-                    }
-                    Ok(None) => {}
-                    Err(e) => tracing::warn!(error = %e, "cannot find veth after failed join"),
+                if let Err(e) = self.delete_veth(network_id, endpoint_id).await {
+                    tracing::warn!(error = %e, "cannot delete veth after failed join");
                 }
                 Err(e)
             }
@@ -741,7 +743,8 @@ impl BridgeDriver {
     }
 
     /// Sets up a freshly made pair: bridge port flags on the host end; addresses, loopback
-    /// and the default route inside the sandbox. Returns the gateways it routed through.
+    /// (`lo_down`: its index, if down) and the default route inside the sandbox. Returns the
+    /// interface's index and the gateways it routed through.
     async fn configure(
         &self,
         net: &NetState,
@@ -749,8 +752,8 @@ impl BridgeDriver {
         endpoint_id: &str,
         rs: &Rtnl,
         name: &str,
-        lo_down: bool,
-    ) -> Result<Vec<IpAddr>, DriverError> {
+        lo_down: Option<u32>,
+    ) -> Result<(u32, Vec<IpAddr>), DriverError> {
         let hairpin = self.needs_hairpin(!ep.ports.is_empty());
         if !net.opts.enable_icc || hairpin {
             let host_name = names::host_veth(endpoint_id);
@@ -792,9 +795,8 @@ impl BridgeDriver {
         rs.set_up_marked(link.index, &alias, ep.ipv6.is_some())
             .await
             .map_err(sys_ctx(&what))?;
-        if lo_down {
-            let lo = rs.require_link("lo").await.map_err(sys_ctx("sandbox lo"))?;
-            rs.set_up(lo.index).await.map_err(sys_ctx("sandbox lo"))?;
+        if let Some(lo) = lo_down {
+            rs.set_up(lo).await.map_err(sys_ctx("sandbox lo"))?;
         }
         if let Some(IpAddr::V6(v6)) = ep.ipv6.map(|a| a.addr()) {
             wait_usable(rs.netns(), v6).await;
@@ -817,7 +819,7 @@ impl BridgeDriver {
                 }
             }
         }
-        Ok(gateways)
+        Ok((link.index, gateways))
     }
 
     /// Makes the kernel match the store after a restart or a crash.
@@ -1085,14 +1087,14 @@ impl Driver for BridgeDriver {
         };
         let (joined, had_default) = (ep.joined.take(), !ep.gateways.is_empty());
         ep.gateways.clear();
-        if joined.is_some() {
-            self.retire_veth(network_id, endpoint_id, joined.as_ref())
-                .await;
-        }
-        if let (Some((key, _)), true) = (joined, had_default) {
+        let Some(at) = joined else {
+            return Ok(());
+        };
+        self.retire_veth(network_id, endpoint_id, &at).await;
+        if had_default {
             // The sandbox lost its default route: another of its networks gives it one.
-            if let Err(e) = self.hand_over_default_route(&mut st, &key).await {
-                tracing::warn!(sandbox = %key, error = %e, "no default route handed over");
+            if let Err(e) = self.hand_over_default_route(&mut st, &at.key).await {
+                tracing::warn!(sandbox = %at.key, error = %e, "no default route handed over");
             }
         }
         Ok(())
@@ -1104,17 +1106,16 @@ impl BridgeDriver {
     /// endpoint of this driver, as Docker moves the gateway when the gateway endpoint leaves.
     async fn hand_over_default_route(&self, st: &mut State, key: &str) -> Result<(), DriverError> {
         let next = st.endpoints.iter().find_map(|(id, e)| {
-            let (k, ifname) = e.joined.as_ref()?;
+            let at = e.joined.as_ref()?;
             let net = st.networks.get(&e.network_id)?;
-            (k == key && !net.info.internal)
-                .then(|| (id.clone(), ifname.clone(), net.clone(), e.clone()))
+            (at.key == key && !net.info.internal)
+                .then(|| (id.clone(), at.ifindex, net.clone(), e.clone()))
         });
-        let Some((id, ifname, net, ep)) = next else {
+        let Some((id, ifindex, net, ep)) = next else {
             return Ok(());
         };
         let sandbox = Netns::open(Path::new(key)).map_err(sys_ctx("sandbox"))?;
         let rs = Rtnl::connect(&sandbox).await.map_err(sys_ctx("sandbox"))?;
-        let link = rs.require_link(&ifname).await.map_err(sys_ctx("sandbox"))?;
         let v4 = net.info.ipv4.first().filter(|_| ep.ipv4.is_some());
         let v6 = net.info.ipv6.first().filter(|_| ep.ipv6.is_some());
         let mut added = Vec::new();
@@ -1122,7 +1123,7 @@ impl BridgeDriver {
             let route = Route {
                 destination: None,
                 gateway: Some(gw.addr()),
-                oif: Some(link.index),
+                oif: Some(ifindex),
             };
             match rs.add_route(&route).await {
                 Ok(()) => added.push(gw.addr()),
@@ -1156,14 +1157,10 @@ impl BridgeDriver {
         if !ports.is_empty() {
             self.fw.unpublish(&ports).map_err(sys_ctx("unpublish"))?;
         }
-        match st.endpoints.get(endpoint_id) {
+        match st.endpoints.get(endpoint_id).map(|ep| ep.joined.clone()) {
+            Some(Some(at)) => self.retire_veth(network_id, endpoint_id, &at).await,
             // Never joined, or left already: it has no pair.
-            Some(ep) if ep.joined.is_none() => {}
-            Some(ep) => {
-                let joined = ep.joined.clone();
-                self.retire_veth(network_id, endpoint_id, joined.as_ref())
-                    .await
-            }
+            Some(None) => {}
             None => self.delete_veth(network_id, endpoint_id).await?,
         }
         st.endpoints.remove(endpoint_id);

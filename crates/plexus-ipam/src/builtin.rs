@@ -728,7 +728,6 @@ impl BuiltinIpam {
                 label.into_bytes(),
             );
         }
-        txn.relaxed = self.relaxed();
         Ok(Ok((record, txn)))
     }
 
@@ -750,7 +749,7 @@ impl BuiltinIpam {
                 Ok(planned) => planned,
                 Err(existing) => return Ok(existing),
             };
-            match self.store.txn(txn).await {
+            match self.commit(txn).await {
                 Ok(pairs) => {
                     let (pool_index, version_index) = match (pairs.first(), pairs.get(1)) {
                         (Some(a), Some(b)) => (a.last_index, b.last_index),
@@ -820,11 +819,7 @@ impl BuiltinIpam {
             .compare_index(pool_key.clone(), pair.last_index)
             .delete(pool_key.clone())
             .put(version_key.clone(), next.to_string().into_bytes());
-            let txn = Txn {
-                relaxed: self.relaxed(),
-                ..txn
-            };
-            match self.store.txn(txn).await {
+            match self.commit(txn).await {
                 Ok(pairs) => {
                     {
                         let mut st = lock(&self.state);
@@ -926,12 +921,11 @@ impl BuiltinIpam {
             };
             let pool_key = self.pool_key(space, &subnet);
             let key = self.addr_key(space, &subnet, generation, ip);
-            let mut txn = Txn::new()
+            let txn = Txn::new()
                 .compare_index(pool_key.clone(), pool_index)
                 .compare_absent(key.clone())
                 .put(key.clone(), label.as_bytes().to_vec());
-            txn.relaxed = self.relaxed();
-            let result = self.store.txn(txn).await;
+            let result = self.commit(txn).await;
             let mut st = lock(&self.state);
             let pool = st
                 .spaces
@@ -1085,8 +1079,7 @@ impl BuiltinIpam {
             for k in &keys {
                 txn = txn.compare_absent(k.clone()).put(k.clone(), Vec::new());
             }
-            txn.relaxed = self.relaxed();
-            let result = self.store.txn(txn).await;
+            let result = self.commit(txn).await;
             let conflict = match &result {
                 Err(e) => is_conflict(e).map(str::to_string),
                 Ok(_) => None,
@@ -1159,8 +1152,11 @@ impl BuiltinIpam {
         }
     }
 
-    fn relaxed(&self) -> bool {
-        lock(&self.config).relaxed_writes
+    /// Every write of pools and addresses goes through here: relaxed when the caller
+    /// asked for it ([`IpamConfig::relaxed_writes`]).
+    async fn commit(&self, txn: Txn) -> std::result::Result<Vec<KvPair>, KvError> {
+        let relaxed = lock(&self.config).relaxed_writes;
+        self.store.txn(Txn { relaxed, ..txn }).await
     }
 
     async fn do_release_address(&self, id: &str, ip: IpAddr) -> Result<()> {
@@ -1212,13 +1208,10 @@ impl BuiltinIpam {
                 forget(self);
                 return Err(not_allocated());
             };
-            let txn = Txn {
-                relaxed: self.relaxed(),
-                ..Txn::new()
-            }
-            .compare_index(key.clone(), pair.last_index)
-            .delete(key.clone());
-            match self.store.txn(txn).await.map(drop) {
+            let txn = Txn::new()
+                .compare_index(key.clone(), pair.last_index)
+                .delete(key.clone());
+            match self.commit(txn).await.map(drop) {
                 Ok(()) => {
                     forget(self);
                     debug!(pool = id, %ip, "address released");

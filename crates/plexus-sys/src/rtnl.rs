@@ -114,9 +114,10 @@ pub struct Route {
 }
 
 /// A veth pair made with one request: the near end in the connection's namespace (on a
-/// bridge and up), the far end straight in another namespace with its final name, hardware
-/// address and MTU (down: the caller brings it up once configured). Making the far end inside its namespace avoids moving a link
-/// between namespaces, which waits for an RCU grace period (15–30 ms) on every move.
+/// bridge), the far end straight in another namespace with its final name, hardware address
+/// and MTU (down: the caller brings it up once configured). Making the far end inside its
+/// namespace avoids moving a link between namespaces, which waits for an RCU grace period
+/// (15–30 ms) on every move.
 #[derive(Debug, Clone)]
 pub struct VethPair<'a> {
     /// Name of the near end.
@@ -138,6 +139,13 @@ fn no_link_local() -> LinkAttribute {
     LinkAttribute::AfSpecUnspec(vec![AfSpecUnspec::Inet6(vec![AfSpecInet6::AddrGenMode(
         In6AddrGenMode::None,
     )])])
+}
+
+/// How a request names the link it changes: by index, or by name (no lookup first).
+#[derive(Debug, Clone, Copy)]
+enum LinkRef<'a> {
+    Index(u32),
+    Name(&'a str),
 }
 
 /// Aborts the connection task when the last clone of an [`Rtnl`] goes.
@@ -269,8 +277,9 @@ impl Rtnl {
     }
 
     /// Makes a veth pair with one request (see [`VethPair`]) and marks the near end with
-    /// `alias`. The near end is up, the far end down. An [`SysError::Exists`] means one of the two names is taken
-    /// (the near one here or the far one in `peer_ns`). If marking fails the pair is deleted.
+    /// `alias`. The near end is up, the far end down. An [`SysError::Exists`] means one of the
+    /// two names is taken (the near one here or the far one in `peer_ns`). If marking fails
+    /// the pair is deleted.
     pub async fn add_veth_pair(&self, pair: &VethPair<'_>, alias: &str) -> Result<()> {
         check_ifname("veth name", pair.name)?;
         check_ifname("interface name", pair.peer_name)?;
@@ -286,42 +295,20 @@ impl Rtnl {
         }
         let peer = peer.build();
         // Down at first: its IPv6 link-local address is turned off before it comes up.
-        let mut near = LinkVeth::new(pair.name, pair.peer_name);
+        let mut near = LinkVeth::new(pair.name, pair.peer_name)
+            .set_info_data(InfoData::Veth(InfoVeth::Peer(peer)));
         if let Some(mtu) = pair.mtu {
             near = near.mtu(mtu);
         }
         if let Some(master) = pair.master {
             near = near.controller(master);
         }
-        let mut message = near.build();
-        for attr in &mut message.attributes {
-            if let LinkAttribute::LinkInfo(infos) = attr {
-                for info in infos {
-                    if let LinkInfo::Data(InfoData::Veth(InfoVeth::Peer(p))) = info {
-                        *p = peer.clone();
-                    }
-                }
-            }
-        }
         let what = format!("veth {:?} (peer {:?})", pair.name, pair.peer_name);
-        self.add(what.clone(), message).await?;
+        self.add(what, near.build()).await?;
         // A bridge port needs no address of its own. Without a link-local one it sends no
         // router solicitations, DAD or MLD, which the bridge would flood to every other port
-        // (a cost that grows with the number of ports). Through netlink, not the
-        // `disable_ipv6` sysctl: opening a sysctl file of a new link took 1-2 ms here.
-        // The kernel applies flags before address-family settings in one request, so the
-        // mode is set while the link is down, then it comes up.
-        let mut marked = self
-            .set_by_name(
-                pair.name,
-                |m| m.alias(alias).append_extra_attribute(no_link_local()),
-                "set alias",
-            )
-            .await;
-        if marked.is_ok() {
-            marked = self.set_by_name(pair.name, |m| m.up(), "bring up").await;
-        }
-        if let Err(e) = marked {
+        // (a cost that grows with the number of ports).
+        if let Err(e) = self.mark_up(LinkRef::Name(pair.name), alias, false).await {
             if let Ok(Some(link)) = self.link(pair.name).await {
                 let _ = self.delete_link(link.index).await;
             }
@@ -359,7 +346,7 @@ impl Rtnl {
     /// and returns it. If marking fails the link is deleted, so nothing unmarked is left.
     async fn marked(&self, name: &str, alias: &str) -> Result<Link> {
         if let Err(e) = self
-            .set_by_name(name, |m| m.alias(alias), "set alias")
+            .set_ref(LinkRef::Name(name), |m| m.alias(alias), "set alias")
             .await
         {
             if let Ok(Some(link)) = self.link(name).await {
@@ -381,36 +368,46 @@ impl Rtnl {
         f: impl FnOnce(LinkMessageBuilder<LinkUnspec>) -> LinkMessageBuilder<LinkUnspec>,
         op: &str,
     ) -> Result<()> {
-        let message = f(LinkUnspec::new_with_index(index)).build();
-        self.handle
-            .link()
-            .set(message)
-            .execute()
-            .await
-            .map_err(|e| {
-                SysError::netlink(format!("{op} of link {index}"), &format!("link {index}"), e)
-            })
+        self.set_ref(LinkRef::Index(index), f, op).await
     }
 
-    async fn set_by_name(
+    /// One RTM_SETLINK on the link `link` names.
+    async fn set_ref(
         &self,
-        name: &str,
+        link: LinkRef<'_>,
         f: impl FnOnce(LinkMessageBuilder<LinkUnspec>) -> LinkMessageBuilder<LinkUnspec>,
         op: &str,
     ) -> Result<()> {
-        let message = f(LinkUnspec::new_with_name(name)).build();
+        let (builder, what) = match link {
+            LinkRef::Index(index) => (LinkUnspec::new_with_index(index), format!("link {index}")),
+            LinkRef::Name(name) => (LinkUnspec::new_with_name(name), format!("link {name:?}")),
+        };
         self.handle
             .link()
-            .set(message)
+            .set(f(builder).build())
             .execute()
             .await
-            .map_err(|e| {
-                SysError::netlink(
-                    format!("{op} of link {name:?}"),
-                    &format!("link {name:?}"),
-                    e,
-                )
-            })
+            .map_err(|e| SysError::netlink(format!("{op} of {what}"), &what, e))
+    }
+
+    /// Marks `link` with `alias` and brings it up; without `link_local` it gets no IPv6
+    /// link-local address. Through netlink, not the `disable_ipv6` sysctl (opening a new
+    /// link's sysctl file took 1–2 ms here). The kernel applies flags before address-family
+    /// settings within one request, so then the mode is set while the link is down and it
+    /// comes up with a second request.
+    async fn mark_up(&self, link: LinkRef<'_>, alias: &str, link_local: bool) -> Result<()> {
+        if link_local {
+            return self
+                .set_ref(link, |m| m.up().alias(alias), "bring up and mark")
+                .await;
+        }
+        self.set_ref(
+            link,
+            |m| m.alias(alias).append_extra_attribute(no_link_local()),
+            "mark",
+        )
+        .await?;
+        self.set_ref(link, |m| m.up(), "bring up").await
     }
 
     /// Brings a link up.
@@ -422,20 +419,7 @@ impl Rtnl {
     /// and unmarked). Without `link_local` it gets no IPv6 link-local address and so sends
     /// no IPv6 chatter: for an interface on a network without IPv6.
     pub async fn set_up_marked(&self, index: u32, alias: &str, link_local: bool) -> Result<()> {
-        if link_local {
-            return self
-                .set(index, |m| m.up().alias(alias), "bring up and mark")
-                .await;
-        }
-        // Flags are applied before address-family settings within one request: the mode
-        // goes first, while the link is down.
-        self.set(
-            index,
-            |m| m.alias(alias).append_extra_attribute(no_link_local()),
-            "mark",
-        )
-        .await?;
-        self.set(index, |m| m.up(), "bring up").await
+        self.mark_up(LinkRef::Index(index), alias, link_local).await
     }
 
     /// Brings a link down.
