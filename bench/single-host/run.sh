@@ -111,7 +111,7 @@ for p in docker.io netavark aardvark-dns iperf3 busybox-static iptables; do dpkg
 if ((${#need[@]})); then log "apt-get install ${need[*]}"; apt-get update -qq && apt-get install -y -qq "${need[@]}" >/dev/null; fi
 
 log "building plexusd + plexus (release) into $CARGO_TARGET_DIR"
-(cd "$ROOT" && cargo build --release -q -p plexusd -p plexus) || { echo "build failed" >&2; exit 1; }
+(cd "$ROOT" && ./scripts/build -q) || { echo "build failed" >&2; exit 1; }
 
 DOCKER=1
 if ! docker info >/dev/null 2>&1; then

@@ -402,7 +402,7 @@ impl BridgeDriver {
             None => {
                 let l = self
                     .rtnl
-                    .add_bridge(bridge, opts.mtu, alias)
+                    .add_bridge(bridge, opts.mtu, opts.mcast_snooping, alias)
                     .await
                     .map_err(sys_ctx(&what))?;
                 undo.push(Undo::DeleteLink(l.index));
@@ -578,7 +578,8 @@ impl BridgeDriver {
 
     /// Makes the veth pair of a joining endpoint in one request: the host end on the bridge,
     /// the other end straight inside the sandbox as the first free `<prefix><n>` (taken:
-    /// names the sandbox already has), the host end up. Returns the sandbox-side name.
+    /// names the sandbox already has), the host end up with its port flags (isolated without
+    /// icc, hairpin for published ports). Returns the sandbox-side name.
     async fn make_pair(
         &self,
         net: &NetState,
@@ -610,6 +611,8 @@ impl BridgeDriver {
                 peer_name: &name,
                 peer_ns: sandbox,
                 peer_mac: Some(ep.mac),
+                isolated: !net.opts.enable_icc,
+                hairpin: self.needs_hairpin(!ep.ports.is_empty()),
             };
             match self.rtnl.add_veth_pair(&pair, &alias).await {
                 Ok(()) => return Ok(name),
@@ -742,7 +745,7 @@ impl BridgeDriver {
         }
     }
 
-    /// Sets up a freshly made pair: bridge port flags on the host end; addresses, loopback
+    /// Sets up a freshly made pair inside the sandbox: addresses, loopback
     /// (`lo_down`: its index, if down) and the default route inside the sandbox. Returns the
     /// interface's index and the gateways it routed through.
     async fn configure(
@@ -754,28 +757,6 @@ impl BridgeDriver {
         name: &str,
         lo_down: Option<u32>,
     ) -> Result<(u32, Vec<IpAddr>), DriverError> {
-        let hairpin = self.needs_hairpin(!ep.ports.is_empty());
-        if !net.opts.enable_icc || hairpin {
-            let host_name = names::host_veth(endpoint_id);
-            let what = format!("veth {host_name}");
-            let h = self
-                .rtnl
-                .require_link(&host_name)
-                .await
-                .map_err(sys_ctx(&what))?;
-            if !net.opts.enable_icc {
-                self.rtnl
-                    .set_port_isolated(h.index, true)
-                    .await
-                    .map_err(sys_ctx(&what))?;
-            }
-            if hairpin {
-                self.rtnl
-                    .set_port_hairpin(h.index, true)
-                    .await
-                    .map_err(sys_ctx(&what))?;
-            }
-        }
         let what = format!("sandbox interface {name}");
         let link = rs.require_link(name).await.map_err(sys_ctx(&what))?;
         if ep.ipv6.is_some() {

@@ -29,8 +29,15 @@ pub const CONTAINER_IFACE_PREFIX: &str = "com.docker.network.container_iface_pre
 /// network); Plexus has no special default bridge.
 pub const DEFAULT_BRIDGE: &str = "com.docker.network.bridge.default_bridge";
 
+/// `plexus.bridge.mcast_snooping`: whether the bridge snoops IGMP/MLD to send multicast only
+/// to ports that joined a group (default false: multicast is flooded, like broadcast). Off by
+/// default because, with snooping on, the kernel re-arms per-port multicast state on every
+/// port whenever any port comes up or goes down: a cost that grows with the number of
+/// sandboxes on the network.
+pub const MCAST_SNOOPING: &str = "plexus.bridge.mcast_snooping";
+
 /// Every option name the bridge driver knows.
-pub const KNOWN: [&str; 8] = [
+pub const KNOWN: [&str; 9] = [
     BRIDGE_NAME,
     ENABLE_ICC,
     ENABLE_IP_MASQUERADE,
@@ -39,6 +46,7 @@ pub const KNOWN: [&str; 8] = [
     INHIBIT_IPV4,
     CONTAINER_IFACE_PREFIX,
     DEFAULT_BRIDGE,
+    MCAST_SNOOPING,
 ];
 
 /// The bridge driver's options, parsed.
@@ -58,6 +66,8 @@ pub struct BridgeOptions {
     pub inhibit_ipv4: bool,
     /// `container_iface_prefix`.
     pub container_iface_prefix: Option<String>,
+    /// `plexus.bridge.mcast_snooping` (default false).
+    pub mcast_snooping: bool,
 }
 
 impl Default for BridgeOptions {
@@ -70,6 +80,7 @@ impl Default for BridgeOptions {
             mtu: None,
             inhibit_ipv4: false,
             container_iface_prefix: None,
+            mcast_snooping: false,
         }
     }
 }
@@ -130,6 +141,7 @@ impl BridgeOptions {
                 ENABLE_ICC => o.enable_icc = parse_bool(name, value)?,
                 ENABLE_IP_MASQUERADE => o.enable_ip_masquerade = parse_bool(name, value)?,
                 INHIBIT_IPV4 => o.inhibit_ipv4 = parse_bool(name, value)?,
+                MCAST_SNOOPING => o.mcast_snooping = parse_bool(name, value)?,
                 DEFAULT_BRIDGE => {
                     parse_bool(name, value)?;
                 }
@@ -194,9 +206,11 @@ mod tests {
             (MTU, "1400"),
             (INHIBIT_IPV4, "True"),
             (CONTAINER_IFACE_PREFIX, "net"),
+            (MCAST_SNOOPING, "true"),
             ("io.example.label", "anything"),
         ])
         .unwrap_or_else(|e| panic!("{e}"));
+        assert!(o.mcast_snooping);
         assert_eq!(o.bridge_name.as_deref(), Some("br-web"));
         assert!(!o.enable_icc && !o.enable_ip_masquerade && o.inhibit_ipv4);
         assert_eq!(o.mtu, Some(1400));
@@ -222,6 +236,7 @@ mod tests {
             (BRIDGE_NAME, "a.b"),
             (BRIDGE_NAME, ""),
             (CONTAINER_IFACE_PREFIX, "eth/"),
+            (MCAST_SNOOPING, "on"),
             ("com.docker.network.bridge.enable_iccc", "true"),
             ("bogus", "1"),
             ("plexus.nothing", "1"),

@@ -46,6 +46,22 @@ async fn two_sandboxes_on_one_network_talk_and_disconnect_leaves_nothing() {
         "eth0 has only its IPv4 address"
     );
 
+    // The host side: a bridge without multicast snooping, ports with one queue and no IPv6
+    // (what keeps attach cost flat in the number of sandboxes).
+    let host_links = w.host_links().await;
+    let br = host_links.iter().find(|l| l.name == bridge);
+    assert_eq!(br.and_then(|l| l.mcast_snooping), Some(false), "{br:?}");
+    let port = host_links
+        .iter()
+        .find(|l| l.name == format!("plxv{}", &e1.id[..11]));
+    assert_eq!(port.and_then(|l| l.tx_queues), Some(1), "{port:?}");
+    assert_eq!(port.map(|l| l.up), Some(true), "{port:?}");
+    let key = format!("net.ipv6.conf.plxv{}.disable_ipv6", &e1.id[..11]);
+    assert_eq!(
+        plexus_sys::sysctl::read(&w.host.ns, &key).ok().as_deref(),
+        Some("1")
+    );
+
     let _srv = Server::start(w.sb("s2"), sa(ip4(&e2), 7000));
     assert_eq!(
         reaches(w.sb("s1"), sa(ip4(&e2), 7000)),
@@ -423,7 +439,8 @@ async fn bad_input_is_a_400_naming_the_option_and_leaves_nothing() {
     // A bridge name someone else uses: a conflict naming the bridge; nothing made.
     ok(
         "foreign bridge",
-        w.rh.add_bridge("br-taken", None, "someone-else").await,
+        w.rh.add_bridge("br-taken", None, false, "someone-else")
+            .await,
     );
     let taken = w
         .controller
@@ -526,18 +543,24 @@ async fn reconcile_removes_marked_orphans_and_a_restarted_driver_finds_its_objec
     // Foreign links: another owner's bridge, and one whose marker merely starts like ours.
     ok(
         "foreign",
-        w.rh.add_bridge("foreignbr", None, "someone-else").await,
+        w.rh.add_bridge("foreignbr", None, false, "someone-else")
+            .await,
     );
     ok(
         "look-alike",
-        w.rh.add_bridge("lookalike", None, &format!("{MARK}x:bridge:{}", n1.id))
-            .await,
+        w.rh.add_bridge(
+            "lookalike",
+            None,
+            false,
+            &format!("{MARK}x:bridge:{}", n1.id),
+        )
+        .await,
     );
     // Orphans with our marker: a bridge and a veth of things the store does not know, and a
     // published port of an unknown endpoint.
     ok(
         "orphan bridge",
-        w.rh.add_bridge("plx-orphan", None, &format!("{MARK}:bridge:dead"))
+        w.rh.add_bridge("plx-orphan", None, false, &format!("{MARK}:bridge:dead"))
             .await,
     );
     ok(

@@ -19,7 +19,7 @@
 //! use plexus_sys::{netns::Netns, rtnl::Rtnl};
 //! let ns = Netns::create(std::path::Path::new("/run/plexus/netns"), "demo")?;
 //! let rtnl = Rtnl::connect(&ns).await?;
-//! let br = rtnl.add_bridge("plx0", Some(1500), "plexus").await?;
+//! let br = rtnl.add_bridge("plx0", Some(1500), false, "plexus").await?;
 //! rtnl.set_up(br.index).await?;
 //! # Ok(()) }
 //! ```

@@ -90,7 +90,7 @@ impl KernelFeatures {
             let outcome = match feature {
                 Feature::Veth => parent.as_ref().err().map(|e| e.to_string()),
                 Feature::Bridge => rtnl
-                    .add_bridge("probebr", None, "plexus-probe")
+                    .add_bridge("probebr", None, false, "plexus-probe")
                     .await
                     .err()
                     .map(|e| e.to_string()),

@@ -6,8 +6,8 @@ use std::os::fd::AsRawFd;
 use futures::TryStreamExt;
 use rtnetlink::packet_route::address::{AddressAttribute, AddressMessage};
 use rtnetlink::packet_route::link::{
-    AfSpecInet6, AfSpecUnspec, In6AddrGenMode, InfoBridgePort, InfoData, InfoVeth, LinkAttribute,
-    LinkFlags, LinkInfo, LinkMessage, MacVlanMode,
+    AfSpecInet6, AfSpecUnspec, In6AddrGenMode, InfoBridge, InfoBridgePort, InfoData, InfoPortKind,
+    InfoVeth, LinkAttribute, LinkFlags, LinkInfo, LinkMessage, MacVlanMode,
 };
 use rtnetlink::packet_route::route::RouteMessage;
 use rtnetlink::{
@@ -18,6 +18,7 @@ use rtnetlink::{
 use crate::error::{Result, SysError};
 use crate::netns::Netns;
 use crate::socket::{with_target, NsSocket};
+use crate::sysctl;
 
 /// Longest interface name the kernel accepts (IFNAMSIZ - 1).
 pub const MAX_IFNAME: usize = 15;
@@ -67,6 +68,10 @@ pub struct Link {
     pub alias: Option<String>,
     /// Hardware address.
     pub mac: Option<Vec<u8>>,
+    /// Number of transmit queues.
+    pub tx_queues: Option<u32>,
+    /// For a bridge: whether it snoops IGMP/MLD (multicast snooping).
+    pub mcast_snooping: Option<bool>,
 }
 
 impl Link {
@@ -80,6 +85,8 @@ impl Link {
             master: None,
             alias: None,
             mac: None,
+            tx_queues: None,
+            mcast_snooping: None,
         };
         for attr in &m.attributes {
             match attr {
@@ -88,10 +95,18 @@ impl Link {
                 LinkAttribute::Controller(v) => link.master = Some(*v),
                 LinkAttribute::IfAlias(a) => link.alias = Some(a.clone()),
                 LinkAttribute::Address(a) => link.mac = Some(a.clone()),
+                LinkAttribute::NumTxQueues(n) => link.tx_queues = Some(*n),
                 LinkAttribute::LinkInfo(infos) => {
                     for info in infos {
-                        if let LinkInfo::Kind(kind) = info {
-                            link.kind = Some(kind.to_string());
+                        match info {
+                            LinkInfo::Kind(kind) => link.kind = Some(kind.to_string()),
+                            LinkInfo::Data(InfoData::Bridge(opts)) => {
+                                link.mcast_snooping = opts.iter().find_map(|o| match o {
+                                    InfoBridge::MulticastSnooping(on) => Some(*on),
+                                    _ => None,
+                                });
+                            }
+                            _ => {}
                         }
                     }
                 }
@@ -132,6 +147,10 @@ pub struct VethPair<'a> {
     pub peer_ns: &'a Netns,
     /// Hardware address of the far end.
     pub peer_mac: Option<[u8; 6]>,
+    /// Bridge port flag `isolated` of the near end (with a `master` bridge).
+    pub isolated: bool,
+    /// Bridge port flag `hairpin` of the near end (with a `master` bridge).
+    pub hairpin: bool,
 }
 
 /// `IFLA_AF_SPEC` with the IPv6 address generation mode `none`: no link-local address.
@@ -240,10 +259,17 @@ impl Rtnl {
             .map_err(|e| SysError::netlink(format!("create {what}"), &what, e))
     }
 
-    /// Creates a bridge, marked with `alias`, and returns it.
-    pub async fn add_bridge(&self, name: &str, mtu: Option<u32>, alias: &str) -> Result<Link> {
+    /// Creates a bridge, marked with `alias`, and returns it. Without `mcast_snooping` it
+    /// floods multicast like broadcast (see the bridge driver's `plexus.bridge.mcast_snooping`).
+    pub async fn add_bridge(
+        &self,
+        name: &str,
+        mtu: Option<u32>,
+        mcast_snooping: bool,
+        alias: &str,
+    ) -> Result<Link> {
         check_ifname("bridge name", name)?;
-        let mut builder = LinkBridge::new(name);
+        let mut builder = LinkBridge::new(name).mcast_snooping(mcast_snooping);
         if let Some(mtu) = mtu {
             builder = builder.mtu(mtu);
         }
@@ -276,17 +302,23 @@ impl Rtnl {
         Ok((a, b))
     }
 
-    /// Makes a veth pair with one request (see [`VethPair`]) and marks the near end with
-    /// `alias`. The near end is up, the far end down. An [`SysError::Exists`] means one of the
-    /// two names is taken (the near one here or the far one in `peer_ns`). If marking fails
-    /// the pair is deleted.
+    /// Makes a veth pair (see [`VethPair`]) and marks the near end with `alias`: one
+    /// request makes both ends, one more marks the near end, sets its port flags and brings
+    /// it up; the far end stays down. Each end has one queue pair (the kernel's default is
+    /// one per possible CPU, each with its own sysfs objects, which makes creation slower)
+    /// and the near end no IPv6 at all (a bridge port needs none; with IPv6 on, every port
+    /// adds a multicast route that each later link event of the namespace walks). An
+    /// [`SysError::Exists`] means one of the two names is taken (the near one here or the
+    /// far one in `peer_ns`). If a later step fails the pair is deleted.
     pub async fn add_veth_pair(&self, pair: &VethPair<'_>, alias: &str) -> Result<()> {
         check_ifname("veth name", pair.name)?;
         check_ifname("interface name", pair.peer_name)?;
         // Not up: veth refuses to open an end before the pair is linked (ENOTCONN), which
         // happens after the far end is configured.
-        let mut peer =
-            LinkUnspec::new_with_name(pair.peer_name).setns_by_fd(pair.peer_ns.fd().as_raw_fd());
+        let mut peer = LinkUnspec::new_with_name(pair.peer_name)
+            .setns_by_fd(pair.peer_ns.fd().as_raw_fd())
+            .append_extra_attribute(LinkAttribute::NumTxQueues(1))
+            .append_extra_attribute(LinkAttribute::NumRxQueues(1));
         if let Some(mac) = pair.peer_mac {
             peer = peer.address(mac.to_vec());
         }
@@ -294,9 +326,11 @@ impl Rtnl {
             peer = peer.mtu(mtu);
         }
         let peer = peer.build();
-        // Down at first: its IPv6 link-local address is turned off before it comes up.
+        // Down at first: IPv6 is turned off before it comes up.
         let mut near = LinkVeth::new(pair.name, pair.peer_name)
-            .set_info_data(InfoData::Veth(InfoVeth::Peer(peer)));
+            .set_info_data(InfoData::Veth(InfoVeth::Peer(peer)))
+            .append_extra_attribute(LinkAttribute::NumTxQueues(1))
+            .append_extra_attribute(LinkAttribute::NumRxQueues(1));
         if let Some(mtu) = pair.mtu {
             near = near.mtu(mtu);
         }
@@ -305,16 +339,54 @@ impl Rtnl {
         }
         let what = format!("veth {:?} (peer {:?})", pair.name, pair.peer_name);
         self.add(what, near.build()).await?;
-        // A bridge port needs no address of its own. Without a link-local one it sends no
-        // router solicitations, DAD or MLD, which the bridge would flood to every other port
-        // (a cost that grows with the number of ports).
-        if let Err(e) = self.mark_up(LinkRef::Name(pair.name), alias, false).await {
+        if let Err(e) = self.finish_near_end(pair, alias).await {
             if let Ok(Some(link)) = self.link(pair.name).await {
                 let _ = self.delete_link(link.index).await;
             }
             return Err(e);
         }
         Ok(())
+    }
+
+    /// The second half of [`Rtnl::add_veth_pair`]: IPv6 off, then port flags, mark and up
+    /// in one request (RTM_NEWLINK on the existing link: only it carries port settings).
+    async fn finish_near_end(&self, pair: &VethPair<'_>, alias: &str) -> Result<()> {
+        match sysctl::write(
+            &self.ns,
+            &format!("net.ipv6.conf.{}.disable_ipv6", pair.name),
+            "1",
+        ) {
+            Ok(()) => {}
+            // A kernel without IPv6 (no /proc/sys/net/ipv6) has nothing to turn off.
+            Err(SysError::Io { source, .. }) if source.kind() == std::io::ErrorKind::NotFound => {
+                tracing::debug!(link = pair.name, "no IPv6 sysctls: IPv6 left as it is");
+            }
+            Err(e) => return Err(e),
+        }
+        let what = format!("link {:?}", pair.name);
+        if pair.master.is_none() {
+            return self
+                .set_ref(
+                    LinkRef::Name(pair.name),
+                    |m| m.up().alias(alias),
+                    "bring up and mark",
+                )
+                .await;
+        }
+        let message = LinkMessageBuilder::<LinkBridgePort>::default()
+            .name(pair.name)
+            .set_port_kind(InfoPortKind::Bridge)
+            .append_info_data(InfoBridgePort::Isolated(pair.isolated))
+            .append_info_data(InfoBridgePort::HairpinMode(pair.hairpin))
+            .alias(alias)
+            .up()
+            .build();
+        self.handle
+            .link()
+            .set_port(message)
+            .execute()
+            .await
+            .map_err(|e| SysError::netlink(format!("set up bridge port {what}"), &what, e))
     }
 
     /// Renames a link and brings it down with one request: how an interface leaves a

@@ -81,12 +81,27 @@ pub(crate) mod netns_helper {
         Ok(tx)
     }
 
+    /// Whether `target` is the calling thread's network namespace (same inode).
+    fn is_current(target: BorrowedFd<'_>) -> bool {
+        let Ok(here) = nix::sys::stat::stat("/proc/thread-self/ns/net") else {
+            return false;
+        };
+        nix::sys::stat::fstat(target)
+            .map(|t| t.st_dev == here.st_dev && t.st_ino == here.st_ino)
+            .unwrap_or(false)
+    }
+
     /// Runs `f` inside the namespace open at `fd` (the caller keeps it open until this
     /// returns) and returns its result.
     pub(crate) fn run_in<T: Send + 'static>(
         fd: RawFd,
         f: impl FnOnce() -> io::Result<T> + Send + 'static,
     ) -> io::Result<T> {
+        // SAFETY: as below, the caller keeps `fd` open for the call.
+        if is_current(unsafe { BorrowedFd::borrow_raw(fd) }) {
+            // Already there (the daemon's own namespace): no hop to the helper.
+            return f();
+        }
         let (reply_tx, reply) = channel();
         let job: Job = Box::new(move |home: &File| {
             // SAFETY: the caller keeps `fd` open until it has our reply.

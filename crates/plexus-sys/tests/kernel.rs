@@ -101,7 +101,7 @@ async fn bridge_joins_sandboxes_and_routes_through_gateway() {
     let c1 = PinnedNs::new("c1");
     let c2 = PinnedNs::new("c2");
     let rh = ok("connect host", Rtnl::connect(&host.ns).await);
-    let br = ok("bridge", rh.add_bridge("plx-br0", None, MARK).await);
+    let br = ok("bridge", rh.add_bridge("plx-br0", None, false, MARK).await);
     assert_eq!(br.kind.as_deref(), Some("bridge"));
     ok(
         "gw addr",
@@ -174,7 +174,7 @@ async fn bad_input_names_the_field_and_makes_nothing() {
     let a = PinnedNs::new("bad");
     let r = ok("connect", Rtnl::connect(&a.ns).await);
     let before = ok("links", r.links().await).len();
-    match r.add_bridge("a-name-far-too-long", None, MARK).await {
+    match r.add_bridge("a-name-far-too-long", None, false, MARK).await {
         Err(SysError::Invalid { field, value, .. }) => {
             assert_eq!(
                 (field, value.as_str()),
@@ -183,8 +183,8 @@ async fn bad_input_names_the_field_and_makes_nothing() {
         }
         other => panic!("long name gave {other:?}"),
     }
-    ok("bridge", r.add_bridge("dup0", None, MARK).await);
-    match r.add_bridge("dup0", None, MARK).await {
+    ok("bridge", r.add_bridge("dup0", None, false, MARK).await);
+    match r.add_bridge("dup0", None, false, MARK).await {
         Err(e @ SysError::Exists { .. }) => assert!(e.to_string().contains("dup0"), "{e}"),
         other => panic!("duplicate gave {other:?}"),
     }
@@ -241,7 +241,7 @@ async fn created_namespace_is_pinned_until_deleted() {
     ok(
         "bridge",
         ok("connect", Rtnl::connect(&ns).await)
-            .add_bridge("pinned0", None, MARK)
+            .add_bridge("pinned0", None, false, MARK)
             .await,
     );
     drop(ns);

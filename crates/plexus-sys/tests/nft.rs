@@ -161,7 +161,7 @@ impl Topo {
 
     /// A bridge with gateway `10.N.0.1/24`.
     async fn bridge(&self, name: &str, n: u8) -> u32 {
-        let br = ok("bridge", self.rh.add_bridge(name, None, MARK).await);
+        let br = ok("bridge", self.rh.add_bridge(name, None, false, MARK).await);
         ok(
             "gw",
             self.rh
