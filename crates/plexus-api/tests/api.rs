@@ -67,9 +67,15 @@ impl Driver for FakeDriver {
     async fn delete_endpoint(&self, _: &str, _: &str) -> Result<(), DriverError> {
         Ok(())
     }
-    async fn join(&self, _: &str, _: &str, _: &str, prefix: &str) -> Result<Joined, DriverError> {
+    async fn join(
+        &self,
+        _: &str,
+        _: &str,
+        _: &str,
+        interface: InterfaceName<'_>,
+    ) -> Result<Joined, DriverError> {
         Ok(Joined {
-            interface: Some(format!("{prefix}0")),
+            interface: Some(interface.guess()),
             gateways: vec![],
         })
     }

@@ -7,7 +7,7 @@
 //! objects or allocations the store does not mention; start-up reconciliation (which compares
 //! the kernel and IPAM with the store) removes them.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;
 use std::sync::Arc;
 
@@ -19,7 +19,9 @@ use plexus_kv::{KvError, Store, Txn};
 use serde::de::DeserializeOwned;
 use tokio::sync::Mutex;
 
-use crate::driver::{Driver, DriverError, DriverRegistry, EndpointInfo, NetworkInfo};
+use crate::driver::{
+    Driver, DriverError, DriverRegistry, EndpointInfo, InterfaceName, NetworkInfo,
+};
 use crate::error::{CnmError, Result};
 use crate::model::{
     Endpoint, EndpointSpec, IpamPool, IpamPoolSpec, Network, NetworkSpec, Sandbox, Scope,
@@ -629,7 +631,8 @@ impl Controller {
         for ep_id in sandbox.endpoints.clone().iter().rev() {
             let endpoint = self.find_endpoint(ep_id).await?;
             if let Some(endpoint) = endpoint {
-                self.disconnect_locked(&sandbox.id, &endpoint).await?;
+                // The sandbox's own removal below is durable and comes after.
+                self.disconnect_locked(&sandbox.id, &endpoint, true).await?;
             }
         }
         let (_, index) = self.sandbox_indexed(&sandbox.id).await?;
@@ -784,14 +787,11 @@ impl Controller {
             .get("com.docker.network.container_iface_prefix")
             .cloned()
             .unwrap_or_else(|| self.config.interface_prefix.clone());
-        let joined = match driver.join(&network.id, &id, &sandbox.key, &prefix).await {
-            Ok(j) => j,
-            Err(e) => {
-                let _ = driver.delete_endpoint(&network.id, &id).await;
-                return Err(driver_err(driver, e));
-            }
+        let interface = InterfaceName {
+            prefix: &prefix,
+            first: self.first_free_interface(sandbox, &prefix).await?,
         };
-        let endpoint = Endpoint {
+        let mut endpoint = Endpoint {
             id: id.clone(),
             name: sandbox.name.clone(),
             network_id: network.id.clone(),
@@ -800,18 +800,120 @@ impl Controller {
             ipv6: info.ipv6,
             pool_ids: v4.iter().chain(v6.iter()).map(|(p, _)| p.clone()).collect(),
             mac: created.mac,
-            interface: joined.interface,
+            interface: Some(interface.guess()),
             aliases: spec.aliases,
             ports: created.ports,
         };
-        let recorded = self.record_endpoint(sandbox, network, &endpoint).await;
-        if let Err(e) = recorded {
-            let _ = driver.leave(&network.id, &id).await;
-            let _ = driver.delete_endpoint(&network.id, &id).await;
-            return Err(e);
+        // The record and the driver's kernel work go on at once, so the record's disk flush
+        // (about a millisecond) hides behind the join. A crash can then leave a record whose
+        // join never finished: start-up reconciliation finds such endpoints lost (see
+        // `forget_endpoints`) and rolls them back.
+        let (recorded, joined) = tokio::join!(
+            self.record_endpoint(sandbox, network, &endpoint),
+            driver.join(&network.id, &id, &sandbox.key, interface),
+        );
+        match (recorded, joined) {
+            (Ok(()), Ok(joined)) => {
+                if joined.interface != endpoint.interface {
+                    // The sandbox had the name already (not from Plexus): record the real one.
+                    endpoint.interface = joined.interface;
+                    self.rewrite_endpoint(&endpoint).await?;
+                }
+            }
+            (Ok(()), Err(e)) => {
+                if let Err(u) = self.unrecord_endpoint(&sandbox.id, &endpoint, false).await {
+                    tracing::warn!(endpoint = %id, error = %u, "cannot remove the record of a failed join; start-up reconciliation will");
+                }
+                let _ = driver.delete_endpoint(&network.id, &id).await;
+                return Err(driver_err(driver, e));
+            }
+            (Err(e), Ok(_)) => {
+                let _ = driver.leave(&network.id, &id).await;
+                let _ = driver.delete_endpoint(&network.id, &id).await;
+                return Err(e);
+            }
+            (Err(_), Err(e)) => {
+                let _ = driver.delete_endpoint(&network.id, &id).await;
+                return Err(driver_err(driver, e));
+            }
         }
         tracing::info!(sandbox = %sandbox.name, network = %network.name, endpoint = %id, "connected");
         Ok(endpoint)
+    }
+
+    /// The first number for `prefix` that none of the sandbox's endpoints has in its
+    /// interface name: the name a join tries first.
+    async fn first_free_interface(&self, sandbox: &Sandbox, prefix: &str) -> Result<u32> {
+        let used: BTreeSet<String> = self
+            .sandbox_endpoints(sandbox)
+            .await?
+            .into_iter()
+            .filter_map(|(ep, _)| ep.interface)
+            .collect();
+        Ok((0u32..)
+            .find(|n| !used.contains(&format!("{prefix}{n}")))
+            .unwrap_or(0))
+    }
+
+    /// Replaces an endpoint's record (same sandbox list).
+    async fn rewrite_endpoint(&self, endpoint: &Endpoint) -> Result<()> {
+        let key = keys::endpoint(&endpoint.network_id, &endpoint.id);
+        let (_, index) = self
+            .load::<Endpoint>(&key)
+            .await?
+            .ok_or_else(|| CnmError::NotFound {
+                kind: "endpoint",
+                name: endpoint.id.clone(),
+            })?;
+        self.store
+            .txn(
+                Txn::new()
+                    .compare_index(key.clone(), index)
+                    .put(key, encode(endpoint)),
+            )
+            .await?;
+        Ok(())
+    }
+
+    /// Removes an endpoint's record and its place in its sandbox's list; `relaxed`: no disk
+    /// flush of its own (a durable write follows).
+    async fn unrecord_endpoint(
+        &self,
+        sandbox_id: &str,
+        endpoint: &Endpoint,
+        relaxed: bool,
+    ) -> Result<()> {
+        let (mut sandbox, index) = self.sandbox_indexed(sandbox_id).await?;
+        sandbox.endpoints.retain(|e| e != &endpoint.id);
+        let mut txn = Txn::new()
+            .compare_index(keys::sandbox(sandbox_id), index)
+            .delete(keys::endpoint(&endpoint.network_id, &endpoint.id))
+            .put(keys::sandbox(sandbox_id), encode(&sandbox));
+        txn.relaxed = relaxed;
+        self.store.txn(txn).await?;
+        Ok(())
+    }
+
+    /// Forgets endpoints whose data plane is gone without a disconnect: the driver found no
+    /// finished join for them at start-up (a crash during connect or disconnect, or a sandbox
+    /// namespace deleted behind Plexus's back). Only the records go (the driver deletes what
+    /// is left of their data plane as unknown, IPAM reconciliation frees their addresses).
+    pub async fn forget_endpoints(&self, endpoints: &[Endpoint]) -> Result<()> {
+        let _op = self.ops.lock().await;
+        for ep in endpoints {
+            match self.unrecord_endpoint(&ep.sandbox_id, ep, false).await {
+                Ok(()) => {}
+                // Its sandbox is gone: only the endpoint's own record is left.
+                Err(CnmError::NotFound { .. }) => {
+                    self.store
+                        .txn(Txn::new().delete(keys::endpoint(&ep.network_id, &ep.id)))
+                        .await?;
+                }
+                Err(e) => return Err(e),
+            }
+            tracing::info!(endpoint = %ep.id, sandbox = %ep.name, network = %ep.network_id, "endpoint rolled back: its join never finished or its interface is gone");
+        }
+        Ok(())
     }
 
     async fn record_endpoint(
@@ -855,28 +957,35 @@ impl Controller {
                 kind: "endpoint",
                 name: format!("{} on network {}", sandbox.name, network.name),
             })?;
-        self.disconnect_locked(&sandbox.id, &endpoint).await
+        self.disconnect_locked(&sandbox.id, &endpoint, false).await
     }
 
-    async fn disconnect_locked(&self, sandbox_id: &str, endpoint: &Endpoint) -> Result<()> {
+    /// `relaxed`: the record's removal needs no disk flush of its own (the caller's next
+    /// durable write follows).
+    async fn disconnect_locked(
+        &self,
+        sandbox_id: &str,
+        endpoint: &Endpoint,
+        relaxed: bool,
+    ) -> Result<()> {
         let network = self.network(&endpoint.network_id).await?;
         let driver = self.driver(&network.driver)?;
-        let (mut sandbox, index) = self.sandbox_indexed(sandbox_id).await?;
-        sandbox.endpoints.retain(|e| e != &endpoint.id);
-        self.store
-            .txn(
-                Txn::new()
-                    .compare_index(keys::sandbox(sandbox_id), index)
-                    .delete(keys::endpoint(&network.id, &endpoint.id))
-                    .put(keys::sandbox(sandbox_id), encode(&sandbox)),
-            )
-            .await?;
-        if let Err(e) = driver.leave(&network.id, &endpoint.id).await {
-            tracing::warn!(endpoint = %endpoint.id, error = %e, "leave failed; reconciliation will clean up");
-        }
-        if let Err(e) = driver.delete_endpoint(&network.id, &endpoint.id).await {
-            tracing::warn!(endpoint = %endpoint.id, error = %e, "delete endpoint failed; reconciliation will clean up");
-        }
+        // The record goes while the driver takes the data plane down (as in connect): the
+        // driver takes it out of service in an order that start-up reconciliation reads as
+        // "gone" however a crash cuts it short.
+        let data_plane = async {
+            if let Err(e) = driver.leave(&network.id, &endpoint.id).await {
+                tracing::warn!(endpoint = %endpoint.id, error = %e, "leave failed; reconciliation will clean up");
+            }
+            if let Err(e) = driver.delete_endpoint(&network.id, &endpoint.id).await {
+                tracing::warn!(endpoint = %endpoint.id, error = %e, "delete endpoint failed; reconciliation will clean up");
+            }
+        };
+        let (unrecorded, ()) = tokio::join!(
+            self.unrecord_endpoint(sandbox_id, endpoint, relaxed),
+            data_plane
+        );
+        unrecorded?;
         let addrs = endpoint.ipv4.iter().chain(endpoint.ipv6.iter());
         for (pool, addr) in endpoint.pool_ids.iter().zip(addrs) {
             if let Err(e) = self.ipam.release_address(pool, addr.addr()).await {

@@ -84,6 +84,26 @@ pub struct EndpointCreated {
     pub ports: Vec<PortBinding>,
 }
 
+/// How a join names the interface it puts in a sandbox: `prefix` and a number, the lowest
+/// from `first` on whose name is free in the sandbox. `first` is the controller's guess from
+/// its records (the first number none of the sandbox's endpoints uses), so a driver can try
+/// [`InterfaceName::guess`] without listing the sandbox's links and look further only if the
+/// kernel says the name is taken.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct InterfaceName<'a> {
+    /// The name's prefix (`eth`, or `com.docker.network.container_iface_prefix`).
+    pub prefix: &'a str,
+    /// The number to try first.
+    pub first: u32,
+}
+
+impl InterfaceName<'_> {
+    /// The name to try first: `prefix` + `first` (`eth0`).
+    pub fn guess(&self) -> String {
+        format!("{}{}", self.prefix, self.first)
+    }
+}
+
 /// What a join put inside the sandbox.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Joined {
@@ -121,14 +141,14 @@ pub trait Driver: Send + Sync {
     async fn delete_endpoint(&self, network_id: &str, endpoint_id: &str)
         -> Result<(), DriverError>;
 
-    /// Puts the endpoint into the sandbox at `sandbox_key` (a namespace path), named
-    /// `interface_prefix` + a number, with its addresses and routes.
+    /// Puts the endpoint into the sandbox at `sandbox_key` (a namespace path), named as
+    /// `interface` says, with its addresses and routes.
     async fn join(
         &self,
         network_id: &str,
         endpoint_id: &str,
         sandbox_key: &str,
-        interface_prefix: &str,
+        interface: InterfaceName<'_>,
     ) -> Result<Joined, DriverError>;
 
     /// Takes the endpoint out of the sandbox; idempotent.

@@ -34,8 +34,8 @@ pub mod store_layout;
 
 pub use controller::{check_name, Controller, ControllerConfig};
 pub use driver::{
-    Capability, Driver, DriverError, DriverRegistry, EndpointCreated, EndpointInfo, Joined,
-    NetworkInfo,
+    Capability, Driver, DriverError, DriverRegistry, EndpointCreated, EndpointInfo, InterfaceName,
+    Joined, NetworkInfo,
 };
 pub use error::{CnmError, Result};
 pub use model::{

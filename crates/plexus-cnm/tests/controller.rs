@@ -111,11 +111,11 @@ impl Driver for Recorder {
         _n: &str,
         endpoint_id: &str,
         key: &str,
-        prefix: &str,
+        interface: InterfaceName<'_>,
     ) -> Result<Joined, DriverError> {
         self.step("join", &format!("{endpoint_id} {key}"))?;
         Ok(Joined {
-            interface: Some(format!("{prefix}0")),
+            interface: Some(interface.guess()),
             gateways: vec![],
         })
     }

@@ -26,12 +26,12 @@ use std::sync::atomic::{AtomicBool, AtomicU16, Ordering};
 use async_trait::async_trait;
 use ipnet::IpNet;
 use plexus_cnm::{
-    Capability, Driver, DriverError, EndpointCreated, EndpointInfo, Joined, NetworkInfo,
-    PortBinding, Scope,
+    Capability, Driver, DriverError, EndpointCreated, EndpointInfo, InterfaceName, Joined,
+    NetworkInfo, PortBinding, Scope,
 };
 use plexus_sys::netns::Netns;
 use plexus_sys::nft::{Firewall, NetworkRules, PortMapping, Proto};
-use plexus_sys::rtnl::{Link, Route, Rtnl, VethPair};
+use plexus_sys::rtnl::{Link, PortFlags, Route, Rtnl, VethPair, LOOPBACK_IFINDEX};
 use plexus_sys::{sysctl, SysError};
 use tokio::sync::Mutex;
 
@@ -576,31 +576,26 @@ impl BridgeDriver {
         publishes && !self.owns_namespace
     }
 
-    /// Makes the veth pair of a joining endpoint in one request: the host end on the bridge,
-    /// the other end straight inside the sandbox as the first free `<prefix><n>` (taken:
-    /// names the sandbox already has), the host end up with its port flags (isolated without
-    /// icc, hairpin for published ports). Returns the sandbox-side name.
+    /// Makes the veth pair of a joining endpoint in one request: the host end on the bridge
+    /// (down, unmarked: [`BridgeDriver::join_locked`] brings it into service last), the other
+    /// end straight inside the sandbox as `interface`'s guess or, if the kernel says that is
+    /// taken, the first free `<prefix><n>` after it (then the sandbox's links are listed).
+    /// Returns the sandbox-side name.
     async fn make_pair(
         &self,
         net: &NetState,
         endpoint_id: &str,
         ep: &EpState,
-        sandbox: &Netns,
-        taken: &BTreeSet<String>,
-        prefix: &str,
+        rs: &Rtnl,
+        interface: InterfaceName<'_>,
     ) -> Result<String, DriverError> {
-        let alias = names::veth_alias(&self.marker, &ep.network_id, endpoint_id);
-        if alias.len() > names::MAX_ALIAS {
-            return Err(DriverError::Invalid(format!(
-                "endpoint id {endpoint_id:?} is too long"
-            )));
-        }
         let host_name = names::host_veth(endpoint_id);
-        let mut n = 0u32;
+        let mut n = interface.first;
+        let mut taken: Option<BTreeSet<String>> = None;
         let mut cleared_host_end = false;
         loop {
-            let name = format!("{prefix}{n}");
-            if taken.contains(&name) {
+            let name = format!("{}{n}", interface.prefix);
+            if taken.as_ref().is_some_and(|t| t.contains(&name)) {
                 n += 1;
                 continue;
             }
@@ -609,16 +604,15 @@ impl BridgeDriver {
                 master: Some(net.bridge_index),
                 mtu: net.opts.mtu,
                 peer_name: &name,
-                peer_ns: sandbox,
+                peer_ns: rs.netns(),
                 peer_mac: Some(ep.mac),
-                isolated: !net.opts.enable_icc,
-                hairpin: self.needs_hairpin(!ep.ports.is_empty()),
             };
-            match self.rtnl.add_veth_pair(&pair, &alias).await {
+            match self.rtnl.add_veth_pair(&pair).await {
                 Ok(()) => return Ok(name),
-                Err(SysError::Exists { .. }) if n < 64 => {
-                    // Either the sandbox took the name meanwhile, or a host end of an earlier
-                    // run of this endpoint is left over (ours: derived from its id).
+                Err(SysError::Exists { .. }) if n < interface.first + 64 => {
+                    // Either the sandbox has the name (not through us, or it took it
+                    // meanwhile), or a host end of an earlier run of this endpoint is left
+                    // over (ours: derived from its id).
                     let left = self
                         .rtnl
                         .link(&host_name)
@@ -629,7 +623,13 @@ impl BridgeDriver {
                             cleared_host_end = true;
                             self.delete_link(l.index).await?;
                         }
-                        _ => n += 1,
+                        _ => {
+                            if taken.is_none() {
+                                let links = rs.links().await.map_err(sys_ctx("sandbox links"))?;
+                                taken = Some(links.into_iter().map(|l| l.name).collect());
+                            }
+                            n += 1;
+                        }
                     }
                 }
                 Err(e) => {
@@ -642,9 +642,15 @@ impl BridgeDriver {
     }
 
     /// Takes a joined endpoint's veth pair out of service at once and deletes it in the
-    /// background: the sandbox side is renamed off its name and brought down, which drops
-    /// its routes; deleting the host end then takes the pair away.
+    /// background. First the host end goes down: from then on start-up reconciliation counts
+    /// the endpoint as gone, whatever else a crash cuts short. Then the sandbox side is
+    /// renamed off its name and brought down, which drops its routes and frees the name for
+    /// the next join; deleting the host end later takes the pair away.
     async fn retire_veth(&self, network_id: &str, endpoint_id: &str, at: &InSandbox) {
+        let host_name = names::host_veth(endpoint_id);
+        if let Err(e) = self.rtnl.set_down_named(&host_name).await {
+            tracing::debug!(endpoint = %endpoint_id, error = %e, "host end not brought down");
+        }
         let retired = async {
             let sandbox = Netns::open(Path::new(&at.key))?;
             let rs = Rtnl::connect(&sandbox).await?;
@@ -656,7 +662,7 @@ impl BridgeDriver {
             tracing::debug!(endpoint = %endpoint_id, interface = %at.ifname, error = %e, "sandbox interface not retired");
         }
         let alias = names::veth_alias(&self.marker, network_id, endpoint_id);
-        self.reaper.delete(names::host_veth(endpoint_id), alias);
+        self.reaper.delete(host_name, alias);
     }
 
     /// Deletes an endpoint's veth pair wherever its other end is (marked links only).
@@ -676,7 +682,7 @@ impl BridgeDriver {
         network_id: &str,
         endpoint_id: &str,
         sandbox_key: &str,
-        prefix: &str,
+        interface: InterfaceName<'_>,
     ) -> Result<Joined, DriverError> {
         let ep = st.endpoints.get(endpoint_id).cloned().ok_or_else(|| {
             DriverError::Failed(format!(
@@ -700,26 +706,44 @@ impl BridgeDriver {
                 at.key
             )));
         }
+        let prefix = interface.prefix;
         if prefix.is_empty() || prefix.len() > plexus_sys::rtnl::MAX_IFNAME - 3 {
             return Err(DriverError::Invalid(format!(
                 "interface prefix {prefix:?}: must be 1 to 12 bytes"
             )));
         }
+        let alias = names::veth_alias(&self.marker, &ep.network_id, endpoint_id);
+        if alias.len() > names::MAX_ALIAS {
+            return Err(DriverError::Invalid(format!(
+                "endpoint id {endpoint_id:?} is too long"
+            )));
+        }
         let sandbox = Netns::open(Path::new(sandbox_key)).map_err(sys_ctx("sandbox"))?;
         let rs = Rtnl::connect(&sandbox).await.map_err(sys_ctx("sandbox"))?;
-        let links = rs.links().await.map_err(sys_ctx("sandbox links"))?;
-        let taken: BTreeSet<String> = links.iter().map(|l| l.name.clone()).collect();
         let name = self
-            .make_pair(&net, endpoint_id, &ep, &sandbox, &taken, prefix)
+            .make_pair(&net, endpoint_id, &ep, &rs, interface)
             .await?;
-        let lo_down = links
-            .iter()
-            .find(|l| l.name == "lo" && !l.up)
-            .map(|l| l.index);
-        match self
-            .configure(&net, &ep, endpoint_id, &rs, &name, lo_down)
-            .await
-        {
+        let host_name = names::host_veth(endpoint_id);
+        let port = PortFlags {
+            isolated: !net.opts.enable_icc,
+            hairpin: self.needs_hairpin(!ep.ports.is_empty()),
+        };
+        let done = async {
+            let (ifindex, gateways) = self.configure(&net, &ep, endpoint_id, &rs, &name).await?;
+            // Last, the host end: marked and up. Start-up reconciliation takes an endpoint
+            // whose host end is not both for one whose join never finished.
+            self.rtnl
+                .activate_port(&host_name, Some(port), &alias)
+                .await
+                .map_err(sys_ctx(format!("veth {host_name}")))?;
+            if let Some(IpAddr::V6(v6)) = ep.ipv6.map(|a| a.addr()) {
+                // Usable once the pair has its carrier (both ends up).
+                wait_usable(&sandbox, v6).await;
+            }
+            Ok::<_, DriverError>((ifindex, gateways))
+        }
+        .await;
+        match done {
             Ok((ifindex, gateways)) => {
                 if let Some(e) = st.endpoints.get_mut(endpoint_id) {
                     e.joined = Some(InSandbox {
@@ -736,8 +760,14 @@ impl BridgeDriver {
                 })
             }
             Err(e) => {
-                // Deleting the host end takes the sandbox side along.
-                if let Err(e) = self.delete_veth(network_id, endpoint_id).await {
+                // Ours (just made, named from the endpoint id), marked or not; deleting the
+                // host end takes the sandbox side along.
+                let gone = match self.rtnl.link(&host_name).await {
+                    Ok(Some(l)) => self.delete_link(l.index).await,
+                    Ok(None) => Ok(()),
+                    Err(e) => Err(sys_ctx(format!("veth {host_name}"))(e)),
+                };
+                if let Err(e) = gone {
                     tracing::warn!(error = %e, "cannot delete veth after failed join");
                 }
                 Err(e)
@@ -745,9 +775,9 @@ impl BridgeDriver {
         }
     }
 
-    /// Sets up a freshly made pair inside the sandbox: addresses, loopback
-    /// (`lo_down`: its index, if down) and the default route inside the sandbox. Returns the
-    /// interface's index and the gateways it routed through.
+    /// Sets up a freshly made pair inside the sandbox: addresses, the interface (marked and
+    /// up), loopback and the default route. Returns the interface's index and the gateways it
+    /// routed through.
     async fn configure(
         &self,
         net: &NetState,
@@ -755,7 +785,6 @@ impl BridgeDriver {
         endpoint_id: &str,
         rs: &Rtnl,
         name: &str,
-        lo_down: Option<u32>,
     ) -> Result<(u32, Vec<IpAddr>), DriverError> {
         let what = format!("sandbox interface {name}");
         let link = rs.require_link(name).await.map_err(sys_ctx(&what))?;
@@ -776,12 +805,10 @@ impl BridgeDriver {
         rs.set_up_marked(link.index, &alias, ep.ipv6.is_some())
             .await
             .map_err(sys_ctx(&what))?;
-        if let Some(lo) = lo_down {
-            rs.set_up(lo).await.map_err(sys_ctx("sandbox lo"))?;
-        }
-        if let Some(IpAddr::V6(v6)) = ep.ipv6.map(|a| a.addr()) {
-            wait_usable(rs.netns(), v6).await;
-        }
+        // Loopback is up in a sandbox once it has an endpoint; a no-op request then.
+        rs.set_up(LOOPBACK_IFINDEX)
+            .await
+            .map_err(sys_ctx("sandbox lo"))?;
         let mut gateways = Vec::new();
         if !net.info.internal {
             let v4 = net.info.ipv4.first().filter(|_| ep.ipv4.is_some());
@@ -801,6 +828,31 @@ impl BridgeDriver {
             }
         }
         Ok((link.index, gateways))
+    }
+
+    /// The endpoints whose join finished and whose pair still stands: their host end
+    /// (named from the endpoint id) is marked and up. `join` brings the host end up last and
+    /// `leave` takes it down first, so an endpoint the store records but this set lacks was
+    /// cut short by a crash (connect or disconnect), or its sandbox's namespace, and with it
+    /// the pair, is gone. The daemon forgets such endpoints before [`BridgeDriver::reconcile`].
+    pub async fn live_endpoints(&self) -> Result<BTreeSet<String>, DriverError> {
+        // Background deletions first: a link being deleted is not live.
+        self.reaper.settle().await;
+        let links = self.rtnl.links().await.map_err(sys_ctx("list links"))?;
+        Ok(links
+            .into_iter()
+            .filter(|l| l.up)
+            .filter_map(
+                |l| match names::parse_alias(&self.marker, l.alias.as_deref()?) {
+                    Some(Marked::Veth { endpoint, .. })
+                        if l.name == names::host_veth(&endpoint) =>
+                    {
+                        Some(endpoint)
+                    }
+                    _ => None,
+                },
+            )
+            .collect())
     }
 
     /// Makes the kernel match the store after a restart or a crash.
@@ -1046,17 +1098,11 @@ impl Driver for BridgeDriver {
         network_id: &str,
         endpoint_id: &str,
         sandbox_key: &str,
-        interface_prefix: &str,
+        interface: InterfaceName<'_>,
     ) -> Result<Joined, DriverError> {
         let mut st = self.state.lock().await;
-        self.join_locked(
-            &mut st,
-            network_id,
-            endpoint_id,
-            sandbox_key,
-            interface_prefix,
-        )
-        .await
+        self.join_locked(&mut st, network_id, endpoint_id, sandbox_key, interface)
+            .await
     }
 
     async fn leave(&self, network_id: &str, endpoint_id: &str) -> Result<(), DriverError> {

@@ -5,7 +5,9 @@ use std::os::unix::fs::MetadataExt;
 use std::path::Path;
 
 use async_trait::async_trait;
-use plexus_cnm::{Capability, Driver, DriverError, EndpointCreated, EndpointInfo, Joined};
+use plexus_cnm::{
+    Capability, Driver, DriverError, EndpointCreated, EndpointInfo, InterfaceName, Joined,
+};
 use plexus_cnm::{NetworkInfo, Scope};
 use plexus_sys::netns::Netns;
 
@@ -98,7 +100,7 @@ impl Driver for HostDriver {
         _network_id: &str,
         _endpoint_id: &str,
         sandbox_key: &str,
-        _interface_prefix: &str,
+        _interface: InterfaceName<'_>,
     ) -> Result<Joined, DriverError> {
         // The sandbox must be the host's namespace itself: the container runtime shares it.
         let host = identity(&Path::new("/proc/self/fd").join(self.host.fd_number()))?;

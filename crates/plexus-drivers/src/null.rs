@@ -6,7 +6,9 @@ use std::path::Path;
 
 use async_trait::async_trait;
 use plexus_cnm::NetworkInfo;
-use plexus_cnm::{Capability, Driver, DriverError, EndpointCreated, EndpointInfo, Joined};
+use plexus_cnm::{
+    Capability, Driver, DriverError, EndpointCreated, EndpointInfo, InterfaceName, Joined,
+};
 use plexus_sys::netns::Netns;
 use plexus_sys::rtnl::Rtnl;
 
@@ -71,7 +73,7 @@ impl Driver for NullDriver {
         _network_id: &str,
         _endpoint_id: &str,
         sandbox_key: &str,
-        _interface_prefix: &str,
+        _interface: InterfaceName<'_>,
     ) -> Result<Joined, DriverError> {
         let ns = Netns::open(Path::new(sandbox_key)).map_err(sys_ctx("sandbox"))?;
         let rtnl = Rtnl::connect(&ns).await.map_err(sys_ctx("sandbox"))?;

@@ -751,7 +751,11 @@ async fn timing_of_connect_and_disconnect() {
         create.push(t.elapsed());
         let key = w.sandboxes[&format!("s{i}")].path();
         let t = std::time::Instant::now();
-        ok("join", w.bridge.join(&net.id, &id, &key, "eth").await);
+        let eth = plexus_cnm::InterfaceName {
+            prefix: "eth",
+            first: 0,
+        };
+        ok("join", w.bridge.join(&net.id, &id, &key, eth).await);
         join.push(t.elapsed());
     }
     for i in 0..n {

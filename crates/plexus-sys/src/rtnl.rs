@@ -23,6 +23,9 @@ use crate::sysctl;
 /// Longest interface name the kernel accepts (IFNAMSIZ - 1).
 pub const MAX_IFNAME: usize = 15;
 
+/// Index of `lo` in every network namespace (the kernel registers it first, as index 1).
+pub const LOOPBACK_IFINDEX: u32 = 1;
+
 /// Checks an interface name the way the kernel will, so the error names the field.
 pub fn check_ifname(field: &'static str, name: &str) -> Result<()> {
     let reason = if name.is_empty() {
@@ -147,9 +150,14 @@ pub struct VethPair<'a> {
     pub peer_ns: &'a Netns,
     /// Hardware address of the far end.
     pub peer_mac: Option<[u8; 6]>,
-    /// Bridge port flag `isolated` of the near end (with a `master` bridge).
+}
+
+/// Bridge port flags (see [`Rtnl::activate_port`]).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct PortFlags {
+    /// `isolated`: no frames to or from other isolated ports.
     pub isolated: bool,
-    /// Bridge port flag `hairpin` of the near end (with a `master` bridge).
+    /// `hairpin`: frames may leave through the port they came in by.
     pub hairpin: bool,
 }
 
@@ -302,15 +310,15 @@ impl Rtnl {
         Ok((a, b))
     }
 
-    /// Makes a veth pair (see [`VethPair`]) and marks the near end with `alias`: one
-    /// request makes both ends, one more marks the near end, sets its port flags and brings
-    /// it up; the far end stays down. Each end has one queue pair (the kernel's default is
-    /// one per possible CPU, each with its own sysfs objects, which makes creation slower)
-    /// and the near end no IPv6 at all (a bridge port needs none; with IPv6 on, every port
-    /// adds a multicast route that each later link event of the namespace walks). An
-    /// [`SysError::Exists`] means one of the two names is taken (the near one here or the
-    /// far one in `peer_ns`). If a later step fails the pair is deleted.
-    pub async fn add_veth_pair(&self, pair: &VethPair<'_>, alias: &str) -> Result<()> {
+    /// Makes a veth pair (see [`VethPair`]), both ends down and unmarked: the caller
+    /// configures the far end, then brings the near end into service with
+    /// [`Rtnl::activate_port`] (or deletes it). Each end has one queue pair (the kernel's
+    /// default, one per possible CPU, gives every queue its own sysfs objects and makes
+    /// creation slower) and the near end no IPv6 at all (a bridge port needs none; with IPv6
+    /// on, every port adds an `ff00::/8` route that each later link event of the namespace
+    /// walks). An [`SysError::Exists`] means one of the two names is taken (the near one here
+    /// or the far one in `peer_ns`). If turning IPv6 off fails the pair is deleted.
+    pub async fn add_veth_pair(&self, pair: &VethPair<'_>) -> Result<()> {
         check_ifname("veth name", pair.name)?;
         check_ifname("interface name", pair.peer_name)?;
         // Not up: veth refuses to open an end before the pair is linked (ENOTCONN), which
@@ -326,7 +334,6 @@ impl Rtnl {
             peer = peer.mtu(mtu);
         }
         let peer = peer.build();
-        // Down at first: IPv6 is turned off before it comes up.
         let mut near = LinkVeth::new(pair.name, pair.peer_name)
             .set_info_data(InfoData::Veth(InfoVeth::Peer(peer)))
             .append_extra_attribute(LinkAttribute::NumTxQueues(1))
@@ -339,45 +346,50 @@ impl Rtnl {
         }
         let what = format!("veth {:?} (peer {:?})", pair.name, pair.peer_name);
         self.add(what, near.build()).await?;
-        if let Err(e) = self.finish_near_end(pair, alias).await {
-            if let Ok(Some(link)) = self.link(pair.name).await {
-                let _ = self.delete_link(link.index).await;
-            }
-            return Err(e);
-        }
-        Ok(())
-    }
-
-    /// The second half of [`Rtnl::add_veth_pair`]: IPv6 off, then port flags, mark and up
-    /// in one request (RTM_NEWLINK on the existing link: only it carries port settings).
-    async fn finish_near_end(&self, pair: &VethPair<'_>, alias: &str) -> Result<()> {
-        match sysctl::write(
-            &self.ns,
-            &format!("net.ipv6.conf.{}.disable_ipv6", pair.name),
-            "1",
-        ) {
-            Ok(()) => {}
+        // While it is down, so IPv6 never starts on it.
+        let key = format!("net.ipv6.conf.{}.disable_ipv6", pair.name);
+        match sysctl::write(&self.ns, &key, "1") {
+            Ok(()) => Ok(()),
             // A kernel without IPv6 (no /proc/sys/net/ipv6) has nothing to turn off.
             Err(SysError::Io { source, .. }) if source.kind() == std::io::ErrorKind::NotFound => {
                 tracing::debug!(link = pair.name, "no IPv6 sysctls: IPv6 left as it is");
+                Ok(())
             }
-            Err(e) => return Err(e),
+            Err(e) => {
+                if let Ok(Some(link)) = self.link(pair.name).await {
+                    let _ = self.delete_link(link.index).await;
+                }
+                Err(e)
+            }
         }
-        let what = format!("link {:?}", pair.name);
-        if pair.master.is_none() {
+    }
+
+    /// Brings the link `name` into service with one request: marks it with `alias`, sets its
+    /// bridge port flags (`port`, for a link attached to a bridge) and brings it up. Port
+    /// settings need RTM_NEWLINK on the existing link (RTM_SETLINK ignores them); the kernel
+    /// applies them before the alias and the flags.
+    pub async fn activate_port(
+        &self,
+        name: &str,
+        port: Option<PortFlags>,
+        alias: &str,
+    ) -> Result<()> {
+        check_ifname("interface name", name)?;
+        let Some(flags) = port else {
             return self
                 .set_ref(
-                    LinkRef::Name(pair.name),
+                    LinkRef::Name(name),
                     |m| m.up().alias(alias),
                     "bring up and mark",
                 )
                 .await;
-        }
+        };
+        let what = format!("link {name:?}");
         let message = LinkMessageBuilder::<LinkBridgePort>::default()
-            .name(pair.name)
+            .name(name)
             .set_port_kind(InfoPortKind::Bridge)
-            .append_info_data(InfoBridgePort::Isolated(pair.isolated))
-            .append_info_data(InfoBridgePort::HairpinMode(pair.hairpin))
+            .append_info_data(InfoBridgePort::Isolated(flags.isolated))
+            .append_info_data(InfoBridgePort::HairpinMode(flags.hairpin))
             .alias(alias)
             .up()
             .build();
@@ -386,7 +398,14 @@ impl Rtnl {
             .set_port(message)
             .execute()
             .await
-            .map_err(|e| SysError::netlink(format!("set up bridge port {what}"), &what, e))
+            .map_err(|e| SysError::netlink(format!("bring up bridge port {what}"), &what, e))
+    }
+
+    /// Brings the link `name` down (no lookup first).
+    pub async fn set_down_named(&self, name: &str) -> Result<()> {
+        check_ifname("interface name", name)?;
+        self.set_ref(LinkRef::Name(name), |m| m.down(), "bring down")
+            .await
     }
 
     /// Renames a link and brings it down with one request: how an interface leaves a

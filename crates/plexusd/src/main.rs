@@ -162,13 +162,22 @@ async fn reconcile(
     netns_dir: &Path,
 ) -> Result<()> {
     let mut infos = Vec::new();
-    let mut endpoints = BTreeSet::new();
     let networks = controller.networks().await?;
     let mut records = Vec::new();
+    // Endpoints whose join never finished (or whose pair is gone) are rolled back first, so
+    // everything below sees only endpoints that have their data plane.
+    let live = bridge
+        .live_endpoints()
+        .await
+        .map_err(|e| anyhow::anyhow!("start-up reconciliation: {e}"))?;
+    let mut lost = Vec::new();
     for n in &networks {
         for ep in controller.endpoints(&n.id).await? {
-            endpoints.insert(ep.id.clone());
-            records.push(ep);
+            if n.driver == "bridge" && !live.contains(&ep.id) {
+                lost.push(ep);
+            } else {
+                records.push(ep);
+            }
         }
         if n.driver == "bridge" {
             infos.push(NetworkInfo {
@@ -182,6 +191,14 @@ async fn reconcile(
             });
         }
     }
+    if !lost.is_empty() {
+        tracing::warn!(
+            endpoints = lost.len(),
+            "rolling back endpoints without a finished join (a crash during connect or disconnect, or a sandbox namespace deleted meanwhile)"
+        );
+        controller.forget_endpoints(&lost).await?;
+    }
+    let endpoints: BTreeSet<String> = records.iter().map(|e| e.id.clone()).collect();
     let sandboxes = controller.sandboxes().await?;
     for s in &sandboxes {
         if !Path::new(&s.key).exists() {

@@ -649,3 +649,112 @@ fn docker_cli_against_plexusd() {
     assert!(!ok(&["network", "ls"]).contains(" dn "));
     assert_eq!(d.stop().code(), Some(0));
 }
+
+/// What a crash between an endpoint's record and the end of its join leaves (the record is
+/// written while the kernel work goes on): the record, with the host end of its pair not up.
+/// The restarted daemon rolls that endpoint back — it is gone from its sandbox, its address
+/// is free again — and leaves the finished endpoints alone.
+#[test]
+fn an_endpoint_whose_join_never_finished_is_rolled_back_at_start() {
+    let mut d = Daemon::new(&[]);
+    d.ok(&["network", "create", "--subnet", "10.212.0.0/24", "rb"]);
+    d.ok(&[
+        "sandbox",
+        "create",
+        "a",
+        "--network",
+        "rb",
+        "--ip",
+        "10.212.0.5",
+    ]);
+    d.ok(&[
+        "sandbox",
+        "create",
+        "b",
+        "--network",
+        "rb",
+        "--ip",
+        "10.212.0.6",
+    ]);
+    let a = json(&d.ok(&["sandbox", "inspect", "a"]));
+    let a_endpoint = a[0]["Endpoints"][0]["EndpointID"]
+        .as_str()
+        .unwrap_or("")
+        .to_string();
+    assert_eq!(a_endpoint.len(), 64, "{a}");
+    d.kill9();
+
+    // The join of a's endpoint stopped short: its host end never came up.
+    let host_end = format!("plxv{}", &a_endpoint[..11]);
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap_or_else(|e| panic!("runtime: {e}"));
+    rt.block_on(async {
+        let rtnl = plexus_sys::rtnl::Rtnl::connect(&d.host_ns)
+            .await
+            .unwrap_or_else(|e| panic!("netlink: {e}"));
+        let link = rtnl
+            .require_link(&host_end)
+            .await
+            .unwrap_or_else(|e| panic!("{host_end}: {e}"));
+        rtnl.set_down(link.index)
+            .await
+            .unwrap_or_else(|e| panic!("down {host_end}: {e}"));
+    });
+    d.start();
+
+    let a = json(&d.ok(&["sandbox", "inspect", "a"]));
+    assert_eq!(
+        a[0]["Endpoints"].as_array().map(Vec::len),
+        Some(0),
+        "a's unfinished endpoint is rolled back: {a}\n{}",
+        d.log()
+    );
+    let a_netns = a[0]["NetNs"].as_str().unwrap_or("").to_string();
+    let left = run_in(&a_netns, "cat /proc/net/dev");
+    let left = String::from_utf8_lossy(&left.stdout);
+    assert!(!left.contains("eth0"), "no eth0 left in a:\n{left}");
+    let net = json(&d.ok(&["network", "inspect", "rb"]));
+    let members: Vec<String> = net[0]["Containers"]
+        .as_object()
+        .map(|m| {
+            m.values()
+                .filter_map(|c| c["EndpointID"].as_str().map(str::to_string))
+                .collect()
+        })
+        .unwrap_or_default();
+    assert_eq!(members.len(), 1, "only b is left on rb: {net}");
+    assert!(!members.contains(&a_endpoint), "{net}");
+    // Its address is free again, and the finished endpoint (b) still works.
+    d.ok(&[
+        "sandbox",
+        "create",
+        "c",
+        "--network",
+        "rb",
+        "--ip",
+        "10.212.0.5",
+    ]);
+    let b_netns = json(&d.ok(&["sandbox", "inspect", "b"]))[0]["NetNs"]
+        .as_str()
+        .unwrap_or("")
+        .to_string();
+    let listener = listen_in(&b_netns);
+    let port = listener.local_addr().map(|a| a.port()).unwrap_or(0);
+    let got = receive(listener);
+    d.ok(&[
+        "sandbox",
+        "exec",
+        "c",
+        "--",
+        "bash",
+        "-c",
+        &send_script("10.212.0.6", port, "after"),
+    ]);
+    assert_eq!(
+        got.recv_timeout(Duration::from_secs(10)).ok().as_deref(),
+        Some("after\n"),
+        "c reaches b over TCP"
+    );
+}
