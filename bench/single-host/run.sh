@@ -30,7 +30,7 @@ HERE="$(cd "$(dirname "$0")" && pwd)"
 ROOT="$(cd "$HERE/../.." && pwd)"
 T0=$SECONDS
 
-REPS=30; NV_MAX=1000; IPERF_SECS=10; IPERF_REPS=3; PORT_REPS=20; NLIST="1 100 1000"
+REPS=30; NV_MAX=1000; IPERF_SECS=5; IPERF_REPS=8; PORT_REPS=20; NLIST="1 100 1000"
 NV_BUDGET=330   # seconds the netavark fill may take before the ramp stops (its cost grows with N)
 KEEP=0
 PAUSE=0.1       # seconds of quiet before each measured command (see "timing" below)

@@ -69,7 +69,12 @@ pub(crate) fn default_bridge(network: &str) -> String {
 
 /// The host end of an endpoint's veth pair.
 pub(crate) fn host_veth(endpoint: &str) -> String {
-    format!("plxv{}", short(endpoint))
+    // The firewall's bridge-family notrack rule knows sandbox ports by this prefix.
+    format!(
+        "{}{}",
+        plexus_sys::nft::SANDBOX_PORT_PREFIX,
+        short(endpoint)
+    )
 }
 
 /// The name the sandbox end of an endpoint's veth pair takes when it leaves (so the sandbox

@@ -174,14 +174,18 @@ impl Topo {
 
     /// A sandbox `10.N.0.host` on the bridge; returns its index and the host end's ifindex.
     async fn sandbox(&mut self, bridge: u32, n: u8, host: u8) -> (usize, u32) {
+        let port = format!("vh{}", self.sandboxes.len());
+        self.sandbox_on_port(bridge, n, host, &port).await
+    }
+
+    /// [`Topo::sandbox`] with the bridge port (the host end of the veth) named `port`.
+    async fn sandbox_on_port(&mut self, bridge: u32, n: u8, host: u8, port: &str) -> (usize, u32) {
         let i = self.sandboxes.len();
         let sb = PinnedNs::new(&format!("sb{i}"));
         no_dad(&sb.ns);
         let (h, peer) = ok(
             "veth",
-            self.rh
-                .add_veth(&format!("vh{i}"), &format!("vp{i}"), None, MARK)
-                .await,
+            self.rh.add_veth(port, &format!("vp{i}"), None, MARK).await,
         );
         ok("attach", self.rh.set_master(h.index, bridge).await);
         ok("up", self.rh.set_up(h.index).await);
@@ -263,7 +267,7 @@ async fn egress_is_masqueraded_to_the_host_address() {
         st.subnets.contains(&subnet) && st.masquerade.contains(&subnet),
         "{st:?}"
     );
-    assert_eq!(st.tables.len(), 3, "{st:?}");
+    assert_eq!(st.tables.len(), 4, "{st:?}");
 
     // Masquerade off (enable_ip_masquerade=false): egress is no longer translated.
     ok("teardown", fw.teardown_network(&net("plx-a", 91)));
@@ -526,6 +530,109 @@ async fn internal_network_has_no_egress() {
     );
     assert!(blocked(t.sb(s1), sa(Ipv4Addr::new(10, 97, 0, 1), 8080)));
     assert!(blocked(t.sb(s1), sa(HOST_EXT, 8080)));
+}
+
+/// Connections tracked in `ns` now (`nf_conntrack_count`).
+fn conntrack_count(ns: &Netns) -> u64 {
+    let v = ok(
+        "nf_conntrack_count",
+        sysctl::read(ns, "net.netfilter.nf_conntrack_count"),
+    );
+    v.parse()
+        .unwrap_or_else(|e| panic!("nf_conntrack_count {v:?}: {e}"))
+}
+
+#[tokio::test]
+async fn frames_switched_between_sandbox_ports_skip_conntrack() {
+    need_root!();
+    let mut t = Topo::new().await;
+    let fw = t.firewall();
+    let bridge_table = (Family::Bridge, "plexus".to_string());
+    assert!(
+        ok("state", fw.state()).tables.contains(&bridge_table),
+        "ensure_base makes the bridge table"
+    );
+    assert!(plexus_sys::nft::is_plexus_table(Family::Bridge, "plexus"));
+    // The point of the table: bridged frames reach the inet hooks (and conntrack) at all.
+    assert_eq!(
+        sysctl::read(&t.host.ns, "net.bridge.bridge-nf-call-iptables")
+            .ok()
+            .as_deref(),
+        Some("1"),
+        "br_netfilter on in a new namespace"
+    );
+
+    // Two sandboxes on bridge ports named as the bridge driver names them, a third on a
+    // port named otherwise (like the ports of bridges Plexus does not own).
+    let br = t.bridge("plx-t", 88).await;
+    ok("setup network", fw.setup_network(&net("plx-t", 88)));
+    let (a, _) = t.sandbox_on_port(br, 88, 2, "plxv0000000000a").await;
+    let (b, _) = t.sandbox_on_port(br, 88, 3, "plxv0000000000b").await;
+    let (c, _) = t.sandbox_on_port(br, 88, 4, "vethc").await;
+    let b_addr = Ipv4Addr::new(10, 88, 0, 3);
+    let _srv = Server::start(t.sb(b), sa(b_addr, 7000));
+    let _gw = Server::start(&t.host.ns, sa(Ipv4Addr::new(10, 88, 0, 1), 7001));
+    const N: u64 = 5;
+
+    // Sandbox to sandbox through two plxv ports: switched, nothing tracked.
+    reaches(t.sb(a), sa(b_addr, 7000));
+    let before = conntrack_count(&t.host.ns);
+    for _ in 0..N {
+        assert_eq!(reaches(t.sb(a), sa(b_addr, 7000)), "10.88.0.2");
+    }
+    let after = conntrack_count(&t.host.ns);
+    assert!(
+        after <= before,
+        "{} sandbox-to-sandbox connections added conntrack entries: {before} -> {after}",
+        N
+    );
+
+    // From a port of another name: tracked as before (Plexus leaves other ports alone).
+    let before = conntrack_count(&t.host.ns);
+    for _ in 0..N {
+        assert_eq!(reaches(t.sb(c), sa(b_addr, 7000)), "10.88.0.4");
+    }
+    let after = conntrack_count(&t.host.ns);
+    assert!(
+        after >= before + N,
+        "connections from a non-Plexus port should be tracked: {before} -> {after}"
+    );
+
+    // Routed: to the gateway (the bridge's own MAC), tracked.
+    let before = conntrack_count(&t.host.ns);
+    for _ in 0..N {
+        assert_eq!(
+            reaches(t.sb(a), sa(Ipv4Addr::new(10, 88, 0, 1), 7001)),
+            "10.88.0.2"
+        );
+    }
+    let after = conntrack_count(&t.host.ns);
+    assert!(
+        after >= before + N,
+        "connections to the gateway should be tracked: {before} -> {after}"
+    );
+
+    // NAT still applies to routed frames from plxv ports: a published port of b, reached
+    // from a through the host address (hairpin, masqueraded to the gateway) and the gateway.
+    ok("publish", fw.publish(&[port(8080, 88, 3, "endpoint-b")]));
+    let _web = Server::start(t.sb(b), sa(b_addr, 80));
+    assert_eq!(reaches(t.sb(a), sa(HOST_EXT, 8080)), "10.88.0.1");
+    assert_eq!(
+        reaches(t.sb(a), sa(Ipv4Addr::new(10, 88, 0, 1), 8080)),
+        "10.88.0.1"
+    );
+    assert_eq!(
+        reaches(&t.outside.ns, sa(HOST_EXT, 8080)),
+        OUTSIDE.to_string()
+    );
+
+    // The bridge table follows the others: networks come and go without touching it,
+    // cleanup_all removes it.
+    ok("teardown", fw.teardown_network(&net("plx-t", 88)));
+    assert!(ok("state", fw.state()).tables.contains(&bridge_table));
+    ok("cleanup", fw.cleanup_all());
+    let tables = ok("tables", fw.raw().tables());
+    assert!(!tables.contains(&bridge_table), "{tables:?}");
 }
 
 #[tokio::test]

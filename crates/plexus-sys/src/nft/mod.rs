@@ -17,8 +17,9 @@
 //!
 //! # What the kernel holds
 //!
-//! Plexus touches only its own tables: `inet plexus` (filtering) and `ip plexus-nat` /
-//! `ip6 plexus-nat` (NAT); [`Firewall::cleanup_all`] deletes those three and nothing else.
+//! Plexus touches only its own tables: `inet plexus` (filtering), `ip plexus-nat` /
+//! `ip6 plexus-nat` (NAT) and `bridge plexus` (no conntrack for switched frames);
+//! [`Firewall::cleanup_all`] deletes those four and nothing else.
 //!
 //! ```text
 //! table inet plexus
@@ -26,8 +27,8 @@
 //!   set internal { type ifname }          bridges of --internal networks
 //!   set intra    { type ifname . ifname } (br . br) for every Plexus bridge
 //!   chain forward { type filter hook forward priority filter; policy accept;
-//!     ct state established,related accept
 //!     iifname . oifname @intra accept             within one network (seen with br_netfilter)
+//!     ct state established,related accept
 //!     iifname @internal drop ; oifname @internal drop      internal: no way in or out
 //!     ct status dnat accept                       published ports, from any other network
 //!     iifname @bridges oifname @bridges drop      isolation between networks
@@ -46,6 +47,9 @@
 //!     ip saddr @masq_nets oifname != @bridges masquerade          egress
 //!     ct status dnat ip saddr @nets oifname @bridges masquerade   hairpin via the host address
 //!     ct status dnat ip saddr 127.0.0.0/8 oifname @bridges masquerade }   localhost
+//! table bridge plexus
+//!   chain prerouting { type filter hook prerouting priority -300; policy accept;
+//!     iifname "plxv*" meta pkttype other notrack }   switched between two sandbox ports
 //! ```
 //!
 //! Notes on choices:
@@ -56,6 +60,30 @@
 //!   lets them pass before the internal and isolation drops (nft cannot compare two
 //!   registers, a concatenated lookup of `(br . br)` can). A driver may turn the sysctl off
 //!   in a namespace it owns (throughput), and the rules still hold.
+//! - **No conntrack for switched frames** (`bridge plexus`): with `br_netfilter` on, every
+//!   IP frame a bridge switches between two of its ports goes through the inet hooks, and
+//!   because these tables use `ct` and NAT, through connection tracking and the NAT hooks:
+//!   a conntrack entry per sandbox-to-sandbox connection and a lookup per frame, for frames
+//!   that need neither (no NAT applies to them, `forward` accepts them through `intra`).
+//!   The bridge's prerouting chain at -300 runs before `br_netfilter` (priority 0) hands
+//!   the frame to the inet hooks, and there `meta pkttype` still tells switched from routed:
+//!   `br_handle_frame` sets `PACKET_HOST` on frames addressed to the bridge's own MAC
+//!   *before* the bridge prerouting hook, so `other` (`PACKET_OTHERHOST`, from
+//!   `eth_type_trans` on the port) means "for another port's host: switched, not routed".
+//!   Such frames are marked untracked; `nf_conntrack_in` then ignores them and the NAT
+//!   hooks skip packets without a conntrack. Everything routed through the bridge — egress,
+//!   published ports through the gateway or a host address, hairpin — is addressed to the
+//!   bridge's MAC and stays tracked, so NAT and `ct status dnat` work as before. (From
+//!   `br_netfilter`'s own `setup_pre_routing` on, the inet hooks see `PACKET_HOST`, which
+//!   is why this lives in the bridge family.) Only frames entering through the bridge
+//!   driver's sandbox ports ([`SANDBOX_PORT_PREFIX`], `plxv…`) are concerned, so other
+//!   bridges of the namespace (Docker's, libvirt's) keep their tracking. The port name is
+//!   the scope rather than the bridge (`meta ibrname @bridges`) because that needs
+//!   `nft_meta_bridge` (`CONFIG_NFT_BRIDGE_META`), which not every kernel has (this one
+//!   refuses the rule with `EOPNOTSUPP`): the prefix costs one 4-byte compare and no
+//!   per-network element. The table is applied in a batch of its own and is optional: a
+//!   kernel without bridge-family nf_tables runs Plexus with tracked frames. Multicast
+//!   and broadcast frames (ARP, neighbour discovery) are not `other` and are left alone.
 //! - **icc=false** is not done here: it would depend on `br_netfilter`. The bridge driver
 //!   sets the bridge port `isolated` flag
 //!   ([`Rtnl::set_port_isolated`](crate::rtnl::Rtnl::set_port_isolated)) on every sandbox
@@ -112,18 +140,22 @@ use std::sync::Mutex;
 
 pub use raw::Nft;
 pub use wire::{
-    ct_state, ct_status, BaseChain, Batch, ChainType, CmpOp, CtKey, Element, Expr, Family, Hook,
-    MetaKey, NatKind, PayloadBase, SetDef, Verdict, REG32_00,
+    ct_state, ct_status, pkttype, BaseChain, Batch, ChainType, CmpOp, CtKey, Element, Expr, Family,
+    Hook, MetaKey, NatKind, PayloadBase, SetDef, Verdict, REG32_00,
 };
 
 use crate::error::{Result, SysError};
 use crate::netns::Netns;
 use crate::rtnl::check_ifname;
 
-/// The filtering table (`inet`).
+/// The filtering table (`inet`), and the name of the bridge-family table too.
 pub const FILTER_TABLE: &str = "plexus";
 /// The NAT tables (`ip` and `ip6`).
 pub const NAT_TABLE: &str = "plexus-nat";
+/// How the bridge driver names the host end of every sandbox's veth pair, the bridge port
+/// (`plxv` and 11 hex digits). Frames entering a bridge through such a port and addressed
+/// to another port's host are not tracked (the `bridge plexus` table).
+pub const SANDBOX_PORT_PREFIX: &str = "plxv";
 
 const FORWARD: &str = "forward";
 const PREROUTING: &str = "prerouting";
@@ -156,6 +188,9 @@ fn ifname_udata() -> Vec<u8> {
     u
 }
 const RTN_LOCAL: u32 = 2;
+/// The bridge family's prerouting priority that runs before `br_netfilter` (0) and before
+/// bridge conntrack (-200): `NF_BR_PRI_NAT_DST_BRIDGED`, which `nft` prints as `dstnat`.
+const BRIDGE_EARLY: i32 = -300;
 /// nft's comment TLV type in element userdata.
 const UDATA_COMMENT: u8 = 0;
 const MAX_OWNER: usize = 200;
@@ -662,7 +697,8 @@ fn forward_rules() -> Vec<Vec<Expr>> {
     let mut dnat = ct_bits(CtKey::Status, ct_status::DNAT).to_vec();
     dnat.push(accept.clone());
     vec![
-        est,
+        // First: with br_netfilter on, every frame switched between two sandboxes of one
+        // network comes through here (untracked, so `ct state` would not match it anyway).
         vec![
             Expr::Meta {
                 key: MetaKey::IifName,
@@ -675,6 +711,7 @@ fn forward_rules() -> Vec<Vec<Expr>> {
             lookup(INTRA, r(0)),
             accept.clone(),
         ],
+        est,
         vec![
             meta(MetaKey::IifName),
             lookup(INTERNAL, r(0)),
@@ -703,6 +740,26 @@ fn forward_rules() -> Vec<Vec<Expr>> {
             Expr::Counter,
             drop,
         ],
+    ]
+}
+
+/// `iifname "plxv*" meta pkttype other notrack`: frames a bridge switches from a sandbox
+/// port to another port are not tracked.
+fn notrack_rule() -> Vec<Expr> {
+    vec![
+        meta(MetaKey::IifName),
+        Expr::Cmp {
+            sreg: r(0),
+            op: CmpOp::Eq,
+            data: SANDBOX_PORT_PREFIX.as_bytes().to_vec(),
+        },
+        meta(MetaKey::PktType),
+        Expr::Cmp {
+            sreg: r(0),
+            op: CmpOp::Eq,
+            data: vec![pkttype::OTHERHOST],
+        },
+        Expr::Notrack,
     ]
 }
 
@@ -863,6 +920,27 @@ impl Firewall {
             }
         }
         self.nft.apply(b)?;
+        // Separately, and optional: without it frames between sandboxes stay tracked when
+        // br_netfilter is on (slower, still correct), so a kernel without nf_tables for the
+        // bridge family still runs Plexus.
+        let mut b = self.nft.batch();
+        b.add_table(Family::Bridge, FILTER_TABLE);
+        b.add_chain(
+            Family::Bridge,
+            FILTER_TABLE,
+            PREROUTING,
+            Some(BaseChain {
+                kind: ChainType::Filter,
+                hook: Hook::Prerouting,
+                priority: BRIDGE_EARLY,
+                policy: Verdict::Accept,
+            }),
+        );
+        b.flush_chain(Family::Bridge, FILTER_TABLE, PREROUTING);
+        b.add_rule(Family::Bridge, FILTER_TABLE, PREROUTING, &notrack_rule());
+        if let Err(e) = self.nft.apply(b) {
+            tracing::warn!(error = %e, "no bridge-family notrack rule: frames between sandboxes are tracked when br_netfilter is on");
+        }
         tracing::debug!(netns = %self.nft.netns().path().display(), "plexus nf_tables base ensured");
         Ok(())
     }
@@ -1235,13 +1313,14 @@ impl Firewall {
         Ok(out)
     }
 
-    /// Deletes Plexus's tables (and so all its rules, sets and elements) in one batch;
+    /// Deletes Plexus's four tables (and so all its rules, sets and elements) in one batch;
     /// no other table is touched. Idempotent.
     pub fn cleanup_all(&self) -> Result<()> {
         let mut b = self.nft.batch();
         b.destroy_table(Family::Inet, FILTER_TABLE);
         b.destroy_table(Family::Ip, NAT_TABLE);
         b.destroy_table(Family::Ip6, NAT_TABLE);
+        b.destroy_table(Family::Bridge, FILTER_TABLE);
         self.nft.apply(b)?;
         self.lock_ports().clear();
         tracing::debug!(netns = %self.nft.netns().path().display(), "plexus nf_tables removed");
@@ -1253,7 +1332,10 @@ impl Firewall {
 pub fn is_plexus_table(family: Family, name: &str) -> bool {
     matches!(
         (family, name),
-        (Family::Inet, FILTER_TABLE) | (Family::Ip, NAT_TABLE) | (Family::Ip6, NAT_TABLE)
+        (Family::Inet, FILTER_TABLE)
+            | (Family::Ip, NAT_TABLE)
+            | (Family::Ip6, NAT_TABLE)
+            | (Family::Bridge, FILTER_TABLE)
     )
 }
 

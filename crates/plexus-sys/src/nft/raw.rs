@@ -52,7 +52,7 @@ fn kernel_error(op: &str, errno: i32) -> SysError {
         libc_errno::EOPNOTSUPP | nix::libc::EAFNOSUPPORT | nix::libc::EPROTONOSUPPORT => {
             SysError::Unsupported {
                 feature: format!("nf_tables: {op}"),
-                hint: "the kernel lacks nf_tables or one of its modules (nft_nat, nft_masq, nft_ct, nft_fib, nft_chain_nat)".into(),
+                hint: "the kernel lacks nf_tables or one of its parts (nft_nat, nft_masq, nft_ct, nft_fib, nft_chain_nat, the bridge family: CONFIG_NF_TABLES_BRIDGE)".into(),
             }
         }
         _ => SysError::Netlink {

@@ -180,7 +180,8 @@ impl Family {
     }
 }
 
-/// Netfilter hooks of the inet families.
+/// Netfilter hooks of the inet families. The bridge family numbers its hooks the same way
+/// (`NF_BR_PRE_ROUTING` = 0 … `NF_BR_POST_ROUTING` = 4), so these serve bridge chains too.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Hook {
     /// `prerouting`.
@@ -236,6 +237,24 @@ pub enum MetaKey {
     NfProto = 15,
     /// The layer-4 protocol (1 byte).
     L4Proto = 16,
+    /// Bridge family only: the name of the bridge whose port the frame came in on (16
+    /// bytes). Needs `nft_meta_bridge` (`CONFIG_NFT_BRIDGE_META`); kernels without it refuse
+    /// the rule with `EOPNOTSUPP`.
+    BriIifName = 17,
+    /// `skb->pkt_type` (1 byte): [`pkttype::HOST`], [`pkttype::OTHERHOST`], …
+    PktType = 19,
+}
+
+/// Values of `meta pkttype` (`PACKET_*`, `include/uapi/linux/if_packet.h`).
+pub mod pkttype {
+    /// Addressed to this host (in a bridge: to the bridge's own MAC address).
+    pub const HOST: u8 = 0;
+    /// Link-layer broadcast.
+    pub const BROADCAST: u8 = 1;
+    /// Link-layer multicast.
+    pub const MULTICAST: u8 = 2;
+    /// Addressed to another host (`nft` calls it `other`).
+    pub const OTHERHOST: u8 = 3;
 }
 
 /// Conntrack keys.
@@ -376,6 +395,11 @@ pub enum Expr {
     Masquerade,
     /// Count packets and bytes.
     Counter,
+    /// Mark the packet untracked (`notrack`, no attributes): conntrack then ignores it, and
+    /// so does NAT. It must run before conntrack sees the packet (inet families: prerouting
+    /// or output below priority -200; bridge family: prerouting below `br_netfilter`'s 0); it
+    /// does nothing to a packet that already has a conntrack entry.
+    Notrack,
     /// A final verdict.
     Verdict(Verdict),
 }
@@ -473,6 +497,7 @@ impl Expr {
             }
             Expr::Masquerade => ("masq", Vec::new()),
             Expr::Counter => ("counter", Vec::new()),
+            Expr::Notrack => ("notrack", Vec::new()),
             Expr::Verdict(v) => {
                 let mut b = Vec::new();
                 put_be32(&mut b, 1, 0); // NFTA_IMMEDIATE_DREG = verdict register
@@ -907,6 +932,39 @@ mod tests {
                 userdata: Some(b"ab".to_vec()),
             }]
         );
+    }
+
+    #[test]
+    fn notrack_and_meta_keys_encode_as_the_kernel_expects() {
+        let mut l = Vec::new();
+        Expr::Meta {
+            key: MetaKey::PktType,
+            dreg: REG32_00,
+        }
+        .encode(&mut l);
+        Expr::Notrack.encode(&mut l);
+        let exprs = attrs(&l);
+        assert_eq!(exprs.len(), 2);
+        let (_, meta) = exprs[0];
+        assert_eq!(attr_str(meta, NFTA_EXPR_NAME).as_deref(), Some("meta"));
+        let data = attr(meta, NFTA_EXPR_DATA).unwrap_or_default();
+        assert_eq!(
+            attr(data, 2),
+            Some(&19u32.to_be_bytes()[..]),
+            "NFT_META_PKTTYPE"
+        );
+        let (_, notrack) = exprs[1];
+        assert_eq!(
+            attr_str(notrack, NFTA_EXPR_NAME).as_deref(),
+            Some("notrack")
+        );
+        assert_eq!(
+            attr(notrack, NFTA_EXPR_DATA),
+            None,
+            "notrack has no attributes"
+        );
+        assert_eq!(MetaKey::BriIifName as u32, 17, "NFT_META_BRI_IIFNAME");
+        assert_eq!(MetaKey::IifName as u32, 6, "NFT_META_IIFNAME");
     }
 
     #[test]
