@@ -642,14 +642,15 @@ impl BridgeDriver {
     }
 
     /// Takes a joined endpoint's veth pair out of service at once and deletes it in the
-    /// background. First the host end goes down: from then on start-up reconciliation counts
-    /// the endpoint as gone, whatever else a crash cuts short. Then the sandbox side is
-    /// renamed off its name and brought down, which drops its routes and frees the name for
-    /// the next join; deleting the host end later takes the pair away.
-    async fn retire_veth(&self, network_id: &str, endpoint_id: &str, at: &InSandbox) {
+    /// background. First the host end loses its mark: from then on start-up reconciliation
+    /// counts the endpoint as gone (and deletes the link as unmarked), whatever else a crash
+    /// cuts short. Then the sandbox side is renamed off its name and brought down, which
+    /// drops its routes and frees the name for the next join; deleting the host end later
+    /// takes the pair away.
+    async fn retire_veth(&self, endpoint_id: &str, at: &InSandbox) {
         let host_name = names::host_veth(endpoint_id);
-        if let Err(e) = self.rtnl.set_down_named(&host_name).await {
-            tracing::debug!(endpoint = %endpoint_id, error = %e, "host end not brought down");
+        if let Err(e) = self.rtnl.set_alias_named(&host_name, "").await {
+            tracing::debug!(endpoint = %endpoint_id, error = %e, "host end not unmarked");
         }
         let retired = async {
             let sandbox = Netns::open(Path::new(&at.key))?;
@@ -661,8 +662,7 @@ impl BridgeDriver {
             // The sandbox (or its interface) is gone already: the host end goes anyway.
             tracing::debug!(endpoint = %endpoint_id, interface = %at.ifname, error = %e, "sandbox interface not retired");
         }
-        let alias = names::veth_alias(&self.marker, network_id, endpoint_id);
-        self.reaper.delete(host_name, alias);
+        self.reaper.delete(host_name, String::new());
     }
 
     /// Deletes an endpoint's veth pair wherever its other end is (marked links only).
@@ -831,8 +831,8 @@ impl BridgeDriver {
     }
 
     /// The endpoints whose join finished and whose pair still stands: their host end
-    /// (named from the endpoint id) is marked and up. `join` brings the host end up last and
-    /// `leave` takes it down first, so an endpoint the store records but this set lacks was
+    /// (named from the endpoint id) is marked and up. `join` marks the host end and brings it
+    /// up last and `leave` unmarks it first, so an endpoint the store records but this set lacks was
     /// cut short by a crash (connect or disconnect), or its sandbox's namespace, and with it
     /// the pair, is gone. The daemon forgets such endpoints before [`BridgeDriver::reconcile`].
     pub async fn live_endpoints(&self) -> Result<BTreeSet<String>, DriverError> {
@@ -1117,7 +1117,7 @@ impl Driver for BridgeDriver {
         let Some(at) = joined else {
             return Ok(());
         };
-        self.retire_veth(network_id, endpoint_id, &at).await;
+        self.retire_veth(endpoint_id, &at).await;
         if had_default {
             // The sandbox lost its default route: another of its networks gives it one.
             if let Err(e) = self.hand_over_default_route(&mut st, &at.key).await {
@@ -1185,7 +1185,7 @@ impl BridgeDriver {
             self.fw.unpublish(&ports).map_err(sys_ctx("unpublish"))?;
         }
         match st.endpoints.get(endpoint_id).map(|ep| ep.joined.clone()) {
-            Some(Some(at)) => self.retire_veth(network_id, endpoint_id, &at).await,
+            Some(Some(at)) => self.retire_veth(endpoint_id, &at).await,
             // Never joined, or left already: it has no pair.
             Some(None) => {}
             None => self.delete_veth(network_id, endpoint_id).await?,

@@ -94,7 +94,8 @@ impl Reaper {
     }
 
     /// Deletes the link called `name` in the background, if it carries `alias` (so a link
-    /// somebody else made under that name meanwhile is never touched).
+    /// somebody else made under that name meanwhile is never touched); an empty `alias`: the
+    /// link carries none (its owner cleared the mark, as `leave` does with a host end).
     pub(crate) fn delete(&self, name: String, alias: String) {
         *self
             .pending
@@ -138,7 +139,7 @@ impl Reaper {
 async fn delete_marked(rtnl: &Rtnl, name: &str, alias: &str) {
     let failed = |e: SysError| tracing::warn!(link = %name, error = %e, "background delete failed; reconciliation will clean up");
     match rtnl.link(name).await {
-        Ok(Some(link)) if link.alias.as_deref() == Some(alias) => {
+        Ok(Some(link)) if link.alias.as_deref().unwrap_or("") == alias => {
             match rtnl.delete_link(link.index).await {
                 Ok(()) | Err(SysError::NotFound { .. }) => {
                     tracing::debug!(link = %name, "deleted in the background")

@@ -651,9 +651,10 @@ fn docker_cli_against_plexusd() {
 }
 
 /// What a crash between an endpoint's record and the end of its join leaves (the record is
-/// written while the kernel work goes on): the record, with the host end of its pair not up.
-/// The restarted daemon rolls that endpoint back — it is gone from its sandbox, its address
-/// is free again — and leaves the finished endpoints alone.
+/// written while the kernel work goes on): the record, with the host end of its pair not up;
+/// and a crash during a disconnect: the record, with the host end unmarked. The restarted
+/// daemon rolls those endpoints back — gone from their sandboxes, their addresses free
+/// again — and leaves the finished endpoints alone.
 #[test]
 fn an_endpoint_whose_join_never_finished_is_rolled_back_at_start() {
     let mut d = Daemon::new(&[]);
@@ -676,16 +677,32 @@ fn an_endpoint_whose_join_never_finished_is_rolled_back_at_start() {
         "--ip",
         "10.212.0.6",
     ]);
-    let a = json(&d.ok(&["sandbox", "inspect", "a"]));
-    let a_endpoint = a[0]["Endpoints"][0]["EndpointID"]
-        .as_str()
-        .unwrap_or("")
-        .to_string();
-    assert_eq!(a_endpoint.len(), 64, "{a}");
+    d.ok(&[
+        "sandbox",
+        "create",
+        "e",
+        "--network",
+        "rb",
+        "--ip",
+        "10.212.0.7",
+    ]);
+    let endpoint_of = |name: &str| {
+        let s = json(&d.ok(&["sandbox", "inspect", name]));
+        let id = s[0]["Endpoints"][0]["EndpointID"]
+            .as_str()
+            .unwrap_or("")
+            .to_string();
+        assert_eq!(id.len(), 64, "{s}");
+        id
+    };
+    let a_endpoint = endpoint_of("a");
+    let e_endpoint = endpoint_of("e");
     d.kill9();
 
-    // The join of a's endpoint stopped short: its host end never came up.
+    // The join of a's endpoint stopped short: its host end never came up. The disconnect of
+    // e's stopped short: its host end has lost its mark.
     let host_end = format!("plxv{}", &a_endpoint[..11]);
+    let e_host_end = format!("plxv{}", &e_endpoint[..11]);
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -701,6 +718,9 @@ fn an_endpoint_whose_join_never_finished_is_rolled_back_at_start() {
         rtnl.set_down(link.index)
             .await
             .unwrap_or_else(|e| panic!("down {host_end}: {e}"));
+        rtnl.set_alias_named(&e_host_end, "")
+            .await
+            .unwrap_or_else(|e| panic!("unmark {e_host_end}: {e}"));
     });
     d.start();
 
@@ -725,6 +745,8 @@ fn an_endpoint_whose_join_never_finished_is_rolled_back_at_start() {
         })
         .unwrap_or_default();
     assert_eq!(members.len(), 1, "only b is left on rb: {net}");
+    let e = json(&d.ok(&["sandbox", "inspect", "e"]));
+    assert_eq!(e[0]["Endpoints"].as_array().map(Vec::len), Some(0), "{e}");
     assert!(!members.contains(&a_endpoint), "{net}");
     // Its address is free again, and the finished endpoint (b) still works.
     d.ok(&[
