@@ -1133,10 +1133,11 @@ impl BridgeDriver {
     /// endpoint of this driver, as Docker moves the gateway when the gateway endpoint leaves.
     async fn hand_over_default_route(&self, st: &mut State, key: &str) -> Result<(), DriverError> {
         let next = st.endpoints.iter().find_map(|(id, e)| {
-            let at = e.joined.as_ref()?;
+            // The sandbox first: a string compare, where the network lookup hashes (this
+            // walks every endpoint of the driver).
+            let at = e.joined.as_ref().filter(|at| at.key == key)?;
             let net = st.networks.get(&e.network_id)?;
-            (at.key == key && !net.info.internal)
-                .then(|| (id.clone(), at.ifindex, net.clone(), e.clone()))
+            (!net.info.internal).then(|| (id.clone(), at.ifindex, net.clone(), e.clone()))
         });
         let Some((id, ifindex, net, ep)) = next else {
             return Ok(());
