@@ -163,13 +163,7 @@ async fn published_ports(mut w: World) {
     for s in ["web", "peer", "other", "clash"] {
         w.sandbox(s).await;
     }
-    let bind = |container_port: u16, host_port: u16| PortBinding {
-        proto: "tcp".into(),
-        container_port,
-        host_ip: None,
-        host_port,
-        host_port_end: 0,
-    };
+    let bind = tcp;
     let web = w
         .connect_with(
             "web",
@@ -350,13 +344,7 @@ async fn mtu_prefix_mac_and_ipv6_apply_inside_the_sandbox() {
             "v6",
             EndpointSpec {
                 mac: Some("02:aa:bb:cc:dd:ee".into()),
-                ports: vec![PortBinding {
-                    proto: "tcp".into(),
-                    container_port: 80,
-                    host_ip: None,
-                    host_port: 8086,
-                    host_port_end: 0,
-                }],
+                ports: vec![tcp(80, 8086)],
                 ..Default::default()
             },
         )
@@ -527,13 +515,7 @@ async fn reconcile_removes_marked_orphans_and_a_restarted_driver_finds_its_objec
             "s1",
             "n1",
             EndpointSpec {
-                ports: vec![PortBinding {
-                    proto: "tcp".into(),
-                    container_port: 80,
-                    host_ip: None,
-                    host_port: 8080,
-                    host_port_end: 0,
-                }],
+                ports: vec![tcp(80, 8080)],
                 ..Default::default()
             },
         )
@@ -704,13 +686,7 @@ async fn timing_of_connect_and_disconnect() {
     for i in 0..n {
         w.sandbox(&format!("s{i}")).await;
     }
-    let bind = |host_port: u16| PortBinding {
-        proto: "tcp".into(),
-        container_port: 80,
-        host_ip: None,
-        host_port,
-        host_port_end: 0,
-    };
+    let bind = |host_port: u16| tcp(80, host_port);
     let mut connect = Vec::new();
     let mut disconnect = Vec::new();
     for i in 0..n {

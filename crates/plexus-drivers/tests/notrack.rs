@@ -8,7 +8,7 @@ mod common;
 use std::net::Ipv4Addr;
 
 use common::*;
-use plexus_cnm::{EndpointSpec, PortBinding};
+use plexus_cnm::EndpointSpec;
 use plexus_sys::netns::Netns;
 use plexus_sys::sysctl;
 
@@ -37,13 +37,7 @@ async fn sandbox_to_sandbox_skips_conntrack_and_routed_traffic_does_not() {
             "s2",
             "n1",
             EndpointSpec {
-                ports: vec![PortBinding {
-                    proto: "tcp".into(),
-                    container_port: 80,
-                    host_ip: None,
-                    host_port: 8089,
-                    host_port_end: 0,
-                }],
+                ports: vec![tcp(80, 8089)],
                 ..Default::default()
             },
         )

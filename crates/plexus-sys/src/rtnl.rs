@@ -384,21 +384,18 @@ impl Rtnl {
                 )
                 .await;
         };
-        let what = format!("link {name:?}");
-        let message = LinkMessageBuilder::<LinkBridgePort>::default()
+        let port = LinkMessageBuilder::<LinkBridgePort>::default()
             .name(name)
             .set_port_kind(InfoPortKind::Bridge)
-            .append_info_data(InfoBridgePort::Isolated(flags.isolated))
-            .append_info_data(InfoBridgePort::HairpinMode(flags.hairpin))
             .alias(alias)
-            .up()
-            .build();
-        self.handle
-            .link()
-            .set_port(message)
-            .execute()
-            .await
-            .map_err(|e| SysError::netlink(format!("bring up bridge port {what}"), &what, e))
+            .up();
+        self.send_port(
+            port,
+            flags,
+            &format!("link {name:?}"),
+            "bring up bridge port",
+        )
+        .await
     }
 
     /// Sets the alias of the link `name` (no lookup first); an empty `alias` clears it.
@@ -537,49 +534,42 @@ impl Rtnl {
         self.set(index, |m| m.controller(master), "attach").await
     }
 
-    /// Sets or clears the bridge port `isolated` flag (`IFLA_BRPORT_ISOLATED`) of a link
-    /// attached to a bridge: isolated ports cannot exchange frames with each other, only with
-    /// non-isolated ports and the bridge itself. This is how Plexus enforces `enable_icc=false`
-    /// without `br_netfilter`.
-    pub async fn set_port_isolated(&self, index: u32, isolated: bool) -> Result<()> {
-        // Port settings need RTM_NEWLINK on the existing link (RTM_SETLINK ignores them).
-        let message = LinkBridgePort::new(index)
-            .append_info_data(InfoBridgePort::Isolated(isolated))
-            .build();
-        self.handle
-            .link()
-            .set_port(message)
-            .execute()
-            .await
-            .map_err(|e| {
-                SysError::netlink(
-                    format!("set bridge port isolated={isolated} of link {index}"),
-                    &format!("link {index}"),
-                    e,
-                )
-            })
+    /// Sets the bridge port flags of a link attached to a bridge. `isolated`
+    /// (`IFLA_BRPORT_ISOLATED`): isolated ports cannot exchange frames with each other, only
+    /// with non-isolated ports and the bridge itself — how Plexus enforces `enable_icc=false`
+    /// without `br_netfilter`. `hairpin` (`IFLA_BRPORT_MODE`): frames may leave through the
+    /// port they came in by — with `br_netfilter` active, a sandbox reaching its own published
+    /// port through a host address needs it. [`Rtnl::activate_port`] sets them when a port
+    /// comes into service.
+    pub async fn set_port_flags(&self, index: u32, flags: PortFlags) -> Result<()> {
+        self.send_port(
+            LinkBridgePort::new(index),
+            flags,
+            &format!("link {index}"),
+            "set bridge port flags",
+        )
+        .await
     }
 
-    /// Sets or clears the bridge port `hairpin` flag (`IFLA_BRPORT_MODE`) of a link attached
-    /// to a bridge: frames may then leave through the port they came in by. With
-    /// `br_netfilter` active, a sandbox reaching its own published port through a host address
-    /// needs it (the DNATed frame is bridged back out of its own port).
-    pub async fn set_port_hairpin(&self, index: u32, hairpin: bool) -> Result<()> {
-        let message = LinkBridgePort::new(index)
-            .append_info_data(InfoBridgePort::HairpinMode(hairpin))
+    /// One RTM_NEWLINK on an existing bridge port with its flags (RTM_SETLINK ignores port
+    /// settings) and whatever else `port` carries.
+    async fn send_port(
+        &self,
+        port: LinkMessageBuilder<LinkBridgePort>,
+        flags: PortFlags,
+        what: &str,
+        op: &str,
+    ) -> Result<()> {
+        let message = port
+            .append_info_data(InfoBridgePort::Isolated(flags.isolated))
+            .append_info_data(InfoBridgePort::HairpinMode(flags.hairpin))
             .build();
         self.handle
             .link()
             .set_port(message)
             .execute()
             .await
-            .map_err(|e| {
-                SysError::netlink(
-                    format!("set bridge port hairpin={hairpin} of link {index}"),
-                    &format!("link {index}"),
-                    e,
-                )
-            })
+            .map_err(|e| SysError::netlink(format!("{op} of {what}"), what, e))
     }
 
     /// Renames a link (it must be down).

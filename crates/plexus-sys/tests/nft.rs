@@ -453,8 +453,8 @@ async fn icc_false_isolates_sandboxes_but_not_gateway_or_egress() {
     reaches(t.sb(s1), peer);
 
     // enable_icc=false: every sandbox port of the bridge is isolated.
-    ok("isolate 1", t.rh.set_port_isolated(h1, true).await);
-    ok("isolate 2", t.rh.set_port_isolated(h2, true).await);
+    ok("isolate 1", t.rh.set_port_flags(h1, isolated(true)).await);
+    ok("isolate 2", t.rh.set_port_flags(h2, isolated(true)).await);
     assert!(blocked(t.sb(s1), peer));
     reaches(t.sb(s1), sa(Ipv4Addr::new(10, 96, 0, 1), 7001));
     assert_eq!(reaches(t.sb(s1), sa(OUTSIDE, 9000)), HOST_EXT.to_string());
@@ -468,7 +468,7 @@ async fn icc_false_isolates_sandboxes_but_not_gateway_or_egress() {
         reaches(t.sb(s1), sa(Ipv4Addr::new(10, 96, 0, 1), 7001));
     }
     // Back to icc=true.
-    ok("unisolate", t.rh.set_port_isolated(h1, false).await);
+    ok("unisolate", t.rh.set_port_flags(h1, isolated(false)).await);
     reaches(t.sb(s1), peer);
 }
 
@@ -883,4 +883,11 @@ async fn ipv6_egress_is_masqueraded_and_ports_are_published() {
     reaches(&t.host.ns, published);
     ok("unpublish v6", fw.unpublish(std::slice::from_ref(&web)));
     assert!(blocked(&t.outside.ns, published));
+}
+
+fn isolated(on: bool) -> plexus_sys::rtnl::PortFlags {
+    plexus_sys::rtnl::PortFlags {
+        isolated: on,
+        hairpin: false,
+    }
 }

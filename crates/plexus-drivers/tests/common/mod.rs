@@ -358,3 +358,14 @@ pub async fn links_of(ns: &Netns) -> Vec<Link> {
     let r = ok("connect sandbox", Rtnl::connect(ns).await);
     ok("links", r.links().await)
 }
+
+/// `-p HOST:CONTAINER/tcp`.
+pub fn tcp(container_port: u16, host_port: u16) -> plexus_cnm::PortBinding {
+    plexus_cnm::PortBinding {
+        proto: "tcp".into(),
+        container_port,
+        host_ip: None,
+        host_port,
+        host_port_end: 0,
+    }
+}

@@ -86,7 +86,7 @@
 //!   and broadcast frames (ARP, neighbour discovery) are not `other` and are left alone.
 //! - **icc=false** is not done here: it would depend on `br_netfilter`. The bridge driver
 //!   sets the bridge port `isolated` flag
-//!   ([`Rtnl::set_port_isolated`](crate::rtnl::Rtnl::set_port_isolated)) on every sandbox
+//!   ([`Rtnl::set_port_flags`](crate::rtnl::Rtnl::set_port_flags)) on every sandbox
 //!   port of such a network: isolated ports cannot talk to each other but reach the bridge
 //!   itself (gateway, egress, published ports), with or without `br_netfilter`, at no
 //!   per-packet cost.
