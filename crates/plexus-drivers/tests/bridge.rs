@@ -117,6 +117,51 @@ async fn two_sandboxes_on_one_network_talk_and_disconnect_leaves_nothing() {
     );
 }
 
+/// The controller guesses `eth0` for a sandbox's first endpoint; a sandbox whose runtime
+/// already put its own `eth0` there gets `eth1`, in the kernel and in the record.
+#[tokio::test]
+async fn an_interface_name_the_sandbox_already_has_is_skipped_and_recorded() {
+    need_root!();
+    let mut w = World::new().await;
+    w.network("n1", "10.97.0.0/24", &[]).await;
+    w.sandbox("s1").await;
+    let rs = ok("rtnl", Rtnl::connect(w.sb("s1")).await);
+    ok(
+        "foreign eth0",
+        rs.add_veth("eth0", "other0", None, "someone-else").await,
+    );
+    let e = w.connect("s1", "n1").await;
+    assert_eq!(e.interface.as_deref(), Some("eth1"));
+    let sandbox = ok("sandbox", w.controller.sandbox("s1").await);
+    let recorded = ok("records", w.controller.sandbox_endpoints(&sandbox).await);
+    assert_eq!(
+        recorded
+            .iter()
+            .map(|(ep, _)| ep.interface.as_deref())
+            .collect::<Vec<_>>(),
+        [Some("eth1")]
+    );
+    let eth1 = links_of(w.sb("s1"))
+        .await
+        .into_iter()
+        .find(|l| l.name == "eth1");
+    let addrs = ok(
+        "addresses",
+        rs.addresses(eth1.map(|l| l.index).unwrap_or(0)).await,
+    );
+    assert!(
+        addrs.contains(&(IpAddr::V4(ip4(&e)), 24)),
+        "eth1 carries the endpoint's address: {addrs:?}"
+    );
+    // The runtime's own interface is untouched.
+    let names: Vec<String> = links_of(w.sb("s1"))
+        .await
+        .into_iter()
+        .map(|l| l.name)
+        .collect();
+    assert!(names.contains(&"eth0".to_string()), "{names:?}");
+}
+
 #[tokio::test]
 async fn networks_are_isolated_and_a_sandbox_on_both_reaches_both() {
     need_root!();
