@@ -31,7 +31,7 @@ use plexus_cnm::{
 };
 use plexus_sys::netns::Netns;
 use plexus_sys::nft::{Firewall, NetworkRules, PortMapping, Proto};
-use plexus_sys::rtnl::{Link, PortFlags, Route, Rtnl, VethPair, LOOPBACK_IFINDEX};
+use plexus_sys::rtnl::{BridgeSpec, Link, PortFlags, Route, Rtnl, VethPair, LOOPBACK_IFINDEX};
 use plexus_sys::{sysctl, SysError};
 use tokio::sync::Mutex;
 
@@ -402,7 +402,16 @@ impl BridgeDriver {
             None => {
                 let l = self
                     .rtnl
-                    .add_bridge(bridge, opts.mtu, opts.mcast_snooping, alias)
+                    .add_bridge(
+                        &BridgeSpec {
+                            name: bridge,
+                            mtu: opts.mtu,
+                            // Fixed, so the gateway's MAC never changes under the sandboxes.
+                            mac: Some(names::bridge_mac(&info.id)),
+                            mcast_snooping: opts.mcast_snooping,
+                        },
+                        alias,
+                    )
                     .await
                     .map_err(sys_ctx(&what))?;
                 undo.push(Undo::DeleteLink(l.index));

@@ -122,6 +122,15 @@ pub(crate) fn derive_mac(ipv4: Option<std::net::Ipv4Addr>, endpoint: &str) -> [u
     [0x02, 0x42, tail[0], tail[1], tail[2], tail[3]]
 }
 
+/// A network's bridge MAC: `02:42` and four bytes of its id, as stable as the id (Docker
+/// gives its bridges a random `02:42` address for the same reason: the gateway's MAC must not
+/// follow the ports). The bridge driver's own MACs for endpoints carry an IPv4 address there.
+pub(crate) fn bridge_mac(network: &str) -> [u8; 6] {
+    let n = u64::from_str_radix(&short(network), 16).unwrap_or(0);
+    let b = n.to_be_bytes();
+    [0x02, 0x42, b[4], b[5], b[6], b[7]]
+}
+
 /// Parses `aa:bb:cc:dd:ee:ff` (or with `-`) into a unicast MAC.
 pub(crate) fn parse_mac(s: &str) -> Option<[u8; 6]> {
     let parts: Vec<&str> = s.split([':', '-']).collect();

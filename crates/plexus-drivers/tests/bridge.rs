@@ -10,7 +10,7 @@ use common::*;
 use plexus_cnm::{EndpointSpec, IpamPoolSpec, Network, NetworkInfo, NetworkSpec, PortBinding};
 use plexus_drivers::{BridgeDriver, DriverConfig};
 use plexus_sys::nft::{PortMapping, Proto};
-use plexus_sys::rtnl::Rtnl;
+use plexus_sys::rtnl::{BridgeSpec, Rtnl};
 
 fn gw(n: u8) -> Ipv4Addr {
     Ipv4Addr::new(10, n, 0, 1)
@@ -51,6 +51,17 @@ async fn two_sandboxes_on_one_network_talk_and_disconnect_leaves_nothing() {
     let host_links = w.host_links().await;
     let br = host_links.iter().find(|l| l.name == bridge);
     assert_eq!(br.and_then(|l| l.mcast_snooping), Some(false), "{br:?}");
+    // The gateway's MAC is the bridge's own, fixed at creation: not the lowest port's (which
+    // would change under the sandboxes as ports come and go).
+    let br_mac = br.and_then(|l| l.mac.clone());
+    assert_eq!(br_mac.as_ref().map(|m| m[..2].to_vec()), Some(vec![0x02, 0x42]));
+    let port_macs: Vec<Option<Vec<u8>>> = host_links
+        .iter()
+        .filter(|l| l.master == br.map(|b| b.index))
+        .map(|l| l.mac.clone())
+        .collect();
+    assert_eq!(port_macs.len(), 2);
+    assert!(!port_macs.contains(&br_mac), "{br_mac:?} {port_macs:?}");
     let port = host_links
         .iter()
         .find(|l| l.name == format!("plxv{}", &e1.id[..11]));
@@ -472,8 +483,14 @@ async fn bad_input_is_a_400_naming_the_option_and_leaves_nothing() {
     // A bridge name someone else uses: a conflict naming the bridge; nothing made.
     ok(
         "foreign bridge",
-        w.rh.add_bridge("br-taken", None, false, "someone-else")
-            .await,
+        w.rh.add_bridge(
+            &BridgeSpec {
+                name: "br-taken",
+                ..Default::default()
+            },
+            "someone-else",
+        )
+        .await,
     );
     let taken = w
         .controller
@@ -570,15 +587,22 @@ async fn reconcile_removes_marked_orphans_and_a_restarted_driver_finds_its_objec
     // Foreign links: another owner's bridge, and one whose marker merely starts like ours.
     ok(
         "foreign",
-        w.rh.add_bridge("foreignbr", None, false, "someone-else")
-            .await,
+        w.rh.add_bridge(
+            &BridgeSpec {
+                name: "foreignbr",
+                ..Default::default()
+            },
+            "someone-else",
+        )
+        .await,
     );
     ok(
         "look-alike",
         w.rh.add_bridge(
-            "lookalike",
-            None,
-            false,
+            &BridgeSpec {
+                name: "lookalike",
+                ..Default::default()
+            },
             &format!("{MARK}x:bridge:{}", n1.id),
         )
         .await,
@@ -587,8 +611,14 @@ async fn reconcile_removes_marked_orphans_and_a_restarted_driver_finds_its_objec
     // published port of an unknown endpoint.
     ok(
         "orphan bridge",
-        w.rh.add_bridge("plx-orphan", None, false, &format!("{MARK}:bridge:dead"))
-            .await,
+        w.rh.add_bridge(
+            &BridgeSpec {
+                name: "plx-orphan",
+                ..Default::default()
+            },
+            &format!("{MARK}:bridge:dead"),
+        )
+        .await,
     );
     ok(
         "orphan veth",

@@ -16,10 +16,11 @@
 //!
 //! ```no_run
 //! # async fn demo() -> plexus_sys::Result<()> {
-//! use plexus_sys::{netns::Netns, rtnl::Rtnl};
+//! use plexus_sys::{netns::Netns, rtnl::{BridgeSpec, Rtnl}};
 //! let ns = Netns::create(std::path::Path::new("/run/plexus/netns"), "demo")?;
 //! let rtnl = Rtnl::connect(&ns).await?;
-//! let br = rtnl.add_bridge("plx0", Some(1500), false, "plexus").await?;
+//! let spec = BridgeSpec { name: "plx0", mtu: Some(1500), ..Default::default() };
+//! let br = rtnl.add_bridge(&spec, "plexus").await?;
 //! rtnl.set_up(br.index).await?;
 //! # Ok(()) }
 //! ```

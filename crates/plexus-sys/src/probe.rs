@@ -10,7 +10,7 @@ use rtnetlink::{LinkDummy, LinkIpVlan, LinkVlan};
 
 use crate::error::{Result, SysError};
 use crate::netns::Netns;
-use crate::rtnl::Rtnl;
+use crate::rtnl::{BridgeSpec, Rtnl};
 
 /// A link kind Plexus's drivers need.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
@@ -90,7 +90,13 @@ impl KernelFeatures {
             let outcome = match feature {
                 Feature::Veth => parent.as_ref().err().map(|e| e.to_string()),
                 Feature::Bridge => rtnl
-                    .add_bridge("probebr", None, false, "plexus-probe")
+                    .add_bridge(
+                        &BridgeSpec {
+                            name: "probebr",
+                            ..Default::default()
+                        },
+                        "plexus-probe",
+                    )
                     .await
                     .err()
                     .map(|e| e.to_string()),

@@ -152,6 +152,22 @@ pub struct VethPair<'a> {
     pub peer_mac: Option<[u8; 6]>,
 }
 
+/// A bridge to make with [`Rtnl::add_bridge`].
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct BridgeSpec<'a> {
+    /// Its name.
+    pub name: &'a str,
+    /// MTU; `None` for the kernel's default.
+    pub mtu: Option<u32>,
+    /// Hardware address; `None` lets the kernel choose, and then the bridge takes the lowest
+    /// address among its ports as they come and go: the gateway's MAC changes under the
+    /// sandboxes (stale ARP caches) and every port added or removed walks all ports.
+    pub mac: Option<[u8; 6]>,
+    /// Whether it snoops IGMP/MLD; without, it floods multicast like broadcast (see the
+    /// bridge driver's `plexus.bridge.mcast_snooping`).
+    pub mcast_snooping: bool,
+}
+
 /// Bridge port flags (see [`Rtnl::activate_port`]).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct PortFlags {
@@ -267,19 +283,16 @@ impl Rtnl {
             .map_err(|e| SysError::netlink(format!("create {what}"), &what, e))
     }
 
-    /// Creates a bridge, marked with `alias`, and returns it. Without `mcast_snooping` it
-    /// floods multicast like broadcast (see the bridge driver's `plexus.bridge.mcast_snooping`).
-    pub async fn add_bridge(
-        &self,
-        name: &str,
-        mtu: Option<u32>,
-        mcast_snooping: bool,
-        alias: &str,
-    ) -> Result<Link> {
+    /// Creates a bridge (see [`BridgeSpec`]), marked with `alias`, and returns it.
+    pub async fn add_bridge(&self, spec: &BridgeSpec<'_>, alias: &str) -> Result<Link> {
+        let name = spec.name;
         check_ifname("bridge name", name)?;
-        let mut builder = LinkBridge::new(name).mcast_snooping(mcast_snooping);
-        if let Some(mtu) = mtu {
+        let mut builder = LinkBridge::new(name).mcast_snooping(spec.mcast_snooping);
+        if let Some(mtu) = spec.mtu {
             builder = builder.mtu(mtu);
+        }
+        if let Some(mac) = spec.mac {
+            builder = builder.address(mac.to_vec());
         }
         self.add(format!("bridge {name:?}"), builder.build())
             .await?;

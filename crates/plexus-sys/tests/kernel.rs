@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use plexus_sys::netns::Netns;
 use plexus_sys::probe::{Feature, KernelFeatures};
-use plexus_sys::rtnl::{Route, Rtnl};
+use plexus_sys::rtnl::{BridgeSpec, Route, Rtnl};
 use plexus_sys::{sysctl, SysError};
 
 const MARK: &str = "plexus-test";
@@ -101,7 +101,17 @@ async fn bridge_joins_sandboxes_and_routes_through_gateway() {
     let c1 = PinnedNs::new("c1");
     let c2 = PinnedNs::new("c2");
     let rh = ok("connect host", Rtnl::connect(&host.ns).await);
-    let br = ok("bridge", rh.add_bridge("plx-br0", None, false, MARK).await);
+    let br = ok(
+        "bridge",
+        rh.add_bridge(
+            &BridgeSpec {
+                name: "plx-br0",
+                ..Default::default()
+            },
+            MARK,
+        )
+        .await,
+    );
     assert_eq!(br.kind.as_deref(), Some("bridge"));
     ok(
         "gw addr",
@@ -174,7 +184,16 @@ async fn bad_input_names_the_field_and_makes_nothing() {
     let a = PinnedNs::new("bad");
     let r = ok("connect", Rtnl::connect(&a.ns).await);
     let before = ok("links", r.links().await).len();
-    match r.add_bridge("a-name-far-too-long", None, false, MARK).await {
+    match r
+        .add_bridge(
+            &BridgeSpec {
+                name: "a-name-far-too-long",
+                ..Default::default()
+            },
+            MARK,
+        )
+        .await
+    {
         Err(SysError::Invalid { field, value, .. }) => {
             assert_eq!(
                 (field, value.as_str()),
@@ -183,8 +202,27 @@ async fn bad_input_names_the_field_and_makes_nothing() {
         }
         other => panic!("long name gave {other:?}"),
     }
-    ok("bridge", r.add_bridge("dup0", None, false, MARK).await);
-    match r.add_bridge("dup0", None, false, MARK).await {
+    ok(
+        "bridge",
+        r.add_bridge(
+            &BridgeSpec {
+                name: "dup0",
+                ..Default::default()
+            },
+            MARK,
+        )
+        .await,
+    );
+    match r
+        .add_bridge(
+            &BridgeSpec {
+                name: "dup0",
+                ..Default::default()
+            },
+            MARK,
+        )
+        .await
+    {
         Err(e @ SysError::Exists { .. }) => assert!(e.to_string().contains("dup0"), "{e}"),
         other => panic!("duplicate gave {other:?}"),
     }
@@ -241,7 +279,13 @@ async fn created_namespace_is_pinned_until_deleted() {
     ok(
         "bridge",
         ok("connect", Rtnl::connect(&ns).await)
-            .add_bridge("pinned0", None, false, MARK)
+            .add_bridge(
+                &BridgeSpec {
+                    name: "pinned0",
+                    ..Default::default()
+                },
+                MARK,
+            )
             .await,
     );
     drop(ns);

@@ -18,7 +18,7 @@ use plexus_sys::netns::Netns;
 use plexus_sys::nft::{
     BaseChain, ChainType, Family, Firewall, Hook, NetworkRules, PortMapping, Proto, SetDef, Verdict,
 };
-use plexus_sys::rtnl::{Route, Rtnl};
+use plexus_sys::rtnl::{BridgeSpec, Route, Rtnl};
 use plexus_sys::{sysctl, SysError};
 
 #[macro_use]
@@ -161,7 +161,18 @@ impl Topo {
 
     /// A bridge with gateway `10.N.0.1/24`.
     async fn bridge(&self, name: &str, n: u8) -> u32 {
-        let br = ok("bridge", self.rh.add_bridge(name, None, false, MARK).await);
+        let br = ok(
+            "bridge",
+            self.rh
+                .add_bridge(
+                    &BridgeSpec {
+                        name,
+                        ..Default::default()
+                    },
+                    MARK,
+                )
+                .await,
+        );
         ok(
             "gw",
             self.rh
