@@ -6,6 +6,10 @@
 //! call may want) and hand its deletion to the [`Reaper`], which runs it on its own task.
 //! A daemon that dies before the deletion ran leaves a marked link that the store no longer
 //! knows, which start-up reconciliation deletes.
+//!
+//! Each deletion waits [`DEFER`] after it was handed over: the kernel work of deleting a
+//! bridge port grows with the bridge's ports (1–3 ms of CPU at 1,000) and would otherwise
+//! compete, on a small machine, with the rest of the very call that retired the link.
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex, PoisonError};
@@ -14,6 +18,13 @@ use plexus_sys::netns::Netns;
 use plexus_sys::rtnl::Rtnl;
 use plexus_sys::SysError;
 use tokio::sync::{mpsc, Notify};
+use tokio::time::{Duration, Instant};
+
+/// How long a deletion waits after it was handed over (see the [module docs](self)).
+pub(crate) const DEFER: Duration = Duration::from_millis(20);
+
+/// A link to delete: its name, the alias it must carry, when it was handed over.
+type Job = (String, String, Instant);
 
 /// Deletes marked links on its own thread; see the [module docs](self).
 ///
@@ -21,7 +32,7 @@ use tokio::sync::{mpsc, Notify};
 /// the request, so the deletions run on a thread (and netlink connection) of their own:
 /// they never hold up a runtime worker or the connection the driver's other calls use.
 pub(crate) struct Reaper {
-    jobs: mpsc::UnboundedSender<(String, String)>,
+    jobs: mpsc::UnboundedSender<Job>,
     /// Names of the links being deleted, with how many deletions of each are queued.
     pending: Arc<Mutex<BTreeMap<String, usize>>>,
     changed: Arc<Notify>,
@@ -30,7 +41,7 @@ pub(crate) struct Reaper {
 impl Reaper {
     /// A reaper deleting links of `host` on a thread of its own.
     pub(crate) async fn new(host: &Netns) -> Result<Self, SysError> {
-        let (jobs, mut rx) = mpsc::unbounded_channel::<(String, String)>();
+        let (jobs, mut rx) = mpsc::unbounded_channel::<Job>();
         let pending: Arc<Mutex<BTreeMap<String, usize>>> = Arc::default();
         let changed: Arc<Notify> = Arc::default();
         let (ready_tx, ready) = tokio::sync::oneshot::channel();
@@ -45,6 +56,7 @@ impl Reaper {
             .spawn(move || {
                 let runtime = match tokio::runtime::Builder::new_current_thread()
                     .enable_io()
+                    .enable_time()
                     .build()
                 {
                     Ok(r) => r,
@@ -68,7 +80,8 @@ impl Reaper {
                             return;
                         }
                     };
-                    while let Some((name, alias)) = rx.recv().await {
+                    while let Some((name, alias, handed)) = rx.recv().await {
+                        tokio::time::sleep_until(handed + DEFER).await;
                         delete_marked(&rtnl, &name, &alias).await;
                         let mut pending = p.lock().unwrap_or_else(PoisonError::into_inner);
                         if let Some(n) = pending.get_mut(&name) {
@@ -103,7 +116,11 @@ impl Reaper {
             .unwrap_or_else(PoisonError::into_inner)
             .entry(name.clone())
             .or_default() += 1;
-        if self.jobs.send((name.clone(), alias)).is_err() {
+        if self
+            .jobs
+            .send((name.clone(), alias, Instant::now()))
+            .is_err()
+        {
             // The reaper thread is gone (it never stops before the driver): reconciliation
             // deletes the link at the next start.
             tracing::warn!(link = %name, "link reaper gone; the link stays until the next start");

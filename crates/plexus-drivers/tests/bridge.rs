@@ -54,7 +54,10 @@ async fn two_sandboxes_on_one_network_talk_and_disconnect_leaves_nothing() {
     // The gateway's MAC is the bridge's own, fixed at creation: not the lowest port's (which
     // would change under the sandboxes as ports come and go).
     let br_mac = br.and_then(|l| l.mac.clone());
-    assert_eq!(br_mac.as_ref().map(|m| m[..2].to_vec()), Some(vec![0x02, 0x42]));
+    assert_eq!(
+        br_mac.as_ref().map(|m| m[..2].to_vec()),
+        Some(vec![0x02, 0x42])
+    );
     let port_macs: Vec<Option<Vec<u8>>> = host_links
         .iter()
         .filter(|l| l.master == br.map(|b| b.index))
