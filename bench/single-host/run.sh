@@ -259,6 +259,9 @@ for N in $NLIST; do
   ((nv_stopped)) && nv_stopped=2   # probed once at the N it reached (if new), not again
   ((nv_here)) && last_nv_n=$NV_N
   log "  N=$N: plexus has $pfill others, netavark $nvfill (probe at N=$NV_N: $nv_here); probing x$PORT_REPS"
+  # Quiet after the fills: the kernel finishes their deferred work (RCU callbacks, link
+  # watch events, deletions) before either tool is probed.
+  sleep 3
   for r in $(seq 1 "$PORT_REPS"); do
     if ((r % 2)) || ((!nv_here)); then
       tm port_attach_plexus_n$N.txt PX sandbox create plxb-probe --netns /run/netns/plxb-probe --network plxb-port -p 127.0.0.1:30000:80
