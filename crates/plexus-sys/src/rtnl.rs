@@ -493,26 +493,6 @@ impl Rtnl {
             .map_err(|e| SysError::netlink(format!("{op} of {what}"), &what, e))
     }
 
-    /// Marks `link` with `alias` and brings it up; without `link_local` it gets no IPv6
-    /// link-local address. Through netlink, not the `disable_ipv6` sysctl (opening a new
-    /// link's sysctl file took 1–2 ms here). The kernel applies flags before address-family
-    /// settings within one request, so then the mode is set while the link is down and it
-    /// comes up with a second request.
-    async fn mark_up(&self, link: LinkRef<'_>, alias: &str, link_local: bool) -> Result<()> {
-        if link_local {
-            return self
-                .set_ref(link, |m| m.up().alias(alias), "bring up and mark")
-                .await;
-        }
-        self.set_ref(
-            link,
-            |m| m.alias(alias).append_extra_attribute(no_link_local()),
-            "mark",
-        )
-        .await?;
-        self.set_ref(link, |m| m.up(), "bring up").await
-    }
-
     /// Brings a link up.
     pub async fn set_up(&self, index: u32) -> Result<()> {
         self.set(index, |m| m.up(), "bring up").await
@@ -520,9 +500,24 @@ impl Rtnl {
 
     /// Marks a link with `alias` and brings it up (the far end of a [`VethPair`] comes down
     /// and unmarked). Without `link_local` it gets no IPv6 link-local address and so sends
-    /// no IPv6 chatter: for an interface on a network without IPv6.
+    /// no IPv6 chatter: for an interface on a network without IPv6. That goes through this
+    /// connection (`IFLA_INET6_ADDR_GEN_MODE`) rather than a sysctl, which for a link in
+    /// another namespace needs the namespace helper thread. The kernel applies flags before
+    /// address-family settings within one request, so the mode is set while the link is down
+    /// and it comes up with a second request.
     pub async fn set_up_marked(&self, index: u32, alias: &str, link_local: bool) -> Result<()> {
-        self.mark_up(LinkRef::Index(index), alias, link_local).await
+        if link_local {
+            return self
+                .set(index, |m| m.up().alias(alias), "bring up and mark")
+                .await;
+        }
+        self.set(
+            index,
+            |m| m.alias(alias).append_extra_attribute(no_link_local()),
+            "mark",
+        )
+        .await?;
+        self.set(index, |m| m.up(), "bring up").await
     }
 
     /// Brings a link down.
