@@ -690,7 +690,10 @@ impl Controller {
         for alias in &spec.aliases {
             check_name("alias", alias)?;
         }
-        if self.endpoint_of(&sandbox, &network.id).await?.is_some() {
+        // One read of the sandbox's endpoints serves both this check and the interface name
+        // the join tries first.
+        let current = self.sandbox_endpoints(&sandbox).await?;
+        if current.iter().any(|(ep, _)| ep.network_id == network.id) {
             return Err(CnmError::Exists {
                 kind: "endpoint",
                 name: format!("{} on network {}", sandbox.name, network.name),
@@ -712,7 +715,14 @@ impl Controller {
 
         let mut allocated: Vec<(String, IpAddr)> = Vec::new();
         let result = self
-            .connect_steps(&sandbox, &network, driver.as_ref(), spec, &mut allocated)
+            .connect_steps(
+                &sandbox,
+                &network,
+                driver.as_ref(),
+                spec,
+                &current,
+                &mut allocated,
+            )
             .await;
         if result.is_err() {
             for (pool, addr) in allocated.iter().rev() {
@@ -750,6 +760,7 @@ impl Controller {
         network: &Network,
         driver: &dyn Driver,
         spec: EndpointSpec,
+        current: &[(Endpoint, Network)],
         allocated: &mut Vec<(String, IpAddr)>,
     ) -> Result<Endpoint> {
         let v4 = self
@@ -789,7 +800,7 @@ impl Controller {
             .unwrap_or_else(|| self.config.interface_prefix.clone());
         let interface = InterfaceName {
             prefix: &prefix,
-            first: self.first_free_interface(sandbox, &prefix).await?,
+            first: first_free_interface(current, &prefix),
         };
         let mut endpoint = Endpoint {
             id: id.clone(),
@@ -839,20 +850,6 @@ impl Controller {
         }
         tracing::info!(sandbox = %sandbox.name, network = %network.name, endpoint = %id, "connected");
         Ok(endpoint)
-    }
-
-    /// The first number for `prefix` that none of the sandbox's endpoints has in its
-    /// interface name: the name a join tries first.
-    async fn first_free_interface(&self, sandbox: &Sandbox, prefix: &str) -> Result<u32> {
-        let used: BTreeSet<String> = self
-            .sandbox_endpoints(sandbox)
-            .await?
-            .into_iter()
-            .filter_map(|(ep, _)| ep.interface)
-            .collect();
-        Ok((0u32..)
-            .find(|n| !used.contains(&format!("{prefix}{n}")))
-            .unwrap_or(0))
     }
 
     /// Replaces an endpoint's record (same sandbox list).
@@ -994,4 +991,16 @@ impl Controller {
         }
         Ok(())
     }
+}
+
+/// The first number for `prefix` that none of a sandbox's endpoints (`current`) has in its
+/// interface name: the name a join tries first.
+fn first_free_interface(current: &[(Endpoint, Network)], prefix: &str) -> u32 {
+    let used: BTreeSet<&str> = current
+        .iter()
+        .filter_map(|(ep, _)| ep.interface.as_deref())
+        .collect();
+    (0u32..)
+        .find(|n| !used.contains(format!("{prefix}{n}").as_str()))
+        .unwrap_or(0)
 }

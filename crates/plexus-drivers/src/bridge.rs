@@ -153,14 +153,17 @@ fn proto_of(binding: &PortBinding) -> Result<Proto, DriverError> {
     }
 }
 
-/// Waits (at most two seconds) until `addr` can be bound inside `ns`. A new IPv6 address
-/// stays tentative until the kernel's link watch sees the link operational, up to a second
+/// Waits (at most two seconds) until `addr` on link `index` is no longer tentative, so it can
+/// be bound (a tentative IPv6 address cannot). A new IPv6 address stays tentative until the kernel's link watch sees the link operational, up to a second
 /// after it went up; a sandbox should be able to use its address as soon as join returns.
-async fn wait_usable(ns: &Netns, addr: std::net::Ipv6Addr) {
+async fn wait_usable(rs: &Rtnl, index: u32, addr: std::net::Ipv6Addr) {
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(2);
     loop {
-        let usable = ns
-            .run(move || std::net::UdpSocket::bind((addr, 0)).is_ok())
+        // Through the join's own connection: no thread enters the sandbox to find out.
+        let usable = rs
+            .tentative(index)
+            .await
+            .map(|t| !t.contains(&IpAddr::V6(addr)))
             .unwrap_or(true);
         if usable {
             return;
@@ -171,6 +174,11 @@ async fn wait_usable(ns: &Netns, addr: std::net::Ipv6Addr) {
         }
         tokio::time::sleep(std::time::Duration::from_millis(10)).await;
     }
+}
+
+/// A netlink connection into the sandbox whose namespace is at `key`.
+async fn sandbox_rtnl(key: &str) -> Result<Rtnl, SysError> {
+    Rtnl::connect(&Netns::open(Path::new(key))?).await
 }
 
 /// The first port of `range` that no published or already chosen mapping of `proto` has
@@ -655,23 +663,28 @@ impl BridgeDriver {
     /// counts the endpoint as gone (and deletes the link as unmarked), whatever else a crash
     /// cuts short. Then the sandbox side is renamed off its name and brought down, which
     /// drops its routes and frees the name for the next join; deleting the host end later
-    /// takes the pair away.
-    async fn retire_veth(&self, endpoint_id: &str, at: &InSandbox) {
+    /// takes the pair away. Returns the connection to the sandbox, if it could be opened.
+    async fn retire_veth(&self, endpoint_id: &str, at: &InSandbox) -> Option<Rtnl> {
         let host_name = names::host_veth(endpoint_id);
         if let Err(e) = self.rtnl.set_alias_named(&host_name, "").await {
             tracing::debug!(endpoint = %endpoint_id, error = %e, "host end not unmarked");
         }
         let retired = async {
-            let sandbox = Netns::open(Path::new(&at.key))?;
-            let rs = Rtnl::connect(&sandbox).await?;
-            rs.retire(at.ifindex, &names::peer_veth(endpoint_id)).await
+            let rs = sandbox_rtnl(&at.key).await?;
+            rs.retire(at.ifindex, &names::peer_veth(endpoint_id))
+                .await
+                .map(|()| rs)
         }
         .await;
-        if let Err(e) = retired {
-            // The sandbox (or its interface) is gone already: the host end goes anyway.
-            tracing::debug!(endpoint = %endpoint_id, interface = %at.ifname, error = %e, "sandbox interface not retired");
-        }
         self.reaper.delete(host_name, String::new());
+        match retired {
+            Ok(rs) => Some(rs),
+            Err(e) => {
+                // The sandbox (or its interface) is gone already: the host end goes anyway.
+                tracing::debug!(endpoint = %endpoint_id, interface = %at.ifname, error = %e, "sandbox interface not retired");
+                None
+            }
+        }
     }
 
     /// Deletes an endpoint's veth pair wherever its other end is (marked links only).
@@ -727,8 +740,9 @@ impl BridgeDriver {
                 "endpoint id {endpoint_id:?} is too long"
             )));
         }
-        let sandbox = Netns::open(Path::new(sandbox_key)).map_err(sys_ctx("sandbox"))?;
-        let rs = Rtnl::connect(&sandbox).await.map_err(sys_ctx("sandbox"))?;
+        let rs = sandbox_rtnl(sandbox_key)
+            .await
+            .map_err(sys_ctx("sandbox"))?;
         let name = self
             .make_pair(&net, endpoint_id, &ep, &rs, interface)
             .await?;
@@ -742,12 +756,12 @@ impl BridgeDriver {
             // Last, the host end: marked and up. Start-up reconciliation takes an endpoint
             // whose host end is not both for one whose join never finished.
             self.rtnl
-                .activate_port(&host_name, Some(port), &alias)
+                .activate_port(&host_name, port, &alias)
                 .await
                 .map_err(sys_ctx(format!("veth {host_name}")))?;
             if let Some(IpAddr::V6(v6)) = ep.ipv6.map(|a| a.addr()) {
                 // Usable once the pair has its carrier (both ends up).
-                wait_usable(&sandbox, v6).await;
+                wait_usable(&rs, ifindex, v6).await;
             }
             Ok::<_, DriverError>((ifindex, gateways))
         }
@@ -1126,10 +1140,13 @@ impl Driver for BridgeDriver {
         let Some(at) = joined else {
             return Ok(());
         };
-        self.retire_veth(endpoint_id, &at).await;
+        let sandbox = self.retire_veth(endpoint_id, &at).await;
         if had_default {
             // The sandbox lost its default route: another of its networks gives it one.
-            if let Err(e) = self.hand_over_default_route(&mut st, &at.key).await {
+            if let Err(e) = self
+                .hand_over_default_route(&mut st, &at.key, sandbox)
+                .await
+            {
                 tracing::warn!(sandbox = %at.key, error = %e, "no default route handed over");
             }
         }
@@ -1140,7 +1157,13 @@ impl Driver for BridgeDriver {
 impl BridgeDriver {
     /// Gives the sandbox at `key` a default route through another joined, non-internal
     /// endpoint of this driver, as Docker moves the gateway when the gateway endpoint leaves.
-    async fn hand_over_default_route(&self, st: &mut State, key: &str) -> Result<(), DriverError> {
+    /// `sandbox`: the connection to it, if the caller has one.
+    async fn hand_over_default_route(
+        &self,
+        st: &mut State,
+        key: &str,
+        sandbox: Option<Rtnl>,
+    ) -> Result<(), DriverError> {
         let next = st.endpoints.iter().find_map(|(id, e)| {
             // The sandbox first: a string compare, where the network lookup hashes (this
             // walks every endpoint of the driver).
@@ -1151,8 +1174,10 @@ impl BridgeDriver {
         let Some((id, ifindex, net, ep)) = next else {
             return Ok(());
         };
-        let sandbox = Netns::open(Path::new(key)).map_err(sys_ctx("sandbox"))?;
-        let rs = Rtnl::connect(&sandbox).await.map_err(sys_ctx("sandbox"))?;
+        let rs = match sandbox {
+            Some(rs) => rs,
+            None => sandbox_rtnl(key).await.map_err(sys_ctx("sandbox"))?,
+        };
         let v4 = net.info.ipv4.first().filter(|_| ep.ipv4.is_some());
         let v6 = net.info.ipv6.first().filter(|_| ep.ipv6.is_some());
         let mut added = Vec::new();
@@ -1195,7 +1220,9 @@ impl BridgeDriver {
             self.fw.unpublish(&ports).map_err(sys_ctx("unpublish"))?;
         }
         match st.endpoints.get(endpoint_id).map(|ep| ep.joined.clone()) {
-            Some(Some(at)) => self.retire_veth(endpoint_id, &at).await,
+            Some(Some(at)) => {
+                self.retire_veth(endpoint_id, &at).await;
+            }
             // Never joined, or left already: it has no pair.
             Some(None) => {}
             None => self.delete_veth(network_id, endpoint_id).await?,

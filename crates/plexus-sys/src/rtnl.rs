@@ -4,7 +4,9 @@ use std::net::IpAddr;
 use std::os::fd::AsRawFd;
 
 use futures::TryStreamExt;
-use rtnetlink::packet_route::address::{AddressAttribute, AddressMessage};
+use rtnetlink::packet_route::address::{
+    AddressAttribute, AddressFlags, AddressHeaderFlags, AddressMessage,
+};
 use rtnetlink::packet_route::link::{
     AfSpecInet6, AfSpecUnspec, In6AddrGenMode, InfoBridge, InfoBridgePort, InfoData, InfoPortKind,
     InfoVeth, LinkAttribute, LinkFlags, LinkInfo, LinkMessage, MacVlanMode,
@@ -377,26 +379,11 @@ impl Rtnl {
         }
     }
 
-    /// Brings the link `name` into service with one request: marks it with `alias`, sets its
-    /// bridge port flags (`port`, for a link attached to a bridge) and brings it up. Port
-    /// settings need RTM_NEWLINK on the existing link (RTM_SETLINK ignores them); the kernel
-    /// applies them before the alias and the flags.
-    pub async fn activate_port(
-        &self,
-        name: &str,
-        port: Option<PortFlags>,
-        alias: &str,
-    ) -> Result<()> {
+    /// Brings the bridge port `name` into service with one request: sets its port flags,
+    /// marks it with `alias` and brings it up. Port settings need RTM_NEWLINK on the existing
+    /// link (RTM_SETLINK ignores them); the kernel applies them before the alias and the flags.
+    pub async fn activate_port(&self, name: &str, flags: PortFlags, alias: &str) -> Result<()> {
         check_ifname("interface name", name)?;
-        let Some(flags) = port else {
-            return self
-                .set_ref(
-                    LinkRef::Name(name),
-                    |m| m.up().alias(alias),
-                    "bring up and mark",
-                )
-                .await;
-        };
         let port = LinkMessageBuilder::<LinkBridgePort>::default()
             .name(name)
             .set_port_kind(InfoPortKind::Bridge)
@@ -654,6 +641,39 @@ impl Rtnl {
             .filter_map(|m| {
                 m.attributes.iter().find_map(|a| match a {
                     AddressAttribute::Address(ip) => Some((*ip, m.header.prefix_len)),
+                    _ => None,
+                })
+            })
+            .collect())
+    }
+
+    /// The addresses of link `index` still tentative (IPv6 duplicate address detection not
+    /// done: not usable yet).
+    pub async fn tentative(&self, index: u32) -> Result<Vec<IpAddr>> {
+        let msgs: Vec<AddressMessage> = self
+            .handle
+            .address()
+            .get()
+            .set_link_index_filter(index)
+            .execute()
+            .try_collect()
+            .await
+            .map_err(|e| SysError::netlink("list addresses", &format!("link {index}"), e))?;
+        Ok(msgs
+            .iter()
+            .filter(|m| {
+                // The 32-bit IFA_FLAGS attribute when present, else the header's 8 bits.
+                m.attributes
+                    .iter()
+                    .find_map(|a| match a {
+                        AddressAttribute::Flags(f) => Some(f.contains(AddressFlags::Tentative)),
+                        _ => None,
+                    })
+                    .unwrap_or(m.header.flags.contains(AddressHeaderFlags::Tentative))
+            })
+            .filter_map(|m| {
+                m.attributes.iter().find_map(|a| match a {
+                    AddressAttribute::Address(ip) => Some(*ip),
                     _ => None,
                 })
             })
