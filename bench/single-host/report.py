@@ -119,13 +119,23 @@ def slope(prefix, ns_):
     return st.linear_regression(xs, ys).slope
 
 
+for n in ns:
+    for op in ("attach", "detach"):
+        d = load(f"port_{op}_plexusdown_n{n}.txt")
+        if d:
+            row(f"N={n:<5} plexus {op}, way down", d)
 if ns:
     lo, hi = min(ns), max(ns)
     for op in ("attach", "detach"):
-        a, b = med(load(f"port_{op}_plexus_n{lo}.txt")), med(load(f"port_{op}_plexus_n{hi}.txt"))
+        low, high = load(f"port_{op}_plexus_n{lo}.txt"), load(f"port_{op}_plexus_n{hi}.txt")
+        a, b = med(low), med(high)
         if a and b:
             flat = b / a
-            print(f"  -> plexus {op} N={hi} / N={lo}: {flat:.2f}x   target <= 1.2x")
+            print(f"  -> plexus {op} N={hi} / N={lo}, way up only: {flat:.2f}x")
+            head[f"plexus_port_{op}_flat_up_n{hi}_over_n{lo}"] = fmt(flat)
+            both = low + load(f"port_{op}_plexusdown_n{lo}.txt")
+            flat = b / med(both)
+            print(f"  -> plexus {op} N={hi} / N={lo} (N={lo} probed before and after the peak): {flat:.2f}x   target <= 1.2x")
             head[f"plexus_port_{op}_flat_n{hi}_over_n{lo}"] = fmt(flat)
         s = slope(f"port_{op}_plexus", ns)
         if s is not None:
@@ -152,5 +162,13 @@ head["plexus_tput_gbps"] = fmt(med(p))
 head["bare_tput_gbps"] = fmt(med(b))
 head["tput_ratio"] = fmt(rp, 3)
 head["tput_ratio_of_medians"] = fmt(r, 3)
+q = load("tput_plexus64k.txt")
+if q:
+    row("plexus bridge, gso_max_size=65536 (no BIG TCP)", q, "Gbit/s")
+    r, rp = ratio(q, b)
+    if r:
+        print(f"  -> plexus without BIG TCP / bare: {rp:.3f} (per-pair), {r:.3f} (ratio of medians)")
+    head["plexus64k_tput_gbps"] = fmt(med(q))
+    head["tput_ratio_64k"] = fmt(rp, 3)
 print()
 print(" ".join(f"{k}={v}" for k, v in head.items()))

@@ -10,7 +10,9 @@
 #   3. the same with one published port, with N = 1, 100, 1000 sandboxes (each with a port) on the
 #      network: plexus sandbox create --netns PATH --network NET -p ... / sandbox rm
 #      vs netavark setup/teardown with a port_mappings entry (netavark up to --nv-max)
-#   4. iperf3 TCP between two sandboxes on a Plexus bridge vs a bare veth+bridge pair made by hand
+#      (Plexus is probed on the way up and again on the way down: N = 1, 100, 1000, 100, 1)
+#   4. iperf3 TCP between two sandboxes on a Plexus bridge vs a bare veth+bridge pair made by
+#      hand, and a Plexus bridge with BIG TCP off (plexus.bridge.gso_max_size=65536)
 #
 # Usage: bench/single-host/run.sh [--quick] [--reps N] [--nv-max N] [--nv-budget S] [--iperf-secs S] [--pause S] [--keep-data]
 #   --quick: 10 reps, 8 probes per N, netavark ramp to 100, iperf3 5 s x 2 (about 4 min)
@@ -276,6 +278,23 @@ for N in $NLIST; do
     fi
   done
 done
+# Plexus again on the way down (N = 100, then 1): the machine drifts over minutes, and probing
+# the low N both before and after the peak centres them on the peak in time, so a slow drift
+# does not read as growth (or hide it). netavark is not re-probed: its fill took minutes.
+settle_links() { # until the host's link count holds still for a second (deferred deletions)
+  local a b; a=$(ip -n plxb-host -o link show | wc -l)
+  while sleep 1; b=$(ip -n plxb-host -o link show | wc -l); ((a != b)); do a=$b; done
+}
+for N in $(tr ' ' '\n' <<<"$NLIST" | sort -rn | tail -n +2); do
+  ((pfill > N - 1)) && PX sandbox rm $(seq -f 'plxb-f%g' "$N" "$pfill") >/dev/null
+  pfill=$((N - 1))
+  settle_links; sleep 3
+  log "  N=$N (down): plexus has $pfill others; probing x$PORT_REPS"
+  for r in $(seq 1 "$PORT_REPS"); do
+    tm port_attach_plexusdown_n$N.txt PX sandbox create plxb-probe --netns /run/netns/plxb-probe --network plxb-port -p 127.0.0.1:30000:80
+    tm port_detach_plexusdown_n$N.txt PX sandbox rm plxb-probe
+  done
+done
 # sanity: the probe's published port answers from the Plexus host namespace
 PX sandbox create plxb-probe --netns /run/netns/plxb-probe --network plxb-port -p 127.0.0.1:30000:80 >/dev/null
 ip netns exec plxb-probe busybox nc -l -p 80 -e echo plxb-hello >/dev/null 2>&1 & SRV_PIDS+=($!)
@@ -283,7 +302,7 @@ sleep 0.3
 if ip netns exec plxb-host busybox nc -w 2 127.0.0.1 30000 </dev/null 2>/dev/null | grep -q plxb-hello; then
   echo "check: plexus published port 127.0.0.1:30000 -> probe sandbox:80 ok (with $pfill other ports published)"
 else echo "check: plexus published port 127.0.0.1:30000 FAILED"; fi
-echo "kernel objects: plexus host netns has $(ip -n plxb-host -o link show | wc -l) links, nft $(ip netns exec plxb-host nft list ruleset 2>/dev/null | grep -c .) lines; netavark host netns iptables rules: $(ip netns exec plxb-nvh iptables-save 2>/dev/null | grep -c '^-A')"
+echo "kernel objects (after the way down): plexus host netns has $(ip -n plxb-host -o link show | wc -l) links, nft $(ip netns exec plxb-host nft list ruleset 2>/dev/null | grep -c .) lines; netavark host netns iptables rules: $(ip netns exec plxb-nvh iptables-save 2>/dev/null | grep -c '^-A')"
 log "  removing the N sandboxes"
 sbs=$(PX sandbox ls -q); [[ -n $sbs ]] && PX sandbox rm $sbs >/dev/null
 PX network rm plxb-port >/dev/null
@@ -293,6 +312,9 @@ for n in $(ip netns list | awk '{print $1}' | grep -E '^plxb-(nvp[0-9]+|nvprobe|
 log "4. iperf3 TCP, ${IPERF_SECS}s x $IPERF_REPS, plexus bridge vs bare veth+bridge (alternating)"
 PX network create --subnet 10.235.0.0/24 plxb-tput >/dev/null
 for s in 1 2; do ip netns add plxb-t$s; PX sandbox create plxb-t$s --netns /run/netns/plxb-t$s --network plxb-tput --ip 10.235.0.1$s >/dev/null; done
+# The same with BIG TCP off (veth GSO/GRO at the kernel's 64 KiB), to show what it adds.
+PX network create --subnet 10.237.0.0/24 -o plexus.bridge.gso_max_size=65536 plxb-tput64 >/dev/null
+for s in 3 4; do ip netns add plxb-t$s; PX sandbox create plxb-t$s --netns /run/netns/plxb-t$s --network plxb-tput64 --ip 10.237.0.1$s >/dev/null; done
 # bare: bridge in its own netns (no rules), one veth to each of two netns
 for n in plxb-bh plxb-ba plxb-bb; do ip netns add $n; ip -n $n link set lo up; done
 ip -n plxb-bh link add br0 type bridge; ip -n plxb-bh link set br0 up
@@ -304,19 +326,29 @@ done
 ip -n plxb-ba addr add 10.236.0.1/24 dev plxb-ba; ip -n plxb-ba link set plxb-ba up
 ip -n plxb-bb addr add 10.236.0.2/24 dev plxb-bb; ip -n plxb-bb link set plxb-bb up
 ip netns exec plxb-t1 iperf3 -s -p 5201 >/dev/null 2>&1 & SRV_PIDS+=($!)
+ip netns exec plxb-t3 iperf3 -s -p 5201 >/dev/null 2>&1 & SRV_PIDS+=($!)
 ip netns exec plxb-ba iperf3 -s -p 5201 >/dev/null 2>&1 & SRV_PIDS+=($!)
 sleep 1
 ip netns exec plxb-t2 busybox ping -c1 -W2 10.235.0.11 >/dev/null 2>&1 && echo "check: plexus t2 -> t1 ping ok" || echo "check: plexus t2 -> t1 PING FAILED"
+ip netns exec plxb-t4 busybox ping -c1 -W2 10.237.0.13 >/dev/null 2>&1 && echo "check: plexus t4 -> t3 ping ok" || echo "check: plexus t4 -> t3 PING FAILED"
 ip netns exec plxb-bb busybox ping -c1 -W2 10.236.0.1 >/dev/null 2>&1 && echo "check: bare b -> a ping ok" || echo "check: bare b -> a PING FAILED"
 echo "mtu: plexus $(ip -n plxb-t2 -o link show | awk '$2!="lo:"{for(i=1;i<=NF;i++) if($i=="mtu") print $(i+1)}' | head -1), bare $(ip -n plxb-bb -o link show plxb-bb | awk '{for(i=1;i<=NF;i++) if($i=="mtu") print $(i+1)}'); bridge-nf-call-iptables: plexus host ns $(ip netns exec plxb-host sysctl -n net.bridge.bridge-nf-call-iptables 2>/dev/null || echo n/a), bare bridge ns $(ip netns exec plxb-bh sysctl -n net.bridge.bridge-nf-call-iptables 2>/dev/null || echo n/a)"
 ip3() { # NS DST FILE
   local out; out=$(ip netns exec "$1" iperf3 -c "$2" -p 5201 -t "$IPERF_SECS" -J 2>/dev/null) || { log "iperf3 $1 failed"; return; }
   python3 -c 'import json,sys; print("%.3f" % (json.load(sys.stdin)["end"]["sum_received"]["bits_per_second"]/1e9))' <<<"$out" >> "$D/$3"
 }
+gso() { ip -n "$1" -d link show "$2" 2>/dev/null | grep -o 'gso_max_size [0-9]*' | awk '{print $2}'; }
+echo "veth gso_max_size: plexus (auto: this host namespace has no uplink) $(gso plxb-t2 eth0), plexus with gso_max_size=65536 $(gso plxb-t4 eth0), bare $(gso plxb-bb plxb-bb)"
+tp() { ip3 plxb-t2 10.235.0.11 tput_plexus.txt; }
+tb() { ip3 plxb-bb 10.236.0.1 tput_bare.txt; }
+t6() { ip3 plxb-t4 10.237.0.13 tput_plexus64k.txt; }
 for r in $(seq 1 "$IPERF_REPS"); do
-  if ((r % 2)); then ip3 plxb-t2 10.235.0.11 tput_plexus.txt; ip3 plxb-bb 10.236.0.1 tput_bare.txt
-  else ip3 plxb-bb 10.236.0.1 tput_bare.txt; ip3 plxb-t2 10.235.0.11 tput_plexus.txt; fi
-  log "  rep $r: plexus $(tail -1 "$D/tput_plexus.txt" 2>/dev/null) bare $(tail -1 "$D/tput_bare.txt" 2>/dev/null) Gbit/s"
+  case $((r % 3)) in
+    1) tp; tb; t6 ;;
+    2) tb; t6; tp ;;
+    0) t6; tp; tb ;;
+  esac
+  log "  rep $r: plexus $(tail -1 "$D/tput_plexus.txt" 2>/dev/null) bare $(tail -1 "$D/tput_bare.txt" 2>/dev/null) plexus-64k $(tail -1 "$D/tput_plexus64k.txt" 2>/dev/null) Gbit/s"
 done
 
 echo "elapsed: $((SECONDS - T0)) s, load now $(cut -d' ' -f1-3 /proc/loadavg)"

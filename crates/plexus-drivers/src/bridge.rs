@@ -35,6 +35,7 @@ use plexus_sys::rtnl::{BridgeSpec, Link, PortFlags, Route, Rtnl, VethPair, LOOPB
 use plexus_sys::{sysctl, SysError};
 use tokio::sync::Mutex;
 
+use crate::gso;
 use crate::names::{self, Marked};
 use crate::options::BridgeOptions;
 use crate::reaper::Reaper;
@@ -64,6 +65,9 @@ struct NetState {
     opts: BridgeOptions,
     bridge: String,
     bridge_index: u32,
+    /// GSO/GRO limit of its veth pairs (`plexus.bridge.gso_max_size`, `auto` resolved when
+    /// the network was made or restored); `None` for the kernel's 64 KiB.
+    gso_max_size: Option<u32>,
 }
 
 impl NetState {
@@ -334,10 +338,14 @@ impl BridgeDriver {
         Ok(link.filter(|l| l.alias.as_deref() == Some(alias)))
     }
 
+    /// Makes (or adopts) a network's kernel objects and remembers it. `auto_gso` is
+    /// `plexus.bridge.gso_max_size=auto` on this host when the caller already knows it (one
+    /// link dump for all the networks a restart restores), `None` to look it up if needed.
     async fn create_network_locked(
         &self,
         st: &mut State,
         info: &NetworkInfo,
+        auto_gso: Option<Option<u32>>,
     ) -> Result<(), DriverError> {
         if st.networks.contains_key(&info.id) {
             return Ok(());
@@ -356,6 +364,11 @@ impl BridgeDriver {
         }
         let ipv6 = info.enable_ipv6 && !info.ipv6.is_empty();
         self.ensure_host(ipv6)?;
+        let gso_max_size = match (opts.gso_max_size, auto_gso) {
+            (Some(size), _) => Some(size),
+            (None, Some(auto)) => auto,
+            (None, None) => self.auto_gso_max_size().await?,
+        };
         let mut undo = Vec::new();
         let r = self
             .make_network(info, &opts, &bridge, &alias, ipv6, &mut undo)
@@ -369,15 +382,31 @@ impl BridgeDriver {
                         opts,
                         bridge: bridge.clone(),
                         bridge_index: index,
+                        gso_max_size,
                     },
                 );
-                tracing::info!(network = %info.name, %bridge, "bridge network ready");
+                tracing::info!(network = %info.name, %bridge, ?gso_max_size, "bridge network ready");
                 Ok(())
             }
             Err(e) => {
                 self.undo(undo).await;
                 Err(e)
             }
+        }
+    }
+
+    /// `plexus.bridge.gso_max_size=auto` on this host: see [`gso`](crate::gso).
+    async fn auto_gso_max_size(&self) -> Result<Option<u32>, DriverError> {
+        let links = self.rtnl.links().await.map_err(sys_ctx("host links"))?;
+        Ok(gso::auto_max_size(&links, |l| self.made_by_us(l)))
+    }
+
+    /// Whether this driver made `link`: marked by it, or (made but not yet marked when a
+    /// daemon died, or retired and unmarked) unmarked with a name it derives.
+    fn made_by_us(&self, link: &Link) -> bool {
+        match link.alias.as_deref() {
+            Some(alias) => names::parse_alias(&self.marker, alias).is_some(),
+            None => names::is_derived_name(&link.name, link.kind.as_deref()),
         }
     }
 
@@ -623,6 +652,7 @@ impl BridgeDriver {
                 peer_name: &name,
                 peer_ns: rs.netns(),
                 peer_mac: Some(ep.mac),
+                gso_max_size: net.gso_max_size,
             };
             match self.rtnl.add_veth_pair(&pair).await {
                 Ok(()) => return Ok(name),
@@ -903,9 +933,14 @@ impl BridgeDriver {
         st.networks.retain(|id, _| known.contains(id.as_str()));
         st.endpoints
             .retain(|id, e| endpoints.contains(id) && known.contains(e.network_id.as_str()));
+        let auto_gso = if networks.iter().any(|n| !st.networks.contains_key(&n.id)) {
+            Some(self.auto_gso_max_size().await?)
+        } else {
+            None
+        };
         for info in networks {
             if !st.networks.contains_key(&info.id) {
-                match self.create_network_locked(&mut st, info).await {
+                match self.create_network_locked(&mut st, info, auto_gso).await {
                     Ok(()) => out.restored.push(info.id.clone()),
                     Err(e) => {
                         tracing::warn!(network = %info.name, error = %e, "cannot restore network")
@@ -1009,7 +1044,7 @@ impl Driver for BridgeDriver {
                 }
             }
         }
-        self.create_network_locked(&mut st, network).await
+        self.create_network_locked(&mut st, network, None).await
     }
 
     async fn delete_network(&self, network_id: &str) -> Result<(), DriverError> {

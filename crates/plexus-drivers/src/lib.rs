@@ -29,6 +29,7 @@
 #![warn(missing_docs)]
 
 mod bridge;
+mod gso;
 mod host;
 mod names;
 mod null;

@@ -9,6 +9,7 @@ use std::collections::BTreeMap;
 use std::net::Ipv4Addr;
 
 use plexus_cnm::DriverError;
+use plexus_sys::rtnl::GSO_LEGACY_MAX_SIZE;
 
 /// `com.docker.network.bridge.name`: the bridge's interface name.
 pub const BRIDGE_NAME: &str = "com.docker.network.bridge.name";
@@ -36,8 +37,17 @@ pub const DEFAULT_BRIDGE: &str = "com.docker.network.bridge.default_bridge";
 /// sandboxes on the network.
 pub const MCAST_SNOOPING: &str = "plexus.bridge.mcast_snooping";
 
+/// `plexus.bridge.gso_max_size`: the largest GSO/GRO packet of the network's veth pairs, in
+/// bytes, from 65536 (the kernel's default) to 524280; above 65536 that is "BIG TCP": TCP
+/// between sandboxes moves fewer, larger packets through the bridge and its netfilter hooks.
+/// `auto` (the default) takes the smallest limit among the host's own interfaces (those
+/// Plexus did not make, loopback aside), so traffic leaving the host is never cut into
+/// segments in software by an interface that does not take big packets; on a kernel without
+/// IPv4 BIG TCP (before 6.3) `auto` keeps 65536.
+pub const GSO_MAX_SIZE: &str = "plexus.bridge.gso_max_size";
+
 /// Every option name the bridge driver knows.
-pub const KNOWN: [&str; 9] = [
+pub const KNOWN: [&str; 10] = [
     BRIDGE_NAME,
     ENABLE_ICC,
     ENABLE_IP_MASQUERADE,
@@ -47,6 +57,7 @@ pub const KNOWN: [&str; 9] = [
     CONTAINER_IFACE_PREFIX,
     DEFAULT_BRIDGE,
     MCAST_SNOOPING,
+    GSO_MAX_SIZE,
 ];
 
 /// The bridge driver's options, parsed.
@@ -68,6 +79,8 @@ pub struct BridgeOptions {
     pub container_iface_prefix: Option<String>,
     /// `plexus.bridge.mcast_snooping` (default false).
     pub mcast_snooping: bool,
+    /// `plexus.bridge.gso_max_size`; `None` for `auto` (the default).
+    pub gso_max_size: Option<u32>,
 }
 
 impl Default for BridgeOptions {
@@ -81,6 +94,7 @@ impl Default for BridgeOptions {
             inhibit_ipv4: false,
             container_iface_prefix: None,
             mcast_snooping: false,
+            gso_max_size: None,
         }
     }
 }
@@ -164,6 +178,22 @@ impl BridgeOptions {
                     }
                     o.mtu = Some(mtu);
                 }
+                GSO_MAX_SIZE if value == "auto" => o.gso_max_size = None,
+                GSO_MAX_SIZE => {
+                    let (min, max) = (GSO_LEGACY_MAX_SIZE, plexus_sys::rtnl::GSO_MAX_SIZE);
+                    let size: u32 = value
+                        .trim()
+                        .parse()
+                        .map_err(|_| invalid(name, value, "must be \"auto\" or a number"))?;
+                    if !(min..=max).contains(&size) {
+                        return Err(invalid(
+                            name,
+                            value,
+                            &format!("must be between {min} and {max}"),
+                        ));
+                    }
+                    o.gso_max_size = Some(size);
+                }
                 CONTAINER_IFACE_PREFIX => {
                     // Room for a number after it.
                     check_ifname(name, value, plexus_sys::rtnl::MAX_IFNAME - 3)?;
@@ -207,10 +237,16 @@ mod tests {
             (INHIBIT_IPV4, "True"),
             (CONTAINER_IFACE_PREFIX, "net"),
             (MCAST_SNOOPING, "true"),
+            (GSO_MAX_SIZE, "196608"),
             ("io.example.label", "anything"),
         ])
         .unwrap_or_else(|e| panic!("{e}"));
         assert!(o.mcast_snooping);
+        assert_eq!(o.gso_max_size, Some(196_608));
+        assert_eq!(
+            parse(&[(GSO_MAX_SIZE, "auto")]).map(|o| o.gso_max_size),
+            Ok(None)
+        );
         assert_eq!(o.bridge_name.as_deref(), Some("br-web"));
         assert!(!o.enable_icc && !o.enable_ip_masquerade && o.inhibit_ipv4);
         assert_eq!(o.mtu, Some(1400));
@@ -237,6 +273,9 @@ mod tests {
             (BRIDGE_NAME, ""),
             (CONTAINER_IFACE_PREFIX, "eth/"),
             (MCAST_SNOOPING, "on"),
+            (GSO_MAX_SIZE, "65535"),
+            (GSO_MAX_SIZE, "524281"),
+            (GSO_MAX_SIZE, "big"),
             ("com.docker.network.bridge.enable_iccc", "true"),
             ("bogus", "1"),
             ("plexus.nothing", "1"),

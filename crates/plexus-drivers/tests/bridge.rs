@@ -456,6 +456,86 @@ async fn mtu_prefix_mac_and_ipv6_apply_inside_the_sandbox() {
     );
 }
 
+/// Big packets (BIG TCP) on a network's veth pairs: `auto` stays at 64 KiB while the host
+/// has an uplink that takes no more and goes to the largest size once it has none; an
+/// explicit size applies to both ends; and bulk TCP arrives whole between sandboxes, out
+/// through masquerade (cut into segments in software at the 64 KiB uplink) and in through a
+/// published port; with `br_netfilter` off (Plexus's own namespace) and on (a host shared
+/// with Docker), whose IPv4 header checks must take BIG TCP's zero total length.
+#[tokio::test]
+async fn big_tcp_sizes_apply_and_bulk_tcp_arrives_whole_everywhere() {
+    need_root!();
+    big_tcp(World::new().await).await;
+}
+
+#[tokio::test]
+async fn big_tcp_arrives_whole_with_br_netfilter_on_too() {
+    need_root!();
+    big_tcp(World::with_br_netfilter().await).await;
+}
+
+async fn big_tcp(mut w: World) {
+    let lo = ok("lo", w.rh.require_link("lo").await);
+    if lo.gso_ipv4_max_size.is_none() {
+        eprintln!("skipped: this kernel has no IPv4 BIG TCP (before 6.3)");
+        return;
+    }
+    let gso_of = |links: Vec<plexus_sys::rtnl::Link>, name: &str| {
+        links
+            .into_iter()
+            .find(|l| l.name == name)
+            .map(|l| (l.gso_max_size, l.gso_ipv4_max_size))
+    };
+    const BIG: u32 = plexus_sys::rtnl::GSO_MAX_SIZE;
+    let legacy = Some((Some(65_536), Some(65_536)));
+    let big = Some((Some(BIG), Some(BIG)));
+
+    // auto, with the 64 KiB ext0 uplink: the kernel's default.
+    w.network("auto", "10.97.0.0/24", &[]).await;
+    w.sandbox("a1").await;
+    w.connect("a1", "auto").await;
+    assert_eq!(gso_of(links_of(w.sb("a1")).await, "eth0"), legacy);
+
+    // An explicit size: both ends.
+    let size = BIG.to_string();
+    w.network(
+        "big",
+        "10.98.0.0/24",
+        &[("plexus.bridge.gso_max_size", &size)],
+    )
+    .await;
+    w.sandbox("s1").await;
+    w.sandbox("s2").await;
+    let spec = EndpointSpec {
+        ports: vec![tcp(80, 8097)],
+        ..Default::default()
+    };
+    let e1 = w.connect_with("s1", "big", spec).await;
+    w.connect("s2", "big").await;
+    assert_eq!(gso_of(links_of(w.sb("s1")).await, "eth0"), big);
+    let host_end = format!("plxv{}", &e1.id[..11]);
+    assert_eq!(gso_of(w.host_links().await, &host_end), big);
+
+    const BULK: usize = 64 << 20;
+    let _sink1 = Sink::start(w.sb("s1"), sa(ip4(&e1), 80));
+    let got = send_bulk(w.sb("s2"), sa(ip4(&e1), 80), BULK);
+    assert_eq!(ok("sandbox to sandbox", got), BULK as u64);
+    let _out = Sink::start(&w.outside.ns, sa(OUTSIDE, 9001));
+    let got = send_bulk(w.sb("s1"), sa(OUTSIDE, 9001), BULK);
+    assert_eq!(ok("egress through masquerade", got), BULK as u64);
+    let got = send_bulk(&w.outside.ns, sa(HOST_EXT, 8097), BULK);
+    assert_eq!(ok("in through the published port", got), BULK as u64);
+
+    // Without the uplink, auto goes as high as the veth goes (a host whose every interface
+    // takes big packets; here: one with no interface of its own at all).
+    let ext0 = ok("ext0", w.rh.require_link("ext0").await);
+    ok("delete ext0", w.rh.delete_link(ext0.index).await);
+    w.network("auto2", "10.96.0.0/24", &[]).await;
+    w.sandbox("b1").await;
+    w.connect("b1", "auto2").await;
+    assert_eq!(gso_of(links_of(w.sb("b1")).await, "eth0"), big);
+}
+
 #[tokio::test]
 async fn bad_input_is_a_400_naming_the_option_and_leaves_nothing() {
     need_root!();

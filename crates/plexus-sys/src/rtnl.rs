@@ -28,6 +28,13 @@ pub const MAX_IFNAME: usize = 15;
 /// Index of `lo` in every network namespace (the kernel registers it first, as index 1).
 pub const LOOPBACK_IFINDEX: u32 = 1;
 
+/// The largest GSO/GRO packet every kernel and device takes (64 KiB): the kernel's default.
+pub const GSO_LEGACY_MAX_SIZE: u32 = 65_536;
+
+/// The largest GSO/GRO packet ("BIG TCP") a veth takes on kernels that have BIG TCP
+/// (IPv6 since 5.19, IPv4 since 6.3): the kernel's `GSO_MAX_SIZE`.
+pub const GSO_MAX_SIZE: u32 = 524_280;
+
 /// Checks an interface name the way the kernel will, so the error names the field.
 pub fn check_ifname(field: &'static str, name: &str) -> Result<()> {
     let reason = if name.is_empty() {
@@ -77,6 +84,11 @@ pub struct Link {
     pub tx_queues: Option<u32>,
     /// For a bridge: whether it snoops IGMP/MLD (multicast snooping).
     pub mcast_snooping: Option<bool>,
+    /// Largest GSO packet the stack builds for it over IPv6 (`gso_max_size`).
+    pub gso_max_size: Option<u32>,
+    /// Largest GSO packet the stack builds for it over IPv4 (`gso_ipv4_max_size`); `None` on
+    /// kernels before 6.3, which have no IPv4 BIG TCP.
+    pub gso_ipv4_max_size: Option<u32>,
 }
 
 impl Link {
@@ -92,6 +104,8 @@ impl Link {
             mac: None,
             tx_queues: None,
             mcast_snooping: None,
+            gso_max_size: None,
+            gso_ipv4_max_size: None,
         };
         for attr in &m.attributes {
             match attr {
@@ -101,6 +115,8 @@ impl Link {
                 LinkAttribute::IfAlias(a) => link.alias = Some(a.clone()),
                 LinkAttribute::Address(a) => link.mac = Some(a.clone()),
                 LinkAttribute::NumTxQueues(n) => link.tx_queues = Some(*n),
+                LinkAttribute::GsoMaxSize(n) => link.gso_max_size = Some(*n),
+                LinkAttribute::GsoIpv4MaxSize(n) => link.gso_ipv4_max_size = Some(*n),
                 LinkAttribute::LinkInfo(infos) => {
                     for info in infos {
                         match info {
@@ -120,6 +136,16 @@ impl Link {
         }
         link
     }
+}
+
+/// The attributes that set a link's GSO and GRO limits, for both address families.
+fn gso_attributes(size: u32) -> [LinkAttribute; 4] {
+    [
+        LinkAttribute::GsoMaxSize(size),
+        LinkAttribute::GroMaxSize(size),
+        LinkAttribute::GsoIpv4MaxSize(size),
+        LinkAttribute::GroIpv4MaxSize(size),
+    ]
 }
 
 /// A route to add or delete.
@@ -152,6 +178,10 @@ pub struct VethPair<'a> {
     pub peer_ns: &'a Netns,
     /// Hardware address of the far end.
     pub peer_mac: Option<[u8; 6]>,
+    /// Largest GSO and GRO packet of both ends, for IPv4 and IPv6 alike; above
+    /// [`GSO_LEGACY_MAX_SIZE`] that is BIG TCP (fewer, larger packets through the bridge and
+    /// its netfilter hooks). `None` leaves the kernel's 64 KiB.
+    pub gso_max_size: Option<u32>,
 }
 
 /// A bridge to make with [`Rtnl::add_bridge`].
@@ -348,11 +378,21 @@ impl Rtnl {
         if let Some(mtu) = pair.mtu {
             peer = peer.mtu(mtu);
         }
+        if let Some(size) = pair.gso_max_size {
+            for attr in gso_attributes(size) {
+                peer = peer.append_extra_attribute(attr);
+            }
+        }
         let peer = peer.build();
         let mut near = LinkVeth::new(pair.name, pair.peer_name)
             .set_info_data(InfoData::Veth(InfoVeth::Peer(peer)))
             .append_extra_attribute(LinkAttribute::NumTxQueues(1))
             .append_extra_attribute(LinkAttribute::NumRxQueues(1));
+        if let Some(size) = pair.gso_max_size {
+            for attr in gso_attributes(size) {
+                near = near.append_extra_attribute(attr);
+            }
+        }
         if let Some(mtu) = pair.mtu {
             near = near.mtu(mtu);
         }

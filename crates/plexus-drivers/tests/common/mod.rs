@@ -140,6 +140,60 @@ impl Drop for Server {
     }
 }
 
+/// A TCP server in a namespace that reads each connection to its end and answers with the
+/// number of bytes it got (a bulk transfer's receipt).
+pub struct Sink(Server);
+
+impl Sink {
+    pub fn start(ns: &Netns, addr: SocketAddr) -> Self {
+        let listener = ok("listen", ok("run", ns.run(move || TcpListener::bind(addr))));
+        let stop = Arc::new(AtomicBool::new(false));
+        let flag = stop.clone();
+        ok("nonblocking", listener.set_nonblocking(true));
+        let thread = std::thread::spawn(move || {
+            while !flag.load(Ordering::Relaxed) {
+                match listener.accept() {
+                    Ok((mut conn, _)) => {
+                        let _ = conn.set_nonblocking(false);
+                        let _ = conn.set_read_timeout(Some(Duration::from_secs(10)));
+                        let got = std::io::copy(&mut conn, &mut std::io::sink()).unwrap_or(0);
+                        let _ = conn.write_all(got.to_string().as_bytes());
+                    }
+                    Err(_) => std::thread::sleep(Duration::from_millis(5)),
+                }
+            }
+        });
+        Self(Server {
+            stop,
+            thread: Some(thread),
+        })
+    }
+}
+
+/// Sends `bytes` over one TCP connection from inside `ns` and returns how many the
+/// [`Sink`] at `addr` says it got.
+pub fn send_bulk(ns: &Netns, addr: SocketAddr, bytes: usize) -> std::io::Result<u64> {
+    ok(
+        "run",
+        ns.run(move || -> std::io::Result<u64> {
+            let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(3))?;
+            s.set_read_timeout(Some(Duration::from_secs(10)))?;
+            s.set_write_timeout(Some(Duration::from_secs(10)))?;
+            let chunk = vec![0x5au8; 1 << 20];
+            let mut left = bytes;
+            while left > 0 {
+                let n = left.min(chunk.len());
+                s.write_all(&chunk[..n])?;
+                left -= n;
+            }
+            s.shutdown(std::net::Shutdown::Write)?;
+            let mut receipt = String::new();
+            s.read_to_string(&mut receipt)?;
+            Ok(receipt.trim().parse().unwrap_or(0))
+        }),
+    )
+}
+
 /// Connects from inside `ns`; returns the address the server saw us as.
 pub fn seen_as(ns: &Netns, addr: SocketAddr, timeout: Duration) -> std::io::Result<String> {
     ok(
