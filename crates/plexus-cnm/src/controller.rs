@@ -25,6 +25,7 @@ use crate::driver::{
 use crate::error::{CnmError, Result};
 use crate::model::{
     Endpoint, EndpointSpec, IpamPool, IpamPoolSpec, Network, NetworkSpec, Sandbox, Scope,
+    PREDEFINED_NETWORKS,
 };
 use crate::store_layout as keys;
 
@@ -481,6 +482,11 @@ impl Controller {
     }
 
     async fn delete_network_locked(&self, network: &Network) -> Result<()> {
+        if network.is_predefined() {
+            return Err(CnmError::Predefined {
+                name: network.name.clone(),
+            });
+        }
         let endpoints = self.endpoints(&network.id).await?;
         if !endpoints.is_empty() {
             let mut by = Vec::new();
@@ -529,12 +535,49 @@ impl Controller {
         Ok(())
     }
 
-    /// Deletes every network without endpoints; returns their names.
+    /// Makes the [`PREDEFINED_NETWORKS`] that are missing, as Docker's daemon does at start;
+    /// returns the names it made. One is skipped (with a warning) when its driver is not
+    /// registered, when its name is taken by a network of another driver, or when its
+    /// driver, which allows one network only, already has one under another name.
+    pub async fn create_predefined_networks(&self) -> Result<Vec<String>> {
+        let mut made = Vec::new();
+        let networks = self.networks().await?;
+        for (name, driver) in PREDEFINED_NETWORKS {
+            if self.driver(driver).is_err() {
+                tracing::warn!(
+                    network = name,
+                    driver,
+                    "driver not registered: no pre-defined network"
+                );
+                continue;
+            }
+            if let Some(other) = networks
+                .iter()
+                .find(|n| n.name == name || n.driver == driver)
+            {
+                if !other.is_predefined() {
+                    tracing::warn!(network = name, driver, taken_by = %other.name, "pre-defined network not made: its name or its driver's one network is taken");
+                }
+                continue;
+            }
+            let spec = NetworkSpec {
+                name: name.to_string(),
+                driver: driver.to_string(),
+                ..Default::default()
+            };
+            self.create_network(spec).await?;
+            made.push(name.to_string());
+        }
+        Ok(made)
+    }
+
+    /// Deletes every network without endpoints, except the pre-defined ones; returns their
+    /// names.
     pub async fn prune_networks(&self) -> Result<Vec<String>> {
         let _op = self.ops.lock().await;
         let mut pruned = Vec::new();
         for network in self.networks().await? {
-            if self.endpoints(&network.id).await?.is_empty() {
+            if !network.is_predefined() && self.endpoints(&network.id).await?.is_empty() {
                 self.delete_network_locked(&network).await?;
                 pruned.push(network.name);
             }

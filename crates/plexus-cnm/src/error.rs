@@ -36,6 +36,12 @@ pub enum CnmError {
         /// Who uses it (`sandbox s1 (endpoint e1)`, ...).
         by: String,
     },
+    /// A pre-defined network (`host`, `none`) cannot be removed.
+    #[error("{name} is a pre-defined network and cannot be removed")]
+    Predefined {
+        /// The network's name.
+        name: String,
+    },
     /// A driver refused because of something that exists (a host port already published, a
     /// bridge name in use); the message names who has it.
     #[error("{driver} driver: {message}")]
@@ -75,6 +81,7 @@ impl CnmError {
         match self {
             CnmError::Invalid { .. } => 400,
             CnmError::NotFound { .. } => 404,
+            CnmError::Predefined { .. } => 403,
             CnmError::Exists { .. } | CnmError::InUse { .. } | CnmError::Conflict { .. } => 409,
             CnmError::Ipam(e) => ipam_status(e),
             CnmError::Store(plexus_kv::KvError::TxnConflict { .. }) => 409,

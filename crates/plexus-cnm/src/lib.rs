@@ -40,5 +40,5 @@ pub use driver::{
 pub use error::{CnmError, Result};
 pub use model::{
     Endpoint, EndpointSpec, IpamPool, IpamPoolSpec, Network, NetworkSpec, PortBinding, Sandbox,
-    Scope,
+    Scope, PREDEFINED_NETWORKS,
 };

@@ -95,6 +95,21 @@ pub struct Network {
     pub created: String,
 }
 
+/// The networks every daemon has, as Docker's daemon does: `host` (driver `host`: the
+/// sandbox is the host's own namespace) and `none` (driver `null`: loopback only), as
+/// `(name, driver)`. [`Controller::create_predefined_networks`](crate::Controller::create_predefined_networks)
+/// makes them; they cannot be removed, and prune leaves them.
+pub const PREDEFINED_NETWORKS: [(&str, &str); 2] = [("host", "host"), ("none", "null")];
+
+impl Network {
+    /// Whether it is one of the [`PREDEFINED_NETWORKS`].
+    pub fn is_predefined(&self) -> bool {
+        PREDEFINED_NETWORKS
+            .iter()
+            .any(|(name, driver)| self.name == *name && self.driver == *driver)
+    }
+}
+
 fn is_zero(n: &u16) -> bool {
     *n == 0
 }

@@ -314,6 +314,13 @@ async fn run(args: Args) -> Result<()> {
         ControllerConfig::default(),
     ));
     reconcile(&controller, &ipam, &bridge, &netns_dir).await?;
+    let made = controller
+        .create_predefined_networks()
+        .await
+        .context("making the pre-defined networks")?;
+    if !made.is_empty() {
+        tracing::info!(networks = ?made, "pre-defined networks made");
+    }
 
     if let Some(dir) = socket.parent() {
         std::fs::create_dir_all(dir)

@@ -274,15 +274,26 @@ fn cli_against_the_daemon_and_state_survives_a_restart() {
     let id = id.trim().to_string();
     assert_eq!(id.len(), 64, "{id}");
     d.ok(&["network", "create", "n2"]);
-    d.ok(&["network", "create", "-d", "null", "none"]);
+    // Docker's pre-defined networks are there, and theirs to keep.
+    let taken = d.fails(&["network", "create", "-d", "null", "none"]);
+    assert!(
+        taken.contains("network with name none already exists"),
+        "{taken}"
+    );
+    let kept = d.fails(&["network", "rm", "host"]);
+    assert!(
+        kept.contains("host is a pre-defined network and cannot be removed"),
+        "{kept}"
+    );
 
     // ls: docker's columns, 12-char ids, sorted by name.
     let ls = d.ok(&["network", "ls"]);
     let ls = lines(&ls);
     assert_eq!(ls[0], "NETWORK ID     NAME      DRIVER    SCOPE");
-    assert_eq!(ls[1], format!("{}   n1        bridge    local", &id[..12]));
-    assert!(ls[2].contains("   n2        bridge    local"), "{ls:?}");
-    assert!(ls[3].contains("   none      null      local"), "{ls:?}");
+    assert!(ls[1].contains("   host      host      local"), "{ls:?}");
+    assert_eq!(ls[2], format!("{}   n1        bridge    local", &id[..12]));
+    assert!(ls[3].contains("   n2        bridge    local"), "{ls:?}");
+    assert!(ls[4].contains("   none      null      local"), "{ls:?}");
     assert_eq!(
         d.ok(&["network", "ls", "-q", "-f", "name=n1"]).trim(),
         &id[..12]
@@ -295,7 +306,7 @@ fn cli_against_the_daemon_and_state_survives_a_restart() {
     assert_eq!(row["Driver"], "bridge");
     assert_eq!(
         d.ok(&["network", "ls", "--format", "{{.Name}}"]),
-        "n1\nn2\nnone\n"
+        "host\nn1\nn2\nnone\n"
     );
 
     // inspect: a JSON array of Docker-shaped networks.
@@ -415,7 +426,7 @@ fn cli_against_the_daemon_and_state_survives_a_restart() {
     );
     d.start();
     let names = d.ok(&["network", "ls", "--format", "{{.Name}}"]);
-    assert_eq!(names, "n1\nn2\nnone\n");
+    assert_eq!(names, "host\nn1\nn2\nnone\n");
     let s1 = json(&d.ok(&["sandbox", "inspect", "s1"]));
     assert_eq!(s1[0]["Endpoints"][0]["IPv4Address"], "10.210.0.10/24");
     assert_eq!(s1[0]["Endpoints"][0]["Aliases"], serde_json::json!(["web"]));
@@ -507,8 +518,11 @@ fn cli_against_the_daemon_and_state_survives_a_restart() {
     );
     assert_eq!(d.ok(&["network", "rm", "n1"]), "n1\n");
     let pruned = d.ok(&["network", "prune", "-f"]);
-    assert_eq!(pruned, "Deleted Networks:\nn2\nnone\n");
-    assert_eq!(d.ok(&["network", "ls", "-q"]), "");
+    assert_eq!(pruned, "Deleted Networks:\nn2\n");
+    assert_eq!(
+        d.ok(&["network", "ls", "--format", "{{.Name}}"]),
+        "host\nnone\n"
+    );
 
     // The socket is 0660; after a crash its stale file is replaced at start.
     use std::os::unix::fs::PermissionsExt;
@@ -519,7 +533,10 @@ fn cli_against_the_daemon_and_state_survives_a_restart() {
     d.kill9();
     assert!(d.socket().exists(), "a killed daemon leaves its socket");
     d.start();
-    assert_eq!(d.ok(&["network", "ls", "-q"]), "");
+    assert_eq!(
+        d.ok(&["network", "ls", "--format", "{{.Name}}"]),
+        "host\nnone\n"
+    );
     let status = d.stop();
     assert_eq!(status.code(), Some(0));
 }
@@ -617,6 +634,12 @@ fn docker_cli_against_plexusd() {
         ok(&["network", "inspect", "-f", "{{.Driver}} {{.Scope}}", "dn"]).trim(),
         "bridge local"
     );
+    let kept = run(&["network", "rm", "none"]);
+    assert!(
+        String::from_utf8_lossy(&kept.stderr).contains("none is a pre-defined network"),
+        "{}",
+        String::from_utf8_lossy(&kept.stderr)
+    );
     let dup = run(&["network", "create", "dn"]);
     assert!(!dup.status.success());
     assert!(
@@ -643,7 +666,10 @@ fn docker_cli_against_plexusd() {
     let pruned = ok(&["network", "prune", "-f"]);
     assert!(pruned.contains("dn2"), "{pruned}");
     assert!(pruned.contains("dn"), "{pruned}");
-    assert_eq!(ok(&["network", "ls", "-q"]).trim(), "");
+    assert_eq!(
+        ok(&["network", "ls", "--format", "{{.Name}}"]).trim(),
+        "host\nnone"
+    );
     ok(&["network", "create", "dn"]);
     assert_eq!(ok(&["network", "rm", "dn"]).trim(), "dn");
     assert!(!ok(&["network", "ls"]).contains(" dn "));

@@ -314,6 +314,10 @@ impl Snapshot {
         let mut snap = Snapshot::default();
         let list = d.ok("GET", "/networks", None);
         for n in list.as_array().cloned().unwrap_or_default() {
+            // The pre-defined host and none networks: no subnet, nothing in the kernel.
+            if matches!(text(&n["Driver"]).as_str(), "host" | "null") {
+                continue;
+            }
             let name = text(&n["Name"]);
             let full = d.ok("GET", &format!("/networks/{}", text(&n["Id"])), None);
             let config = &full["IPAM"]["Config"][0];
