@@ -164,7 +164,7 @@ head["tput_ratio"] = fmt(rp, 3)
 head["tput_ratio_of_medians"] = fmt(r, 3)
 q = load("tput_plexus64k.txt")
 if q:
-    row("plexus bridge, gso_max_size=65536 (no BIG TCP)", q, "Gbit/s")
+    row("plexus bridge, gso_ipv4_max_size=65536 (no BIG TCP)", q, "Gbit/s")
     r, rp = ratio(q, b)
     if r:
         print(f"  -> plexus without BIG TCP / bare: {rp:.3f} (per-pair), {r:.3f} (ratio of medians)")

@@ -12,7 +12,7 @@
 #      vs netavark setup/teardown with a port_mappings entry (netavark up to --nv-max)
 #      (Plexus is probed on the way up and again on the way down: N = 1, 100, 1000, 100, 1)
 #   4. iperf3 TCP between two sandboxes on a Plexus bridge vs a bare veth+bridge pair made by
-#      hand, and a Plexus bridge with BIG TCP off (plexus.bridge.gso_max_size=65536)
+#      hand, and a Plexus bridge with BIG TCP off (plexus.bridge.gso_ipv4_max_size=65536)
 #
 # Usage: bench/single-host/run.sh [--quick] [--reps N] [--nv-max N] [--nv-budget S] [--iperf-secs S] [--pause S] [--keep-data]
 #   --quick: 10 reps, 8 probes per N, netavark ramp to 100, iperf3 5 s x 2 (about 4 min)
@@ -313,7 +313,7 @@ log "4. iperf3 TCP, ${IPERF_SECS}s x $IPERF_REPS, plexus bridge vs bare veth+bri
 PX network create --subnet 10.235.0.0/24 plxb-tput >/dev/null
 for s in 1 2; do ip netns add plxb-t$s; PX sandbox create plxb-t$s --netns /run/netns/plxb-t$s --network plxb-tput --ip 10.235.0.1$s >/dev/null; done
 # The same with BIG TCP off (veth GSO/GRO at the kernel's 64 KiB), to show what it adds.
-PX network create --subnet 10.237.0.0/24 -o plexus.bridge.gso_max_size=65536 plxb-tput64 >/dev/null
+PX network create --subnet 10.237.0.0/24 -o plexus.bridge.gso_ipv4_max_size=65536 plxb-tput64 >/dev/null
 for s in 3 4; do ip netns add plxb-t$s; PX sandbox create plxb-t$s --netns /run/netns/plxb-t$s --network plxb-tput64 --ip 10.237.0.1$s >/dev/null; done
 # bare: bridge in its own netns (no rules), one veth to each of two netns
 for n in plxb-bh plxb-ba plxb-bb; do ip netns add $n; ip -n $n link set lo up; done
@@ -337,8 +337,8 @@ ip3() { # NS DST FILE
   local out; out=$(ip netns exec "$1" iperf3 -c "$2" -p 5201 -t "$IPERF_SECS" -J 2>/dev/null) || { log "iperf3 $1 failed"; return; }
   python3 -c 'import json,sys; print("%.3f" % (json.load(sys.stdin)["end"]["sum_received"]["bits_per_second"]/1e9))' <<<"$out" >> "$D/$3"
 }
-gso() { ip -n "$1" -d link show "$2" 2>/dev/null | grep -o 'gso_max_size [0-9]*' | awk '{print $2}'; }
-echo "veth gso_max_size: plexus (auto: this host namespace has no uplink) $(gso plxb-t2 eth0), plexus with gso_max_size=65536 $(gso plxb-t4 eth0), bare $(gso plxb-bb plxb-bb)"
+gso() { ip netns exec "$1" python3 "$HERE/gso4.py" "$2" 2>/dev/null || echo n/a; }
+echo "veth gso_ipv4_max_size: plexus (auto: this host namespace has no uplink) $(gso plxb-t2 eth0), plexus with gso_ipv4_max_size=65536 $(gso plxb-t4 eth0), bare $(gso plxb-bb plxb-bb)"
 tp() { ip3 plxb-t2 10.235.0.11 tput_plexus.txt; }
 tb() { ip3 plxb-bb 10.236.0.1 tput_bare.txt; }
 t6() { ip3 plxb-t4 10.237.0.13 tput_plexus64k.txt; }

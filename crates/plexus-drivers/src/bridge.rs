@@ -65,9 +65,9 @@ struct NetState {
     opts: BridgeOptions,
     bridge: String,
     bridge_index: u32,
-    /// GSO/GRO limit of its veth pairs (`plexus.bridge.gso_max_size`, `auto` resolved when
-    /// the network was made or restored); `None` for the kernel's 64 KiB.
-    gso_max_size: Option<u32>,
+    /// IPv4 GSO/GRO limit of its veth pairs (`plexus.bridge.gso_ipv4_max_size`, `auto`
+    /// resolved when the network was made or restored); `None` for the kernel's 64 KiB.
+    gso_ipv4_max_size: Option<u32>,
 }
 
 impl NetState {
@@ -339,7 +339,7 @@ impl BridgeDriver {
     }
 
     /// Makes (or adopts) a network's kernel objects and remembers it. `auto_gso` is
-    /// `plexus.bridge.gso_max_size=auto` on this host when the caller already knows it (one
+    /// `plexus.bridge.gso_ipv4_max_size=auto` on this host when the caller already knows it (one
     /// link dump for all the networks a restart restores), `None` to look it up if needed.
     async fn create_network_locked(
         &self,
@@ -364,10 +364,10 @@ impl BridgeDriver {
         }
         let ipv6 = info.enable_ipv6 && !info.ipv6.is_empty();
         self.ensure_host(ipv6)?;
-        let gso_max_size = match (opts.gso_max_size, auto_gso) {
+        let gso_ipv4_max_size = match (opts.gso_ipv4_max_size, auto_gso) {
             (Some(size), _) => Some(size),
             (None, Some(auto)) => auto,
-            (None, None) => self.auto_gso_max_size().await?,
+            (None, None) => self.auto_gso_ipv4_max_size().await?,
         };
         let mut undo = Vec::new();
         let r = self
@@ -382,10 +382,10 @@ impl BridgeDriver {
                         opts,
                         bridge: bridge.clone(),
                         bridge_index: index,
-                        gso_max_size,
+                        gso_ipv4_max_size,
                     },
                 );
-                tracing::info!(network = %info.name, %bridge, ?gso_max_size, "bridge network ready");
+                tracing::info!(network = %info.name, %bridge, ?gso_ipv4_max_size, "bridge network ready");
                 Ok(())
             }
             Err(e) => {
@@ -395,10 +395,10 @@ impl BridgeDriver {
         }
     }
 
-    /// `plexus.bridge.gso_max_size=auto` on this host: see [`gso`](crate::gso).
-    async fn auto_gso_max_size(&self) -> Result<Option<u32>, DriverError> {
+    /// `plexus.bridge.gso_ipv4_max_size=auto` on this host: see [`gso`](crate::gso).
+    async fn auto_gso_ipv4_max_size(&self) -> Result<Option<u32>, DriverError> {
         let links = self.rtnl.links().await.map_err(sys_ctx("host links"))?;
-        Ok(gso::auto_max_size(&links, |l| self.made_by_us(l)))
+        Ok(gso::auto_ipv4_max_size(&links, |l| self.made_by_us(l)))
     }
 
     /// Whether this driver made `link`: marked by it, or (made but not yet marked when a
@@ -652,7 +652,7 @@ impl BridgeDriver {
                 peer_name: &name,
                 peer_ns: rs.netns(),
                 peer_mac: Some(ep.mac),
-                gso_max_size: net.gso_max_size,
+                gso_ipv4_max_size: net.gso_ipv4_max_size,
             };
             match self.rtnl.add_veth_pair(&pair).await {
                 Ok(()) => return Ok(name),
@@ -934,7 +934,7 @@ impl BridgeDriver {
         st.endpoints
             .retain(|id, e| endpoints.contains(id) && known.contains(e.network_id.as_str()));
         let auto_gso = if networks.iter().any(|n| !st.networks.contains_key(&n.id)) {
-            Some(self.auto_gso_max_size().await?)
+            Some(self.auto_gso_ipv4_max_size().await?)
         } else {
             None
         };

@@ -37,14 +37,15 @@ pub const DEFAULT_BRIDGE: &str = "com.docker.network.bridge.default_bridge";
 /// sandboxes on the network.
 pub const MCAST_SNOOPING: &str = "plexus.bridge.mcast_snooping";
 
-/// `plexus.bridge.gso_max_size`: the largest GSO/GRO packet of the network's veth pairs, in
-/// bytes, from 65536 (the kernel's default) to 524280; above 65536 that is "BIG TCP": TCP
-/// between sandboxes moves fewer, larger packets through the bridge and its netfilter hooks.
-/// `auto` (the default) takes the smallest limit among the host's own interfaces (those
-/// Plexus did not make, loopback aside), so traffic leaving the host is never cut into
-/// segments in software by an interface that does not take big packets; on a kernel without
-/// IPv4 BIG TCP (before 6.3) `auto` keeps 65536.
-pub const GSO_MAX_SIZE: &str = "plexus.bridge.gso_max_size";
+/// `plexus.bridge.gso_ipv4_max_size`: the largest IPv4 GSO/GRO packet of the network's veth
+/// pairs, in bytes, from 65536 (the kernel's default) to 524280; above 65536 that is IPv4
+/// "BIG TCP": TCP between sandboxes moves fewer, larger packets through the bridge and its
+/// netfilter hooks. `auto` (the default) takes the smallest IPv4 limit among the host's own
+/// interfaces (those Plexus did not make, loopback aside), so traffic leaving the host is
+/// never cut into segments in software by an interface that does not take big packets; on a
+/// kernel without IPv4 BIG TCP (before 6.3) `auto` keeps 65536. IPv6 stays at 64 KiB: see
+/// the `gso` module.
+pub const GSO_IPV4_MAX_SIZE: &str = "plexus.bridge.gso_ipv4_max_size";
 
 /// Every option name the bridge driver knows.
 pub const KNOWN: [&str; 10] = [
@@ -57,7 +58,7 @@ pub const KNOWN: [&str; 10] = [
     CONTAINER_IFACE_PREFIX,
     DEFAULT_BRIDGE,
     MCAST_SNOOPING,
-    GSO_MAX_SIZE,
+    GSO_IPV4_MAX_SIZE,
 ];
 
 /// The bridge driver's options, parsed.
@@ -79,8 +80,8 @@ pub struct BridgeOptions {
     pub container_iface_prefix: Option<String>,
     /// `plexus.bridge.mcast_snooping` (default false).
     pub mcast_snooping: bool,
-    /// `plexus.bridge.gso_max_size`; `None` for `auto` (the default).
-    pub gso_max_size: Option<u32>,
+    /// `plexus.bridge.gso_ipv4_max_size`; `None` for `auto` (the default).
+    pub gso_ipv4_max_size: Option<u32>,
 }
 
 impl Default for BridgeOptions {
@@ -94,7 +95,7 @@ impl Default for BridgeOptions {
             inhibit_ipv4: false,
             container_iface_prefix: None,
             mcast_snooping: false,
-            gso_max_size: None,
+            gso_ipv4_max_size: None,
         }
     }
 }
@@ -178,8 +179,8 @@ impl BridgeOptions {
                     }
                     o.mtu = Some(mtu);
                 }
-                GSO_MAX_SIZE if value == "auto" => o.gso_max_size = None,
-                GSO_MAX_SIZE => {
+                GSO_IPV4_MAX_SIZE if value == "auto" => o.gso_ipv4_max_size = None,
+                GSO_IPV4_MAX_SIZE => {
                     let (min, max) = (GSO_LEGACY_MAX_SIZE, plexus_sys::rtnl::GSO_MAX_SIZE);
                     let size: u32 = value
                         .trim()
@@ -192,7 +193,7 @@ impl BridgeOptions {
                             &format!("must be between {min} and {max}"),
                         ));
                     }
-                    o.gso_max_size = Some(size);
+                    o.gso_ipv4_max_size = Some(size);
                 }
                 CONTAINER_IFACE_PREFIX => {
                     // Room for a number after it.
@@ -237,14 +238,14 @@ mod tests {
             (INHIBIT_IPV4, "True"),
             (CONTAINER_IFACE_PREFIX, "net"),
             (MCAST_SNOOPING, "true"),
-            (GSO_MAX_SIZE, "196608"),
+            (GSO_IPV4_MAX_SIZE, "196608"),
             ("io.example.label", "anything"),
         ])
         .unwrap_or_else(|e| panic!("{e}"));
         assert!(o.mcast_snooping);
-        assert_eq!(o.gso_max_size, Some(196_608));
+        assert_eq!(o.gso_ipv4_max_size, Some(196_608));
         assert_eq!(
-            parse(&[(GSO_MAX_SIZE, "auto")]).map(|o| o.gso_max_size),
+            parse(&[(GSO_IPV4_MAX_SIZE, "auto")]).map(|o| o.gso_ipv4_max_size),
             Ok(None)
         );
         assert_eq!(o.bridge_name.as_deref(), Some("br-web"));
@@ -273,9 +274,9 @@ mod tests {
             (BRIDGE_NAME, ""),
             (CONTAINER_IFACE_PREFIX, "eth/"),
             (MCAST_SNOOPING, "on"),
-            (GSO_MAX_SIZE, "65535"),
-            (GSO_MAX_SIZE, "524281"),
-            (GSO_MAX_SIZE, "big"),
+            (GSO_IPV4_MAX_SIZE, "65535"),
+            (GSO_IPV4_MAX_SIZE, "524281"),
+            (GSO_IPV4_MAX_SIZE, "big"),
             ("com.docker.network.bridge.enable_iccc", "true"),
             ("bogus", "1"),
             ("plexus.nothing", "1"),

@@ -138,11 +138,10 @@ impl Link {
     }
 }
 
-/// The attributes that set a link's GSO and GRO limits, for both address families.
-fn gso_attributes(size: u32) -> [LinkAttribute; 4] {
+/// The attributes that set a link's IPv4 GSO and GRO limits (a kernel before 6.3 ignores
+/// them: it has no IPv4 BIG TCP).
+fn ipv4_gso_attributes(size: u32) -> [LinkAttribute; 2] {
     [
-        LinkAttribute::GsoMaxSize(size),
-        LinkAttribute::GroMaxSize(size),
         LinkAttribute::GsoIpv4MaxSize(size),
         LinkAttribute::GroIpv4MaxSize(size),
     ]
@@ -178,10 +177,10 @@ pub struct VethPair<'a> {
     pub peer_ns: &'a Netns,
     /// Hardware address of the far end.
     pub peer_mac: Option<[u8; 6]>,
-    /// Largest GSO and GRO packet of both ends, for IPv4 and IPv6 alike; above
-    /// [`GSO_LEGACY_MAX_SIZE`] that is BIG TCP (fewer, larger packets through the bridge and
-    /// its netfilter hooks). `None` leaves the kernel's 64 KiB.
-    pub gso_max_size: Option<u32>,
+    /// Largest IPv4 GSO and GRO packet of both ends; above [`GSO_LEGACY_MAX_SIZE`] that is
+    /// IPv4 BIG TCP (fewer, larger packets through the bridge and its netfilter hooks).
+    /// `None` leaves the kernel's 64 KiB. IPv6 keeps 64 KiB either way.
+    pub gso_ipv4_max_size: Option<u32>,
 }
 
 /// A bridge to make with [`Rtnl::add_bridge`].
@@ -378,8 +377,8 @@ impl Rtnl {
         if let Some(mtu) = pair.mtu {
             peer = peer.mtu(mtu);
         }
-        if let Some(size) = pair.gso_max_size {
-            for attr in gso_attributes(size) {
+        if let Some(size) = pair.gso_ipv4_max_size {
+            for attr in ipv4_gso_attributes(size) {
                 peer = peer.append_extra_attribute(attr);
             }
         }
@@ -388,8 +387,8 @@ impl Rtnl {
             .set_info_data(InfoData::Veth(InfoVeth::Peer(peer)))
             .append_extra_attribute(LinkAttribute::NumTxQueues(1))
             .append_extra_attribute(LinkAttribute::NumRxQueues(1));
-        if let Some(size) = pair.gso_max_size {
-            for attr in gso_attributes(size) {
+        if let Some(size) = pair.gso_ipv4_max_size {
+            for attr in ipv4_gso_attributes(size) {
                 near = near.append_extra_attribute(attr);
             }
         }
