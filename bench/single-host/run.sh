@@ -281,9 +281,11 @@ done
 # Plexus again on the way down (N = 100, then 1): the machine drifts over minutes, and probing
 # the low N both before and after the peak centres them on the peak in time, so a slow drift
 # does not read as growth (or hide it). netavark is not re-probed: its fill took minutes.
-settle_links() { # until the host's link count holds still for a second (deferred deletions)
-  local a b; a=$(ip -n plxb-host -o link show | wc -l)
-  while sleep 1; b=$(ip -n plxb-host -o link show | wc -l); ((a != b)); do a=$b; done
+settle_links() { # until the host's links and the kernel's live namespaces (struct net
+  # objects: the sandboxes' namespaces are torn down in the background) hold still for 1 s
+  count() { echo "$(ip -n plxb-host -o link show | wc -l) $(awk '/^net_namespace /{print $2}' /proc/slabinfo 2>/dev/null)"; }
+  local a b; a=$(count)
+  while sleep 1; b=$(count); [[ $a != "$b" ]]; do a=$b; done
 }
 for N in $(tr ' ' '\n' <<<"$NLIST" | sort -rn | tail -n +2); do
   ((pfill > N - 1)) && PX sandbox rm $(seq -f 'plxb-f%g' "$N" "$pfill") >/dev/null
