@@ -592,6 +592,9 @@ async fn bad_input_is_a_400_naming_the_option_and_leaves_nothing() {
         ("com.docker.network.bridge.host_binding_ipv4", "not-an-ip"),
         ("com.docker.network.bridge.name", "much-too-long-a-name"),
         ("com.docker.network.bridge.nosuch", "1"),
+        ("plexus.bridge.mcast_snooping", "on"),
+        ("plexus.bridge.gso_ipv4_max_size", "1000000"),
+        ("plexus.bridge.gso_ipv4_max_size", "huge"),
     ] {
         match w
             .controller
