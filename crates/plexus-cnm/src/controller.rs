@@ -895,6 +895,17 @@ impl Controller {
         Ok(endpoint)
     }
 
+    /// Records `interface` as the name of `endpoint`'s interface in its sandbox: what
+    /// start-up reconciliation does when the data plane marks another name than the record
+    /// (a crash after a join that had to take another name than the guess written with the
+    /// record, before the record was corrected).
+    pub async fn set_interface(&self, endpoint: &Endpoint, interface: &str) -> Result<()> {
+        let _op = self.ops.lock().await;
+        let mut endpoint = endpoint.clone();
+        endpoint.interface = Some(interface.to_string());
+        self.rewrite_endpoint(&endpoint).await
+    }
+
     /// Replaces an endpoint's record (same sandbox list).
     async fn rewrite_endpoint(&self, endpoint: &Endpoint) -> Result<()> {
         let key = keys::endpoint(&endpoint.network_id, &endpoint.id);

@@ -717,11 +717,23 @@ impl BridgeDriver {
         }
     }
 
-    /// Deletes an endpoint's veth pair wherever its other end is (marked links only).
+    /// Deletes an endpoint's veth pair wherever its other end is (links marked as this
+    /// endpoint's only; the host end's mark also names the sandbox-side interface).
     async fn delete_veth(&self, network_id: &str, endpoint_id: &str) -> Result<(), DriverError> {
-        let alias = names::veth_alias(&self.marker, network_id, endpoint_id);
         for name in [names::host_veth(endpoint_id), names::peer_veth(endpoint_id)] {
-            if let Some(link) = self.marked_link(&name, &alias).await? {
+            let link = self
+                .rtnl
+                .link(&name)
+                .await
+                .map_err(sys_ctx(format!("link {name}")))?;
+            let Some(link) = link else { continue };
+            let mark = link
+                .alias
+                .as_deref()
+                .and_then(|a| names::parse_alias(&self.marker, a));
+            if matches!(mark, Some(Marked::Veth { network, endpoint, .. })
+                if network == network_id && endpoint == endpoint_id)
+            {
                 self.delete_link(link.index).await?;
             }
         }
@@ -765,7 +777,8 @@ impl BridgeDriver {
             )));
         }
         let alias = names::veth_alias(&self.marker, &ep.network_id, endpoint_id);
-        if alias.len() > names::MAX_ALIAS {
+        // Room for the host end's mark, which adds the interface name.
+        if alias.len() + 1 + plexus_sys::rtnl::MAX_IFNAME > names::MAX_ALIAS {
             return Err(DriverError::Invalid(format!(
                 "endpoint id {endpoint_id:?} is too long"
             )));
@@ -785,8 +798,10 @@ impl BridgeDriver {
             let (ifindex, gateways) = self.configure(&net, &ep, endpoint_id, &rs, &name).await?;
             // Last, the host end: marked and up. Start-up reconciliation takes an endpoint
             // whose host end is not both for one whose join never finished.
+            let host_alias =
+                names::host_veth_alias(&self.marker, &ep.network_id, endpoint_id, &name);
             self.rtnl
-                .activate_port(&host_name, port, &alias)
+                .activate_port(&host_name, port, &host_alias)
                 .await
                 .map_err(sys_ctx(format!("veth {host_name}")))?;
             if let Some(IpAddr::V6(v6)) = ep.ipv6.map(|a| a.addr()) {
@@ -888,7 +903,12 @@ impl BridgeDriver {
     /// up last and `leave` unmarks it first, so an endpoint the store records but this set lacks was
     /// cut short by a crash (connect or disconnect), or its sandbox's namespace, and with it
     /// the pair, is gone. The daemon forgets such endpoints before [`BridgeDriver::reconcile`].
-    pub async fn live_endpoints(&self) -> Result<BTreeSet<String>, DriverError> {
+    ///
+    /// Each live endpoint comes with the name its interface has in the sandbox, as its join
+    /// marked it (`None` for a pair marked by an older Plexus): a crash between a join that
+    /// had to take another name than the record's guess and the record's correction leaves
+    /// the record with the guess, and the daemon corrects it from this.
+    pub async fn live_endpoints(&self) -> Result<BTreeMap<String, Option<String>>, DriverError> {
         // Background deletions first: a link being deleted is not live.
         self.reaper.settle().await;
         let links = self.rtnl.links().await.map_err(sys_ctx("list links"))?;
@@ -897,11 +917,11 @@ impl BridgeDriver {
             .filter(|l| l.up)
             .filter_map(
                 |l| match names::parse_alias(&self.marker, l.alias.as_deref()?) {
-                    Some(Marked::Veth { endpoint, .. })
-                        if l.name == names::host_veth(&endpoint) =>
-                    {
-                        Some(endpoint)
-                    }
+                    Some(Marked::Veth {
+                        endpoint,
+                        interface,
+                        ..
+                    }) if l.name == names::host_veth(&endpoint) => Some((endpoint, interface)),
                     _ => None,
                 },
             )
@@ -970,9 +990,9 @@ impl BridgeDriver {
             };
             let stale = match &mark {
                 Marked::Bridge { network } => !known.contains(network.as_str()),
-                Marked::Veth { network, endpoint } => {
-                    !known.contains(network.as_str()) || !endpoints.contains(endpoint)
-                }
+                Marked::Veth {
+                    network, endpoint, ..
+                } => !known.contains(network.as_str()) || !endpoints.contains(endpoint),
             };
             if !stale {
                 continue;

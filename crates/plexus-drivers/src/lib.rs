@@ -13,7 +13,8 @@
 //! A driver programs one "host" namespace, given at construction (in production the daemon's
 //! own, in tests one the test made). Every kernel object the bridge driver makes carries a
 //! marker: links get the alias `<marker>:bridge:<network id>` or
-//! `<marker>:veth:<network id>:<endpoint id>`, published ports carry their endpoint id as
+//! `<marker>:veth:<network id>:<endpoint id>` (a joined host end adds `:<interface>`, the
+//! interface's name in the sandbox), published ports carry their endpoint id as
 //! owner inside Plexus's nftables tables. [`BridgeDriver::reconcile`] uses the marks to make
 //! the kernel match the store after a restart or a crash, deleting only what it marked.
 //!

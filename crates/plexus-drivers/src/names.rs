@@ -14,6 +14,9 @@ pub enum Marked {
         network: String,
         /// The endpoint's id.
         endpoint: String,
+        /// On the host end of a finished join: the name of the interface in the sandbox
+        /// (what the endpoint's record must say).
+        interface: Option<String>,
     },
 }
 
@@ -23,12 +26,17 @@ pub fn parse_alias(marker: &str, alias: &str) -> Option<Marked> {
     let mut parts = rest.split(':');
     let kind = parts.next()?;
     let a = parts.next().filter(|s| !s.is_empty())?;
-    match (kind, parts.next(), parts.next()) {
-        ("bridge", None, None) => Some(Marked::Bridge { network: a.into() }),
-        ("veth", Some(b), None) if !b.is_empty() => Some(Marked::Veth {
-            network: a.into(),
-            endpoint: b.into(),
-        }),
+    match (kind, parts.next(), parts.next(), parts.next()) {
+        ("bridge", None, None, None) => Some(Marked::Bridge { network: a.into() }),
+        ("veth", Some(b), interface, None)
+            if !b.is_empty() && interface.is_none_or(|i| !i.is_empty()) =>
+        {
+            Some(Marked::Veth {
+                network: a.into(),
+                endpoint: b.into(),
+                interface: interface.map(String::from),
+            })
+        }
         _ => None,
     }
 }
@@ -41,6 +49,18 @@ pub(crate) fn bridge_alias(marker: &str, network: &str) -> String {
 /// The alias of an endpoint's veth ends.
 pub(crate) fn veth_alias(marker: &str, network: &str, endpoint: &str) -> String {
     format!("{marker}:veth:{network}:{endpoint}")
+}
+
+/// The alias of an endpoint's host end once joined: the veth alias and the name of the
+/// sandbox-side interface, so that start-up reconciliation can correct a record that a crash
+/// left with a guessed name.
+pub(crate) fn host_veth_alias(
+    marker: &str,
+    network: &str,
+    endpoint: &str,
+    interface: &str,
+) -> String {
+    format!("{}:{interface}", veth_alias(marker, network, endpoint))
 }
 
 /// The longest alias the kernel keeps (IFALIASZ - 1).
@@ -177,9 +197,21 @@ mod tests {
             parse_alias("plexus", &v),
             Some(Marked::Veth {
                 network: "n1".into(),
-                endpoint: "e1".into()
+                endpoint: "e1".into(),
+                interface: None,
             })
         );
+        let h = host_veth_alias("plexus", "n1", "e1", "eth1");
+        assert_eq!(
+            parse_alias("plexus", &h),
+            Some(Marked::Veth {
+                network: "n1".into(),
+                endpoint: "e1".into(),
+                interface: Some("eth1".into()),
+            })
+        );
+        assert_eq!(parse_alias("plexus", "plexus:veth:n1:e1:"), None);
+        assert_eq!(parse_alias("plexus", "plexus:veth:n1:e1:eth1:x"), None);
         assert_eq!(parse_alias("plexus2", &v), None);
         assert_eq!(parse_alias("plex", &v), None);
         assert_eq!(parse_alias("plexus", "plexus:bridge:"), None);

@@ -173,7 +173,7 @@ async fn reconcile(
     let mut lost = Vec::new();
     for n in &networks {
         for ep in controller.endpoints(&n.id).await? {
-            if n.driver == "bridge" && !live.contains(&ep.id) {
+            if n.driver == "bridge" && !live.contains_key(&ep.id) {
                 lost.push(ep);
             } else {
                 records.push(ep);
@@ -197,6 +197,14 @@ async fn reconcile(
             "rolling back endpoints without a finished join (a crash during connect or disconnect, or a sandbox namespace deleted meanwhile)"
         );
         controller.forget_endpoints(&lost).await?;
+    }
+    for ep in &records {
+        if let Some(Some(name)) = live.get(&ep.id) {
+            if ep.interface.as_deref() != Some(name) {
+                tracing::warn!(endpoint = %ep.id, recorded = ?ep.interface, actual = %name, "correcting the interface name a crash left in the record");
+                controller.set_interface(ep, name).await?;
+            }
+        }
     }
     let endpoints: BTreeSet<String> = records.iter().map(|e| e.id.clone()).collect();
     let sandboxes = controller.sandboxes().await?;

@@ -806,3 +806,80 @@ fn an_endpoint_whose_join_never_finished_is_rolled_back_at_start() {
         "c reaches b over TCP"
     );
 }
+
+/// A crash after a join that had to take another interface name than the guess written with
+/// the endpoint's record (the sandbox's runtime had the name already), before the record was
+/// corrected, leaves the guess in the record. The restarted daemon corrects it from the host
+/// end's mark, and inspect shows the real name.
+#[test]
+fn a_record_left_with_a_guessed_interface_name_is_corrected_at_start() {
+    let mut d = Daemon::new(&[]);
+    d.ok(&["network", "create", "--subnet", "10.214.0.0/24", "nm"]);
+    // The runtime's namespace already has an eth0 of its own.
+    let ns = Netns::create(d.dir.path(), "rt-ns").unwrap_or_else(|e| panic!("netns: {e}"));
+    let ns_path = ns.path().display().to_string();
+    let made = run_in(&ns_path, "ip link add eth0 type veth peer name rt-peer");
+    assert!(
+        made.status.success(),
+        "{}",
+        String::from_utf8_lossy(&made.stderr)
+    );
+    d.ok(&[
+        "sandbox",
+        "create",
+        "rt",
+        "--netns",
+        &ns_path,
+        "--network",
+        "nm",
+    ]);
+    let interface = |d: &Daemon| {
+        let s = json(&d.ok(&["sandbox", "inspect", "rt"]));
+        s[0]["Endpoints"][0]["Interface"]
+            .as_str()
+            .unwrap_or("")
+            .to_string()
+    };
+    assert_eq!(interface(&d), "eth1");
+    d.kill9();
+
+    // What the crash would have left: the record still says the guess.
+    let url = format!(
+        "redb://{}",
+        d.dir.path().join("state").join("state.db").display()
+    );
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap_or_else(|e| panic!("runtime: {e}"));
+    rt.block_on(async {
+        let store = plexus_kv::open(&url, plexus_kv::OpenOptions::default())
+            .await
+            .unwrap_or_else(|e| panic!("opening {url}: {e}"));
+        let records = store
+            .list("plexus/v1/endpoint")
+            .await
+            .unwrap_or_else(|e| panic!("listing endpoints: {e}"));
+        assert_eq!(records.len(), 1, "one endpoint record");
+        let mut record: serde_json::Value = serde_json::from_slice(&records[0].value)
+            .unwrap_or_else(|e| panic!("endpoint record: {e}"));
+        assert_eq!(record["interface"], "eth1", "{record}");
+        record["interface"] = "eth0".into();
+        let value = serde_json::to_vec(&record).unwrap_or_default();
+        store
+            .txn(plexus_kv::Txn::new().put(records[0].key.clone(), value))
+            .await
+            .unwrap_or_else(|e| panic!("rewriting the record: {e}"));
+    });
+    drop(rt);
+    d.start();
+    assert_eq!(interface(&d), "eth1", "{}", d.log());
+    // The runtime's own eth0 is untouched, and disconnecting removes only Plexus's eth1.
+    d.ok(&["network", "disconnect", "nm", "rt"]);
+    let links = run_in(&ns_path, "cat /proc/net/dev");
+    let links = String::from_utf8_lossy(&links.stdout);
+    assert!(links.contains("eth0"), "{links}");
+    assert!(!links.contains("eth1"), "{links}");
+    d.ok(&["sandbox", "rm", "rt"]);
+    assert_eq!(d.stop().code(), Some(0));
+}

@@ -543,7 +543,9 @@ fn mismatches(d: &Daemon, rt: &tokio::runtime::Runtime, snap: &Snapshot) -> Vec<
                     ));
                 }
             }
-            Some(Marked::Veth { network, endpoint }) => match snap.endpoint(&endpoint) {
+            Some(Marked::Veth {
+                network, endpoint, ..
+            }) => match snap.endpoint(&endpoint) {
                 Some((_, e)) if e.network_id == network => {
                     host_veths.insert(endpoint);
                 }
