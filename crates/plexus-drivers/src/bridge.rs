@@ -158,8 +158,9 @@ fn proto_of(binding: &PortBinding) -> Result<Proto, DriverError> {
 }
 
 /// Waits (at most two seconds) until `addr` on link `index` is no longer tentative, so it can
-/// be bound (a tentative IPv6 address cannot). A new IPv6 address stays tentative until the kernel's link watch sees the link operational, up to a second
-/// after it went up; a sandbox should be able to use its address as soon as join returns.
+/// be bound (a tentative IPv6 address cannot). A new IPv6 address stays tentative until the
+/// kernel's link watch sees the link operational, up to a second after it went up; a sandbox
+/// should be able to use its address as soon as join returns.
 async fn wait_usable(rs: &Rtnl, index: u32, addr: std::net::Ipv6Addr) {
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(2);
     loop {

@@ -4,7 +4,7 @@
 mod common;
 
 use std::collections::BTreeSet;
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+use std::net::{IpAddr, Ipv4Addr};
 
 use common::*;
 use plexus_cnm::{EndpointSpec, IpamPoolSpec, Network, NetworkInfo, NetworkSpec, PortBinding};
@@ -417,14 +417,11 @@ async fn mtu_prefix_mac_and_ipv6_apply_inside_the_sandbox() {
         .unwrap_or_else(|| panic!("no net0 in s1"));
     assert_eq!(link.mtu, Some(1400));
     assert_eq!(link.mac, Some(vec![0x02, 0xaa, 0xbb, 0xcc, 0xdd, 0xee]));
-    let v6 = |e: &plexus_cnm::Endpoint| -> Ipv6Addr {
-        match e.ipv6.map(|a| a.addr()) {
-            Some(IpAddr::V6(a)) => a,
-            other => panic!("no IPv6 address: {other:?}"),
-        }
-    };
-    let _srv = Server::start(w.sb("s2"), sa(v6(&e2), 7000));
-    assert_eq!(reaches(w.sb("s1"), sa(v6(&e2), 7000)), v6(&e1).to_string());
+    let _srv = Server::start(w.sb("s2"), sa(ip6(&e2), 7000));
+    assert_eq!(
+        reaches(w.sb("s1"), sa(ip6(&e2), 7000)),
+        ip6(&e1).to_string()
+    );
     let _srv4 = Server::start(w.sb("s2"), sa(ip4(&e2), 7000));
     assert_eq!(
         reaches(w.sb("s1"), sa(ip4(&e2), 7000)),
@@ -432,22 +429,10 @@ async fn mtu_prefix_mac_and_ipv6_apply_inside_the_sandbox() {
     );
 
     // IPv6 egress is masqueraded, and the published port answers over IPv6 and IPv4.
-    let parse = |s: &str| -> Ipv6Addr { s.parse().unwrap_or(Ipv6Addr::UNSPECIFIED) };
-    let (host6, out6) = (parse("fd00:30::1"), parse("fd00:30::2"));
-    let ext = ok("ext0", w.rh.require_link("ext0").await);
-    ok(
-        "host v6",
-        w.rh.add_address(ext.index, host6.into(), 64).await,
-    );
-    let ro = ok("outside", Rtnl::connect(&w.outside.ns).await);
-    let eth0 = ok("eth0", ro.require_link("eth0").await);
-    ok(
-        "outside v6",
-        ro.add_address(eth0.index, out6.into(), 64).await,
-    );
+    let (host6, out6) = w.outside_v6().await;
     let _out = Server::start(&w.outside.ns, sa(out6, 9000));
     assert_eq!(reaches(w.sb("s1"), sa(out6, 9000)), host6.to_string());
-    let _web6 = Server::start(w.sb("s1"), sa(v6(&e1), 80));
+    let _web6 = Server::start(w.sb("s1"), sa(ip6(&e1), 80));
     let _web4 = Server::start(w.sb("s1"), sa(ip4(&e1), 80));
     assert_eq!(reaches(&w.outside.ns, sa(host6, 8086)), out6.to_string());
     assert_eq!(
@@ -536,36 +521,12 @@ async fn big_tcp(mut w: World) {
     // IPv6, which keeps 64 KiB packets (IPv6 BIG TCP crawls through masquerade): between
     // sandboxes, and out through IPv6 masquerade, at full speed (BULK in well under 10 s,
     // send_bulk's timeout).
-    let v6 = |e: &plexus_cnm::Endpoint| -> Ipv6Addr {
-        match e.ipv6.map(|a| a.addr()) {
-            Some(IpAddr::V6(a)) => a,
-            other => panic!("no IPv6 address: {other:?}"),
-        }
-    };
-    let _sink6 = Sink::start(w.sb("s1"), sa(v6(&e1), 81));
-    let t = std::time::Instant::now();
-    let got = send_bulk(w.sb("s2"), sa(v6(&e1), 81), BULK);
-    eprintln!("v6 s2->s1 {:?}", t.elapsed());
+    let _sink6 = Sink::start(w.sb("s1"), sa(ip6(&e1), 81));
+    let got = send_bulk(w.sb("s2"), sa(ip6(&e1), 81), BULK);
     assert_eq!(ok("sandbox to sandbox over IPv6", got), BULK as u64);
-    let (host6, out6): (Ipv6Addr, Ipv6Addr) = (
-        Ipv6Addr::new(0xfd00, 0x30, 0, 0, 0, 0, 0, 1),
-        Ipv6Addr::new(0xfd00, 0x30, 0, 0, 0, 0, 0, 2),
-    );
-    let ext = ok("ext0", w.rh.require_link("ext0").await);
-    ok(
-        "host v6",
-        w.rh.add_address(ext.index, host6.into(), 64).await,
-    );
-    let ro = ok("outside", Rtnl::connect(&w.outside.ns).await);
-    let eth0 = ok("eth0", ro.require_link("eth0").await);
-    ok(
-        "outside v6",
-        ro.add_address(eth0.index, out6.into(), 64).await,
-    );
+    let (_, out6) = w.outside_v6().await;
     let _out6 = Sink::start(&w.outside.ns, sa(out6, 9002));
-    let t = std::time::Instant::now();
     let got = send_bulk(w.sb("s1"), sa(out6, 9002), BULK);
-    eprintln!("v6 egress {:?}", t.elapsed());
     assert_eq!(ok("egress through IPv6 masquerade", got), BULK as u64);
 
     // Without the uplink, auto goes as high as the veth goes (a host whose every interface

@@ -147,6 +147,14 @@ fn ipv4_gso_attributes(size: u32) -> [LinkAttribute; 2] {
     ]
 }
 
+/// The address an address message carries.
+fn address_of(m: &AddressMessage) -> Option<IpAddr> {
+    m.attributes.iter().find_map(|a| match a {
+        AddressAttribute::Address(ip) => Some(*ip),
+        _ => None,
+    })
+}
+
 /// A route to add or delete.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Route {
@@ -664,40 +672,31 @@ impl Rtnl {
             })
     }
 
-    /// The addresses of a link.
-    pub async fn addresses(&self, index: u32) -> Result<Vec<(IpAddr, u8)>> {
-        let msgs: Vec<AddressMessage> = self
-            .handle
+    /// The address messages of link `index`.
+    async fn address_messages(&self, index: u32) -> Result<Vec<AddressMessage>> {
+        self.handle
             .address()
             .get()
             .set_link_index_filter(index)
             .execute()
             .try_collect()
             .await
-            .map_err(|e| SysError::netlink("list addresses", &format!("link {index}"), e))?;
+            .map_err(|e| SysError::netlink("list addresses", &format!("link {index}"), e))
+    }
+
+    /// The addresses of a link.
+    pub async fn addresses(&self, index: u32) -> Result<Vec<(IpAddr, u8)>> {
+        let msgs = self.address_messages(index).await?;
         Ok(msgs
             .iter()
-            .filter_map(|m| {
-                m.attributes.iter().find_map(|a| match a {
-                    AddressAttribute::Address(ip) => Some((*ip, m.header.prefix_len)),
-                    _ => None,
-                })
-            })
+            .filter_map(|m| address_of(m).map(|ip| (ip, m.header.prefix_len)))
             .collect())
     }
 
     /// The addresses of link `index` still tentative (IPv6 duplicate address detection not
     /// done: not usable yet).
     pub async fn tentative(&self, index: u32) -> Result<Vec<IpAddr>> {
-        let msgs: Vec<AddressMessage> = self
-            .handle
-            .address()
-            .get()
-            .set_link_index_filter(index)
-            .execute()
-            .try_collect()
-            .await
-            .map_err(|e| SysError::netlink("list addresses", &format!("link {index}"), e))?;
+        let msgs = self.address_messages(index).await?;
         Ok(msgs
             .iter()
             .filter(|m| {
@@ -710,12 +709,7 @@ impl Rtnl {
                     })
                     .unwrap_or(m.header.flags.contains(AddressHeaderFlags::Tentative))
             })
-            .filter_map(|m| {
-                m.attributes.iter().find_map(|a| match a {
-                    AddressAttribute::Address(ip) => Some(*ip),
-                    _ => None,
-                })
-            })
+            .filter_map(address_of)
             .collect())
     }
 

@@ -38,21 +38,11 @@ struct Server {
 
 impl Server {
     fn start(ns: &Netns, addr: SocketAddr) -> Self {
-        // A fresh IPv6 address stays tentative (unbindable) until the kernel's link watch
-        // sees its link operational, which may take a moment after the link came up.
-        let deadline = std::time::Instant::now() + Duration::from_secs(2);
-        let listener = loop {
-            match ok("listen", ns.run(move || TcpListener::bind(addr))) {
-                Ok(l) => break l,
-                Err(e)
-                    if e.kind() == std::io::ErrorKind::AddrNotAvailable
-                        && std::time::Instant::now() < deadline =>
-                {
-                    std::thread::sleep(Duration::from_millis(10));
-                }
-                Err(e) => panic!("bind {addr}: {e}"),
-            }
-        };
+        let listener = plexus_testkit::net::bind_retrying(
+            || ok("listen", ns.run(move || TcpListener::bind(addr))),
+            Duration::from_secs(2),
+        )
+        .unwrap_or_else(|e| panic!("bind {addr}: {e}"));
         listener
             .set_nonblocking(true)
             .unwrap_or_else(|e| panic!("nonblocking: {e}"));

@@ -15,6 +15,27 @@ pub fn free_port() -> u16 {
         .unwrap_or_else(|e| panic!("no free loopback port: {e}"))
 }
 
+/// Runs `bind` until it stops failing with "address not available" or `timeout` passes, and
+/// returns its last result. A fresh IPv6 address stays tentative (cannot be bound) until the
+/// kernel's link watch sees its link operational, up to a second after the link came up.
+pub fn bind_retrying<T>(
+    mut bind: impl FnMut() -> std::io::Result<T>,
+    timeout: std::time::Duration,
+) -> std::io::Result<T> {
+    let deadline = std::time::Instant::now() + timeout;
+    loop {
+        match bind() {
+            Err(e)
+                if e.kind() == std::io::ErrorKind::AddrNotAvailable
+                    && std::time::Instant::now() < deadline =>
+            {
+                std::thread::sleep(std::time::Duration::from_millis(10))
+            }
+            other => return other,
+        }
+    }
+}
+
 /// Waits until something accepts TCP connections at `addr`, or `timeout` passes.
 pub async fn wait_for_port(addr: SocketAddr, timeout: std::time::Duration) -> bool {
     let deadline = tokio::time::Instant::now() + timeout;

@@ -92,33 +92,36 @@ pub struct Server {
 
 impl Server {
     pub fn start(ns: &Netns, addr: SocketAddr) -> Self {
-        // A fresh IPv6 address stays tentative until the kernel's link watch sees the link
-        // operational (up to a second after it is up): retry a while.
-        let deadline = std::time::Instant::now() + Duration::from_secs(3);
-        let listener = loop {
-            match ok("listen", ns.run(move || TcpListener::bind(addr))) {
-                Ok(l) => break l,
-                Err(e)
-                    if e.kind() == std::io::ErrorKind::AddrNotAvailable
-                        && std::time::Instant::now() < deadline =>
-                {
-                    std::thread::sleep(Duration::from_millis(50))
-                }
-                Err(e) => panic!("bind {addr}: {e}"),
-            }
-        };
+        Self::serve(ns, addr, |mut conn, peer| {
+            let _ = conn.set_read_timeout(Some(Duration::from_secs(2)));
+            let mut buf = [0u8; 16];
+            let _ = conn.read(&mut buf);
+            let _ = conn.write_all(peer.ip().to_string().as_bytes());
+        })
+    }
+
+    /// Listens at `addr` inside `ns` (retrying a while: a fresh IPv6 address stays
+    /// tentative until the kernel's link watch sees its link operational, up to a second
+    /// after it is up) and hands each connection to `handle` until dropped.
+    fn serve(
+        ns: &Netns,
+        addr: SocketAddr,
+        handle: impl Fn(TcpStream, SocketAddr) + Send + 'static,
+    ) -> Self {
+        let listener = plexus_testkit::net::bind_retrying(
+            || ok("listen", ns.run(move || TcpListener::bind(addr))),
+            Duration::from_secs(3),
+        )
+        .unwrap_or_else(|e| panic!("bind {addr}: {e}"));
         ok("nonblocking", listener.set_nonblocking(true));
         let stop = Arc::new(AtomicBool::new(false));
         let flag = stop.clone();
         let thread = std::thread::spawn(move || {
             while !flag.load(Ordering::Relaxed) {
                 match listener.accept() {
-                    Ok((mut conn, peer)) => {
+                    Ok((conn, peer)) => {
                         let _ = conn.set_nonblocking(false);
-                        let _ = conn.set_read_timeout(Some(Duration::from_secs(2)));
-                        let mut buf = [0u8; 16];
-                        let _ = conn.read(&mut buf);
-                        let _ = conn.write_all(peer.ip().to_string().as_bytes());
+                        handle(conn, peer);
                     }
                     Err(_) => std::thread::sleep(Duration::from_millis(5)),
                 }
@@ -146,27 +149,11 @@ pub struct Sink(Server);
 
 impl Sink {
     pub fn start(ns: &Netns, addr: SocketAddr) -> Self {
-        let listener = ok("listen", ok("run", ns.run(move || TcpListener::bind(addr))));
-        let stop = Arc::new(AtomicBool::new(false));
-        let flag = stop.clone();
-        ok("nonblocking", listener.set_nonblocking(true));
-        let thread = std::thread::spawn(move || {
-            while !flag.load(Ordering::Relaxed) {
-                match listener.accept() {
-                    Ok((mut conn, _)) => {
-                        let _ = conn.set_nonblocking(false);
-                        let _ = conn.set_read_timeout(Some(Duration::from_secs(10)));
-                        let got = std::io::copy(&mut conn, &mut std::io::sink()).unwrap_or(0);
-                        let _ = conn.write_all(got.to_string().as_bytes());
-                    }
-                    Err(_) => std::thread::sleep(Duration::from_millis(5)),
-                }
-            }
-        });
-        Self(Server {
-            stop,
-            thread: Some(thread),
-        })
+        Self(Server::serve(ns, addr, |mut conn, _| {
+            let _ = conn.set_read_timeout(Some(Duration::from_secs(10)));
+            let got = std::io::copy(&mut conn, &mut std::io::sink()).unwrap_or(0);
+            let _ = conn.write_all(got.to_string().as_bytes());
+        }))
     }
 }
 
@@ -369,6 +356,25 @@ impl World {
         ok("links", self.rh.links().await)
     }
 
+    /// IPv6 on the uplink: `fd00:30::1` on the host's `ext0`, `fd00:30::2` on the outside's
+    /// `eth0`; returns (host, outside).
+    pub async fn outside_v6(&self) -> (std::net::Ipv6Addr, std::net::Ipv6Addr) {
+        let host6 = std::net::Ipv6Addr::new(0xfd00, 0x30, 0, 0, 0, 0, 0, 1);
+        let out6 = std::net::Ipv6Addr::new(0xfd00, 0x30, 0, 0, 0, 0, 0, 2);
+        let ext = ok("ext0", self.rh.require_link("ext0").await);
+        ok(
+            "host v6",
+            self.rh.add_address(ext.index, host6.into(), 64).await,
+        );
+        let ro = ok("outside", Rtnl::connect(&self.outside.ns).await);
+        let eth0 = ok("eth0", ro.require_link("eth0").await);
+        ok(
+            "outside v6",
+            ro.add_address(eth0.index, out6.into(), 64).await,
+        );
+        (host6, out6)
+    }
+
     /// Host links carrying the driver's marker.
     pub async fn marked_links(&self) -> Vec<String> {
         self.host_links()
@@ -396,6 +402,14 @@ pub fn net_spec(name: &str, subnet: &str, options: &[(&str, &str)]) -> NetworkSp
             .map(|(k, v)| (k.to_string(), v.to_string()))
             .collect(),
         ..Default::default()
+    }
+}
+
+/// The IPv6 address of an endpoint.
+pub fn ip6(ep: &Endpoint) -> std::net::Ipv6Addr {
+    match ep.ipv6.map(|a| a.addr()) {
+        Some(std::net::IpAddr::V6(a)) => a,
+        other => panic!("endpoint has no IPv6 address: {other:?}"),
     }
 }
 
