@@ -65,6 +65,10 @@ struct NetState {
     opts: BridgeOptions,
     bridge: String,
     bridge_index: u32,
+    /// The bridge's MAC, which every host end of its veth pairs carries too: ports sharing
+    /// the bridge's address add no local entry to its forwarding database, so adding or
+    /// removing a port never walks one entry per port (the kernel allows equal addresses).
+    bridge_mac: [u8; 6],
     /// IPv4 GSO/GRO limit of its veth pairs (`plexus.bridge.gso_ipv4_max_size`, `auto`
     /// resolved when the network was made or restored); `None` for the kernel's 64 KiB.
     gso_ipv4_max_size: Option<u32>,
@@ -375,7 +379,7 @@ impl BridgeDriver {
             .make_network(info, &opts, &bridge, &alias, ipv6, &mut undo)
             .await;
         match r {
-            Ok(index) => {
+            Ok((index, bridge_mac)) => {
                 st.networks.insert(
                     info.id.clone(),
                     NetState {
@@ -383,6 +387,7 @@ impl BridgeDriver {
                         opts,
                         bridge: bridge.clone(),
                         bridge_index: index,
+                        bridge_mac,
                         gso_ipv4_max_size,
                     },
                 );
@@ -419,7 +424,7 @@ impl BridgeDriver {
         alias: &str,
         ipv6: bool,
         undo: &mut Vec<Undo>,
-    ) -> Result<u32, DriverError> {
+    ) -> Result<(u32, [u8; 6]), DriverError> {
         let what = format!("bridge {bridge}");
         let br = match self.rtnl.link(bridge).await.map_err(sys_ctx(&what))? {
             // Ours already (a restart, or reconciliation): adopt it.
@@ -484,7 +489,12 @@ impl BridgeDriver {
             .setup_network(&rules)
             .map_err(sys_ctx(format!("firewall of {bridge}")))?;
         undo.push(Undo::Teardown(rules));
-        Ok(br.index)
+        let mac = br
+            .mac
+            .as_deref()
+            .and_then(|m| <[u8; 6]>::try_from(m).ok())
+            .unwrap_or_else(|| names::bridge_mac(&info.id));
+        Ok((br.index, mac))
     }
 
     /// Removes a network's firewall elements and bridge, knowing only the kernel: the bridge
@@ -649,6 +659,7 @@ impl BridgeDriver {
             let pair = VethPair {
                 name: &host_name,
                 master: Some(net.bridge_index),
+                mac: Some(net.bridge_mac),
                 mtu: net.opts.mtu,
                 peer_name: &name,
                 peer_ns: rs.netns(),

@@ -63,8 +63,9 @@ async fn two_sandboxes_on_one_network_talk_and_disconnect_leaves_nothing() {
         .filter(|l| l.master == br.map(|b| b.index))
         .map(|l| l.mac.clone())
         .collect();
-    assert_eq!(port_macs.len(), 2);
-    assert!(!port_macs.contains(&br_mac), "{br_mac:?} {port_macs:?}");
+    // The host ends carry the bridge's own MAC, so the bridge keeps one local forwarding
+    // entry for all of them (no per-port entry to walk when a port comes or goes).
+    assert_eq!(port_macs, [br_mac.clone(), br_mac.clone()]);
     let port = host_links
         .iter()
         .find(|l| l.name == format!("plxv{}", &e1.id[..11]));

@@ -177,6 +177,8 @@ pub struct VethPair<'a> {
     pub name: &'a str,
     /// Bridge (or other controller) the near end is attached to.
     pub master: Option<u32>,
+    /// Hardware address of the near end; `None` lets the kernel choose.
+    pub mac: Option<[u8; 6]>,
     /// MTU of both ends.
     pub mtu: Option<u32>,
     /// Name of the far end, in `peer_ns`.
@@ -405,6 +407,9 @@ impl Rtnl {
         }
         if let Some(master) = pair.master {
             near = near.controller(master);
+        }
+        if let Some(mac) = pair.mac {
+            near = near.address(mac.to_vec());
         }
         let what = format!("veth {:?} (peer {:?})", pair.name, pair.peer_name);
         self.add(what, near.build()).await?;
