@@ -25,7 +25,7 @@ use crate::driver::{
 use crate::error::{CnmError, Result};
 use crate::model::{
     Endpoint, EndpointSpec, IpamPool, IpamPoolSpec, Network, NetworkSpec, Sandbox, Scope,
-    PREDEFINED_NETWORKS,
+    DEFAULT_BRIDGE_NETWORK, DEFAULT_BRIDGE_OPTION, PREDEFINED_NETWORKS,
 };
 use crate::store_layout as keys;
 
@@ -45,6 +45,19 @@ impl Default for ControllerConfig {
             interface_prefix: "eth".into(),
         }
     }
+}
+
+/// What plexusd asks of Docker's default network at start: see
+/// [`Controller::create_default_bridge`].
+#[derive(Debug, Clone, Default)]
+pub struct DefaultBridge {
+    /// The kernel name of its bridge (`--bridge`; `plexus0` by default).
+    pub bridge_name: String,
+    /// `--bip`: the gateway address with its subnet's prefix (`172.17.0.1/16`); `None` picks
+    /// a subnet.
+    pub bip: Option<IpNet>,
+    /// Subnets a picked subnet must not overlap: the host's routes.
+    pub avoid: Vec<IpNet>,
 }
 
 /// The Container Network Model's controller.
@@ -569,6 +582,122 @@ impl Controller {
             made.push(name.to_string());
         }
         Ok(made)
+    }
+
+    /// Makes Docker's default network, [`DEFAULT_BRIDGE_NETWORK`] (`bridge`, driver `bridge`),
+    /// unless it exists; returns it when it was made now.
+    ///
+    /// Its subnet is `default.bip`'s when given (`--bip`: the gateway address with the
+    /// subnet's prefix), else the first subnet of the default address pools that overlaps
+    /// none of `default.avoid` (the host's routes, as dockerd checks for `docker0`). An
+    /// existing `bridge` network is kept as it is, even when `--bip` now says otherwise (it
+    /// may have sandboxes): a warning says so.
+    pub async fn create_default_bridge(&self, default: &DefaultBridge) -> Result<Option<Network>> {
+        if let Some(existing) = self
+            .networks()
+            .await?
+            .into_iter()
+            .find(|n| n.name == DEFAULT_BRIDGE_NETWORK)
+        {
+            if !existing.is_predefined() {
+                tracing::warn!(id = %existing.id, "default bridge network not made: a network the user made has the name bridge");
+            } else if let Some(bip) = default.bip {
+                let subnet = existing.ipv4.first().map(|p| p.subnet);
+                if subnet != Some(bip.trunc()) {
+                    tracing::warn!(%bip, ?subnet, "the default bridge network exists with another subnet than --bip; kept (remove its sandboxes and restart to change it)");
+                }
+            }
+            return Ok(None);
+        }
+        if self.driver("bridge").is_err() {
+            tracing::warn!("bridge driver not registered: no default bridge network");
+            return Ok(None);
+        }
+        let pool = match default.bip {
+            Some(bip) => {
+                if !matches!(bip, IpNet::V4(_))
+                    || bip.addr() == bip.network()
+                    || bip.prefix_len() >= bip.max_prefix_len() - 1
+                {
+                    return Err(CnmError::invalid(
+                        "bip",
+                        format!("{bip}: must be an IPv4 host address with its subnet's prefix, such as 172.17.0.1/16"),
+                    ));
+                }
+                IpamPoolSpec {
+                    subnet: Some(bip.trunc().to_string()),
+                    gateway: Some(bip.addr().to_string()),
+                    ..Default::default()
+                }
+            }
+            None => match self.free_default_subnet(&default.avoid).await? {
+                Some(subnet) => IpamPoolSpec {
+                    subnet: Some(subnet.to_string()),
+                    ..Default::default()
+                },
+                None => {
+                    tracing::warn!(avoid = ?default.avoid, "no default address pool subnet is free of the host's routes: no default bridge network (give one with --bip)");
+                    return Ok(None);
+                }
+            },
+        };
+        let options = [
+            (DEFAULT_BRIDGE_OPTION, "true"),
+            (
+                "com.docker.network.bridge.name",
+                default.bridge_name.as_str(),
+            ),
+            ("com.docker.network.bridge.enable_icc", "true"),
+            ("com.docker.network.bridge.enable_ip_masquerade", "true"),
+            ("com.docker.network.bridge.host_binding_ipv4", "0.0.0.0"),
+        ];
+        let spec = NetworkSpec {
+            name: DEFAULT_BRIDGE_NETWORK.to_string(),
+            driver: "bridge".to_string(),
+            ipv4: vec![pool],
+            options: options
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+            ..Default::default()
+        };
+        let network = self.create_network(spec).await.map_err(|e| match e {
+            // Name the daemon's flags, which is what the user gave.
+            CnmError::Ipam(e) if default.bip.is_some() => CnmError::invalid("bip", e.to_string()),
+            CnmError::Conflict { message, .. } => CnmError::invalid("bridge", message),
+            e => e,
+        })?;
+        Ok(Some(network))
+    }
+
+    /// The first subnet the IPAM would hand a network without `--subnet` that overlaps none
+    /// of `avoid`. Asks the IPAM for pools until one fits, holding the misfits meanwhile so
+    /// it moves on, then gives them all back.
+    async fn free_default_subnet(&self, avoid: &[IpNet]) -> Result<Option<IpNet>> {
+        /// How many default-pool subnets to try before giving up.
+        const TRIES: usize = 256;
+        let overlaps = |a: &IpNet, b: &IpNet| a.contains(&b.network()) || b.contains(&a.network());
+        let mut held = Vec::new();
+        let mut found = None;
+        for _ in 0..TRIES {
+            let request = PoolRequest::new(LOCAL_SPACE, DEFAULT_BRIDGE_NETWORK);
+            let pool = match self.ipam.request_pool(request).await {
+                Ok(pool) => pool,
+                // The default pools are used up.
+                Err(plexus_ipam::IpamError::DefaultPoolsExhausted { .. }) => break,
+                Err(e) => {
+                    self.release_pools(&held).await;
+                    return Err(e.into());
+                }
+            };
+            held.push(pool.pool_id.clone());
+            if !avoid.iter().any(|r| overlaps(r, &pool.pool)) {
+                found = Some(pool.pool);
+                break;
+            }
+        }
+        self.release_pools(&held).await;
+        Ok(found)
     }
 
     /// Deletes every network without endpoints, except the pre-defined ones; returns their

@@ -32,7 +32,7 @@ mod error;
 pub mod model;
 pub mod store_layout;
 
-pub use controller::{check_name, Controller, ControllerConfig};
+pub use controller::{check_name, Controller, ControllerConfig, DefaultBridge};
 pub use driver::{
     Capability, Driver, DriverError, DriverRegistry, EndpointCreated, EndpointInfo, InterfaceName,
     Joined, NetworkInfo,
@@ -40,5 +40,5 @@ pub use driver::{
 pub use error::{CnmError, Result};
 pub use model::{
     Endpoint, EndpointSpec, IpamPool, IpamPoolSpec, Network, NetworkSpec, PortBinding, Sandbox,
-    Scope, PREDEFINED_NETWORKS,
+    Scope, DEFAULT_BRIDGE_NETWORK, DEFAULT_BRIDGE_OPTION, PREDEFINED_NETWORKS,
 };

@@ -101,12 +101,31 @@ pub struct Network {
 /// makes them; they cannot be removed, and prune leaves them.
 pub const PREDEFINED_NETWORKS: [(&str, &str); 2] = [("host", "host"), ("none", "null")];
 
+/// The name of Docker's default network, driver `bridge` (`docker0` there), which
+/// [`Controller::create_default_bridge`](crate::Controller::create_default_bridge) makes at
+/// start unless plexusd runs with `--bridge none`. Like the [`PREDEFINED_NETWORKS`], it cannot
+/// be removed and prune leaves it.
+pub const DEFAULT_BRIDGE_NETWORK: &str = "bridge";
+
+/// The option that marks the [`DEFAULT_BRIDGE_NETWORK`] (Docker sets it on its own): a
+/// network a user named `bridge` without it is an ordinary network.
+pub const DEFAULT_BRIDGE_OPTION: &str = "com.docker.network.bridge.default_bridge";
+
 impl Network {
-    /// Whether it is one of the [`PREDEFINED_NETWORKS`].
+    /// Whether it is one of the [`PREDEFINED_NETWORKS`] or the [`DEFAULT_BRIDGE_NETWORK`]
+    /// (with its [`DEFAULT_BRIDGE_OPTION`]).
     pub fn is_predefined(&self) -> bool {
-        PREDEFINED_NETWORKS
-            .iter()
-            .any(|(name, driver)| self.name == *name && self.driver == *driver)
+        let default_bridge = self.name == DEFAULT_BRIDGE_NETWORK
+            && self.driver == "bridge"
+            && self
+                .spec
+                .options
+                .get(DEFAULT_BRIDGE_OPTION)
+                .is_some_and(|v| v == "true");
+        default_bridge
+            || PREDEFINED_NETWORKS
+                .iter()
+                .any(|(name, driver)| self.name == *name && self.driver == *driver)
     }
 }
 

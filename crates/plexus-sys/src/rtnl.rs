@@ -765,6 +765,41 @@ impl Rtnl {
         Ok(message)
     }
 
+    /// The destinations of the IPv4 routes in the main table, default route aside: what a
+    /// new subnet must not overlap to stay reachable (dockerd checks the same for `docker0`).
+    pub async fn route_destinations_v4(&self) -> Result<Vec<(std::net::Ipv4Addr, u8)>> {
+        use rtnetlink::packet_route::route::{RouteAddress, RouteAttribute};
+        /// `RT_TABLE_MAIN`.
+        const MAIN_TABLE: u32 = 254;
+        let messages: Vec<RouteMessage> = self
+            .handle
+            .route()
+            .get(RouteMessageBuilder::<std::net::Ipv4Addr>::new().build())
+            .execute()
+            .try_collect()
+            .await
+            .map_err(|e| SysError::netlink("list routes", "IPv4", e))?;
+        Ok(messages
+            .iter()
+            .filter(|m| {
+                let table = m.attributes.iter().find_map(|a| match a {
+                    RouteAttribute::Table(t) => Some(*t),
+                    _ => None,
+                });
+                table.unwrap_or(u32::from(m.header.table)) == MAIN_TABLE
+                    && m.header.destination_prefix_length > 0
+            })
+            .filter_map(|m| {
+                m.attributes.iter().find_map(|a| match a {
+                    RouteAttribute::Destination(RouteAddress::Inet(ip)) => {
+                        Some((*ip, m.header.destination_prefix_length))
+                    }
+                    _ => None,
+                })
+            })
+            .collect())
+    }
+
     /// Adds a route.
     pub async fn add_route(&self, route: &Route) -> Result<()> {
         let message = Self::route_message(route)?;

@@ -14,7 +14,10 @@ use std::sync::Arc;
 
 use anyhow::{bail, Context, Result};
 use clap::Parser;
-use plexus_cnm::{Controller, ControllerConfig, DriverRegistry, Endpoint, Network, NetworkInfo};
+use ipnet::IpNet;
+use plexus_cnm::{
+    Controller, ControllerConfig, DefaultBridge, DriverRegistry, Endpoint, Network, NetworkInfo,
+};
 use plexus_ipam::{BuiltinIpam, Ipam, IpamConfig, LOCAL_SPACE};
 use tokio::signal::unix::{signal, SignalKind};
 
@@ -37,6 +40,15 @@ struct Args {
     /// A default address pool for networks without --subnet, `base=CIDR,size=N`; repeatable.
     #[arg(long = "default-address-pool")]
     default_address_pools: Vec<String>,
+    /// The kernel name of the default `bridge` network's bridge, as dockerd's `docker0`; `none`
+    /// makes no default network.
+    #[arg(short = 'b', long = "bridge", default_value = "plexus0")]
+    bridge: String,
+    /// The default `bridge` network's gateway address with its subnet's prefix, as dockerd's
+    /// `--bip` (`172.17.0.1/16`) [default: the first default-pool subnet that no host route
+    /// overlaps].
+    #[arg(long)]
+    bip: Option<String>,
     /// The marker that kernel objects made by this daemon carry (link alias prefix).
     #[arg(long, default_value = "plexus", hide = true)]
     marker: String,
@@ -249,6 +261,62 @@ async fn reconcile(
     reconcile_ipam(ipam, &networks, &records).await
 }
 
+/// `--bridge` and `--bip`, checked before anything starts: the default `bridge` network's
+/// kernel bridge name and gateway; `None` for `--bridge none`.
+fn default_bridge_flags(args: &Args) -> Result<Option<(String, Option<IpNet>)>> {
+    if args.bridge == "none" {
+        return Ok(None);
+    }
+    plexus_sys::rtnl::check_ifname("--bridge", &args.bridge).map_err(anyhow::Error::new)?;
+    let bip = match &args.bip {
+        None => None,
+        Some(b) => {
+            let bad = |why: &dyn std::fmt::Display| {
+                anyhow::anyhow!(
+                    "invalid --bip {b:?}: {why} (give an IPv4 host address with its subnet's prefix, such as 172.17.0.1/16)"
+                )
+            };
+            let bip = b.parse::<IpNet>().map_err(|e| bad(&e))?;
+            if !matches!(bip, IpNet::V4(_)) {
+                return Err(bad(&"not IPv4"));
+            }
+            if bip.addr() == bip.network() || bip.prefix_len() > 30 {
+                return Err(bad(&"not a host address of its subnet"));
+            }
+            Some(bip)
+        }
+    };
+    Ok(Some((args.bridge.clone(), bip)))
+}
+
+/// What the default `bridge` network needs: without `--bip`, the host's routes, which the
+/// subnet it picks must not overlap.
+async fn default_bridge(
+    bridge_name: String,
+    bip: Option<IpNet>,
+    host: &plexus_sys::netns::Netns,
+) -> Result<DefaultBridge> {
+    let mut avoid = Vec::new();
+    if bip.is_none() {
+        let rtnl = plexus_sys::rtnl::Rtnl::connect(host)
+            .await
+            .context("reading the host's routes")?;
+        let routes = rtnl
+            .route_destinations_v4()
+            .await
+            .context("reading the host's routes")?;
+        avoid = routes
+            .into_iter()
+            .filter_map(|(ip, len)| IpNet::new(IpAddr::V4(ip), len).ok())
+            .collect();
+    }
+    Ok(DefaultBridge {
+        bridge_name,
+        bip,
+        avoid,
+    })
+}
+
 async fn shutdown_signal() {
     let (mut term, mut int) = match (
         signal(SignalKind::terminate()),
@@ -269,6 +337,8 @@ async fn shutdown_signal() {
 }
 
 async fn run(args: Args) -> Result<()> {
+    // Flags first: a bad one changes nothing.
+    let bridge_flags = default_bridge_flags(&args)?;
     std::fs::create_dir_all(&args.state_dir)
         .with_context(|| format!("creating state dir {}", args.state_dir.display()))?;
     let netns_dir = args.run_dir.join("netns");
@@ -309,7 +379,7 @@ async fn run(args: Args) -> Result<()> {
     let mut drivers = DriverRegistry::new();
     let bridge = plexus_drivers::register_builtin(
         &mut drivers,
-        plexus_drivers::DriverConfig::new(host, args.marker.clone()),
+        plexus_drivers::DriverConfig::new(host.clone(), args.marker.clone()),
     )
     .await
     .map_err(|e| anyhow::anyhow!("starting the drivers: {e}"))?;
@@ -328,6 +398,17 @@ async fn run(args: Args) -> Result<()> {
         .context("making the pre-defined networks")?;
     if !made.is_empty() {
         tracing::info!(networks = ?made, "pre-defined networks made");
+    }
+    if let Some((name, bip)) = bridge_flags {
+        let default = default_bridge(name, bip, &host).await?;
+        if let Some(network) = controller
+            .create_default_bridge(&default)
+            .await
+            .context("making the default bridge network")?
+        {
+            let subnet = network.ipv4.first().map(|p| p.subnet);
+            tracing::info!(bridge = %default.bridge_name, ?subnet, "default bridge network made");
+        }
     }
 
     if let Some(dir) = socket.parent() {

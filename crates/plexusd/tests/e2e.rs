@@ -67,20 +67,11 @@ impl Daemon {
         format!("unix://{}", self.socket().display())
     }
 
-    fn start(&mut self) {
-        let ns = self.host_ns.clone();
-        let log = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(self.dir.path().join("plexusd.log"))
-            .unwrap_or_else(|e| panic!("log file: {e}"));
+    /// plexusd with `args`, to run inside the test's host namespace.
+    fn command(&self, args: &[String]) -> Command {
         let mut cmd = Command::new(plexusd_bin());
-        cmd.args(&self.args)
-            .env("RUST_LOG", "info")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(log);
-        let fd = ns.fd().as_raw_fd();
+        cmd.args(args).env("RUST_LOG", "info").stdin(Stdio::null());
+        let fd = self.host_ns.fd().as_raw_fd();
         // SAFETY: only async-signal-safe calls (setns) between fork and exec.
         unsafe {
             cmd.pre_exec(move || {
@@ -89,6 +80,17 @@ impl Daemon {
                     .map_err(std::io::Error::from)
             });
         }
+        cmd
+    }
+
+    fn start(&mut self) {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.dir.path().join("plexusd.log"))
+            .unwrap_or_else(|e| panic!("log file: {e}"));
+        let mut cmd = self.command(&self.args);
+        cmd.stdout(Stdio::null()).stderr(log);
         let child = cmd
             .spawn()
             .unwrap_or_else(|e| panic!("starting plexusd: {e}"));
@@ -290,10 +292,11 @@ fn cli_against_the_daemon_and_state_survives_a_restart() {
     let ls = d.ok(&["network", "ls"]);
     let ls = lines(&ls);
     assert_eq!(ls[0], "NETWORK ID     NAME      DRIVER    SCOPE");
-    assert!(ls[1].contains("   host      host      local"), "{ls:?}");
-    assert_eq!(ls[2], format!("{}   n1        bridge    local", &id[..12]));
-    assert!(ls[3].contains("   n2        bridge    local"), "{ls:?}");
-    assert!(ls[4].contains("   none      null      local"), "{ls:?}");
+    assert!(ls[1].contains("   bridge    bridge    local"), "{ls:?}");
+    assert!(ls[2].contains("   host      host      local"), "{ls:?}");
+    assert_eq!(ls[3], format!("{}   n1        bridge    local", &id[..12]));
+    assert!(ls[4].contains("   n2        bridge    local"), "{ls:?}");
+    assert!(ls[5].contains("   none      null      local"), "{ls:?}");
     assert_eq!(
         d.ok(&["network", "ls", "-q", "-f", "name=n1"]).trim(),
         &id[..12]
@@ -306,7 +309,7 @@ fn cli_against_the_daemon_and_state_survives_a_restart() {
     assert_eq!(row["Driver"], "bridge");
     assert_eq!(
         d.ok(&["network", "ls", "--format", "{{.Name}}"]),
-        "host\nn1\nn2\nnone\n"
+        "bridge\nhost\nn1\nn2\nnone\n"
     );
 
     // inspect: a JSON array of Docker-shaped networks.
@@ -426,7 +429,7 @@ fn cli_against_the_daemon_and_state_survives_a_restart() {
     );
     d.start();
     let names = d.ok(&["network", "ls", "--format", "{{.Name}}"]);
-    assert_eq!(names, "host\nn1\nn2\nnone\n");
+    assert_eq!(names, "bridge\nhost\nn1\nn2\nnone\n");
     let s1 = json(&d.ok(&["sandbox", "inspect", "s1"]));
     assert_eq!(s1[0]["Endpoints"][0]["IPv4Address"], "10.210.0.10/24");
     assert_eq!(s1[0]["Endpoints"][0]["Aliases"], serde_json::json!(["web"]));
@@ -521,7 +524,7 @@ fn cli_against_the_daemon_and_state_survives_a_restart() {
     assert_eq!(pruned, "Deleted Networks:\nn2\n");
     assert_eq!(
         d.ok(&["network", "ls", "--format", "{{.Name}}"]),
-        "host\nnone\n"
+        "bridge\nhost\nnone\n"
     );
 
     // The socket is 0660; after a crash its stale file is replaced at start.
@@ -535,7 +538,7 @@ fn cli_against_the_daemon_and_state_survives_a_restart() {
     d.start();
     assert_eq!(
         d.ok(&["network", "ls", "--format", "{{.Name}}"]),
-        "host\nnone\n"
+        "bridge\nhost\nnone\n"
     );
     let status = d.stop();
     assert_eq!(status.code(), Some(0));
@@ -668,12 +671,110 @@ fn docker_cli_against_plexusd() {
     assert!(pruned.contains("dn"), "{pruned}");
     assert_eq!(
         ok(&["network", "ls", "--format", "{{.Name}}"]).trim(),
-        "host\nnone"
+        "bridge\nhost\nnone"
     );
     ok(&["network", "create", "dn"]);
     assert_eq!(ok(&["network", "rm", "dn"]).trim(), "dn");
     assert!(!ok(&["network", "ls"]).contains(" dn "));
     assert_eq!(d.stop().code(), Some(0));
+}
+
+/// `s2` sends `message` over TCP to `s1` (at 10.213.0.2), which receives it.
+fn s2_reaches_s1(d: &Daemon, message: &str) {
+    let s1 = json(&d.ok(&["sandbox", "inspect", "s1"]));
+    let listener = listen_in(s1[0]["NetNs"].as_str().unwrap_or(""));
+    let port = listener.local_addr().map(|a| a.port()).unwrap_or(0);
+    let got = receive(listener);
+    d.ok(&[
+        "sandbox",
+        "exec",
+        "s2",
+        "--",
+        "bash",
+        "-c",
+        &send_script("10.213.0.2", port, message),
+    ]);
+    assert_eq!(
+        got.recv_timeout(Duration::from_secs(10)).ok().as_deref(),
+        Some(format!("{message}\n").as_str()),
+        "s2 reaches s1 over TCP on the default bridge"
+    );
+}
+
+/// Docker's default network follows dockerd's flags: `--bridge none` makes none; a start
+/// with `--bridge NAME --bip CIDR` makes `bridge` there, sandboxes join it through the CLI,
+/// it cannot be removed, and it survives a restart. A bad flag stops the daemon with an error
+/// naming it.
+#[test]
+fn default_bridge_network_follows_the_bridge_and_bip_flags() {
+    let mut d = Daemon::new(&["--bridge", "none"]);
+    assert_eq!(
+        d.ok(&["network", "ls", "--format", "{{.Name}}"]),
+        "host\nnone\n"
+    );
+    assert_eq!(d.stop().code(), Some(0));
+    let base = d.args.len() - 2;
+    d.args.truncate(base);
+    d.args.extend(
+        ["--bridge", "plxe2e0", "--bip", "10.213.0.1/24"]
+            .iter()
+            .map(|s| s.to_string()),
+    );
+    d.start();
+    assert_eq!(
+        d.ok(&["network", "ls", "--format", "{{.Name}}"]),
+        "bridge\nhost\nnone\n"
+    );
+    let bridge = json(&d.ok(&["network", "inspect", "bridge"]));
+    assert_eq!(bridge[0]["Driver"], "bridge");
+    assert_eq!(bridge[0]["IPAM"]["Config"][0]["Subnet"], "10.213.0.0/24");
+    assert_eq!(bridge[0]["IPAM"]["Config"][0]["Gateway"], "10.213.0.1");
+    assert_eq!(
+        bridge[0]["Options"]["com.docker.network.bridge.name"],
+        "plxe2e0"
+    );
+    assert_eq!(
+        bridge[0]["Options"]["com.docker.network.bridge.default_bridge"],
+        "true"
+    );
+    d.ok(&["sandbox", "create", "s1", "--network", "bridge"]);
+    d.ok(&["sandbox", "create", "s2", "--network", "bridge"]);
+    let s1 = json(&d.ok(&["sandbox", "inspect", "s1"]));
+    assert_eq!(s1[0]["Endpoints"][0]["IPv4Address"], "10.213.0.2/24");
+    s2_reaches_s1(&d, "hello");
+    let kept = d.fails(&["network", "rm", "bridge"]);
+    assert!(
+        kept.contains("bridge is a pre-defined network and cannot be removed"),
+        "{kept}"
+    );
+    assert_eq!(d.stop().code(), Some(0));
+    d.start();
+    let s1 = json(&d.ok(&["sandbox", "inspect", "s1"]));
+    assert_eq!(s1[0]["Endpoints"][0]["IPv4Address"], "10.213.0.2/24");
+    s2_reaches_s1(&d, "hello");
+    d.ok(&["sandbox", "rm", "s1", "s2"]);
+    assert_eq!(d.stop().code(), Some(0));
+
+    // Bad flags: the daemon stops at once, naming the flag.
+    for (flag, value, says) in [
+        (
+            "--bip",
+            "10.213.0.300/24",
+            "invalid --bip \"10.213.0.300/24\"",
+        ),
+        ("--bip", "10.213.0.0/24", "invalid --bip \"10.213.0.0/24\""),
+        ("--bridge", "a-name-too-long-for-linux", "invalid --bridge"),
+    ] {
+        let mut args = d.args[..base].to_vec();
+        args.extend([flag.to_string(), value.to_string()]);
+        let out = d
+            .command(&args)
+            .output()
+            .unwrap_or_else(|e| panic!("plexusd: {e}"));
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{flag} {value}: {err}");
+        assert!(err.contains(says), "{flag} {value}: {err}");
+    }
 }
 
 /// What a crash between an endpoint's record and the end of its join leaves (the record is
@@ -870,6 +971,11 @@ fn a_record_left_with_a_guessed_interface_name_is_corrected_at_start() {
             .txn(plexus_kv::Txn::new().put(records[0].key.clone(), value))
             .await
             .unwrap_or_else(|e| panic!("rewriting the record: {e}"));
+        // Released before the daemon opens it again.
+        store
+            .close()
+            .await
+            .unwrap_or_else(|e| panic!("closing the store: {e}"));
     });
     drop(rt);
     d.start();

@@ -29,6 +29,8 @@ const KILLS: usize = 200;
 const SUBNETS: u8 = 8;
 const NETWORKS: &[&str] = &["na", "nb", "nc", "nd"];
 const SANDBOXES: &[&str] = &["s0", "s1", "s2", "s3", "s4"];
+/// Docker's default network, which plexusd makes at start and which cannot be removed.
+const DEFAULT_BRIDGE: &str = "bridge";
 /// The link alias prefix the daemon marks with (its default).
 const MARKER: &str = "plexus";
 
@@ -115,6 +117,9 @@ impl Daemon {
             .arg("-H")
             .arg(format!("unix://{}", self.socket().display()))
             .args(["--default-address-pool", "base=10.78.0.0/16,size=24"])
+            // The default `bridge` network, outside the pools the loop draws from: sandboxes
+            // join it too, but it is never deleted (it cannot be).
+            .args(["--bip", "10.79.0.1/24"])
             .env("RUST_LOG", "info")
             .stdin(Stdio::null())
             .stdout(Stdio::null())
@@ -801,7 +806,7 @@ fn choose(rng: &mut Rng, snap: &Snapshot) -> Op {
     let empty_nets: Vec<String> = snap
         .nets
         .iter()
-        .filter(|(_, n)| n.endpoints.is_empty())
+        .filter(|(name, n)| n.endpoints.is_empty() && name.as_str() != DEFAULT_BRIDGE)
         .map(|(k, _)| k.clone())
         .collect();
     let mut pairs_on = Vec::new();
@@ -1155,11 +1160,16 @@ fn kill9_loop_kernel_matches_store() {
         }
         d.ok("DELETE", &format!("/plexus/sandboxes/{sandbox}"), None);
     }
-    for network in snap.nets.keys() {
+    for network in snap.nets.keys().filter(|n| n.as_str() != DEFAULT_BRIDGE) {
         d.ok("DELETE", &format!("/networks/{network}"), None);
     }
     let empty = Snapshot::read(&d);
-    assert!(empty.nets.is_empty() && empty.sbxs.is_empty(), "{empty:?}");
+    let left: Vec<&String> = empty.nets.keys().collect();
+    assert!(
+        left == [DEFAULT_BRIDGE] && empty.nets[DEFAULT_BRIDGE].endpoints.is_empty(),
+        "{empty:?}"
+    );
+    assert!(empty.sbxs.is_empty(), "{empty:?}");
     // The links those calls took out of service (down, renamed) are deleted in the
     // background, which takes the kernel tens of milliseconds each: allow a few seconds.
     let deadline = Instant::now() + Duration::from_secs(5);

@@ -1,0 +1,232 @@
+//! Docker's default `bridge` network as plexusd makes it at start
+//! (`Controller::create_default_bridge`), against the real kernel: the subnet it picks stays
+//! clear of the host's routes, sandboxes on it talk and go out masqueraded, it cannot be
+//! removed, and a bad `--bip` or a taken bridge name is an error naming the flag that leaves
+//! nothing behind.
+
+mod common;
+
+use std::net::{IpAddr, Ipv4Addr};
+
+use common::*;
+use ipnet::IpNet;
+use plexus_cnm::{DefaultBridge, NetworkSpec};
+use plexus_sys::rtnl::BridgeSpec;
+
+/// The host's IPv4 routes, as plexusd reads them.
+async fn host_routes(w: &World) -> Vec<IpNet> {
+    ok("routes", w.rh.route_destinations_v4().await)
+        .into_iter()
+        .filter_map(|(ip, len)| IpNet::new(IpAddr::V4(ip), len).ok())
+        .collect()
+}
+
+fn default_bridge(bip: Option<&str>, avoid: Vec<IpNet>) -> DefaultBridge {
+    DefaultBridge {
+        bridge_name: "plexus0".into(),
+        bip: bip.map(|b| ok("bip", b.parse::<IpNet>())),
+        avoid,
+    }
+}
+
+#[tokio::test]
+async fn default_bridge_avoids_the_host_routes_carries_traffic_and_stays() {
+    need_root!();
+    let mut w = World::new().await;
+    // Docker's docker0 on this host: 172.17.0.0/16, the first default pool, is routed.
+    let docker0 = ok(
+        "docker0",
+        w.rh.add_bridge(
+            &BridgeSpec {
+                name: "docker0",
+                ..Default::default()
+            },
+            "test-docker0",
+        )
+        .await,
+    );
+    ok(
+        "docker0 address",
+        w.rh.add_address(docker0.index, Ipv4Addr::new(172, 17, 0, 1).into(), 16)
+            .await,
+    );
+    ok("docker0 up", w.rh.set_up(docker0.index).await);
+    let routes = host_routes(&w).await;
+    assert!(
+        routes.contains(&ok("net", "172.17.0.0/16".parse())),
+        "{routes:?}"
+    );
+
+    let made = ok(
+        "default bridge",
+        w.controller
+            .create_default_bridge(&default_bridge(None, routes.clone()))
+            .await,
+    );
+    let net = made.unwrap_or_else(|| panic!("no default bridge made"));
+    assert_eq!(net.name, "bridge");
+    assert_eq!(net.driver, "bridge");
+    let pool = &net.ipv4[0];
+    assert_eq!(pool.subnet.to_string(), "172.18.0.0/16");
+    assert_eq!(
+        pool.gateway.map(|g| g.to_string()).as_deref(),
+        Some("172.18.0.1/16")
+    );
+    assert_eq!(
+        net.spec
+            .options
+            .get("com.docker.network.bridge.default_bridge")
+            .map(String::as_str),
+        Some("true")
+    );
+    // The kernel: a bridge named as --bridge says, with the gateway's address.
+    let links = w.host_links().await;
+    let br = links
+        .iter()
+        .find(|l| l.name == "plexus0")
+        .unwrap_or_else(|| panic!("no plexus0: {links:?}"));
+    assert_eq!(
+        ok("addresses", w.rh.addresses(br.index).await),
+        [(IpAddr::V4(Ipv4Addr::new(172, 18, 0, 1)), 16)]
+    );
+
+    // Sandboxes on it talk to each other, and go out masqueraded.
+    w.sandbox("a").await;
+    w.sandbox("b").await;
+    let a = w.connect("a", "bridge").await;
+    let b = w.connect("b", "bridge").await;
+    assert_eq!(ip4(&a), Ipv4Addr::new(172, 18, 0, 2));
+    let _srv = Server::start(w.sb("b"), sa(ip4(&b), 7000));
+    assert_eq!(reaches(w.sb("a"), sa(ip4(&b), 7000)), ip4(&a).to_string());
+    let _out = Server::start(&w.outside.ns, sa(OUTSIDE, 9000));
+    assert_eq!(reaches(w.sb("a"), sa(OUTSIDE, 9000)), HOST_EXT.to_string());
+
+    // Made once; cannot be removed, even empty; prune leaves it.
+    let again = ok(
+        "again",
+        w.controller
+            .create_default_bridge(&default_bridge(None, routes))
+            .await,
+    );
+    assert!(again.is_none(), "{again:?}");
+    ok("disconnect", w.controller.disconnect("a", "bridge").await);
+    ok("disconnect", w.controller.disconnect("b", "bridge").await);
+    let kept = w.controller.delete_network("bridge").await;
+    assert_eq!(
+        kept.map_err(|e| (e.http_status(), e.to_string())).err(),
+        Some((
+            403,
+            "bridge is a pre-defined network and cannot be removed".to_string()
+        ))
+    );
+    assert!(ok("prune", w.controller.prune_networks().await).is_empty());
+    // The subnets it passed over went back to the pools: the next network takes the first.
+    let next = ok(
+        "next",
+        w.controller
+            .create_network(NetworkSpec {
+                name: "next".into(),
+                ..Default::default()
+            })
+            .await,
+    );
+    assert_eq!(next.ipv4[0].subnet.to_string(), "172.17.0.0/16");
+}
+
+#[tokio::test]
+async fn bip_gives_the_subnet_and_bad_ones_leave_nothing() {
+    need_root!();
+    let w = World::new().await;
+    let nothing_left = |links: Vec<plexus_sys::rtnl::Link>| {
+        assert!(
+            links.iter().all(|l| l.name != "plexus0"),
+            "a bridge was left: {links:?}"
+        );
+    };
+    // Not a host address with its prefix, or not IPv4: a 400 naming bip, nothing made.
+    for bad in ["10.96.0.0/24", "10.96.0.1/32", "10.96.0.1/31", "fd00::1/64"] {
+        match w
+            .controller
+            .create_default_bridge(&default_bridge(Some(bad), Vec::new()))
+            .await
+        {
+            Err(e) => {
+                assert_eq!(e.http_status(), 400, "{bad}: {e}");
+                assert!(e.to_string().starts_with("invalid bip: "), "{bad}: {e}");
+            }
+            Ok(n) => panic!("{bad} accepted: {n:?}"),
+        }
+    }
+    // A subnet another network has: an error naming bip, nothing made.
+    w.network("user", "10.97.0.0/24", &[]).await;
+    match w
+        .controller
+        .create_default_bridge(&default_bridge(Some("10.97.0.1/24"), Vec::new()))
+        .await
+    {
+        Err(e) => assert!(e.to_string().starts_with("invalid bip: "), "{e}"),
+        Ok(n) => panic!("overlapping bip accepted: {n:?}"),
+    }
+    // The bridge name taken by a link Plexus did not make: an error naming bridge.
+    let taken = ok(
+        "taken",
+        w.rh.add_bridge(
+            &BridgeSpec {
+                name: "plexus0",
+                ..Default::default()
+            },
+            "someone-else",
+        )
+        .await,
+    );
+    match w
+        .controller
+        .create_default_bridge(&default_bridge(Some("10.96.0.1/24"), Vec::new()))
+        .await
+    {
+        Err(e) => assert!(e.to_string().starts_with("invalid bridge: "), "{e}"),
+        Ok(n) => panic!("taken bridge name accepted: {n:?}"),
+    }
+    ok("free the name", w.rh.delete_link(taken.index).await);
+    let names: Vec<String> = ok("list", w.controller.networks().await)
+        .into_iter()
+        .map(|n| n.name)
+        .collect();
+    assert_eq!(names, ["user"]);
+    nothing_left(w.host_links().await);
+
+    // A good one gives exactly that subnet and gateway.
+    let net = ok(
+        "bip",
+        w.controller
+            .create_default_bridge(&default_bridge(Some("10.96.0.1/24"), Vec::new()))
+            .await,
+    )
+    .unwrap_or_else(|| panic!("no default bridge made"));
+    assert_eq!(net.ipv4[0].subnet.to_string(), "10.96.0.0/24");
+    assert_eq!(
+        net.ipv4[0].gateway.map(|g| g.to_string()).as_deref(),
+        Some("10.96.0.1/24")
+    );
+}
+
+/// A network the user named `bridge` (without Docker's default-bridge option) stays theirs:
+/// no default bridge is made over it, and they can remove it.
+#[tokio::test]
+async fn a_users_own_bridge_network_is_left_alone() {
+    need_root!();
+    let w = World::new().await;
+    let mine = w.network("bridge", "10.98.0.0/24", &[]).await;
+    let made = ok(
+        "default bridge",
+        w.controller
+            .create_default_bridge(&default_bridge(None, Vec::new()))
+            .await,
+    );
+    assert!(made.is_none(), "{made:?}");
+    assert_eq!(
+        ok("bridge", w.controller.network("bridge").await).id,
+        mine.id
+    );
+    ok("rm", w.controller.delete_network("bridge").await);
+}
