@@ -3,7 +3,7 @@
 use std::net::IpAddr;
 use std::os::fd::AsRawFd;
 
-use futures::TryStreamExt;
+use futures::{StreamExt, TryStreamExt};
 use rtnetlink::packet_route::address::{
     AddressAttribute, AddressFlags, AddressHeaderFlags, AddressMessage,
 };
@@ -11,7 +11,11 @@ use rtnetlink::packet_route::link::{
     AfSpecInet6, AfSpecUnspec, In6AddrGenMode, InfoBridge, InfoBridgePort, InfoData, InfoPortKind,
     InfoVeth, LinkAttribute, LinkFlags, LinkInfo, LinkMessage, MacVlanMode,
 };
+use rtnetlink::packet_route::neighbour::{
+    NeighbourAddress, NeighbourAttribute, NeighbourFlags, NeighbourMessage, NeighbourState,
+};
 use rtnetlink::packet_route::route::RouteMessage;
+use rtnetlink::packet_route::AddressFamily;
 use rtnetlink::{
     Handle, LinkBridge, LinkBridgePort, LinkMacVlan, LinkMessageBuilder, LinkUnspec, LinkVeth,
     LinkVxlan, RouteMessageBuilder,
@@ -153,6 +157,23 @@ fn address_of(m: &AddressMessage) -> Option<IpAddr> {
         AddressAttribute::Address(ip) => Some(*ip),
         _ => None,
     })
+}
+
+/// A neighbour entry as the kernel reports it: an IP neighbour (ARP or NDP cache, see
+/// [`Rtnl::neighbours`]) or a forwarding-database entry of a bridge port or a vxlan device (see
+/// [`Rtnl::fdb`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Neighbour {
+    /// The link it belongs to.
+    pub index: u32,
+    /// The IP address: the neighbour's own (IP neighbours), or the remote tunnel endpoint
+    /// frames to `mac` are sent to (vxlan FDB entries); `None` for a bridge port's entry.
+    pub ip: Option<IpAddr>,
+    /// The hardware address.
+    pub mac: Option<[u8; 6]>,
+    /// Whether the entry is static: added by hand (`NUD_PERMANENT` or `NUD_NOARP`), never
+    /// learned, never expired.
+    pub fixed: bool,
 }
 
 /// A route to add or delete.
@@ -800,6 +821,162 @@ impl Rtnl {
             .collect())
     }
 
+    /// Sets a permanent IP neighbour on link `index`: `ip` is at `mac`, with no ARP or NDP
+    /// asked or needed (replacing an entry the kernel learned or one set before).
+    pub async fn set_neighbour(&self, index: u32, ip: IpAddr, mac: [u8; 6]) -> Result<()> {
+        self.handle
+            .neighbours()
+            .add(index, ip)
+            .link_layer_address(&mac)
+            .state(NeighbourState::Permanent)
+            .replace()
+            .execute()
+            .await
+            .map_err(|e| {
+                SysError::netlink(format!("set neighbour {ip}"), &format!("link {index}"), e)
+            })
+    }
+
+    /// Deletes the IP neighbour `ip` of link `index`.
+    pub async fn delete_neighbour(&self, index: u32, ip: IpAddr) -> Result<()> {
+        let mut message = NeighbourMessage::default();
+        message.header.family = match ip {
+            IpAddr::V4(_) => AddressFamily::Inet,
+            IpAddr::V6(_) => AddressFamily::Inet6,
+        };
+        message.header.ifindex = index;
+        message
+            .attributes
+            .push(NeighbourAttribute::Destination(neighbour_address(ip)));
+        let what = format!("neighbour {ip} of link {index}");
+        self.handle
+            .neighbours()
+            .del(message)
+            .execute()
+            .await
+            .map_err(|e| SysError::netlink("delete neighbour", &what, e))
+    }
+
+    /// The IP neighbours (both families) of link `index`.
+    pub async fn neighbours(&self, index: u32) -> Result<Vec<Neighbour>> {
+        let all: Vec<NeighbourMessage> = self
+            .handle
+            .neighbours()
+            .get()
+            .execute()
+            .try_collect()
+            .await
+            .map_err(|e| SysError::netlink("list neighbours", &format!("link {index}"), e))?;
+        Ok(all
+            .iter()
+            .filter(|m| {
+                m.header.ifindex == index
+                    && matches!(m.header.family, AddressFamily::Inet | AddressFamily::Inet6)
+            })
+            .map(neighbour_of)
+            .collect())
+    }
+
+    /// Adds a static forwarding-database entry on link `index`. For a bridge port
+    /// (`remote: None`, set again: replaced) the bridge sends frames for `mac` out of that
+    /// port without flooding first, and the entry never ages out; for a vxlan device,
+    /// `remote` is the tunnel endpoint frames for `mac` go to (the all-zero MAC: where
+    /// broadcast, unknown unicast and multicast go, one entry per remote, appended).
+    pub async fn add_fdb(&self, index: u32, mac: [u8; 6], remote: Option<IpAddr>) -> Result<()> {
+        use rtnetlink::packet_core::{
+            NetlinkMessage, NetlinkPayload, NLM_F_ACK, NLM_F_APPEND, NLM_F_CREATE, NLM_F_REPLACE,
+            NLM_F_REQUEST,
+        };
+        use rtnetlink::packet_route::RouteNetlinkMessage;
+
+        let mut message = NeighbourMessage::default();
+        message.header.family = AddressFamily::Bridge;
+        message.header.ifindex = index;
+        message
+            .attributes
+            .push(NeighbourAttribute::LinkLayerAddress(mac.to_vec()));
+        let mode = match remote {
+            // The vxlan device keeps the entry itself; several remotes may share a MAC (the
+            // all-zero one above all), so each is appended.
+            Some(ip) => {
+                message.header.flags = NeighbourFlags::Own;
+                message.header.state = NeighbourState::Permanent;
+                message
+                    .attributes
+                    .push(NeighbourAttribute::Destination(neighbour_address(ip)));
+                NLM_F_APPEND
+            }
+            // The port's bridge keeps it, static (`NUD_NOARP`: never learned over, never aged).
+            None => {
+                message.header.flags = NeighbourFlags::Controller;
+                message.header.state = NeighbourState::Noarp;
+                NLM_F_REPLACE
+            }
+        };
+        let what = format!("fdb entry {} on link {index}", format_mac(&mac));
+        let mut request = NetlinkMessage::from(RouteNetlinkMessage::NewNeighbour(message));
+        request.header.flags = NLM_F_REQUEST | NLM_F_ACK | NLM_F_CREATE | mode;
+        let mut handle = self.handle.clone();
+        let mut answers = handle
+            .request(request)
+            .map_err(|e| SysError::netlink("add fdb entry", &what, e))?;
+        while let Some(answer) = answers.next().await {
+            if let NetlinkPayload::Error(e) = answer.payload {
+                return Err(SysError::netlink(
+                    "add fdb entry",
+                    &what,
+                    rtnetlink::Error::NetlinkError(e),
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// Deletes a forwarding-database entry added with [`Rtnl::add_fdb`].
+    pub async fn delete_fdb(&self, index: u32, mac: [u8; 6], remote: Option<IpAddr>) -> Result<()> {
+        let mut message = NeighbourMessage::default();
+        message.header.family = AddressFamily::Bridge;
+        message.header.ifindex = index;
+        message
+            .attributes
+            .push(NeighbourAttribute::LinkLayerAddress(mac.to_vec()));
+        match remote {
+            Some(ip) => {
+                message.header.flags = NeighbourFlags::Own;
+                message
+                    .attributes
+                    .push(NeighbourAttribute::Destination(neighbour_address(ip)));
+            }
+            None => message.header.flags = NeighbourFlags::Controller,
+        }
+        let what = format!("fdb entry {} on link {index}", format_mac(&mac));
+        self.handle
+            .neighbours()
+            .del(message)
+            .execute()
+            .await
+            .map_err(|e| SysError::netlink("delete fdb entry", &what, e))
+    }
+
+    /// The forwarding-database entries of link `index` (a bridge port or a vxlan device):
+    /// what `bridge fdb show dev NAME` lists.
+    pub async fn fdb(&self, index: u32) -> Result<Vec<Neighbour>> {
+        let all: Vec<NeighbourMessage> = self
+            .handle
+            .neighbours()
+            .get()
+            .set_address_family(AddressFamily::Bridge)
+            .execute()
+            .try_collect()
+            .await
+            .map_err(|e| SysError::netlink("list fdb", &format!("link {index}"), e))?;
+        Ok(all
+            .iter()
+            .filter(|m| m.header.ifindex == index)
+            .map(neighbour_of)
+            .collect())
+    }
+
     /// Adds a route.
     pub async fn add_route(&self, route: &Route) -> Result<()> {
         let message = Self::route_message(route)?;
@@ -821,4 +998,52 @@ impl Rtnl {
             .await
             .map_err(|e| SysError::netlink(format!("delete route {route:?}"), "route", e))
     }
+}
+
+fn neighbour_address(ip: IpAddr) -> NeighbourAddress {
+    match ip {
+        IpAddr::V4(v4) => NeighbourAddress::Inet(v4),
+        IpAddr::V6(v6) => NeighbourAddress::Inet6(v6),
+    }
+}
+
+fn neighbour_of(m: &NeighbourMessage) -> Neighbour {
+    let mut n = Neighbour {
+        index: m.header.ifindex,
+        ip: None,
+        mac: None,
+        fixed: matches!(
+            m.header.state,
+            NeighbourState::Permanent | NeighbourState::Noarp
+        ),
+    };
+    for a in &m.attributes {
+        match a {
+            NeighbourAttribute::Destination(NeighbourAddress::Inet(v4)) => {
+                n.ip = Some(IpAddr::V4(*v4))
+            }
+            NeighbourAttribute::Destination(NeighbourAddress::Inet6(v6)) => {
+                n.ip = Some(IpAddr::V6(*v6))
+            }
+            // A bridge-family entry (vxlan FDB): the address by its length.
+            NeighbourAttribute::Destination(NeighbourAddress::Other(raw)) => {
+                n.ip = match raw.len() {
+                    4 => <[u8; 4]>::try_from(&raw[..]).ok().map(IpAddr::from),
+                    16 => <[u8; 16]>::try_from(&raw[..]).ok().map(IpAddr::from),
+                    _ => None,
+                }
+            }
+            NeighbourAttribute::LinkLayerAddress(l) => n.mac = <[u8; 6]>::try_from(&l[..]).ok(),
+            _ => {}
+        }
+    }
+    n
+}
+
+/// `aa:bb:cc:dd:ee:ff`.
+fn format_mac(mac: &[u8; 6]) -> String {
+    mac.iter()
+        .map(|b| format!("{b:02x}"))
+        .collect::<Vec<_>>()
+        .join(":")
 }

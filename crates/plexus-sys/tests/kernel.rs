@@ -354,3 +354,141 @@ async fn probe_agrees_with_the_kernel() {
     let made = r.add_vxlan("vx0", 7, 4789, MARK).await.is_ok();
     assert_eq!(made, features.has(Feature::Vxlan));
 }
+
+/// A permanent IP neighbour reaches a peer that answers no ARP; deleting it makes the peer
+/// unreachable again. The listing shows what the kernel holds, and bad calls name what they
+/// miss.
+#[tokio::test]
+async fn a_permanent_neighbour_reaches_a_peer_that_answers_no_arp() {
+    need_root!();
+    let a = PinnedNs::new("na");
+    let b = PinnedNs::new("nb");
+    let ra = ok("connect a", Rtnl::connect(&a.ns).await);
+    let rb = ok("connect b", Rtnl::connect(&b.ns).await);
+    let (va, vb) = ok("veth", ra.add_veth("va", "vb", None, MARK).await);
+    ok("move", ra.move_to(vb.index, &b.ns, Some("eth0")).await);
+    let eth0 = ok("eth0 in b", rb.require_link("eth0").await);
+    let (ip_a, ip_b) = (Ipv4Addr::new(10, 78, 0, 1), Ipv4Addr::new(10, 78, 0, 2));
+    ok("addr a", ra.add_address(va.index, ip_a.into(), 24).await);
+    ok("addr b", rb.add_address(eth0.index, ip_b.into(), 24).await);
+    // b never answers ARP.
+    ok(
+        "arp_ignore",
+        sysctl::write(&b.ns, "net.ipv4.conf.eth0.arp_ignore", "8"),
+    );
+    ok("up a", ra.set_up(va.index).await);
+    ok("up b", rb.set_up(eth0.index).await);
+    lo_up(&rb).await;
+    let server = SocketAddr::from((ip_b, 7000));
+    let _echo = echo_server(&b.ns, server);
+    assert!(
+        echo_client(&a.ns, server).is_err(),
+        "b answered although it answers no ARP"
+    );
+
+    let mac_b: [u8; 6] = eth0
+        .mac
+        .as_deref()
+        .and_then(|m| m.try_into().ok())
+        .unwrap_or_else(|| panic!("eth0 has no MAC: {eth0:?}"));
+    ok(
+        "set neighbour",
+        ra.set_neighbour(va.index, ip_b.into(), mac_b).await,
+    );
+    let held = ok("neighbours", ra.neighbours(va.index).await);
+    assert!(
+        held.iter()
+            .any(|n| n.ip == Some(ip_b.into()) && n.mac == Some(mac_b) && n.fixed),
+        "{held:?}"
+    );
+    assert_eq!(
+        echo_client(&a.ns, server).ok().as_deref(),
+        Some("hello plexus")
+    );
+
+    ok(
+        "delete neighbour",
+        ra.delete_neighbour(va.index, ip_b.into()).await,
+    );
+    let held = ok("neighbours", ra.neighbours(va.index).await);
+    assert!(
+        held.iter().all(|n| n.ip != Some(ip_b.into()) || !n.fixed),
+        "{held:?}"
+    );
+    let _echo = echo_server(&b.ns, server);
+    assert!(
+        echo_client(&a.ns, server).is_err(),
+        "b still reached without its neighbour entry"
+    );
+    let never = Ipv4Addr::new(10, 78, 0, 9);
+    match ra.delete_neighbour(va.index, never.into()).await {
+        Err(SysError::NotFound { what }) => assert!(what.contains("10.78.0.9"), "{what}"),
+        other => panic!("deleting a missing neighbour: {other:?}"),
+    }
+}
+
+/// Static forwarding entries: on a bridge port (kept by the bridge, replaced when set again)
+/// and on a vxlan device (one per remote tunnel endpoint, the all-zero MAC shared), listed as
+/// `bridge fdb show` lists them, and deleted one by one; deleting an unknown MAC says so.
+#[tokio::test]
+async fn fdb_entries_on_a_bridge_port_and_a_vxlan_device() {
+    need_root!();
+    let h = PinnedNs::new("fdb");
+    let r = ok("connect", Rtnl::connect(&h.ns).await);
+    let br = ok(
+        "bridge",
+        r.add_bridge(
+            &BridgeSpec {
+                name: "br0",
+                ..Default::default()
+            },
+            MARK,
+        )
+        .await,
+    );
+    let (port, _) = ok("veth", r.add_veth("p1", "p1x", None, MARK).await);
+    ok("master", r.set_master(port.index, br.index).await);
+    let mac = [0x02, 0x42, 0x0a, 0x4e, 0x00, 0x09];
+    ok("fdb", r.add_fdb(port.index, mac, None).await);
+    ok("fdb again", r.add_fdb(port.index, mac, None).await);
+    let entries = ok("list", r.fdb(port.index).await);
+    let ours: Vec<_> = entries.iter().filter(|n| n.mac == Some(mac)).collect();
+    assert_eq!(ours.len(), 1, "{entries:?}");
+    assert!(ours[0].fixed && ours[0].ip.is_none(), "{entries:?}");
+    ok("delete", r.delete_fdb(port.index, mac, None).await);
+    let entries = ok("list", r.fdb(port.index).await);
+    assert!(entries.iter().all(|n| n.mac != Some(mac)), "{entries:?}");
+
+    let vx = ok("vxlan", r.add_vxlan("vx0", 42, 4789, MARK).await);
+    let flood = [0u8; 6];
+    let remotes: [IpAddr; 2] = [
+        Ipv4Addr::new(10, 79, 0, 2).into(),
+        Ipv4Addr::new(10, 79, 0, 3).into(),
+    ];
+    for remote in remotes {
+        ok("vxlan fdb", r.add_fdb(vx.index, flood, Some(remote)).await);
+    }
+    let listed = |entries: Vec<plexus_sys::rtnl::Neighbour>| -> Vec<IpAddr> {
+        let mut ips: Vec<IpAddr> = entries
+            .into_iter()
+            .filter(|n| n.mac == Some(flood))
+            .filter_map(|n| n.ip)
+            .collect();
+        ips.sort();
+        ips
+    };
+    let all = ok("list", r.fdb(vx.index).await);
+    assert_eq!(listed(all.clone()), remotes, "{all:?}");
+    ok(
+        "delete one",
+        r.delete_fdb(vx.index, flood, Some(remotes[0])).await,
+    );
+    assert_eq!(listed(ok("list", r.fdb(vx.index).await)), [remotes[1]]);
+    // A MAC the device has no entry for (the kernel takes a remote it lacks under a MAC it
+    // has as done).
+    let unknown = [0x02, 0, 0, 0, 0, 0x01];
+    match r.delete_fdb(vx.index, unknown, Some(remotes[0])).await {
+        Err(SysError::NotFound { what }) => assert!(what.contains("02:00:00:00:00:01"), "{what}"),
+        other => panic!("deleting a missing fdb entry: {other:?}"),
+    }
+}
