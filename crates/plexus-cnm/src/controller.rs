@@ -997,6 +997,17 @@ impl Controller {
         );
         match (recorded, joined) {
             (Ok(()), Ok(joined)) => {
+                // Last, the way out (published ports): start-up reconciliation rolls back an
+                // endpoint whose ports a crash left unpublished, as one whose join never
+                // finished.
+                if let Err(e) = driver.program_external_connectivity(&network.id, &id).await {
+                    if let Err(u) = self.unrecord_endpoint(&sandbox.id, &endpoint, false).await {
+                        tracing::warn!(endpoint = %id, error = %u, "cannot remove the record of a failed connect; start-up reconciliation will");
+                    }
+                    let _ = driver.leave(&network.id, &id).await;
+                    let _ = driver.delete_endpoint(&network.id, &id).await;
+                    return Err(driver_err(driver, e));
+                }
                 if joined.interface != endpoint.interface {
                     // The sandbox had the name already (not from Plexus): record the real one.
                     endpoint.interface = joined.interface;
@@ -1140,6 +1151,30 @@ impl Controller {
         self.disconnect_locked(&sandbox.id, &endpoint, false).await
     }
 
+    /// What the data plane holds for the endpoint of `sandbox` on `network`, as its driver
+    /// reports it (libnetwork's `EndpointOperInfo`; the bridge driver: its MAC and published
+    /// ports).
+    pub async fn endpoint_oper_info(
+        &self,
+        sandbox: &str,
+        network: &str,
+    ) -> Result<BTreeMap<String, serde_json::Value>> {
+        let (sandbox, _) = self.sandbox_indexed(sandbox).await?;
+        let network = self.network(network).await?;
+        let endpoint = self
+            .endpoint_of(&sandbox, &network.id)
+            .await?
+            .ok_or_else(|| CnmError::NotFound {
+                kind: "endpoint",
+                name: format!("{} on network {}", sandbox.name, network.name),
+            })?;
+        let driver = self.driver(&network.driver)?;
+        driver
+            .endpoint_oper_info(&network.id, &endpoint.id)
+            .await
+            .map_err(|e| driver_err(driver.as_ref(), e))
+    }
+
     /// `relaxed`: the record's removal needs no disk flush of its own (the caller's next
     /// durable write follows).
     async fn disconnect_locked(
@@ -1154,6 +1189,12 @@ impl Controller {
         // driver takes it out of service in an order that start-up reconciliation reads as
         // "gone" however a crash cuts it short.
         let data_plane = async {
+            if let Err(e) = driver
+                .revoke_external_connectivity(&network.id, &endpoint.id)
+                .await
+            {
+                tracing::warn!(endpoint = %endpoint.id, error = %e, "revoking external connectivity failed; reconciliation will clean up");
+            }
             if let Err(e) = driver.leave(&network.id, &endpoint.id).await {
                 tracing::warn!(endpoint = %endpoint.id, error = %e, "leave failed; reconciliation will clean up");
             }

@@ -153,6 +153,41 @@ pub trait Driver: Send + Sync {
 
     /// Takes the endpoint out of the sandbox; idempotent.
     async fn leave(&self, network_id: &str, endpoint_id: &str) -> Result<(), DriverError>;
+
+    /// Connects a joined endpoint to the world outside its network: the bridge driver
+    /// publishes its ports here (libnetwork's `ProgramExternalConnectivity`, which the
+    /// controller calls once the join is done). The default does nothing.
+    async fn program_external_connectivity(
+        &self,
+        network_id: &str,
+        endpoint_id: &str,
+    ) -> Result<(), DriverError> {
+        let _ = (network_id, endpoint_id);
+        Ok(())
+    }
+
+    /// Undoes [`program_external_connectivity`](Driver::program_external_connectivity)
+    /// (libnetwork's `RevokeExternalConnectivity`, called before the leave); idempotent.
+    async fn revoke_external_connectivity(
+        &self,
+        network_id: &str,
+        endpoint_id: &str,
+    ) -> Result<(), DriverError> {
+        let _ = (network_id, endpoint_id);
+        Ok(())
+    }
+
+    /// What the data plane holds for an endpoint, for inspection (libnetwork's
+    /// `EndpointOperInfo`): keys such as `com.docker.network.endpoint.macaddress` and
+    /// `com.docker.network.portmap`. The default has nothing to say.
+    async fn endpoint_oper_info(
+        &self,
+        network_id: &str,
+        endpoint_id: &str,
+    ) -> Result<BTreeMap<String, serde_json::Value>, DriverError> {
+        let _ = (network_id, endpoint_id);
+        Ok(BTreeMap::new())
+    }
 }
 
 /// The drivers a controller knows, by name.

@@ -91,7 +91,10 @@ struct EpState {
     ipv4: Option<IpNet>,
     ipv6: Option<IpNet>,
     mac: [u8; 6],
+    /// Its published ports, chosen (and checked free) when it was made.
     ports: Vec<PortMapping>,
+    /// Whether `ports` are in the kernel: from its external connectivity on, until revoked.
+    published: bool,
     /// Where its interface is, once joined.
     joined: Option<InSandbox>,
     /// The default routes it gave the sandbox (none when another network already had).
@@ -940,6 +943,13 @@ impl BridgeDriver {
             .collect())
     }
 
+    /// The endpoints whose ports are published in the kernel. Start-up reconciliation rolls
+    /// back a recorded endpoint with ports that has none published: a crash came between its
+    /// join and its external connectivity, or between revoking that and its leave.
+    pub fn publishing_endpoints(&self) -> BTreeSet<String> {
+        self.fw.published().into_iter().map(|p| p.owner).collect()
+    }
+
     /// Makes the kernel match the store after a restart or a crash.
     ///
     /// `networks` are the store's networks of this driver (their records carry everything the
@@ -1151,10 +1161,10 @@ impl Driver for BridgeDriver {
             ),
         };
         let (mappings, bindings) = self.mappings(&net, endpoint)?;
-        // The veth pair is made at join, straight inside the sandbox.
-        if !mappings.is_empty() {
-            self.fw.publish(&mappings).map_err(sys_ctx("publish"))?;
-        }
+        // Taken ports are refused now, before any kernel work; they are published once the
+        // endpoint is joined (its external connectivity). The veth pair is made at join,
+        // straight inside the sandbox.
+        self.fw.check(&mappings).map_err(sys_ctx("publish"))?;
         st.endpoints.insert(
             id.clone(),
             EpState {
@@ -1163,6 +1173,7 @@ impl Driver for BridgeDriver {
                 ipv6: endpoint.ipv6,
                 mac,
                 ports: mappings,
+                published: false,
                 joined: None,
                 gateways: Vec::new(),
             },
@@ -1219,6 +1230,95 @@ impl Driver for BridgeDriver {
         }
         Ok(())
     }
+
+    /// Publishes the endpoint's ports (one nftables batch), which its creation chose and
+    /// checked free.
+    async fn program_external_connectivity(
+        &self,
+        _network_id: &str,
+        endpoint_id: &str,
+    ) -> Result<(), DriverError> {
+        let mut st = self.state.lock().await;
+        let ep = st.endpoints.get_mut(endpoint_id).ok_or_else(|| {
+            DriverError::Failed(format!(
+                "endpoint {endpoint_id} is not known to the bridge driver"
+            ))
+        })?;
+        if ep.published || ep.ports.is_empty() {
+            return Ok(());
+        }
+        self.fw.publish(&ep.ports).map_err(sys_ctx("publish"))?;
+        ep.published = true;
+        Ok(())
+    }
+
+    /// Withdraws the endpoint's published ports.
+    async fn revoke_external_connectivity(
+        &self,
+        _network_id: &str,
+        endpoint_id: &str,
+    ) -> Result<(), DriverError> {
+        let mut st = self.state.lock().await;
+        self.unpublish_locked(&mut st, endpoint_id)
+    }
+
+    /// The endpoint's MAC and its published ports, as libnetwork's bridge driver reports
+    /// them (`com.docker.network.endpoint.macaddress`, `com.docker.network.portmap`).
+    async fn endpoint_oper_info(
+        &self,
+        _network_id: &str,
+        endpoint_id: &str,
+    ) -> Result<BTreeMap<String, serde_json::Value>, DriverError> {
+        let st = self.state.lock().await;
+        let (mac, ports) = match st.endpoints.get(endpoint_id) {
+            Some(ep) => (
+                Some(names::format_mac(&ep.mac)),
+                if ep.published {
+                    ep.ports.clone()
+                } else {
+                    Vec::new()
+                },
+            ),
+            // A restarted daemon knows the ports by owner.
+            None => (
+                None,
+                self.fw
+                    .published()
+                    .into_iter()
+                    .filter(|p| p.owner == endpoint_id)
+                    .collect(),
+            ),
+        };
+        let portmap: Vec<serde_json::Value> = ports
+            .iter()
+            .map(|p| {
+                let host_ip = p.host_ip.map_or_else(
+                    || if p.addr.is_ipv4() { "0.0.0.0" } else { "::" }.to_string(),
+                    |ip| ip.to_string(),
+                );
+                serde_json::json!({
+                    "Proto": p.proto.number(),
+                    "IP": p.addr.to_string(),
+                    "Port": p.port,
+                    "HostIP": host_ip,
+                    "HostPort": p.host_port,
+                    "HostPortEnd": p.host_port,
+                })
+            })
+            .collect();
+        let mut info = BTreeMap::new();
+        if let Some(mac) = mac {
+            info.insert(
+                "com.docker.network.endpoint.macaddress".to_string(),
+                serde_json::Value::String(mac),
+            );
+        }
+        info.insert(
+            "com.docker.network.portmap".to_string(),
+            serde_json::Value::Array(portmap),
+        );
+        Ok(info)
+    }
 }
 
 impl BridgeDriver {
@@ -1266,16 +1366,15 @@ impl BridgeDriver {
         Ok(())
     }
 
-    async fn delete_endpoint_locked(
-        &self,
-        st: &mut State,
-        network_id: &str,
-        endpoint_id: &str,
-    ) -> Result<(), DriverError> {
-        // Ports from memory, or by owner from the firewall (which read them from the kernel
-        // when it was opened: a restarted daemon finds them).
-        let ports: Vec<PortMapping> = match st.endpoints.get(endpoint_id) {
-            Some(ep) => ep.ports.clone(),
+    /// Withdraws an endpoint's published ports: from memory, or by owner from the firewall
+    /// (which read them from the kernel when it was opened: a restarted daemon finds them).
+    fn unpublish_locked(&self, st: &mut State, endpoint_id: &str) -> Result<(), DriverError> {
+        let ports: Vec<PortMapping> = match st.endpoints.get_mut(endpoint_id) {
+            Some(ep) if ep.published => {
+                ep.published = false;
+                ep.ports.clone()
+            }
+            Some(_) => Vec::new(),
             None => self
                 .fw
                 .published()
@@ -1286,6 +1385,16 @@ impl BridgeDriver {
         if !ports.is_empty() {
             self.fw.unpublish(&ports).map_err(sys_ctx("unpublish"))?;
         }
+        Ok(())
+    }
+
+    async fn delete_endpoint_locked(
+        &self,
+        st: &mut State,
+        network_id: &str,
+        endpoint_id: &str,
+    ) -> Result<(), DriverError> {
+        self.unpublish_locked(st, endpoint_id)?;
         match st.endpoints.get(endpoint_id).map(|ep| ep.joined.clone()) {
             Some(Some(at)) => {
                 self.retire_veth(endpoint_id, &at).await;

@@ -251,6 +251,34 @@ async fn published_ports(mut w: World) {
         reaches(&w.outside.ns, sa(HOST_EXT, eph)),
         OUTSIDE.to_string()
     );
+    // The driver reports them as libnetwork's bridge does (EndpointOperInfo).
+    let info = ok(
+        "oper info",
+        w.controller.endpoint_oper_info("web", "n1").await,
+    );
+    assert_eq!(
+        info["com.docker.network.endpoint.macaddress"],
+        web.mac.clone().unwrap_or_default()
+    );
+    let portmap = info["com.docker.network.portmap"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default();
+    let mut mapped: Vec<(u64, u64, u64)> = portmap
+        .iter()
+        .map(|m| {
+            let n = |k: &str| m[k].as_u64().unwrap_or(0);
+            (n("Proto"), n("Port"), n("HostPort"))
+        })
+        .collect();
+    mapped.sort();
+    assert_eq!(mapped, [(6, 80, 8080), (6, 81, u64::from(eph))]);
+    assert!(
+        portmap
+            .iter()
+            .all(|m| m["IP"] == ip4(&web).to_string() && m["HostIP"] == "0.0.0.0"),
+        "{portmap:?}"
+    );
     // From another sandbox, on the same network and on another one, via the host address.
     reaches(w.sb("peer"), sa(HOST_EXT, 8080));
     reaches(w.sb("other"), sa(HOST_EXT, 8080));

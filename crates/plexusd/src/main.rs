@@ -176,16 +176,20 @@ async fn reconcile(
     let mut infos = Vec::new();
     let networks = controller.networks().await?;
     let mut records = Vec::new();
-    // Endpoints whose join never finished (or whose pair is gone) are rolled back first, so
-    // everything below sees only endpoints that have their data plane.
+    // Endpoints whose connect never finished (no live pair, or ports not published) or whose
+    // pair is gone are rolled back first, so everything below sees only endpoints that have
+    // their data plane.
     let live = bridge
         .live_endpoints()
         .await
         .map_err(|e| anyhow::anyhow!("start-up reconciliation: {e}"))?;
+    let publishing = bridge.publishing_endpoints();
     let mut lost = Vec::new();
     for n in &networks {
         for ep in controller.endpoints(&n.id).await? {
-            if n.driver == "bridge" && !live.contains_key(&ep.id) {
+            let unfinished = !live.contains_key(&ep.id)
+                || (!ep.ports.is_empty() && !publishing.contains(&ep.id));
+            if n.driver == "bridge" && unfinished {
                 lost.push(ep);
             } else {
                 records.push(ep);

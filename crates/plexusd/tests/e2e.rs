@@ -908,6 +908,63 @@ fn an_endpoint_whose_join_never_finished_is_rolled_back_at_start() {
     );
 }
 
+/// A crash between an endpoint's join and its external connectivity (the published ports)
+/// leaves a record whose ports the kernel lacks. The restarted daemon rolls the endpoint back
+/// as one whose connect never finished: no endpoint, no link, its address and host port free.
+#[test]
+fn a_record_whose_ports_a_crash_left_unpublished_is_rolled_back_at_start() {
+    let mut d = Daemon::new(&[]);
+    d.ok(&["network", "create", "--subnet", "10.214.0.0/24", "pn"]);
+    d.ok(&[
+        "sandbox",
+        "create",
+        "web",
+        "--network",
+        "pn",
+        "-p",
+        "18081:80",
+    ]);
+    let links_before = |d: &Daemon| {
+        json(&d.ok(&["network", "inspect", "pn"]))[0]["Containers"]
+            .as_object()
+            .map(|m| m.len())
+            .unwrap_or(0)
+    };
+    assert_eq!(links_before(&d), 1);
+    assert_eq!(d.stop().code(), Some(0));
+    // What the crash leaves: everything but the published port.
+    let fw = plexus_sys::nft::Firewall::open(&d.host_ns)
+        .unwrap_or_else(|e| panic!("opening the firewall: {e}"));
+    let published = fw.published();
+    assert_eq!(published.len(), 1, "{published:?}");
+    fw.unpublish(&published)
+        .unwrap_or_else(|e| panic!("withdrawing the port: {e}"));
+    d.start();
+    let web = json(&d.ok(&["sandbox", "inspect", "web"]));
+    assert_eq!(
+        web[0]["Endpoints"].as_array().map(Vec::len),
+        Some(0),
+        "{web}\n{}",
+        d.log()
+    );
+    assert_eq!(links_before(&d), 0);
+    // The address and the host port are free again: a new connect gets both.
+    d.ok(&["network", "connect", "--ip", "10.214.0.2", "pn", "web"]);
+    d.ok(&["sandbox", "rm", "web"]);
+    d.ok(&[
+        "sandbox",
+        "create",
+        "web2",
+        "--network",
+        "pn",
+        "-p",
+        "18081:80",
+    ]);
+    d.ok(&["sandbox", "rm", "web2"]);
+    d.ok(&["network", "rm", "pn"]);
+    assert_eq!(d.stop().code(), Some(0));
+}
+
 /// A crash after a join that had to take another interface name than the guess written with
 /// the endpoint's record (the sandbox's runtime had the name already), before the record was
 /// corrected, leaves the guess in the record. The restarted daemon corrects it from the host

@@ -1066,21 +1066,7 @@ impl Firewall {
     /// naming its owner. Publishing exactly the same mapping for the same owner again is a
     /// no-op.
     pub fn publish(&self, ports: &[PortMapping]) -> Result<()> {
-        let mut todo: Vec<&PortMapping> = Vec::new();
-        {
-            let map = self.lock_ports();
-            for (i, p) in ports.iter().enumerate() {
-                validate(p)?;
-                let existing = map.get(&(p.proto, p.host_port)).into_iter().flatten();
-                if let Some(o) = existing.chain(ports[..i].iter()).find(|o| o.clashes(p)) {
-                    if o == p {
-                        continue; // already published (or listed twice), identically
-                    }
-                    return Err(conflict(p, o));
-                }
-                todo.push(p);
-            }
-        }
+        let todo = self.unpublished(ports)?;
         if todo.is_empty() {
             return Ok(());
         }
@@ -1117,6 +1103,31 @@ impl Firewall {
             tracing::debug!(port = %p.describe(), to = %p.addr, dport = p.port, owner = %p.owner, "port published");
         }
         Ok(())
+    }
+
+    /// Checks that `ports` can be published as they stand, without changing anything: the
+    /// checks [`publish`](Self::publish) makes first (each mapping valid, no host port taken by
+    /// another owner or by another of `ports`: [`SysError::Conflict`] names who has it).
+    pub fn check(&self, ports: &[PortMapping]) -> Result<()> {
+        self.unpublished(ports).map(drop)
+    }
+
+    /// The mappings of `ports` not yet published, once checked as [`check`](Self::check) says.
+    fn unpublished<'a>(&self, ports: &'a [PortMapping]) -> Result<Vec<&'a PortMapping>> {
+        let mut todo: Vec<&PortMapping> = Vec::new();
+        let map = self.lock_ports();
+        for (i, p) in ports.iter().enumerate() {
+            validate(p)?;
+            let existing = map.get(&(p.proto, p.host_port)).into_iter().flatten();
+            if let Some(o) = existing.chain(ports[..i].iter()).find(|o| o.clashes(p)) {
+                if o == p {
+                    continue; // already published (or listed twice), identically
+                }
+                return Err(conflict(p, o));
+            }
+            todo.push(p);
+        }
+        Ok(todo)
     }
 
     /// Withdraws published ports in one batch (matched by protocol, host address and host
