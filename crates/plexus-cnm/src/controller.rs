@@ -1139,6 +1139,16 @@ impl Controller {
     /// Disconnects a sandbox from a network.
     pub async fn disconnect(&self, sandbox: &str, network: &str) -> Result<()> {
         let _op = self.ops.lock().await;
+        let (sandbox, _, endpoint) = self.endpoint_on(sandbox, network).await?;
+        self.disconnect_locked(&sandbox.id, &endpoint, false).await
+    }
+
+    /// The endpoint of `sandbox` on `network` (names or ids), with both.
+    async fn endpoint_on(
+        &self,
+        sandbox: &str,
+        network: &str,
+    ) -> Result<(Sandbox, Network, Endpoint)> {
         let (sandbox, _) = self.sandbox_indexed(sandbox).await?;
         let network = self.network(network).await?;
         let endpoint = self
@@ -1148,7 +1158,7 @@ impl Controller {
                 kind: "endpoint",
                 name: format!("{} on network {}", sandbox.name, network.name),
             })?;
-        self.disconnect_locked(&sandbox.id, &endpoint, false).await
+        Ok((sandbox, network, endpoint))
     }
 
     /// What the data plane holds for the endpoint of `sandbox` on `network`, as its driver
@@ -1159,15 +1169,7 @@ impl Controller {
         sandbox: &str,
         network: &str,
     ) -> Result<BTreeMap<String, serde_json::Value>> {
-        let (sandbox, _) = self.sandbox_indexed(sandbox).await?;
-        let network = self.network(network).await?;
-        let endpoint = self
-            .endpoint_of(&sandbox, &network.id)
-            .await?
-            .ok_or_else(|| CnmError::NotFound {
-                kind: "endpoint",
-                name: format!("{} on network {}", sandbox.name, network.name),
-            })?;
+        let (_, network, endpoint) = self.endpoint_on(sandbox, network).await?;
         let driver = self.driver(&network.driver)?;
         driver
             .endpoint_oper_info(&network.id, &endpoint.id)

@@ -1280,14 +1280,7 @@ impl Driver for BridgeDriver {
                 },
             ),
             // A restarted daemon knows the ports by owner.
-            None => (
-                None,
-                self.fw
-                    .published()
-                    .into_iter()
-                    .filter(|p| p.owner == endpoint_id)
-                    .collect(),
-            ),
+            None => (None, self.published_by(endpoint_id)),
         };
         let portmap: Vec<serde_json::Value> = ports
             .iter()
@@ -1366,6 +1359,16 @@ impl BridgeDriver {
         Ok(())
     }
 
+    /// The ports the firewall has published for `endpoint_id` (it read them from the kernel
+    /// when it was opened: a restarted daemon finds them).
+    fn published_by(&self, endpoint_id: &str) -> Vec<PortMapping> {
+        self.fw
+            .published()
+            .into_iter()
+            .filter(|p| p.owner == endpoint_id)
+            .collect()
+    }
+
     /// Withdraws an endpoint's published ports: from memory, or by owner from the firewall
     /// (which read them from the kernel when it was opened: a restarted daemon finds them).
     fn unpublish_locked(&self, st: &mut State, endpoint_id: &str) -> Result<(), DriverError> {
@@ -1375,12 +1378,7 @@ impl BridgeDriver {
                 ep.ports.clone()
             }
             Some(_) => Vec::new(),
-            None => self
-                .fw
-                .published()
-                .into_iter()
-                .filter(|p| p.owner == endpoint_id)
-                .collect(),
+            None => self.published_by(endpoint_id),
         };
         if !ports.is_empty() {
             self.fw.unpublish(&ports).map_err(sys_ctx("unpublish"))?;

@@ -839,22 +839,28 @@ impl Rtnl {
 
     /// Deletes the IP neighbour `ip` of link `index`.
     pub async fn delete_neighbour(&self, index: u32, ip: IpAddr) -> Result<()> {
-        let mut message = NeighbourMessage::default();
-        message.header.family = match ip {
+        let family = match ip {
             IpAddr::V4(_) => AddressFamily::Inet,
             IpAddr::V6(_) => AddressFamily::Inet6,
         };
-        message.header.ifindex = index;
-        message
-            .attributes
-            .push(NeighbourAttribute::Destination(neighbour_address(ip)));
+        let message = neighbour_message(family, index, NeighbourFlags::empty(), None, Some(ip));
         let what = format!("neighbour {ip} of link {index}");
+        self.delete_neighbour_message(message, "delete neighbour", &what)
+            .await
+    }
+
+    async fn delete_neighbour_message(
+        &self,
+        message: NeighbourMessage,
+        op: &str,
+        what: &str,
+    ) -> Result<()> {
         self.handle
             .neighbours()
             .del(message)
             .execute()
             .await
-            .map_err(|e| SysError::netlink("delete neighbour", &what, e))
+            .map_err(|e| SysError::netlink(op, what, e))
     }
 
     /// The IP neighbours (both families) of link `index`.
@@ -889,29 +895,22 @@ impl Rtnl {
         };
         use rtnetlink::packet_route::RouteNetlinkMessage;
 
-        let mut message = NeighbourMessage::default();
-        message.header.family = AddressFamily::Bridge;
-        message.header.ifindex = index;
-        message
-            .attributes
-            .push(NeighbourAttribute::LinkLayerAddress(mac.to_vec()));
-        let mode = match remote {
-            // The vxlan device keeps the entry itself; several remotes may share a MAC (the
-            // all-zero one above all), so each is appended.
-            Some(ip) => {
-                message.header.flags = NeighbourFlags::Own;
-                message.header.state = NeighbourState::Permanent;
-                message
-                    .attributes
-                    .push(NeighbourAttribute::Destination(neighbour_address(ip)));
-                NLM_F_APPEND
-            }
-            // The port's bridge keeps it, static (`NUD_NOARP`: never learned over, never aged).
-            None => {
-                message.header.flags = NeighbourFlags::Controller;
-                message.header.state = NeighbourState::Noarp;
-                NLM_F_REPLACE
-            }
+        let mut message = neighbour_message(
+            AddressFamily::Bridge,
+            index,
+            fdb_owner(remote),
+            Some(mac),
+            remote,
+        );
+        let mode = if remote.is_some() {
+            // On a vxlan device several remotes may share a MAC (the all-zero one above all),
+            // so each is appended.
+            message.header.state = NeighbourState::Permanent;
+            NLM_F_APPEND
+        } else {
+            // Static on a bridge port (`NUD_NOARP`): never aged.
+            message.header.state = NeighbourState::Noarp;
+            NLM_F_REPLACE
         };
         let what = format!("fdb entry {} on link {index}", format_mac(&mac));
         let mut request = NetlinkMessage::from(RouteNetlinkMessage::NewNeighbour(message));
@@ -934,28 +933,16 @@ impl Rtnl {
 
     /// Deletes a forwarding-database entry added with [`Rtnl::add_fdb`].
     pub async fn delete_fdb(&self, index: u32, mac: [u8; 6], remote: Option<IpAddr>) -> Result<()> {
-        let mut message = NeighbourMessage::default();
-        message.header.family = AddressFamily::Bridge;
-        message.header.ifindex = index;
-        message
-            .attributes
-            .push(NeighbourAttribute::LinkLayerAddress(mac.to_vec()));
-        match remote {
-            Some(ip) => {
-                message.header.flags = NeighbourFlags::Own;
-                message
-                    .attributes
-                    .push(NeighbourAttribute::Destination(neighbour_address(ip)));
-            }
-            None => message.header.flags = NeighbourFlags::Controller,
-        }
+        let message = neighbour_message(
+            AddressFamily::Bridge,
+            index,
+            fdb_owner(remote),
+            Some(mac),
+            remote,
+        );
         let what = format!("fdb entry {} on link {index}", format_mac(&mac));
-        self.handle
-            .neighbours()
-            .del(message)
-            .execute()
+        self.delete_neighbour_message(message, "delete fdb entry", &what)
             .await
-            .map_err(|e| SysError::netlink("delete fdb entry", &what, e))
     }
 
     /// The forwarding-database entries of link `index` (a bridge port or a vxlan device):
@@ -997,6 +984,41 @@ impl Rtnl {
             .execute()
             .await
             .map_err(|e| SysError::netlink(format!("delete route {route:?}"), "route", e))
+    }
+}
+
+/// A neighbour message: `family`, link, flags, and the MAC and IP attributes given.
+fn neighbour_message(
+    family: AddressFamily,
+    index: u32,
+    flags: NeighbourFlags,
+    mac: Option<[u8; 6]>,
+    ip: Option<IpAddr>,
+) -> NeighbourMessage {
+    let mut message = NeighbourMessage::default();
+    message.header.family = family;
+    message.header.ifindex = index;
+    message.header.flags = flags;
+    if let Some(mac) = mac {
+        message
+            .attributes
+            .push(NeighbourAttribute::LinkLayerAddress(mac.to_vec()));
+    }
+    if let Some(ip) = ip {
+        message
+            .attributes
+            .push(NeighbourAttribute::Destination(neighbour_address(ip)));
+    }
+    message
+}
+
+/// Who keeps a forwarding entry: a vxlan device itself (`NTF_SELF`, with a remote), or the
+/// bridge of the port (`NTF_MASTER`).
+fn fdb_owner(remote: Option<IpAddr>) -> NeighbourFlags {
+    if remote.is_some() {
+        NeighbourFlags::Own
+    } else {
+        NeighbourFlags::Controller
     }
 }
 
