@@ -58,6 +58,13 @@ pub struct DefaultBridge {
     pub bip: Option<IpNet>,
     /// Subnets a picked subnet must not overlap: the host's routes.
     pub avoid: Vec<IpNet>,
+    /// `--fixed-cidr`: the part of the IPv4 subnet sandboxes get addresses from.
+    pub fixed_cidr: Option<IpNet>,
+    /// `--ipv6`: sandboxes get an IPv6 address too.
+    pub ipv6: bool,
+    /// `--fixed-cidr-v6`: the IPv6 subnet (with `ipv6`); `None` takes one from the IPv6
+    /// default pools (a ULA /64).
+    pub fixed_cidr_v6: Option<IpNet>,
 }
 
 /// The Container Network Model's controller.
@@ -641,6 +648,36 @@ impl Controller {
                 }
             },
         };
+        let mut pool = pool;
+        if let Some(range) = default.fixed_cidr {
+            let subnet = pool.subnet.as_deref().and_then(|s| s.parse::<IpNet>().ok());
+            if !matches!(range, IpNet::V4(_)) || !subnet.is_some_and(|s| s.contains(&range)) {
+                return Err(CnmError::invalid(
+                    "fixed-cidr",
+                    format!(
+                        "{range}: must be an IPv4 range inside the default bridge's subnet {}",
+                        subnet.map(|s| s.to_string()).unwrap_or_default()
+                    ),
+                ));
+            }
+            pool.ip_range = Some(range.to_string());
+        }
+        let ipv6 = match default.fixed_cidr_v6 {
+            Some(IpNet::V4(v4)) => {
+                return Err(CnmError::invalid(
+                    "fixed-cidr-v6",
+                    format!("{v4}: not an IPv6 subnet"),
+                ))
+            }
+            Some(_) if !default.ipv6 => {
+                return Err(CnmError::invalid("fixed-cidr-v6", "needs --ipv6"));
+            }
+            Some(v6) => vec![IpamPoolSpec {
+                subnet: Some(v6.trunc().to_string()),
+                ..Default::default()
+            }],
+            None => Vec::new(),
+        };
         let options = [
             (DEFAULT_BRIDGE_OPTION, "true"),
             (
@@ -655,6 +692,8 @@ impl Controller {
             name: DEFAULT_BRIDGE_NETWORK.to_string(),
             driver: "bridge".to_string(),
             ipv4: vec![pool],
+            ipv6,
+            enable_ipv6: default.ipv6,
             options: options
                 .iter()
                 .map(|(k, v)| (k.to_string(), v.to_string()))
@@ -663,6 +702,14 @@ impl Controller {
         };
         let network = self.create_network(spec).await.map_err(|e| match e {
             // Name the daemon's flags, which is what the user gave.
+            // The IPAM's message names the subnet it refused.
+            CnmError::Ipam(e)
+                if default
+                    .fixed_cidr_v6
+                    .is_some_and(|v6| e.to_string().contains(&v6.trunc().to_string())) =>
+            {
+                CnmError::invalid("fixed-cidr-v6", e.to_string())
+            }
             CnmError::Ipam(e) if default.bip.is_some() => CnmError::invalid("bip", e.to_string()),
             CnmError::Conflict { message, .. } => CnmError::invalid("bridge", message),
             e => e,

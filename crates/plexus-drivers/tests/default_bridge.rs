@@ -26,7 +26,12 @@ fn default_bridge(bip: Option<&str>, avoid: Vec<IpNet>) -> DefaultBridge {
         bridge_name: "plexus0".into(),
         bip: bip.map(|b| ok("bip", b.parse::<IpNet>())),
         avoid,
+        ..Default::default()
     }
+}
+
+fn net(s: &str) -> IpNet {
+    ok("cidr", s.parse::<IpNet>())
 }
 
 #[tokio::test]
@@ -229,4 +234,60 @@ async fn a_users_own_bridge_network_is_left_alone() {
         mine.id
     );
     ok("rm", w.controller.delete_network("bridge").await);
+}
+
+/// dockerd's `--fixed-cidr`, `--ipv6` and `--fixed-cidr-v6`: sandboxes get their IPv4 address
+/// from the range and an IPv6 address from the given subnet, and talk over IPv6. Bad values
+/// are errors naming the flag, and leave nothing.
+#[tokio::test]
+async fn fixed_cidr_and_ipv6_on_the_default_bridge() {
+    need_root!();
+    let mut w = World::new().await;
+    let bad = [
+        (Some("10.97.0.0/24"), false, None, "fixed-cidr"),
+        (Some("fd00:97::/64"), false, None, "fixed-cidr"),
+        (None, true, Some("10.97.9.0/24"), "fixed-cidr-v6"),
+        (None, false, Some("fd00:96::/64"), "fixed-cidr-v6"),
+    ];
+    for (range, ipv6, v6, field) in bad {
+        let spec = DefaultBridge {
+            fixed_cidr: range.map(net),
+            ipv6,
+            fixed_cidr_v6: v6.map(net),
+            ..default_bridge(Some("10.96.0.1/16"), Vec::new())
+        };
+        match w.controller.create_default_bridge(&spec).await {
+            Err(e) => {
+                assert_eq!(e.http_status(), 400, "{e}");
+                assert!(
+                    e.to_string().starts_with(&format!("invalid {field}: ")),
+                    "{e}"
+                );
+            }
+            Ok(n) => panic!("{range:?} {v6:?} accepted: {n:?}"),
+        }
+    }
+    assert!(ok("list", w.controller.networks().await).is_empty());
+    assert!(w.host_links().await.iter().all(|l| l.name != "plexus0"));
+
+    let spec = DefaultBridge {
+        fixed_cidr: Some(net("10.96.5.0/24")),
+        ipv6: true,
+        fixed_cidr_v6: Some(net("fd00:96::/64")),
+        ..default_bridge(Some("10.96.0.1/16"), Vec::new())
+    };
+    let made = ok("made", w.controller.create_default_bridge(&spec).await)
+        .unwrap_or_else(|| panic!("no default bridge made"));
+    assert!(made.spec.enable_ipv6);
+    assert_eq!(made.ipv6[0].subnet.to_string(), "fd00:96::/64");
+    w.sandbox("a").await;
+    w.sandbox("b").await;
+    let a = w.connect("a", "bridge").await;
+    let b = w.connect("b", "bridge").await;
+    for ep in [&a, &b] {
+        assert!(net("10.96.5.0/24").contains(&IpAddr::V4(ip4(ep))), "{ep:?}");
+        assert!(net("fd00:96::/64").contains(&IpAddr::V6(ip6(ep))), "{ep:?}");
+    }
+    let _srv = Server::start(w.sb("b"), sa(ip6(&b), 7000));
+    assert_eq!(reaches(w.sb("a"), sa(ip6(&b), 7000)), ip6(&a).to_string());
 }

@@ -49,6 +49,18 @@ struct Args {
     /// overlaps].
     #[arg(long)]
     bip: Option<String>,
+    /// The part of the default `bridge` network's subnet that sandboxes get addresses from,
+    /// as dockerd's `--fixed-cidr` (`172.17.1.0/24`).
+    #[arg(long)]
+    fixed_cidr: Option<String>,
+    /// Give sandboxes on the default `bridge` network an IPv6 address too, as dockerd's
+    /// `--ipv6`.
+    #[arg(long)]
+    ipv6: bool,
+    /// The default `bridge` network's IPv6 subnet (with --ipv6), as dockerd's
+    /// `--fixed-cidr-v6` [default: a ULA /64 from the IPv6 default pools].
+    #[arg(long)]
+    fixed_cidr_v6: Option<String>,
     /// The marker that kernel objects made by this daemon carry (link alias prefix).
     #[arg(long, default_value = "plexus", hide = true)]
     marker: String,
@@ -265,43 +277,49 @@ async fn reconcile(
     reconcile_ipam(ipam, &networks, &records).await
 }
 
-/// `--bridge` and `--bip`, checked before anything starts: the default `bridge` network's
-/// kernel bridge name and gateway; `None` for `--bridge none`.
-fn default_bridge_flags(args: &Args) -> Result<Option<(String, Option<IpNet>)>> {
+/// `--bridge`, `--bip`, `--fixed-cidr`, `--ipv6` and `--fixed-cidr-v6`, checked before
+/// anything starts: what the default `bridge` network is to be (the host's routes still to
+/// read); `None` for `--bridge none`.
+fn default_bridge_flags(args: &Args) -> Result<Option<DefaultBridge>> {
     if args.bridge == "none" {
         return Ok(None);
     }
     plexus_sys::rtnl::check_ifname("--bridge", &args.bridge).map_err(anyhow::Error::new)?;
-    let bip = match &args.bip {
-        None => None,
-        Some(b) => {
-            let bad = |why: &dyn std::fmt::Display| {
-                anyhow::anyhow!(
-                    "invalid --bip {b:?}: {why} (give an IPv4 host address with its subnet's prefix, such as 172.17.0.1/16)"
-                )
-            };
-            let bip = b.parse::<IpNet>().map_err(|e| bad(&e))?;
-            if !matches!(bip, IpNet::V4(_)) {
-                return Err(bad(&"not IPv4"));
-            }
-            if bip.addr() == bip.network() || bip.prefix_len() > 30 {
-                return Err(bad(&"not a host address of its subnet"));
-            }
-            Some(bip)
-        }
+    let cidr = |flag: &str, value: &Option<String>, example: &str| -> Result<Option<IpNet>> {
+        value
+            .as_deref()
+            .map(|v| {
+                v.parse::<IpNet>()
+                    .map_err(|e| anyhow::anyhow!("invalid {flag} {v:?}: {e} (such as {example})"))
+            })
+            .transpose()
     };
-    Ok(Some((args.bridge.clone(), bip)))
+    let bip = cidr("--bip", &args.bip, "172.17.0.1/16")?;
+    if let Some(bip) = bip {
+        if !matches!(bip, IpNet::V4(_)) || bip.addr() == bip.network() || bip.prefix_len() > 30 {
+            bail!(
+                "invalid --bip {:?}: not an IPv4 host address with its subnet's prefix (such as 172.17.0.1/16)",
+                bip.to_string()
+            );
+        }
+    }
+    Ok(Some(DefaultBridge {
+        bridge_name: args.bridge.clone(),
+        bip,
+        avoid: Vec::new(),
+        fixed_cidr: cidr("--fixed-cidr", &args.fixed_cidr, "172.17.1.0/24")?,
+        ipv6: args.ipv6,
+        fixed_cidr_v6: cidr("--fixed-cidr-v6", &args.fixed_cidr_v6, "fd00:1::/64")?,
+    }))
 }
 
-/// What the default `bridge` network needs: without `--bip`, the host's routes, which the
-/// subnet it picks must not overlap.
-async fn default_bridge(
-    bridge_name: String,
-    bip: Option<IpNet>,
+/// Without `--bip`, the default `bridge` network's subnet must not overlap the host's
+/// routes: reads them into `default.avoid`.
+async fn read_host_routes(
+    mut default: DefaultBridge,
     host: &plexus_sys::netns::Netns,
 ) -> Result<DefaultBridge> {
-    let mut avoid = Vec::new();
-    if bip.is_none() {
+    if default.bip.is_none() {
         let rtnl = plexus_sys::rtnl::Rtnl::connect(host)
             .await
             .context("reading the host's routes")?;
@@ -309,16 +327,12 @@ async fn default_bridge(
             .route_destinations_v4()
             .await
             .context("reading the host's routes")?;
-        avoid = routes
+        default.avoid = routes
             .into_iter()
             .filter_map(|(ip, len)| IpNet::new(IpAddr::V4(ip), len).ok())
             .collect();
     }
-    Ok(DefaultBridge {
-        bridge_name,
-        bip,
-        avoid,
-    })
+    Ok(default)
 }
 
 async fn shutdown_signal() {
@@ -403,8 +417,8 @@ async fn run(args: Args) -> Result<()> {
     if !made.is_empty() {
         tracing::info!(networks = ?made, "pre-defined networks made");
     }
-    if let Some((name, bip)) = bridge_flags {
-        let default = default_bridge(name, bip, &host).await?;
+    if let Some(default) = bridge_flags {
+        let default = read_host_routes(default, &host).await?;
         if let Some(network) = controller
             .create_default_bridge(&default)
             .await

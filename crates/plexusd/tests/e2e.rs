@@ -764,14 +764,39 @@ fn default_bridge_network_follows_the_bridge_and_bip_flags() {
         ),
         ("--bip", "10.213.0.0/24", "invalid --bip \"10.213.0.0/24\""),
         ("--bridge", "a-name-too-long-for-linux", "invalid --bridge"),
+        (
+            "--fixed-cidr",
+            "10.213.0",
+            "invalid --fixed-cidr \"10.213.0\"",
+        ),
+        (
+            "--fixed-cidr-v6",
+            "fd00::/129",
+            "invalid --fixed-cidr-v6 \"fd00::/129\"",
+        ),
     ] {
         let mut args = d.args[..base].to_vec();
         args.extend([flag.to_string(), value.to_string()]);
-        let out = d
+        let mut child = d
             .command(&args)
-            .output()
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap_or_else(|e| panic!("plexusd: {e}"));
+        // A daemon that took the flag would serve: stop it rather than wait forever.
+        let deadline = Instant::now() + Duration::from_secs(15);
+        while child.try_wait().ok().flatten().is_none() && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let running = child.try_wait().ok().flatten().is_none();
+        if running {
+            let _ = child.kill();
+        }
+        let out = child
+            .wait_with_output()
             .unwrap_or_else(|e| panic!("plexusd: {e}"));
         let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!running, "{flag} {value} was taken: the daemon ran\n{err}");
         assert_eq!(out.status.code(), Some(1), "{flag} {value}: {err}");
         assert!(err.contains(says), "{flag} {value}: {err}");
     }
