@@ -67,6 +67,35 @@ pub struct DefaultBridge {
     pub fixed_cidr_v6: Option<IpNet>,
 }
 
+impl DefaultBridge {
+    /// Checks what can be checked before any subnet is picked: `bip` an IPv4 host address
+    /// with its subnet's prefix, `fixed_cidr` IPv4, `fixed_cidr_v6` IPv6 and only with
+    /// `ipv6`. The error names the field (the flag without its dashes); its reason does not
+    /// repeat the value, which the caller has. plexusd checks its flags with this before it
+    /// starts anything; [`Controller::create_default_bridge`] checks again.
+    pub fn check(&self) -> Result<()> {
+        if let Some(bip) = self.bip {
+            if !matches!(bip, IpNet::V4(_))
+                || bip.addr() == bip.network()
+                || bip.prefix_len() >= bip.max_prefix_len() - 1
+            {
+                return Err(CnmError::invalid(
+                    "bip",
+                    "not an IPv4 host address with its subnet's prefix (such as 172.17.0.1/16)",
+                ));
+            }
+        }
+        if self.fixed_cidr.is_some_and(|r| !matches!(r, IpNet::V4(_))) {
+            return Err(CnmError::invalid("fixed-cidr", "not an IPv4 range"));
+        }
+        match self.fixed_cidr_v6 {
+            Some(IpNet::V4(_)) => Err(CnmError::invalid("fixed-cidr-v6", "not an IPv6 subnet")),
+            Some(_) if !self.ipv6 => Err(CnmError::invalid("fixed-cidr-v6", "needs --ipv6")),
+            _ => Ok(()),
+        }
+    }
+}
+
 /// The Container Network Model's controller.
 pub struct Controller {
     store: Arc<dyn Store>,
@@ -600,12 +629,13 @@ impl Controller {
     /// existing `bridge` network is kept as it is, even when `--bip` now says otherwise (it
     /// may have sandboxes): a warning says so.
     pub async fn create_default_bridge(&self, default: &DefaultBridge) -> Result<Option<Network>> {
-        if let Some(existing) = self
-            .networks()
-            .await?
-            .into_iter()
-            .find(|n| n.name == DEFAULT_BRIDGE_NETWORK)
-        {
+        default.check()?;
+        let existing = match self.network(DEFAULT_BRIDGE_NETWORK).await {
+            Ok(n) => Some(n),
+            Err(CnmError::NotFound { .. }) => None,
+            Err(e) => return Err(e),
+        };
+        if let Some(existing) = existing {
             if !existing.is_predefined() {
                 tracing::warn!(id = %existing.id, "default bridge network not made: a network the user made has the name bridge");
             } else if let Some(bip) = default.bip {
@@ -620,23 +650,12 @@ impl Controller {
             tracing::warn!("bridge driver not registered: no default bridge network");
             return Ok(None);
         }
-        let pool = match default.bip {
-            Some(bip) => {
-                if !matches!(bip, IpNet::V4(_))
-                    || bip.addr() == bip.network()
-                    || bip.prefix_len() >= bip.max_prefix_len() - 1
-                {
-                    return Err(CnmError::invalid(
-                        "bip",
-                        format!("{bip}: must be an IPv4 host address with its subnet's prefix, such as 172.17.0.1/16"),
-                    ));
-                }
-                IpamPoolSpec {
-                    subnet: Some(bip.trunc().to_string()),
-                    gateway: Some(bip.addr().to_string()),
-                    ..Default::default()
-                }
-            }
+        let mut pool = match default.bip {
+            Some(bip) => IpamPoolSpec {
+                subnet: Some(bip.trunc().to_string()),
+                gateway: Some(bip.addr().to_string()),
+                ..Default::default()
+            },
             None => match self.free_default_subnet(&default.avoid).await? {
                 Some(subnet) => IpamPoolSpec {
                     subnet: Some(subnet.to_string()),
@@ -648,36 +667,27 @@ impl Controller {
                 }
             },
         };
-        let mut pool = pool;
         if let Some(range) = default.fixed_cidr {
             let subnet = pool.subnet.as_deref().and_then(|s| s.parse::<IpNet>().ok());
-            if !matches!(range, IpNet::V4(_)) || !subnet.is_some_and(|s| s.contains(&range)) {
+            if !subnet.is_some_and(|s| s.contains(&range)) {
                 return Err(CnmError::invalid(
                     "fixed-cidr",
                     format!(
-                        "{range}: must be an IPv4 range inside the default bridge's subnet {}",
+                        "{range}: must be inside the default bridge's subnet {}",
                         subnet.map(|s| s.to_string()).unwrap_or_default()
                     ),
                 ));
             }
             pool.ip_range = Some(range.to_string());
         }
-        let ipv6 = match default.fixed_cidr_v6 {
-            Some(IpNet::V4(v4)) => {
-                return Err(CnmError::invalid(
-                    "fixed-cidr-v6",
-                    format!("{v4}: not an IPv6 subnet"),
-                ))
-            }
-            Some(_) if !default.ipv6 => {
-                return Err(CnmError::invalid("fixed-cidr-v6", "needs --ipv6"));
-            }
-            Some(v6) => vec![IpamPoolSpec {
+        let ipv6: Vec<IpamPoolSpec> = default
+            .fixed_cidr_v6
+            .map(|v6| IpamPoolSpec {
                 subnet: Some(v6.trunc().to_string()),
                 ..Default::default()
-            }],
-            None => Vec::new(),
-        };
+            })
+            .into_iter()
+            .collect();
         let options = [
             (DEFAULT_BRIDGE_OPTION, "true"),
             (
@@ -1048,11 +1058,8 @@ impl Controller {
                 // endpoint whose ports a crash left unpublished, as one whose join never
                 // finished.
                 if let Err(e) = driver.program_external_connectivity(&network.id, &id).await {
-                    if let Err(u) = self.unrecord_endpoint(&sandbox.id, &endpoint, false).await {
-                        tracing::warn!(endpoint = %id, error = %u, "cannot remove the record of a failed connect; start-up reconciliation will");
-                    }
-                    let _ = driver.leave(&network.id, &id).await;
-                    let _ = driver.delete_endpoint(&network.id, &id).await;
+                    self.undo_connect(driver, &sandbox.id, &endpoint, true, true)
+                        .await;
                     return Err(driver_err(driver, e));
                 }
                 if joined.interface != endpoint.interface {
@@ -1062,24 +1069,46 @@ impl Controller {
                 }
             }
             (Ok(()), Err(e)) => {
-                if let Err(u) = self.unrecord_endpoint(&sandbox.id, &endpoint, false).await {
-                    tracing::warn!(endpoint = %id, error = %u, "cannot remove the record of a failed join; start-up reconciliation will");
-                }
-                let _ = driver.delete_endpoint(&network.id, &id).await;
+                self.undo_connect(driver, &sandbox.id, &endpoint, true, false)
+                    .await;
                 return Err(driver_err(driver, e));
             }
             (Err(e), Ok(_)) => {
-                let _ = driver.leave(&network.id, &id).await;
-                let _ = driver.delete_endpoint(&network.id, &id).await;
+                self.undo_connect(driver, &sandbox.id, &endpoint, false, true)
+                    .await;
                 return Err(e);
             }
             (Err(_), Err(e)) => {
-                let _ = driver.delete_endpoint(&network.id, &id).await;
+                self.undo_connect(driver, &sandbox.id, &endpoint, false, false)
+                    .await;
                 return Err(driver_err(driver, e));
             }
         }
         tracing::info!(sandbox = %sandbox.name, network = %network.name, endpoint = %id, "connected");
         Ok(endpoint)
+    }
+
+    /// Undoes a connect cut short once its endpoint was made: the record if `recorded`, the
+    /// join if `joined`, then the endpoint. What fails here start-up reconciliation removes.
+    async fn undo_connect(
+        &self,
+        driver: &dyn Driver,
+        sandbox_id: &str,
+        endpoint: &Endpoint,
+        recorded: bool,
+        joined: bool,
+    ) {
+        if recorded {
+            if let Err(u) = self.unrecord_endpoint(sandbox_id, endpoint, false).await {
+                tracing::warn!(endpoint = %endpoint.id, error = %u, "cannot remove the record of a failed connect; start-up reconciliation will");
+            }
+        }
+        if joined {
+            let _ = driver.leave(&endpoint.network_id, &endpoint.id).await;
+        }
+        let _ = driver
+            .delete_endpoint(&endpoint.network_id, &endpoint.id)
+            .await;
     }
 
     /// Records `interface` as the name of `endpoint`'s interface in its sandbox: what

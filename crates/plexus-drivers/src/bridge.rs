@@ -1179,7 +1179,7 @@ impl Driver for BridgeDriver {
             },
         );
         Ok(EndpointCreated {
-            mac: Some(names::format_mac(&mac)),
+            mac: Some(plexus_sys::rtnl::format_mac(&mac)),
             ports: bindings,
         })
     }
@@ -1272,7 +1272,7 @@ impl Driver for BridgeDriver {
         let st = self.state.lock().await;
         let (mac, ports) = match st.endpoints.get(endpoint_id) {
             Some(ep) => (
-                Some(names::format_mac(&ep.mac)),
+                Some(plexus_sys::rtnl::format_mac(&ep.mac)),
                 if ep.published {
                     ep.ports.clone()
                 } else {

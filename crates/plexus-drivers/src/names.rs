@@ -171,14 +171,6 @@ pub(crate) fn parse_mac(s: &str) -> Option<[u8; 6]> {
     Some(mac)
 }
 
-/// `aa:bb:cc:dd:ee:ff`.
-pub(crate) fn format_mac(mac: &[u8]) -> String {
-    mac.iter()
-        .map(|b| format!("{b:02x}"))
-        .collect::<Vec<_>>()
-        .join(":")
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -237,7 +229,7 @@ mod tests {
     #[test]
     fn macs_follow_docker() {
         let mac = derive_mac(Some(std::net::Ipv4Addr::new(172, 17, 0, 2)), "e");
-        assert_eq!(format_mac(&mac), "02:42:ac:11:00:02");
+        assert_eq!(plexus_sys::rtnl::format_mac(&mac), "02:42:ac:11:00:02");
         assert_eq!(parse_mac("02:42:AC:11:00:02"), Some(mac));
         assert_eq!(parse_mac("01:00:5e:00:00:01"), None);
         assert_eq!(parse_mac("02:42:ac:11:00"), None);

@@ -865,21 +865,32 @@ impl Rtnl {
 
     /// The IP neighbours (both families) of link `index`.
     pub async fn neighbours(&self, index: u32) -> Result<Vec<Neighbour>> {
-        let all: Vec<NeighbourMessage> = self
-            .handle
-            .neighbours()
-            .get()
+        let all = self.neighbour_dump(None, index).await?;
+        Ok(all
+            .iter()
+            .filter(|m| matches!(m.header.family, AddressFamily::Inet | AddressFamily::Inet6))
+            .map(neighbour_of)
+            .collect())
+    }
+
+    /// The neighbour messages of link `index`, of `family` (`None`: the IP families).
+    async fn neighbour_dump(
+        &self,
+        family: Option<AddressFamily>,
+        index: u32,
+    ) -> Result<Vec<NeighbourMessage>> {
+        let mut request = self.handle.neighbours().get();
+        if let Some(family) = family {
+            request = request.set_address_family(family);
+        }
+        let all: Vec<NeighbourMessage> = request
             .execute()
             .try_collect()
             .await
             .map_err(|e| SysError::netlink("list neighbours", &format!("link {index}"), e))?;
         Ok(all
-            .iter()
-            .filter(|m| {
-                m.header.ifindex == index
-                    && matches!(m.header.family, AddressFamily::Inet | AddressFamily::Inet6)
-            })
-            .map(neighbour_of)
+            .into_iter()
+            .filter(|m| m.header.ifindex == index)
             .collect())
     }
 
@@ -948,20 +959,10 @@ impl Rtnl {
     /// The forwarding-database entries of link `index` (a bridge port or a vxlan device):
     /// what `bridge fdb show dev NAME` lists.
     pub async fn fdb(&self, index: u32) -> Result<Vec<Neighbour>> {
-        let all: Vec<NeighbourMessage> = self
-            .handle
-            .neighbours()
-            .get()
-            .set_address_family(AddressFamily::Bridge)
-            .execute()
-            .try_collect()
-            .await
-            .map_err(|e| SysError::netlink("list fdb", &format!("link {index}"), e))?;
-        Ok(all
-            .iter()
-            .filter(|m| m.header.ifindex == index)
-            .map(neighbour_of)
-            .collect())
+        let all = self
+            .neighbour_dump(Some(AddressFamily::Bridge), index)
+            .await?;
+        Ok(all.iter().map(neighbour_of).collect())
     }
 
     /// Adds a route.
@@ -1007,7 +1008,7 @@ fn neighbour_message(
     if let Some(ip) = ip {
         message
             .attributes
-            .push(NeighbourAttribute::Destination(neighbour_address(ip)));
+            .push(NeighbourAttribute::Destination(ip.into()));
     }
     message
 }
@@ -1019,13 +1020,6 @@ fn fdb_owner(remote: Option<IpAddr>) -> NeighbourFlags {
         NeighbourFlags::Own
     } else {
         NeighbourFlags::Controller
-    }
-}
-
-fn neighbour_address(ip: IpAddr) -> NeighbourAddress {
-    match ip {
-        IpAddr::V4(v4) => NeighbourAddress::Inet(v4),
-        IpAddr::V6(v6) => NeighbourAddress::Inet6(v6),
     }
 }
 
@@ -1062,8 +1056,8 @@ fn neighbour_of(m: &NeighbourMessage) -> Neighbour {
     n
 }
 
-/// `aa:bb:cc:dd:ee:ff`.
-fn format_mac(mac: &[u8; 6]) -> String {
+/// A hardware address as `aa:bb:cc:dd:ee:ff`.
+pub fn format_mac(mac: &[u8]) -> String {
     mac.iter()
         .map(|b| format!("{b:02x}"))
         .collect::<Vec<_>>()

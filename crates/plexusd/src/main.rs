@@ -294,23 +294,29 @@ fn default_bridge_flags(args: &Args) -> Result<Option<DefaultBridge>> {
             })
             .transpose()
     };
-    let bip = cidr("--bip", &args.bip, "172.17.0.1/16")?;
-    if let Some(bip) = bip {
-        if !matches!(bip, IpNet::V4(_)) || bip.addr() == bip.network() || bip.prefix_len() > 30 {
-            bail!(
-                "invalid --bip {:?}: not an IPv4 host address with its subnet's prefix (such as 172.17.0.1/16)",
-                bip.to_string()
-            );
-        }
-    }
-    Ok(Some(DefaultBridge {
+    let default = DefaultBridge {
         bridge_name: args.bridge.clone(),
-        bip,
+        bip: cidr("--bip", &args.bip, "172.17.0.1/16")?,
         avoid: Vec::new(),
         fixed_cidr: cidr("--fixed-cidr", &args.fixed_cidr, "172.17.1.0/24")?,
         ipv6: args.ipv6,
         fixed_cidr_v6: cidr("--fixed-cidr-v6", &args.fixed_cidr_v6, "fd00:1::/64")?,
-    }))
+    };
+    match default.check() {
+        Ok(()) => Ok(Some(default)),
+        Err(plexus_cnm::CnmError::Invalid { field, reason }) => {
+            let value = match field.as_str() {
+                "bip" => &args.bip,
+                "fixed-cidr" => &args.fixed_cidr,
+                _ => &args.fixed_cidr_v6,
+            };
+            bail!(
+                "invalid --{field} {:?}: {reason}",
+                value.as_deref().unwrap_or_default()
+            )
+        }
+        Err(e) => Err(e.into()),
+    }
 }
 
 /// Without `--bip`, the default `bridge` network's subnet must not overlap the host's
