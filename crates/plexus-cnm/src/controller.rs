@@ -47,6 +47,9 @@ impl Default for ControllerConfig {
     }
 }
 
+/// The bridge driver's option naming the kernel bridge (Docker's).
+const BRIDGE_NAME_OPTION: &str = "com.docker.network.bridge.name";
+
 /// What plexusd asks of Docker's default network at start: see
 /// [`Controller::create_default_bridge`].
 #[derive(Debug, Clone, Default)]
@@ -68,6 +71,50 @@ pub struct DefaultBridge {
 }
 
 impl DefaultBridge {
+    /// What an existing default bridge network has that these flags would not give it, one
+    /// `--flag: has …, wants …` each: `--bridge`, `--bip` (when given), `--fixed-cidr`,
+    /// `--ipv6` and `--fixed-cidr-v6` (when given). Empty when it matches.
+    pub fn differences(&self, existing: &Network) -> Vec<String> {
+        let mut out = Vec::new();
+        let mut differ = |flag: &str, has: String, wants: String| {
+            if has != wants {
+                out.push(format!("--{flag}: has {has}, wants {wants}"));
+            }
+        };
+        let shown = |v: Option<String>| v.unwrap_or_else(|| "none".into());
+        let v4 = existing.ipv4.first();
+        differ(
+            "bridge",
+            shown(existing.spec.options.get(BRIDGE_NAME_OPTION).cloned()),
+            self.bridge_name.clone(),
+        );
+        if let Some(bip) = self.bip {
+            differ(
+                "bip",
+                shown(v4.and_then(|p| p.gateway).map(|g| g.to_string())),
+                bip.to_string(),
+            );
+        }
+        differ(
+            "fixed-cidr",
+            shown(v4.and_then(|p| p.ip_range.clone())),
+            shown(self.fixed_cidr.map(|r| r.to_string())),
+        );
+        differ(
+            "ipv6",
+            existing.spec.enable_ipv6.to_string(),
+            self.ipv6.to_string(),
+        );
+        if let Some(v6) = self.fixed_cidr_v6 {
+            differ(
+                "fixed-cidr-v6",
+                shown(existing.ipv6.first().map(|p| p.subnet.to_string())),
+                v6.trunc().to_string(),
+            );
+        }
+        out
+    }
+
     /// Checks what can be checked before any subnet is picked: `bip` an IPv4 host address
     /// with its subnet's prefix, `fixed_cidr` IPv4, `fixed_cidr_v6` IPv6 and only with
     /// `ipv6`. The error names the field (the flag without its dashes); its reason does not
@@ -536,6 +583,11 @@ impl Controller {
                 name: network.name.clone(),
             });
         }
+        self.remove_network_locked(network).await
+    }
+
+    /// Removes a network that has no endpoints, pre-defined or not (the caller decides).
+    async fn remove_network_locked(&self, network: &Network) -> Result<()> {
         let endpoints = self.endpoints(&network.id).await?;
         if !endpoints.is_empty() {
             let mut by = Vec::new();
@@ -626,8 +678,10 @@ impl Controller {
     /// Its subnet is `default.bip`'s when given (`--bip`: the gateway address with the
     /// subnet's prefix), else the first subnet of the default address pools that overlaps
     /// none of `default.avoid` (the host's routes, as dockerd checks for `docker0`). An
-    /// existing `bridge` network is kept as it is, even when `--bip` now says otherwise (it
-    /// may have sandboxes): a warning says so.
+    /// existing `bridge` network that [differs](DefaultBridge::differences) from `default`
+    /// is remade from it when no sandbox is on it, as dockerd remakes its default network at
+    /// every start (keeping its subnet unless `--bip` gives one); with sandboxes it is kept
+    /// as it is, and a warning names what differs.
     pub async fn create_default_bridge(&self, default: &DefaultBridge) -> Result<Option<Network>> {
         default.check()?;
         let existing = match self.network(DEFAULT_BRIDGE_NETWORK).await {
@@ -635,22 +689,38 @@ impl Controller {
             Err(CnmError::NotFound { .. }) => None,
             Err(e) => return Err(e),
         };
+        // Without --bip, a remade network keeps the subnet and gateway it had (dockerd
+        // takes docker0's address likewise).
+        let mut keep_bip = None;
+        let mut remake = None;
         if let Some(existing) = existing {
             if !existing.is_predefined() {
                 tracing::warn!(id = %existing.id, "default bridge network not made: a network the user made has the name bridge");
-            } else if let Some(bip) = default.bip {
-                let subnet = existing.ipv4.first().map(|p| p.subnet);
-                if subnet != Some(bip.trunc()) {
-                    tracing::warn!(%bip, ?subnet, "the default bridge network exists with another subnet than --bip; kept (remove its sandboxes and restart to change it)");
-                }
+                return Ok(None);
             }
-            return Ok(None);
+            let changed = default.differences(&existing);
+            if changed.is_empty() {
+                return Ok(None);
+            }
+            let changed = changed.join("; ");
+            let sandboxes = self.endpoints(&existing.id).await?.len();
+            if sandboxes > 0 {
+                tracing::warn!(%changed, sandboxes, "the default bridge network differs from the flags but has sandboxes: kept as it is (remove them and restart to apply the flags)");
+                return Ok(None);
+            }
+            keep_bip = existing
+                .ipv4
+                .first()
+                .and_then(|p| p.gateway)
+                .filter(|_| default.bip.is_none());
+            tracing::info!(%changed, "remaking the default bridge network from the flags");
+            remake = Some(existing);
         }
         if self.driver("bridge").is_err() {
             tracing::warn!("bridge driver not registered: no default bridge network");
             return Ok(None);
         }
-        let mut pool = match default.bip {
+        let mut pool = match default.bip.or(keep_bip) {
             Some(bip) => IpamPoolSpec {
                 subnet: Some(bip.trunc().to_string()),
                 gateway: Some(bip.addr().to_string()),
@@ -690,10 +760,7 @@ impl Controller {
             .collect();
         let options = [
             (DEFAULT_BRIDGE_OPTION, "true"),
-            (
-                "com.docker.network.bridge.name",
-                default.bridge_name.as_str(),
-            ),
+            (BRIDGE_NAME_OPTION, default.bridge_name.as_str()),
             ("com.docker.network.bridge.enable_icc", "true"),
             ("com.docker.network.bridge.enable_ip_masquerade", "true"),
             ("com.docker.network.bridge.host_binding_ipv4", "0.0.0.0"),
@@ -710,6 +777,11 @@ impl Controller {
                 .collect(),
             ..Default::default()
         };
+        if let Some(old) = remake {
+            // Only now, once the flags are known to fit it.
+            let _op = self.ops.lock().await;
+            self.remove_network_locked(&old).await?;
+        }
         let network = self.create_network(spec).await.map_err(|e| match e {
             // Name the daemon's flags, which is what the user gave.
             // The IPAM's message names the subnet it refused.

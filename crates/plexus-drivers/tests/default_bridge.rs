@@ -291,3 +291,91 @@ async fn fixed_cidr_and_ipv6_on_the_default_bridge() {
     let _srv = Server::start(w.sb("b"), sa(ip6(&b), 7000));
     assert_eq!(reaches(w.sb("a"), sa(ip6(&b), 7000)), ip6(&a).to_string());
 }
+
+/// The addresses of the kernel bridge `name`, or `None` when there is no such link.
+async fn bridge_addresses(w: &World, name: &str) -> Option<Vec<(IpAddr, u8)>> {
+    let link = w.host_links().await.into_iter().find(|l| l.name == name)?;
+    Some(ok("addresses", w.rh.addresses(link.index).await))
+}
+
+/// As dockerd remakes its default network at every start, a default bridge network whose
+/// flags changed is remade from them when no sandbox is on it (a new `--bip`, or a new
+/// `--bridge` name; without `--bip` it keeps its subnet), and its old subnet goes back. With
+/// a sandbox on it, it stays as it is and the sandbox keeps its address and its way out.
+#[tokio::test]
+async fn the_default_bridge_follows_changed_flags_unless_it_has_sandboxes() {
+    need_root!();
+    let mut w = World::new().await;
+    let first = ok(
+        "first",
+        w.controller
+            .create_default_bridge(&default_bridge(Some("10.95.0.1/24"), Vec::new()))
+            .await,
+    )
+    .unwrap_or_else(|| panic!("no default bridge made"));
+    let same = ok(
+        "same flags",
+        w.controller
+            .create_default_bridge(&default_bridge(Some("10.95.0.1/24"), Vec::new()))
+            .await,
+    );
+    assert!(same.is_none(), "remade with the same flags: {same:?}");
+
+    // A new --bip: remade with its subnet; the kernel bridge has the new gateway only.
+    let moved = ok(
+        "new bip",
+        w.controller
+            .create_default_bridge(&default_bridge(Some("10.95.1.1/24"), Vec::new()))
+            .await,
+    )
+    .unwrap_or_else(|| panic!("not remade for a new --bip"));
+    assert_ne!(moved.id, first.id);
+    assert_eq!(moved.ipv4[0].subnet.to_string(), "10.95.1.0/24");
+    assert_eq!(
+        bridge_addresses(&w, "plexus0").await,
+        Some(vec![(IpAddr::V4(Ipv4Addr::new(10, 95, 1, 1)), 24)])
+    );
+
+    // A new --bridge name and --ipv6, no --bip: remade on the new bridge, same subnet.
+    let renamed = DefaultBridge {
+        bridge_name: "plexus9".into(),
+        ipv6: true,
+        ..default_bridge(None, Vec::new())
+    };
+    let remade = ok(
+        "new name",
+        w.controller.create_default_bridge(&renamed).await,
+    )
+    .unwrap_or_else(|| panic!("not remade for a new --bridge"));
+    assert_eq!(remade.ipv4[0].subnet.to_string(), "10.95.1.0/24");
+    assert!(
+        remade.spec.enable_ipv6 && !remade.ipv6.is_empty(),
+        "{remade:?}"
+    );
+    assert_eq!(bridge_addresses(&w, "plexus0").await, None);
+    let v4 = bridge_addresses(&w, "plexus9").await.unwrap_or_default();
+    assert!(
+        v4.contains(&(IpAddr::V4(Ipv4Addr::new(10, 95, 1, 1)), 24)),
+        "{v4:?}"
+    );
+    // The first subnet went back: a user network may take it.
+    w.network("user", "10.95.0.0/24", &[]).await;
+
+    // With a sandbox on it, other flags change nothing.
+    w.sandbox("a").await;
+    let a = w.connect("a", "bridge").await;
+    let kept = ok(
+        "with a sandbox",
+        w.controller
+            .create_default_bridge(&default_bridge(Some("10.95.2.1/24"), Vec::new()))
+            .await,
+    );
+    assert!(kept.is_none(), "remade under a sandbox: {kept:?}");
+    let now = ok("bridge", w.controller.network("bridge").await);
+    assert_eq!(now.id, remade.id);
+    assert_eq!(now.ipv4[0].subnet.to_string(), "10.95.1.0/24");
+    assert!(bridge_addresses(&w, "plexus9").await.is_some());
+    assert!(net("10.95.1.0/24").contains(&IpAddr::V4(ip4(&a))), "{a:?}");
+    let _out = Server::start(&w.outside.ns, sa(OUTSIDE, 9000));
+    assert_eq!(reaches(w.sb("a"), sa(OUTSIDE, 9000)), HOST_EXT.to_string());
+}

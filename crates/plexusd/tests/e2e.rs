@@ -755,6 +755,22 @@ fn default_bridge_network_follows_the_bridge_and_bip_flags() {
     d.ok(&["sandbox", "rm", "s1", "s2"]);
     assert_eq!(d.stop().code(), Some(0));
 
+    // No sandbox on it any more: a new --bip remakes it at start, as dockerd does.
+    d.args.truncate(base);
+    d.args.extend(
+        ["--bridge", "plxe2e0", "--bip", "10.213.1.1/24"]
+            .iter()
+            .map(|s| s.to_string()),
+    );
+    d.start();
+    let bridge = json(&d.ok(&["network", "inspect", "bridge"]));
+    assert_eq!(bridge[0]["IPAM"]["Config"][0]["Subnet"], "10.213.1.0/24");
+    d.ok(&["sandbox", "create", "s1", "--network", "bridge"]);
+    let s1 = json(&d.ok(&["sandbox", "inspect", "s1"]));
+    assert_eq!(s1[0]["Endpoints"][0]["IPv4Address"], "10.213.1.2/24");
+    d.ok(&["sandbox", "rm", "s1"]);
+    assert_eq!(d.stop().code(), Some(0));
+
     // Bad flags: the daemon stops at once, naming the flag.
     for (flag, value, says) in [
         (
