@@ -145,6 +145,27 @@ if ns:
         if s is not None:
             print(f"  -> netavark {op} slope: {s:+.3f} ms per container (anchors: setup +0.38, teardown +0.26)")
             head[f"netavark_port_{op}_slope_ms_per_ctr"] = f"{s:.3f}"
+if ns:
+    # The bare kernel's own port add on the same bridge (port_floor.rs), at the same N.
+    for n in ns:
+        row(f"N={n:<5} bare kernel port add", load(f"port_floor_n{n}.txt"))
+        d = load(f"port_floor_down_n{n}.txt")
+        if d:
+            row(f"N={n:<5} bare kernel port add, way down", d)
+    lo, hi = min(ns), max(ns)
+    fl_lo = load(f"port_floor_n{lo}.txt") + load(f"port_floor_down_n{lo}.txt")
+    fl_hi = load(f"port_floor_n{hi}.txt")
+    p_lo = load(f"port_attach_plexus_n{lo}.txt") + load(f"port_attach_plexusdown_n{lo}.txt")
+    p_hi = load(f"port_attach_plexus_n{hi}.txt")
+    if fl_lo and fl_hi and p_lo and p_hi:
+        kg, pg = med(fl_hi) - med(fl_lo), med(p_hi) - med(p_lo)
+        print(f"  -> bare kernel port add N={hi} / N={lo}: {med(fl_hi) / med(fl_lo):.2f}x, {kg:+.2f} ms;"
+              f" plexus attach {pg:+.2f} ms, of which the bare kernel's growth is {100 * kg / pg:.0f}%" if pg > 0 else
+              f"  -> bare kernel port add N={hi} / N={lo}: {med(fl_hi) / med(fl_lo):.2f}x, {kg:+.2f} ms; plexus attach {pg:+.2f} ms")
+        head[f"floor_port_add_n{lo}_ms"] = fmt(med(fl_lo))
+        head[f"floor_port_add_n{hi}_ms"] = fmt(med(fl_hi))
+        head["floor_port_add_growth_ms"] = fmt(kg)
+        head["plexus_port_attach_growth_ms"] = fmt(pg)
 for f, label in (("fill_plexus.txt", "plexus fill: sandbox create --network -p (ms)"),
                  ("fill_netavark.txt", "netavark fill: setup with a port (ms)")):
     row(label, load(f))

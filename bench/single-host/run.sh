@@ -10,7 +10,9 @@
 #   3. the same with one published port, with N = 1, 100, 1000 sandboxes (each with a port) on the
 #      network: plexus sandbox create --netns PATH --network NET -p ... / sandbox rm
 #      vs netavark setup/teardown with a port_mappings entry (netavark up to --nv-max)
-#      (Plexus is probed on the way up and again on the way down: N = 1, 100, 1000, 100, 1)
+#      (Plexus is probed on the way up and again on the way down: N = 1, 100, 1000, 100, 1),
+#      and beside it at every N the bare kernel: one port added to the same bridge by
+#      port_floor.rs (the `port-floor` example of plexus-sys), timed inside that process
 #   4. iperf3 TCP between two sandboxes on a Plexus bridge vs a bare veth+bridge pair made by
 #      hand, and a Plexus bridge with BIG TCP off (plexus.bridge.gso_ipv4_max_size=65536)
 #
@@ -113,7 +115,9 @@ for p in docker.io netavark aardvark-dns iperf3 busybox-static iptables; do dpkg
 if ((${#need[@]})); then log "apt-get install ${need[*]}"; apt-get update -qq && apt-get install -y -qq "${need[@]}" >/dev/null; fi
 
 log "building plexusd + plexus (release) into $CARGO_TARGET_DIR"
-(cd "$ROOT" && ./scripts/build -q) || { echo "build failed" >&2; exit 1; }
+(cd "$ROOT" && ./scripts/build -q && cargo build --release -q -p plexus-sys --example port-floor) || { echo "build failed" >&2; exit 1; }
+FLOOR=$CARGO_TARGET_DIR/release/examples/port-floor
+PAUSE_MS=$(awk -v p="$PAUSE" 'BEGIN{printf "%d", p*1000}')
 
 DOCKER=1
 if ! docker info >/dev/null 2>&1; then
@@ -234,7 +238,10 @@ if ((DOCKER)); then docker rm -f plxb-dkeep plxb-dsb >/dev/null; docker network 
 
 # ---------- 3. published port, N = 1, 100, 1000 ----------
 log "3. attach/detach with one published port at N in [$NLIST] (netavark up to $NV_MAX)"
-PX network create --subnet 10.233.0.0/16 plxb-port >/dev/null
+PX network create --subnet 10.233.0.0/16 -o com.docker.network.bridge.name=plxb-port0 plxb-port >/dev/null
+# The bare kernel beside Plexus at every N: one port added to the same bridge with the fewest
+# requests (bench/single-host/port_floor.rs), timed inside that process, PORT_REPS times.
+floor() { nsenter --net=/run/netns/plxb-host "$FLOOR" plxb-port0 "$PORT_REPS" "$PAUSE_MS" >> "$D/$1" 2>>"$TMP/floor.err" || log "port-floor failed: $(tail -1 "$TMP/floor.err")"; }
 ip netns add plxb-probe
 nvopts 9999 plxb-nvp plxb-nvp0 10.234 1 | sed 's/"host_port": 29999/"host_port": 30000/' > "$TMP/nvopts/probe.json"
 ip netns add plxb-nvprobe
@@ -277,6 +284,7 @@ for N in $NLIST; do
       tm port_detach_plexus_n$N.txt PX sandbox rm plxb-probe
     fi
   done
+  floor port_floor_n$N.txt
 done
 # Plexus again on the way down (N = 100, then 1): the machine drifts over minutes, and probing
 # the low N both before and after the peak centres them on the peak in time, so a slow drift
@@ -296,6 +304,7 @@ for N in $(tr ' ' '\n' <<<"$NLIST" | sort -rn | tail -n +2); do
     tm port_attach_plexusdown_n$N.txt PX sandbox create plxb-probe --netns /run/netns/plxb-probe --network plxb-port -p 127.0.0.1:30000:80
     tm port_detach_plexusdown_n$N.txt PX sandbox rm plxb-probe
   done
+  floor port_floor_down_n$N.txt
 done
 # sanity: the probe's published port answers from the Plexus host namespace
 PX sandbox create plxb-probe --netns /run/netns/plxb-probe --network plxb-port -p 127.0.0.1:30000:80 >/dev/null
