@@ -5,15 +5,16 @@
 //! Usage, inside the namespace of the bridge: `port-floor BRIDGE REPS PAUSE_MS`
 //! (`cargo build --release -p plexus-sys --example port-floor`).
 //!
-//! Each rep waits `PAUSE_MS`, then times the fewest requests that give a working bridge port:
-//! the veth pair made with one request (the near end on `BRIDGE`, carrying the bridge's MAC as
-//! Plexus's ports do; the far end straight in a scratch namespace) and both ends brought up.
-//! It prints the milliseconds, one line per rep, and deletes the pair (not timed).
+//! Each rep waits `PAUSE_MS`, then times the requests Plexus's join makes for the link itself
+//! (without addresses, routes or marks): the veth pair made with one request (the near end on
+//! `BRIDGE`, carrying the bridge's MAC as Plexus's ports do; the far end straight in a scratch
+//! namespace), the far end looked up and brought up, the near end brought up by name. It
+//! prints the milliseconds, one line per rep, and deletes the pair (not timed).
 
 use std::time::{Duration, Instant};
 
 use plexus_sys::netns::Netns;
-use plexus_sys::rtnl::{Rtnl, VethPair};
+use plexus_sys::rtnl::{PortFlags, Rtnl, VethPair};
 
 /// The near end's name (the far end is `eth0` in its own namespace).
 const NEAR: &str = "plxbfloor0";
@@ -48,10 +49,11 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         .await?;
         let far = inside.require_link("eth0").await?;
         inside.set_up(far.index).await?;
-        let near = rtnl.require_link(NEAR).await?;
-        rtnl.set_up(near.index).await?;
+        rtnl.activate_port(NEAR, PortFlags::default(), "plxb-floor")
+            .await?;
         println!("{:.3}", t0.elapsed().as_secs_f64() * 1e3);
-        rtnl.delete_link(near.index).await?;
+        rtnl.delete_link(rtnl.require_link(NEAR).await?.index)
+            .await?;
     }
     Ok(())
 }

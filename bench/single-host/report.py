@@ -159,9 +159,9 @@ if ns:
     p_hi = load(f"port_attach_plexus_n{hi}.txt")
     if fl_lo and fl_hi and p_lo and p_hi:
         kg, pg = med(fl_hi) - med(fl_lo), med(p_hi) - med(p_lo)
+        share = f", of which the bare kernel's growth is {100 * kg / pg:.0f}%" if pg > 0 else ""
         print(f"  -> bare kernel port add N={hi} / N={lo}: {med(fl_hi) / med(fl_lo):.2f}x, {kg:+.2f} ms;"
-              f" plexus attach {pg:+.2f} ms, of which the bare kernel's growth is {100 * kg / pg:.0f}%" if pg > 0 else
-              f"  -> bare kernel port add N={hi} / N={lo}: {med(fl_hi) / med(fl_lo):.2f}x, {kg:+.2f} ms; plexus attach {pg:+.2f} ms")
+              f" plexus attach {pg:+.2f} ms{share}")
         head[f"floor_port_add_n{lo}_ms"] = fmt(med(fl_lo))
         head[f"floor_port_add_n{hi}_ms"] = fmt(med(fl_hi))
         head["floor_port_add_growth_ms"] = fmt(kg)

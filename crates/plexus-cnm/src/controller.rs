@@ -690,7 +690,7 @@ impl Controller {
             Err(e) => return Err(e),
         };
         // Without --bip, a remade network keeps the subnet and gateway it had (dockerd
-        // takes docker0's address likewise).
+        // takes docker0's address likewise): `--bip`, if given, comes first below.
         let mut keep_bip = None;
         let mut remake = None;
         if let Some(existing) = existing {
@@ -708,11 +708,7 @@ impl Controller {
                 tracing::warn!(%changed, sandboxes, "the default bridge network differs from the flags but has sandboxes: kept as it is (remove them and restart to apply the flags)");
                 return Ok(None);
             }
-            keep_bip = existing
-                .ipv4
-                .first()
-                .and_then(|p| p.gateway)
-                .filter(|_| default.bip.is_none());
+            keep_bip = existing.ipv4.first().and_then(|p| p.gateway);
             tracing::info!(%changed, "remaking the default bridge network from the flags");
             remake = Some(existing);
         }

@@ -883,6 +883,12 @@ impl Rtnl {
         if let Some(family) = family {
             request = request.set_address_family(family);
         }
+        // The kernel then dumps this link's IP neighbours only; the bridge family's dump
+        // ignores it without strict checking, hence the filter below too.
+        request
+            .message_mut()
+            .attributes
+            .push(NeighbourAttribute::IfIndex(index));
         let all: Vec<NeighbourMessage> = request
             .execute()
             .try_collect()
