@@ -135,17 +135,8 @@ if ns:
             head[f"plexus_port_{op}_flat_up_n{hi}_over_n{lo}"] = fmt(flat)
             both = low + load(f"port_{op}_plexusdown_n{lo}.txt")
             flat = b / med(both)
-            print(f"  -> plexus {op} N={hi} / N={lo}, interleaved with netavark (N={lo} probed before and after the peak): {flat:.2f}x   target <= 1.2x")
+            print(f"  -> plexus {op} N={hi} / N={lo} (N={lo} probed before and after the peak): {flat:.2f}x   target <= 1.2x")
             head[f"plexus_port_{op}_flat_n{hi}_over_n{lo}"] = fmt(flat)
-        alone_lo = load(f"port_{op}_plexusalone_n{lo}.txt")
-        alone_hi = load(f"port_{op}_plexusalone_n{hi}.txt")
-        if alone_lo and alone_hi:
-            for n in ns:
-                row(f"N={n:<5} plexus {op}, alone", load(f"port_{op}_plexusalone_n{n}.txt"))
-            flat = med(alone_hi) / med(alone_lo + load(f"port_{op}_plexusdown_n{lo}.txt"))
-            print(f"  -> plexus {op} N={hi} / N={lo}, probed alone (no peer command between probes;"
-                  f" N={lo} before and after the peak): {flat:.2f}x   target <= 1.2x")
-            head[f"plexus_port_{op}_alone_flat_n{hi}_over_n{lo}"] = fmt(flat)
         s = slope(f"port_{op}_plexus", ns)
         if s is not None:
             print(f"  -> plexus {op} slope: {s*1000:+.2f} us per sandbox")
@@ -164,10 +155,8 @@ if ns:
     lo, hi = min(ns), max(ns)
     fl_lo = load(f"port_floor_n{lo}.txt") + load(f"port_floor_down_n{lo}.txt")
     fl_hi = load(f"port_floor_n{hi}.txt")
-    # Plexus probed alone, as the floor is (interleaved with netavark if not).
-    kind = "plexusalone" if load(f"port_attach_plexusalone_n{hi}.txt") else "plexus"
-    p_lo = load(f"port_attach_{kind}_n{lo}.txt") + load(f"port_attach_plexusdown_n{lo}.txt")
-    p_hi = load(f"port_attach_{kind}_n{hi}.txt")
+    p_lo = load(f"port_attach_plexus_n{lo}.txt") + load(f"port_attach_plexusdown_n{lo}.txt")
+    p_hi = load(f"port_attach_plexus_n{hi}.txt")
     if fl_lo and fl_hi and p_lo and p_hi:
         kg, pg = med(fl_hi) - med(fl_lo), med(p_hi) - med(p_lo)
         share = f", of which the bare kernel's growth is {100 * kg / pg:.0f}%" if pg > 0 else ""

@@ -10,8 +10,7 @@
 #   3. the same with one published port, with N = 1, 100, 1000 sandboxes (each with a port) on the
 #      network: plexus sandbox create --netns PATH --network NET -p ... / sandbox rm
 #      vs netavark setup/teardown with a port_mappings entry (netavark up to --nv-max)
-#      (Plexus is probed on the way up, interleaved with netavark and then alone, and again
-#      alone on the way down: N = 1, 100, 1000, 100, 1),
+#      (Plexus is probed on the way up and again on the way down: N = 1, 100, 1000, 100, 1),
 #      and beside it at every N the bare kernel: one port added to the same bridge by
 #      port_floor.rs (the `port-floor` example of plexus-sys), timed inside that process
 #   4. iperf3 TCP between two sandboxes on a Plexus bridge vs a bare veth+bridge pair made by
@@ -284,14 +283,6 @@ for N in $NLIST; do
       sleep "$PAUSE"; t0=$EPOCHREALTIME; NV teardown /run/netns/plxb-nvprobe < "$TMP/nvopts/probe.json" >/dev/null && el "$t0" >> "$D/port_detach_netavark_n$NV_N.txt"
       tm port_detach_plexus_n$N.txt PX sandbox rm plxb-probe
     fi
-  done
-  # Plexus alone at this N, with no peer command between its probes. Above, each Plexus probe
-  # follows a netavark one whose kernel work grows with netavark's N (0.4 s of iptables at
-  # N=700), and its tail would be billed to Plexus's growth; the way down is probed alone too.
-  sleep 3
-  for r in $(seq 1 "$PORT_REPS"); do
-    tm port_attach_plexusalone_n$N.txt PX sandbox create plxb-probe --netns /run/netns/plxb-probe --network plxb-port -p 127.0.0.1:30000:80
-    tm port_detach_plexusalone_n$N.txt PX sandbox rm plxb-probe
   done
   floor port_floor_n$N.txt
 done
