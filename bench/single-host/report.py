@@ -162,6 +162,11 @@ if ns:
         share = f", of which the bare kernel's growth is {100 * kg / pg:.0f}%" if pg > 0 else ""
         print(f"  -> bare kernel port add N={hi} / N={lo}: {med(fl_hi) / med(fl_lo):.2f}x, {kg:+.2f} ms;"
               f" plexus attach {pg:+.2f} ms{share}")
+        # The flatness target as a budget: N=hi within 1.2x of N=lo leaves 20% of Plexus's
+        # N=lo time for all growth, the kernel's included.
+        print(f"  -> the <= 1.2x target leaves {0.2 * med(p_lo):.2f} ms of growth (20% of plexus at N={lo});"
+              f" the bare kernel's own growth is {100 * kg / med(p_lo):.0f}% of plexus at N={lo}")
+        head["floor_growth_over_plexus_n1"] = fmt(kg / med(p_lo), 3)
         head[f"floor_port_add_n{lo}_ms"] = fmt(med(fl_lo))
         head[f"floor_port_add_n{hi}_ms"] = fmt(med(fl_hi))
         head["floor_port_add_growth_ms"] = fmt(kg)
