@@ -1,17 +1,18 @@
 #!/usr/bin/env bash
 # Single-host benchmark: Plexus (plexusd + plexus CLI, release build) against Docker 20.10
 # (dockerd's embedded libnetwork, through the docker CLI) and netavark 1.4, in ONE run, with
-# the measurements interleaved (Plexus, peer, Plexus, peer...) so that the machine's noise hits
-# both sides alike.
+# the measurements of phases 1, 2 and 4 interleaved (Plexus, peer, Plexus, peer...) so that the
+# machine's noise hits both sides alike. In phase 3 each tool ramps its N alone, one after the
+# other, so that neither tool's containers weigh on the other's figures at one N only.
 #
 #   1. network create / rm                      plexus vs docker
 #   2. attach / detach of an existing sandbox   plexus network connect/disconnect vs
 #                                               docker network connect/disconnect vs netavark setup/teardown
 #   3. the same with one published port, with N = 1, 100, 1000 sandboxes (each with a port) on the
 #      network: plexus sandbox create --netns PATH --network NET -p ... / sandbox rm
-#      vs netavark setup/teardown with a port_mappings entry (netavark up to --nv-max)
-#      (Plexus is probed on the way up and again on the way down: N = 1, 100, 1000, 100, 1),
-#      and beside it at every N the bare kernel: one port added to the same bridge by
+#      (Plexus ramps first, probed on the way up and again on the way down: N = 1, 100, 1000,
+#      100, 1), then netavark setup/teardown with a port_mappings entry (up to --nv-max),
+#      and beside Plexus at every N the bare kernel: one port added to the same bridge by
 #      port_floor.rs (the `port-floor` example of plexus-sys), timed inside that process
 #   4. iperf3 TCP between two sandboxes on a Plexus bridge vs a bare veth+bridge pair made by
 #      hand, and a Plexus bridge with BIG TCP off (plexus.bridge.gso_ipv4_max_size=65536)
@@ -19,7 +20,7 @@
 # Usage: bench/single-host/run.sh [--quick] [--reps N] [--nv-max N] [--nv-budget S] [--iperf-secs S] [--pause S] [--keep-data]
 #   --quick: 10 reps, 8 probes per N, netavark ramp to 100, iperf3 5 s x 2 (about 4 min)
 #   default: 30 reps, 20 probes per N, netavark ramp to 1000 but at most --nv-budget (330) s of
-#   phase 3; netavark is then probed at the N its ramp reached (about 9 min)
+#   its fill; netavark is then probed at the N its ramp reached (about 9 min)
 #   --pause: quiet time before each measured command (default 0.1 s), so that one tool's
 #   asynchronous tail (dockerd keeps working after its CLI returns; Plexus deletes links in the
 #   background) is not billed to the next tool measured; fills are not paused
@@ -237,58 +238,38 @@ ip netns del plxb-nva1; ip netns del plxb-nva2; ip netns del plxb-sb
 if ((DOCKER)); then docker rm -f plxb-dkeep plxb-dsb >/dev/null; docker network rm plxb-att >/dev/null; fi
 
 # ---------- 3. published port, N = 1, 100, 1000 ----------
-log "3. attach/detach with one published port at N in [$NLIST] (netavark up to $NV_MAX)"
+# Each tool ramps alone: Plexus (up, then down), then netavark. Interleaved, the other tool's
+# N-1 containers would sit in the kernel during one tool's high-N probes and not during its
+# N=1 probes, and they cost it: with 400 netavark containers (in their own namespaces, with
+# netavark's iptables rules) the bare kernel's port add on Plexus's bridge takes 1.6 ms
+# instead of 1.2 ms here. That would read as growth with the tool's own N.
+log "3a. Plexus: attach/detach with one published port at N in [$NLIST], up then down"
 PX network create --subnet 10.233.0.0/16 -o com.docker.network.bridge.name=plxb-port0 plxb-port >/dev/null
 # The bare kernel beside Plexus at every N: one port added to the same bridge with the fewest
 # requests (bench/single-host/port_floor.rs), timed inside that process, PORT_REPS times.
 floor() { nsenter --net=/run/netns/plxb-host "$FLOOR" plxb-port0 "$PORT_REPS" "$PAUSE_MS" >> "$D/$1" 2>>"$TMP/floor.err" || log "port-floor failed: $(tail -1 "$TMP/floor.err")"; }
 ip netns add plxb-probe
-nvopts 9999 plxb-nvp plxb-nvp0 10.234 1 | sed 's/"host_port": 29999/"host_port": 30000/' > "$TMP/nvopts/probe.json"
-ip netns add plxb-nvprobe
-pfill=0; nvfill=0; nv_stopped=0; last_nv_n=0; nv_t0=$SECONDS
+pprobe() { # N SUFFIX: one attach and one detach of the probe sandbox
+  tm port_attach_plexus$2_n$1.txt PX sandbox create plxb-probe --netns /run/netns/plxb-probe --network plxb-port -p 127.0.0.1:30000:80
+  tm port_detach_plexus$2_n$1.txt PX sandbox rm plxb-probe
+}
+pfill=0
 for N in $NLIST; do
   # fill up to N-1 others (the probe is the N-th)
   while ((pfill < N - 1)); do
     pfill=$((pfill + 1))
     tm fill_plexus.txt PX sandbox create plxb-f$pfill --network plxb-port -p 127.0.0.1:$((20000 + pfill)):80 || break
   done
-  nv_here=0
-  if ((N <= NV_MAX && nv_stopped < 2)); then
-    while ((nvfill < N - 1)); do
-      if ((nv_stopped || SECONDS - nv_t0 > NV_BUDGET)); then nv_stopped=1; log "  netavark fill stopped at $nvfill (time budget ${NV_BUDGET}s)"; break; fi
-      nvfill=$((nvfill + 1))
-      [[ -f $TMP/nvopts/p$nvfill.json ]] || nvopts $nvfill plxb-nvp plxb-nvp0 10.234 1 > "$TMP/nvopts/p$nvfill.json"
-      ip netns add plxb-nvp$nvfill
-      t0=$EPOCHREALTIME; NV setup /run/netns/plxb-nvp$nvfill < "$TMP/nvopts/p$nvfill.json" >/dev/null 2>>"$TMP/nv.err" && el "$t0" >> "$D/fill_netavark.txt"
-    done
-    nv_here=1
-  fi
-  NV_N=$((nvfill + 1))   # the netavark probe is the (nvfill+1)-th container (< N if the fill ran out of time)
-  ((nv_here && NV_N == last_nv_n)) && nv_here=0   # the fill did not get further: already probed there
-  ((nv_stopped)) && nv_stopped=2   # probed once at the N it reached (if new), not again
-  ((nv_here)) && last_nv_n=$NV_N
-  log "  N=$N: plexus has $pfill others, netavark $nvfill (probe at N=$NV_N: $nv_here); probing x$PORT_REPS"
-  # Quiet after the fills: the kernel finishes their deferred work (RCU callbacks, link
-  # watch events, deletions) before either tool is probed.
+  log "  N=$N: plexus has $pfill others; probing x$PORT_REPS"
+  # Quiet after the fill: the kernel finishes its deferred work (RCU callbacks, link watch
+  # events) before the probes.
   sleep 3
-  for r in $(seq 1 "$PORT_REPS"); do
-    if ((r % 2)) || ((!nv_here)); then
-      tm port_attach_plexus_n$N.txt PX sandbox create plxb-probe --netns /run/netns/plxb-probe --network plxb-port -p 127.0.0.1:30000:80
-      if ((nv_here)); then sleep "$PAUSE"; t0=$EPOCHREALTIME; NV setup /run/netns/plxb-nvprobe < "$TMP/nvopts/probe.json" >/dev/null && el "$t0" >> "$D/port_attach_netavark_n$NV_N.txt"; fi
-      tm port_detach_plexus_n$N.txt PX sandbox rm plxb-probe
-      if ((nv_here)); then sleep "$PAUSE"; t0=$EPOCHREALTIME; NV teardown /run/netns/plxb-nvprobe < "$TMP/nvopts/probe.json" >/dev/null && el "$t0" >> "$D/port_detach_netavark_n$NV_N.txt"; fi
-    else
-      sleep "$PAUSE"; t0=$EPOCHREALTIME; NV setup /run/netns/plxb-nvprobe < "$TMP/nvopts/probe.json" >/dev/null && el "$t0" >> "$D/port_attach_netavark_n$NV_N.txt"
-      tm port_attach_plexus_n$N.txt PX sandbox create plxb-probe --netns /run/netns/plxb-probe --network plxb-port -p 127.0.0.1:30000:80
-      sleep "$PAUSE"; t0=$EPOCHREALTIME; NV teardown /run/netns/plxb-nvprobe < "$TMP/nvopts/probe.json" >/dev/null && el "$t0" >> "$D/port_detach_netavark_n$NV_N.txt"
-      tm port_detach_plexus_n$N.txt PX sandbox rm plxb-probe
-    fi
-  done
+  for r in $(seq 1 "$PORT_REPS"); do pprobe "$N" ""; done
   floor port_floor_n$N.txt
 done
 # Plexus again on the way down (N = 100, then 1): the machine drifts over minutes, and probing
 # the low N both before and after the peak centres them on the peak in time, so a slow drift
-# does not read as growth (or hide it). netavark is not re-probed: its fill took minutes.
+# does not read as growth (or hide it).
 settle_links() { # until the host's links and the kernel's live namespaces (struct net
   # objects: the sandboxes' namespaces are torn down in the background) hold still for 1 s
   count() { echo "$(ip -n plxb-host -o link show | wc -l) $(awk '/^net_namespace /{print $2}' /proc/slabinfo 2>/dev/null)"; }
@@ -300,10 +281,7 @@ for N in $(tr ' ' '\n' <<<"$NLIST" | sort -rn | tail -n +2); do
   pfill=$((N - 1))
   settle_links; sleep 3
   log "  N=$N (down): plexus has $pfill others; probing x$PORT_REPS"
-  for r in $(seq 1 "$PORT_REPS"); do
-    tm port_attach_plexusdown_n$N.txt PX sandbox create plxb-probe --netns /run/netns/plxb-probe --network plxb-port -p 127.0.0.1:30000:80
-    tm port_detach_plexusdown_n$N.txt PX sandbox rm plxb-probe
-  done
+  for r in $(seq 1 "$PORT_REPS"); do pprobe "$N" down; done
   floor port_floor_down_n$N.txt
 done
 # sanity: the probe's published port answers from the Plexus host namespace
@@ -313,11 +291,38 @@ sleep 0.3
 if ip netns exec plxb-host busybox nc -w 2 127.0.0.1 30000 </dev/null 2>/dev/null | grep -q plxb-hello; then
   echo "check: plexus published port 127.0.0.1:30000 -> probe sandbox:80 ok (with $pfill other ports published)"
 else echo "check: plexus published port 127.0.0.1:30000 FAILED"; fi
-echo "kernel objects (after the way down): plexus host netns has $(ip -n plxb-host -o link show | wc -l) links, nft $(ip netns exec plxb-host nft list ruleset 2>/dev/null | grep -c .) lines; netavark host netns iptables rules: $(ip netns exec plxb-nvh iptables-save 2>/dev/null | grep -c '^-A')"
-log "  removing the N sandboxes"
+echo "kernel objects (after the way down): plexus host netns has $(ip -n plxb-host -o link show | wc -l) links, nft $(ip netns exec plxb-host nft list ruleset 2>/dev/null | grep -c .) lines"
 sbs=$(PX sandbox ls -q); [[ -n $sbs ]] && PX sandbox rm $sbs >/dev/null
 PX network rm plxb-port >/dev/null
-for n in $(ip netns list | awk '{print $1}' | grep -E '^plxb-(nvp[0-9]+|nvprobe|probe)$'); do ip netns del "$n"; done
+ip netns del plxb-probe
+settle_links
+
+log "3b. netavark: setup/teardown with one port mapping at N in [$NLIST] (up to $NV_MAX, fill budget ${NV_BUDGET}s)"
+nvopts 9999 plxb-nvp plxb-nvp0 10.234 1 | sed 's/"host_port": 29999/"host_port": 30000/' > "$TMP/nvopts/probe.json"
+ip netns add plxb-nvprobe
+nvfill=0; last_nv_n=0; nv_t0=$SECONDS
+for N in $NLIST; do
+  ((N <= NV_MAX)) || break
+  while ((nvfill < N - 1)); do
+    if ((SECONDS - nv_t0 > NV_BUDGET)); then log "  netavark fill stopped at $nvfill (time budget ${NV_BUDGET}s)"; break; fi
+    nvfill=$((nvfill + 1))
+    [[ -f $TMP/nvopts/p$nvfill.json ]] || nvopts $nvfill plxb-nvp plxb-nvp0 10.234 1 > "$TMP/nvopts/p$nvfill.json"
+    ip netns add plxb-nvp$nvfill
+    t0=$EPOCHREALTIME; NV setup /run/netns/plxb-nvp$nvfill < "$TMP/nvopts/p$nvfill.json" >/dev/null 2>>"$TMP/nv.err" && el "$t0" >> "$D/fill_netavark.txt"
+  done
+  NV_N=$((nvfill + 1))   # the probe is the (nvfill+1)-th container (< N if the fill ran out of time)
+  ((NV_N == last_nv_n)) && break   # the fill got no further: probed there already
+  last_nv_n=$NV_N
+  log "  N=$N: netavark has $nvfill others (probe at N=$NV_N); probing x$PORT_REPS"
+  sleep 3
+  for r in $(seq 1 "$PORT_REPS"); do
+    sleep "$PAUSE"; t0=$EPOCHREALTIME; NV setup /run/netns/plxb-nvprobe < "$TMP/nvopts/probe.json" >/dev/null && el "$t0" >> "$D/port_attach_netavark_n$NV_N.txt"
+    sleep "$PAUSE"; t0=$EPOCHREALTIME; NV teardown /run/netns/plxb-nvprobe < "$TMP/nvopts/probe.json" >/dev/null && el "$t0" >> "$D/port_detach_netavark_n$NV_N.txt"
+  done
+  ((NV_N < N)) && break   # out of time: probed once where it stopped
+done
+echo "kernel objects (at netavark's peak): netavark host netns iptables rules: $(ip netns exec plxb-nvh iptables-save 2>/dev/null | grep -c '^-A')"
+for n in $(ip netns list | awk '{print $1}' | grep -E '^plxb-(nvp[0-9]+|nvprobe)$'); do ip netns del "$n"; done
 
 # ---------- 4. throughput ----------
 log "4. iperf3 TCP, ${IPERF_SECS}s x $IPERF_REPS, plexus bridge vs bare veth+bridge (alternating)"
