@@ -240,9 +240,9 @@ if ((DOCKER)); then docker rm -f plxb-dkeep plxb-dsb >/dev/null; docker network 
 # ---------- 3. published port, N = 1, 100, 1000 ----------
 # Each tool ramps alone: Plexus (up, then down), then netavark. Interleaved, the other tool's
 # N-1 containers would sit in the kernel during one tool's high-N probes and not during its
-# N=1 probes, and they cost it: with 400 netavark containers (in their own namespaces, with
-# netavark's iptables rules) the bare kernel's port add on Plexus's bridge takes 1.6 ms
-# instead of 1.2 ms here. That would read as growth with the tool's own N.
+# N=1 probes, and they cost it: beside 400 netavark containers (in their own namespaces, with
+# netavark's iptables rules) the bare kernel's port add on a bridge takes 1.6 ms instead of
+# 1.1 ms here (bench/single-host/neighbours.sh). That would read as growth with the tool's N.
 log "3a. Plexus: attach/detach with one published port at N in [$NLIST], up then down"
 PX network create --subnet 10.233.0.0/16 -o com.docker.network.bridge.name=plxb-port0 plxb-port >/dev/null
 # The bare kernel beside Plexus at every N: one port added to the same bridge with the fewest
