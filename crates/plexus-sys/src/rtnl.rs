@@ -268,6 +268,9 @@ impl Drop for ConnectionTask {
 pub struct Rtnl {
     handle: Handle,
     ns: Netns,
+    /// `/proc/sys/net/ipv6/conf` of `ns`, opened at the first veth pair (`None`: no IPv6, or
+    /// it could not be opened; the sysctl path is used then).
+    ipv6_conf: std::sync::Arc<std::sync::OnceLock<Option<sysctl::SysctlDir>>>,
     _connection: std::sync::Arc<ConnectionTask>,
 }
 
@@ -287,6 +290,7 @@ impl Rtnl {
         Ok(Self {
             handle,
             ns: ns.clone(),
+            ipv6_conf: Default::default(),
             _connection: std::sync::Arc::new(ConnectionTask(connection)),
         })
     }
@@ -434,9 +438,22 @@ impl Rtnl {
         }
         let what = format!("veth {:?} (peer {:?})", pair.name, pair.peer_name);
         self.add(what, near.build()).await?;
-        // While it is down, so IPv6 never starts on it.
-        let key = format!("net.ipv6.conf.{}.disable_ipv6", pair.name);
-        match sysctl::write(&self.ns, &key, "1") {
+        // While it is down, so IPv6 never starts on it. Through the namespace's own conf
+        // directory, whose lookup cost does not grow with other namespaces (`SysctlDir`).
+        let conf = self.ipv6_conf.get_or_init(|| {
+            sysctl::SysctlDir::open(&self.ns, "net.ipv6.conf")
+                .map_err(|e| tracing::debug!(error = %e, "IPv6 conf directory not opened"))
+                .ok()
+        });
+        let written = match conf {
+            Some(dir) => dir.write(&[pair.name, "disable_ipv6"], "1"),
+            None => sysctl::write(
+                &self.ns,
+                &format!("net.ipv6.conf.{}.disable_ipv6", pair.name),
+                "1",
+            ),
+        };
+        match written {
             Ok(()) => Ok(()),
             // A kernel without IPv6 (no /proc/sys/net/ipv6) has nothing to turn off.
             Err(SysError::Io { source, .. }) if source.kind() == std::io::ErrorKind::NotFound => {

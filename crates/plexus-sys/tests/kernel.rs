@@ -331,6 +331,47 @@ async fn sysctls_are_per_namespace() {
 }
 
 #[tokio::test]
+async fn a_sysctl_dir_writes_inside_its_own_namespace_and_refuses_paths_out_of_it() {
+    need_root!();
+    let a = PinnedNs::new("sda");
+    let b = PinnedNs::new("sdb");
+    let key = "net.ipv6.conf.lo.disable_ipv6";
+    let before_b = ok("read b", sysctl::read(&b.ns, key));
+    let flipped = if before_b == "1" { "0" } else { "1" };
+    // Opened in a, written from here (this test's thread is not in a).
+    let conf = ok("open", sysctl::SysctlDir::open(&a.ns, "net.ipv6.conf"));
+    ok("write", conf.write(&["lo", "disable_ipv6"], flipped));
+    assert_eq!(ok("read a", sysctl::read(&a.ns, key)), flipped);
+    assert_eq!(ok("read b", sysctl::read(&b.ns, key)), before_b);
+    // A link a does not have: not found, as through the path.
+    assert!(matches!(
+        conf.write(&["plxnosuch0", "disable_ipv6"], "1"),
+        Err(SysError::Io { source, .. }) if source.kind() == std::io::ErrorKind::NotFound
+    ));
+    for bad in [
+        &["..", "ipv4", "ip_forward"][..],
+        &["lo/disable_ipv6"],
+        &[""],
+        &[],
+    ] {
+        assert!(
+            matches!(
+                conf.write(bad, "1"),
+                Err(SysError::Invalid {
+                    field: "sysctl",
+                    ..
+                })
+            ),
+            "{bad:?} accepted"
+        );
+    }
+    assert!(matches!(
+        sysctl::SysctlDir::open(&a.ns, "kernel.hostname"),
+        Err(SysError::Invalid { .. })
+    ));
+}
+
+#[tokio::test]
 async fn probe_agrees_with_the_kernel() {
     need_root!();
     let features = ok("probe", KernelFeatures::probe().await);
