@@ -91,6 +91,13 @@ impl SysctlDir {
     /// Writes `value` to the file `components` name under this directory (`["eth0",
     /// "disable_ipv6"]`; components, not a dotted key, as link names may hold dots).
     pub fn write(&self, components: &[&str], value: &str) -> Result<()> {
+        if components.is_empty() {
+            return Err(SysError::Invalid {
+                field: "sysctl",
+                value: String::new(),
+                reason: "no file named",
+            });
+        }
         let mut rel = PathBuf::new();
         for c in components {
             if c.is_empty() || *c == "." || *c == ".." || c.contains('/') {
@@ -101,13 +108,6 @@ impl SysctlDir {
                 });
             }
             rel.push(c);
-        }
-        if components.is_empty() {
-            return Err(SysError::Invalid {
-                field: "sysctl",
-                value: String::new(),
-                reason: "no file named",
-            });
         }
         let path = self.path.join(&rel);
         let io = |source| SysError::Io {
