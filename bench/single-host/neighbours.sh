@@ -40,19 +40,6 @@ ip netns add plxn-nvh; ip -n plxn-nvh link set lo up
 mkdir -p "$TMP/cfg"
 export NETAVARK_FW=iptables
 NV() { nsenter --net=/run/netns/plxn-nvh "$NETAVARK" --config "$TMP/cfg" "$@"; }
-nvopts() { # I: the options of container I (as bench/single-host/run.sh makes them)
-  python3 - "$1" <<'PY'
-import hashlib, json, sys
-i = int(sys.argv[1]); net = "plxn-nv"; base = "10.238"
-o = {"container_id": f"{i:064x}", "container_name": f"plxn-c{i}",
-     "networks": {net: {"static_ips": [f"{base}.{(i + 1) // 250}.{(i + 1) % 250 + 2}"], "interface_name": "eth0"}},
-     "network_info": {net: {"name": net, "id": hashlib.sha256(net.encode()).hexdigest(), "driver": "bridge",
-         "network_interface": "plxn-nv0", "subnets": [{"subnet": f"{base}.0.0/16", "gateway": f"{base}.0.1"}],
-         "ipv6_enabled": False, "internal": False, "dns_enabled": False, "ipam_options": {"driver": "host-local"}}},
-     "port_mappings": [{"host_ip": "127.0.0.1", "container_port": 80, "host_port": 20000 + i, "range": 1, "protocol": "tcp"}]}
-print(json.dumps(o))
-PY
-}
 
 echo "== bare kernel port add on a bridge, alone and beside $N netavark containers, $(date -u +%FT%TZ), $(nproc) CPUs =="
 a1=$(floor); a2=$(floor)
@@ -60,7 +47,7 @@ echo "  alone:                    $a1 ms, $a2 ms (median of $REPS each)"
 log "netavark: $N containers"
 for i in $(seq 1 "$N"); do
   ip netns add plxn-c$i
-  nvopts "$i" | NV setup /run/netns/plxn-c$i >/dev/null 2>>"$TMP/nv.err" || { echo "netavark setup $i failed: $(tail -1 "$TMP/nv.err")" >&2; exit 1; }
+  python3 "$HERE/nvopts.py" "$i" plxn-nv plxn-nv0 10.238 1 | NV setup /run/netns/plxn-c$i >/dev/null 2>>"$TMP/nv.err" || { echo "netavark setup $i failed: $(tail -1 "$TMP/nv.err")" >&2; exit 1; }
 done
 sleep 5
 w1=$(floor); w2=$(floor)

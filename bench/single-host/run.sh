@@ -156,23 +156,7 @@ ip netns add plxb-nvh; ip -n plxb-nvh link set lo up
 mkdir -p "$TMP/nvcfg" "$TMP/nvopts"
 export NETAVARK_FW=iptables
 NV() { nsenter --net=/run/netns/plxb-nvh "$NETAVARK" --config "$TMP/nvcfg" "$@"; }
-nvopts() { # I NET BRIDGE SUBNET_BASE PORT(0|1)
-  python3 - "$@" <<'PY'
-import hashlib, json, sys
-i, net, br, base, port = int(sys.argv[1]), sys.argv[2], sys.argv[3], sys.argv[4], sys.argv[5] == "1"
-ip = f"{base}.{(i + 1) // 250}.{(i + 1) % 250 + 2}"
-o = {"container_id": f"{i:064x}", "container_name": f"plxb-c{i}",
-     "networks": {net: {"static_ips": [ip], "aliases": [f"alias{i}"], "interface_name": "eth0"}},
-     "network_info": {net: {"name": net, "id": hashlib.sha256(net.encode()).hexdigest(), "driver": "bridge",
-         "network_interface": br, "subnets": [{"subnet": f"{base}.0.0/16", "gateway": f"{base}.0.1"}],
-         "ipv6_enabled": False, "internal": False, "dns_enabled": False,
-         "ipam_options": {"driver": "host-local"}}}}
-if port:
-    o["port_mappings"] = [{"host_ip": "127.0.0.1", "container_port": 80, "host_port": 20000 + i,
-                           "range": 1, "protocol": "tcp"}]
-print(json.dumps(o))
-PY
-}
+nvopts() { python3 "$HERE/nvopts.py" "$@"; }   # I NET BRIDGE SUBNET_BASE PORT(0|1)
 
 echo "== Plexus single-host benchmark, $(date -u +%FT%TZ), $(nproc) CPUs, load $(cut -d' ' -f1-3 /proc/loadavg) =="
 echo "plexus: $(git -C "$ROOT" rev-parse --short HEAD) release build; docker: $( ((DOCKER)) && docker version --format 'server {{.Server.Version}} / CLI {{.Client.Version}}' || echo unavailable); netavark: $($NETAVARK --version 2>/dev/null | awk '{print $2}')"

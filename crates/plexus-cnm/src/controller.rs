@@ -716,36 +716,28 @@ impl Controller {
             tracing::warn!("bridge driver not registered: no default bridge network");
             return Ok(None);
         }
-        let mut pool = match default.bip.or(keep_bip) {
-            Some(bip) => IpamPoolSpec {
-                subnet: Some(bip.trunc().to_string()),
-                gateway: Some(bip.addr().to_string()),
-                ..Default::default()
-            },
+        let (subnet, gateway) = match default.bip.or(keep_bip) {
+            Some(bip) => (bip.trunc(), Some(bip.addr())),
             None => match self.free_default_subnet(&default.avoid).await? {
-                Some(subnet) => IpamPoolSpec {
-                    subnet: Some(subnet.to_string()),
-                    ..Default::default()
-                },
+                Some(subnet) => (subnet, None),
                 None => {
                     tracing::warn!(avoid = ?default.avoid, "no default address pool subnet is free of the host's routes: no default bridge network (give one with --bip)");
                     return Ok(None);
                 }
             },
         };
-        if let Some(range) = default.fixed_cidr {
-            let subnet = pool.subnet.as_deref().and_then(|s| s.parse::<IpNet>().ok());
-            if !subnet.is_some_and(|s| s.contains(&range)) {
-                return Err(CnmError::invalid(
-                    "fixed-cidr",
-                    format!(
-                        "{range}: must be inside the default bridge's subnet {}",
-                        subnet.map(|s| s.to_string()).unwrap_or_default()
-                    ),
-                ));
-            }
-            pool.ip_range = Some(range.to_string());
+        if let Some(range) = default.fixed_cidr.filter(|r| !subnet.contains(r)) {
+            return Err(CnmError::invalid(
+                "fixed-cidr",
+                format!("{range}: must be inside the default bridge's subnet {subnet}"),
+            ));
         }
+        let pool = IpamPoolSpec {
+            subnet: Some(subnet.to_string()),
+            gateway: gateway.map(|g| g.to_string()),
+            ip_range: default.fixed_cidr.map(|r| r.to_string()),
+            ..Default::default()
+        };
         let ipv6: Vec<IpamPoolSpec> = default
             .fixed_cidr_v6
             .map(|v6| IpamPoolSpec {

@@ -30,6 +30,12 @@ fn default_bridge(bip: Option<&str>, avoid: Vec<IpNet>) -> DefaultBridge {
     }
 }
 
+/// `create_default_bridge(spec)`, which must not fail (`what` names the step): the network
+/// made, if any.
+async fn make_default(w: &World, what: &str, spec: &DefaultBridge) -> Option<plexus_cnm::Network> {
+    ok(what, w.controller.create_default_bridge(spec).await)
+}
+
 fn net(s: &str) -> IpNet {
     ok("cidr", s.parse::<IpNet>())
 }
@@ -62,12 +68,7 @@ async fn default_bridge_avoids_the_host_routes_carries_traffic_and_stays() {
         "{routes:?}"
     );
 
-    let made = ok(
-        "default bridge",
-        w.controller
-            .create_default_bridge(&default_bridge(None, routes.clone()))
-            .await,
-    );
+    let made = make_default(&w, "default bridge", &default_bridge(None, routes.clone())).await;
     let net = made.unwrap_or_else(|| panic!("no default bridge made"));
     assert_eq!(net.name, "bridge");
     assert_eq!(net.driver, "bridge");
@@ -107,12 +108,7 @@ async fn default_bridge_avoids_the_host_routes_carries_traffic_and_stays() {
     assert_eq!(reaches(w.sb("a"), sa(OUTSIDE, 9000)), HOST_EXT.to_string());
 
     // Made once; cannot be removed, even empty; prune leaves it.
-    let again = ok(
-        "again",
-        w.controller
-            .create_default_bridge(&default_bridge(None, routes))
-            .await,
-    );
+    let again = make_default(&w, "again", &default_bridge(None, routes)).await;
     assert!(again.is_none(), "{again:?}");
     ok("disconnect", w.controller.disconnect("a", "bridge").await);
     ok("disconnect", w.controller.disconnect("b", "bridge").await);
@@ -201,13 +197,9 @@ async fn bip_gives_the_subnet_and_bad_ones_leave_nothing() {
     nothing_left(w.host_links().await);
 
     // A good one gives exactly that subnet and gateway.
-    let net = ok(
-        "bip",
-        w.controller
-            .create_default_bridge(&default_bridge(Some("10.96.0.1/24"), Vec::new()))
-            .await,
-    )
-    .unwrap_or_else(|| panic!("no default bridge made"));
+    let net = make_default(&w, "bip", &default_bridge(Some("10.96.0.1/24"), Vec::new()))
+        .await
+        .unwrap_or_else(|| panic!("no default bridge made"));
     assert_eq!(net.ipv4[0].subnet.to_string(), "10.96.0.0/24");
     assert_eq!(
         net.ipv4[0].gateway.map(|g| g.to_string()).as_deref(),
@@ -222,12 +214,7 @@ async fn a_users_own_bridge_network_is_left_alone() {
     need_root!();
     let w = World::new().await;
     let mine = w.network("bridge", "10.98.0.0/24", &[]).await;
-    let made = ok(
-        "default bridge",
-        w.controller
-            .create_default_bridge(&default_bridge(None, Vec::new()))
-            .await,
-    );
+    let made = make_default(&w, "default bridge", &default_bridge(None, Vec::new())).await;
     assert!(made.is_none(), "{made:?}");
     assert_eq!(
         ok("bridge", w.controller.network("bridge").await).id,
@@ -276,7 +263,8 @@ async fn fixed_cidr_and_ipv6_on_the_default_bridge() {
         fixed_cidr_v6: Some(net("fd00:96::/64")),
         ..default_bridge(Some("10.96.0.1/16"), Vec::new())
     };
-    let made = ok("made", w.controller.create_default_bridge(&spec).await)
+    let made = make_default(&w, "made", &spec)
+        .await
         .unwrap_or_else(|| panic!("no default bridge made"));
     assert!(made.spec.enable_ipv6);
     assert_eq!(made.ipv6[0].subnet.to_string(), "fd00:96::/64");
@@ -306,28 +294,28 @@ async fn bridge_addresses(w: &World, name: &str) -> Option<Vec<(IpAddr, u8)>> {
 async fn the_default_bridge_follows_changed_flags_unless_it_has_sandboxes() {
     need_root!();
     let mut w = World::new().await;
-    let first = ok(
+    let first = make_default(
+        &w,
         "first",
-        w.controller
-            .create_default_bridge(&default_bridge(Some("10.95.0.1/24"), Vec::new()))
-            .await,
+        &default_bridge(Some("10.95.0.1/24"), Vec::new()),
     )
+    .await
     .unwrap_or_else(|| panic!("no default bridge made"));
-    let same = ok(
+    let same = make_default(
+        &w,
         "same flags",
-        w.controller
-            .create_default_bridge(&default_bridge(Some("10.95.0.1/24"), Vec::new()))
-            .await,
-    );
+        &default_bridge(Some("10.95.0.1/24"), Vec::new()),
+    )
+    .await;
     assert!(same.is_none(), "remade with the same flags: {same:?}");
 
     // A new --bip: remade with its subnet; the kernel bridge has the new gateway only.
-    let moved = ok(
+    let moved = make_default(
+        &w,
         "new bip",
-        w.controller
-            .create_default_bridge(&default_bridge(Some("10.95.1.1/24"), Vec::new()))
-            .await,
+        &default_bridge(Some("10.95.1.1/24"), Vec::new()),
     )
+    .await
     .unwrap_or_else(|| panic!("not remade for a new --bip"));
     assert_ne!(moved.id, first.id);
     assert_eq!(moved.ipv4[0].subnet.to_string(), "10.95.1.0/24");
@@ -342,11 +330,9 @@ async fn the_default_bridge_follows_changed_flags_unless_it_has_sandboxes() {
         ipv6: true,
         ..default_bridge(None, Vec::new())
     };
-    let remade = ok(
-        "new name",
-        w.controller.create_default_bridge(&renamed).await,
-    )
-    .unwrap_or_else(|| panic!("not remade for a new --bridge"));
+    let remade = make_default(&w, "new name", &renamed)
+        .await
+        .unwrap_or_else(|| panic!("not remade for a new --bridge"));
     assert_eq!(remade.ipv4[0].subnet.to_string(), "10.95.1.0/24");
     assert!(
         remade.spec.enable_ipv6 && !remade.ipv6.is_empty(),
@@ -364,12 +350,12 @@ async fn the_default_bridge_follows_changed_flags_unless_it_has_sandboxes() {
     // With a sandbox on it, other flags change nothing.
     w.sandbox("a").await;
     let a = w.connect("a", "bridge").await;
-    let kept = ok(
+    let kept = make_default(
+        &w,
         "with a sandbox",
-        w.controller
-            .create_default_bridge(&default_bridge(Some("10.95.2.1/24"), Vec::new()))
-            .await,
-    );
+        &default_bridge(Some("10.95.2.1/24"), Vec::new()),
+    )
+    .await;
     assert!(kept.is_none(), "remade under a sandbox: {kept:?}");
     let now = ok("bridge", w.controller.network("bridge").await);
     assert_eq!(now.id, remade.id);

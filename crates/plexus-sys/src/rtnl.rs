@@ -268,9 +268,8 @@ impl Drop for ConnectionTask {
 pub struct Rtnl {
     handle: Handle,
     ns: Netns,
-    /// `/proc/sys/net/ipv6/conf` of `ns`, opened at the first veth pair (`None`: no IPv6, or
-    /// it could not be opened; the sysctl path is used then).
-    ipv6_conf: std::sync::Arc<std::sync::OnceLock<Option<sysctl::SysctlDir>>>,
+    /// `/proc/sys/net/ipv6/conf` of `ns`, opened at the first veth pair that finds it.
+    ipv6_conf: std::sync::Arc<tokio::sync::OnceCell<sysctl::SysctlDir>>,
     _connection: std::sync::Arc<ConnectionTask>,
 }
 
@@ -440,19 +439,11 @@ impl Rtnl {
         self.add(what, near.build()).await?;
         // While it is down, so IPv6 never starts on it. Through the namespace's own conf
         // directory, whose lookup cost does not grow with other namespaces (`SysctlDir`).
-        let conf = self.ipv6_conf.get_or_init(|| {
-            sysctl::SysctlDir::open(&self.ns, "net.ipv6.conf")
-                .map_err(|e| tracing::debug!(error = %e, "IPv6 conf directory not opened"))
-                .ok()
-        });
-        let written = match conf {
-            Some(dir) => dir.write(&[pair.name, "disable_ipv6"], "1"),
-            None => sysctl::write(
-                &self.ns,
-                &format!("net.ipv6.conf.{}.disable_ipv6", pair.name),
-                "1",
-            ),
-        };
+        let written = self
+            .ipv6_conf
+            .get_or_try_init(|| async { sysctl::SysctlDir::open(&self.ns, "net.ipv6.conf") })
+            .await
+            .and_then(|conf| conf.write(&[pair.name, "disable_ipv6"], "1"));
         match written {
             Ok(()) => Ok(()),
             // A kernel without IPv6 (no /proc/sys/net/ipv6) has nothing to turn off.

@@ -2,7 +2,8 @@
 
 use std::io::Write;
 use std::os::fd::{AsRawFd, OwnedFd};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use nix::fcntl::{openat, OFlag};
 use nix::sys::stat::Mode;
@@ -18,17 +19,27 @@ pub fn write(ns: &Netns, key: &str, value: &str) -> Result<()> {
     let path = path_of(key)?;
     let value = value.to_string();
     let p = path.clone();
-    run_in(ns.fd().as_raw_fd(), move || std::fs::write(&p, value))
-        .map_err(|source| SysError::Io { path, source })
+    run_at(ns, &path, move || std::fs::write(&p, value))
 }
 
 /// Reads the sysctl `key` inside `ns`, trimmed.
 pub fn read(ns: &Netns, key: &str) -> Result<String> {
     let path = path_of(key)?;
     let p = path.clone();
-    run_in(ns.fd().as_raw_fd(), move || std::fs::read_to_string(&p))
-        .map(|s| s.trim().to_string())
-        .map_err(|source| SysError::Io { path, source })
+    run_at(ns, &path, move || std::fs::read_to_string(&p)).map(|s| s.trim().to_string())
+}
+
+/// Runs `f` inside `ns` (on the helper thread unless this thread is there); an error names
+/// `path`.
+fn run_at<T: Send + 'static>(
+    ns: &Netns,
+    path: &Path,
+    f: impl FnOnce() -> std::io::Result<T> + Send + 'static,
+) -> Result<T> {
+    run_in(ns.fd().as_raw_fd(), f).map_err(|source| SysError::Io {
+        path: path.to_path_buf(),
+        source,
+    })
 }
 
 fn path_of(key: &str) -> Result<PathBuf> {
@@ -65,7 +76,7 @@ fn path_of(key: &str) -> Result<PathBuf> {
 #[derive(Debug)]
 pub struct SysctlDir {
     ns: Netns,
-    dir: OwnedFd,
+    dir: Arc<OwnedFd>,
     path: PathBuf,
 }
 
@@ -74,16 +85,12 @@ impl SysctlDir {
     pub fn open(ns: &Netns, key: &str) -> Result<Self> {
         let path = path_of(key)?;
         let p = path.clone();
-        let dir = run_in(ns.fd().as_raw_fd(), move || {
+        let dir = run_at(ns, &path, move || {
             std::fs::File::open(&p).map(OwnedFd::from)
-        })
-        .map_err(|source| SysError::Io {
-            path: path.clone(),
-            source,
         })?;
         Ok(Self {
             ns: ns.clone(),
-            dir,
+            dir: Arc::new(dir),
             path,
         })
     }
@@ -110,17 +117,13 @@ impl SysctlDir {
             rel.push(c);
         }
         let path = self.path.join(&rel);
-        let io = |source| SysError::Io {
-            path: path.clone(),
-            source,
-        };
-        // The write may run on the namespace helper thread, and what it runs must own what
-        // it uses: a descriptor of its own.
-        let dir = self.dir.try_clone().map_err(io)?;
+        // What runs in the namespace must own what it uses: the directory is shared, not
+        // duplicated.
+        let dir = Arc::clone(&self.dir);
         let value = value.to_string();
-        run_in(self.ns.fd().as_raw_fd(), move || {
+        run_at(&self.ns, &path, move || {
             let fd = openat(
-                &dir,
+                dir.as_ref(),
                 &rel,
                 OFlag::O_WRONLY | OFlag::O_CLOEXEC,
                 Mode::empty(),
@@ -128,6 +131,5 @@ impl SysctlDir {
             .map_err(std::io::Error::from)?;
             std::fs::File::from(fd).write_all(value.as_bytes())
         })
-        .map_err(io)
     }
 }

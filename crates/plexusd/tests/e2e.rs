@@ -13,6 +13,20 @@ use std::time::{Duration, Instant};
 
 use plexus_sys::netns::Netns;
 
+/// The child's exit status once it exits, or `None` if it still runs after `within`.
+fn exit_within(child: &mut Child, within: Duration) -> Option<std::process::ExitStatus> {
+    let deadline = Instant::now() + within;
+    loop {
+        if let Ok(Some(status)) = child.try_wait() {
+            return Some(status);
+        }
+        if Instant::now() > deadline {
+            return None;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
 /// A daemon and everything it made; dropping it kills the daemon and unpins namespaces.
 struct Daemon {
     dir: tempfile::TempDir,
@@ -131,18 +145,21 @@ impl Daemon {
         let mut child = self.child.take().unwrap_or_else(|| panic!("not running"));
         let pid = nix::unistd::Pid::from_raw(child.id() as i32);
         let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
-        let deadline = Instant::now() + Duration::from_secs(15);
-        loop {
-            if let Ok(Some(status)) = child.try_wait() {
-                return status;
-            }
-            if Instant::now() > deadline {
+        match exit_within(&mut child, Duration::from_secs(15)) {
+            Some(status) => status,
+            None => {
                 let _ = child.kill();
                 let _ = child.wait();
                 panic!("plexusd ignored SIGTERM for 15 s:\n{}", self.log());
             }
-            std::thread::sleep(Duration::from_millis(20));
         }
+    }
+
+    /// Starts again with the first `keep` arguments and then `extra`.
+    fn start_with(&mut self, keep: usize, extra: &[&str]) {
+        self.args.truncate(keep);
+        self.args.extend(extra.iter().map(|s| s.to_string()));
+        self.start();
     }
 
     fn plexus(&self, args: &[&str]) -> Output {
@@ -714,13 +731,7 @@ fn default_bridge_network_follows_the_bridge_and_bip_flags() {
     );
     assert_eq!(d.stop().code(), Some(0));
     let base = d.args.len() - 2;
-    d.args.truncate(base);
-    d.args.extend(
-        ["--bridge", "plxe2e0", "--bip", "10.213.0.1/24"]
-            .iter()
-            .map(|s| s.to_string()),
-    );
-    d.start();
+    d.start_with(base, &["--bridge", "plxe2e0", "--bip", "10.213.0.1/24"]);
     assert_eq!(
         d.ok(&["network", "ls", "--format", "{{.Name}}"]),
         "bridge\nhost\nnone\n"
@@ -756,13 +767,7 @@ fn default_bridge_network_follows_the_bridge_and_bip_flags() {
     assert_eq!(d.stop().code(), Some(0));
 
     // No sandbox on it any more: a new --bip remakes it at start, as dockerd does.
-    d.args.truncate(base);
-    d.args.extend(
-        ["--bridge", "plxe2e0", "--bip", "10.213.1.1/24"]
-            .iter()
-            .map(|s| s.to_string()),
-    );
-    d.start();
+    d.start_with(base, &["--bridge", "plxe2e0", "--bip", "10.213.1.1/24"]);
     let bridge = json(&d.ok(&["network", "inspect", "bridge"]));
     assert_eq!(bridge[0]["IPAM"]["Config"][0]["Subnet"], "10.213.1.0/24");
     d.ok(&["sandbox", "create", "s1", "--network", "bridge"]);
@@ -800,11 +805,7 @@ fn default_bridge_network_follows_the_bridge_and_bip_flags() {
             .spawn()
             .unwrap_or_else(|e| panic!("plexusd: {e}"));
         // A daemon that took the flag would serve: stop it rather than wait forever.
-        let deadline = Instant::now() + Duration::from_secs(15);
-        while child.try_wait().ok().flatten().is_none() && Instant::now() < deadline {
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        let running = child.try_wait().ok().flatten().is_none();
+        let running = exit_within(&mut child, Duration::from_secs(15)).is_none();
         if running {
             let _ = child.kill();
         }
