@@ -89,7 +89,8 @@ impl CnmError {
         }
     }
 
-    pub(crate) fn invalid(field: impl Into<String>, reason: impl Into<String>) -> Self {
+    /// A bad input: `field` names what was wrong, `reason` says why.
+    pub fn invalid(field: impl Into<String>, reason: impl Into<String>) -> Self {
         CnmError::Invalid {
             field: field.into(),
             reason: reason.into(),

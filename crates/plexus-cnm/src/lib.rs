@@ -32,7 +32,7 @@ mod error;
 pub mod model;
 pub mod store_layout;
 
-pub use controller::{check_name, Controller, ControllerConfig, DefaultBridge};
+pub use controller::{check_name, Controller, ControllerConfig};
 pub use driver::{
     Capability, Driver, DriverError, DriverRegistry, EndpointCreated, EndpointInfo, InterfaceName,
     Joined, NetworkInfo,

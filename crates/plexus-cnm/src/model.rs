@@ -102,8 +102,8 @@ pub struct Network {
 pub const PREDEFINED_NETWORKS: [(&str, &str); 2] = [("host", "host"), ("none", "null")];
 
 /// The name of Docker's default network, driver `bridge` (`docker0` there), which
-/// [`Controller::create_default_bridge`](crate::Controller::create_default_bridge) makes at
-/// start unless plexusd runs with `--bridge none`. Like the [`PREDEFINED_NETWORKS`], it cannot
+/// the daemon makes at start (`plexus_drivers::create_default_bridge`) unless plexusd runs
+/// with `--bridge none`. Like the [`PREDEFINED_NETWORKS`], it cannot
 /// be removed and prune leaves it.
 pub const DEFAULT_BRIDGE_NETWORK: &str = "bridge";
 

@@ -30,6 +30,7 @@
 #![warn(missing_docs)]
 
 mod bridge;
+pub mod default_bridge;
 mod gso;
 mod host;
 mod names;
@@ -40,6 +41,7 @@ mod reaper;
 use std::sync::Arc;
 
 pub use bridge::{BridgeDriver, Reconciled};
+pub use default_bridge::{create_default_bridge, DefaultBridge};
 pub use host::HostDriver;
 pub use names::{parse_alias, Marked};
 pub use null::NullDriver;

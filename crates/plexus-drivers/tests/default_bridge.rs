@@ -1,5 +1,5 @@
 //! Docker's default `bridge` network as plexusd makes it at start
-//! (`Controller::create_default_bridge`), against the real kernel: the subnet it picks stays
+//! (`plexus_drivers::create_default_bridge`), against the real kernel: the subnet it picks stays
 //! clear of the host's routes, sandboxes on it talk and go out masqueraded, it cannot be
 //! removed, and a bad `--bip` or a taken bridge name is an error naming the flag that leaves
 //! nothing behind.
@@ -10,7 +10,8 @@ use std::net::{IpAddr, Ipv4Addr};
 
 use common::*;
 use ipnet::IpNet;
-use plexus_cnm::{DefaultBridge, NetworkSpec};
+use plexus_cnm::NetworkSpec;
+use plexus_drivers::{create_default_bridge, DefaultBridge};
 use plexus_sys::rtnl::BridgeSpec;
 
 /// The host's IPv4 routes, as plexusd reads them.
@@ -33,7 +34,7 @@ fn default_bridge(bip: Option<&str>, avoid: Vec<IpNet>) -> DefaultBridge {
 /// `create_default_bridge(spec)`, which must not fail (`what` names the step): the network
 /// made, if any.
 async fn make_default(w: &World, what: &str, spec: &DefaultBridge) -> Option<plexus_cnm::Network> {
-    ok(what, w.controller.create_default_bridge(spec).await)
+    ok(what, create_default_bridge(&w.controller, spec).await)
 }
 
 fn net(s: &str) -> IpNet {
@@ -146,11 +147,7 @@ async fn bip_gives_the_subnet_and_bad_ones_leave_nothing() {
     };
     // Not a host address with its prefix, or not IPv4: a 400 naming bip, nothing made.
     for bad in ["10.96.0.0/24", "10.96.0.1/32", "10.96.0.1/31", "fd00::1/64"] {
-        match w
-            .controller
-            .create_default_bridge(&default_bridge(Some(bad), Vec::new()))
-            .await
-        {
+        match create_default_bridge(&w.controller, &default_bridge(Some(bad), Vec::new())).await {
             Err(e) => {
                 assert_eq!(e.http_status(), 400, "{bad}: {e}");
                 assert!(e.to_string().starts_with("invalid bip: "), "{bad}: {e}");
@@ -160,10 +157,11 @@ async fn bip_gives_the_subnet_and_bad_ones_leave_nothing() {
     }
     // A subnet another network has: an error naming bip, nothing made.
     w.network("user", "10.97.0.0/24", &[]).await;
-    match w
-        .controller
-        .create_default_bridge(&default_bridge(Some("10.97.0.1/24"), Vec::new()))
-        .await
+    match create_default_bridge(
+        &w.controller,
+        &default_bridge(Some("10.97.0.1/24"), Vec::new()),
+    )
+    .await
     {
         Err(e) => assert!(e.to_string().starts_with("invalid bip: "), "{e}"),
         Ok(n) => panic!("overlapping bip accepted: {n:?}"),
@@ -180,10 +178,11 @@ async fn bip_gives_the_subnet_and_bad_ones_leave_nothing() {
         )
         .await,
     );
-    match w
-        .controller
-        .create_default_bridge(&default_bridge(Some("10.96.0.1/24"), Vec::new()))
-        .await
+    match create_default_bridge(
+        &w.controller,
+        &default_bridge(Some("10.96.0.1/24"), Vec::new()),
+    )
+    .await
     {
         Err(e) => assert!(e.to_string().starts_with("invalid bridge: "), "{e}"),
         Ok(n) => panic!("taken bridge name accepted: {n:?}"),
@@ -243,7 +242,7 @@ async fn fixed_cidr_and_ipv6_on_the_default_bridge() {
             fixed_cidr_v6: v6.map(net),
             ..default_bridge(Some("10.96.0.1/16"), Vec::new())
         };
-        match w.controller.create_default_bridge(&spec).await {
+        match create_default_bridge(&w.controller, &spec).await {
             Err(e) => {
                 assert_eq!(e.http_status(), 400, "{e}");
                 assert!(

@@ -15,9 +15,8 @@ use std::sync::Arc;
 use anyhow::{bail, Context, Result};
 use clap::Parser;
 use ipnet::IpNet;
-use plexus_cnm::{
-    Controller, ControllerConfig, DefaultBridge, DriverRegistry, Endpoint, Network, NetworkInfo,
-};
+use plexus_cnm::{Controller, ControllerConfig, DriverRegistry, Endpoint, Network, NetworkInfo};
+use plexus_drivers::DefaultBridge;
 use plexus_ipam::{BuiltinIpam, Ipam, IpamConfig, LOCAL_SPACE};
 use tokio::signal::unix::{signal, SignalKind};
 
@@ -425,8 +424,7 @@ async fn run(args: Args) -> Result<()> {
     }
     if let Some(default) = bridge_flags {
         let default = read_host_routes(default, &host).await?;
-        if let Some(network) = controller
-            .create_default_bridge(&default)
+        if let Some(network) = plexus_drivers::create_default_bridge(&controller, &default)
             .await
             .context("making the default bridge network")?
         {

@@ -1,0 +1,386 @@
+//! Endpoints: connect (addresses, the driver's endpoint and join, the record) and
+//! disconnect, each undone in reverse when a step fails.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::IpAddr;
+
+use ipnet::IpNet;
+use plexus_ipam::AddressRequest;
+use plexus_kv::Txn;
+
+use super::{check_name, driver_err, encode, new_id, Controller};
+use crate::driver::{Driver, EndpointInfo, InterfaceName};
+use crate::error::{CnmError, Result};
+use crate::model::{Endpoint, EndpointSpec, IpamPool, Network, Sandbox};
+use crate::store_layout as keys;
+
+impl Controller {
+    /// Connects a sandbox to a network: allocates its addresses, has the driver make the
+    /// endpoint and put it into the sandbox, and records it — or undoes all of it.
+    pub async fn connect(
+        &self,
+        sandbox: &str,
+        network: &str,
+        spec: EndpointSpec,
+    ) -> Result<Endpoint> {
+        let _op = self.ops.lock().await;
+        let (sandbox, _) = self.sandbox_indexed(sandbox).await?;
+        let network = self.network(network).await?;
+        let driver = self.driver(&network.driver)?;
+        for alias in &spec.aliases {
+            check_name("alias", alias)?;
+        }
+        // One read of the sandbox's endpoints serves both this check and the interface name
+        // the join tries first.
+        let current = self.sandbox_endpoints(&sandbox).await?;
+        if current.iter().any(|(ep, _)| ep.network_id == network.id) {
+            return Err(CnmError::Exists {
+                kind: "endpoint",
+                name: format!("{} on network {}", sandbox.name, network.name),
+            });
+        }
+        if spec.ipv4.is_some() && network.spec.ipv4.iter().all(|p| p.subnet.is_none()) {
+            // Docker: a user-chosen address needs a user-chosen subnet.
+            return Err(CnmError::invalid(
+                "ip",
+                "user specified IP address is supported only when connecting to networks with user configured subnets",
+            ));
+        }
+        if spec.ipv6.is_some() && !network.spec.enable_ipv6 {
+            return Err(CnmError::invalid(
+                "ip6",
+                "the network does not have IPv6 enabled",
+            ));
+        }
+
+        let mut allocated: Vec<(String, IpAddr)> = Vec::new();
+        let result = self
+            .connect_steps(
+                &sandbox,
+                &network,
+                driver.as_ref(),
+                spec,
+                &current,
+                &mut allocated,
+            )
+            .await;
+        if result.is_err() {
+            for (pool, addr) in allocated.iter().rev() {
+                if let Err(e) = self.ipam.release_address(pool, *addr).await {
+                    tracing::warn!(%addr, error = %e, "cannot release address while undoing");
+                }
+            }
+        }
+        result
+    }
+
+    pub(super) async fn allocate(
+        &self,
+        pools: &[IpamPool],
+        preferred: Option<&String>,
+        mac: Option<&String>,
+        allocated: &mut Vec<(String, IpAddr)>,
+    ) -> Result<Option<(String, IpNet)>> {
+        let Some(pool) = pools.first() else {
+            return Ok(None);
+        };
+        let mut request = match preferred {
+            Some(ip) => AddressRequest::preferred(&pool.pool_id, ip),
+            None => AddressRequest::next(&pool.pool_id),
+        };
+        request.mac_address = mac.cloned();
+        let response = self.ipam.request_address(request).await?;
+        allocated.push((pool.pool_id.clone(), response.address.addr()));
+        Ok(Some((pool.pool_id.clone(), response.address)))
+    }
+
+    pub(super) async fn connect_steps(
+        &self,
+        sandbox: &Sandbox,
+        network: &Network,
+        driver: &dyn Driver,
+        spec: EndpointSpec,
+        current: &[(Endpoint, Network)],
+        allocated: &mut Vec<(String, IpAddr)>,
+    ) -> Result<Endpoint> {
+        let v4 = self
+            .allocate(
+                &network.ipv4,
+                spec.ipv4.as_ref(),
+                spec.mac.as_ref(),
+                allocated,
+            )
+            .await?;
+        let v6 = self
+            .allocate(
+                &network.ipv6,
+                spec.ipv6.as_ref(),
+                spec.mac.as_ref(),
+                allocated,
+            )
+            .await?;
+        let id = new_id()?;
+        let info = EndpointInfo {
+            network_id: network.id.clone(),
+            endpoint_id: id.clone(),
+            ipv4: v4.as_ref().map(|(_, a)| *a),
+            ipv6: v6.as_ref().map(|(_, a)| *a),
+            mac: spec.mac.clone(),
+            ports: spec.ports.clone(),
+        };
+        let created = driver
+            .create_endpoint(&info)
+            .await
+            .map_err(|e| driver_err(driver, e))?;
+        let prefix = network
+            .spec
+            .options
+            .get("com.docker.network.container_iface_prefix")
+            .cloned()
+            .unwrap_or_else(|| self.config.interface_prefix.clone());
+        let interface = InterfaceName {
+            prefix: &prefix,
+            first: first_free_interface(current, &prefix),
+        };
+        let mut endpoint = Endpoint {
+            id: id.clone(),
+            name: sandbox.name.clone(),
+            network_id: network.id.clone(),
+            sandbox_id: sandbox.id.clone(),
+            ipv4: info.ipv4,
+            ipv6: info.ipv6,
+            pool_ids: v4.iter().chain(v6.iter()).map(|(p, _)| p.clone()).collect(),
+            mac: created.mac,
+            interface: Some(interface.guess()),
+            aliases: spec.aliases,
+            ports: created.ports,
+        };
+        // The record and the driver's kernel work go on at once, so the record's disk flush
+        // (about a millisecond) hides behind the join. A crash can then leave a record whose
+        // join never finished: start-up reconciliation finds such endpoints lost (see
+        // `forget_endpoints`) and rolls them back.
+        let (recorded, joined) = tokio::join!(
+            self.record_endpoint(sandbox, network, &endpoint),
+            driver.join(&network.id, &id, &sandbox.key, interface),
+        );
+        match (recorded, joined) {
+            (Ok(()), Ok(joined)) => {
+                // Last, the way out (published ports): start-up reconciliation rolls back an
+                // endpoint whose ports a crash left unpublished, as one whose join never
+                // finished.
+                if let Err(e) = driver.program_external_connectivity(&network.id, &id).await {
+                    self.undo_connect(driver, &sandbox.id, &endpoint, true, true)
+                        .await;
+                    return Err(driver_err(driver, e));
+                }
+                if joined.interface != endpoint.interface {
+                    // The sandbox had the name already (not from Plexus): record the real one.
+                    endpoint.interface = joined.interface;
+                    self.rewrite_endpoint(&endpoint).await?;
+                }
+            }
+            (Ok(()), Err(e)) => {
+                self.undo_connect(driver, &sandbox.id, &endpoint, true, false)
+                    .await;
+                return Err(driver_err(driver, e));
+            }
+            (Err(e), Ok(_)) => {
+                self.undo_connect(driver, &sandbox.id, &endpoint, false, true)
+                    .await;
+                return Err(e);
+            }
+            (Err(_), Err(e)) => {
+                self.undo_connect(driver, &sandbox.id, &endpoint, false, false)
+                    .await;
+                return Err(driver_err(driver, e));
+            }
+        }
+        tracing::info!(sandbox = %sandbox.name, network = %network.name, endpoint = %id, "connected");
+        Ok(endpoint)
+    }
+
+    /// Undoes a connect cut short once its endpoint was made: the record if `recorded`, the
+    /// join if `joined`, then the endpoint. What fails here start-up reconciliation removes.
+    pub(super) async fn undo_connect(
+        &self,
+        driver: &dyn Driver,
+        sandbox_id: &str,
+        endpoint: &Endpoint,
+        recorded: bool,
+        joined: bool,
+    ) {
+        if recorded {
+            if let Err(u) = self.unrecord_endpoint(sandbox_id, endpoint, false).await {
+                tracing::warn!(endpoint = %endpoint.id, error = %u, "cannot remove the record of a failed connect; start-up reconciliation will");
+            }
+        }
+        if joined {
+            let _ = driver.leave(&endpoint.network_id, &endpoint.id).await;
+        }
+        let _ = driver
+            .delete_endpoint(&endpoint.network_id, &endpoint.id)
+            .await;
+    }
+
+    /// Replaces an endpoint's record (same sandbox list).
+    pub(super) async fn rewrite_endpoint(&self, endpoint: &Endpoint) -> Result<()> {
+        let key = keys::endpoint(&endpoint.network_id, &endpoint.id);
+        let (_, index) = self
+            .load::<Endpoint>(&key)
+            .await?
+            .ok_or_else(|| CnmError::NotFound {
+                kind: "endpoint",
+                name: endpoint.id.clone(),
+            })?;
+        self.store
+            .txn(
+                Txn::new()
+                    .compare_index(key.clone(), index)
+                    .put(key, encode(endpoint)),
+            )
+            .await?;
+        Ok(())
+    }
+
+    /// Removes an endpoint's record and its place in its sandbox's list; `relaxed`: no disk
+    /// flush of its own (a durable write follows).
+    pub(super) async fn unrecord_endpoint(
+        &self,
+        sandbox_id: &str,
+        endpoint: &Endpoint,
+        relaxed: bool,
+    ) -> Result<()> {
+        let (mut sandbox, index) = self.sandbox_indexed(sandbox_id).await?;
+        sandbox.endpoints.retain(|e| e != &endpoint.id);
+        let mut txn = Txn::new()
+            .compare_index(keys::sandbox(sandbox_id), index)
+            .delete(keys::endpoint(&endpoint.network_id, &endpoint.id))
+            .put(keys::sandbox(sandbox_id), encode(&sandbox));
+        txn.relaxed = relaxed;
+        self.store.txn(txn).await?;
+        Ok(())
+    }
+
+    pub(super) async fn record_endpoint(
+        &self,
+        sandbox: &Sandbox,
+        network: &Network,
+        endpoint: &Endpoint,
+    ) -> Result<()> {
+        let (mut current, index) = self.sandbox_indexed(&sandbox.id).await?;
+        let (_, net_index) = self
+            .load::<Network>(&keys::network(&network.id))
+            .await?
+            .ok_or_else(|| CnmError::NotFound {
+                kind: "network",
+                name: network.name.clone(),
+            })?;
+        current.endpoints.push(endpoint.id.clone());
+        self.store
+            .txn(
+                Txn::new()
+                    .compare_index(keys::sandbox(&sandbox.id), index)
+                    // The network must still exist: a concurrent delete loses or we do.
+                    .compare_index(keys::network(&network.id), net_index)
+                    .compare_absent(keys::endpoint(&network.id, &endpoint.id))
+                    .put(keys::endpoint(&network.id, &endpoint.id), encode(endpoint))
+                    .put(keys::sandbox(&sandbox.id), encode(&current)),
+            )
+            .await?;
+        Ok(())
+    }
+
+    /// Disconnects a sandbox from a network.
+    pub async fn disconnect(&self, sandbox: &str, network: &str) -> Result<()> {
+        let _op = self.ops.lock().await;
+        let (sandbox, _, endpoint) = self.endpoint_on(sandbox, network).await?;
+        self.disconnect_locked(&sandbox.id, &endpoint, false).await
+    }
+
+    /// The endpoint of `sandbox` on `network` (names or ids), with both.
+    pub(super) async fn endpoint_on(
+        &self,
+        sandbox: &str,
+        network: &str,
+    ) -> Result<(Sandbox, Network, Endpoint)> {
+        let (sandbox, _) = self.sandbox_indexed(sandbox).await?;
+        let network = self.network(network).await?;
+        let endpoint = self
+            .endpoint_of(&sandbox, &network.id)
+            .await?
+            .ok_or_else(|| CnmError::NotFound {
+                kind: "endpoint",
+                name: format!("{} on network {}", sandbox.name, network.name),
+            })?;
+        Ok((sandbox, network, endpoint))
+    }
+
+    /// What the data plane holds for the endpoint of `sandbox` on `network`, as its driver
+    /// reports it (libnetwork's `EndpointOperInfo`; the bridge driver: its MAC and published
+    /// ports).
+    pub async fn endpoint_oper_info(
+        &self,
+        sandbox: &str,
+        network: &str,
+    ) -> Result<BTreeMap<String, serde_json::Value>> {
+        let (_, network, endpoint) = self.endpoint_on(sandbox, network).await?;
+        let driver = self.driver(&network.driver)?;
+        driver
+            .endpoint_oper_info(&network.id, &endpoint.id)
+            .await
+            .map_err(|e| driver_err(driver.as_ref(), e))
+    }
+
+    /// `relaxed`: the record's removal needs no disk flush of its own (the caller's next
+    /// durable write follows).
+    pub(super) async fn disconnect_locked(
+        &self,
+        sandbox_id: &str,
+        endpoint: &Endpoint,
+        relaxed: bool,
+    ) -> Result<()> {
+        let network = self.network(&endpoint.network_id).await?;
+        let driver = self.driver(&network.driver)?;
+        // The record goes while the driver takes the data plane down (as in connect): the
+        // driver takes it out of service in an order that start-up reconciliation reads as
+        // "gone" however a crash cuts it short.
+        let data_plane = async {
+            if let Err(e) = driver
+                .revoke_external_connectivity(&network.id, &endpoint.id)
+                .await
+            {
+                tracing::warn!(endpoint = %endpoint.id, error = %e, "revoking external connectivity failed; reconciliation will clean up");
+            }
+            if let Err(e) = driver.leave(&network.id, &endpoint.id).await {
+                tracing::warn!(endpoint = %endpoint.id, error = %e, "leave failed; reconciliation will clean up");
+            }
+            if let Err(e) = driver.delete_endpoint(&network.id, &endpoint.id).await {
+                tracing::warn!(endpoint = %endpoint.id, error = %e, "delete endpoint failed; reconciliation will clean up");
+            }
+        };
+        let (unrecorded, ()) = tokio::join!(
+            self.unrecord_endpoint(sandbox_id, endpoint, relaxed),
+            data_plane
+        );
+        unrecorded?;
+        let addrs = endpoint.ipv4.iter().chain(endpoint.ipv6.iter());
+        for (pool, addr) in endpoint.pool_ids.iter().zip(addrs) {
+            if let Err(e) = self.ipam.release_address(pool, addr.addr()).await {
+                tracing::warn!(addr = %addr, error = %e, "cannot release address");
+            }
+        }
+        Ok(())
+    }
+}
+
+/// The first number for `prefix` that none of a sandbox's endpoints (`current`) has in its
+/// interface name: the name a join tries first.
+fn first_free_interface(current: &[(Endpoint, Network)], prefix: &str) -> u32 {
+    let used: BTreeSet<&str> = current
+        .iter()
+        .filter_map(|(ep, _)| ep.interface.as_deref())
+        .collect();
+    (0u32..)
+        .find(|n| !used.contains(format!("{prefix}{n}").as_str()))
+        .unwrap_or(0)
+}

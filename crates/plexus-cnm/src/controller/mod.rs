@@ -1,0 +1,207 @@
+//! The controller: the one place that turns user requests into IPAM allocations, driver calls
+//! and store records, and undoes what it did when a later step fails.
+//!
+//! Each operation runs its steps in an order chosen so that a failure at any step can be undone
+//! by reversing the earlier ones, and ends in a single store transaction: the records change all
+//! at once or not at all. A crash between the driver's work and that transaction leaves kernel
+//! objects or allocations the store does not mention; start-up reconciliation (which compares
+//! the kernel and IPAM with the store) removes them.
+
+mod endpoint;
+mod network;
+mod reconcile;
+mod sandbox;
+
+use std::sync::Arc;
+
+use plexus_ipam::Ipam;
+use plexus_kv::{KvError, Store};
+use serde::de::DeserializeOwned;
+use tokio::sync::Mutex;
+
+use crate::driver::{Driver, DriverError, DriverRegistry};
+use crate::error::{CnmError, Result};
+use crate::model::Network;
+
+/// Settings of a controller.
+#[derive(Debug, Clone)]
+pub struct ControllerConfig {
+    /// The driver used when a network names none (`bridge`).
+    pub default_driver: String,
+    /// The prefix of interface names inside sandboxes (`eth`).
+    pub interface_prefix: String,
+}
+
+impl Default for ControllerConfig {
+    fn default() -> Self {
+        Self {
+            default_driver: "bridge".into(),
+            interface_prefix: "eth".into(),
+        }
+    }
+}
+
+/// The Container Network Model's controller.
+pub struct Controller {
+    store: Arc<dyn Store>,
+    ipam: Arc<dyn Ipam>,
+    drivers: DriverRegistry,
+    config: ControllerConfig,
+    /// Mutating operations of one controller run one at a time; the store's transactions
+    /// guard against other controllers sharing the store.
+    ops: Mutex<()>,
+}
+
+fn driver_err(driver: &dyn Driver, e: DriverError) -> CnmError {
+    match e {
+        DriverError::Invalid(m) => CnmError::Invalid {
+            field: format!("{} driver option", driver.name()),
+            reason: m,
+        },
+        DriverError::Conflict(message) => CnmError::Conflict {
+            driver: driver.name().to_string(),
+            message,
+        },
+        other => CnmError::Driver {
+            driver: driver.name().to_string(),
+            message: other.to_string(),
+        },
+    }
+}
+
+/// Docker's rule for names: `[a-zA-Z0-9][a-zA-Z0-9_.-]*`, at most 255 bytes.
+pub fn check_name(kind: &'static str, name: &str) -> Result<()> {
+    let field = format!("{kind} name");
+    let mut chars = name.chars();
+    match chars.next() {
+        None => return Err(CnmError::invalid(field, "must not be empty")),
+        Some(c) if !c.is_ascii_alphanumeric() => {
+            return Err(CnmError::invalid(
+                field,
+                format!("{name:?} must start with a letter or digit"),
+            ))
+        }
+        _ => {}
+    }
+    if let Some(bad) = chars.find(|c| !(c.is_ascii_alphanumeric() || "_.-".contains(*c))) {
+        return Err(CnmError::invalid(
+            field,
+            format!("{name:?} contains {bad:?}; only [a-zA-Z0-9][a-zA-Z0-9_.-] are allowed"),
+        ));
+    }
+    if name.len() > 255 {
+        return Err(CnmError::invalid(field, "is longer than 255 bytes"));
+    }
+    Ok(())
+}
+
+/// A fresh 64-hex-digit id, like Docker's.
+fn new_id() -> Result<String> {
+    use std::io::Read;
+    let mut bytes = [0u8; 32];
+    std::fs::File::open("/dev/urandom")
+        .and_then(|mut f| f.read_exact(&mut bytes))
+        .map_err(|e| CnmError::invalid("id", format!("cannot read /dev/urandom: {e}")))?;
+    Ok(bytes.iter().map(|b| format!("{b:02x}")).collect())
+}
+
+/// Now, as RFC 3339 UTC.
+fn now_rfc3339() -> String {
+    let secs = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or(0);
+    let (days, rem) = (secs.div_euclid(86_400), secs.rem_euclid(86_400));
+    // Civil-from-days (Howard Hinnant's algorithm).
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    format!(
+        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}Z",
+        rem / 3600,
+        rem % 3600 / 60,
+        rem % 60
+    )
+}
+
+fn encode<T: serde::Serialize>(value: &T) -> Vec<u8> {
+    // Serialising these plain records cannot fail (no maps with non-string keys).
+    serde_json::to_vec(value).unwrap_or_default()
+}
+
+impl Controller {
+    /// A controller over `store`, allocating from `ipam`, with `drivers`.
+    pub fn new(
+        store: Arc<dyn Store>,
+        ipam: Arc<dyn Ipam>,
+        drivers: DriverRegistry,
+        config: ControllerConfig,
+    ) -> Self {
+        Self {
+            store,
+            ipam,
+            drivers,
+            config,
+            ops: Mutex::new(()),
+        }
+    }
+
+    pub(super) async fn load<T: DeserializeOwned>(&self, key: &str) -> Result<Option<(T, u64)>> {
+        match self.store.get(key).await {
+            Ok(pair) => serde_json::from_slice(&pair.value)
+                .map(|v| Some((v, pair.last_index)))
+                .map_err(|e| CnmError::Corrupt {
+                    key: key.to_string(),
+                    reason: e.to_string(),
+                }),
+            Err(KvError::KeyNotFound { .. }) => Ok(None),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    pub(super) async fn load_all<T: DeserializeOwned>(&self, dir: &str) -> Result<Vec<T>> {
+        let mut out = Vec::new();
+        for pair in self.store.list(dir).await? {
+            out.push(
+                serde_json::from_slice(&pair.value).map_err(|e| CnmError::Corrupt {
+                    key: pair.key.clone(),
+                    reason: e.to_string(),
+                })?,
+            );
+        }
+        Ok(out)
+    }
+
+    pub(super) fn driver(&self, name: &str) -> Result<Arc<dyn Driver>> {
+        self.drivers.get(name).ok_or_else(|| CnmError::Invalid {
+            field: "driver".into(),
+            reason: format!(
+                "unknown driver {name:?}; known drivers: {}",
+                self.drivers.names().join(", ")
+            ),
+        })
+    }
+
+    /// The IPAM the controller allocates from.
+    pub fn ipam(&self) -> &Arc<dyn Ipam> {
+        &self.ipam
+    }
+
+    /// Whether a driver called `name` is registered.
+    pub fn has_driver(&self, name: &str) -> bool {
+        self.drivers.get(name).is_some()
+    }
+
+    /// Removes a network that has no endpoints even when it is pre-defined: for the daemon's
+    /// own remaking of Docker's default network at start, never for users' requests.
+    pub async fn remove_predefined_network(&self, network: &Network) -> Result<()> {
+        let _op = self.ops.lock().await;
+        self.remove_network_locked(network).await
+    }
+}

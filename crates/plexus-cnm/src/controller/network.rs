@@ -1,0 +1,387 @@
+//! Networks: lookup, creation with their IPAM pools, removal, the pre-defined ones, prune.
+
+use std::collections::BTreeMap;
+
+use plexus_ipam::{GatewayRequest, PoolRequest, PoolResponse, GLOBAL_SPACE, LOCAL_SPACE};
+use plexus_kv::{KvError, Txn};
+
+use super::{check_name, driver_err, encode, new_id, now_rfc3339, Controller};
+use crate::driver::NetworkInfo;
+use crate::error::{CnmError, Result};
+use crate::model::{
+    Endpoint, IpamPool, IpamPoolSpec, Network, NetworkSpec, Sandbox, Scope, PREDEFINED_NETWORKS,
+};
+use crate::store_layout as keys;
+
+impl Controller {
+    /// Every network, sorted by name.
+    pub async fn networks(&self) -> Result<Vec<Network>> {
+        let mut all: Vec<Network> = self.load_all(keys::NETWORKS).await?;
+        all.sort_by(|a, b| a.name.cmp(&b.name));
+        Ok(all)
+    }
+
+    /// The network with this id, name, or unique id prefix (Docker's lookup order).
+    pub async fn network(&self, name_or_id: &str) -> Result<Network> {
+        let not_found = || CnmError::NotFound {
+            kind: "network",
+            name: name_or_id.to_string(),
+        };
+        if name_or_id.is_empty() {
+            return Err(not_found());
+        }
+        if name_or_id.len() == 64 {
+            if let Some((n, _)) = self.load::<Network>(&keys::network(name_or_id)).await? {
+                return Ok(n);
+            }
+        }
+        if check_name("network", name_or_id).is_ok() {
+            if let Some((id, _)) = self.load::<String>(&keys::network_name(name_or_id)).await? {
+                if let Some((n, _)) = self.load::<Network>(&keys::network(&id)).await? {
+                    return Ok(n);
+                }
+            }
+        }
+        let matches: Vec<Network> = self
+            .networks()
+            .await?
+            .into_iter()
+            .filter(|n| n.id.starts_with(name_or_id))
+            .collect();
+        match matches.len() {
+            1 => Ok(matches.into_iter().next().ok_or_else(not_found)?),
+            0 => Err(not_found()),
+            _ => Err(CnmError::invalid(
+                "network",
+                format!(
+                    "{name_or_id:?} matches {} networks by id prefix",
+                    matches.len()
+                ),
+            )),
+        }
+    }
+
+    pub(super) async fn request_pools(
+        &self,
+        space: &str,
+        owner: &str,
+        specs: &[IpamPoolSpec],
+        v6: bool,
+        options: &BTreeMap<String, String>,
+        done: &mut Vec<String>,
+    ) -> Result<Vec<IpamPool>> {
+        let default = [IpamPoolSpec::default()];
+        let specs = if specs.is_empty() {
+            &default[..]
+        } else {
+            specs
+        };
+        let mut pools = Vec::new();
+        for spec in specs {
+            let mut request = PoolRequest::new(space, owner);
+            if let Some(s) = &spec.subnet {
+                request = request.subnet(s);
+            }
+            if let Some(r) = &spec.ip_range {
+                request = request.ip_range(r);
+            }
+            request.gateway = match &spec.gateway {
+                Some(g) => GatewayRequest::Given(g.clone()),
+                None => GatewayRequest::Auto,
+            };
+            for (name, ip) in &spec.aux_addresses {
+                request = request.aux(name, ip);
+            }
+            for (k, v) in options {
+                request = request.option(k, v);
+            }
+            if v6 {
+                request = request.v6();
+            }
+            let PoolResponse {
+                pool_id,
+                pool,
+                gateway,
+                aux_addresses,
+                ..
+            } = self.ipam.request_pool(request).await?;
+            done.push(pool_id.clone());
+            pools.push(IpamPool {
+                pool_id,
+                subnet: pool,
+                ip_range: spec.ip_range.clone(),
+                gateway,
+                aux_addresses,
+            });
+        }
+        Ok(pools)
+    }
+
+    pub(super) async fn release_pools(&self, pool_ids: &[String]) {
+        for id in pool_ids.iter().rev() {
+            if let Err(e) = self.ipam.release_pool(id).await {
+                tracing::warn!(pool = %id, error = %e, "cannot release pool while undoing");
+            }
+        }
+    }
+
+    /// Creates a network: checks the request, allocates its pools, has the driver make it,
+    /// and records it, undoing everything if a step fails.
+    pub async fn create_network(&self, mut spec: NetworkSpec) -> Result<Network> {
+        let _op = self.ops.lock().await;
+        check_name("network", &spec.name)?;
+        if spec.driver.is_empty() {
+            spec.driver = self.config.default_driver.clone();
+        }
+        let driver = self.driver(&spec.driver)?;
+        driver
+            .validate_options(&spec.options)
+            .map_err(|e| driver_err(driver.as_ref(), e))?;
+        if spec.ipv4.len() > 1 || spec.ipv6.len() > 1 {
+            return Err(CnmError::invalid(
+                "subnet",
+                "at most one IPv4 and one IPv6 subnet per network",
+            ));
+        }
+        if !spec.ipv6.is_empty() && !spec.enable_ipv6 {
+            return Err(CnmError::invalid(
+                "subnet",
+                "an IPv6 subnet needs --ipv6 (EnableIPv6)",
+            ));
+        }
+        if self
+            .load::<String>(&keys::network_name(&spec.name))
+            .await?
+            .is_some()
+        {
+            return Err(CnmError::Exists {
+                kind: "network",
+                name: spec.name,
+            });
+        }
+        let capability = driver.capability();
+        if !capability.multiple_networks
+            && self
+                .networks()
+                .await?
+                .iter()
+                .any(|n| n.driver == spec.driver)
+        {
+            return Err(CnmError::invalid(
+                "driver",
+                format!("only one instance of {:?} network is allowed", spec.driver),
+            ));
+        }
+        let id = new_id()?;
+        let space = match capability.scope {
+            Scope::Local => LOCAL_SPACE,
+            Scope::Global => GLOBAL_SPACE,
+        };
+        let mut pool_ids = Vec::new();
+        let (ipv4, ipv6) = if capability.needs_ipam {
+            let owner = spec.name.clone();
+            let v4 = self
+                .request_pools(
+                    space,
+                    &owner,
+                    &spec.ipv4,
+                    false,
+                    &spec.ipam_options,
+                    &mut pool_ids,
+                )
+                .await;
+            let v4 = match v4 {
+                Ok(p) => p,
+                Err(e) => {
+                    self.release_pools(&pool_ids).await;
+                    return Err(e);
+                }
+            };
+            let v6 = if spec.enable_ipv6 {
+                match self
+                    .request_pools(
+                        space,
+                        &owner,
+                        &spec.ipv6,
+                        true,
+                        &spec.ipam_options,
+                        &mut pool_ids,
+                    )
+                    .await
+                {
+                    Ok(p) => p,
+                    Err(e) => {
+                        self.release_pools(&pool_ids).await;
+                        return Err(e);
+                    }
+                }
+            } else {
+                Vec::new()
+            };
+            (v4, v6)
+        } else {
+            (Vec::new(), Vec::new())
+        };
+        let network = Network {
+            id: id.clone(),
+            name: spec.name.clone(),
+            driver: spec.driver.clone(),
+            scope: capability.scope,
+            ipv4,
+            ipv6,
+            created: now_rfc3339(),
+            spec,
+        };
+        let info = NetworkInfo {
+            id: id.clone(),
+            name: network.name.clone(),
+            options: network.spec.options.clone(),
+            ipv4: network.ipv4.clone(),
+            ipv6: network.ipv6.clone(),
+            internal: network.spec.internal,
+            enable_ipv6: network.spec.enable_ipv6,
+        };
+        if let Err(e) = driver.create_network(&info).await {
+            self.release_pools(&pool_ids).await;
+            return Err(driver_err(driver.as_ref(), e));
+        }
+        let txn = Txn::new()
+            .compare_absent(keys::network_name(&network.name))
+            .put(keys::network(&id), encode(&network))
+            .put(keys::network_name(&network.name), encode(&id));
+        if let Err(e) = self.store.txn(txn).await {
+            let _ = driver.delete_network(&id).await;
+            self.release_pools(&pool_ids).await;
+            return Err(match e {
+                KvError::TxnConflict { .. } => CnmError::Exists {
+                    kind: "network",
+                    name: network.name,
+                },
+                other => other.into(),
+            });
+        }
+        tracing::info!(network = %network.name, id = %id, driver = %network.driver, "network created");
+        Ok(network)
+    }
+
+    /// Endpoints on a network.
+    pub async fn endpoints(&self, network_id: &str) -> Result<Vec<Endpoint>> {
+        self.load_all(&keys::endpoints_of(network_id)).await
+    }
+
+    /// Deletes a network that has no endpoints.
+    pub async fn delete_network(&self, name_or_id: &str) -> Result<()> {
+        let _op = self.ops.lock().await;
+        let network = self.network(name_or_id).await?;
+        self.delete_network_locked(&network).await
+    }
+
+    pub(super) async fn delete_network_locked(&self, network: &Network) -> Result<()> {
+        if network.is_predefined() {
+            return Err(CnmError::Predefined {
+                name: network.name.clone(),
+            });
+        }
+        self.remove_network_locked(network).await
+    }
+
+    /// Removes a network that has no endpoints, pre-defined or not (the caller decides).
+    pub(super) async fn remove_network_locked(&self, network: &Network) -> Result<()> {
+        let endpoints = self.endpoints(&network.id).await?;
+        if !endpoints.is_empty() {
+            let mut by = Vec::new();
+            for ep in &endpoints {
+                let sandbox = self
+                    .load::<Sandbox>(&keys::sandbox(&ep.sandbox_id))
+                    .await?
+                    .map(|(s, _)| s.name)
+                    .unwrap_or_else(|| ep.sandbox_id.clone());
+                by.push(format!("sandbox {sandbox}"));
+            }
+            return Err(CnmError::InUse {
+                what: format!("network {}", network.name),
+                by: by.join(", "),
+            });
+        }
+        let driver = self.driver(&network.driver)?;
+        // Records first: once they are gone nobody can attach; then the data plane; then the
+        // pools. A crash in between leaves only what reconciliation removes.
+        let (_, index) = self
+            .load::<Network>(&keys::network(&network.id))
+            .await?
+            .ok_or_else(|| CnmError::NotFound {
+                kind: "network",
+                name: network.name.clone(),
+            })?;
+        self.store
+            .txn(
+                Txn::new()
+                    .compare_index(keys::network(&network.id), index)
+                    .delete(keys::network(&network.id))
+                    .delete(keys::network_name(&network.name)),
+            )
+            .await?;
+        if let Err(e) = driver.delete_network(&network.id).await {
+            tracing::warn!(network = %network.name, error = %e, "driver could not delete the network; reconciliation will");
+        }
+        let pool_ids: Vec<String> = network
+            .ipv4
+            .iter()
+            .chain(&network.ipv6)
+            .map(|p| p.pool_id.clone())
+            .collect();
+        self.release_pools(&pool_ids).await;
+        tracing::info!(network = %network.name, "network deleted");
+        Ok(())
+    }
+
+    /// Makes the [`PREDEFINED_NETWORKS`] that are missing, as Docker's daemon does at start;
+    /// returns the names it made. One is skipped (with a warning) when its driver is not
+    /// registered, when its name is taken by a network of another driver, or when its
+    /// driver, which allows one network only, already has one under another name.
+    pub async fn create_predefined_networks(&self) -> Result<Vec<String>> {
+        let mut made = Vec::new();
+        let networks = self.networks().await?;
+        for (name, driver) in PREDEFINED_NETWORKS {
+            if self.driver(driver).is_err() {
+                tracing::warn!(
+                    network = name,
+                    driver,
+                    "driver not registered: no pre-defined network"
+                );
+                continue;
+            }
+            if let Some(other) = networks
+                .iter()
+                .find(|n| n.name == name || n.driver == driver)
+            {
+                if !other.is_predefined() {
+                    tracing::warn!(network = name, driver, taken_by = %other.name, "pre-defined network not made: its name or its driver's one network is taken");
+                }
+                continue;
+            }
+            let spec = NetworkSpec {
+                name: name.to_string(),
+                driver: driver.to_string(),
+                ..Default::default()
+            };
+            self.create_network(spec).await?;
+            made.push(name.to_string());
+        }
+        Ok(made)
+    }
+
+    /// Deletes every network without endpoints, except the pre-defined ones; returns their
+    /// names.
+    pub async fn prune_networks(&self) -> Result<Vec<String>> {
+        let _op = self.ops.lock().await;
+        let mut pruned = Vec::new();
+        for network in self.networks().await? {
+            if !network.is_predefined() && self.endpoints(&network.id).await?.is_empty() {
+                self.delete_network_locked(&network).await?;
+                pruned.push(network.name);
+            }
+        }
+        Ok(pruned)
+    }
+}
