@@ -132,25 +132,43 @@ impl Store for Prefixed {
     }
 
     async fn put(&self, k: &str, value: &[u8], options: PutOptions) -> Result<KvPair> {
-        let pair = self.inner.put(&self.full_leaf(k)?, value, options).await.map_err(|e| self.own_err(e))?;
+        let pair = self
+            .inner
+            .put(&self.full_leaf(k)?, value, options)
+            .await
+            .map_err(|e| self.own_err(e))?;
         Ok(Self::strip(&self.prefix, pair))
     }
 
     async fn get(&self, k: &str) -> Result<KvPair> {
-        let pair = self.inner.get(&self.full_leaf(k)?).await.map_err(|e| self.own_err(e))?;
+        let pair = self
+            .inner
+            .get(&self.full_leaf(k)?)
+            .await
+            .map_err(|e| self.own_err(e))?;
         Ok(Self::strip(&self.prefix, pair))
     }
 
     async fn delete(&self, k: &str) -> Result<()> {
-        self.inner.delete(&self.full_leaf(k)?).await.map_err(|e| self.own_err(e))
+        self.inner
+            .delete(&self.full_leaf(k)?)
+            .await
+            .map_err(|e| self.own_err(e))
     }
 
     async fn exists(&self, k: &str) -> Result<bool> {
-        self.inner.exists(&self.full_leaf(k)?).await.map_err(|e| self.own_err(e))
+        self.inner
+            .exists(&self.full_leaf(k)?)
+            .await
+            .map_err(|e| self.own_err(e))
     }
 
     async fn list(&self, dir: &str) -> Result<Vec<KvPair>> {
-        let pairs = self.inner.list(&self.full_dir(dir)?).await.map_err(|e| self.own_err(e))?;
+        let pairs = self
+            .inner
+            .list(&self.full_dir(dir)?)
+            .await
+            .map_err(|e| self.own_err(e))?;
         Ok(pairs
             .into_iter()
             .map(|p| Self::strip(&self.prefix, p))
@@ -161,7 +179,10 @@ impl Store for Prefixed {
         // The root of the view is a directory of the backend, so deleting "everything" here
         // would be allowed below; refuse it as every backend refuses its own root.
         let dir = key::directory_nonroot(dir)?;
-        self.inner.delete_tree(&self.full(dir)).await.map_err(|e| self.own_err(e))
+        self.inner
+            .delete_tree(&self.full(dir))
+            .await
+            .map_err(|e| self.own_err(e))
     }
 
     async fn atomic_put(
@@ -190,7 +211,10 @@ impl Store for Prefixed {
             key: full.clone(),
             ..previous.clone()
         };
-        self.inner.atomic_delete(&full, &previous).await.map_err(|e| self.own_err(e))
+        self.inner
+            .atomic_delete(&full, &previous)
+            .await
+            .map_err(|e| self.own_err(e))
     }
 
     async fn txn(&self, txn: Txn) -> Result<Vec<KvPair>> {
@@ -222,10 +246,7 @@ impl Store for Prefixed {
         }
         let prefix = self.prefix.clone();
         let pairs = self.inner.txn(out).await.map_err(|e| self.own_err(e))?;
-        Ok(pairs
-            .into_iter()
-            .map(|p| Self::strip(&prefix, p))
-            .collect())
+        Ok(pairs.into_iter().map(|p| Self::strip(&prefix, p)).collect())
     }
 
     async fn watch(&self, k: &str) -> Result<WatchStream> {
@@ -240,12 +261,7 @@ impl Store for Prefixed {
         let prefix = self.prefix.clone();
         let stream = self.inner.watch_tree(&self.full_dir(dir)?).await?;
         Ok(Box::pin(stream.map(move |item| {
-            item.map(|pairs| {
-                pairs
-                    .into_iter()
-                    .map(|p| Self::strip(&prefix, p))
-                    .collect()
-            })
+            item.map(|pairs| pairs.into_iter().map(|p| Self::strip(&prefix, p)).collect())
         })))
     }
 

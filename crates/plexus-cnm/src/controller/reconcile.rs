@@ -32,7 +32,7 @@ impl Controller {
                 // Its sandbox is gone: only the endpoint's own record is left.
                 Err(CnmError::NotFound { .. }) => {
                     self.store
-                        .txn(Txn::new().delete(keys::endpoint(&ep.network_id, &ep.id)))
+                        .txn(Txn::new().delete(keys::endpoint_in(ep.scope, &ep.network_id, &ep.id)))
                         .await?;
                 }
                 Err(e) => return Err(e),
