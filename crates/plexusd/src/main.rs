@@ -20,6 +20,8 @@ use plexus_drivers::DefaultBridge;
 use plexus_ipam::{BuiltinIpam, Ipam, IpamConfig, LOCAL_SPACE};
 use tokio::signal::unix::{signal, SignalKind};
 
+mod cluster;
+
 /// The Plexus daemon: container networks on this host, served over the Docker Engine API.
 #[derive(Debug, Parser)]
 #[command(name = "plexusd", version)]
@@ -34,8 +36,17 @@ struct Args {
     #[arg(short = 'H', long = "host")]
     host: Option<String>,
     /// The store URL (redb://, etcd://, zk://, memory://) [default: redb://<state-dir>/state.db].
+    /// A shared backend (etcd, ZooKeeper) keeps this host's records under its host id.
     #[arg(long)]
     store: Option<String>,
+    /// The cluster store shared by the hosts of a cluster (etcd:// or zk://), as dockerd's
+    /// `--cluster-store`: global-scope networks, their endpoints and the global address space.
+    #[arg(long = "cluster-store")]
+    cluster_store: Option<String>,
+    /// The address this host gives the other hosts of the cluster, `IP[:PORT]` (port 7946 by
+    /// default), as dockerd's `--cluster-advertise`.
+    #[arg(long = "cluster-advertise")]
+    cluster_advertise: Option<String>,
     /// A default address pool for networks without --subnet, `base=CIDR,size=N`; repeatable.
     #[arg(long = "default-address-pool")]
     default_address_pools: Vec<String>,
@@ -369,20 +380,31 @@ async fn run(args: Args) -> Result<()> {
         .with_context(|| format!("creating run dir {}", netns_dir.display()))?;
     let socket = socket_path(&args)?;
 
+    let advertise = args
+        .cluster_advertise
+        .as_deref()
+        .map(cluster::parse_advertise)
+        .transpose()?;
+    if advertise.is_some() && args.cluster_store.is_none() {
+        bail!("--cluster-advertise needs --cluster-store");
+    }
+    let host_id = host_id(&args.state_dir)?;
     let url = args
         .store
         .clone()
         .unwrap_or_else(|| format!("redb://{}", args.state_dir.join("state.db").display()));
-    let store = plexus_kv::open(&url, plexus_kv::OpenOptions::default())
-        .await
-        .with_context(|| format!("opening store {url}"))?;
+    let store = cluster::open_local(&url, &host_id).await?;
+    let cluster_store = match &args.cluster_store {
+        Some(url) => Some(cluster::open_cluster(url).await?),
+        None => None,
+    };
 
     let pools: Vec<&str> = args
         .default_address_pools
         .iter()
         .map(String::as_str)
         .collect();
-    let mut ipam_config = IpamConfig::new(&host_id(&args.state_dir)?);
+    let mut ipam_config = IpamConfig::new(&host_id);
     if !pools.is_empty() {
         ipam_config = ipam_config
             .with_default_address_pools(&pools)
@@ -392,6 +414,19 @@ async fn run(args: Args) -> Result<()> {
     // its pools and addresses (and start-up reconciliation below releases what no record
     // holds), so IPAM's writes need no disk flush of their own.
     ipam_config.relaxed_writes = true;
+    let global_ipam: Option<Arc<dyn Ipam>> = match &cluster_store {
+        // Global addresses are shared by hosts: no relaxed writes there.
+        Some(c) => {
+            let mut config = ipam_config.clone();
+            config.relaxed_writes = false;
+            Some(Arc::new(
+                BuiltinIpam::open(c.clone(), config)
+                    .await
+                    .context("opening the global address space in the cluster store")?,
+            ))
+        }
+        None => None,
+    };
     let ipam = Arc::new(
         BuiltinIpam::open(store.clone(), ipam_config)
             .await
@@ -408,12 +443,31 @@ async fn run(args: Args) -> Result<()> {
     .map_err(|e| anyhow::anyhow!("starting the drivers: {e}"))?;
     tracing::info!(drivers = ?drivers.names(), "drivers registered");
 
-    let controller = Arc::new(Controller::new(
+    let scoped_ipam = plexus_ipam::ScopedIpam::new(ipam.clone(), global_ipam);
+    let mut controller = Controller::new(
         store.clone(),
-        ipam.clone(),
+        Arc::new(scoped_ipam),
         drivers,
-        ControllerConfig::default(),
-    ));
+        ControllerConfig {
+            host_id: host_id.clone(),
+            cluster_advertise: advertise,
+            ..ControllerConfig::default()
+        },
+    );
+    if let Some(c) = &cluster_store {
+        cluster::announce(
+            c,
+            &cluster::NodeRecord {
+                id: host_id.clone(),
+                name: cluster::hostname(&host_id),
+                advertise,
+            },
+        )
+        .await?;
+        controller = controller.with_cluster_store(c.clone());
+        tracing::info!(cluster_store = %c.url(), ?advertise, host = %host_id, "joined the cluster store");
+    }
+    let controller = Arc::new(controller);
     reconcile(&controller, &ipam, &bridge, &netns_dir).await?;
     let made = controller
         .create_predefined_networks()
@@ -465,6 +519,11 @@ async fn run(args: Args) -> Result<()> {
     }
     if let Err(e) = store.close().await {
         tracing::warn!(error = %e, "closing the store");
+    }
+    if let Some(c) = &cluster_store {
+        if let Err(e) = c.close().await {
+            tracing::warn!(error = %e, "closing the cluster store");
+        }
     }
     tracing::info!("plexusd stopped");
     Ok(())

@@ -34,6 +34,8 @@ pub struct ControllerConfig {
     /// This host's id, stable across restarts: the owner recorded in the endpoints it makes
     /// on global networks, and its name in the cluster store.
     pub host_id: String,
+    /// The address this host gives the cluster's other hosts (`--cluster-advertise`).
+    pub cluster_advertise: Option<std::net::SocketAddr>,
 }
 
 impl Default for ControllerConfig {
@@ -42,6 +44,7 @@ impl Default for ControllerConfig {
             default_driver: "bridge".into(),
             interface_prefix: "eth".into(),
             host_id: String::new(),
+            cluster_advertise: None,
         }
     }
 }
@@ -208,6 +211,11 @@ impl Controller {
     /// This host's id.
     pub fn host_id(&self) -> &str {
         &self.config.host_id
+    }
+
+    /// The controller's settings.
+    pub fn config(&self) -> &ControllerConfig {
+        &self.config
     }
 
     /// The IPAM the controller allocates from.

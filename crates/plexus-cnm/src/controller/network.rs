@@ -208,8 +208,17 @@ impl Controller {
                 ),
             ));
         }
-        // Names are unique across both scopes, as a host sees them.
-        if self.network_exact(&spec.name).await?.is_some() {
+        // Names are unique across both scopes, as a host sees them. A local network may be
+        // made while the cluster store is away (the clash is then caught when it is back, by
+        // lookups preferring the local one).
+        let existing = match self.network_exact(&spec.name).await {
+            Err(CnmError::Store(e)) if scope == Scope::Local => {
+                tracing::warn!(network = %spec.name, error = %e, "cluster store unavailable: the name is checked against local networks only");
+                None
+            }
+            other => other?,
+        };
+        if existing.is_some() {
             return Err(CnmError::Exists {
                 kind: "network",
                 name: spec.name,
