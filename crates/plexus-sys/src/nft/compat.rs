@@ -11,6 +11,7 @@
 //! should another writer delete an object in between, the batch fails with `ENOENT` and is
 //! narrowed and sent again.
 
+use std::collections::hash_map::Entry;
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicU32, Ordering};
 
@@ -84,7 +85,7 @@ impl Nft {
     pub(crate) fn apply_without_destroy(&self, batch: &Batch) -> Result<()> {
         let mut attempt = 1;
         loop {
-            let ops = self.narrow(batch)?;
+            let ops = narrow(batch, &mut &*self)?;
             match self.send_ops(&ops) {
                 Err(SysError::NotFound { what }) if attempt < ATTEMPTS => {
                     tracing::debug!(%what, attempt, "nf_tables object vanished before its deletion; narrowing again");
@@ -94,97 +95,194 @@ impl Nft {
             }
         }
     }
+}
 
-    /// The batch with each destroy turned into a `DEL*` of what is present (judged by the
-    /// kernel's state before the batch, less what earlier messages of it delete), or dropped.
-    fn narrow(&self, batch: &Batch) -> Result<Vec<Op>> {
-        let mut tables: Option<HashSet<TableKey>> = None;
-        let mut chains: HashMap<TableKey, HashSet<String>> = HashMap::new();
-        let mut sets: HashMap<TableKey, HashSet<String>> = HashMap::new();
-        let mut rules: HashMap<(TableKey, String), HashSet<u64>> = HashMap::new();
-        let mut elems: HashMap<(TableKey, String), HashSet<(Vec<u8>, bool)>> = HashMap::new();
-        let mut out = Vec::with_capacity(batch.ops.len());
-        for op in &batch.ops {
-            let Some(target) = &op.target else {
-                out.push(op.clone());
-                continue;
-            };
-            let key: TableKey = (op.family, op.table.clone());
-            if tables.is_none() {
-                tables = Some(self.tables()?.into_iter().collect());
+/// An element as a deletion names it: key and interval-end flag.
+type ElemId = (Vec<u8>, bool);
+type InSet = (TableKey, String);
+
+/// What the kernel holds, as far as narrowing needs to know.
+trait Present {
+    fn tables(&mut self) -> Result<Vec<TableKey>>;
+    fn chains(&mut self, family: Family, table: &str) -> Result<Vec<String>>;
+    fn sets(&mut self, family: Family, table: &str) -> Result<Vec<String>>;
+    fn rules(&mut self, family: Family, table: &str, chain: &str) -> Result<Vec<u64>>;
+    /// A missing set has no elements.
+    fn elements(&mut self, family: Family, table: &str, set: &str) -> Result<Vec<ElemId>>;
+}
+
+impl Present for &Nft {
+    fn tables(&mut self) -> Result<Vec<TableKey>> {
+        Nft::tables(self)
+    }
+    fn chains(&mut self, family: Family, table: &str) -> Result<Vec<String>> {
+        Nft::chains(self, family, table)
+    }
+    fn sets(&mut self, family: Family, table: &str) -> Result<Vec<String>> {
+        Nft::sets(self, family, table)
+    }
+    fn rules(&mut self, family: Family, table: &str, chain: &str) -> Result<Vec<u64>> {
+        Ok(Nft::rules(self, family, table, chain)?
+            .iter()
+            .map(|r| r.handle)
+            .collect())
+    }
+    fn elements(&mut self, family: Family, table: &str, set: &str) -> Result<Vec<ElemId>> {
+        match Nft::elements(self, family, table, set) {
+            Ok(v) => Ok(v.iter().map(|e| e.identity()).collect()),
+            Err(SysError::NotFound { .. }) => Ok(Vec::new()),
+            Err(e) => Err(e),
+        }
+    }
+}
+
+/// The batch with each destroy turned into a `DEL*` of what is present (judged by the
+/// kernel's state before the batch, less what earlier messages of it delete), or dropped.
+/// Other messages are kept as they are, in order.
+fn narrow(batch: &Batch, kernel: &mut impl Present) -> Result<Vec<Op>> {
+    let mut tables: Option<HashSet<TableKey>> = None;
+    let mut chains: HashMap<TableKey, HashSet<String>> = HashMap::new();
+    let mut sets: HashMap<TableKey, HashSet<String>> = HashMap::new();
+    let mut rules: HashMap<InSet, HashSet<u64>> = HashMap::new();
+    let mut elems: HashMap<InSet, HashSet<ElemId>> = HashMap::new();
+    let mut out = Vec::with_capacity(batch.ops.len());
+    for op in &batch.ops {
+        let Some(target) = &op.target else {
+            out.push(op.clone());
+            continue;
+        };
+        let key: TableKey = (op.family, op.table.clone());
+        let tables = match &mut tables {
+            Some(t) => t,
+            None => tables.insert(kernel.tables()?.into_iter().collect()),
+        };
+        if !tables.contains(&key) {
+            continue;
+        }
+        let del = |m: u8, body: Vec<u8>| Op {
+            msg: m,
+            flags: 0,
+            target: None,
+            body,
+            ..op.clone()
+        };
+        let (f, t) = (op.family, op.table.as_str());
+        match target {
+            Target::Table => {
+                tables.remove(&key);
+                out.push(del(msg::DELTABLE, op.body.clone()));
             }
-            let present = tables.as_mut().is_some_and(|t| t.contains(&key));
-            if !present {
-                continue;
+            Target::Chain { chain } => {
+                let have = match chains.entry(key) {
+                    Entry::Occupied(e) => e.into_mut(),
+                    Entry::Vacant(e) => e.insert(kernel.chains(f, t)?.into_iter().collect()),
+                };
+                if have.remove(chain) {
+                    out.push(del(msg::DELCHAIN, op.body.clone()));
+                }
             }
-            let del = |m: u8, body: Vec<u8>| Op {
-                msg: m,
-                flags: 0,
-                target: None,
-                body,
-                ..op.clone()
-            };
-            match target {
-                Target::Table => {
-                    if let Some(t) = tables.as_mut() {
-                        t.remove(&key);
-                    }
-                    out.push(del(msg::DELTABLE, op.body.clone()));
+            Target::Rule { chain, handle } => {
+                let have = match rules.entry((key, chain.clone())) {
+                    Entry::Occupied(e) => e.into_mut(),
+                    Entry::Vacant(e) => e.insert(kernel.rules(f, t, chain)?.into_iter().collect()),
+                };
+                if have.remove(handle) {
+                    out.push(del(msg::DELRULE, op.body.clone()));
                 }
-                Target::Chain { chain } => {
-                    if !chains.contains_key(&key) {
-                        let names = self.chains(op.family, &op.table)?;
-                        chains.insert(key.clone(), names.into_iter().collect());
-                    }
-                    if chains.get_mut(&key).is_some_and(|c| c.remove(chain)) {
-                        out.push(del(msg::DELCHAIN, op.body.clone()));
-                    }
+            }
+            Target::Set { set } => {
+                let have = match sets.entry(key.clone()) {
+                    Entry::Occupied(e) => e.into_mut(),
+                    Entry::Vacant(e) => e.insert(kernel.sets(f, t)?.into_iter().collect()),
+                };
+                if have.remove(set) {
+                    // Its elements go with it.
+                    elems.insert((key, set.clone()), HashSet::new());
+                    out.push(del(msg::DELSET, op.body.clone()));
                 }
-                Target::Rule { chain, handle } => {
-                    let k = (key.clone(), chain.clone());
-                    if !rules.contains_key(&k) {
-                        let r = self.rules(op.family, &op.table, chain)?;
-                        rules.insert(k.clone(), r.iter().map(|r| r.handle).collect());
-                    }
-                    if rules.get_mut(&k).is_some_and(|r| r.remove(handle)) {
-                        out.push(del(msg::DELRULE, op.body.clone()));
-                    }
-                }
-                Target::Set { set } => {
-                    if !sets.contains_key(&key) {
-                        let names = self.sets(op.family, &op.table)?;
-                        sets.insert(key.clone(), names.into_iter().collect());
-                    }
-                    if sets.get_mut(&key).is_some_and(|s| s.remove(set)) {
-                        elems.remove(&(key.clone(), set.clone()));
-                        out.push(del(msg::DELSET, op.body.clone()));
-                    }
-                }
-                Target::Elements { set, elems: wanted } => {
-                    let k = (key.clone(), set.clone());
-                    if !elems.contains_key(&k) {
-                        let have = match self.elements(op.family, &op.table, set) {
-                            Ok(v) => v.iter().map(|e| e.identity()).collect(),
-                            Err(SysError::NotFound { .. }) => HashSet::new(),
-                            Err(e) => return Err(e),
-                        };
-                        elems.insert(k.clone(), have);
-                    }
-                    let Some(have) = elems.get_mut(&k) else {
-                        continue;
-                    };
-                    let keep: Vec<_> = wanted
-                        .iter()
-                        .filter(|e| have.remove(&e.identity()))
-                        .cloned()
-                        .collect();
-                    if !keep.is_empty() {
-                        let body = elements_body(&op.table, set, Some((&keep, false)));
-                        out.push(del(msg::DELSETELEM, body));
-                    }
+            }
+            Target::Elements { set, elems: wanted } => {
+                let have = match elems.entry((key, set.clone())) {
+                    Entry::Occupied(e) => e.into_mut(),
+                    Entry::Vacant(e) => e.insert(kernel.elements(f, t, set)?.into_iter().collect()),
+                };
+                let keep: Vec<_> = wanted
+                    .iter()
+                    .filter(|e| have.remove(&e.identity()))
+                    .cloned()
+                    .collect();
+                if !keep.is_empty() {
+                    let body = elements_body(t, set, Some((&keep, false)));
+                    out.push(del(msg::DELSETELEM, body));
                 }
             }
         }
-        Ok(out)
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::wire::set::{parse_elements, Element};
+    use super::*;
+
+    /// A kernel with table `ip t`, chain `c` (rules 1 and 2), set `s` (elements 1 and 2).
+    struct Fake;
+
+    impl Present for Fake {
+        fn tables(&mut self) -> Result<Vec<TableKey>> {
+            Ok(vec![(Family::Ip, "t".into())])
+        }
+        fn chains(&mut self, _: Family, _: &str) -> Result<Vec<String>> {
+            Ok(vec!["c".into()])
+        }
+        fn sets(&mut self, _: Family, _: &str) -> Result<Vec<String>> {
+            Ok(vec!["s".into()])
+        }
+        fn rules(&mut self, _: Family, _: &str, _: &str) -> Result<Vec<u64>> {
+            Ok(vec![1, 2])
+        }
+        fn elements(&mut self, _: Family, _: &str, set: &str) -> Result<Vec<ElemId>> {
+            Ok(if set == "s" {
+                vec![(vec![1], false), (vec![2], false)]
+            } else {
+                Vec::new()
+            })
+        }
+    }
+
+    #[test]
+    fn destroys_become_deletions_of_what_is_present() {
+        let (e1, e3) = (Element::key([1]), Element::key([3]));
+        let mut b = Batch::new();
+        b.destroy_elements(Family::Ip, "t", "s", &[e1.clone(), e3.clone()]);
+        b.destroy_elements(Family::Ip, "t", "s", std::slice::from_ref(&e1)); // already deleted above
+        b.destroy_elements(Family::Ip, "t", "other", &[e3]);
+        b.destroy_rule(Family::Ip, "t", "c", 2);
+        b.destroy_rule(Family::Ip, "t", "c", 7);
+        b.add_table(Family::Ip, "u");
+        b.destroy_chain(Family::Ip, "t", "c");
+        b.destroy_chain(Family::Ip, "t", "c");
+        b.destroy_set(Family::Ip, "t", "s");
+        b.destroy_elements(Family::Ip, "t", "s", &[Element::key([2])]); // went with its set
+        b.destroy_table(Family::Ip, "t");
+        b.destroy_set(Family::Ip, "t", "s"); // went with its table
+        b.destroy_table(Family::Ip, "missing");
+        let ops = narrow(&b, &mut Fake).unwrap_or_default();
+        let kinds: Vec<u8> = ops.iter().map(|o| o.msg).collect();
+        assert_eq!(
+            kinds,
+            vec![
+                msg::DELSETELEM,
+                msg::DELRULE,
+                msg::NEWTABLE,
+                msg::DELCHAIN,
+                msg::DELSET,
+                msg::DELTABLE
+            ]
+        );
+        assert!(ops.iter().all(|o| o.target.is_none()));
+        let deleted = parse_elements(&ops[0].body[..]);
+        assert_eq!(deleted, vec![e1], "only the present element is deleted");
     }
 }
