@@ -1,5 +1,6 @@
-//! The bridge driver's firewall: Plexus's own nf_tables tables, atomic batches, and set- and map-driven rules so that
-//! adding a network, an endpoint or a published port is an element insert, never a rule rescan.
+//! The bridge driver's firewall: Plexus's own nf_tables tables, atomic batches, and set- and
+//! map-driven rules so that adding a network, an endpoint or a published port is an element
+//! insert, never a rule rescan.
 //!
 //! Built on the general layer of [`plexus_sys::nft`] (tables, sets, maps, expressions);
 //! this module is the policy: which tables, chains, sets and rules, and what an element
@@ -98,20 +99,17 @@
 //!   daemon reads back who has which port ([`Firewall::state`]).
 //!
 //! Calls are synchronous: each is one short kernel round trip (no network wait), fine from
-//! async code. Deletions use `NFT_MSG_DESTROY*` (missing objects are not errors), which needs
-//! Linux ≥ 6.3.
-//!
-//! ```no_run
-//! # fn demo(ns: &plexus_sys::netns::Netns) -> plexus_sys::Result<()> {
-//! use plexus_sys::nft::{Firewall, NetworkRules, PortMapping, Proto};
-//!
-//! Calls are synchronous: each is one short kernel round trip (no network wait), fine from
 //! async code. Deletions use `destroy_*`, which need no Linux 6.3: on older kernels
 //! [`Nft`] deletes what is present instead (see [`Nft::has_destroy`]).
 //!
 //! ```no_run
 //! # fn demo(ns: &plexus_sys::netns::Netns) -> plexus_sys::Result<()> {
 //! use plexus_drivers::firewall::{Firewall, NetworkRules, PortMapping, Proto};
+//! let fw = Firewall::open(ns)?;
+//! fw.ensure_base()?;
+//! fw.setup_network(&NetworkRules {
+//!     bridge: "plx0".into(),
+//!     subnets: vec![("10.10.0.0".parse().unwrap(), 24)],
 //!     masquerade: true,
 //!     internal: false,
 //! })?;
@@ -201,13 +199,18 @@ pub struct Firewall {
 
 impl Firewall {
     /// Connects to nf_tables in `ns` and loads the published ports the kernel already holds
-    /// (so a restarted daemon knows who has which port).
+    /// (so a restarted daemon knows who has which port), and probes whether the kernel has
+    /// `NFT_MSG_DESTROY` ([`Nft::has_destroy`]).
     pub fn open(ns: &Netns) -> Result<Self> {
         let fw = Self {
             nft: Nft::open(ns)?,
             ports: Mutex::new(HashMap::new()),
         };
         fw.reload_ports()?;
+        // Learn at start how deletions will go, rather than inside the first unpublish.
+        if !fw.nft.has_destroy()? {
+            tracing::info!(netns = %ns.path().display(), "nf_tables without NFT_MSG_DESTROY (Linux before 6.3): deletions are narrowed to the objects present");
+        }
         Ok(fw)
     }
 
