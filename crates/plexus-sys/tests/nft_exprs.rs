@@ -8,8 +8,8 @@ use std::net::{IpAddr, Ipv4Addr};
 use std::time::Duration;
 
 use plexus_sys::nft::{
-    fib_flags, rtn, ChainType, CtKey, DynsetOp, Element, Expr, Family, FibResult, Hook, MetaKey,
-    NatKind, Nft, SetDef, Verdict,
+    ct_status, fib_flags, rtn, ChainType, CmpOp, CtKey, DynsetOp, Element, Expr, Family, FibResult,
+    Hook, MetaKey, NatKind, Nft, SetDef, Verdict,
 };
 
 #[macro_use]
@@ -463,5 +463,151 @@ async fn dynset_update_adds_the_source_from_the_packet_path() {
     assert_eq!(
         (els[0].key.as_slice(), els[0].timeout),
         (&CLIENT.octets()[..], Some(Duration::from_secs(30)))
+    );
+}
+
+#[tokio::test]
+async fn meta_mark_set_then_matched_and_ordered_compares() {
+    need_root!();
+    let lab = Lab::new().await;
+    let ports: Vec<_> = (80..83).map(|p| sa(SERVER_A, p)).collect();
+    let _srv = Servers::start(&lab.server.ns, &ports);
+    let mut b = lab.nft.batch();
+    b.add_table(Family::Ip, "t");
+    b.add_chain(
+        Family::Ip,
+        "t",
+        "pre",
+        base(ChainType::Filter, Hook::Prerouting, 0),
+    );
+    // tcp dport >= 81 meta mark set 5 (the mark lives on the packet only, unlike ct mark)
+    b.add_rule(
+        Family::Ip,
+        "t",
+        "pre",
+        &[
+            Expr::Meta {
+                key: MetaKey::L4Proto,
+                dreg: r(0),
+            },
+            cmp(r(0), &[6]),
+            dport(r(0)),
+            Expr::Cmp {
+                sreg: r(0),
+                op: CmpOp::Gte,
+                data: 81u16.to_be_bytes().to_vec(),
+            },
+            imm(r(1), &5u32.to_ne_bytes()),
+            Expr::MetaSet {
+                key: MetaKey::Mark,
+                sreg: r(1),
+            },
+        ],
+    );
+    // forward: meta mark 5 tcp dport < 82 drop
+    b.add_chain(
+        Family::Ip,
+        "t",
+        "fwd",
+        base(ChainType::Filter, Hook::Forward, 0),
+    );
+    b.add_rule(
+        Family::Ip,
+        "t",
+        "fwd",
+        &[
+            Expr::Meta {
+                key: MetaKey::Mark,
+                dreg: r(0),
+            },
+            cmp(r(0), &5u32.to_ne_bytes()),
+            dport(r(0)),
+            Expr::Cmp {
+                sreg: r(0),
+                op: CmpOp::Lt,
+                data: 82u16.to_be_bytes().to_vec(),
+            },
+            Expr::Verdict(Verdict::Drop),
+        ],
+    );
+    ok("apply", lab.nft.apply(b));
+    let c = &lab.client.ns;
+    reaches(c, ports[0]); // not marked
+    assert!(blocked(c, ports[1]), "marked and below 82");
+    reaches(c, ports[2]); // marked, not below 82
+}
+
+#[tokio::test]
+async fn masquerade_and_ct_status_see_the_translation() {
+    need_root!();
+    let lab = Lab::new().await;
+    let _srv = Servers::start(&lab.server.ns, &[sa(SERVER_A, 80)]);
+    let mut b = lab.nft.batch();
+    b.add_table(Family::Ip, "t");
+    b.add_chain(
+        Family::Ip,
+        "t",
+        "post",
+        base(ChainType::Nat, Hook::Postrouting, 100),
+    );
+    b.add_rule(
+        Family::Ip,
+        "t",
+        "post",
+        &[
+            Expr::Meta {
+                key: MetaKey::OifName,
+                dreg: r(0),
+            },
+            cmp(r(0), b"s0\0"),
+            Expr::Masquerade,
+        ],
+    );
+    // Replies come back through forward with ct status snat.
+    b.add_chain(
+        Family::Ip,
+        "t",
+        "fwd",
+        base(ChainType::Filter, Hook::Forward, 0),
+    );
+    b.add_rule_commented(
+        Family::Ip,
+        "t",
+        "fwd",
+        &[
+            Expr::Ct {
+                key: CtKey::Status,
+                dreg: r(0),
+            },
+            Expr::Bitwise {
+                sreg: r(0),
+                dreg: r(0),
+                mask: ct_status::SNAT.to_ne_bytes().to_vec(),
+                xor: vec![0; 4],
+            },
+            Expr::Cmp {
+                sreg: r(0),
+                op: CmpOp::Neq,
+                data: vec![0; 4],
+            },
+            Expr::Counter,
+        ],
+        "snat",
+    );
+    ok("apply", lab.nft.apply(b));
+    let seen = reaches(&lab.client.ns, sa(SERVER_A, 80));
+    assert_eq!(
+        seen.peer.ip(),
+        IpAddr::from(ROUTER_S),
+        "masqueraded to s0's address"
+    );
+    let rules = ok("rules", lab.nft.rules(Family::Ip, "t", "fwd"));
+    let packets = rules
+        .first()
+        .and_then(|r| r.counters.first())
+        .map(|c| c.packets);
+    assert!(
+        packets.is_some_and(|p| p > 0),
+        "ct status snat never matched: {rules:?}"
     );
 }

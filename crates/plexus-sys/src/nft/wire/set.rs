@@ -27,7 +27,8 @@ pub struct SetDef {
     /// protocol byte takes 4, a port 4, an IPv4 address 4), so `ip daddr . meta l4proto . th
     /// dport` is 12.
     pub key_len: u32,
-    /// An interval set (prefixes as ranges).
+    /// An interval set (prefixes as ranges). Single-field keys only: ranges over
+    /// concatenations need the fields' description (`NFTA_SET_DESC`), which is not sent.
     pub interval: bool,
     /// For maps: the value's nft type number and length (register-padded like keys). A
     /// verdict map has `Some((DATA_VERDICT, 0))`.
@@ -176,7 +177,39 @@ pub(crate) fn parse_elements(payload: &[u8]) -> Vec<Element> {
 
 #[cfg(test)]
 mod tests {
+    use super::super::attr_be32;
     use super::*;
+
+    #[test]
+    fn set_flags_follow_the_definition() {
+        let vmap = SetDef {
+            name: "m".into(),
+            key_len: 12,
+            data: Some((DATA_VERDICT, 0)),
+            timeout: Some(Duration::from_secs(5)),
+            dynamic: true,
+            ..SetDef::default()
+        };
+        let mut b = Vec::new();
+        vmap.encode(&mut b, 1);
+        let want = flags::MAP | flags::TIMEOUT | flags::EVAL;
+        assert_eq!(attr_be32(&b, nfta::SET_FLAGS), Some(want));
+        assert_eq!(attr_be32(&b, nfta::SET_DATA_TYPE), Some(DATA_VERDICT));
+        assert_eq!(
+            attr_be32(&b, nfta::SET_DATA_LEN),
+            None,
+            "a verdict has no length"
+        );
+        assert_eq!(attr_be64(&b, nfta::SET_TIMEOUT), Some(5000));
+        let mut b = Vec::new();
+        SetDef {
+            timeout: Some(Duration::ZERO),
+            ..SetDef::default()
+        }
+        .encode(&mut b, 2);
+        assert_eq!(attr_be32(&b, nfta::SET_FLAGS), Some(flags::TIMEOUT));
+        assert_eq!(attr_be64(&b, nfta::SET_TIMEOUT), None, "no default timeout");
+    }
 
     #[test]
     fn elements_round_trip() {
