@@ -30,11 +30,11 @@ use plexus_cnm::{
     NetworkInfo, PortBinding, Scope,
 };
 use plexus_sys::netns::Netns;
-use plexus_sys::nft::{Firewall, NetworkRules, PortMapping, Proto};
 use plexus_sys::rtnl::{BridgeSpec, Link, PortFlags, Route, Rtnl, VethPair, LOOPBACK_IFINDEX};
 use plexus_sys::{sysctl, SysError};
 use tokio::sync::Mutex;
 
+use crate::firewall::{Firewall, NetworkRules, PortMapping, Proto};
 use crate::gso;
 use crate::names::{self, Marked};
 use crate::options::BridgeOptions;

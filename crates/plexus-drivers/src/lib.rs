@@ -31,6 +31,7 @@
 
 mod bridge;
 pub mod default_bridge;
+pub mod firewall;
 mod gso;
 mod host;
 mod names;
