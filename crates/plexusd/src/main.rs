@@ -47,6 +47,11 @@ struct Args {
     /// default), as dockerd's `--cluster-advertise`.
     #[arg(long = "cluster-advertise")]
     cluster_advertise: Option<String>,
+    /// A cluster store option, `KEY=VALUE` (repeatable), as dockerd's: `discovery.heartbeat`,
+    /// `discovery.ttl` (seconds; 20 and 60 by default), `kv.cacertfile`, `kv.certfile`,
+    /// `kv.keyfile`.
+    #[arg(long = "cluster-store-opt")]
+    cluster_store_opts: Vec<String>,
     /// A default address pool for networks without --subnet, `base=CIDR,size=N`; repeatable.
     #[arg(long = "default-address-pool")]
     default_address_pools: Vec<String>,
@@ -388,6 +393,10 @@ async fn run(args: Args) -> Result<()> {
     if advertise.is_some() && args.cluster_store.is_none() {
         bail!("--cluster-advertise needs --cluster-store");
     }
+    if !args.cluster_store_opts.is_empty() && args.cluster_store.is_none() {
+        bail!("--cluster-store-opt needs --cluster-store");
+    }
+    let cluster_opts = cluster::ClusterOpts::parse(&args.cluster_store_opts)?;
     let host_id = host_id(&args.state_dir)?;
     let url = args
         .store
@@ -395,7 +404,7 @@ async fn run(args: Args) -> Result<()> {
         .unwrap_or_else(|| format!("redb://{}", args.state_dir.join("state.db").display()));
     let store = cluster::open_local(&url, &host_id).await?;
     let cluster_store = match &args.cluster_store {
-        Some(url) => Some(cluster::open_cluster(url).await?),
+        Some(url) => Some(cluster::open_cluster(url, &cluster_opts).await?),
         None => None,
     };
 
@@ -454,16 +463,15 @@ async fn run(args: Args) -> Result<()> {
             ..ControllerConfig::default()
         },
     );
+    let mut heartbeat = None;
     if let Some(c) = &cluster_store {
-        cluster::announce(
-            c,
-            &cluster::NodeRecord {
-                id: host_id.clone(),
-                name: cluster::hostname(&host_id),
-                advertise,
-            },
-        )
-        .await?;
+        let node = cluster::NodeRecord {
+            id: host_id.clone(),
+            name: cluster::hostname(&host_id),
+            advertise,
+        };
+        cluster::announce(c, &node, cluster_opts.ttl).await?;
+        heartbeat = Some(cluster::heartbeat(c.clone(), node, cluster_opts.clone()));
         controller = controller.with_cluster_store(c.clone());
         tracing::info!(cluster_store = %c.url(), ?advertise, host = %host_id, "joined the cluster store");
     }
@@ -506,6 +514,9 @@ async fn run(args: Args) -> Result<()> {
         .await
         .context("serving the API")?;
 
+    if let Some(h) = heartbeat {
+        h.abort();
+    }
     if let Err(e) = std::fs::remove_file(&socket) {
         tracing::warn!(socket = %socket.display(), error = %e, "cannot remove the socket");
     }

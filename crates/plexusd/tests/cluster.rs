@@ -293,6 +293,15 @@ fn hosts_share_a_cluster_store(
 ) {
     require_root();
     let rt = runtime();
+    // The test's own view of the cluster store, to see the hosts' records.
+    let direct = rt
+        .block_on(plexus_kv::open(&url(server), Default::default()))
+        .unwrap_or_else(|e| panic!("opening the cluster store: {e}"));
+    let hosts_in_store = || {
+        rt.block_on(direct.list("plexus/v1/global/node"))
+            .unwrap_or_else(|e| panic!("listing hosts: {e}"))
+            .len()
+    };
     let mut all: Vec<Host> = (0..hosts)
         .map(|i| {
             Host::new(&rt, server, |addr| {
@@ -301,6 +310,10 @@ fn hosts_share_a_cluster_store(
                     url(addr),
                     "--cluster-advertise".into(),
                     format!("192.0.2.{}:7946", i + 1),
+                    "--cluster-store-opt".into(),
+                    "discovery.heartbeat=1".into(),
+                    "--cluster-store-opt".into(),
+                    "discovery.ttl=3".into(),
                 ]
             })
         })
@@ -336,12 +349,31 @@ fn hosts_share_a_cluster_store(
         );
         before.push((h.addresses("a"), h.addresses("b")));
     }
+    assert_eq!(hosts_in_store(), hosts, "every host announces itself");
     for h in all.iter_mut() {
         h.stop();
     }
     for h in all.iter_mut() {
         h.start();
     }
+    // A host that stops refreshing its record is forgotten once the record's TTL is over;
+    // the others' records stay (each refreshes every second).
+    if let Some(mut c) = all[0].child.take() {
+        let _ = c.kill();
+        let _ = c.wait();
+    }
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while hosts_in_store() != hosts - 1 {
+        assert!(
+            Instant::now() < deadline,
+            "a dead host's record outlived its TTL: {} records",
+            hosts_in_store()
+        );
+        std::thread::sleep(Duration::from_millis(250));
+    }
+    std::thread::sleep(Duration::from_secs(3));
+    assert_eq!(hosts_in_store(), hosts - 1, "live hosts keep their records");
+    all[0].start();
     for (h, (a, b)) in all.iter().zip(&before) {
         assert_eq!(&h.addresses("a"), a, "{}", h.log());
         assert_eq!(&h.addresses("b"), b, "{}", h.log());
@@ -468,6 +500,18 @@ fn cluster_store_away_and_bad_flags() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(
         !out.status.success() && err.contains("--cluster-store"),
+        "{err}"
+    );
+
+    let out = h.run_to_exit(&[
+        "--cluster-store",
+        &format!("etcd://{}/cluster", h.proxy.addr()),
+        "--cluster-store-opt",
+        "discovery.ttl=nope",
+    ]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && err.contains("discovery.ttl"),
         "{err}"
     );
 
