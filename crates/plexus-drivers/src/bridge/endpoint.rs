@@ -14,6 +14,15 @@ use super::{BridgeDriver, EpState, InSandbox, NetState, State};
 use crate::names::{self, Marked};
 use crate::sys_ctx;
 
+/// How a new pair's sandbox end is named.
+#[derive(Debug, Clone, Copy)]
+pub(super) enum Naming<'a> {
+    /// A join's: the controller's guess, or the first free name after it.
+    Free(InterfaceName<'a>),
+    /// Exactly this name (a repair makes the recorded interface again).
+    Exact(&'a str),
+}
+
 /// Waits (at most two seconds) until `addr` on link `index` is no longer tentative, so it can
 /// be bound (a tentative IPv6 address cannot). A new IPv6 address stays tentative until the
 /// kernel's link watch sees the link operational, up to a second after it went up; a sandbox
@@ -62,14 +71,20 @@ impl BridgeDriver {
         endpoint_id: &str,
         ep: &EpState,
         rs: &Rtnl,
-        interface: InterfaceName<'_>,
+        naming: Naming<'_>,
     ) -> Result<String, DriverError> {
         let host_name = names::host_veth(endpoint_id);
-        let mut n = interface.first;
+        let (mut n, last) = match naming {
+            Naming::Free(i) => (i.first, i.first + 63),
+            Naming::Exact(_) => (0, 0),
+        };
         let mut taken: Option<BTreeSet<String>> = None;
         let mut cleared_host_end = false;
         loop {
-            let name = format!("{}{n}", interface.prefix);
+            let name = match naming {
+                Naming::Free(i) => format!("{}{n}", i.prefix),
+                Naming::Exact(name) => name.to_string(),
+            };
             if taken.as_ref().is_some_and(|t| t.contains(&name)) {
                 n += 1;
                 continue;
@@ -86,7 +101,7 @@ impl BridgeDriver {
             };
             match self.rtnl.add_veth_pair(&pair).await {
                 Ok(()) => return Ok(name),
-                Err(SysError::Exists { .. }) if n < interface.first + 64 => {
+                Err(SysError::Exists { .. }) if n <= last => {
                     // Either the sandbox has the name (not through us, or it took it
                     // meanwhile), or a host end of an earlier run of this endpoint is left
                     // over (ours: derived from its id).
@@ -99,6 +114,11 @@ impl BridgeDriver {
                         Some(l) if !cleared_host_end => {
                             cleared_host_end = true;
                             self.delete_link(l.index).await?;
+                        }
+                        _ if matches!(naming, Naming::Exact(_)) => {
+                            return Err(DriverError::Conflict(format!(
+                                "interface {name} is taken in the sandbox by another link"
+                            )));
                         }
                         _ => {
                             if taken.is_none() {
@@ -220,16 +240,41 @@ impl BridgeDriver {
         let rs = sandbox_rtnl(sandbox_key)
             .await
             .map_err(sys_ctx("sandbox"))?;
-        let name = self
-            .make_pair(&net, endpoint_id, &ep, &rs, interface)
+        let (name, ifindex, gateways) = self
+            .plug(&net, &ep, endpoint_id, &rs, Naming::Free(interface))
             .await?;
+        if let Some(e) = st.endpoints.get_mut(endpoint_id) {
+            e.joined = Some(InSandbox {
+                key: sandbox_key.to_string(),
+                ifname: name.clone(),
+                ifindex,
+            });
+            e.gateways = gateways.clone();
+        }
+        tracing::debug!(endpoint = %endpoint_id, sandbox = %sandbox_key, interface = %name, "joined");
+        Ok(Joined {
+            interface: Some(name),
+            gateways,
+        })
+    }
+
+    /// Makes an endpoint's veth pair into the sandbox `rs` and brings it into service:
+    /// what a join does, and what periodic reconciliation does again for a pair deleted
+    /// behind Plexus's back. On failure the pair is deleted again. Returns the interface's
+    /// name and index in the sandbox and the gateways it routes through.
+    pub(super) async fn plug(
+        &self,
+        net: &NetState,
+        ep: &EpState,
+        endpoint_id: &str,
+        rs: &Rtnl,
+        naming: Naming<'_>,
+    ) -> Result<(String, u32, Vec<IpAddr>), DriverError> {
+        let name = self.make_pair(net, endpoint_id, ep, rs, naming).await?;
         let host_name = names::host_veth(endpoint_id);
-        let port = PortFlags {
-            isolated: !net.opts.enable_icc,
-            hairpin: self.needs_hairpin(!ep.ports.is_empty()),
-        };
+        let port = self.port_flags(net, ep);
         let done = async {
-            let (ifindex, gateways) = self.configure(&net, &ep, endpoint_id, &rs, &name).await?;
+            let (ifindex, gateways) = self.configure(net, ep, endpoint_id, rs, &name).await?;
             // Last, the host end: marked and up. Start-up reconciliation takes an endpoint
             // whose host end is not both for one whose join never finished.
             let host_alias =
@@ -240,27 +285,13 @@ impl BridgeDriver {
                 .map_err(sys_ctx(format!("veth {host_name}")))?;
             if let Some(IpAddr::V6(v6)) = ep.ipv6.map(|a| a.addr()) {
                 // Usable once the pair has its carrier (both ends up).
-                wait_usable(&rs, ifindex, v6).await;
+                wait_usable(rs, ifindex, v6).await;
             }
             Ok::<_, DriverError>((ifindex, gateways))
         }
         .await;
         match done {
-            Ok((ifindex, gateways)) => {
-                if let Some(e) = st.endpoints.get_mut(endpoint_id) {
-                    e.joined = Some(InSandbox {
-                        key: sandbox_key.to_string(),
-                        ifname: name.clone(),
-                        ifindex,
-                    });
-                    e.gateways = gateways.clone();
-                }
-                tracing::debug!(endpoint = %endpoint_id, sandbox = %sandbox_key, interface = %name, "joined");
-                Ok(Joined {
-                    interface: Some(name),
-                    gateways,
-                })
-            }
+            Ok((ifindex, gateways)) => Ok((name, ifindex, gateways)),
             Err(e) => {
                 // Ours (just made, named from the endpoint id), marked or not; deleting the
                 // host end takes the sandbox side along.
@@ -274,6 +305,14 @@ impl BridgeDriver {
                 }
                 Err(e)
             }
+        }
+    }
+
+    /// The bridge port flags of an endpoint's host end.
+    pub(super) fn port_flags(&self, net: &NetState, ep: &EpState) -> PortFlags {
+        PortFlags {
+            isolated: !net.opts.enable_icc,
+            hairpin: self.needs_hairpin(!ep.ports.is_empty()),
         }
     }
 

@@ -16,7 +16,9 @@
 //! Every step that makes something has its undo, run in reverse order when a later step fails,
 //! so a failed call leaves nothing behind. Deletions are idempotent and work from the kernel
 //! alone (names are derived from ids; ports are found by owner), so a restarted daemon can
-//! remove what an earlier run made before [`BridgeDriver::reconcile`] restored its memory.
+//! remove what an earlier run made before reconciliation restored its memory. Reconciliation
+//! (`reconcile.rs`, through [`Driver::reconcile`]) also repairs drift while running: a bridge,
+//! a veth pair or a published port deleted behind Plexus's back is made again.
 
 mod endpoint;
 mod network;
@@ -30,8 +32,8 @@ use std::sync::atomic::{AtomicBool, AtomicU16, Ordering};
 use async_trait::async_trait;
 use ipnet::IpNet;
 use plexus_cnm::{
-    Capability, Driver, DriverError, EndpointCreated, EndpointInfo, InterfaceName, Joined,
-    NetworkInfo, Scope,
+    Capability, Desired, Driver, DriverError, EndpointCreated, EndpointInfo, InterfaceName, Joined,
+    LiveEndpoint, NetworkInfo, ReconcileMode, Reconciled, Scope,
 };
 use plexus_sys::netns::Netns;
 use plexus_sys::nft::{Firewall, NetworkRules, PortMapping};
@@ -47,8 +49,6 @@ use network::subnets;
 
 /// The range ephemeral host ports are taken from (Docker's).
 pub const EPHEMERAL_PORTS: std::ops::RangeInclusive<u16> = 49153..=60999;
-
-pub use reconcile::Reconciled;
 
 #[derive(Debug, Clone)]
 struct NetState {
@@ -127,6 +127,24 @@ impl std::fmt::Debug for BridgeDriver {
             .field("host", &self.host.path())
             .field("marker", &self.marker)
             .finish()
+    }
+}
+
+/// An endpoint's MAC: the one asked for, or Docker's derived from its IPv4 address.
+fn mac_of(endpoint: &EndpointInfo) -> Result<[u8; 6], DriverError> {
+    match &endpoint.mac {
+        Some(m) => names::parse_mac(m).ok_or_else(|| {
+            DriverError::Invalid(format!(
+                "mac address {m:?}: must be a unicast aa:bb:cc:dd:ee:ff"
+            ))
+        }),
+        None => Ok(names::derive_mac(
+            endpoint.ipv4.and_then(|a| match a.addr() {
+                IpAddr::V4(v4) => Some(v4),
+                IpAddr::V6(_) => None,
+            }),
+            &endpoint.endpoint_id,
+        )),
     }
 }
 
@@ -346,20 +364,7 @@ impl Driver for BridgeDriver {
                 "endpoint {id} already exists"
             )));
         }
-        let mac = match &endpoint.mac {
-            Some(m) => names::parse_mac(m).ok_or_else(|| {
-                DriverError::Invalid(format!(
-                    "mac address {m:?}: must be a unicast aa:bb:cc:dd:ee:ff"
-                ))
-            })?,
-            None => names::derive_mac(
-                endpoint.ipv4.and_then(|a| match a.addr() {
-                    IpAddr::V4(v4) => Some(v4),
-                    IpAddr::V6(_) => None,
-                }),
-                id,
-            ),
-        };
+        let mac = mac_of(endpoint)?;
         let (mappings, bindings) = self.mappings(&net, endpoint)?;
         // Taken ports are refused now, before any kernel work; they are published once the
         // endpoint is joined (its external connectivity). The veth pair is made at join,
@@ -511,5 +516,23 @@ impl Driver for BridgeDriver {
             serde_json::Value::Array(portmap),
         );
         Ok(info)
+    }
+
+    /// Endpoints whose host end is marked and up (join marks it and brings it up last, leave
+    /// unmarks it first), with their interface names as the mark says and whether their ports
+    /// are published.
+    async fn live_endpoints(&self) -> Result<Option<BTreeMap<String, LiveEndpoint>>, DriverError> {
+        self.live().await.map(Some)
+    }
+
+    /// Restores the networks (bridge, addresses, firewall elements) and the driver's memory;
+    /// periodically also makes again deleted bridges, pairs and port elements; deletes only
+    /// marked links and Plexus firewall elements the store does not know.
+    async fn reconcile(
+        &self,
+        desired: &Desired,
+        mode: ReconcileMode,
+    ) -> Result<Reconciled, DriverError> {
+        self.reconcile_with(desired, mode).await
     }
 }

@@ -123,6 +123,7 @@ impl BridgeDriver {
                         .map(|m| match m {
                             Marked::Bridge { network } => format!(" (network {network})"),
                             Marked::Veth { endpoint, .. } => format!(" (endpoint {endpoint})"),
+                            Marked::Other { kind, .. } => format!(" (a {kind} of Plexus)"),
                         })
                         .unwrap_or_default()
                 )))
