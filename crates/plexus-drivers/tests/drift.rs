@@ -151,6 +151,12 @@ async fn deleted_veth_bridge_and_port_element_are_made_again_by_one_pass() {
         done.repaired.contains(&format!("bridge {bridge}")),
         "{report:?}"
     );
+    // s2's port, let go by the deleted bridge, is on the new one.
+    assert!(
+        done.repaired
+            .contains(&format!("veth plxv{} on bridge {bridge}", &e2.id[..11])),
+        "{report:?}"
+    );
     assert!(
         done.repaired
             .contains(&format!("port 8080/tcp of endpoint {}", e1.id)),

@@ -6,7 +6,7 @@ use std::path::Path;
 
 use plexus_cnm::{Desired, DesiredEndpoint, DriverError, LiveEndpoint, ReconcileMode, Reconciled};
 use plexus_sys::nft::{NetworkRules, PortMapping};
-use plexus_sys::rtnl::Link;
+use plexus_sys::rtnl::{Link, PortFlags};
 
 use super::endpoint::{sandbox_rtnl, Naming};
 use super::{mac_of, BridgeDriver, EpState, InSandbox, NetState, State};
@@ -123,11 +123,12 @@ impl BridgeDriver {
         }
         let links = self.rtnl.links().await.map_err(sys_ctx("list links"))?;
         if mode == ReconcileMode::Periodic {
-            self.repair_bridges(&mut st, &links, desired, &mut out)
-                .await;
+            self.repair_bridges(&mut st, &links, &mut out).await;
             self.repair_endpoints(&mut st, &links, desired, &mut out)
                 .await;
         }
+        // Also at start-up: a bridge deleted while no daemon ran was just made again.
+        self.reattach_ports(&st, &links, desired, &mut out).await;
         self.remove_stale_links(&links, &known, &endpoints, &mut out)
             .await;
         self.reconcile_firewall(&st, desired, &mut out)?;
@@ -146,15 +147,8 @@ impl BridgeDriver {
     }
 
     /// Makes again the bridges of known networks that are gone (deleted by hand), with their
-    /// addresses and firewall elements, and re-attaches their endpoints' host ends (a deleted
-    /// bridge lets its ports go; they stay up and marked); brings up a bridge that is down.
-    async fn repair_bridges(
-        &self,
-        st: &mut State,
-        links: &[Link],
-        desired: &Desired,
-        out: &mut Reconciled,
-    ) {
+    /// addresses and firewall elements; brings up a bridge that is down.
+    async fn repair_bridges(&self, st: &mut State, links: &[Link], out: &mut Reconciled) {
         let ids: Vec<String> = st.networks.keys().cloned().collect();
         for id in ids {
             let Some(net) = st.networks.get(&id).cloned() else {
@@ -189,37 +183,58 @@ impl BridgeDriver {
             }
             out.repaired.push(format!("bridge {}", net.bridge));
             tracing::warn!(network = %net.info.name, bridge = %net.bridge, "bridge was deleted behind Plexus's back; made again");
-            let Some(new) = st.networks.get(&id).cloned() else {
+        }
+    }
+
+    /// Attaches again to their network's bridge the host ends that are not on it: a deleted
+    /// bridge lets its ports go (they stay up and marked), and so does `ip link set nomaster`.
+    async fn reattach_ports(
+        &self,
+        st: &State,
+        links: &[Link],
+        desired: &Desired,
+        out: &mut Reconciled,
+    ) {
+        for link in links {
+            let Some(Marked::Veth {
+                network, endpoint, ..
+            }) = link
+                .alias
+                .as_deref()
+                .and_then(|a| names::parse_alias(&self.marker, a))
+            else {
                 continue;
             };
-            for link in links {
-                let Some(Marked::Veth {
-                    network, endpoint, ..
-                }) = link
-                    .alias
-                    .as_deref()
-                    .and_then(|a| names::parse_alias(&self.marker, a))
-                else {
-                    continue;
-                };
-                if network != id || link.name != names::host_veth(&endpoint) {
-                    continue;
-                }
-                let publishes = desired
-                    .endpoints
-                    .iter()
-                    .any(|d| d.info.endpoint_id == endpoint && !d.info.ports.is_empty());
-                let flags = plexus_sys::rtnl::PortFlags {
-                    isolated: !new.opts.enable_icc,
-                    hairpin: self.needs_hairpin(publishes),
-                };
-                let attached = async {
-                    self.rtnl.set_master(link.index, new.bridge_index).await?;
-                    self.rtnl.set_port_flags(link.index, flags).await
-                }
-                .await;
-                if let Err(e) = attached {
-                    tracing::warn!(link = %link.name, bridge = %new.bridge, error = %e, "cannot re-attach an endpoint to its bridge");
+            let Some(net) = st.networks.get(&network) else {
+                continue;
+            };
+            if link.name != names::host_veth(&endpoint) || link.master == Some(net.bridge_index) {
+                continue;
+            }
+            // Only the store's endpoints: the others are deleted as stale below.
+            let Some(d) = desired
+                .endpoints
+                .iter()
+                .find(|d| d.info.endpoint_id == endpoint)
+            else {
+                continue;
+            };
+            let publishes = !d.info.ports.is_empty();
+            let flags = PortFlags {
+                isolated: !net.opts.enable_icc,
+                hairpin: self.needs_hairpin(publishes),
+            };
+            let attached = async {
+                self.rtnl.set_master(link.index, net.bridge_index).await?;
+                self.rtnl.set_port_flags(link.index, flags).await
+            }
+            .await;
+            match attached {
+                Ok(()) => out
+                    .repaired
+                    .push(format!("veth {} on bridge {}", link.name, net.bridge)),
+                Err(e) => {
+                    tracing::warn!(link = %link.name, bridge = %net.bridge, error = %e, "cannot attach an endpoint to its bridge again")
                 }
             }
         }
