@@ -181,6 +181,17 @@ async fn deleted_veth_bridge_and_port_element_are_made_again_by_one_pass() {
     // And the repair is complete: the next pass has nothing to do.
     let after = periodic(&w).await;
     assert!(after.is_empty(), "{after:?}");
+    // A host end set down by hand comes up again.
+    sh(&w.host.ns, "ip", &["link", "set", &host_veth, "down"]);
+    assert!(blocked(w.sb("s2"), sa(ip4(&e1), 80)));
+    let report = periodic(&w).await;
+    let repaired = report.drivers.get("bridge").map(|d| d.repaired.clone());
+    assert_eq!(
+        repaired,
+        Some(vec![format!("veth {host_veth} up")]),
+        "{report:?}"
+    );
+    works(&w);
     // The repaired endpoint leaves cleanly.
     ok("disconnect", w.controller.disconnect("s1", "n1").await);
     ok("disconnect", w.controller.disconnect("s2", "n1").await);

@@ -241,7 +241,8 @@ impl BridgeDriver {
     }
 
     /// Plugs again the endpoints whose host end is gone (the pair was deleted by hand: either
-    /// end takes the other along) into their sandboxes, when those still exist.
+    /// end takes the other along) into their sandboxes, when those still exist; brings up a
+    /// host end that was set down.
     async fn repair_endpoints(
         &self,
         st: &mut State,
@@ -249,10 +250,21 @@ impl BridgeDriver {
         desired: &Desired,
         out: &mut Reconciled,
     ) {
-        let present: BTreeSet<&str> = links.iter().map(|l| l.name.as_str()).collect();
+        let present: BTreeMap<&str, &Link> = links.iter().map(|l| (l.name.as_str(), l)).collect();
         for d in &desired.endpoints {
             let id = &d.info.endpoint_id;
-            if present.contains(names::host_veth(id).as_str()) {
+            let host_name = names::host_veth(id);
+            if let Some(link) = present.get(host_name.as_str()) {
+                // Set down by hand: up again (a join brings it up with its mark, in one
+                // request, so a marked host end that is down was not left by Plexus).
+                if !link.up {
+                    match self.rtnl.set_up(link.index).await {
+                        Ok(()) => out.repaired.push(format!("veth {host_name} up")),
+                        Err(e) => {
+                            tracing::warn!(link = %host_name, error = %e, "cannot bring the host end up again")
+                        }
+                    }
+                }
                 continue;
             }
             let Some(net) = st.networks.get(&d.info.network_id).cloned() else {
