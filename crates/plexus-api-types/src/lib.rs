@@ -22,6 +22,50 @@ use serde::{Deserialize, Serialize};
 /// The Docker Engine API version served.
 pub const API_VERSION: &str = "1.41";
 
+/// `GET /info`: the part of dockerd's answer a network stack has, and the cluster store.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SystemInfo {
+    /// This host's id (stable across restarts).
+    #[serde(rename = "ID")]
+    pub id: String,
+    /// The host's name.
+    #[serde(rename = "Name")]
+    pub name: String,
+    /// The kernel's release.
+    #[serde(rename = "KernelVersion")]
+    pub kernel_version: String,
+    /// `linux`.
+    #[serde(rename = "OperatingSystem")]
+    pub operating_system: String,
+    /// `linux`.
+    #[serde(rename = "OSType")]
+    pub os_type: String,
+    /// `--cluster-store`, credentials removed; empty without one (dockerd's field).
+    #[serde(rename = "ClusterStore")]
+    pub cluster_store: String,
+    /// `--cluster-advertise`; empty without one (dockerd's field).
+    #[serde(rename = "ClusterAdvertise")]
+    pub cluster_advertise: String,
+    /// The cluster store and whether it answers now; absent without one.
+    #[serde(
+        rename = "PlexusClusterStore",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub plexus_cluster_store: Option<ClusterStoreInfo>,
+}
+
+/// The cluster store as `GET /info` reports it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ClusterStoreInfo {
+    /// Its URL, credentials removed.
+    #[serde(rename = "URL")]
+    pub url: String,
+    /// `ok`, or `unavailable: <why>`.
+    #[serde(rename = "Status")]
+    pub status: String,
+}
+
 /// `GET /version`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "PascalCase")]
@@ -101,6 +145,9 @@ pub struct NetworkCreate {
     /// Attachable by standalone containers.
     #[serde(rename = "Attachable", default)]
     pub attachable: bool,
+    /// `local`, `global` or `swarm`; empty takes the driver's scope.
+    #[serde(rename = "Scope", default, skip_serializing_if = "String::is_empty")]
+    pub scope: String,
     /// Ingress network (not supported: must be false).
     #[serde(rename = "Ingress", default)]
     pub ingress: bool,

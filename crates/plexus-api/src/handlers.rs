@@ -271,7 +271,12 @@ pub fn network_spec(req: NetworkCreate) -> Result<NetworkSpec, ApiError> {
             None => {}
         }
     }
+    let scope = match req.scope.as_str() {
+        "" => None,
+        s => Some(Scope::parse(s)?),
+    };
     Ok(NetworkSpec {
+        scope,
         name: req.name,
         driver: req.driver,
         ipv4,

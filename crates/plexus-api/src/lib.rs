@@ -7,6 +7,7 @@
 //! - [`types`]: the JSON, apart from any I/O;
 //! - [`parse`]: pure parsers (Docker `filters`, `-p` port specs);
 //! - [`handlers`]: parse → [`Controller`](plexus_cnm::Controller) → shape the answer;
+//! - [`info`]: `GET /info`, with the cluster store's health;
 //! - [`namespaces`]: where sandbox namespaces come from (real, or faked in tests);
 //! - [`router`] and [`serve`]: the routes and the server loop.
 //!
@@ -18,6 +19,7 @@
 
 pub mod error;
 pub mod handlers;
+pub mod info;
 pub mod namespaces;
 pub mod parse;
 /// The JSON of the API: [`plexus_api_types`], re-exported.
@@ -89,6 +91,7 @@ pub fn router(state: AppState) -> Router {
     let api = Router::new()
         .route("/_ping", get(ping))
         .route("/version", get(version))
+        .route("/info", get(info::info))
         .route("/networks", get(list_networks))
         .route("/networks/create", post(create_network))
         .route("/networks/prune", post(prune))

@@ -27,6 +27,7 @@
 #![warn(missing_docs)]
 
 mod controller;
+pub mod datastore;
 pub mod driver;
 mod error;
 pub mod model;
@@ -34,6 +35,7 @@ pub mod reconcile;
 pub mod store_layout;
 
 pub use controller::{check_name, Controller, ControllerConfig};
+pub use datastore::Datastore;
 pub use driver::{
     Capability, Driver, DriverError, DriverRegistry, EndpointCreated, EndpointInfo, InterfaceName,
     Joined, NetworkInfo,

@@ -20,6 +20,34 @@ pub enum Scope {
     Global,
 }
 
+impl Scope {
+    /// Whether it is [`Scope::Local`].
+    pub fn is_local(&self) -> bool {
+        *self == Scope::Local
+    }
+
+    /// Its name as Docker spells it (`local`, `global`).
+    pub fn name(self) -> &'static str {
+        match self {
+            Scope::Local => "local",
+            Scope::Global => "global",
+        }
+    }
+
+    /// Parses Docker's names: `local`, and `global` or `swarm` (the same to Plexus); the
+    /// error names the field.
+    pub fn parse(value: &str) -> Result<Self, crate::CnmError> {
+        match value {
+            "local" => Ok(Scope::Local),
+            "global" | "swarm" => Ok(Scope::Global),
+            other => Err(crate::CnmError::invalid(
+                "scope",
+                format!("unknown scope {other:?}; one of local, global, swarm"),
+            )),
+        }
+    }
+}
+
 /// One IPAM pool configuration of a network (`--subnet`, `--ip-range`, `--gateway`,
 /// `--aux-address`).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
@@ -53,6 +81,9 @@ pub struct NetworkSpec {
     pub internal: bool,
     /// `--attachable` (meaningful for cluster networks).
     pub attachable: bool,
+    /// `--scope`: must match the driver's data scope when given; `None` takes the driver's.
+    #[serde(default)]
+    pub scope: Option<Scope>,
     /// `-o key=value` driver options.
     pub options: BTreeMap<String, String>,
     /// `--label key=value`.
@@ -191,6 +222,13 @@ pub struct Endpoint {
     pub aliases: Vec<String>,
     /// Published ports, with chosen host ports.
     pub ports: Vec<PortBinding>,
+    /// Its network's scope: which store holds the record.
+    #[serde(default, skip_serializing_if = "Scope::is_local")]
+    pub scope: Scope,
+    /// The id of the host that made it and owns its data plane; empty in records of a
+    /// local network (always this host's).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub host: String,
 }
 
 /// A sandbox: one container's network stack (a network namespace).

@@ -47,7 +47,7 @@ pub struct DesiredEndpoint {
 pub struct Desired {
     /// The driver's networks.
     pub networks: Vec<NetworkInfo>,
-    /// Their endpoints (only those the store keeps after start-up rollback).
+    /// Their endpoints on this host (only those the store keeps after start-up rollback).
     pub endpoints: Vec<DesiredEndpoint>,
 }
 

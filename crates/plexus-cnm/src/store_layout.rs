@@ -8,6 +8,20 @@
 //! plexus/v1/sandbox/<id>                  Sandbox
 //! plexus/v1/sandbox-name/<name>           "<id>"
 //! ```
+//!
+//! Records of global-scope networks live in the cluster store, under [`GLOBAL_ROOT`], in the
+//! same shape (`plexus/v1/global/network/<id>`, `.../network-name/<name>`,
+//! `.../endpoint/<network id>/<id>`), and each host announces itself there
+//! (`plexus/v1/global/node/<host id>`). Sandboxes are always local.
+
+use crate::model::Scope;
+
+/// The root of every global-scope record: what the cluster store holds.
+pub const GLOBAL_ROOT: &str = "plexus/v1/global";
+/// Directory of global network records.
+pub const GLOBAL_NETWORKS: &str = "plexus/v1/global/network";
+/// Directory of the cluster's hosts.
+pub const NODES: &str = "plexus/v1/global/node";
 
 /// Directory of network records.
 pub const NETWORKS: &str = "plexus/v1/network";
@@ -42,4 +56,36 @@ pub fn sandbox(id: &str) -> String {
 /// A sandbox name's claim.
 pub fn sandbox_name(name: &str) -> String {
     format!("plexus/v1/sandbox-name/{name}")
+}
+
+fn root(scope: Scope) -> &'static str {
+    match scope {
+        Scope::Local => "plexus/v1",
+        Scope::Global => GLOBAL_ROOT,
+    }
+}
+
+/// A network's record, in the store of its scope.
+pub fn network_in(scope: Scope, id: &str) -> String {
+    format!("{}/network/{id}", root(scope))
+}
+
+/// A network name's claim, in the store of its scope.
+pub fn network_name_in(scope: Scope, name: &str) -> String {
+    format!("{}/network-name/{name}", root(scope))
+}
+
+/// The directory of a network's endpoints, in the store of its scope.
+pub fn endpoints_in(scope: Scope, network_id: &str) -> String {
+    format!("{}/endpoint/{network_id}", root(scope))
+}
+
+/// An endpoint's record, in the store of its network's scope.
+pub fn endpoint_in(scope: Scope, network_id: &str, id: &str) -> String {
+    format!("{}/endpoint/{network_id}/{id}", root(scope))
+}
+
+/// A host's record in the cluster store.
+pub fn node(host_id: &str) -> String {
+    format!("{NODES}/{host_id}")
 }

@@ -33,6 +33,7 @@
 
 mod bridge;
 pub mod default_bridge;
+pub mod firewall;
 mod gso;
 mod host;
 mod names;

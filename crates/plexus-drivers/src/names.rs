@@ -110,7 +110,7 @@ pub(crate) fn host_veth(endpoint: &str) -> String {
     // The firewall's bridge-family notrack rule knows sandbox ports by this prefix.
     format!(
         "{}{}",
-        plexus_sys::nft::SANDBOX_PORT_PREFIX,
+        crate::firewall::SANDBOX_PORT_PREFIX,
         short(endpoint)
     )
 }

@@ -8,8 +8,8 @@ use std::net::{IpAddr, Ipv4Addr};
 
 use common::*;
 use plexus_cnm::{Driver, EndpointSpec, IpamPoolSpec, NetworkSpec, PortBinding, ReconcileMode};
+use plexus_drivers::firewall::{PortMapping, Proto};
 use plexus_drivers::{BridgeDriver, DriverConfig};
-use plexus_sys::nft::{PortMapping, Proto};
 use plexus_sys::rtnl::{BridgeSpec, Rtnl};
 
 fn gw(n: u8) -> Ipv4Addr {

@@ -39,6 +39,7 @@ pub mod dense;
 mod error;
 pub mod pool;
 pub mod remote;
+mod scoped;
 pub mod space;
 pub mod sparse;
 #[cfg(feature = "testing")]
@@ -50,4 +51,5 @@ pub use api::{
 };
 pub use builtin::{BuiltinIpam, HostInfo, IpamConfig, GLOBAL_SPACE, LOCAL_SPACE};
 pub use error::{IpamError, Result};
+pub use scoped::ScopedIpam;
 pub use space::DefaultPool;

@@ -73,6 +73,7 @@ pub mod key;
 mod kvlock;
 mod local;
 mod lock;
+mod prefixed;
 mod store;
 mod types;
 mod url;
@@ -88,6 +89,7 @@ pub use error::{KvError, Result};
 pub use kvlock::KvLocker;
 pub use local::LocalStore;
 pub use lock::{LockHandle, LockRelease, Locker};
+pub use prefixed::{prefixed, Prefixed};
 pub use store::{check_txn, check_value, Store};
 pub use types::{
     Compare, KvPair, LockOptions, PutOptions, TreeWatchStream, Txn, TxnOp, WatchStream,

@@ -43,5 +43,21 @@ async fn redb() -> Local {
     }
 }
 
+/// A view under a host's directory of a store that also holds other keys: the same suite,
+/// through [`plexus_kv::prefixed`].
+async fn prefixed_memory() -> Local {
+    let backend: Arc<dyn Store> = Arc::new(LocalStore::memory());
+    backend
+        .put("hosts/other/plexus/x", b"theirs", Default::default())
+        .await
+        .unwrap_or_else(|e| panic!("seed: {e}"));
+    Local {
+        store: plexus_kv::prefixed(backend, "hosts/mine")
+            .unwrap_or_else(|e| panic!("prefixed: {e}")),
+        _dir: None,
+    }
+}
+
 kv_conformance!(memory, memory());
+kv_conformance!(prefixed, prefixed_memory());
 kv_conformance!(redb, redb());

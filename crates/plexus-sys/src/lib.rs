@@ -6,8 +6,8 @@
 //! - [`netns`]: create, open, enter and delete network namespaces;
 //! - [`rtnl`]: links (bridge, veth, vxlan, macvlan), addresses and routes of one namespace,
 //!   through a netlink socket born inside it;
-//! - [`nft`]: nf_tables over netlink: Plexus's own tables, atomic batches, set- and map-driven
-//!   NAT, published ports and isolation;
+//! - [`nft`]: nf_tables over netlink: tables, chains, rules, sets, maps and the expressions
+//!   rules are made of, in atomic batches (no policy: the drivers choose the rules);
 //! - [`sysctl`]: per-namespace `net.*` sysctls;
 //! - [`probe`]: what the running kernel supports, found by trying it in a scratch namespace.
 //!

@@ -63,7 +63,15 @@ pub struct TcpProxy {
 impl TcpProxy {
     /// Starts a proxy to `target`.
     pub async fn start(target: SocketAddr) -> std::io::Result<Self> {
-        let listener = TcpListener::bind("127.0.0.1:0").await?;
+        Self::start_on(std::net::TcpListener::bind("127.0.0.1:0")?, target)
+    }
+
+    /// Starts a proxy to `target` on a listener bound already: one bound inside another
+    /// network namespace lets a daemon there reach a server on this namespace's loopback
+    /// (the proxy's own connections to `target` are made from the caller's namespace).
+    pub fn start_on(listener: std::net::TcpListener, target: SocketAddr) -> std::io::Result<Self> {
+        listener.set_nonblocking(true)?;
+        let listener = TcpListener::from_std(listener)?;
         let addr = listener.local_addr()?;
         let cut = Arc::new(AtomicBool::new(false));
         let (generation, _) = watch::channel(0u64);

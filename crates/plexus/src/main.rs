@@ -2,7 +2,7 @@
 //!
 //! `plexus network create|ls|inspect|rm|connect|disconnect|prune` take `docker network`'s flags
 //! and print what it prints; `plexus sandbox create|ls|inspect|rm|exec` manage sandboxes (a
-//! container's network namespace). `-H` or `PLEXUS_HOST` selects the daemon's socket. Daemon
+//! container's network namespace); `plexus info` shows the host id and the cluster store. `-H` or `PLEXUS_HOST` selects the daemon's socket. Daemon
 //! errors print as docker's do — `Error response from daemon: <message>` — with exit code 1.
 
 mod client;
@@ -13,7 +13,9 @@ use std::io::{BufRead, Write};
 
 use anyhow::{anyhow, bail, Context, Result};
 use clap::{ArgMatches, CommandFactory, FromArgMatches, Parser, Subcommand};
-use plexus_api_types::{NetworkCreated, NetworkResource, NetworksPruned, SandboxResource};
+use plexus_api_types::{
+    NetworkCreated, NetworkResource, NetworksPruned, SandboxResource, SystemInfo,
+};
 use serde_json::{json, Value};
 
 use client::{encode, Client, DaemonError};
@@ -43,6 +45,8 @@ enum Command {
     /// Manage sandboxes (containers' network namespaces).
     #[command(subcommand)]
     Sandbox(SandboxCmd),
+    /// Display the daemon's host id, kernel and cluster store (as `docker info`).
+    Info,
 }
 
 #[derive(Debug, Subcommand)]
@@ -75,6 +79,9 @@ enum NetworkCmd {
         /// Enable manual container attachment.
         #[arg(long)]
         attachable: bool,
+        /// Control the network's scope (local, global or swarm; the driver's by default).
+        #[arg(long)]
+        scope: Option<String>,
         /// Driver specific options (key=value).
         #[arg(short = 'o', long = "opt")]
         opt: Vec<String>,
@@ -460,6 +467,7 @@ fn network(client: &Client, cmd: NetworkCmd) -> Result<()> {
             ipv6,
             internal,
             attachable,
+            scope,
             opt,
             label,
             ipam_driver,
@@ -474,6 +482,7 @@ fn network(client: &Client, cmd: NetworkCmd) -> Result<()> {
                 "EnableIPv6": ipv6,
                 "Internal": internal,
                 "Attachable": attachable,
+                "Scope": scope.unwrap_or_default(),
                 "IPAM": {
                     "Driver": ipam_driver,
                     "Config": config,
@@ -769,6 +778,22 @@ fn exec_in(exec: Exec) -> Result<std::convert::Infallible> {
     )
 }
 
+/// `plexus info`: a few lines in `docker info`'s manner.
+fn info(client: &Client) -> Result<()> {
+    let info: SystemInfo = client.get("/info")?;
+    println!("ID: {}", info.id);
+    println!("Name: {}", info.name);
+    println!("Kernel Version: {}", info.kernel_version);
+    match &info.plexus_cluster_store {
+        Some(c) => println!("Cluster Store: {} ({})", c.url, c.status),
+        None => println!("Cluster Store: none"),
+    }
+    if !info.cluster_advertise.is_empty() {
+        println!("Cluster Advertise: {}", info.cluster_advertise);
+    }
+    Ok(())
+}
+
 fn main() -> std::process::ExitCode {
     // Like any Unix filter, die quietly when the reader of our output goes away (`| head`).
     // SAFETY: setting a signal disposition to SIG_DFL before any thread exists.
@@ -791,6 +816,7 @@ fn main() -> std::process::ExitCode {
         match cli.command {
             Command::Network(cmd) => network(&client, cmd).map(|()| None),
             Command::Sandbox(cmd) => sandbox(&client, cmd, create_matches),
+            Command::Info => info(&client).map(|()| None),
         }
     })();
     match result {

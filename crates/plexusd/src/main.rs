@@ -7,8 +7,6 @@
 //! `--reconcile-interval` (what was deleted behind its back is made again). Shutting down stops only the
 //! management plane: namespaces, links and firewall rules stay, and traffic keeps flowing.
 
-mod reconcile;
-
 use std::net::IpAddr;
 use std::os::unix::fs::{FileTypeExt, PermissionsExt};
 use std::path::{Path, PathBuf};
@@ -19,8 +17,11 @@ use clap::Parser;
 use ipnet::IpNet;
 use plexus_cnm::{Controller, ControllerConfig, DriverRegistry};
 use plexus_drivers::DefaultBridge;
-use plexus_ipam::{BuiltinIpam, IpamConfig};
+use plexus_ipam::{BuiltinIpam, Ipam, IpamConfig};
 use tokio::signal::unix::{signal, SignalKind};
+
+mod cluster;
+mod reconcile;
 
 /// The Plexus daemon: container networks on this host, served over the Docker Engine API.
 #[derive(Debug, Parser)]
@@ -36,8 +37,22 @@ struct Args {
     #[arg(short = 'H', long = "host")]
     host: Option<String>,
     /// The store URL (redb://, etcd://, zk://, memory://) [default: redb://<state-dir>/state.db].
+    /// A shared backend (etcd, ZooKeeper) keeps this host's records under its host id.
     #[arg(long)]
     store: Option<String>,
+    /// The cluster store shared by the hosts of a cluster (etcd:// or zk://), as dockerd's
+    /// `--cluster-store`: global-scope networks, their endpoints and the global address space.
+    #[arg(long = "cluster-store")]
+    cluster_store: Option<String>,
+    /// The address this host gives the other hosts of the cluster, `IP[:PORT]` (port 7946 by
+    /// default), as dockerd's `--cluster-advertise`.
+    #[arg(long = "cluster-advertise")]
+    cluster_advertise: Option<String>,
+    /// A cluster store option, `KEY=VALUE` (repeatable), as dockerd's: `discovery.heartbeat`,
+    /// `discovery.ttl` (seconds; 20 and 60 by default), `kv.cacertfile`, `kv.certfile`,
+    /// `kv.keyfile`.
+    #[arg(long = "cluster-store-opt")]
+    cluster_store_opts: Vec<String>,
     /// A default address pool for networks without --subnet, `base=CIDR,size=N`; repeatable.
     #[arg(long = "default-address-pool")]
     default_address_pools: Vec<String>,
@@ -222,20 +237,35 @@ async fn run(args: Args) -> Result<()> {
         .with_context(|| format!("creating run dir {}", netns_dir.display()))?;
     let socket = socket_path(&args)?;
 
+    let advertise = args
+        .cluster_advertise
+        .as_deref()
+        .map(cluster::parse_advertise)
+        .transpose()?;
+    if advertise.is_some() && args.cluster_store.is_none() {
+        bail!("--cluster-advertise needs --cluster-store");
+    }
+    if !args.cluster_store_opts.is_empty() && args.cluster_store.is_none() {
+        bail!("--cluster-store-opt needs --cluster-store");
+    }
+    let cluster_opts = cluster::ClusterOpts::parse(&args.cluster_store_opts)?;
+    let host_id = host_id(&args.state_dir)?;
     let url = args
         .store
         .clone()
         .unwrap_or_else(|| format!("redb://{}", args.state_dir.join("state.db").display()));
-    let store = plexus_kv::open(&url, plexus_kv::OpenOptions::default())
-        .await
-        .with_context(|| format!("opening store {url}"))?;
+    let store = cluster::open_local(&url, &host_id).await?;
+    let cluster_store = match &args.cluster_store {
+        Some(url) => Some(cluster::open_cluster(url, &cluster_opts).await?),
+        None => None,
+    };
 
     let pools: Vec<&str> = args
         .default_address_pools
         .iter()
         .map(String::as_str)
         .collect();
-    let mut ipam_config = IpamConfig::new(&host_id(&args.state_dir)?);
+    let mut ipam_config = IpamConfig::new(&host_id);
     if !pools.is_empty() {
         ipam_config = ipam_config
             .with_default_address_pools(&pools)
@@ -245,6 +275,19 @@ async fn run(args: Args) -> Result<()> {
     // its pools and addresses (and start-up reconciliation below releases what no record
     // holds), so IPAM's writes need no disk flush of their own.
     ipam_config.relaxed_writes = true;
+    let global_ipam: Option<Arc<dyn Ipam>> = match &cluster_store {
+        // Global addresses are shared by hosts: no relaxed writes there.
+        Some(c) => {
+            let mut config = ipam_config.clone();
+            config.relaxed_writes = false;
+            Some(Arc::new(
+                BuiltinIpam::open(c.clone(), config)
+                    .await
+                    .context("opening the global address space in the cluster store")?,
+            ))
+        }
+        None => None,
+    };
     let ipam = Arc::new(
         BuiltinIpam::open(store.clone(), ipam_config)
             .await
@@ -261,12 +304,30 @@ async fn run(args: Args) -> Result<()> {
     .map_err(|e| anyhow::anyhow!("starting the drivers: {e}"))?;
     tracing::info!(drivers = ?drivers.names(), "drivers registered");
 
-    let controller = Arc::new(Controller::new(
+    let scoped_ipam = plexus_ipam::ScopedIpam::new(ipam.clone(), global_ipam);
+    let mut controller = Controller::new(
         store.clone(),
-        ipam.clone(),
+        Arc::new(scoped_ipam),
         drivers,
-        ControllerConfig::default(),
-    ));
+        ControllerConfig {
+            host_id: host_id.clone(),
+            cluster_advertise: advertise,
+            ..ControllerConfig::default()
+        },
+    );
+    let mut heartbeat = None;
+    if let Some(c) = &cluster_store {
+        let node = cluster::NodeRecord {
+            id: host_id.clone(),
+            name: cluster::hostname(&host_id),
+            advertise,
+        };
+        cluster::announce(c, &node, cluster_opts.ttl).await?;
+        heartbeat = Some(cluster::heartbeat(c.clone(), node, cluster_opts.clone()));
+        controller = controller.with_cluster_store(c.clone());
+        tracing::info!(cluster_store = %c.url(), ?advertise, host = %host_id, "joined the cluster store");
+    }
+    let controller = Arc::new(controller);
     reconcile::startup(&controller, &ipam, &netns_dir).await?;
     let made = controller
         .create_predefined_networks()
@@ -312,6 +373,9 @@ async fn run(args: Args) -> Result<()> {
     if let Some(task) = periodic {
         task.abort();
     }
+    if let Some(h) = heartbeat {
+        h.abort();
+    }
     if let Err(e) = std::fs::remove_file(&socket) {
         tracing::warn!(socket = %socket.display(), error = %e, "cannot remove the socket");
     }
@@ -325,6 +389,11 @@ async fn run(args: Args) -> Result<()> {
     }
     if let Err(e) = store.close().await {
         tracing::warn!(error = %e, "closing the store");
+    }
+    if let Some(c) = &cluster_store {
+        if let Err(e) = c.close().await {
+            tracing::warn!(error = %e, "closing the cluster store");
+        }
     }
     tracing::info!("plexusd stopped");
     Ok(())

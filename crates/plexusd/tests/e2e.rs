@@ -978,7 +978,7 @@ fn a_record_whose_ports_a_crash_left_unpublished_is_rolled_back_at_start() {
     assert_eq!(links_before(&d), 1);
     assert_eq!(d.stop().code(), Some(0));
     // What the crash leaves: everything but the published port.
-    let fw = plexus_sys::nft::Firewall::open(&d.host_ns)
+    let fw = plexus_drivers::firewall::Firewall::open(&d.host_ns)
         .unwrap_or_else(|e| panic!("opening the firewall: {e}"));
     let published = fw.published();
     assert_eq!(published.len(), 1, "{published:?}");

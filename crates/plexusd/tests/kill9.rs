@@ -636,7 +636,7 @@ fn mismatches(d: &Daemon, rt: &tokio::runtime::Runtime, snap: &Snapshot) -> Vec<
     }
 
     // nftables: exactly the stored networks' bridges and subnets, the stored endpoints' ports.
-    let fw = plexus_sys::nft::Firewall::open(&d.host_ns)
+    let fw = plexus_drivers::firewall::Firewall::open(&d.host_ns)
         .and_then(|fw| fw.state())
         .unwrap_or_else(|e| panic!("reading nftables state: {e}"));
     let want_bridges: BTreeSet<String> = bridges.values().cloned().collect();

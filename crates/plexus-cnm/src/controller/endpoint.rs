@@ -11,7 +11,7 @@ use plexus_kv::Txn;
 use super::{check_name, driver_err, encode, new_id, Controller};
 use crate::driver::{Driver, EndpointInfo, InterfaceName};
 use crate::error::{CnmError, Result};
-use crate::model::{Endpoint, EndpointSpec, IpamPool, Network, Sandbox};
+use crate::model::{Endpoint, EndpointSpec, IpamPool, Network, Sandbox, Scope};
 use crate::store_layout as keys;
 
 impl Controller {
@@ -154,6 +154,11 @@ impl Controller {
             interface: Some(interface.guess()),
             aliases: spec.aliases,
             ports: created.ports,
+            scope: network.scope,
+            host: match network.scope {
+                Scope::Local => String::new(),
+                Scope::Global => self.config.host_id.clone(),
+            },
         };
         // The record and the driver's kernel work go on at once, so the record's disk flush
         // (about a millisecond) hides behind the join. A crash can then leave a record whose
@@ -229,7 +234,7 @@ impl Controller {
 
     /// Replaces an endpoint's record (same sandbox list).
     pub(super) async fn rewrite_endpoint(&self, endpoint: &Endpoint) -> Result<()> {
-        let key = keys::endpoint(&endpoint.network_id, &endpoint.id);
+        let key = keys::endpoint_in(endpoint.scope, &endpoint.network_id, &endpoint.id);
         let (_, index) = self
             .load::<Endpoint>(&key)
             .await?
@@ -259,7 +264,11 @@ impl Controller {
         sandbox.endpoints.retain(|e| e != &endpoint.id);
         let mut txn = Txn::new()
             .compare_index(keys::sandbox(sandbox_id), index)
-            .delete(keys::endpoint(&endpoint.network_id, &endpoint.id))
+            .delete(keys::endpoint_in(
+                endpoint.scope,
+                &endpoint.network_id,
+                &endpoint.id,
+            ))
             .put(keys::sandbox(sandbox_id), encode(&sandbox));
         txn.relaxed = relaxed;
         self.store.txn(txn).await?;
@@ -274,7 +283,7 @@ impl Controller {
     ) -> Result<()> {
         let (mut current, index) = self.sandbox_indexed(&sandbox.id).await?;
         let (_, net_index) = self
-            .load::<Network>(&keys::network(&network.id))
+            .load::<Network>(&keys::network_in(network.scope, &network.id))
             .await?
             .ok_or_else(|| CnmError::NotFound {
                 kind: "network",
@@ -286,9 +295,12 @@ impl Controller {
                 Txn::new()
                     .compare_index(keys::sandbox(&sandbox.id), index)
                     // The network must still exist: a concurrent delete loses or we do.
-                    .compare_index(keys::network(&network.id), net_index)
-                    .compare_absent(keys::endpoint(&network.id, &endpoint.id))
-                    .put(keys::endpoint(&network.id, &endpoint.id), encode(endpoint))
+                    .compare_index(keys::network_in(network.scope, &network.id), net_index)
+                    .compare_absent(keys::endpoint_in(network.scope, &network.id, &endpoint.id))
+                    .put(
+                        keys::endpoint_in(network.scope, &network.id, &endpoint.id),
+                        encode(endpoint),
+                    )
                     .put(keys::sandbox(&sandbox.id), encode(&current)),
             )
             .await?;
@@ -310,13 +322,13 @@ impl Controller {
     ) -> Result<(Sandbox, Network, Endpoint)> {
         let (sandbox, _) = self.sandbox_indexed(sandbox).await?;
         let network = self.network(network).await?;
-        let endpoint = self
-            .endpoint_of(&sandbox, &network.id)
-            .await?
-            .ok_or_else(|| CnmError::NotFound {
-                kind: "endpoint",
-                name: format!("{} on network {}", sandbox.name, network.name),
-            })?;
+        let endpoint =
+            self.endpoint_of(&sandbox, &network)
+                .await?
+                .ok_or_else(|| CnmError::NotFound {
+                    kind: "endpoint",
+                    name: format!("{} on network {}", sandbox.name, network.name),
+                })?;
         Ok((sandbox, network, endpoint))
     }
 

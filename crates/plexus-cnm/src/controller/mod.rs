@@ -19,6 +19,7 @@ use plexus_kv::{KvError, Store};
 use serde::de::DeserializeOwned;
 use tokio::sync::Mutex;
 
+use crate::datastore::Datastore;
 use crate::driver::{Driver, DriverError, DriverRegistry};
 use crate::error::{CnmError, Result};
 use crate::model::Network;
@@ -30,6 +31,11 @@ pub struct ControllerConfig {
     pub default_driver: String,
     /// The prefix of interface names inside sandboxes (`eth`).
     pub interface_prefix: String,
+    /// This host's id, stable across restarts: the owner recorded in the endpoints it makes
+    /// on global networks, and its name in the cluster store.
+    pub host_id: String,
+    /// The address this host gives the cluster's other hosts (`--cluster-advertise`).
+    pub cluster_advertise: Option<std::net::SocketAddr>,
 }
 
 impl Default for ControllerConfig {
@@ -37,13 +43,15 @@ impl Default for ControllerConfig {
         Self {
             default_driver: "bridge".into(),
             interface_prefix: "eth".into(),
+            host_id: String::new(),
+            cluster_advertise: None,
         }
     }
 }
 
 /// The Container Network Model's controller.
 pub struct Controller {
-    store: Arc<dyn Store>,
+    store: Datastore,
     ipam: Arc<dyn Ipam>,
     drivers: DriverRegistry,
     config: ControllerConfig,
@@ -144,7 +152,7 @@ impl Controller {
         config: ControllerConfig,
     ) -> Self {
         Self {
-            store,
+            store: Datastore::local(store),
             ipam,
             drivers,
             config,
@@ -186,6 +194,28 @@ impl Controller {
                 self.drivers.names().join(", ")
             ),
         })
+    }
+
+    /// Adds a cluster store (`--cluster-store`): global-scope networks and their endpoints
+    /// are recorded there, shared with the other hosts of the cluster.
+    pub fn with_cluster_store(mut self, cluster: Arc<dyn Store>) -> Self {
+        self.store = self.store.with_cluster(cluster);
+        self
+    }
+
+    /// Where the records live: the local store and the cluster store, if any.
+    pub fn datastore(&self) -> &Datastore {
+        &self.store
+    }
+
+    /// This host's id.
+    pub fn host_id(&self) -> &str {
+        &self.config.host_id
+    }
+
+    /// The controller's settings.
+    pub fn config(&self) -> &ControllerConfig {
+        &self.config
     }
 
     /// The IPAM the controller allocates from.

@@ -14,11 +14,54 @@ use crate::model::{
 use crate::store_layout as keys;
 
 impl Controller {
-    /// Every network, sorted by name.
+    /// Every network, sorted by name: this host's local ones and the cluster's global ones
+    /// (left out, with a warning, while the cluster store does not answer).
     pub async fn networks(&self) -> Result<Vec<Network>> {
         let mut all: Vec<Network> = self.load_all(keys::NETWORKS).await?;
+        for pair in self.store.list_global_lenient(keys::GLOBAL_NETWORKS).await {
+            all.push(
+                serde_json::from_slice(&pair.value).map_err(|e| CnmError::Corrupt {
+                    key: pair.key.clone(),
+                    reason: e.to_string(),
+                })?,
+            );
+        }
         all.sort_by(|a, b| a.name.cmp(&b.name));
         Ok(all)
+    }
+
+    /// The network with this exact id or name, local first, then global; `Ok(None)` when
+    /// neither store has it. The cluster store is asked only when the local one has no such
+    /// network, so local operations never wait for it.
+    async fn network_exact(&self, name_or_id: &str) -> Result<Option<Network>> {
+        let scopes: &[Scope] = if self.store.cluster_store().is_some() {
+            &[Scope::Local, Scope::Global]
+        } else {
+            &[Scope::Local]
+        };
+        for &scope in scopes {
+            if name_or_id.len() == 64 {
+                if let Some((n, _)) = self
+                    .load::<Network>(&keys::network_in(scope, name_or_id))
+                    .await?
+                {
+                    return Ok(Some(n));
+                }
+            }
+            if check_name("network", name_or_id).is_ok() {
+                if let Some((id, _)) = self
+                    .load::<String>(&keys::network_name_in(scope, name_or_id))
+                    .await?
+                {
+                    if let Some((n, _)) =
+                        self.load::<Network>(&keys::network_in(scope, &id)).await?
+                    {
+                        return Ok(Some(n));
+                    }
+                }
+            }
+        }
+        Ok(None)
     }
 
     /// The network with this id, name, or unique id prefix (Docker's lookup order).
@@ -30,17 +73,8 @@ impl Controller {
         if name_or_id.is_empty() {
             return Err(not_found());
         }
-        if name_or_id.len() == 64 {
-            if let Some((n, _)) = self.load::<Network>(&keys::network(name_or_id)).await? {
-                return Ok(n);
-            }
-        }
-        if check_name("network", name_or_id).is_ok() {
-            if let Some((id, _)) = self.load::<String>(&keys::network_name(name_or_id)).await? {
-                if let Some((n, _)) = self.load::<Network>(&keys::network(&id)).await? {
-                    return Ok(n);
-                }
-            }
+        if let Some(n) = self.network_exact(name_or_id).await? {
+            return Ok(n);
         }
         let matches: Vec<Network> = self
             .networks()
@@ -149,17 +183,47 @@ impl Controller {
                 "an IPv6 subnet needs --ipv6 (EnableIPv6)",
             ));
         }
-        if self
-            .load::<String>(&keys::network_name(&spec.name))
-            .await?
-            .is_some()
-        {
+        let capability = driver.capability();
+        let scope = capability.scope;
+        match spec.scope {
+            Some(asked) if asked != scope => {
+                return Err(CnmError::invalid(
+                    "scope",
+                    format!(
+                        "driver {:?} keeps its networks in the {} scope, not {}",
+                        spec.driver,
+                        scope.name(),
+                        asked.name()
+                    ),
+                ))
+            }
+            _ => {}
+        }
+        if scope == Scope::Global && self.store.cluster_store().is_none() {
+            return Err(CnmError::invalid(
+                "driver",
+                format!(
+                    "{:?} is a global-scope driver and this host has no cluster store: start plexusd with --cluster-store",
+                    spec.driver
+                ),
+            ));
+        }
+        // Names are unique across both scopes, as a host sees them. A local network may be
+        // made while the cluster store is away (the clash is then caught when it is back, by
+        // lookups preferring the local one).
+        let existing = match self.network_exact(&spec.name).await {
+            Err(CnmError::Store(e)) if scope == Scope::Local => {
+                tracing::warn!(network = %spec.name, error = %e, "cluster store unavailable: the name is checked against local networks only");
+                None
+            }
+            other => other?,
+        };
+        if existing.is_some() {
             return Err(CnmError::Exists {
                 kind: "network",
                 name: spec.name,
             });
         }
-        let capability = driver.capability();
         if !capability.multiple_networks
             && self
                 .networks()
@@ -173,7 +237,7 @@ impl Controller {
             ));
         }
         let id = new_id()?;
-        let space = match capability.scope {
+        let space = match scope {
             Scope::Local => LOCAL_SPACE,
             Scope::Global => GLOBAL_SPACE,
         };
@@ -226,7 +290,7 @@ impl Controller {
             id: id.clone(),
             name: spec.name.clone(),
             driver: spec.driver.clone(),
-            scope: capability.scope,
+            scope,
             ipv4,
             ipv6,
             created: now_rfc3339(),
@@ -246,9 +310,9 @@ impl Controller {
             return Err(driver_err(driver.as_ref(), e));
         }
         let txn = Txn::new()
-            .compare_absent(keys::network_name(&network.name))
-            .put(keys::network(&id), encode(&network))
-            .put(keys::network_name(&network.name), encode(&id));
+            .compare_absent(keys::network_name_in(scope, &network.name))
+            .put(keys::network_in(scope, &id), encode(&network))
+            .put(keys::network_name_in(scope, &network.name), encode(&id));
         if let Err(e) = self.store.txn(txn).await {
             if let Err(u) = driver.delete_network(&id).await {
                 tracing::warn!(network = %network.name, error = %u, "cannot delete the network's data plane while undoing its creation; reconciliation deletes it");
@@ -268,7 +332,19 @@ impl Controller {
 
     /// Endpoints on a network.
     pub async fn endpoints(&self, network_id: &str) -> Result<Vec<Endpoint>> {
-        self.load_all(&keys::endpoints_of(network_id)).await
+        let local = self.load_all(&keys::endpoints_of(network_id)).await?;
+        if !local.is_empty()
+            || self.store.cluster_store().is_none()
+            || self
+                .load::<Network>(&keys::network(network_id))
+                .await?
+                .is_some()
+        {
+            return Ok(local);
+        }
+        // A global network's endpoints, every host's.
+        self.load_all(&keys::endpoints_in(Scope::Global, network_id))
+            .await
     }
 
     /// Deletes a network that has no endpoints.
@@ -298,7 +374,11 @@ impl Controller {
                     .await?
                     .map(|(s, _)| s.name)
                     .unwrap_or_else(|| ep.sandbox_id.clone());
-                by.push(format!("sandbox {sandbox}"));
+                if ep.host.is_empty() || ep.host == self.config.host_id {
+                    by.push(format!("sandbox {sandbox}"));
+                } else {
+                    by.push(format!("sandbox {sandbox} on host {}", ep.host));
+                }
             }
             return Err(CnmError::InUse {
                 what: format!("network {}", network.name),
@@ -309,7 +389,7 @@ impl Controller {
         // Records first: once they are gone nobody can attach; then the data plane; then the
         // pools. A crash in between leaves only what reconciliation removes.
         let (_, index) = self
-            .load::<Network>(&keys::network(&network.id))
+            .load::<Network>(&keys::network_in(network.scope, &network.id))
             .await?
             .ok_or_else(|| CnmError::NotFound {
                 kind: "network",
@@ -318,9 +398,9 @@ impl Controller {
         self.store
             .txn(
                 Txn::new()
-                    .compare_index(keys::network(&network.id), index)
-                    .delete(keys::network(&network.id))
-                    .delete(keys::network_name(&network.name)),
+                    .compare_index(keys::network_in(network.scope, &network.id), index)
+                    .delete(keys::network_in(network.scope, &network.id))
+                    .delete(keys::network_name_in(network.scope, &network.name)),
             )
             .await?;
         // Not the caller's error: the records are gone (a retry would be a 404), and what the

@@ -31,7 +31,8 @@ impl Controller {
     /// Makes every registered driver's kernel objects match the store, holding the operation
     /// lock so a pass never meets a connect or disconnect half done.
     ///
-    /// Per driver: its live endpoints are read ([`Driver::live_endpoints`]); in
+    /// Per driver, over this host's endpoints (another host's endpoints of a global network
+    /// are that host's to reconcile): its live endpoints are read ([`Driver::live_endpoints`]); in
     /// [`ReconcileMode::Startup`] a recorded endpoint that is not live, or that has ports
     /// none of which is published, is rolled back (a crash cut its connect or disconnect
     /// short; only its records go). Interface names the kernel marks differently from the
@@ -65,6 +66,10 @@ impl Controller {
             for network in networks.iter().filter(|n| n.driver == name) {
                 desired.networks.push(network_info(network));
                 for ep in self.endpoints(&network.id).await? {
+                    // Another host's endpoint of a global network: its data plane is there.
+                    if !(ep.host.is_empty() || ep.host == self.config.host_id) {
+                        continue;
+                    }
                     let state = live.as_ref().map(|l| l.get(&ep.id));
                     let unfinished = match state {
                         None => false,
@@ -155,7 +160,7 @@ impl Controller {
                 // Its sandbox is gone: only the endpoint's own record is left.
                 Err(CnmError::NotFound { .. }) => {
                     self.store
-                        .txn(Txn::new().delete(keys::endpoint(&ep.network_id, &ep.id)))
+                        .txn(Txn::new().delete(keys::endpoint_in(ep.scope, &ep.network_id, &ep.id)))
                         .await?;
                 }
                 Err(e) => return Err(e),

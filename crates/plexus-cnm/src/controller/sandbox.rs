@@ -116,11 +116,11 @@ impl Controller {
     pub(super) async fn endpoint_of(
         &self,
         sandbox: &Sandbox,
-        network_id: &str,
+        network: &Network,
     ) -> Result<Option<Endpoint>> {
         for id in &sandbox.endpoints {
             if let Some((ep, _)) = self
-                .load::<Endpoint>(&keys::endpoint(network_id, id))
+                .load::<Endpoint>(&keys::endpoint_in(network.scope, &network.id, id))
                 .await?
             {
                 return Ok(Some(ep));
@@ -132,7 +132,7 @@ impl Controller {
     pub(super) async fn find_endpoint(&self, endpoint_id: &str) -> Result<Option<Endpoint>> {
         for network in self.networks().await? {
             if let Some((ep, _)) = self
-                .load::<Endpoint>(&keys::endpoint(&network.id, endpoint_id))
+                .load::<Endpoint>(&keys::endpoint_in(network.scope, &network.id, endpoint_id))
                 .await?
             {
                 return Ok(Some(ep));
@@ -153,7 +153,7 @@ impl Controller {
         for id in &sandbox.endpoints {
             for network in &networks {
                 if let Some((ep, _)) = self
-                    .load::<Endpoint>(&keys::endpoint(&network.id, id))
+                    .load::<Endpoint>(&keys::endpoint_in(network.scope, &network.id, id))
                     .await?
                 {
                     out.push((ep, network.clone()));

@@ -36,11 +36,11 @@ use plexus_cnm::{
     LiveEndpoint, NetworkInfo, ReconcileMode, Reconciled, Scope,
 };
 use plexus_sys::netns::Netns;
-use plexus_sys::nft::{Firewall, NetworkRules, PortMapping};
 use plexus_sys::rtnl::{Link, Rtnl};
 use plexus_sys::{sysctl, SysError};
 use tokio::sync::Mutex;
 
+use crate::firewall::{Firewall, NetworkRules, PortMapping};
 use crate::names;
 use crate::options::BridgeOptions;
 use crate::reaper::Reaper;

@@ -4,11 +4,11 @@ use std::net::IpAddr;
 
 use ipnet::IpNet;
 use plexus_cnm::{DriverError, NetworkInfo};
-use plexus_sys::nft::NetworkRules;
 use plexus_sys::rtnl::{BridgeSpec, Link};
 use plexus_sys::SysError;
 
 use super::{BridgeDriver, NetState, State, Undo};
+use crate::firewall::NetworkRules;
 use crate::gso;
 use crate::names::{self, Marked};
 use crate::options::BridgeOptions;

@@ -4,9 +4,9 @@ use std::net::IpAddr;
 use std::sync::atomic::Ordering;
 
 use plexus_cnm::{DriverError, EndpointInfo, PortBinding};
-use plexus_sys::nft::{Firewall, PortMapping, Proto};
 
 use super::{BridgeDriver, NetState, State, EPHEMERAL_PORTS};
+use crate::firewall::{Firewall, PortMapping, Proto};
 use crate::sys_ctx;
 
 pub(super) fn proto_of(binding: &PortBinding) -> Result<Proto, DriverError> {

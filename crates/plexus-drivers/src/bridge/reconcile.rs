@@ -5,11 +5,11 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
 
 use plexus_cnm::{Desired, DesiredEndpoint, DriverError, LiveEndpoint, ReconcileMode, Reconciled};
-use plexus_sys::nft::{NetworkRules, PortMapping};
 use plexus_sys::rtnl::{Link, PortFlags};
 
 use super::endpoint::{sandbox_rtnl, Naming};
 use super::{mac_of, BridgeDriver, EpState, InSandbox, NetState, State};
+use crate::firewall::{NetworkRules, PortMapping};
 use crate::names::{self, Marked};
 use crate::sys_ctx;
 

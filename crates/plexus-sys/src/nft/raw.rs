@@ -1,17 +1,18 @@
 //! The raw nf_tables connection: a `NETLINK_NETFILTER` socket born inside one namespace,
-//! atomic batches, and dumps of tables and set elements.
+//! atomic batches and dumps.
 
 use std::io;
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicU8, Ordering};
 use std::sync::Mutex;
 
 use netlink_sys::{protocols::NETLINK_NETFILTER, Socket, SocketAddr};
 
-use super::wire::{self, msg, nlm, Batch, Element, Family};
+use super::wire::batch::{self, Batch, Op};
+use super::wire::{self, nlm};
 use crate::error::{libc_errno, Result, SysError};
 use crate::netns::Netns;
 
-/// Sequence numbers: each batch takes a block, so replies of different batches never mix.
+/// Sequence numbers: each request takes a block, so replies of different requests never mix.
 static SEQ: AtomicU32 = AtomicU32::new(1);
 const SEQ_BLOCK: u32 = 1 << 16;
 const RECV_BUF: usize = 256 * 1024;
@@ -20,6 +21,8 @@ const RECV_BUF: usize = 256 * 1024;
 pub struct Nft {
     sock: Mutex<Socket>,
     ns: Netns,
+    /// How deletions are sent: see `compat.rs`.
+    pub(crate) delete_mode: AtomicU8,
 }
 
 impl std::fmt::Debug for Nft {
@@ -45,14 +48,14 @@ fn open_socket() -> io::Result<Socket> {
 }
 
 /// Maps the kernel's errno for `op` to the most precise error.
-fn kernel_error(op: &str, errno: i32) -> SysError {
+pub(crate) fn kernel_error(op: &str, errno: i32) -> SysError {
     match errno {
         libc_errno::EEXIST => SysError::Exists { what: op.into() },
         libc_errno::ENOENT => SysError::NotFound { what: op.into() },
         libc_errno::EOPNOTSUPP | nix::libc::EAFNOSUPPORT | nix::libc::EPROTONOSUPPORT => {
             SysError::Unsupported {
                 feature: format!("nf_tables: {op}"),
-                hint: "the kernel lacks nf_tables or one of its parts (nft_nat, nft_masq, nft_ct, nft_fib, nft_chain_nat, the bridge family: CONFIG_NF_TABLES_BRIDGE)".into(),
+                hint: "the kernel lacks nf_tables or one of its parts (nft_nat, nft_masq, nft_redir, nft_ct, nft_fib, nft_numgen, nft_hash, nft_chain_nat, the bridge family: CONFIG_NF_TABLES_BRIDGE)".into(),
             }
         }
         _ => SysError::Netlink {
@@ -71,6 +74,13 @@ fn io_error(op: &str, e: io::Error) -> SysError {
     }
 }
 
+fn code_of(payload: &[u8]) -> i32 {
+    payload
+        .get(..4)
+        .map(|b| i32::from_ne_bytes([b[0], b[1], b[2], b[3]]))
+        .unwrap_or(0)
+}
+
 impl Nft {
     /// Opens a `NETLINK_NETFILTER` socket inside `ns` (on a short-lived thread there), so
     /// everything sent through it programs that namespace's nf_tables.
@@ -83,6 +93,7 @@ impl Nft {
         Ok(Self {
             sock: Mutex::new(sock),
             ns: ns.clone(),
+            delete_mode: AtomicU8::new(0),
         })
     }
 
@@ -93,7 +104,7 @@ impl Nft {
 
     /// A new, empty batch for [`apply`](Self::apply).
     pub fn batch(&self) -> Batch {
-        Batch::new(SEQ.fetch_add(SEQ_BLOCK, Ordering::Relaxed))
+        Batch::new()
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Socket> {
@@ -103,12 +114,24 @@ impl Nft {
     }
 
     /// Sends a batch and waits for the kernel's verdict: all of it applied, or none of it and
-    /// the error of the first message that failed (naming the object).
+    /// the error of the first message that failed (naming the object). On a kernel without
+    /// `NFT_MSG_DESTROY*` the batch's `destroy_*` become deletions of the objects present.
     pub fn apply(&self, batch: Batch) -> Result<()> {
         if batch.is_empty() {
             return Ok(());
         }
-        let (buf, ops, _) = batch.finish();
+        if batch.has_destroys() && !self.has_destroy()? {
+            return self.apply_without_destroy(&batch);
+        }
+        self.send_ops(&batch.ops)
+    }
+
+    /// Sends `ops` as one batch.
+    pub(crate) fn send_ops(&self, ops: &[Op]) -> Result<()> {
+        if ops.is_empty() {
+            return Ok(());
+        }
+        let (buf, described) = batch::encode(ops, SEQ.fetch_add(SEQ_BLOCK, Ordering::Relaxed));
         let sock = self.lock();
         sock.send(&buf, 0)
             .map_err(|e| io_error("send nf_tables batch", e))?;
@@ -128,8 +151,7 @@ impl Nft {
                 if m.ty != nlm::ERROR || m.payload.len() < 4 {
                     continue;
                 }
-                let code =
-                    i32::from_ne_bytes([m.payload[0], m.payload[1], m.payload[2], m.payload[3]]);
+                let code = code_of(m.payload);
                 if code == 0 {
                     acks += 1;
                 } else if first_error.is_none() {
@@ -138,7 +160,7 @@ impl Nft {
             }
         }
         if let Some((seq, errno)) = first_error {
-            let op = ops
+            let op = described
                 .iter()
                 .find(|(s, _)| *s == seq)
                 .map(|(_, op)| op.clone())
@@ -158,7 +180,7 @@ impl Nft {
     }
 
     /// Runs a dump and returns the payloads (after the nfgenmsg header) with their family.
-    fn dump(
+    pub(crate) fn dump(
         &self,
         op: &str,
         m: u8,
@@ -166,7 +188,7 @@ impl Nft {
         f: impl FnOnce(&mut Vec<u8>),
     ) -> Result<Vec<(u8, Vec<u8>)>> {
         let seq = SEQ.fetch_add(SEQ_BLOCK, Ordering::Relaxed);
-        let req = wire::dump_request(m, family, seq, f);
+        let req = wire::request(m, nlm::DUMP, family, seq, f);
         let sock = self.lock();
         sock.send(&req, 0).map_err(|e| io_error(op, e))?;
         let mut out = Vec::new();
@@ -186,11 +208,7 @@ impl Nft {
                     nlm::DONE => return Ok(out),
                     nlm::NOOP => {}
                     nlm::ERROR => {
-                        let code = m
-                            .payload
-                            .get(..4)
-                            .map(|b| i32::from_ne_bytes([b[0], b[1], b[2], b[3]]))
-                            .unwrap_or(0);
+                        let code = code_of(m.payload);
                         if code == 0 {
                             return Ok(out);
                         }
@@ -203,32 +221,5 @@ impl Nft {
                 }
             }
         }
-    }
-
-    /// Every nf_tables table of the namespace, of every family.
-    pub fn tables(&self) -> Result<Vec<(Family, String)>> {
-        let msgs = self.dump("list nf_tables tables", msg::GETTABLE, 0, |_| {})?;
-        Ok(msgs
-            .into_iter()
-            .filter_map(|(fam, payload)| {
-                Some((
-                    Family::from_number(fam)?,
-                    wire::attr_str(&payload, wire::TABLE_NAME_ATTR)?,
-                ))
-            })
-            .collect())
-    }
-
-    /// The elements of a set or map.
-    pub fn elements(&self, family: Family, table: &str, set: &str) -> Result<Vec<Element>> {
-        let op = format!("list set {} {table} {set}", family.name());
-        let msgs = self.dump(&op, msg::GETSETELEM, family.number(), |b| {
-            wire::put_str(b, wire::NFTA_SET_ELEM_LIST_TABLE, table);
-            wire::put_str(b, wire::NFTA_SET_ELEM_LIST_SET, set);
-        })?;
-        Ok(msgs
-            .iter()
-            .flat_map(|(_, p)| wire::parse_elements(p))
-            .collect())
     }
 }

@@ -5,6 +5,8 @@
 use plexus_sys::netns::Netns;
 use plexus_sys::rtnl::Rtnl;
 
+pub mod lab;
+
 pub fn root() -> bool {
     std::fs::read_to_string("/proc/self/status")
         .map(|s| {
@@ -24,7 +26,7 @@ macro_rules! need_root {
     };
 }
 
-pub fn ok<T>(what: &str, r: plexus_sys::Result<T>) -> T {
+pub fn ok<T, E: std::fmt::Display>(what: &str, r: Result<T, E>) -> T {
     r.unwrap_or_else(|e| panic!("{what}: {e}"))
 }
 

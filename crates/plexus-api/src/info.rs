@@ -1,0 +1,43 @@
+//! `GET /info`: what this daemon is and where its state lives, in the shape of dockerd's
+//! answer (the fields of it that a network stack has), plus the cluster store's health.
+
+use axum::extract::State;
+use axum::Json;
+use plexus_api_types::{ClusterStoreInfo, SystemInfo};
+
+use crate::handlers::AppState;
+
+/// `GET /info`. A daemon whose cluster store is away still answers, and says so.
+pub async fn info(State(state): State<AppState>) -> Json<SystemInfo> {
+    let controller = &state.controller;
+    let datastore = controller.datastore();
+    let cluster = match (datastore.cluster_store(), datastore.cluster_health().await) {
+        (Some(store), Some(health)) => Some(ClusterStoreInfo {
+            url: store.url().to_string(),
+            status: match health {
+                Ok(()) => "ok".to_string(),
+                Err(e) => format!("unavailable: {e}"),
+            },
+        }),
+        _ => None,
+    };
+    let config = controller.config();
+    let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease")
+        .map(|s| s.trim().to_string())
+        .unwrap_or_default();
+    Json(SystemInfo {
+        id: config.host_id.clone(),
+        name: std::fs::read_to_string("/proc/sys/kernel/hostname")
+            .map(|s| s.trim().to_string())
+            .unwrap_or_default(),
+        kernel_version: kernel,
+        operating_system: "linux".into(),
+        os_type: "linux".into(),
+        cluster_store: cluster.as_ref().map(|c| c.url.clone()).unwrap_or_default(),
+        cluster_advertise: config
+            .cluster_advertise
+            .map(|a| a.to_string())
+            .unwrap_or_default(),
+        plexus_cluster_store: cluster,
+    })
+}

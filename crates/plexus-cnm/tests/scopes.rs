@@ -1,0 +1,232 @@
+//! Local and global scopes: two "hosts" (controllers with their own local stores and host
+//! ids) sharing one cluster store, with a global-scope driver and a local one. What each host
+//! sees, who owns what, and the errors a host without a cluster store gives.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use plexus_cnm::*;
+use plexus_ipam::{BuiltinIpam, Ipam, IpamConfig, ScopedIpam};
+use plexus_kv::{LocalStore, Store};
+
+/// A driver with no data plane, of either scope.
+struct Plain {
+    name: &'static str,
+    scope: Scope,
+}
+
+#[async_trait]
+impl Driver for Plain {
+    fn name(&self) -> &str {
+        self.name
+    }
+    fn capability(&self) -> Capability {
+        Capability {
+            scope: self.scope,
+            needs_ipam: true,
+            multiple_networks: true,
+        }
+    }
+    fn validate_options(&self, _: &BTreeMap<String, String>) -> Result<(), DriverError> {
+        Ok(())
+    }
+    async fn create_network(&self, _: &NetworkInfo) -> Result<(), DriverError> {
+        Ok(())
+    }
+    async fn delete_network(&self, _: &str) -> Result<(), DriverError> {
+        Ok(())
+    }
+    async fn create_endpoint(&self, e: &EndpointInfo) -> Result<EndpointCreated, DriverError> {
+        Ok(EndpointCreated {
+            mac: None,
+            ports: e.ports.clone(),
+        })
+    }
+    async fn delete_endpoint(&self, _: &str, _: &str) -> Result<(), DriverError> {
+        Ok(())
+    }
+    async fn join(
+        &self,
+        _: &str,
+        _: &str,
+        _: &str,
+        interface: InterfaceName<'_>,
+    ) -> Result<Joined, DriverError> {
+        Ok(Joined {
+            interface: Some(interface.guess()),
+            gateways: vec![],
+        })
+    }
+    async fn leave(&self, _: &str, _: &str) -> Result<(), DriverError> {
+        Ok(())
+    }
+}
+
+fn ok<T, E: std::fmt::Display>(what: &str, r: Result<T, E>) -> T {
+    r.unwrap_or_else(|e| panic!("{what}: {e}"))
+}
+
+fn memory() -> Arc<dyn Store> {
+    Arc::new(LocalStore::memory())
+}
+
+/// A host: its own local store, the cluster store if any, drivers `bridge` (local) and
+/// `overlay` (global).
+async fn host(id: &str, cluster: Option<Arc<dyn Store>>) -> (Controller, Arc<dyn Store>) {
+    let local = memory();
+    let local_ipam: Arc<dyn Ipam> = Arc::new(ok(
+        "local ipam",
+        BuiltinIpam::open(local.clone(), IpamConfig::new(id)).await,
+    ));
+    let global_ipam: Option<Arc<dyn Ipam>> = match &cluster {
+        Some(c) => Some(Arc::new(ok(
+            "global ipam",
+            BuiltinIpam::open(c.clone(), IpamConfig::new(id)).await,
+        ))),
+        None => None,
+    };
+    let mut drivers = DriverRegistry::new();
+    drivers.register(Arc::new(Plain {
+        name: "bridge",
+        scope: Scope::Local,
+    }));
+    drivers.register(Arc::new(Plain {
+        name: "overlay",
+        scope: Scope::Global,
+    }));
+    let config = ControllerConfig {
+        host_id: id.to_string(),
+        ..Default::default()
+    };
+    let mut controller = Controller::new(
+        local.clone(),
+        Arc::new(ScopedIpam::new(local_ipam, global_ipam)),
+        drivers,
+        config,
+    );
+    if let Some(c) = cluster {
+        controller = controller.with_cluster_store(c);
+    }
+    (controller, local)
+}
+
+fn spec(name: &str, driver: &str) -> NetworkSpec {
+    NetworkSpec {
+        name: name.into(),
+        driver: driver.into(),
+        ..Default::default()
+    }
+}
+
+async fn sandbox(c: &Controller, name: &str) -> Sandbox {
+    ok(
+        "sandbox",
+        c.create_sandbox(name, &format!("/run/test/{name}"), false)
+            .await,
+    )
+}
+
+#[tokio::test]
+async fn global_networks_are_shared_and_local_ones_stay_home() {
+    let cluster = memory();
+    let (a, a_local) = host("host-a", Some(cluster.clone())).await;
+    let (b, _) = host("host-b", Some(cluster.clone())).await;
+
+    let g = ok("global", a.create_network(spec("g", "overlay")).await);
+    assert_eq!(g.scope, Scope::Global);
+    let la = ok("local on a", a.create_network(spec("la", "bridge")).await);
+    assert_eq!(la.scope, Scope::Local);
+
+    // B sees the global network, by name and id, and not A's local one.
+    assert_eq!(ok("b by name", b.network("g").await).id, g.id);
+    assert_eq!(ok("b by id", b.network(&g.id).await).name, "g");
+    let names: Vec<String> = ok("b list", b.networks().await)
+        .into_iter()
+        .map(|n| n.name)
+        .collect();
+    assert_eq!(names, vec!["g".to_string()]);
+    assert!(matches!(
+        b.network("la").await,
+        Err(CnmError::NotFound { .. })
+    ));
+    // B may have its own local network of the same name as A's: local names are per host.
+    ok("local on b", b.create_network(spec("la", "bridge")).await);
+    // Nothing of A's local network reached the cluster store.
+    let in_cluster = ok("cluster keys", cluster.list("").await);
+    assert!(
+        in_cluster.iter().all(|p| !p.key.contains(&la.id)),
+        "local network leaked into the cluster store: {:?}",
+        in_cluster.iter().map(|p| &p.key).collect::<Vec<_>>()
+    );
+    // And the global network's record is not in A's local store.
+    let in_local = ok("local keys", a_local.list("").await);
+    assert!(in_local.iter().all(|p| !p.key.contains(&g.id)));
+
+    // Both hosts attach a sandbox: addresses from one global pool, never the same; each
+    // endpoint says which host owns it.
+    let (sa, sb) = (sandbox(&a, "sa").await, sandbox(&b, "sb").await);
+    let ea = ok(
+        "a connect",
+        a.connect(&sa.id, "g", EndpointSpec::default()).await,
+    );
+    let eb = ok(
+        "b connect",
+        b.connect(&sb.id, "g", EndpointSpec::default()).await,
+    );
+    assert_ne!(ea.ipv4, eb.ipv4);
+    assert_eq!(ea.host, "host-a");
+    assert_eq!(eb.host, "host-b");
+    assert_eq!(ok("a sees both", a.endpoints(&g.id).await).len(), 2);
+
+    // A cannot remove the network while B's sandbox is on it, and the error names B.
+    match a.delete_network("g").await {
+        Err(e @ CnmError::InUse { .. }) => {
+            assert!(e.to_string().contains("on host host-b"), "{e}");
+        }
+        other => panic!("delete with a remote endpoint gave {other:?}"),
+    }
+    ok("a disconnect", a.disconnect("sa", "g").await);
+    ok("b disconnect", b.disconnect("sb", "g").await);
+    ok("delete", a.delete_network("g").await);
+    assert!(matches!(
+        b.network("g").await,
+        Err(CnmError::NotFound { .. })
+    ));
+}
+
+#[tokio::test]
+async fn a_host_without_a_cluster_store_refuses_global_networks() {
+    let (c, _) = host("solo", None).await;
+    match c.create_network(spec("g", "overlay")).await {
+        Err(e @ CnmError::Invalid { .. }) => {
+            assert_eq!(e.http_status(), 400);
+            let text = e.to_string();
+            assert!(
+                text.contains("driver") && text.contains("--cluster-store"),
+                "{text}"
+            );
+        }
+        other => panic!("global network without a cluster store gave {other:?}"),
+    }
+    assert!(ok("list", c.networks().await).is_empty());
+}
+
+#[tokio::test]
+async fn a_scope_that_does_not_match_the_driver_is_refused() {
+    let (c, _) = host("solo", Some(memory())).await;
+    let mut s = spec("n", "bridge");
+    s.scope = Some(Scope::Global);
+    match c.create_network(s).await {
+        Err(e @ CnmError::Invalid { .. }) => {
+            assert!(e.to_string().contains("scope"), "{e}");
+        }
+        other => panic!("mismatched scope gave {other:?}"),
+    }
+    assert!(matches!(
+        Scope::parse("planet"),
+        Err(CnmError::Invalid { .. })
+    ));
+    assert_eq!(ok("swarm", Scope::parse("swarm")), Scope::Global);
+    assert!(ok("list", c.networks().await).is_empty());
+}
