@@ -39,7 +39,7 @@ pub fn parse_interval(value: &str) -> Result<Option<Duration>> {
     Ok((!d.is_zero()).then_some(d))
 }
 
-/// Logs what a pass changed.
+/// Logs what a pass changed, per driver.
 fn log_report(mode: ReconcileMode, report: &ReconcileReport) {
     for (driver, done) in &report.drivers {
         if !(done.networks.is_empty()
@@ -58,9 +58,7 @@ fn log_report(mode: ReconcileMode, report: &ReconcileReport) {
             );
         }
     }
-    for (driver, error) in &report.failed {
-        tracing::warn!(?mode, driver = %driver, %error, "reconciliation of the driver failed");
-    }
+    // Failed drivers are logged by the controller, which goes on with the others.
 }
 
 /// Makes the kernel and IPAM match the store's records before the API serves: every
