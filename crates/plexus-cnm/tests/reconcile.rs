@@ -15,6 +15,8 @@ struct Fake {
     name: &'static str,
     live: Mutex<Option<BTreeMap<String, LiveEndpoint>>>,
     fails: bool,
+    /// Whether `leave` fails (a kernel error during a disconnect).
+    leave_fails: std::sync::atomic::AtomicBool,
     seen: Mutex<Vec<(ReconcileMode, Desired)>>,
 }
 
@@ -24,6 +26,7 @@ impl Fake {
             name,
             live: Mutex::new(None),
             fails,
+            leave_fails: Default::default(),
             seen: Mutex::new(Vec::new()),
         })
     }
@@ -95,7 +98,10 @@ impl Driver for Fake {
             gateways: vec![],
         })
     }
-    async fn leave(&self, _: &str, _: &str) -> Result<(), DriverError> {
+    async fn leave(&self, _: &str, endpoint: &str) -> Result<(), DriverError> {
+        if self.leave_fails.load(std::sync::atomic::Ordering::Relaxed) {
+            return Err(DriverError::Failed(format!("veth of {endpoint}: busy")));
+        }
         Ok(())
     }
     async fn live_endpoints(&self) -> Result<Option<BTreeMap<String, LiveEndpoint>>, DriverError> {
@@ -254,4 +260,32 @@ async fn a_failing_driver_is_reported_and_the_others_still_run() {
         .unwrap_or_else(|| panic!("quiet not reconciled"));
     assert_eq!(desired.networks.len(), 1);
     assert_eq!(desired.endpoints.len(), 1);
+}
+
+/// A disconnect whose leave fails in the kernel still removes the records (a retry would be a
+/// 404); what the driver left is no longer in what the next pass hands it, which is how a
+/// driver learns to delete it.
+#[tokio::test]
+async fn a_disconnect_whose_leave_fails_is_finished_by_the_next_pass() {
+    let kernel = Fake::new("kern", false);
+    let c = controller(std::slice::from_ref(&kernel)).await;
+    let n = ok("network", c.create_network(network("n", "kern")).await);
+    ok("sandbox", c.create_sandbox("s", "/run/test/s", false).await);
+    let ep = ok(
+        "connect",
+        c.connect("s", "n", EndpointSpec::default()).await,
+    );
+    kernel.set_live(&[(&ep.id, Some("eth0"), false)]);
+    kernel
+        .leave_fails
+        .store(true, std::sync::atomic::Ordering::Relaxed);
+    ok("disconnect", c.disconnect("s", "n").await);
+    assert!(ok("endpoints", c.endpoints(&n.id).await).is_empty());
+    let again = c.disconnect("s", "n").await;
+    assert_eq!(again.err().map(|e| e.http_status()), Some(404));
+    let report = ok("periodic", c.reconcile(ReconcileMode::Periodic).await);
+    assert!(report.forgotten.is_empty(), "{report:?}");
+    let (_, desired) = kernel.last().unwrap_or_else(|| panic!("not reconciled"));
+    assert_eq!(desired.networks.len(), 1);
+    assert!(desired.endpoints.is_empty(), "{desired:?}");
 }
