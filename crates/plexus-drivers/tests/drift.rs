@@ -284,3 +284,40 @@ async fn a_deleted_nat_table_comes_back_with_only_known_ports() {
     );
     assert!(blocked(&w.outside.ns, sa(HOST_EXT, 8081)));
 }
+
+/// A bridge of an `enable_icc=false` network deleted by hand comes back with its ports
+/// isolated again: egress works again and sandbox-to-sandbox traffic stays refused.
+#[tokio::test]
+async fn a_remade_bridge_keeps_its_ports_isolated() {
+    need_root!();
+    let mut w = World::new().await;
+    let net = w
+        .network(
+            "icc",
+            "10.96.0.0/24",
+            &[("com.docker.network.bridge.enable_icc", "false")],
+        )
+        .await;
+    w.sandbox("s1").await;
+    w.sandbox("s2").await;
+    w.connect("s1", "icc").await;
+    let e2 = w.connect("s2", "icc").await;
+    let _s2 = Server::start(w.sb("s2"), sa(ip4(&e2), 7000));
+    let _out = Server::start(&w.outside.ns, sa(OUTSIDE, 9000));
+    assert!(blocked(w.sb("s1"), sa(ip4(&e2), 7000)));
+    assert_eq!(reaches(w.sb("s1"), sa(OUTSIDE, 9000)), HOST_EXT.to_string());
+
+    let bridge = format!("plx-{}", &net.id[..11]);
+    sh(&w.host.ns, "ip", &["link", "del", &bridge]);
+    assert!(blocked(w.sb("s1"), sa(OUTSIDE, 9000)));
+    let report = periodic(&w).await;
+    let repaired = report.drivers.get("bridge").map(|d| d.repaired.len());
+    // The bridge and both host ends put back on it.
+    assert_eq!(repaired, Some(3), "{report:?}");
+    assert_eq!(reaches(w.sb("s1"), sa(OUTSIDE, 9000)), HOST_EXT.to_string());
+    assert_eq!(reaches(w.sb("s2"), sa(OUTSIDE, 9000)), HOST_EXT.to_string());
+    assert!(
+        blocked(w.sb("s1"), sa(ip4(&e2), 7000)),
+        "s1 reaches s2 across a remade icc=false bridge"
+    );
+}
