@@ -71,11 +71,12 @@ impl BridgeDriver {
     ///
     /// Each of `desired`'s networks has its bridge, addresses and firewall elements made or
     /// adopted (idempotently) and the driver's memory restored. In
-    /// [`ReconcileMode::Periodic`], a bridge deleted behind Plexus's back is made again (its
-    /// addresses, its ports re-attached), and an endpoint whose pair is gone is plugged
-    /// again into its sandbox, if that still exists, under its recorded name, with its
-    /// addresses, MAC and routes. In both modes the published ports and network elements the
-    /// store describes are put back where missing; then marked links whose network or
+    /// [`ReconcileMode::Periodic`], a bridge deleted behind Plexus's back is made again (with
+    /// its addresses), a bridge or host end set down is brought up, and an endpoint whose
+    /// pair is gone is plugged again into its sandbox, if that still exists, under its
+    /// recorded name, with its addresses, MAC and routes. In both modes host ends off their
+    /// bridge are attached again (with their port flags), and the published ports and network
+    /// elements the store describes are put back where missing; then marked links whose network or
     /// endpoint the store does not know are deleted, and so are the nftables elements
     /// (bridges, subnets, published ports) that no known network or endpoint has. Other links
     /// are never touched, except one with no alias at all and a name this driver derives from
