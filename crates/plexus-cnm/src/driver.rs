@@ -10,6 +10,7 @@ use async_trait::async_trait;
 use ipnet::IpNet;
 
 use crate::model::{IpamPool, PortBinding, Scope};
+use crate::reconcile::{Desired, LiveEndpoint, ReconcileMode, Reconciled};
 
 /// A driver's failure: a message for the user, and whether it is the user's fault.
 #[derive(Debug, Clone, thiserror::Error, PartialEq, Eq)]
@@ -188,6 +189,31 @@ pub trait Driver: Send + Sync {
         let _ = (network_id, endpoint_id);
         Ok(BTreeMap::new())
     }
+
+    // Reconciliation (kept together at the end of the trait).
+
+    /// The endpoints whose data plane is finished in the kernel, by id, with what the kernel
+    /// says of each; `None` when the driver keeps no kernel state per endpoint (every
+    /// recorded endpoint counts as live). Start-up reconciliation rolls back a recorded
+    /// endpoint missing here (or with ports, none published). The default: `None`.
+    async fn live_endpoints(&self) -> Result<Option<BTreeMap<String, LiveEndpoint>>, DriverError> {
+        Ok(None)
+    }
+
+    /// Makes the kernel match `desired`, the store's networks and endpoints of this driver:
+    /// restores what is missing (and the driver's memory after a restart) and deletes only
+    /// objects carrying the driver's mark that `desired` does not know; a kernel object the
+    /// driver did not make is never touched. [`ReconcileMode::Periodic`] also makes again an
+    /// endpoint's interface deleted behind Plexus's back (as long as its sandbox exists).
+    /// The default: nothing to do.
+    async fn reconcile(
+        &self,
+        desired: &Desired,
+        mode: ReconcileMode,
+    ) -> Result<Reconciled, DriverError> {
+        let _ = (desired, mode);
+        Ok(Reconciled::default())
+    }
 }
 
 /// The drivers a controller knows, by name.
@@ -215,5 +241,10 @@ impl DriverRegistry {
     /// Every driver's name.
     pub fn names(&self) -> Vec<String> {
         self.drivers.keys().cloned().collect()
+    }
+
+    /// Every driver, by name.
+    pub fn iter(&self) -> impl Iterator<Item = (&str, &Arc<dyn Driver>)> {
+        self.drivers.iter().map(|(name, d)| (name.as_str(), d))
     }
 }

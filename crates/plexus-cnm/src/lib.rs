@@ -31,6 +31,7 @@ pub mod datastore;
 pub mod driver;
 mod error;
 pub mod model;
+pub mod reconcile;
 pub mod store_layout;
 
 pub use controller::{check_name, Controller, ControllerConfig};
@@ -43,4 +44,7 @@ pub use error::{CnmError, Result};
 pub use model::{
     Endpoint, EndpointSpec, IpamPool, IpamPoolSpec, Network, NetworkSpec, PortBinding, Sandbox,
     Scope, DEFAULT_BRIDGE_NETWORK, DEFAULT_BRIDGE_OPTION, PREDEFINED_NETWORKS,
+};
+pub use reconcile::{
+    Desired, DesiredEndpoint, LiveEndpoint, ReconcileMode, ReconcileReport, Reconciled,
 };

@@ -6,7 +6,8 @@ use std::path::Path;
 
 use async_trait::async_trait;
 use plexus_cnm::{
-    Capability, Driver, DriverError, EndpointCreated, EndpointInfo, InterfaceName, Joined,
+    Capability, Desired, Driver, DriverError, EndpointCreated, EndpointInfo, InterfaceName, Joined,
+    LiveEndpoint, ReconcileMode, Reconciled,
 };
 use plexus_cnm::{NetworkInfo, Scope};
 use plexus_sys::netns::Netns;
@@ -116,6 +117,22 @@ impl Driver for HostDriver {
 
     async fn leave(&self, _network_id: &str, _endpoint_id: &str) -> Result<(), DriverError> {
         Ok(())
+    }
+
+    /// `None`: the host driver makes nothing per endpoint, so every recorded endpoint is live
+    /// (there is no join a crash could cut short).
+    async fn live_endpoints(&self) -> Result<Option<BTreeMap<String, LiveEndpoint>>, DriverError> {
+        Ok(None)
+    }
+
+    /// Nothing to reconcile: the host driver owns no kernel object (the sandbox is the host's
+    /// own namespace, which it never changes).
+    async fn reconcile(
+        &self,
+        _desired: &Desired,
+        _mode: ReconcileMode,
+    ) -> Result<Reconciled, DriverError> {
+        Ok(Reconciled::default())
     }
 }
 

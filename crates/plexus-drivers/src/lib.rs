@@ -15,8 +15,10 @@
 //! marker: links get the alias `<marker>:bridge:<network id>` or
 //! `<marker>:veth:<network id>:<endpoint id>` (a joined host end adds `:<interface>`, the
 //! interface's name in the sandbox), published ports carry their endpoint id as
-//! owner inside Plexus's nftables tables. [`BridgeDriver::reconcile`] uses the marks to make
-//! the kernel match the store after a restart or a crash, deleting only what it marked.
+//! owner inside Plexus's nftables tables. The bridge driver's
+//! [`Driver::reconcile`](plexus_cnm::Driver::reconcile) uses the marks to make the kernel
+//! match the store after a restart or a crash, and to repair drift while running, deleting
+//! only what it marked.
 //!
 //! ```no_run
 //! # async fn demo() -> Result<(), plexus_cnm::DriverError> {
@@ -41,7 +43,7 @@ mod reaper;
 
 use std::sync::Arc;
 
-pub use bridge::{BridgeDriver, Reconciled};
+pub use bridge::BridgeDriver;
 pub use default_bridge::{create_default_bridge, DefaultBridge};
 pub use host::HostDriver;
 pub use names::{parse_alias, Marked};
@@ -76,7 +78,7 @@ impl DriverConfig {
 }
 
 /// Registers `bridge`, `host` and `null` in `registry`, and returns the bridge driver (the
-/// daemon calls [`BridgeDriver::reconcile`] on it at start-up).
+/// daemon waits for its background deletions at shutdown, [`BridgeDriver::settle`]).
 pub async fn register_builtin(
     registry: &mut DriverRegistry,
     config: DriverConfig,

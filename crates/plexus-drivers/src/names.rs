@@ -18,9 +18,20 @@ pub enum Marked {
         /// (what the endpoint's record must say).
         interface: Option<String>,
     },
+    /// A kind this version does not know (`<marker>:<kind>:<field>[:<field>…]`): another
+    /// driver's, or a later Plexus's. Never deleted as stale by a driver that does not own it.
+    Other {
+        /// The kind (`macvlan`, `vxlan`, ...).
+        kind: String,
+        /// The fields after it.
+        fields: Vec<String>,
+    },
 }
 
-/// Reads a link alias: `Some` only if it carries `marker` and a well-formed mark.
+/// Reads a link alias: `Some` only if it carries `marker` and a well-formed mark. The grammar
+/// is `<marker>:<kind>:<field>[:<field>…]`; kinds other than `bridge` and `veth` are
+/// [`Marked::Other`], so drivers can add kinds without older code mistaking them for foreign
+/// links or for its own.
 pub fn parse_alias(marker: &str, alias: &str) -> Option<Marked> {
     let rest = alias.strip_prefix(marker)?.strip_prefix(':')?;
     let mut parts = rest.split(':');
@@ -37,7 +48,14 @@ pub fn parse_alias(marker: &str, alias: &str) -> Option<Marked> {
                 interface: interface.map(String::from),
             })
         }
-        _ => None,
+        ("bridge", ..) | ("veth", ..) => None,
+        _ => {
+            let fields: Vec<String> = rest.split(':').skip(1).map(String::from).collect();
+            (!kind.is_empty() && fields.iter().all(|f| !f.is_empty())).then(|| Marked::Other {
+                kind: kind.into(),
+                fields,
+            })
+        }
     }
 }
 
@@ -207,7 +225,15 @@ mod tests {
         assert_eq!(parse_alias("plexus2", &v), None);
         assert_eq!(parse_alias("plex", &v), None);
         assert_eq!(parse_alias("plexus", "plexus:bridge:"), None);
-        assert_eq!(parse_alias("plexus", "plexus:other:x"), None);
+        assert_eq!(
+            parse_alias("plexus", "plexus:macvlan:n1:e1"),
+            Some(Marked::Other {
+                kind: "macvlan".into(),
+                fields: vec!["n1".into(), "e1".into()],
+            })
+        );
+        assert_eq!(parse_alias("plexus", "plexus:macvlan:n1:"), None);
+        assert_eq!(parse_alias("plexus", "plexus::x"), None);
         assert_eq!(parse_alias("plexus", "docker0"), None);
     }
 

@@ -7,7 +7,8 @@ use std::path::Path;
 use async_trait::async_trait;
 use plexus_cnm::NetworkInfo;
 use plexus_cnm::{
-    Capability, Driver, DriverError, EndpointCreated, EndpointInfo, InterfaceName, Joined,
+    Capability, Desired, Driver, DriverError, EndpointCreated, EndpointInfo, InterfaceName, Joined,
+    LiveEndpoint, ReconcileMode, Reconciled,
 };
 use plexus_sys::netns::Netns;
 use plexus_sys::rtnl::Rtnl;
@@ -86,5 +87,21 @@ impl Driver for NullDriver {
 
     async fn leave(&self, _network_id: &str, _endpoint_id: &str) -> Result<(), DriverError> {
         Ok(())
+    }
+
+    /// `None`: the null driver makes nothing per endpoint (a join only brings loopback up),
+    /// so every recorded endpoint is live.
+    async fn live_endpoints(&self) -> Result<Option<BTreeMap<String, LiveEndpoint>>, DriverError> {
+        Ok(None)
+    }
+
+    /// Nothing to reconcile: the null driver owns no kernel object (a sandbox's loopback is
+    /// the sandbox's own, and there is nothing of it to delete).
+    async fn reconcile(
+        &self,
+        _desired: &Desired,
+        _mode: ReconcileMode,
+    ) -> Result<Reconciled, DriverError> {
+        Ok(Reconciled::default())
     }
 }

@@ -7,7 +7,7 @@ use std::collections::BTreeSet;
 use std::net::{IpAddr, Ipv4Addr};
 
 use common::*;
-use plexus_cnm::{EndpointSpec, IpamPoolSpec, Network, NetworkInfo, NetworkSpec, PortBinding};
+use plexus_cnm::{Driver, EndpointSpec, IpamPoolSpec, NetworkSpec, PortBinding, ReconcileMode};
 use plexus_drivers::firewall::{PortMapping, Proto};
 use plexus_drivers::{BridgeDriver, DriverConfig};
 use plexus_sys::rtnl::{BridgeSpec, Rtnl};
@@ -670,18 +670,6 @@ async fn bad_input_is_a_400_naming_the_option_and_leaves_nothing() {
     assert_eq!(links_of(w.sb("s")).await.len(), 1);
 }
 
-fn info(n: &Network) -> NetworkInfo {
-    NetworkInfo {
-        id: n.id.clone(),
-        name: n.name.clone(),
-        options: n.spec.options.clone(),
-        ipv4: n.ipv4.clone(),
-        ipv6: n.ipv6.clone(),
-        internal: n.spec.internal,
-        enable_ipv6: n.spec.enable_ipv6,
-    }
-}
-
 #[tokio::test]
 async fn reconcile_removes_marked_orphans_and_a_restarted_driver_finds_its_objects() {
     need_root!();
@@ -761,19 +749,24 @@ async fn reconcile_removes_marked_orphans_and_a_restarted_driver_finds_its_objec
     );
 
     // The store lost n2 and its endpoint (say, a crash before they were recorded).
-    let known: BTreeSet<String> = [e1.id.clone()].into();
-    let report = ok("reconcile", w.bridge.reconcile(&[info(&n1)], &known).await);
+    let known = desired(&w, &[&n1], &[&e1]).await;
+    let report = ok(
+        "reconcile",
+        w.bridge.reconcile(&known, ReconcileMode::Startup).await,
+    );
     let n2_bridge = format!("plx-{}", &n2.id[..11]);
     for gone in ["plx-orphan", "plxvorphan", n2_bridge.as_str()] {
         assert!(
-            report.links.iter().any(|l| l == gone),
+            report.removed.contains(&format!("link {gone}")),
             "{gone} not in {report:?}"
         );
     }
-    assert_eq!(
-        report.ports.iter().map(|p| p.host_port).collect::<Vec<_>>(),
-        [9999]
-    );
+    let ports: Vec<&String> = report
+        .removed
+        .iter()
+        .filter(|r| r.starts_with("port "))
+        .collect();
+    assert_eq!(ports, ["port 9999/tcp of endpoint beef"]);
     // (n2's firewall elements went with its bridge link.)
     let names: BTreeSet<String> = w.host_links().await.into_iter().map(|l| l.name).collect();
     assert!(
@@ -798,14 +791,13 @@ async fn reconcile_removes_marked_orphans_and_a_restarted_driver_finds_its_objec
         "restart",
         BridgeDriver::new(DriverConfig::new(w.host.ns.clone(), MARK)).await,
     );
-    let again = ok("reconcile", fresh.reconcile(&[info(&n1)], &known).await);
-    assert!(
-        again.links.is_empty() && again.ports.is_empty(),
-        "{again:?}"
+    let again = ok(
+        "reconcile",
+        fresh.reconcile(&known, ReconcileMode::Startup).await,
     );
-    assert_eq!(again.restored, vec![n1.id.clone()]);
+    assert!(again.removed.is_empty(), "{again:?}");
+    assert_eq!(again.networks, vec![n1.id.clone()]);
     reaches(&w.outside.ns, sa(HOST_EXT, 8080));
-    use plexus_cnm::Driver;
     ok("leave", fresh.leave(&n1.id, &e1.id).await);
     ok(
         "delete endpoint",

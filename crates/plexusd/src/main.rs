@@ -3,10 +3,10 @@
 //! Opens the store (embedded redb in the state dir unless `--store` says otherwise), the
 //! built-in IPAM (with `--default-address-pool`s), registers the built-in drivers on the
 //! daemon's own namespace, makes the kernel match the store (start-up reconciliation), then
-//! serves the API on a unix socket until SIGTERM or SIGINT. Shutting down stops only the
+//! serves the API on a unix socket until SIGTERM or SIGINT, reconciling again every
+//! `--reconcile-interval` (what was deleted behind its back is made again). Shutting down stops only the
 //! management plane: namespaces, links and firewall rules stay, and traffic keeps flowing.
 
-use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;
 use std::os::unix::fs::{FileTypeExt, PermissionsExt};
 use std::path::{Path, PathBuf};
@@ -15,12 +15,13 @@ use std::sync::Arc;
 use anyhow::{bail, Context, Result};
 use clap::Parser;
 use ipnet::IpNet;
-use plexus_cnm::{Controller, ControllerConfig, DriverRegistry, Endpoint, Network, NetworkInfo};
+use plexus_cnm::{Controller, ControllerConfig, DriverRegistry};
 use plexus_drivers::DefaultBridge;
-use plexus_ipam::{BuiltinIpam, Ipam, IpamConfig, LOCAL_SPACE};
+use plexus_ipam::{BuiltinIpam, Ipam, IpamConfig};
 use tokio::signal::unix::{signal, SignalKind};
 
 mod cluster;
+mod reconcile;
 
 /// The Plexus daemon: container networks on this host, served over the Docker Engine API.
 #[derive(Debug, Parser)]
@@ -76,6 +77,10 @@ struct Args {
     /// `--fixed-cidr-v6` [default: a ULA /64 from the IPv6 default pools].
     #[arg(long)]
     fixed_cidr_v6: Option<String>,
+    /// How often the kernel is reconciled with the store while running (`5s`, `500ms`, `1m`):
+    /// what was deleted behind Plexus's back is made again; `0` turns it off.
+    #[arg(long, default_value = "5s")]
+    reconcile_interval: String,
     /// The marker that kernel objects made by this daemon carry (link alias prefix).
     #[arg(long, default_value = "plexus", hide = true)]
     marker: String,
@@ -136,160 +141,6 @@ async fn clear_stale_socket(path: &Path) -> Result<()> {
             std::fs::remove_file(path).with_context(|| format!("removing {}", path.display()))
         }
     }
-}
-
-/// Makes IPAM match the records: releases local-space pools no network uses and addresses
-/// of used pools that no endpoint, gateway or aux address holds — what a crash between an
-/// allocation and its record (or a record's removal and the release) leaves. Runs before the
-/// API serves; it assumes no other daemon allocates in this store's local space meanwhile.
-async fn reconcile_ipam(
-    ipam: &BuiltinIpam,
-    networks: &[Network],
-    endpoints: &[Endpoint],
-) -> Result<()> {
-    let mut held: BTreeMap<&str, BTreeSet<IpAddr>> = BTreeMap::new();
-    for pool in networks.iter().flat_map(|n| n.ipv4.iter().chain(&n.ipv6)) {
-        let fixed = held.entry(pool.pool_id.as_str()).or_default();
-        fixed.extend(pool.gateway.map(|g| g.addr()));
-        fixed.extend(pool.aux_addresses.values().copied());
-    }
-    for ep in endpoints {
-        let addrs = ep.ipv4.iter().chain(ep.ipv6.iter());
-        for (pool, addr) in ep.pool_ids.iter().zip(addrs) {
-            held.entry(pool.as_str()).or_default().insert(addr.addr());
-        }
-    }
-    let (mut pools, mut addrs) = (0, 0);
-    for (pool_id, _, owner) in ipam.pools(LOCAL_SPACE).context("listing IPAM pools")? {
-        let Some(keep) = held.get(pool_id.as_str()) else {
-            match ipam.release_pool(&pool_id).await {
-                Ok(()) => pools += 1,
-                Err(e) => {
-                    tracing::warn!(pool = %pool_id, %owner, error = %e, "cannot release a pool no network uses")
-                }
-            }
-            continue;
-        };
-        for addr in ipam.allocated(&pool_id).context("listing IPAM addresses")? {
-            if keep.contains(&addr) {
-                continue;
-            }
-            match ipam.release_address(&pool_id, addr).await {
-                Ok(()) => addrs += 1,
-                Err(e) => {
-                    tracing::warn!(pool = %pool_id, %addr, error = %e, "cannot release an address no endpoint holds")
-                }
-            }
-        }
-    }
-    if pools + addrs > 0 {
-        tracing::info!(
-            pools,
-            addresses = addrs,
-            "released IPAM allocations the store's records do not hold"
-        );
-    }
-    Ok(())
-}
-
-/// Makes the kernel and IPAM match the store's records: the bridge driver's links and rules,
-/// the sandbox namespaces under `netns_dir`, and IPAM's pools and addresses.
-async fn reconcile(
-    controller: &Controller,
-    ipam: &BuiltinIpam,
-    bridge: &plexus_drivers::BridgeDriver,
-    netns_dir: &Path,
-) -> Result<()> {
-    let mut infos = Vec::new();
-    let networks = controller.networks().await?;
-    let mut records = Vec::new();
-    // Endpoints whose connect never finished (no live pair, or ports not published) or whose
-    // pair is gone are rolled back first, so everything below sees only endpoints that have
-    // their data plane.
-    let live = bridge
-        .live_endpoints()
-        .await
-        .map_err(|e| anyhow::anyhow!("start-up reconciliation: {e}"))?;
-    let publishing = bridge.publishing_endpoints();
-    let mut lost = Vec::new();
-    for n in &networks {
-        for ep in controller.endpoints(&n.id).await? {
-            let unfinished = !live.contains_key(&ep.id)
-                || (!ep.ports.is_empty() && !publishing.contains(&ep.id));
-            if n.driver == "bridge" && unfinished {
-                lost.push(ep);
-            } else {
-                records.push(ep);
-            }
-        }
-        if n.driver == "bridge" {
-            infos.push(NetworkInfo {
-                id: n.id.clone(),
-                name: n.name.clone(),
-                options: n.spec.options.clone(),
-                ipv4: n.ipv4.clone(),
-                ipv6: n.ipv6.clone(),
-                internal: n.spec.internal,
-                enable_ipv6: n.spec.enable_ipv6,
-            });
-        }
-    }
-    if !lost.is_empty() {
-        tracing::warn!(
-            endpoints = lost.len(),
-            "rolling back endpoints without a finished join (a crash during connect or disconnect, or a sandbox namespace deleted meanwhile)"
-        );
-        controller.forget_endpoints(&lost).await?;
-    }
-    for ep in &records {
-        if let Some(Some(name)) = live.get(&ep.id) {
-            if ep.interface.as_deref() != Some(name) {
-                tracing::warn!(endpoint = %ep.id, recorded = ?ep.interface, actual = %name, "correcting the interface name a crash left in the record");
-                controller.set_interface(ep, name).await?;
-            }
-        }
-    }
-    let endpoints: BTreeSet<String> = records.iter().map(|e| e.id.clone()).collect();
-    let sandboxes = controller.sandboxes().await?;
-    for s in &sandboxes {
-        if !Path::new(&s.key).exists() {
-            tracing::warn!(sandbox = %s.name, netns = %s.key, "the sandbox's namespace is gone (reboot?); remove the sandbox and create it again");
-        }
-    }
-    // Namespaces under our own netns dir that no sandbox owns were made by a daemon that
-    // died before recording them: remove them.
-    let owned: BTreeSet<PathBuf> = sandboxes
-        .iter()
-        .filter(|s| s.owned_netns)
-        .map(|s| PathBuf::from(&s.key))
-        .collect();
-    if let Ok(entries) = std::fs::read_dir(netns_dir) {
-        for entry in entries.flatten() {
-            if !owned.contains(&entry.path()) {
-                let name = entry.file_name().to_string_lossy().into_owned();
-                match plexus_sys::netns::Netns::delete(netns_dir, &name) {
-                    Ok(()) => {
-                        tracing::info!(netns = %entry.path().display(), "removed an orphan namespace")
-                    }
-                    Err(e) => {
-                        tracing::warn!(netns = %entry.path().display(), error = %e, "cannot remove an orphan namespace")
-                    }
-                }
-            }
-        }
-    }
-    let done = bridge
-        .reconcile(&infos, &endpoints)
-        .await
-        .map_err(|e| anyhow::anyhow!("start-up reconciliation: {e}"))?;
-    tracing::info!(
-        networks = infos.len(),
-        restored = done.restored.len(),
-        stale_links = done.links.len(),
-        stale_ports = done.ports.len(),
-        "kernel reconciled with the store"
-    );
-    reconcile_ipam(ipam, &networks, &records).await
 }
 
 /// `--bridge`, `--bip`, `--fixed-cidr`, `--ipv6` and `--fixed-cidr-v6`, checked before
@@ -378,6 +229,7 @@ async fn shutdown_signal() {
 async fn run(args: Args) -> Result<()> {
     // Flags first: a bad one changes nothing.
     let bridge_flags = default_bridge_flags(&args)?;
+    let reconcile_interval = reconcile::parse_interval(&args.reconcile_interval)?;
     std::fs::create_dir_all(&args.state_dir)
         .with_context(|| format!("creating state dir {}", args.state_dir.display()))?;
     let netns_dir = args.run_dir.join("netns");
@@ -476,7 +328,7 @@ async fn run(args: Args) -> Result<()> {
         tracing::info!(cluster_store = %c.url(), ?advertise, host = %host_id, "joined the cluster store");
     }
     let controller = Arc::new(controller);
-    reconcile(&controller, &ipam, &bridge, &netns_dir).await?;
+    reconcile::startup(&controller, &ipam, &netns_dir).await?;
     let made = controller
         .create_predefined_networks()
         .await
@@ -505,6 +357,10 @@ async fn run(args: Args) -> Result<()> {
     std::fs::set_permissions(&socket, std::fs::Permissions::from_mode(0o660))
         .with_context(|| format!("setting mode 0660 on {}", socket.display()))?;
 
+    let periodic = reconcile_interval.map(|every| {
+        tracing::info!(interval = ?every, "periodic reconciliation on");
+        reconcile::spawn_periodic(controller.clone(), every)
+    });
     let app = plexus_api::router(plexus_api::AppState {
         controller,
         namespaces: Arc::new(plexus_api::SysNamespaces::new(netns_dir)),
@@ -514,6 +370,9 @@ async fn run(args: Args) -> Result<()> {
         .await
         .context("serving the API")?;
 
+    if let Some(task) = periodic {
+        task.abort();
+    }
     if let Some(h) = heartbeat {
         h.abort();
     }

@@ -588,6 +588,9 @@ fn bad_daemon_flags_fail_clearly() {
     let (code, err) = run(&["--store", "bogus://x"]);
     assert_eq!(code, Some(1));
     assert!(err.contains("bogus://x"), "{err}");
+    let (code, err) = run(&["--reconcile-interval", "5 parsecs"]);
+    assert_eq!(code, Some(1));
+    assert!(err.contains("--reconcile-interval"), "{err}");
 }
 
 #[test]
@@ -1087,4 +1090,73 @@ fn a_record_left_with_a_guessed_interface_name_is_corrected_at_start() {
     assert!(!links.contains("eth1"), "{links}");
     d.ok(&["sandbox", "rm", "rt"]);
     assert_eq!(d.stop().code(), Some(0));
+}
+
+/// The interface index of `name` in the namespace at `netns`, if it has one.
+fn ifindex_in(netns: &str, name: &str) -> Option<u32> {
+    // `ip`, not /sys/class/net: sysfs shows the namespace it was mounted in, not ours.
+    let out = run_in(
+        netns,
+        &format!("ip -o link show dev {name} 2>/dev/null | cut -d: -f1"),
+    );
+    String::from_utf8_lossy(&out.stdout).trim().parse().ok()
+}
+
+/// Drift repair while running: with `--reconcile-interval 1s`, a sandbox's host-side veth
+/// deleted by hand is made again within about an interval (a new link, the same name in the
+/// sandbox) and traffic flows again; a link the test made itself is left alone.
+#[test]
+fn a_veth_deleted_by_hand_is_made_again_by_the_periodic_reconciler() {
+    let d = Daemon::new(&["--reconcile-interval", "1s", "--bridge", "none"]);
+    let host_ns = d.dir.path().join("host-ns").display().to_string();
+    d.ok(&["network", "create", "--subnet", "10.213.0.0/24", "dr"]);
+    for (name, ip) in [("s1", "10.213.0.2"), ("s2", "10.213.0.3")] {
+        d.ok(&["sandbox", "create", name, "--network", "dr", "--ip", ip]);
+    }
+    s2_reaches_s1(&d, "before");
+    let foreign = run_in(
+        &host_ns,
+        "ip link add foreign0 type veth peer name foreign1 && ip link set foreign0 up",
+    );
+    assert!(foreign.status.success(), "{foreign:?}");
+    let s1 = json(&d.ok(&["sandbox", "inspect", "s1"]));
+    let endpoint = s1[0]["Endpoints"][0]["EndpointID"]
+        .as_str()
+        .unwrap_or("")
+        .to_string();
+    assert_eq!(endpoint.len(), 64, "{s1}");
+    let s1_netns = s1[0]["NetNs"].as_str().unwrap_or("").to_string();
+    let host_end = format!("plxv{}", &endpoint[..11]);
+    let before = ifindex_in(&host_ns, &host_end);
+    assert!(before.is_some(), "{host_end} missing");
+
+    let del = run_in(&host_ns, &format!("ip link del {host_end}"));
+    assert!(del.status.success(), "{del:?}");
+    // One interval (and the pass itself): a new host end, eth0 back in s1.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let now = ifindex_in(&host_ns, &host_end);
+        if now.is_some() && now != before && ifindex_in(&s1_netns, "eth0").is_some() {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{host_end} not made again within 5 s:\n{}",
+            d.log()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    s2_reaches_s1(&d, "after");
+    assert!(
+        d.log().contains("made again"),
+        "the repair is logged:\n{}",
+        d.log()
+    );
+    for name in ["foreign0", "foreign1"] {
+        assert!(
+            ifindex_in(&host_ns, name).is_some(),
+            "{name} was touched:\n{}",
+            d.log()
+        );
+    }
 }

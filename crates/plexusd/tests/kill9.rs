@@ -563,6 +563,10 @@ fn mismatches(d: &Daemon, rt: &tokio::runtime::Runtime, snap: &Snapshot) -> Vec<
                 "orphan unmarked link {} (kind {:?}, alias {:?}) in the daemon's namespace",
                 link.name, link.kind, link.alias
             )),
+            Some(Marked::Other { kind, .. }) => bad.push(format!(
+                "link {} marked as a {kind}, which no driver here makes",
+                link.name
+            )),
         }
     }
     for (name, n) in &snap.nets {

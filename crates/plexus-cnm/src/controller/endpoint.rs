@@ -220,11 +220,16 @@ impl Controller {
             }
         }
         if joined {
-            let _ = driver.leave(&endpoint.network_id, &endpoint.id).await;
+            if let Err(e) = driver.leave(&endpoint.network_id, &endpoint.id).await {
+                tracing::warn!(endpoint = %endpoint.id, error = %e, "cannot leave while undoing a connect; reconciliation deletes what is left");
+            }
         }
-        let _ = driver
+        if let Err(e) = driver
             .delete_endpoint(&endpoint.network_id, &endpoint.id)
-            .await;
+            .await
+        {
+            tracing::warn!(endpoint = %endpoint.id, error = %e, "cannot delete the endpoint while undoing a connect; reconciliation deletes what is left");
+        }
     }
 
     /// Replaces an endpoint's record (same sandbox list).
@@ -356,18 +361,24 @@ impl Controller {
         // The record goes while the driver takes the data plane down (as in connect): the
         // driver takes it out of service in an order that start-up reconciliation reads as
         // "gone" however a crash cuts it short.
+        //
+        // A failed step is not the caller's error: the record is gone whatever the kernel
+        // said (a retry would be a 404), and what the step left behind carries the driver's
+        // mark with an endpoint the store no longer knows, which `Driver::reconcile` deletes
+        // on the next pass (periodic, or the next start). Each step still runs, so one
+        // failure leaves as little as possible.
         let data_plane = async {
             if let Err(e) = driver
                 .revoke_external_connectivity(&network.id, &endpoint.id)
                 .await
             {
-                tracing::warn!(endpoint = %endpoint.id, error = %e, "revoking external connectivity failed; reconciliation will clean up");
+                tracing::warn!(endpoint = %endpoint.id, error = %e, "revoking external connectivity failed; the next reconciliation pass unpublishes the ports");
             }
             if let Err(e) = driver.leave(&network.id, &endpoint.id).await {
-                tracing::warn!(endpoint = %endpoint.id, error = %e, "leave failed; reconciliation will clean up");
+                tracing::warn!(endpoint = %endpoint.id, error = %e, "leave failed; the next reconciliation pass deletes the interface");
             }
             if let Err(e) = driver.delete_endpoint(&network.id, &endpoint.id).await {
-                tracing::warn!(endpoint = %endpoint.id, error = %e, "delete endpoint failed; reconciliation will clean up");
+                tracing::warn!(endpoint = %endpoint.id, error = %e, "delete endpoint failed; the next reconciliation pass deletes what is left");
             }
         };
         let (unrecorded, ()) = tokio::join!(

@@ -314,7 +314,9 @@ impl Controller {
             .put(keys::network_in(scope, &id), encode(&network))
             .put(keys::network_name_in(scope, &network.name), encode(&id));
         if let Err(e) = self.store.txn(txn).await {
-            let _ = driver.delete_network(&id).await;
+            if let Err(u) = driver.delete_network(&id).await {
+                tracing::warn!(network = %network.name, error = %u, "cannot delete the network's data plane while undoing its creation; reconciliation deletes it");
+            }
             self.release_pools(&pool_ids).await;
             return Err(match e {
                 KvError::TxnConflict { .. } => CnmError::Exists {
@@ -401,8 +403,11 @@ impl Controller {
                     .delete(keys::network_name_in(network.scope, &network.name)),
             )
             .await?;
+        // Not the caller's error: the records are gone (a retry would be a 404), and what the
+        // driver left carries its mark with a network the store no longer knows, which
+        // `Driver::reconcile` deletes on the next pass (periodic, or the next start).
         if let Err(e) = driver.delete_network(&network.id).await {
-            tracing::warn!(network = %network.name, error = %e, "driver could not delete the network; reconciliation will");
+            tracing::warn!(network = %network.name, error = %e, "driver could not delete the network; the next reconciliation pass deletes what is left");
         }
         let pool_ids: Vec<String> = network
             .ipv4

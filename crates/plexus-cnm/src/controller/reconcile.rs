@@ -1,20 +1,144 @@
-//! What reconciliation asks of the model: forgetting endpoints whose data plane is gone and
-//! correcting interface names a crash left in records.
+//! Reconciliation: making every driver's kernel objects match the store, at start-up (rolling
+//! back what a crash cut short) and periodically (making again what was removed behind
+//! Plexus's back), and what that asks of the records: forgetting endpoints whose data plane is
+//! gone, correcting interface names a crash left in records.
+
+use std::collections::BTreeMap;
 
 use plexus_kv::Txn;
 
 use super::Controller;
+use crate::driver::{EndpointInfo, NetworkInfo};
 use crate::error::{CnmError, Result};
-use crate::model::Endpoint;
+use crate::model::{Endpoint, Network};
+use crate::reconcile::{Desired, DesiredEndpoint, ReconcileMode, ReconcileReport};
 use crate::store_layout as keys;
 
+/// What a driver is told about a recorded network.
+fn network_info(n: &Network) -> NetworkInfo {
+    NetworkInfo {
+        id: n.id.clone(),
+        name: n.name.clone(),
+        options: n.spec.options.clone(),
+        ipv4: n.ipv4.clone(),
+        ipv6: n.ipv6.clone(),
+        internal: n.spec.internal,
+        enable_ipv6: n.spec.enable_ipv6,
+    }
+}
+
 impl Controller {
+    /// Makes every registered driver's kernel objects match the store, holding the operation
+    /// lock so a pass never meets a connect or disconnect half done.
+    ///
+    /// Per driver, over this host's endpoints (another host's endpoints of a global network
+    /// are that host's to reconcile): its live endpoints are read ([`Driver::live_endpoints`]); in
+    /// [`ReconcileMode::Startup`] a recorded endpoint that is not live, or that has ports
+    /// none of which is published, is rolled back (a crash cut its connect or disconnect
+    /// short; only its records go). Interface names the kernel marks differently from the
+    /// record are corrected. Then the driver reconciles with the store's networks and the
+    /// endpoints kept ([`Driver::reconcile`]). A driver whose pass fails is reported in
+    /// [`ReconcileReport::failed`] and the others still run; a store error ends the pass.
+    ///
+    /// [`Driver::live_endpoints`]: crate::Driver::live_endpoints
+    /// [`Driver::reconcile`]: crate::Driver::reconcile
+    pub async fn reconcile(&self, mode: ReconcileMode) -> Result<ReconcileReport> {
+        let _op = self.ops.lock().await;
+        let networks = self.networks().await?;
+        let sandbox_keys: BTreeMap<String, String> = self
+            .sandboxes()
+            .await?
+            .into_iter()
+            .map(|s| (s.id, s.key))
+            .collect();
+        let mut report = ReconcileReport::default();
+        for (name, driver) in self.drivers.iter() {
+            let live = match driver.live_endpoints().await {
+                Ok(live) => live,
+                Err(e) => {
+                    tracing::warn!(driver = name, error = %e, "cannot read the driver's live endpoints");
+                    report.failed.insert(name.to_string(), e.to_string());
+                    continue;
+                }
+            };
+            let mut desired = Desired::default();
+            let mut lost = Vec::new();
+            for network in networks.iter().filter(|n| n.driver == name) {
+                desired.networks.push(network_info(network));
+                for ep in self.endpoints(&network.id).await? {
+                    // Another host's endpoint of a global network: its data plane is there.
+                    if !(ep.host.is_empty() || ep.host == self.config.host_id) {
+                        continue;
+                    }
+                    let state = live.as_ref().map(|l| l.get(&ep.id));
+                    let unfinished = match state {
+                        None => false,
+                        Some(None) => true,
+                        Some(Some(l)) => !ep.ports.is_empty() && !l.published,
+                    };
+                    if mode == ReconcileMode::Startup && unfinished {
+                        lost.push(ep);
+                        continue;
+                    }
+                    let mut ep = ep;
+                    if let Some(Some(actual)) = state.flatten().map(|l| l.interface.as_ref()) {
+                        if ep.interface.as_ref() != Some(actual) {
+                            tracing::warn!(endpoint = %ep.id, recorded = ?ep.interface, %actual, "correcting the interface name a crash left in the record");
+                            self.set_interface_locked(&ep, actual).await?;
+                            report.renamed.push((ep.id.clone(), actual.clone()));
+                            ep.interface = Some(actual.clone());
+                        }
+                    }
+                    desired.endpoints.push(DesiredEndpoint {
+                        sandbox_key: sandbox_keys
+                            .get(&ep.sandbox_id)
+                            .cloned()
+                            .unwrap_or_default(),
+                        interface: ep.interface.clone(),
+                        info: EndpointInfo {
+                            network_id: ep.network_id.clone(),
+                            endpoint_id: ep.id.clone(),
+                            ipv4: ep.ipv4,
+                            ipv6: ep.ipv6,
+                            mac: ep.mac.clone(),
+                            ports: ep.ports.clone(),
+                        },
+                    });
+                }
+            }
+            if !lost.is_empty() {
+                tracing::warn!(
+                    driver = name,
+                    endpoints = lost.len(),
+                    "rolling back endpoints without a finished join (a crash during connect or disconnect, or a sandbox namespace deleted meanwhile)"
+                );
+                self.forget_endpoints_locked(&lost).await?;
+                report.forgotten.extend(lost.into_iter().map(|ep| ep.id));
+            }
+            match driver.reconcile(&desired, mode).await {
+                Ok(done) if done.is_empty() => {}
+                Ok(done) => {
+                    report.drivers.insert(name.to_string(), done);
+                }
+                Err(e) => {
+                    tracing::warn!(driver = name, error = %e, "driver reconciliation failed");
+                    report.failed.insert(name.to_string(), e.to_string());
+                }
+            }
+        }
+        Ok(report)
+    }
+
     /// Records `interface` as the name of `endpoint`'s interface in its sandbox: what
     /// start-up reconciliation does when the data plane marks another name than the record
     /// (a crash after a join that had to take another name than the guess written with the
     /// record, before the record was corrected).
     pub async fn set_interface(&self, endpoint: &Endpoint, interface: &str) -> Result<()> {
         let _op = self.ops.lock().await;
+        self.set_interface_locked(endpoint, interface).await
+    }
+
+    async fn set_interface_locked(&self, endpoint: &Endpoint, interface: &str) -> Result<()> {
         let mut endpoint = endpoint.clone();
         endpoint.interface = Some(interface.to_string());
         self.rewrite_endpoint(&endpoint).await
@@ -26,6 +150,10 @@ impl Controller {
     /// is left of their data plane as unknown, IPAM reconciliation frees their addresses).
     pub async fn forget_endpoints(&self, endpoints: &[Endpoint]) -> Result<()> {
         let _op = self.ops.lock().await;
+        self.forget_endpoints_locked(endpoints).await
+    }
+
+    async fn forget_endpoints_locked(&self, endpoints: &[Endpoint]) -> Result<()> {
         for ep in endpoints {
             match self.unrecord_endpoint(&ep.sandbox_id, ep, false).await {
                 Ok(()) => {}

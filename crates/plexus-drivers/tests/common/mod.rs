@@ -19,8 +19,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use plexus_cnm::{
-    Controller, ControllerConfig, DriverRegistry, Endpoint, EndpointSpec, IpamPoolSpec, Network,
-    NetworkSpec,
+    Controller, ControllerConfig, Desired, DesiredEndpoint, DriverRegistry, Endpoint, EndpointInfo,
+    EndpointSpec, IpamPoolSpec, Network, NetworkInfo, NetworkSpec,
 };
 use plexus_drivers::{register_builtin, BridgeDriver, DriverConfig};
 use plexus_ipam::{BuiltinIpam, IpamConfig};
@@ -436,4 +436,42 @@ pub fn tcp(container_port: u16, host_port: u16) -> plexus_cnm::PortBinding {
         host_port,
         host_port_end: 0,
     }
+}
+
+/// What a driver is told about a recorded network.
+pub fn info(n: &Network) -> NetworkInfo {
+    NetworkInfo {
+        id: n.id.clone(),
+        name: n.name.clone(),
+        options: n.spec.options.clone(),
+        ipv4: n.ipv4.clone(),
+        ipv6: n.ipv6.clone(),
+        internal: n.spec.internal,
+        enable_ipv6: n.spec.enable_ipv6,
+    }
+}
+
+/// The store's picture of `networks` and `endpoints` as `Controller::reconcile` hands it to
+/// a driver (for tests that make the store "forget" something).
+pub async fn desired(w: &World, networks: &[&Network], endpoints: &[&Endpoint]) -> Desired {
+    let mut out = Desired {
+        networks: networks.iter().map(|n| info(n)).collect(),
+        endpoints: Vec::new(),
+    };
+    for ep in endpoints {
+        let sandbox = ok("sandbox", w.controller.sandbox(&ep.sandbox_id).await);
+        out.endpoints.push(DesiredEndpoint {
+            info: EndpointInfo {
+                network_id: ep.network_id.clone(),
+                endpoint_id: ep.id.clone(),
+                ipv4: ep.ipv4,
+                ipv6: ep.ipv6,
+                mac: ep.mac.clone(),
+                ports: ep.ports.clone(),
+            },
+            sandbox_key: sandbox.key,
+            interface: ep.interface.clone(),
+        });
+    }
+    out
 }
