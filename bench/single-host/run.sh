@@ -26,8 +26,9 @@
 #   background) is not billed to the next tool measured; fills are not paused
 # Needs root. Installs the peers from Debian's packages if missing; starts dockerd like
 # ../shared/anchors/00_setup.sh does if it is not running (and stops it again at the end).
-# plexusd runs from $CARGO_TARGET_DIR (default /work/target-bench) with temp state/run dirs and
-# its own socket, inside a network namespace the bench makes; netavark runs inside another one.
+# plexusd runs from $CARGO_TARGET_DIR (default: the repository's own target/) with temp
+# state/run dirs and its own socket, inside a network namespace the bench makes; netavark runs
+# inside another one.
 # Everything made here is named plxb-* and is removed on exit, also on failure.
 # Last line: headline figures as key=value pairs.
 set -uo pipefail
@@ -55,7 +56,7 @@ while (($#)); do
 done
 [[ $(id -u) == 0 ]] || { echo "run as root" >&2; exit 1; }
 
-export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-/work/target-bench}
+export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-$ROOT/target}
 TMP=$(mktemp -d /tmp/plxb.XXXXXX)
 D=$TMP/data; mkdir -p "$D"
 NETAVARK=/usr/lib/podman/netavark
