@@ -14,7 +14,7 @@ HERE="$(cd "$(dirname "$0")" && pwd)"
 ROOT="$(cd "$HERE/../.." && pwd)"
 N=${1:-400}; REPS=${2:-20}
 [[ $(id -u) == 0 ]] || { echo "run as root" >&2; exit 1; }
-export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-/work/target-bench}
+export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-$ROOT/target}
 NETAVARK=/usr/lib/podman/netavark
 [[ -x $NETAVARK ]] || { echo "netavark missing: apt-get install -y netavark" >&2; exit 1; }
 (cd "$ROOT" && cargo build --release -q -p plexus-sys --example port-floor) || { echo "build failed" >&2; exit 1; }

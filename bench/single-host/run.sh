@@ -14,8 +14,10 @@
 #      100, 1), then netavark setup/teardown with a port_mappings entry (up to --nv-max),
 #      and beside Plexus at every N the bare kernel: one port added to the same bridge by
 #      port_floor.rs (the `port-floor` example of plexus-sys), timed inside that process
-#   4. iperf3 TCP between two sandboxes on a Plexus bridge vs a bare veth+bridge pair made by
-#      hand, and a Plexus bridge with BIG TCP off (plexus.bridge.gso_ipv4_max_size=65536)
+#   4. iperf3 TCP between two sandboxes, like with like: a Plexus bridge (default `auto`: IPv4
+#      BIG TCP here) vs a bare veth+bridge pair made by hand and given the same IPv4 GSO/GRO
+#      limit as Plexus's veths (gso4.py, through rtnetlink), and a Plexus bridge with BIG TCP off
+#      (plexus.bridge.gso_ipv4_max_size=65536) vs a bare pair at the kernel's 64 KiB
 #
 # Usage: bench/single-host/run.sh [--quick] [--reps N] [--nv-max N] [--nv-budget S] [--iperf-secs S] [--pause S] [--keep-data]
 #   --quick: 10 reps, 8 probes per N, netavark ramp to 100, iperf3 5 s x 2 (about 4 min)
@@ -26,10 +28,13 @@
 #   background) is not billed to the next tool measured; fills are not paused
 # Needs root. Installs the peers from Debian's packages if missing; starts dockerd like
 # ../shared/anchors/00_setup.sh does if it is not running (and stops it again at the end).
-# plexusd runs from $CARGO_TARGET_DIR (default /work/target-bench) with temp state/run dirs and
-# its own socket, inside a network namespace the bench makes; netavark runs inside another one.
+# plexusd runs from $CARGO_TARGET_DIR (default: the repository's own target/) with temp
+# state/run dirs and its own socket, inside a network namespace the bench makes; netavark runs
+# inside another one.
 # Everything made here is named plxb-* and is removed on exit, also on failure.
-# Last line: headline figures as key=value pairs.
+# Samples of phases 1, 2 and 4 are written with their rep number ("REP MS"): the report pairs
+# two tools' samples only within one rep. Last line: headline figures as key=value pairs,
+# the issue's targets with PASS/FAIL just above it.
 set -uo pipefail
 HERE="$(cd "$(dirname "$0")" && pwd)"
 ROOT="$(cd "$HERE/../.." && pwd)"
@@ -55,7 +60,7 @@ while (($#)); do
 done
 [[ $(id -u) == 0 ]] || { echo "run as root" >&2; exit 1; }
 
-export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-/work/target-bench}
+export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-$ROOT/target}
 TMP=$(mktemp -d /tmp/plxb.XXXXXX)
 D=$TMP/data; mkdir -p "$D"
 NETAVARK=/usr/lib/podman/netavark
@@ -98,7 +103,9 @@ trap 'exit 130' INT TERM
 
 # ms since $1 (an $EPOCHREALTIME), printed with 3 decimals
 el() { local t1=$EPOCHREALTIME; awk -v a="$1" -v b="$t1" 'BEGIN{printf "%.3f\n",(b-a)*1000}'; }
-# tm FILE CMD...: runs CMD, appends its wall-clock ms to FILE; fails if CMD fails
+# tm FILE CMD...: runs CMD, appends its wall-clock ms to FILE ("$REP MS" while REP is set: the
+# rep the sample belongs to, so that the report pairs samples of one rep only); fails if CMD fails
+REP=""
 tm() {
   local f=$1; shift
   [[ $f == fill_* ]] || sleep "$PAUSE"
@@ -106,7 +113,7 @@ tm() {
   "$@" >/dev/null 2>"$TMP/last.err"; local rc=$?
   local t1=$EPOCHREALTIME
   if ((rc)); then log "FAILED ($rc): $* : $(tail -2 "$TMP/last.err")"; return $rc; fi
-  awk -v a="$t0" -v b="$t1" 'BEGIN{printf "%.3f\n",(b-a)*1000}' >> "$D/$f"
+  awk -v r="$REP" -v a="$t0" -v b="$t1" 'BEGIN{printf "%s%.3f\n",(r==""?"":r" "),(b-a)*1000}' >> "$D/$f"
 }
 
 # ---------- setup ----------
@@ -166,6 +173,7 @@ echo "timing: wall clock around each CLI command (bash \$EPOCHREALTIME), so ever
 # ---------- 1. network create / rm ----------
 log "1. network create/rm x$REPS (alternating)"
 for r in $(seq 1 "$REPS"); do
+  REP=$r
   if ((r % 2)) || ((!DOCKER)); then
     tm net_create_plexus.txt PX network create plxb-n$r
     ((DOCKER)) && tm net_create_docker.txt docker network create plxb-n$r
@@ -178,6 +186,7 @@ for r in $(seq 1 "$REPS"); do
     tm net_rm_plexus.txt PX network rm plxb-n$r
   fi
 done
+REP=""
 
 # ---------- 2. attach / detach, no port ----------
 log "2. attach/detach of an existing sandbox x$REPS (rotating order)"
@@ -196,15 +205,17 @@ pa() { tm attach_plexus.txt PX network connect plxb-att plxb-sb; }
 pd() { tm detach_plexus.txt PX network disconnect plxb-att plxb-sb; }
 da() { ((DOCKER)) && tm attach_docker.txt docker network connect plxb-att plxb-dsb; }
 dd() { ((DOCKER)) && tm detach_docker.txt docker network disconnect plxb-att plxb-dsb; }
-na() { sleep "$PAUSE"; t0=$EPOCHREALTIME; NV setup /run/netns/plxb-nva2 < "$TMP/nvopts/a2.json" >/dev/null && el "$t0" >> "$D/attach_netavark.txt"; }
-nd() { sleep "$PAUSE"; t0=$EPOCHREALTIME; NV teardown /run/netns/plxb-nva2 < "$TMP/nvopts/a2.json" >/dev/null && el "$t0" >> "$D/detach_netavark.txt"; }
+na() { sleep "$PAUSE"; t0=$EPOCHREALTIME; NV setup /run/netns/plxb-nva2 < "$TMP/nvopts/a2.json" >/dev/null && echo "$REP $(el "$t0")" >> "$D/attach_netavark.txt"; }
+nd() { sleep "$PAUSE"; t0=$EPOCHREALTIME; NV teardown /run/netns/plxb-nva2 < "$TMP/nvopts/a2.json" >/dev/null && echo "$REP $(el "$t0")" >> "$D/detach_netavark.txt"; }
 for r in $(seq 1 "$REPS"); do
+  REP=$r
   case $((r % 3)) in
     1) pa; da; na; pd; dd; nd ;;
     2) da; na; pa; dd; nd; pd ;;
     0) na; pa; da; nd; pd; dd ;;
   esac
 done
+REP=""
 for _ in $(seq 1 10); do
   tm noop_plexus.txt PX network inspect plxb-att
   ((DOCKER)) && tm noop_docker.txt docker network inspect plxb-att
@@ -309,47 +320,66 @@ echo "kernel objects (at netavark's peak): netavark host netns iptables rules: $
 for n in $(ip netns list | awk '{print $1}' | grep -E '^plxb-(nvp[0-9]+|nvprobe)$'); do ip netns del "$n"; done
 
 # ---------- 4. throughput ----------
-log "4. iperf3 TCP, ${IPERF_SECS}s x $IPERF_REPS, plexus bridge vs bare veth+bridge (alternating)"
+log "4. iperf3 TCP, ${IPERF_SECS}s x $IPERF_REPS, plexus bridge vs bare veth+bridge, with BIG TCP and at 64 KiB (rotating order)"
 PX network create --subnet 10.235.0.0/24 plxb-tput >/dev/null
 for s in 1 2; do ip netns add plxb-t$s; PX sandbox create plxb-t$s --netns /run/netns/plxb-t$s --network plxb-tput --ip 10.235.0.1$s >/dev/null; done
 # The same with BIG TCP off (veth GSO/GRO at the kernel's 64 KiB), to show what it adds.
 PX network create --subnet 10.237.0.0/24 -o plexus.bridge.gso_ipv4_max_size=65536 plxb-tput64 >/dev/null
 for s in 3 4; do ip netns add plxb-t$s; PX sandbox create plxb-t$s --netns /run/netns/plxb-t$s --network plxb-tput64 --ip 10.237.0.1$s >/dev/null; done
-# bare: bridge in its own netns (no rules), one veth to each of two netns
-for n in plxb-bh plxb-ba plxb-bb; do ip netns add $n; ip -n $n link set lo up; done
-ip -n plxb-bh link add br0 type bridge; ip -n plxb-bh link set br0 up
-for s in a b; do
+gso() { ip netns exec "$1" python3 "$HERE/gso4.py" "$2" ${3:+"$3"} 2>>"$TMP/gso.err" || echo n/a; }
+# The IPv4 GSO/GRO limit `auto` gave Plexus's veths (n/a on a kernel before 6.3); the bare pair
+# beside it gets the same on all four ends, as Plexus sets both ends of its pairs.
+PX_GSO=$(gso plxb-t2 eth0)
+echo "$PX_GSO" > "$D/tput_gso_ipv4_max_size.txt"
+# bare: bridges in their own netns (no rules), one veth to each of two netns per bridge:
+# br0 with a/b at Plexus's limit, br1 with c/d at the kernel's default (64 KiB)
+for n in plxb-bh plxb-ba plxb-bb plxb-bc plxb-bd; do ip netns add $n; ip -n $n link set lo up; done
+for br in br0 br1; do ip -n plxb-bh link add $br type bridge; ip -n plxb-bh link set $br up; done
+i=0
+for s in a b c d; do
+  i=$((i + 1)); br=br0; net=10.236.0; [[ $s == [cd] ]] && { br=br1; net=10.238.0; }
   ip link add plxb-b$s type veth peer name plxb-bh$s
   ip link set plxb-b$s netns plxb-b$s; ip link set plxb-bh$s netns plxb-bh
-  ip -n plxb-bh link set plxb-bh$s master br0; ip -n plxb-bh link set plxb-bh$s up
+  if [[ $br == br0 && $PX_GSO =~ ^[0-9]+$ && $PX_GSO != 65536 ]]; then
+    gso plxb-b$s plxb-b$s "$PX_GSO" >/dev/null; gso plxb-bh plxb-bh$s "$PX_GSO" >/dev/null
+  fi
+  ip -n plxb-bh link set plxb-bh$s master $br; ip -n plxb-bh link set plxb-bh$s up
+  ip -n plxb-b$s addr add $net.$(( (i - 1) % 2 + 1 ))/24 dev plxb-b$s; ip -n plxb-b$s link set plxb-b$s up
 done
-ip -n plxb-ba addr add 10.236.0.1/24 dev plxb-ba; ip -n plxb-ba link set plxb-ba up
-ip -n plxb-bb addr add 10.236.0.2/24 dev plxb-bb; ip -n plxb-bb link set plxb-bb up
 ip netns exec plxb-t1 iperf3 -s -p 5201 >/dev/null 2>&1 & SRV_PIDS+=($!)
 ip netns exec plxb-t3 iperf3 -s -p 5201 >/dev/null 2>&1 & SRV_PIDS+=($!)
 ip netns exec plxb-ba iperf3 -s -p 5201 >/dev/null 2>&1 & SRV_PIDS+=($!)
+ip netns exec plxb-bc iperf3 -s -p 5201 >/dev/null 2>&1 & SRV_PIDS+=($!)
 sleep 1
 ip netns exec plxb-t2 busybox ping -c1 -W2 10.235.0.11 >/dev/null 2>&1 && echo "check: plexus t2 -> t1 ping ok" || echo "check: plexus t2 -> t1 PING FAILED"
 ip netns exec plxb-t4 busybox ping -c1 -W2 10.237.0.13 >/dev/null 2>&1 && echo "check: plexus t4 -> t3 ping ok" || echo "check: plexus t4 -> t3 PING FAILED"
 ip netns exec plxb-bb busybox ping -c1 -W2 10.236.0.1 >/dev/null 2>&1 && echo "check: bare b -> a ping ok" || echo "check: bare b -> a PING FAILED"
+ip netns exec plxb-bd busybox ping -c1 -W2 10.238.0.1 >/dev/null 2>&1 && echo "check: bare d -> c ping ok" || echo "check: bare d -> c PING FAILED"
 echo "mtu: plexus $(ip -n plxb-t2 -o link show | awk '$2!="lo:"{for(i=1;i<=NF;i++) if($i=="mtu") print $(i+1)}' | head -1), bare $(ip -n plxb-bb -o link show plxb-bb | awk '{for(i=1;i<=NF;i++) if($i=="mtu") print $(i+1)}'); bridge-nf-call-iptables: plexus host ns $(ip netns exec plxb-host sysctl -n net.bridge.bridge-nf-call-iptables 2>/dev/null || echo n/a), bare bridge ns $(ip netns exec plxb-bh sysctl -n net.bridge.bridge-nf-call-iptables 2>/dev/null || echo n/a)"
-ip3() { # NS DST FILE
+echo "veth gso_ipv4_max_size: plexus (auto: this host namespace has no uplink) $PX_GSO, the bare pair beside it $(gso plxb-bb plxb-bb) (bridge end $(gso plxb-bh plxb-bha)); plexus with gso_ipv4_max_size=65536 $(gso plxb-t4 eth0), the bare pair beside it $(gso plxb-bd plxb-bd) (bridge end $(gso plxb-bh plxb-bhd))"
+[[ -s $TMP/gso.err ]] && log "gso4.py: $(tail -1 "$TMP/gso.err")"
+ip3() { # NS DST FILE: one iperf3 run, written as "REP GBIT/S"
   local out; out=$(ip netns exec "$1" iperf3 -c "$2" -p 5201 -t "$IPERF_SECS" -J 2>/dev/null) || { log "iperf3 $1 failed"; return; }
-  python3 -c 'import json,sys; print("%.3f" % (json.load(sys.stdin)["end"]["sum_received"]["bits_per_second"]/1e9))' <<<"$out" >> "$D/$3"
+  python3 -c 'import json,sys; print("%s %.3f" % (sys.argv[1], json.load(sys.stdin)["end"]["sum_received"]["bits_per_second"]/1e9))' "$REP" <<<"$out" >> "$D/$3"
 }
-gso() { ip netns exec "$1" python3 "$HERE/gso4.py" "$2" 2>/dev/null || echo n/a; }
-echo "veth gso_ipv4_max_size: plexus (auto: this host namespace has no uplink) $(gso plxb-t2 eth0), plexus with gso_ipv4_max_size=65536 $(gso plxb-t4 eth0), bare $(gso plxb-bb plxb-bb)"
 tp() { ip3 plxb-t2 10.235.0.11 tput_plexus.txt; }
 tb() { ip3 plxb-bb 10.236.0.1 tput_bare.txt; }
 t6() { ip3 plxb-t4 10.237.0.13 tput_plexus64k.txt; }
+b6() { ip3 plxb-bd 10.238.0.1 tput_bare64k.txt; }
+# Each like-with-like pair (tp tb, t6 b6) runs back to back; which pair and which side goes
+# first rotates, so neither side always follows the other.
+last() { awk -v r="$REP" '$1==r{print $2}' "$D/$1" 2>/dev/null; }
 for r in $(seq 1 "$IPERF_REPS"); do
-  case $((r % 3)) in
-    1) tp; tb; t6 ;;
-    2) tb; t6; tp ;;
-    0) t6; tp; tb ;;
+  REP=$r
+  case $((r % 4)) in
+    1) tp; tb; t6; b6 ;;
+    2) b6; t6; tb; tp ;;
+    3) tb; tp; b6; t6 ;;
+    0) t6; b6; tp; tb ;;
   esac
-  log "  rep $r: plexus $(tail -1 "$D/tput_plexus.txt" 2>/dev/null) bare $(tail -1 "$D/tput_bare.txt" 2>/dev/null) plexus-64k $(tail -1 "$D/tput_plexus64k.txt" 2>/dev/null) Gbit/s"
+  log "  rep $r: plexus $(last tput_plexus.txt) bare $(last tput_bare.txt), plexus-64k $(last tput_plexus64k.txt) bare-64k $(last tput_bare64k.txt) Gbit/s"
 done
+REP=""
 
 echo "elapsed: $((SECONDS - T0)) s, load now $(cut -d' ' -f1-3 /proc/loadavg)"
 echo
