@@ -30,15 +30,19 @@ mod controller;
 pub mod driver;
 mod error;
 pub mod model;
+pub mod namespaces;
 pub mod store_layout;
 
+pub use controller::events::{Event, EventAction, EventType, Subscription, EVENT_HISTORY};
 pub use controller::{check_name, Controller, ControllerConfig};
 pub use driver::{
-    Capability, Driver, DriverError, DriverRegistry, EndpointCreated, EndpointInfo, InterfaceName,
-    Joined, NetworkInfo,
+    Capability, Driver, DriverError, DriverRegistry, EndpointCreated, EndpointInfo,
+    ExternalConnectivity, InterfaceName, Joined, NetworkInfo, NodeDiscovery, StaticRoute,
+    TableEvent, TableEventKind,
 };
 pub use error::{CnmError, Result};
 pub use model::{
     Endpoint, EndpointSpec, IpamPool, IpamPoolSpec, Network, NetworkSpec, PortBinding, Sandbox,
-    Scope, DEFAULT_BRIDGE_NETWORK, DEFAULT_BRIDGE_OPTION, PREDEFINED_NETWORKS,
+    SandboxSpec, Scope, DEFAULT_BRIDGE_NETWORK, DEFAULT_BRIDGE_OPTION, PREDEFINED_NETWORKS,
 };
+pub use namespaces::{Namespaces, NoNamespaces};

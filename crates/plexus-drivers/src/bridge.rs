@@ -654,7 +654,10 @@ impl BridgeDriver {
         let mut taken: Option<BTreeSet<String>> = None;
         let mut cleared_host_end = false;
         loop {
-            let name = format!("{}{n}", interface.prefix);
+            let name = match interface.exact {
+                Some(exact) => exact.to_string(),
+                None => format!("{}{n}", interface.prefix),
+            };
             if taken.as_ref().is_some_and(|t| t.contains(&name)) {
                 n += 1;
                 continue;
@@ -686,6 +689,11 @@ impl BridgeDriver {
                             self.delete_link(l.index).await?;
                         }
                         _ => {
+                            if let Some(exact) = interface.exact {
+                                return Err(DriverError::Conflict(format!(
+                                    "interface name {exact:?} is taken in the sandbox"
+                                )));
+                            }
                             if taken.is_none() {
                                 let links = rs.links().await.map_err(sys_ctx("sandbox links"))?;
                                 taken = Some(links.into_iter().map(|l| l.name).collect());
@@ -786,7 +794,8 @@ impl BridgeDriver {
             )));
         }
         let prefix = interface.prefix;
-        if prefix.is_empty() || prefix.len() > plexus_sys::rtnl::MAX_IFNAME - 3 {
+        let bad_prefix = prefix.is_empty() || prefix.len() > plexus_sys::rtnl::MAX_IFNAME - 3;
+        if interface.exact.is_none() && bad_prefix {
             return Err(DriverError::Invalid(format!(
                 "interface prefix {prefix:?}: must be 1 to 12 bytes"
             )));
@@ -840,6 +849,7 @@ impl BridgeDriver {
                 Ok(Joined {
                     interface: Some(name),
                     gateways,
+                    ..Joined::default()
                 })
             }
             Err(e) => {

@@ -408,12 +408,15 @@ async fn run(args: Args) -> Result<()> {
     .map_err(|e| anyhow::anyhow!("starting the drivers: {e}"))?;
     tracing::info!(drivers = ?drivers.names(), "drivers registered");
 
-    let controller = Arc::new(Controller::new(
-        store.clone(),
-        ipam.clone(),
-        drivers,
-        ControllerConfig::default(),
-    ));
+    let controller = Arc::new(
+        Controller::new(
+            store.clone(),
+            ipam.clone(),
+            drivers,
+            ControllerConfig::default(),
+        )
+        .with_namespaces(Arc::new(plexus_api::SysNamespaces::new(netns_dir.clone()))),
+    );
     reconcile(&controller, &ipam, &bridge, &netns_dir).await?;
     let made = controller
         .create_predefined_networks()
@@ -444,11 +447,16 @@ async fn run(args: Args) -> Result<()> {
         .with_context(|| format!("setting mode 0660 on {}", socket.display()))?;
 
     let app = plexus_api::router(plexus_api::AppState {
-        controller,
-        namespaces: Arc::new(plexus_api::SysNamespaces::new(netns_dir)),
+        controller: controller.clone(),
     });
     tracing::info!(socket = %socket.display(), store = %url, "plexusd serving");
-    plexus_api::serve(listener, app, shutdown_signal())
+    // Streams of `/events` end when the signal comes, or the graceful shutdown would wait
+    // for them forever.
+    let shutdown = async move {
+        shutdown_signal().await;
+        controller.close_events();
+    };
+    plexus_api::serve(listener, app, shutdown)
         .await
         .context("serving the API")?;
 

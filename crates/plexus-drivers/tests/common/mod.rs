@@ -325,9 +325,7 @@ impl World {
         );
         ok(
             &format!("create sandbox {name}"),
-            self.controller
-                .create_sandbox(name, &ns.path(), false)
-                .await,
+            self.controller.add_sandbox(name, &ns.path(), false).await,
         );
         self.sandboxes.insert(name.to_string(), ns);
         &self.sandboxes[name].ns
