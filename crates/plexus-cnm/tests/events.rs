@@ -648,11 +648,24 @@ async fn the_rest_of_the_driver_api() {
 
     // Static routes and "no default gateway" from the join land in the endpoint's record.
     ok("s", w.controller.add_sandbox("s", "/x", false).await);
-    let ep = ok(
-        "connect",
-        w.controller
-            .connect("s", "g1", EndpointSpec::default())
-            .await,
+    let spec = EndpointSpec {
+        options: BTreeMap::from([("com.example.vni".into(), "7".into())]),
+        ..Default::default()
+    };
+    let ep = ok("connect", w.controller.connect("s", "g1", spec).await);
+    // The endpoint's own options reach the driver and stay in its record.
+    let given = lock(&w.driver.endpoints)
+        .get(&ep.id)
+        .map(|i| i.options.clone());
+    assert_eq!(
+        given
+            .and_then(|o| o.get("com.example.vni").cloned())
+            .as_deref(),
+        Some("7")
+    );
+    assert_eq!(
+        ep.options.get("com.example.vni").map(String::as_str),
+        Some("7")
     );
     assert_eq!(ep.routes, vec![route]);
     assert!(ep.disable_gateway);
