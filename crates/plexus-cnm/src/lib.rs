@@ -34,6 +34,7 @@ pub mod namespaces;
 pub mod store_layout;
 
 pub use controller::events::{Event, EventAction, EventType, Subscription, EVENT_HISTORY};
+pub use controller::orchestrate::MAX_SANDBOX_NETWORKS;
 pub use controller::{check_name, Controller, ControllerConfig};
 pub use driver::{
     Capability, Driver, DriverError, DriverRegistry, EndpointCreated, EndpointInfo,

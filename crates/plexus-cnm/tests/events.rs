@@ -584,6 +584,28 @@ async fn a_sandbox_is_created_whole_or_not_at_all() {
             },
             "interface name",
         ),
+        (
+            SandboxSpec {
+                networks: vec![
+                    (
+                        "n1".into(),
+                        EndpointSpec {
+                            interface: Some("x0".into()),
+                            ..Default::default()
+                        },
+                    ),
+                    (
+                        "n2".into(),
+                        EndpointSpec {
+                            interface: Some("x0".into()),
+                            ..Default::default()
+                        },
+                    ),
+                ],
+                ..spec("b8")
+            },
+            "networks[1] interface name",
+        ),
     ] {
         let err = w.controller.create_sandbox(bad).await.err();
         assert!(

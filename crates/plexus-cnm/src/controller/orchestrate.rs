@@ -152,6 +152,17 @@ impl Controller {
                     name: name.clone(),
                 })?;
             check_endpoint_spec(&network, ep)?;
+            if let Some(name) = &ep.interface {
+                if plan
+                    .iter()
+                    .any(|(.., e)| e.interface.as_ref() == Some(name))
+                {
+                    return Err(CnmError::invalid(
+                        format!("networks[{i}] interface name"),
+                        format!("{name:?} is asked for twice"),
+                    ));
+                }
+            }
             let driver = self.driver(&network.driver)?;
             let mut ep = ep.clone();
             if i == 0 {
