@@ -174,5 +174,35 @@ fn events_replay_across_a_restart_for_plexus_and_docker() {
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("in the future"), "{err}");
+    stop_with_a_stream_open(&mut d);
+}
+
+/// SIGTERM while `plexus events` streams: the daemon ends the stream and exits at once.
+fn stop_with_a_stream_open(d: &mut Daemon) {
+    let mut watcher = Command::new(common::plexus_bin())
+        .env("PLEXUS_HOST", d.host())
+        .arg("events")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| panic!("plexus events: {e}"));
+    std::thread::sleep(Duration::from_millis(300));
+    let began = std::time::Instant::now();
     assert_eq!(d.stop().code(), Some(0));
+    assert!(
+        began.elapsed() < Duration::from_secs(5),
+        "the open stream held the shutdown for {:?}",
+        began.elapsed()
+    );
+    let status = common::exit_within(&mut watcher, Duration::from_secs(5));
+    if status.is_none() {
+        let _ = watcher.kill();
+    }
+    let _ = watcher.wait();
+    assert_eq!(
+        status.and_then(|s| s.code()),
+        Some(0),
+        "plexus events ends with the stream"
+    );
 }
