@@ -158,6 +158,9 @@ enum NetworkCmd {
         /// Network-scoped alias.
         #[arg(long)]
         alias: Vec<String>,
+        /// Driver option of the endpoint, `key=value` (repeatable).
+        #[arg(long = "driver-opt")]
+        driver_opt: Vec<String>,
     },
     /// Disconnect a sandbox from a network.
     Disconnect {
@@ -527,12 +530,14 @@ fn network(client: &Client, cmd: NetworkCmd) -> Result<()> {
             ip,
             ip6,
             alias,
+            driver_opt,
         } => {
             let body = json!({
                 "Container": sandbox,
                 "EndpointConfig": {
                     "IPAMConfig": {"IPv4Address": ip.unwrap_or_default(), "IPv6Address": ip6.unwrap_or_default()},
                     "Aliases": alias,
+                    "DriverOpts": key_values("--driver-opt", &driver_opt)?,
                 }
             });
             let _: Value = client.post(&format!("/networks/{}/connect", encode(&network)), body)?;
