@@ -277,6 +277,9 @@ pub struct EndpointSettings {
     /// A MAC address asked for.
     #[serde(rename = "MacAddress", default)]
     pub mac_address: String,
+    /// The endpoint's driver options.
+    #[serde(rename = "DriverOpts", default)]
+    pub driver_opts: Option<BTreeMap<String, String>>,
 }
 
 /// `POST /networks/{id}/connect`.
@@ -331,6 +334,21 @@ pub struct SandboxNetwork {
     /// `--alias`.
     #[serde(rename = "Aliases", default)]
     pub aliases: Vec<String>,
+    /// The endpoint's driver options.
+    #[serde(
+        rename = "DriverOpts",
+        default,
+        skip_serializing_if = "BTreeMap::is_empty"
+    )]
+    pub driver_opts: BTreeMap<String, String>,
+    /// The exact interface name inside the sandbox (CNI's `CNI_IFNAME`); empty: the next
+    /// `eth<n>`.
+    #[serde(
+        rename = "Interface",
+        default,
+        skip_serializing_if = "String::is_empty"
+    )]
+    pub interface: String,
 }
 
 /// `POST /plexus/sandboxes`.
@@ -348,6 +366,18 @@ pub struct SandboxCreate {
     /// Published ports, `-p` syntax: `[hostIP:][hostPort[-end]:]port[-end][/proto]`.
     #[serde(rename = "Ports", default)]
     pub ports: Vec<String>,
+    /// `--hostname`.
+    #[serde(rename = "Hostname", default)]
+    pub hostname: String,
+    /// `--dns`.
+    #[serde(rename = "Dns", default)]
+    pub dns: Vec<String>,
+    /// `--dns-search`.
+    #[serde(rename = "DnsSearch", default)]
+    pub dns_search: Vec<String>,
+    /// `--dns-option`.
+    #[serde(rename = "DnsOptions", default)]
+    pub dns_options: Vec<String>,
 }
 
 /// A published port of an endpoint.
@@ -414,7 +444,53 @@ pub struct SandboxResource {
     /// Whether Plexus made the namespace (and deletes it with the sandbox).
     #[serde(rename = "OwnedNetNs")]
     pub owned_netns: bool,
+    /// `--hostname` (empty when not given).
+    #[serde(rename = "Hostname", default)]
+    pub hostname: String,
+    /// `--dns`.
+    #[serde(rename = "Dns", default)]
+    pub dns: Vec<String>,
+    /// `--dns-search`.
+    #[serde(rename = "DnsSearch", default)]
+    pub dns_search: Vec<String>,
+    /// `--dns-option`.
+    #[serde(rename = "DnsOptions", default)]
+    pub dns_options: Vec<String>,
     /// Endpoints, in connection order.
     #[serde(rename = "Endpoints")]
     pub endpoints: Vec<SandboxEndpoint>,
+}
+
+/// Who an event is about (`Actor` of Docker's events).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+pub struct EventActor {
+    /// The object's id (a network's for `connect`/`disconnect`).
+    #[serde(rename = "ID")]
+    pub id: String,
+    /// `name`, `type` (the driver), `container` (the sandbox of a connect).
+    #[serde(rename = "Attributes", default)]
+    pub attributes: BTreeMap<String, String>,
+}
+
+/// One line of `GET /events`, as dockerd sends it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+pub struct EventMessage {
+    /// `network`, or Plexus's `sandbox`.
+    #[serde(rename = "Type")]
+    pub kind: String,
+    /// `create`, `connect`, `disconnect`, `destroy`.
+    #[serde(rename = "Action")]
+    pub action: String,
+    /// The object.
+    #[serde(rename = "Actor")]
+    pub actor: EventActor,
+    /// `local` or `swarm`.
+    #[serde(rename = "scope", default)]
+    pub scope: String,
+    /// Seconds since the Unix epoch.
+    #[serde(rename = "time", default)]
+    pub time: i64,
+    /// Nanoseconds since the Unix epoch.
+    #[serde(rename = "timeNano", default)]
+    pub time_nano: i64,
 }

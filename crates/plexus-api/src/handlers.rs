@@ -11,12 +11,11 @@ use axum::response::{IntoResponse, Response};
 use axum::Json;
 use plexus_cnm::{
     Controller, Endpoint, EndpointSpec, IpamPool, IpamPoolSpec, Network, NetworkSpec, Sandbox,
-    Scope,
+    SandboxSpec, Scope,
 };
 use serde::de::DeserializeOwned;
 
 use crate::error::ApiError;
-use crate::namespaces::Namespaces;
 use crate::parse::{parse_filters, parse_port_spec, Filters};
 use crate::types::*;
 use crate::API_VERSION;
@@ -24,10 +23,9 @@ use crate::API_VERSION;
 /// What every handler shares.
 #[derive(Clone)]
 pub struct AppState {
-    /// The model.
+    /// The model (which also makes sandbox namespaces, through its
+    /// [`Namespaces`](plexus_cnm::Namespaces)).
     pub controller: Arc<Controller>,
-    /// Where sandbox namespaces come from.
-    pub namespaces: Arc<dyn Namespaces>,
 }
 
 /// Decodes a JSON body; the error names the field at fault (`Name`, `IPAM.Config[0].Subnet`).
@@ -336,6 +334,8 @@ pub async fn connect(
         aliases: settings.aliases.unwrap_or_default(),
         ports: Vec::new(),
         mac: non_empty(&settings.mac_address),
+        options: settings.driver_opts.unwrap_or_default(),
+        interface: None,
     };
     state.controller.connect(&req.container, &id, spec).await?;
     Ok(StatusCode::OK)
@@ -422,6 +422,10 @@ fn sandbox_view(s: &Sandbox, endpoints: &HashMap<String, (Endpoint, Network)>) -
         name: s.name.clone(),
         netns: s.key.clone(),
         owned_netns: s.owned_netns,
+        hostname: s.hostname.clone().unwrap_or_default(),
+        dns: s.dns.iter().map(ToString::to_string).collect(),
+        dns_search: s.dns_search.clone(),
+        dns_options: s.dns_options.clone(),
         endpoints: s
             .endpoints
             .iter()
@@ -431,13 +435,9 @@ fn sandbox_view(s: &Sandbox, endpoints: &HashMap<String, (Endpoint, Network)>) -
     }
 }
 
-/// `POST /plexus/sandboxes` → 201 with the sandbox.
-pub async fn create_sandbox(
-    State(state): State<AppState>,
-    body: Bytes,
-) -> Result<(StatusCode, Json<SandboxResource>), ApiError> {
-    let req: SandboxCreate = decode(&body)?;
-    plexus_cnm::check_name("sandbox", &req.name)?;
+/// Turns a sandbox create request into the model's spec (ports parsed, empty strings as
+/// absent).
+pub fn sandbox_spec(req: SandboxCreate) -> Result<SandboxSpec, ApiError> {
     let mut ports = Vec::new();
     for spec in &req.ports {
         ports.extend(
@@ -445,80 +445,46 @@ pub async fn create_sandbox(
                 .map_err(|e| ApiError::bad_request(format!("invalid Ports: {e}")))?,
         );
     }
-    if !ports.is_empty() && req.networks.is_empty() {
-        return Err(ApiError::bad_request(
-            "invalid Ports: publishing ports needs a network",
-        ));
-    }
-    for (i, n) in req.networks.iter().enumerate() {
+    let mut networks = Vec::new();
+    for (i, n) in req.networks.into_iter().enumerate() {
         if n.name.is_empty() {
             return Err(ApiError::bad_request(format!(
                 "invalid Networks[{i}].Name: must not be empty"
             )));
         }
-    }
-    let controller = &state.controller;
-    match controller.sandbox(&req.name).await {
-        Ok(_) => {
-            return Err(plexus_cnm::CnmError::Exists {
-                kind: "sandbox",
-                name: req.name,
-            }
-            .into())
-        }
-        Err(plexus_cnm::CnmError::NotFound { .. }) => {}
-        Err(e) => return Err(e.into()),
-    }
-    // Networks must exist before anything is made.
-    for n in &req.networks {
-        controller.network(&n.name).await?;
-    }
-    let (key, owned) = if req.netns.is_empty() {
-        (state.namespaces.create(&req.name).await?, true)
-    } else {
-        state.namespaces.check(&req.netns).await?;
-        (req.netns.clone(), false)
-    };
-    let undo_netns = |key: String| {
-        let ns = state.namespaces.clone();
-        async move {
-            if owned {
-                if let Err(e) = ns.delete(&key).await {
-                    tracing::warn!(netns = %key, error = %e, "cannot remove namespace while undoing");
-                }
-            }
-        }
-    };
-    let connects = !req.networks.is_empty();
-    let sandbox = match controller
-        .create_sandbox_then(&req.name, &key, owned, connects)
-        .await
-    {
-        Ok(s) => s,
-        Err(e) => {
-            undo_netns(key).await;
-            return Err(e.into());
-        }
-    };
-    for (i, n) in req.networks.iter().enumerate() {
         let spec = EndpointSpec {
             ipv4: non_empty(&n.ipv4_address),
             ipv6: non_empty(&n.ipv6_address),
-            aliases: n.aliases.clone(),
-            ports: if i == 0 { ports.clone() } else { Vec::new() },
+            aliases: n.aliases,
+            ports: Vec::new(),
             mac: None,
+            options: n.driver_opts,
+            interface: non_empty(&n.interface),
         };
-        if let Err(e) = controller.connect(&sandbox.id, &n.name, spec).await {
-            if let Err(undo) = controller.delete_sandbox(&sandbox.id).await {
-                tracing::warn!(sandbox = %sandbox.name, error = %undo, "cannot remove sandbox while undoing");
-            }
-            undo_netns(key).await;
-            return Err(e.into());
-        }
+        networks.push((n.name, spec));
     }
-    let sandbox = controller.sandbox(&sandbox.id).await?;
+    Ok(SandboxSpec {
+        name: req.name,
+        netns: non_empty(&req.netns),
+        hostname: non_empty(&req.hostname),
+        dns: req.dns,
+        dns_search: req.dns_search,
+        dns_options: req.dns_options,
+        networks,
+        ports,
+    })
+}
+
+/// `POST /plexus/sandboxes` → 201 with the sandbox.
+pub async fn create_sandbox(
+    State(state): State<AppState>,
+    body: Bytes,
+) -> Result<(StatusCode, Json<SandboxResource>), ApiError> {
+    let req: SandboxCreate = decode(&body)?;
+    let spec = sandbox_spec(req)?;
+    let controller = &state.controller;
+    let sandbox = controller.create_sandbox(spec).await?;
     let endpoints = endpoints_of(controller, &sandbox).await?;
-    tracing::info!(sandbox = %sandbox.name, netns = %sandbox.key, "sandbox created");
     Ok((
         StatusCode::CREATED,
         Json(sandbox_view(&sandbox, &endpoints)),
@@ -556,18 +522,6 @@ pub async fn delete_sandbox(
     State(state): State<AppState>,
     Path(name): Path<String>,
 ) -> Result<StatusCode, ApiError> {
-    let s = state.controller.delete_sandbox(&name).await?;
-    if s.owned_netns {
-        if let Err(e) = state.namespaces.delete(&s.key).await {
-            return Err(ApiError::new(
-                e.status,
-                format!(
-                    "sandbox {} removed, but its namespace could not be: {}",
-                    s.name, e.message
-                ),
-            ));
-        }
-    }
-    tracing::info!(sandbox = %s.name, "sandbox removed");
+    state.controller.remove_sandbox(&name).await?;
     Ok(StatusCode::NO_CONTENT)
 }

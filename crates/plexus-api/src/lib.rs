@@ -1,14 +1,15 @@
 //! # plexus-api — the management plane's HTTP API
 //!
 //! The Docker Engine API for networks (v1.41 paths and JSON shapes, with or without a `/v1.xx`
-//! prefix), so that `docker -H unix://… network …` works against Plexus, plus Plexus's own
-//! sandbox resource (`/plexus/sandboxes`). Served by axum on a unix socket.
+//! prefix), so that `docker -H unix://… network …` and `docker -H unix://… events` work
+//! against Plexus, plus Plexus's own sandbox resource (`/plexus/sandboxes`). Served by axum on a unix socket.
 //!
 //! - [`types`]: the JSON, apart from any I/O;
 //! - [`parse`]: pure parsers (Docker `filters`, `-p` port specs);
 //! - [`handlers`]: parse → [`Controller`](plexus_cnm::Controller) → shape the answer;
+//! - [`events`]: `GET /events`, the controller's event log in Docker's shape;
 //! - [`info`]: `GET /info`, with the cluster store's health;
-//! - [`namespaces`]: where sandbox namespaces come from (real, or faked in tests);
+//! - [`namespaces`]: the kernel's sandbox namespaces, for the controller;
 //! - [`router`] and [`serve`]: the routes and the server loop.
 //!
 //! Errors are answered as dockerd does: `{"message": "..."}` with the status from
@@ -18,6 +19,7 @@
 #![warn(missing_docs)]
 
 pub mod error;
+pub mod events;
 pub mod handlers;
 pub mod info;
 pub mod namespaces;
@@ -34,7 +36,8 @@ use axum::Router;
 
 pub use error::ApiError;
 pub use handlers::AppState;
-pub use namespaces::{Namespaces, SysNamespaces};
+pub use namespaces::SysNamespaces;
+pub use plexus_cnm::Namespaces;
 
 pub use plexus_api_types::API_VERSION;
 
@@ -92,6 +95,7 @@ pub fn router(state: AppState) -> Router {
         .route("/_ping", get(ping))
         .route("/version", get(version))
         .route("/info", get(info::info))
+        .route("/events", get(events::events))
         .route("/networks", get(list_networks))
         .route("/networks/create", post(create_network))
         .route("/networks/prune", post(prune))

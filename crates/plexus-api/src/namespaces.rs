@@ -1,24 +1,11 @@
-//! Where sandboxes' network namespaces come from: made by the daemon under its run dir, or
-//! handed over by path. A trait, so API tests can run without touching the kernel.
+//! The kernel's sandbox namespaces: [`SysNamespaces`] implements the controller's
+//! [`Namespaces`] (made under the daemon's run dir, or handed over by path).
 
 use std::path::{Path, PathBuf};
 
 use async_trait::async_trait;
-use axum::http::StatusCode;
+use plexus_cnm::{CnmError, Namespaces};
 use plexus_sys::SysError;
-
-use crate::error::ApiError;
-
-/// Makes, checks and removes sandbox namespaces.
-#[async_trait]
-pub trait Namespaces: Send + Sync {
-    /// Makes a new namespace for sandbox `name`; returns its path.
-    async fn create(&self, name: &str) -> Result<String, ApiError>;
-    /// Checks that `path` is an existing network namespace (the error names the path).
-    async fn check(&self, path: &str) -> Result<(), ApiError>;
-    /// Removes a namespace made by [`create`](Self::create); a missing one is not an error.
-    async fn delete(&self, path: &str) -> Result<(), ApiError>;
-}
 
 /// Real namespaces, pinned under a directory (`<run-dir>/netns`).
 #[derive(Debug, Clone)]
@@ -33,60 +20,67 @@ impl SysNamespaces {
     }
 }
 
-fn sys_err(field: &str, e: SysError) -> ApiError {
-    let status = match &e {
-        SysError::Exists { .. } => StatusCode::CONFLICT,
-        SysError::Invalid { .. } => StatusCode::BAD_REQUEST,
-        _ => StatusCode::INTERNAL_SERVER_ERROR,
-    };
-    ApiError::new(status, format!("{field}: {e}"))
+fn sys_err(path: &str, e: SysError) -> CnmError {
+    match e {
+        SysError::Exists { .. } => CnmError::Exists {
+            kind: "namespace",
+            name: path.to_string(),
+        },
+        SysError::Invalid { .. } => CnmError::invalid("netns", format!("{path}: {e}")),
+        other => CnmError::Netns {
+            path: path.to_string(),
+            message: other.to_string(),
+        },
+    }
 }
 
 async fn blocking<T: Send + 'static>(
-    f: impl FnOnce() -> Result<T, ApiError> + Send + 'static,
-) -> Result<T, ApiError> {
+    what: &str,
+    f: impl FnOnce() -> Result<T, CnmError> + Send + 'static,
+) -> Result<T, CnmError> {
     tokio::task::spawn_blocking(f)
         .await
-        .map_err(|e| ApiError::internal(format!("namespace task failed: {e}")))?
+        .map_err(|e| CnmError::Netns {
+            path: what.to_string(),
+            message: format!("namespace task failed: {e}"),
+        })?
 }
 
 #[async_trait]
 impl Namespaces for SysNamespaces {
-    async fn create(&self, name: &str) -> Result<String, ApiError> {
+    async fn create(&self, name: &str) -> Result<String, CnmError> {
         let (dir, name) = (self.dir.clone(), name.to_string());
-        blocking(move || {
+        let what = self.dir.join(&name).display().to_string();
+        blocking(&what.clone(), move || {
             plexus_sys::netns::Netns::create(&dir, &name)
                 .map(|ns| ns.path().display().to_string())
-                .map_err(|e| sys_err("netns", e))
+                .map_err(|e| sys_err(&what, e))
         })
         .await
     }
 
-    async fn check(&self, path: &str) -> Result<(), ApiError> {
+    async fn check(&self, path: &str) -> Result<(), CnmError> {
         // An open and an ioctl: quicker inline than a hop to the blocking pool.
-        let path = Path::new(path);
-        if !path.exists() {
-            return Err(ApiError::bad_request(format!(
-                "invalid netns: {} does not exist",
-                path.display()
-            )));
+        if !Path::new(path).exists() {
+            return Err(CnmError::invalid("netns", format!("{path} does not exist")));
         }
-        plexus_sys::netns::Netns::open(path)
+        plexus_sys::netns::Netns::open(Path::new(path))
             .map(|_| ())
-            .map_err(|e| sys_err("invalid netns", e))
+            .map_err(|e| CnmError::invalid("netns", format!("{path}: {e}")))
     }
 
-    async fn delete(&self, path: &str) -> Result<(), ApiError> {
+    async fn delete(&self, path: &str) -> Result<(), CnmError> {
         let path = PathBuf::from(path);
-        blocking(move || {
+        let what = path.display().to_string();
+        blocking(&what.clone(), move || {
             let (Some(dir), Some(name)) = (path.parent(), path.file_name()) else {
-                return Err(ApiError::internal(format!(
-                    "netns {} is not a file path",
-                    path.display()
-                )));
+                return Err(CnmError::invalid(
+                    "netns",
+                    format!("{what} is not a file path"),
+                ));
             };
             plexus_sys::netns::Netns::delete(Path::new(dir), &name.to_string_lossy())
-                .map_err(|e| sys_err("netns", e))
+                .map_err(|e| sys_err(&what, e))
         })
         .await
     }

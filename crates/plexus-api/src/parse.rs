@@ -1,4 +1,5 @@
-//! Pure parsers for request values: Docker's `filters` query parameter and `-p` port specs.
+//! Pure parsers for request values: Docker's `filters` query parameter, `-p` port specs and
+//! the `since`/`until` timestamps of `/events`.
 
 use std::collections::BTreeMap;
 use std::net::IpAddr;
@@ -149,6 +150,97 @@ pub fn parse_port_spec(spec: &str) -> Result<Vec<PortBinding>, String> {
     Ok(out)
 }
 
+/// Days from 1970-01-01 to a civil date (Howard Hinnant's algorithm).
+fn days_from_civil(y: i64, m: i64, d: i64) -> i64 {
+    let y = if m <= 2 { y - 1 } else { y };
+    let era = y.div_euclid(400);
+    let yoe = y - era * 400;
+    let mp = (m + 9) % 12;
+    let doy = (153 * mp + 2) / 5 + d - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    era * 146_097 + doe - 719_468
+}
+
+/// Nanoseconds of a fraction's digits (`"5"` → 500 000 000); at most nine digits.
+fn fraction_nanos(digits: &str) -> Option<i128> {
+    if digits.is_empty() || digits.len() > 9 || !digits.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    let padded = format!("{digits:0<9}");
+    padded.parse::<i128>().ok()
+}
+
+/// Parses a timestamp as dockerd takes them for `since` and `until`: Unix seconds with an
+/// optional fraction (`1700000000`, `1700000000.5`, what the docker CLI sends) or RFC 3339
+/// (`2023-11-14T22:13:20Z`, `2023-11-14T23:13:20.5+01:00`). Returns nanoseconds since the
+/// Unix epoch; the error names `field` and says what is wrong.
+pub fn parse_timestamp(field: &str, text: &str) -> Result<i128, String> {
+    let bad = || {
+        format!(
+            "invalid {field} {text:?}: expected Unix seconds (1700000000.5) or RFC 3339 (2023-11-14T22:13:20Z)"
+        )
+    };
+    if !text.is_empty()
+        && text
+            .bytes()
+            .all(|b| b.is_ascii_digit() || b == b'.' || b == b'-')
+    {
+        let (secs, frac) = match text.split_once('.') {
+            Some((s, f)) => (s, Some(f)),
+            None => (text, None),
+        };
+        let secs: i128 = secs.parse().map_err(|_| bad())?;
+        let nanos = match frac {
+            Some(f) => fraction_nanos(f).ok_or_else(bad)?,
+            None => 0,
+        };
+        return Ok(secs * 1_000_000_000 + if secs < 0 { -nanos } else { nanos });
+    }
+    let b = text.as_bytes();
+    if b.len() < 20 || b[4] != b'-' || b[7] != b'-' || !matches!(b[10], b'T' | b't' | b' ') {
+        return Err(bad());
+    }
+    let num = |r: std::ops::Range<usize>| -> Result<i64, String> {
+        let s = text.get(r).ok_or_else(bad)?;
+        if !s.bytes().all(|c| c.is_ascii_digit()) {
+            return Err(bad());
+        }
+        s.parse().map_err(|_| bad())
+    };
+    let (y, mo, d) = (num(0..4)?, num(5..7)?, num(8..10)?);
+    if b[13] != b':' || b[16] != b':' {
+        return Err(bad());
+    }
+    let (h, mi, sec) = (num(11..13)?, num(14..16)?, num(17..19)?);
+    if !(1..=12).contains(&mo) || !(1..=31).contains(&d) || h > 23 || mi > 59 || sec > 60 {
+        return Err(bad());
+    }
+    let mut rest = &text[19..];
+    let mut nanos = 0i128;
+    if let Some(after) = rest.strip_prefix('.') {
+        let end = after
+            .find(|c: char| !c.is_ascii_digit())
+            .unwrap_or(after.len());
+        nanos = fraction_nanos(&after[..end]).ok_or_else(bad)?;
+        rest = &after[end..];
+    }
+    let offset_secs: i64 = match rest {
+        "Z" | "z" => 0,
+        _ if rest.len() == 6 && (rest.starts_with('+') || rest.starts_with('-')) => {
+            let oh = num(text.len() - 5..text.len() - 3)?;
+            let om = num(text.len() - 2..text.len())?;
+            if &rest[3..4] != ":" || oh > 23 || om > 59 {
+                return Err(bad());
+            }
+            let sign = if rest.starts_with('-') { -1 } else { 1 };
+            sign * (oh * 3600 + om * 60)
+        }
+        _ => return Err(bad()),
+    };
+    let secs = days_from_civil(y, mo, d) * 86_400 + h * 3600 + mi * 60 + sec - offset_secs;
+    Ok(i128::from(secs) * 1_000_000_000 + nanos)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -161,6 +253,31 @@ mod tests {
         assert_eq!(f["driver"], vec!["bridge".to_string()]);
         assert!(parse_filters("[1]").is_err());
         assert!(parse_filters("").map(|f| f.is_empty()).unwrap_or(false));
+    }
+
+    #[test]
+    fn timestamps() {
+        let ns = |t: &str| parse_timestamp("since", t);
+        assert_eq!(ns("1700000000"), Ok(1_700_000_000_000_000_000));
+        assert_eq!(ns("1700000000.5"), Ok(1_700_000_000_500_000_000));
+        assert_eq!(ns("1700000000.000000001"), Ok(1_700_000_000_000_000_001));
+        assert_eq!(ns("2023-11-14T22:13:20Z"), Ok(1_700_000_000_000_000_000));
+        assert_eq!(
+            ns("2023-11-14T23:13:20.25+01:00"),
+            Ok(1_700_000_000_250_000_000)
+        );
+        assert_eq!(ns("1970-01-01T00:00:00Z"), Ok(0));
+        for bad in [
+            "",
+            "yesterday",
+            "1.2.3",
+            "1700000000.1234567891",
+            "2023-13-01T00:00:00Z",
+            "2023-11-14T22:13:20",
+        ] {
+            let e = ns(bad).err().unwrap_or_default();
+            assert!(e.contains("invalid since"), "{bad}: {e}");
+        }
     }
 
     #[test]

@@ -74,6 +74,8 @@ pub struct EndpointInfo {
     pub mac: Option<String>,
     /// Published ports.
     pub ports: Vec<PortBinding>,
+    /// The endpoint's own driver options (`EndpointSettings.DriverOpts`).
+    pub options: BTreeMap<String, String>,
 }
 
 /// What a driver made for an endpoint.
@@ -89,20 +91,101 @@ pub struct EndpointCreated {
 /// from `first` on whose name is free in the sandbox. `first` is the controller's guess from
 /// its records (the first number none of the sandbox's endpoints uses), so a driver can try
 /// [`InterfaceName::guess`] without listing the sandbox's links and look further only if the
-/// kernel says the name is taken.
+/// kernel says the name is taken. With `exact` (CNI's `CNI_IFNAME`) the name is that one and
+/// no other: a join whose name is taken in the sandbox fails with [`DriverError::Conflict`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct InterfaceName<'a> {
     /// The name's prefix (`eth`, or `com.docker.network.container_iface_prefix`).
     pub prefix: &'a str,
     /// The number to try first.
     pub first: u32,
+    /// The exact name asked for, if any (then `prefix` and `first` are not used).
+    pub exact: Option<&'a str>,
 }
 
-impl InterfaceName<'_> {
-    /// The name to try first: `prefix` + `first` (`eth0`).
-    pub fn guess(&self) -> String {
-        format!("{}{}", self.prefix, self.first)
+impl<'a> InterfaceName<'a> {
+    /// `prefix` and the first number to try.
+    pub fn numbered(prefix: &'a str, first: u32) -> Self {
+        Self {
+            prefix,
+            first,
+            exact: None,
+        }
     }
+
+    /// Exactly `name`.
+    pub fn exact(name: &'a str) -> Self {
+        Self {
+            prefix: "",
+            first: 0,
+            exact: Some(name),
+        }
+    }
+
+    /// The name to try first: the exact one, or `prefix` + `first` (`eth0`).
+    pub fn guess(&self) -> String {
+        match self.exact {
+            Some(name) => name.to_string(),
+            None => format!("{}{}", self.prefix, self.first),
+        }
+    }
+}
+
+/// A route a join asks for in the sandbox, besides the default one (libnetwork's
+/// `StaticRoute`).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct StaticRoute {
+    /// Where it leads.
+    pub destination: IpNet,
+    /// Through this gateway; `None`: directly connected on the endpoint's interface.
+    pub next_hop: Option<IpAddr>,
+}
+
+/// A node of the cluster that joined or left (libnetwork's `DiscoverNew`/`DiscoverDelete`
+/// with `NodeDiscovery`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NodeDiscovery {
+    /// The node's address on the data plane.
+    pub address: IpAddr,
+    /// Whether it is this node.
+    pub self_node: bool,
+}
+
+/// What happened to a control-plane table entry.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TableEventKind {
+    /// A new entry.
+    Create,
+    /// A changed entry.
+    Update,
+    /// A removed entry.
+    Delete,
+}
+
+/// A control-plane table entry of a network changed (libnetwork's `EventNotify`): how a
+/// global driver learns what peers published (an overlay's endpoint addresses, say).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TableEvent {
+    /// Created, updated or deleted.
+    pub kind: TableEventKind,
+    /// The network's id.
+    pub network_id: String,
+    /// The table's name.
+    pub table: String,
+    /// The entry's key.
+    pub key: String,
+    /// The entry's value (the old one for a delete).
+    pub value: Vec<u8>,
+}
+
+/// What a caller asks of an endpoint's way out (libnetwork's options of
+/// `ProgramExternalConnectivity`).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ExternalConnectivity {
+    /// Ports to publish, as the endpoint's record holds them (host ports chosen).
+    pub port_bindings: Vec<PortBinding>,
+    /// Ports the sandbox exposes (Docker's `ExposedPorts`), as `(protocol, port)`.
+    pub exposed_ports: Vec<(String, u16)>,
 }
 
 /// What a join put inside the sandbox.
@@ -112,6 +195,11 @@ pub struct Joined {
     pub interface: Option<String>,
     /// The gateway(s) it routes through.
     pub gateways: Vec<IpAddr>,
+    /// Further routes the sandbox needs through this endpoint.
+    pub static_routes: Vec<StaticRoute>,
+    /// The endpoint gives the sandbox no default gateway (libnetwork's
+    /// `DisableGatewayService`).
+    pub disable_gateway: bool,
 }
 
 /// A network driver.
@@ -213,6 +301,65 @@ pub trait Driver: Send + Sync {
     ) -> Result<Reconciled, DriverError> {
         let _ = (desired, mode);
         Ok(Reconciled::default())
+    }
+
+    // The rest of libnetwork's driver API. The defaults do nothing, so a driver that needs
+    // none of it (a local one) is unchanged.
+
+    /// libnetwork's `NetworkAllocate`: for a global-scope network, takes what must be
+    /// unique in the cluster (a VXLAN id) once, when the network is created; the answer is
+    /// stored with the network ([`Network::driver_data`](crate::Network::driver_data)) and
+    /// given back with its options to [`create_network`](Driver::create_network).
+    async fn allocate_network(
+        &self,
+        network: &NetworkInfo,
+    ) -> Result<BTreeMap<String, String>, DriverError> {
+        let _ = network;
+        Ok(BTreeMap::new())
+    }
+
+    /// libnetwork's `NetworkFree`: gives back what
+    /// [`allocate_network`](Driver::allocate_network) took.
+    async fn free_network(
+        &self,
+        network_id: &str,
+        data: &BTreeMap<String, String>,
+    ) -> Result<(), DriverError> {
+        let _ = (network_id, data);
+        Ok(())
+    }
+
+    /// libnetwork's `DiscoverNew`: a node joined the cluster.
+    async fn discover_new(&self, node: &NodeDiscovery) -> Result<(), DriverError> {
+        let _ = node;
+        Ok(())
+    }
+
+    /// libnetwork's `DiscoverDelete`: a node left the cluster.
+    async fn discover_delete(&self, node: &NodeDiscovery) -> Result<(), DriverError> {
+        let _ = node;
+        Ok(())
+    }
+
+    /// libnetwork's `EventNotify`: an entry of a control-plane table of one of the
+    /// driver's networks was created, updated or deleted.
+    async fn event_notify(&self, event: &TableEvent) -> Result<(), DriverError> {
+        let _ = event;
+        Ok(())
+    }
+
+    /// [`program_external_connectivity`](Driver::program_external_connectivity) with the
+    /// caller's options (port bindings, exposed ports), which is what the controller calls;
+    /// the default ignores them and calls that.
+    async fn program_external_connectivity_with(
+        &self,
+        network_id: &str,
+        endpoint_id: &str,
+        options: &ExternalConnectivity,
+    ) -> Result<(), DriverError> {
+        let _ = options;
+        self.program_external_connectivity(network_id, endpoint_id)
+            .await
     }
 }
 

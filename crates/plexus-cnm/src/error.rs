@@ -65,6 +65,23 @@ pub enum CnmError {
     /// The store failed.
     #[error(transparent)]
     Store(#[from] plexus_kv::KvError),
+    /// A subscriber asked for, or fell behind to, events the bounded history no longer
+    /// holds.
+    #[error("events after revision {after} are no longer stored (the oldest kept is {oldest}): subscribe again")]
+    EventsLost {
+        /// The last revision the subscriber had.
+        after: u64,
+        /// The oldest revision still stored.
+        oldest: u64,
+    },
+    /// A sandbox's network namespace could not be made, opened or removed.
+    #[error("netns {path}: {message}")]
+    Netns {
+        /// The namespace's path (or the sandbox name it was to be made for).
+        path: String,
+        /// What went wrong.
+        message: String,
+    },
     /// Stored state could not be read (a bug or a foreign writer).
     #[error("corrupt record at {key}: {reason}")]
     Corrupt {
@@ -82,6 +99,7 @@ impl CnmError {
             CnmError::Invalid { .. } => 400,
             CnmError::NotFound { .. } => 404,
             CnmError::Predefined { .. } => 403,
+            CnmError::EventsLost { .. } => 410,
             CnmError::Exists { .. } | CnmError::InUse { .. } | CnmError::Conflict { .. } => 409,
             CnmError::Ipam(e) => ipam_status(e),
             CnmError::Store(plexus_kv::KvError::TxnConflict { .. }) => 409,

@@ -31,20 +31,25 @@ pub mod datastore;
 pub mod driver;
 mod error;
 pub mod model;
+pub mod namespaces;
 pub mod reconcile;
 pub mod store_layout;
 
+pub use controller::events::{Event, EventAction, EventType, Subscription, EVENT_HISTORY};
+pub use controller::orchestrate::MAX_SANDBOX_NETWORKS;
 pub use controller::{check_name, Controller, ControllerConfig};
 pub use datastore::Datastore;
 pub use driver::{
-    Capability, Driver, DriverError, DriverRegistry, EndpointCreated, EndpointInfo, InterfaceName,
-    Joined, NetworkInfo,
+    Capability, Driver, DriverError, DriverRegistry, EndpointCreated, EndpointInfo,
+    ExternalConnectivity, InterfaceName, Joined, NetworkInfo, NodeDiscovery, StaticRoute,
+    TableEvent, TableEventKind,
 };
 pub use error::{CnmError, Result};
 pub use model::{
     Endpoint, EndpointSpec, IpamPool, IpamPoolSpec, Network, NetworkSpec, PortBinding, Sandbox,
-    Scope, DEFAULT_BRIDGE_NETWORK, DEFAULT_BRIDGE_OPTION, PREDEFINED_NETWORKS,
+    SandboxSpec, Scope, DEFAULT_BRIDGE_NETWORK, DEFAULT_BRIDGE_OPTION, PREDEFINED_NETWORKS,
 };
+pub use namespaces::{Namespaces, NoNamespaces};
 pub use reconcile::{
     Desired, DesiredEndpoint, LiveEndpoint, ReconcileMode, ReconcileReport, Reconciled,
 };

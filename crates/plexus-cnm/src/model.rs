@@ -124,6 +124,11 @@ pub struct Network {
     pub spec: NetworkSpec,
     /// Creation time, RFC 3339.
     pub created: String,
+    /// What the driver allocated for the whole cluster when the network was made (a global
+    /// network's VXLAN id, ...): [`Driver::allocate_network`](crate::Driver::allocate_network)'s
+    /// answer, handed back to the driver with the network's options.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub driver_data: BTreeMap<String, String>,
 }
 
 /// The networks every daemon has, as Docker's daemon does: `host` (driver `host`: the
@@ -195,6 +200,14 @@ pub struct EndpointSpec {
     pub ports: Vec<PortBinding>,
     /// A MAC address to use.
     pub mac: Option<String>,
+    /// Driver options of this endpoint (`EndpointSettings.DriverOpts`).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub options: BTreeMap<String, String>,
+    /// The exact interface name to give it in the sandbox (CNI's `CNI_IFNAME`); the join
+    /// fails if the sandbox has a link of that name. `None`: the prefix and the first free
+    /// number.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub interface: Option<String>,
 }
 
 /// An endpoint as stored: one sandbox's attachment to one network.
@@ -229,6 +242,15 @@ pub struct Endpoint {
     /// local network (always this host's).
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub host: String,
+    /// Its driver options.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub options: BTreeMap<String, String>,
+    /// Routes its join added besides the default one.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub routes: Vec<crate::driver::StaticRoute>,
+    /// Its join gave the sandbox no default gateway.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub disable_gateway: bool,
 }
 
 /// A sandbox: one container's network stack (a network namespace).
@@ -244,4 +266,38 @@ pub struct Sandbox {
     pub owned_netns: bool,
     /// Endpoint ids, in connection order.
     pub endpoints: Vec<String>,
+    /// `--hostname`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hostname: Option<String>,
+    /// `--dns`: nameservers.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub dns: Vec<IpAddr>,
+    /// `--dns-search`: search domains.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub dns_search: Vec<String>,
+    /// `--dns-option`: resolver options (`ndots:2`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub dns_options: Vec<String>,
+}
+
+/// What a user asks for when creating a sandbox with
+/// [`Controller::create_sandbox`](crate::Controller::create_sandbox).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+pub struct SandboxSpec {
+    /// Its name, unique on this controller.
+    pub name: String,
+    /// An existing namespace to attach (`/proc/PID/ns/net`); `None` makes a new one.
+    pub netns: Option<String>,
+    /// `--hostname`.
+    pub hostname: Option<String>,
+    /// `--dns`: nameserver addresses.
+    pub dns: Vec<String>,
+    /// `--dns-search`.
+    pub dns_search: Vec<String>,
+    /// `--dns-option`.
+    pub dns_options: Vec<String>,
+    /// Networks (name or id) to connect, in order, each with its endpoint's settings.
+    pub networks: Vec<(String, EndpointSpec)>,
+    /// Published ports, added to the first network's endpoint.
+    pub ports: Vec<PortBinding>,
 }

@@ -7,7 +7,12 @@
 //! plexus/v1/endpoint/<network id>/<id>    Endpoint
 //! plexus/v1/sandbox/<id>                  Sandbox
 //! plexus/v1/sandbox-name/<name>           "<id>"
+//! plexus/v1/event/<revision, 20 digits>   Event (the last EVENT_HISTORY of them)
+//! plexus/v1/event-head                    the last event revision (a number)
 //! ```
+//!
+//! An event is written in the transaction of the change it reports, with the head and the
+//! deletion of the event that falls out of the history.
 //!
 //! Records of global-scope networks live in the cluster store, under [`GLOBAL_ROOT`], in the
 //! same shape (`plexus/v1/global/network/<id>`, `.../network-name/<name>`,
@@ -56,6 +61,16 @@ pub fn sandbox(id: &str) -> String {
 /// A sandbox name's claim.
 pub fn sandbox_name(name: &str) -> String {
     format!("plexus/v1/sandbox-name/{name}")
+}
+
+/// Directory of event records.
+pub const EVENTS: &str = "plexus/v1/event";
+/// The last event revision committed.
+pub const EVENT_HEAD: &str = "plexus/v1/event-head";
+
+/// An event's record; zero-padded so keys sort by revision.
+pub fn event(revision: u64) -> String {
+    format!("{EVENTS}/{revision:020}")
 }
 
 fn root(scope: Scope) -> &'static str {

@@ -116,7 +116,7 @@ impl Driver for Recorder {
         self.step("join", &format!("{endpoint_id} {key}"))?;
         Ok(Joined {
             interface: Some(interface.guess()),
-            gateways: vec![],
+            ..Joined::default()
         })
     }
     async fn leave(&self, _n: &str, endpoint_id: &str) -> Result<(), DriverError> {
@@ -294,15 +294,11 @@ async fn connect_and_disconnect_give_and_return_addresses() {
     );
     let s1 = ok(
         "s1",
-        w.controller
-            .create_sandbox("s1", "/run/netns/s1", true)
-            .await,
+        w.controller.add_sandbox("s1", "/run/netns/s1", true).await,
     );
     let s2 = ok(
         "s2",
-        w.controller
-            .create_sandbox("s2", "/run/netns/s2", true)
-            .await,
+        w.controller.add_sandbox("s2", "/run/netns/s2", true).await,
     );
     let e1 = ok(
         "connect",
@@ -374,9 +370,7 @@ async fn connect_and_disconnect_give_and_return_addresses() {
     // The released address is handed out again (lowest free).
     let s3 = ok(
         "s3",
-        w.controller
-            .create_sandbox("s3", "/run/netns/s3", true)
-            .await,
+        w.controller.add_sandbox("s3", "/run/netns/s3", true).await,
     );
     let e3 = ok(
         "connect",
@@ -412,9 +406,7 @@ async fn a_failed_join_leaves_no_endpoint_and_no_address() {
     );
     ok(
         "s1",
-        w.controller
-            .create_sandbox("s1", "/run/netns/s1", false)
-            .await,
+        w.controller.add_sandbox("s1", "/run/netns/s1", false).await,
     );
     w.driver.fail_at("join");
     match w
@@ -458,9 +450,7 @@ async fn endpoint_requests_are_checked() {
     ok("default", w.controller.create_network(spec("auto")).await);
     ok(
         "s1",
-        w.controller
-            .create_sandbox("s1", "/run/netns/s1", false)
-            .await,
+        w.controller.add_sandbox("s1", "/run/netns/s1", false).await,
     );
     match w
         .controller
@@ -499,7 +489,7 @@ async fn endpoint_requests_are_checked() {
         })
     ));
     assert!(matches!(
-        w.controller.create_sandbox("s1", "/x", false).await,
+        w.controller.add_sandbox("s1", "/x", false).await,
         Err(CnmError::Exists {
             kind: "sandbox",
             ..
@@ -542,9 +532,7 @@ async fn state_survives_a_new_controller_on_the_same_store() {
     );
     ok(
         "s1",
-        w.controller
-            .create_sandbox("s1", "/run/netns/s1", true)
-            .await,
+        w.controller.add_sandbox("s1", "/run/netns/s1", true).await,
     );
     let e1 = ok(
         "connect",
@@ -556,10 +544,7 @@ async fn state_survives_a_new_controller_on_the_same_store() {
     let again = controller_on(w.store.clone(), w.driver.clone()).await;
     assert_eq!(ok("network", again.network("n1").await), net);
     assert_eq!(ok("endpoints", again.endpoints(&net.id).await), vec![e1]);
-    ok(
-        "s2",
-        again.create_sandbox("s2", "/run/netns/s2", true).await,
-    );
+    ok("s2", again.add_sandbox("s2", "/run/netns/s2", true).await);
     let e2 = ok(
         "connect",
         again.connect("s2", "n1", EndpointSpec::default()).await,
@@ -578,9 +563,7 @@ async fn prune_removes_unused_networks_only() {
     ok("b", w.controller.create_network(spec("b")).await);
     ok(
         "s",
-        w.controller
-            .create_sandbox("s", "/run/netns/s", false)
-            .await,
+        w.controller.add_sandbox("s", "/run/netns/s", false).await,
     );
     ok(
         "connect",

@@ -95,7 +95,7 @@ impl Driver for Fake {
     ) -> Result<Joined, DriverError> {
         Ok(Joined {
             interface: Some(interface.guess()),
-            gateways: vec![],
+            ..Joined::default()
         })
     }
     async fn leave(&self, _: &str, endpoint: &str) -> Result<(), DriverError> {
@@ -182,7 +182,7 @@ async fn startup_rolls_back_what_is_not_live_and_periodic_keeps_it() {
     ] {
         ok(
             "sandbox",
-            c.create_sandbox(sandbox, &format!("/run/test/{sandbox}"), false)
+            c.add_sandbox(sandbox, &format!("/run/test/{sandbox}"), false)
                 .await,
         );
         let ep = ok("connect", c.connect(sandbox, "n", spec).await);
@@ -239,7 +239,7 @@ async fn a_failing_driver_is_reported_and_the_others_still_run() {
     let c = controller(&[broken.clone(), quiet.clone()]).await;
     ok("network", c.create_network(network("b", "broken")).await);
     ok("network", c.create_network(network("q", "quiet")).await);
-    ok("sandbox", c.create_sandbox("s", "/run/test/s", false).await);
+    ok("sandbox", c.add_sandbox("s", "/run/test/s", false).await);
     ok(
         "connect",
         c.connect("s", "q", EndpointSpec::default()).await,
@@ -270,7 +270,7 @@ async fn a_disconnect_whose_leave_fails_is_finished_by_the_next_pass() {
     let kernel = Fake::new("kern", false);
     let c = controller(std::slice::from_ref(&kernel)).await;
     let n = ok("network", c.create_network(network("n", "kern")).await);
-    ok("sandbox", c.create_sandbox("s", "/run/test/s", false).await);
+    ok("sandbox", c.add_sandbox("s", "/run/test/s", false).await);
     let ep = ok(
         "connect",
         c.connect("s", "n", EndpointSpec::default()).await,

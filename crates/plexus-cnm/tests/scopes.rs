@@ -55,7 +55,7 @@ impl Driver for Plain {
     ) -> Result<Joined, DriverError> {
         Ok(Joined {
             interface: Some(interface.guess()),
-            gateways: vec![],
+            ..Joined::default()
         })
     }
     async fn leave(&self, _: &str, _: &str) -> Result<(), DriverError> {
@@ -122,7 +122,7 @@ fn spec(name: &str, driver: &str) -> NetworkSpec {
 async fn sandbox(c: &Controller, name: &str) -> Sandbox {
     ok(
         "sandbox",
-        c.create_sandbox(name, &format!("/run/test/{name}"), false)
+        c.add_sandbox(name, &format!("/run/test/{name}"), false)
             .await,
     )
 }

@@ -632,7 +632,7 @@ async fn bad_input_is_a_400_naming_the_option_and_leaves_nothing() {
     ok(
         "sandbox",
         w.controller
-            .create_sandbox("ghost", "/nonexistent/netns", false)
+            .add_sandbox("ghost", "/nonexistent/netns", false)
             .await,
     );
     match w
@@ -906,16 +906,14 @@ async fn timing_of_connect_and_disconnect() {
             ipv6: None,
             mac: None,
             ports: vec![bind(30000 + i as u16)],
+            options: Default::default(),
         };
         let t = std::time::Instant::now();
         ok("create", w.bridge.create_endpoint(&info).await);
         create.push(t.elapsed());
         let key = w.sandboxes[&format!("s{i}")].path();
         let t = std::time::Instant::now();
-        let eth = plexus_cnm::InterfaceName {
-            prefix: "eth",
-            first: 0,
-        };
+        let eth = plexus_cnm::InterfaceName::numbered("eth", 0);
         ok("join", w.bridge.join(&net.id, &id, &key, eth).await);
         join.push(t.elapsed());
     }

@@ -78,7 +78,7 @@ async fn null_gives_loopback_only_and_host_shares_the_host_namespace() {
     ok(
         "host sandbox",
         w.controller
-            .create_sandbox("hosted", &w.host.path(), false)
+            .add_sandbox("hosted", &w.host.path(), false)
             .await,
     );
     let ep = w.connect("hosted", "hostnet").await;

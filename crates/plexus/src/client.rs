@@ -130,6 +130,58 @@ impl Client {
         Ok(response)
     }
 
+    /// A GET whose body is handed to `each` piece by piece as it arrives (a chunked stream,
+    /// `GET /events`), until the daemon ends it; errors as [`Client::call`]'s.
+    pub fn stream(&self, path: &str, mut each: impl FnMut(&[u8]) -> Result<()>) -> Result<()> {
+        let request = encode_request(Method::Get, path, &[])?;
+        let mut stream = UnixStream::connect(&self.socket).with_context(|| {
+            format!(
+                "Cannot connect to the Plexus daemon at {}. Is plexusd running?",
+                self.host
+            )
+        })?;
+        stream
+            .write_all(&request)
+            .context("sending the request to the daemon")?;
+        let mut reader = BufReader::with_capacity(READ_BUFFER, stream);
+        let head = loop {
+            let head = read_head(&mut reader)?;
+            if !(100..200).contains(&head.status) || head.status == 101 {
+                break head;
+            }
+        };
+        if !(200..300).contains(&head.status) {
+            let mut body = Vec::new();
+            match head.framing {
+                Framing::Chunked => read_chunked_each(&mut reader, |b| {
+                    body.extend_from_slice(b);
+                    Ok(())
+                })?,
+                Framing::Length(n) => body = read_exact_body(&mut reader, n)?,
+                Framing::Eof => {
+                    reader.read_to_end(&mut body).map_err(read_error)?;
+                }
+            }
+            let message = serde_json::from_slice::<plexus_api_types::ErrorResponse>(&body)
+                .map(|e| e.message)
+                .unwrap_or_else(|_| String::from_utf8_lossy(&body).trim().to_string());
+            return Err(DaemonError(message).into());
+        }
+        match head.framing {
+            Framing::Chunked => read_chunked_each(&mut reader, each),
+            Framing::Length(n) => each(&read_exact_body(&mut reader, n)?),
+            Framing::Eof => loop {
+                let buf = reader.fill_buf().map_err(read_error)?;
+                if buf.is_empty() {
+                    return Ok(());
+                }
+                let n = buf.len();
+                each(buf)?;
+                reader.consume(n);
+            },
+        }
+    }
+
     /// A GET decoded as JSON.
     pub fn get<T: serde::de::DeserializeOwned>(&self, path: &str) -> Result<T> {
         let (_, body) = self.call(Method::Get, path, None)?;
@@ -436,6 +488,19 @@ fn read_exact_body<R: BufRead>(r: &mut R, n: u64) -> Result<Vec<u8>> {
 /// Decodes a chunked body (RFC 9112 §7.1): chunk extensions and trailer fields are ignored.
 fn read_chunked<R: BufRead>(r: &mut R) -> Result<Vec<u8>> {
     let mut body = Vec::new();
+    read_chunked_each(r, |chunk| {
+        body.extend_from_slice(chunk);
+        Ok(())
+    })?;
+    Ok(body)
+}
+
+/// [`read_chunked`], handing each chunk to `each` as soon as it is read.
+fn read_chunked_each<R: BufRead>(
+    r: &mut R,
+    mut each: impl FnMut(&[u8]) -> Result<()>,
+) -> Result<()> {
+    let mut body = Vec::new();
     loop {
         let mut budget = MAX_CHUNK_LINE;
         let Some(line) = read_line(r, &mut budget, MAX_CHUNK_LINE, "a chunk size line")? else {
@@ -454,7 +519,7 @@ fn read_chunked<R: BufRead>(r: &mut R) -> Result<Vec<u8>> {
                     )));
                 };
                 if trailer.is_empty() {
-                    return Ok(body);
+                    return Ok(());
                 }
             }
         }
@@ -477,6 +542,8 @@ fn read_chunked<R: BufRead>(r: &mut R) -> Result<Vec<u8>> {
         if crlf != *b"\r\n" {
             return Err(invalid("chunk data not followed by CRLF"));
         }
+        each(&body)?;
+        body.clear();
     }
 }
 

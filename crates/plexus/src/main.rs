@@ -2,23 +2,25 @@
 //!
 //! `plexus network create|ls|inspect|rm|connect|disconnect|prune` take `docker network`'s flags
 //! and print what it prints; `plexus sandbox create|ls|inspect|rm|exec` manage sandboxes (a
-//! container's network namespace); `plexus info` shows the host id and the cluster store. `-H` or `PLEXUS_HOST` selects the daemon's socket. Daemon
+//! container's network namespace); `plexus events` prints what `docker events` prints;
+//! `plexus info` shows the host id and the cluster store. `-H` or `PLEXUS_HOST` selects the daemon's socket. Daemon
 //! errors print as docker's do — `Error response from daemon: <message>` — with exit code 1.
 
 mod client;
+mod events;
 mod format;
+mod sandbox;
 
 use std::collections::BTreeMap;
 use std::io::{BufRead, Write};
 
-use anyhow::{anyhow, bail, Context, Result};
-use clap::{ArgMatches, CommandFactory, FromArgMatches, Parser, Subcommand};
-use plexus_api_types::{
-    NetworkCreated, NetworkResource, NetworksPruned, SandboxResource, SystemInfo,
-};
+use anyhow::{anyhow, bail, Result};
+use clap::{CommandFactory, FromArgMatches, Parser, Subcommand};
+use plexus_api_types::{NetworkCreated, NetworkResource, NetworksPruned, SystemInfo};
 use serde_json::{json, Value};
 
 use client::{encode, Client, DaemonError};
+use sandbox::{exec_in, sandbox, Exec, SandboxCmd};
 
 /// The Plexus CLI.
 #[derive(Debug, Parser)]
@@ -47,6 +49,23 @@ enum Command {
     Sandbox(SandboxCmd),
     /// Display the daemon's host id, kernel and cluster store (as `docker info`).
     Info,
+    /// Get real-time events from the daemon, as `docker events`.
+    Events {
+        /// Show events created since this time: RFC 3339, Unix seconds, or a duration
+        /// before now (`10m`).
+        #[arg(long)]
+        since: Option<String>,
+        /// Stream events until this time (same forms).
+        #[arg(long)]
+        until: Option<String>,
+        /// Filter: `type=network`, `event=connect`, `network=NAME`, `sandbox=NAME`,
+        /// `scope=local` (repeatable).
+        #[arg(short, long)]
+        filter: Vec<String>,
+        /// `json`: one JSON object per line.
+        #[arg(long)]
+        format: Option<String>,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -145,6 +164,9 @@ enum NetworkCmd {
         /// Network-scoped alias.
         #[arg(long)]
         alias: Vec<String>,
+        /// Driver option of the endpoint, `key=value` (repeatable).
+        #[arg(long = "driver-opt")]
+        driver_opt: Vec<String>,
     },
     /// Disconnect a sandbox from a network.
     Disconnect {
@@ -161,67 +183,6 @@ enum NetworkCmd {
         /// Do not prompt for confirmation.
         #[arg(short, long)]
         force: bool,
-    },
-}
-
-#[derive(Debug, Subcommand)]
-enum SandboxCmd {
-    /// Create a sandbox: `--ip`/`--ip6`/`--alias` apply to the `--network` before them.
-    Create {
-        /// The sandbox's name.
-        name: String,
-        /// Connect to a network (repeatable).
-        #[arg(long)]
-        network: Vec<String>,
-        /// IPv4 address on the preceding --network.
-        #[arg(long)]
-        ip: Vec<String>,
-        /// IPv6 address on the preceding --network.
-        #[arg(long)]
-        ip6: Vec<String>,
-        /// Alias on the preceding --network.
-        #[arg(long)]
-        alias: Vec<String>,
-        /// Publish a port: `[hostIP:][hostPort:]port[/proto]` (on the first network).
-        #[arg(short = 'p', long = "publish")]
-        publish: Vec<String>,
-        /// Use this existing network namespace instead of making one.
-        #[arg(long)]
-        netns: Option<String>,
-    },
-    /// List sandboxes.
-    #[command(alias = "list")]
-    Ls {
-        /// Only display sandbox names.
-        #[arg(short, long)]
-        quiet: bool,
-        /// Format output: `json` or a Go template (`{{.Name}}`).
-        #[arg(long)]
-        format: Option<String>,
-    },
-    /// Display detailed information on one or more sandboxes.
-    Inspect {
-        /// Sandboxes (name or id).
-        #[arg(required = true)]
-        sandboxes: Vec<String>,
-        /// Format output with a Go template.
-        #[arg(short, long)]
-        format: Option<String>,
-    },
-    /// Remove one or more sandboxes (their namespaces too, if Plexus made them).
-    #[command(alias = "remove")]
-    Rm {
-        /// Sandboxes (name or id).
-        #[arg(required = true)]
-        sandboxes: Vec<String>,
-    },
-    /// Run a command inside a sandbox's network namespace.
-    Exec {
-        /// The sandbox.
-        name: String,
-        /// The command and its arguments.
-        #[arg(required = true, last = true)]
-        command: Vec<String>,
     },
 }
 
@@ -340,7 +301,7 @@ fn ipam_configs(
     Ok(out)
 }
 
-fn short(id: &str) -> String {
+pub(crate) fn short(id: &str) -> String {
     id.chars().take(12).collect()
 }
 
@@ -359,7 +320,7 @@ fn network_row(n: &NetworkResource, trunc: bool) -> Value {
 }
 
 /// Prints rows with `--format`: `json` (one object per line), `table [TEMPLATE]` or a template.
-fn print_rows(
+pub(crate) fn print_rows(
     rows: &[Value],
     format: Option<&str>,
     headers: &Value,
@@ -405,7 +366,7 @@ fn print_rows(
 }
 
 /// Prints each value with the template, or all as a JSON array.
-fn print_inspect<T: serde::Serialize>(items: &[T], format: Option<&str>) -> Result<()> {
+pub(crate) fn print_inspect<T: serde::Serialize>(items: &[T], format: Option<&str>) -> Result<()> {
     match format {
         None => println!("{}", format::pretty(&items)?),
         Some(tpl) => {
@@ -418,7 +379,7 @@ fn print_inspect<T: serde::Serialize>(items: &[T], format: Option<&str>) -> Resu
 }
 
 /// Runs `f` on each name; prints daemon errors as docker does and fails at the end if any did.
-fn each<F>(names: &[String], mut f: F) -> Result<()>
+pub(crate) fn each<F>(names: &[String], mut f: F) -> Result<()>
 where
     F: FnMut(&str) -> Result<()>,
 {
@@ -437,7 +398,7 @@ where
 
 /// An error already printed.
 #[derive(Debug)]
-struct Reported;
+pub(crate) struct Reported;
 
 impl std::fmt::Display for Reported {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -447,7 +408,7 @@ impl std::fmt::Display for Reported {
 
 impl std::error::Error for Reported {}
 
-fn render_error(e: &anyhow::Error) -> String {
+pub(crate) fn render_error(e: &anyhow::Error) -> String {
     if let Some(d) = e.downcast_ref::<DaemonError>() {
         d.to_string()
     } else {
@@ -577,12 +538,14 @@ fn network(client: &Client, cmd: NetworkCmd) -> Result<()> {
             ip,
             ip6,
             alias,
+            driver_opt,
         } => {
             let body = json!({
                 "Container": sandbox,
                 "EndpointConfig": {
                     "IPAMConfig": {"IPv4Address": ip.unwrap_or_default(), "IPv6Address": ip6.unwrap_or_default()},
                     "Aliases": alias,
+                    "DriverOpts": key_values("--driver-opt", &driver_opt)?,
                 }
             });
             let _: Value = client.post(&format!("/networks/{}/connect", encode(&network)), body)?;
@@ -617,165 +580,6 @@ fn network(client: &Client, cmd: NetworkCmd) -> Result<()> {
         }
     }
     Ok(())
-}
-
-/// `--network`, `--ip`, `--ip6`, `--alias` in command-line order: each address or alias goes
-/// to the network named before it.
-fn sandbox_networks(m: &ArgMatches) -> Result<Vec<Value>> {
-    let mut flags: Vec<(usize, &str, String)> = Vec::new();
-    for id in ["network", "ip", "ip6", "alias"] {
-        if let (Some(idx), Some(vals)) = (m.indices_of(id), m.get_many::<String>(id)) {
-            for (i, v) in idx.zip(vals) {
-                flags.push((i, id, v.clone()));
-            }
-        }
-    }
-    flags.sort_by_key(|(i, _, _)| *i);
-    let mut networks: Vec<Value> = Vec::new();
-    for (_, id, value) in flags {
-        if id == "network" {
-            networks
-                .push(json!({"Name": value, "IPv4Address": "", "IPv6Address": "", "Aliases": []}));
-            continue;
-        }
-        let Some(current) = networks.last_mut() else {
-            bail!("--{id} {value}: give --network NET before it");
-        };
-        match id {
-            "ip" => current["IPv4Address"] = json!(value),
-            "ip6" => current["IPv6Address"] = json!(value),
-            _ => {
-                if let Some(a) = current["Aliases"].as_array_mut() {
-                    a.push(json!(value));
-                }
-            }
-        }
-    }
-    Ok(networks)
-}
-
-fn sandbox_row(s: &SandboxResource) -> Value {
-    let networks: Vec<&str> = s.endpoints.iter().map(|e| e.network.as_str()).collect();
-    let addrs: Vec<&str> = s
-        .endpoints
-        .iter()
-        .flat_map(|e| [e.ipv4_address.as_str(), e.ipv6_address.as_str()])
-        .filter(|a| !a.is_empty())
-        .collect();
-    json!({
-        "ID": short(&s.id),
-        "Name": s.name,
-        "Networks": networks.join(","),
-        "Addresses": addrs.join(","),
-        "NetNs": s.netns,
-    })
-}
-
-fn sandbox(client: &Client, cmd: SandboxCmd, matches: Option<&ArgMatches>) -> Result<Option<Exec>> {
-    match cmd {
-        SandboxCmd::Create {
-            name,
-            publish,
-            netns,
-            ..
-        } => {
-            let networks = match matches {
-                Some(m) => sandbox_networks(m)?,
-                None => Vec::new(),
-            };
-            let body = json!({
-                "Name": name,
-                "NetNs": netns.unwrap_or_default(),
-                "Networks": networks,
-                "Ports": publish,
-            });
-            let created: SandboxResource = client.post("/plexus/sandboxes", body)?;
-            println!("{}", created.id);
-        }
-        SandboxCmd::Ls { quiet, format } => {
-            let all: Vec<SandboxResource> = client.get("/plexus/sandboxes")?;
-            if quiet {
-                for s in &all {
-                    println!("{}", s.name);
-                }
-                return Ok(None);
-            }
-            let rows: Vec<Value> = all.iter().map(sandbox_row).collect();
-            let headers = json!({"ID": "SANDBOX ID", "Name": "NAME", "Networks": "NETWORKS",
-                "Addresses": "ADDRESSES", "NetNs": "NETNS"});
-            print_rows(
-                &rows,
-                format.as_deref(),
-                &headers,
-                &["ID", "Name", "Networks", "Addresses", "NetNs"],
-            )?;
-        }
-        SandboxCmd::Inspect { sandboxes, format } => {
-            let mut found = Vec::new();
-            let mut failed = false;
-            for s in &sandboxes {
-                match client.get::<SandboxResource>(&format!("/plexus/sandboxes/{}", encode(s))) {
-                    Ok(v) => found.push(v),
-                    Err(e) => {
-                        failed = true;
-                        eprintln!("{}", render_error(&e));
-                    }
-                }
-            }
-            if !found.is_empty() || !failed {
-                print_inspect(&found, format.as_deref())?;
-            }
-            if failed {
-                return Err(Reported.into());
-            }
-        }
-        SandboxCmd::Rm { sandboxes } => {
-            each(&sandboxes, |s| {
-                client.delete(&format!("/plexus/sandboxes/{}", encode(s)))?;
-                println!("{s}");
-                Ok(())
-            })?;
-        }
-        SandboxCmd::Exec { name, command } => {
-            let s: SandboxResource = client.get(&format!("/plexus/sandboxes/{}", encode(&name)))?;
-            return Ok(Some(Exec {
-                netns: s.netns,
-                command,
-            }));
-        }
-    }
-    Ok(None)
-}
-
-/// What `sandbox exec` runs once the daemon has named the sandbox's namespace: `main` does it
-/// after every request is over, on the process's only thread (`setns` moves just that thread).
-struct Exec {
-    netns: String,
-    command: Vec<String>,
-}
-
-/// Enters the namespace on this (the only) thread and replaces the process with the command.
-fn exec_in(exec: Exec) -> Result<std::convert::Infallible> {
-    use std::ffi::CString;
-    let file = std::fs::File::open(&exec.netns)
-        .with_context(|| format!("opening the sandbox's namespace {}", exec.netns))?;
-    nix::sched::setns(&file, nix::sched::CloneFlags::CLONE_NEWNET)
-        .with_context(|| format!("entering the sandbox's namespace {}", exec.netns))?;
-    let args: Vec<CString> = exec
-        .command
-        .iter()
-        .map(|a| CString::new(a.as_str()))
-        .collect::<Result<_, _>>()
-        .context("a command argument contains a NUL byte")?;
-    let Some(program) = args.first() else {
-        bail!("no command given");
-    };
-    let err = nix::unistd::execvp(program, &args).err();
-    bail!(
-        "exec {}: {}",
-        exec.command.first().map(String::as_str).unwrap_or(""),
-        err.map(|e| e.desc()).unwrap_or("failed")
-    )
 }
 
 /// `plexus info`: a few lines in `docker info`'s manner.
@@ -817,6 +621,19 @@ fn main() -> std::process::ExitCode {
             Command::Network(cmd) => network(&client, cmd).map(|()| None),
             Command::Sandbox(cmd) => sandbox(&client, cmd, create_matches),
             Command::Info => info(&client).map(|()| None),
+            Command::Events {
+                since,
+                until,
+                filter,
+                format,
+            } => events::run(
+                &client,
+                since.as_deref(),
+                until.as_deref(),
+                &filter,
+                format.as_deref(),
+            )
+            .map(|()| None),
         }
     })();
     match result {

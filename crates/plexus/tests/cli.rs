@@ -39,6 +39,12 @@ fn usage_errors() {
     let out = plexus(&["sandbox", "create", "s", "--ip", "10.0.0.2"]);
     assert_eq!(out.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&out.stderr).contains("--network"));
+    let out = plexus(&["network", "connect", "--driver-opt", "bad", "n", "s"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--driver-opt"));
+    let out = plexus(&["events", "--format", "{{.Type}}"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--format"));
     let out = plexus(&["--help"]);
     assert!(out.status.success());
     assert!(String::from_utf8_lossy(&out.stdout).contains("network"));

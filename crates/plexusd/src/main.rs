@@ -314,7 +314,8 @@ async fn run(args: Args) -> Result<()> {
             cluster_advertise: advertise,
             ..ControllerConfig::default()
         },
-    );
+    )
+    .with_namespaces(Arc::new(plexus_api::SysNamespaces::new(netns_dir.clone())));
     let mut heartbeat = None;
     if let Some(c) = &cluster_store {
         let node = cluster::NodeRecord {
@@ -362,11 +363,16 @@ async fn run(args: Args) -> Result<()> {
         reconcile::spawn_periodic(controller.clone(), every)
     });
     let app = plexus_api::router(plexus_api::AppState {
-        controller,
-        namespaces: Arc::new(plexus_api::SysNamespaces::new(netns_dir)),
+        controller: controller.clone(),
     });
     tracing::info!(socket = %socket.display(), store = %url, "plexusd serving");
-    plexus_api::serve(listener, app, shutdown_signal())
+    // Streams of `/events` end when the signal comes, or the graceful shutdown would wait
+    // for them forever.
+    let shutdown = async move {
+        shutdown_signal().await;
+        controller.close_events();
+    };
+    plexus_api::serve(listener, app, shutdown)
         .await
         .context("serving the API")?;
 

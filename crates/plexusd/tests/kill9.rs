@@ -6,6 +6,10 @@
 //! and addresses (an operation that is let finish must get the lowest free address and the
 //! lowest free default pool, and must not meet a ghost). At the end the daemon stops cleanly
 //! and the redb store is read directly: IPAM keys against network and endpoint records.
+//! Sandboxes are created with their network and a published port in one call (the
+//! controller's `create_sandbox`). While the daemon is down after each kill, its store is read
+//! directly for the event log (`kill9_events`): contiguous revisions, nothing an earlier
+//! check saw lost or rewritten, and the log's account of what exists equal to the records.
 //!
 //! `PLEXUS_KILL9_SEED` replays a run, `PLEXUS_KILL9_KILLS` changes the number of in-flight
 //! kills. Needs root; `cargo test -p plexus -p plexusd --test kill9`.
@@ -20,6 +24,9 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use plexus_drivers::{parse_alias, Marked};
+
+#[path = "kill9_events/mod.rs"]
+mod kill9_events;
 use plexus_sys::netns::Netns;
 use serde_json::{json, Value};
 
@@ -1080,6 +1087,7 @@ fn kill9_loop_kernel_matches_store() {
     let (mut op_kills, mut in_flight, mut start_kills) = (0usize, 0usize, 0usize);
     let mut iteration = 0usize;
     let mut snap = Snapshot::read(&d);
+    let mut log = kill9_events::Log::new();
     // Count only kills that landed before the operation's answer; give up (and fail) if the
     // operations are too quick to be caught that often.
     while in_flight < kills {
@@ -1117,6 +1125,12 @@ fn kill9_loop_kernel_matches_store() {
             d.kill9();
             start_kills += 1;
         }
+        let bad = kill9_events::check(&d.store_url(), &mut log);
+        assert_clean(
+            &format!("after kill {op_kills} (iteration {iteration}, seed {seed}) during {op:?}, the event log"),
+            &bad,
+            &d,
+        );
         let t = Instant::now();
         d.start();
         startup = (startup * 3 + t.elapsed().as_micros() as u64) / 4;
@@ -1221,5 +1235,12 @@ fn kill9_loop_kernel_matches_store() {
     d.stop();
     let leaks = store_leaks(&d.store_url());
     assert_clean("with everything deleted, the store has", &leaks, &d);
+    let bad = kill9_events::check(&d.store_url(), &mut log);
+    assert_clean("with everything deleted, the event log", &bad, &d);
+    assert!(
+        log.len() > in_flight,
+        "the log holds {} events after {in_flight} kills",
+        log.len()
+    );
     eprintln!("kill9: done in {:?}", began.elapsed());
 }

@@ -8,8 +8,9 @@ use ipnet::IpNet;
 use plexus_ipam::AddressRequest;
 use plexus_kv::Txn;
 
+use super::events::{Event, EventAction};
 use super::{check_name, driver_err, encode, new_id, Controller};
-use crate::driver::{Driver, EndpointInfo, InterfaceName};
+use crate::driver::{Driver, EndpointInfo, ExternalConnectivity, InterfaceName};
 use crate::error::{CnmError, Result};
 use crate::model::{Endpoint, EndpointSpec, IpamPool, Network, Sandbox, Scope};
 use crate::store_layout as keys;
@@ -27,9 +28,7 @@ impl Controller {
         let (sandbox, _) = self.sandbox_indexed(sandbox).await?;
         let network = self.network(network).await?;
         let driver = self.driver(&network.driver)?;
-        for alias in &spec.aliases {
-            check_name("alias", alias)?;
-        }
+        check_endpoint_spec(&network, &spec)?;
         // One read of the sandbox's endpoints serves both this check and the interface name
         // the join tries first.
         let current = self.sandbox_endpoints(&sandbox).await?;
@@ -38,19 +37,6 @@ impl Controller {
                 kind: "endpoint",
                 name: format!("{} on network {}", sandbox.name, network.name),
             });
-        }
-        if spec.ipv4.is_some() && network.spec.ipv4.iter().all(|p| p.subnet.is_none()) {
-            // Docker: a user-chosen address needs a user-chosen subnet.
-            return Err(CnmError::invalid(
-                "ip",
-                "user specified IP address is supported only when connecting to networks with user configured subnets",
-            ));
-        }
-        if spec.ipv6.is_some() && !network.spec.enable_ipv6 {
-            return Err(CnmError::invalid(
-                "ip6",
-                "the network does not have IPv6 enabled",
-            ));
         }
 
         let mut allocated: Vec<(String, IpAddr)> = Vec::new();
@@ -127,6 +113,7 @@ impl Controller {
             ipv6: v6.as_ref().map(|(_, a)| *a),
             mac: spec.mac.clone(),
             ports: spec.ports.clone(),
+            options: spec.options.clone(),
         };
         let created = driver
             .create_endpoint(&info)
@@ -138,9 +125,9 @@ impl Controller {
             .get("com.docker.network.container_iface_prefix")
             .cloned()
             .unwrap_or_else(|| self.config.interface_prefix.clone());
-        let interface = InterfaceName {
-            prefix: &prefix,
-            first: first_free_interface(current, &prefix),
+        let interface = match spec.interface.as_deref() {
+            Some(exact) => InterfaceName::exact(exact),
+            None => InterfaceName::numbered(&prefix, first_free_interface(current, &prefix)),
         };
         let mut endpoint = Endpoint {
             id: id.clone(),
@@ -155,10 +142,10 @@ impl Controller {
             aliases: spec.aliases,
             ports: created.ports,
             scope: network.scope,
-            host: match network.scope {
-                Scope::Local => String::new(),
-                Scope::Global => self.config.host_id.clone(),
-            },
+            host: self.endpoint_host(network),
+            options: spec.options,
+            routes: Vec::new(),
+            disable_gateway: false,
         };
         // The record and the driver's kernel work go on at once, so the record's disk flush
         // (about a millisecond) hides behind the join. A crash can then leave a record whose
@@ -173,14 +160,25 @@ impl Controller {
                 // Last, the way out (published ports): start-up reconciliation rolls back an
                 // endpoint whose ports a crash left unpublished, as one whose join never
                 // finished.
-                if let Err(e) = driver.program_external_connectivity(&network.id, &id).await {
+                let external = ExternalConnectivity {
+                    port_bindings: endpoint.ports.clone(),
+                    exposed_ports: Vec::new(),
+                };
+                if let Err(e) = driver
+                    .program_external_connectivity_with(&network.id, &id, &external)
+                    .await
+                {
                     self.undo_connect(driver, &sandbox.id, &endpoint, true, true)
                         .await;
                     return Err(driver_err(driver, e));
                 }
-                if joined.interface != endpoint.interface {
-                    // The sandbox had the name already (not from Plexus): record the real one.
+                let routes_differ = !joined.static_routes.is_empty() || joined.disable_gateway;
+                if joined.interface != endpoint.interface || routes_differ {
+                    // The sandbox had the name already (not from Plexus), or the join has
+                    // routes to record: record what the driver did.
                     endpoint.interface = joined.interface;
+                    endpoint.routes = joined.static_routes;
+                    endpoint.disable_gateway = joined.disable_gateway;
                     self.rewrite_endpoint(&endpoint).await?;
                 }
             }
@@ -202,6 +200,15 @@ impl Controller {
         }
         tracing::info!(sandbox = %sandbox.name, network = %network.name, endpoint = %id, "connected");
         Ok(endpoint)
+    }
+
+    /// The owner recorded in an endpoint of `network`: this host on a global network
+    /// (other hosts see the record), nothing on a local one (always this host's).
+    pub(super) fn endpoint_host(&self, network: &Network) -> String {
+        match network.scope {
+            Scope::Local => String::new(),
+            Scope::Global => self.config.host_id.clone(),
+        }
     }
 
     /// Undoes a connect cut short once its endpoint was made: the record if `recorded`, the
@@ -252,8 +259,9 @@ impl Controller {
         Ok(())
     }
 
-    /// Removes an endpoint's record and its place in its sandbox's list; `relaxed`: no disk
-    /// flush of its own (a durable write follows).
+    /// Removes an endpoint's record and its place in its sandbox's list, with its
+    /// `disconnect` event. `relaxed` asks for no disk flush of its own (a durable write
+    /// follows), but a transaction with an event is always durable (see `commit`).
     pub(super) async fn unrecord_endpoint(
         &self,
         sandbox_id: &str,
@@ -271,8 +279,30 @@ impl Controller {
             ))
             .put(keys::sandbox(sandbox_id), encode(&sandbox));
         txn.relaxed = relaxed;
-        self.store.txn(txn).await?;
+        let event = self
+            .endpoint_event(EventAction::Disconnect, endpoint, &sandbox.name)
+            .await?;
+        self.commit(txn, vec![event]).await?;
         Ok(())
+    }
+
+    /// An endpoint's event, with its network's name and driver read from the store.
+    pub(super) async fn endpoint_event(
+        &self,
+        action: EventAction,
+        endpoint: &Endpoint,
+        sandbox_name: &str,
+    ) -> Result<Event> {
+        match self
+            .load::<Network>(&keys::network_in(endpoint.scope, &endpoint.network_id))
+            .await?
+        {
+            Some((network, _)) => Ok(Event::endpoint(action, endpoint, &network, sandbox_name)),
+            None => Err(CnmError::NotFound {
+                kind: "network",
+                name: endpoint.network_id.clone(),
+            }),
+        }
     }
 
     pub(super) async fn record_endpoint(
@@ -290,20 +320,25 @@ impl Controller {
                 name: network.name.clone(),
             })?;
         current.endpoints.push(endpoint.id.clone());
-        self.store
-            .txn(
-                Txn::new()
-                    .compare_index(keys::sandbox(&sandbox.id), index)
-                    // The network must still exist: a concurrent delete loses or we do.
-                    .compare_index(keys::network_in(network.scope, &network.id), net_index)
-                    .compare_absent(keys::endpoint_in(network.scope, &network.id, &endpoint.id))
-                    .put(
-                        keys::endpoint_in(network.scope, &network.id, &endpoint.id),
-                        encode(endpoint),
-                    )
-                    .put(keys::sandbox(&sandbox.id), encode(&current)),
-            )
-            .await?;
+        self.commit(
+            Txn::new()
+                .compare_index(keys::sandbox(&sandbox.id), index)
+                // The network must still exist: a concurrent delete loses or we do.
+                .compare_index(keys::network_in(network.scope, &network.id), net_index)
+                .compare_absent(keys::endpoint_in(network.scope, &network.id, &endpoint.id))
+                .put(
+                    keys::endpoint_in(network.scope, &network.id, &endpoint.id),
+                    encode(endpoint),
+                )
+                .put(keys::sandbox(&sandbox.id), encode(&current)),
+            vec![Event::endpoint(
+                EventAction::Connect,
+                endpoint,
+                network,
+                &sandbox.name,
+            )],
+        )
+        .await?;
         Ok(())
     }
 
@@ -396,9 +431,46 @@ impl Controller {
     }
 }
 
+/// Checks what a connect asks for on `network` before anything is allocated.
+pub(super) fn check_endpoint_spec(network: &Network, spec: &EndpointSpec) -> Result<()> {
+    for alias in &spec.aliases {
+        check_name("alias", alias)?;
+    }
+    if spec.ipv4.is_some() && network.spec.ipv4.iter().all(|p| p.subnet.is_none()) {
+        // Docker: a user-chosen address needs a user-chosen subnet.
+        return Err(CnmError::invalid(
+            "ip",
+            "user specified IP address is supported only when connecting to networks with user configured subnets",
+        ));
+    }
+    if spec.ipv6.is_some() && !network.spec.enable_ipv6 {
+        return Err(CnmError::invalid(
+            "ip6",
+            "the network does not have IPv6 enabled",
+        ));
+    }
+    if let Some(name) = &spec.interface {
+        // The kernel's rule for link names (IFNAMSIZ, no '/' or whitespace).
+        let bad = name.is_empty()
+            || name.len() > 15
+            || name == "."
+            || name == ".."
+            || name
+                .chars()
+                .any(|c| c == '/' || c == ':' || c.is_whitespace());
+        if bad {
+            return Err(CnmError::invalid(
+                "interface name",
+                format!("{name:?} is not a link name (1 to 15 bytes, no '/', ':' or spaces)"),
+            ));
+        }
+    }
+    Ok(())
+}
+
 /// The first number for `prefix` that none of a sandbox's endpoints (`current`) has in its
 /// interface name: the name a join tries first.
-fn first_free_interface(current: &[(Endpoint, Network)], prefix: &str) -> u32 {
+pub(super) fn first_free_interface(current: &[(Endpoint, Network)], prefix: &str) -> u32 {
     let used: BTreeSet<&str> = current
         .iter()
         .filter_map(|(ep, _)| ep.interface.as_deref())

@@ -7,8 +7,11 @@
 //! objects or allocations the store does not mention; start-up reconciliation (which compares
 //! the kernel and IPAM with the store) removes them.
 
+mod discovery;
 mod endpoint;
+pub(crate) mod events;
 mod network;
+pub(crate) mod orchestrate;
 mod reconcile;
 mod sandbox;
 
@@ -58,6 +61,10 @@ pub struct Controller {
     /// Mutating operations of one controller run one at a time; the store's transactions
     /// guard against other controllers sharing the store.
     ops: Mutex<()>,
+    /// The event log's head and live channel (events.rs).
+    events: events::EventBus,
+    /// Where sandbox namespaces come from (orchestrate.rs).
+    namespaces: Arc<dyn crate::namespaces::Namespaces>,
 }
 
 fn driver_err(driver: &dyn Driver, e: DriverError) -> CnmError {
@@ -157,6 +164,8 @@ impl Controller {
             drivers,
             config,
             ops: Mutex::new(()),
+            events: events::EventBus::new(),
+            namespaces: crate::namespaces::none(),
         }
     }
 

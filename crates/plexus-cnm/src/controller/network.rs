@@ -5,6 +5,7 @@ use std::collections::BTreeMap;
 use plexus_ipam::{GatewayRequest, PoolRequest, PoolResponse, GLOBAL_SPACE, LOCAL_SPACE};
 use plexus_kv::{KvError, Txn};
 
+use super::events::{Event, EventAction};
 use super::{check_name, driver_err, encode, new_id, now_rfc3339, Controller};
 use crate::driver::NetworkInfo;
 use crate::error::{CnmError, Result};
@@ -295,8 +296,9 @@ impl Controller {
             ipv6,
             created: now_rfc3339(),
             spec,
+            driver_data: BTreeMap::new(),
         };
-        let info = NetworkInfo {
+        let mut info = NetworkInfo {
             id: id.clone(),
             name: network.name.clone(),
             options: network.spec.options.clone(),
@@ -305,7 +307,30 @@ impl Controller {
             internal: network.spec.internal,
             enable_ipv6: network.spec.enable_ipv6,
         };
+        let mut network = network;
+        if capability.scope == Scope::Global {
+            // libnetwork: what is unique in the cluster is taken once, here, and kept with
+            // the record; the driver gets it back with the options.
+            match driver.allocate_network(&info).await {
+                Ok(data) => {
+                    info.options.extend(data.clone());
+                    network.driver_data = data;
+                }
+                Err(e) => {
+                    self.release_pools(&pool_ids).await;
+                    return Err(driver_err(driver.as_ref(), e));
+                }
+            }
+        }
+        let undo_allocation = || async {
+            if !network.driver_data.is_empty() {
+                if let Err(e) = driver.free_network(&id, &network.driver_data).await {
+                    tracing::warn!(network = %network.name, error = %e, "cannot free the driver's allocation while undoing");
+                }
+            }
+        };
         if let Err(e) = driver.create_network(&info).await {
+            undo_allocation().await;
             self.release_pools(&pool_ids).await;
             return Err(driver_err(driver.as_ref(), e));
         }
@@ -313,17 +338,19 @@ impl Controller {
             .compare_absent(keys::network_name_in(scope, &network.name))
             .put(keys::network_in(scope, &id), encode(&network))
             .put(keys::network_name_in(scope, &network.name), encode(&id));
-        if let Err(e) = self.store.txn(txn).await {
+        let event = Event::network(EventAction::Create, &network);
+        if let Err(e) = self.commit(txn, vec![event]).await {
             if let Err(u) = driver.delete_network(&id).await {
                 tracing::warn!(network = %network.name, error = %u, "cannot delete the network's data plane while undoing its creation; reconciliation deletes it");
             }
+            undo_allocation().await;
             self.release_pools(&pool_ids).await;
             return Err(match e {
-                KvError::TxnConflict { .. } => CnmError::Exists {
+                CnmError::Store(KvError::TxnConflict { .. }) => CnmError::Exists {
                     kind: "network",
                     name: network.name,
                 },
-                other => other.into(),
+                other => other,
             });
         }
         tracing::info!(network = %network.name, id = %id, driver = %network.driver, "network created");
@@ -395,19 +422,24 @@ impl Controller {
                 kind: "network",
                 name: network.name.clone(),
             })?;
-        self.store
-            .txn(
-                Txn::new()
-                    .compare_index(keys::network_in(network.scope, &network.id), index)
-                    .delete(keys::network_in(network.scope, &network.id))
-                    .delete(keys::network_name_in(network.scope, &network.name)),
-            )
-            .await?;
+        self.commit(
+            Txn::new()
+                .compare_index(keys::network_in(network.scope, &network.id), index)
+                .delete(keys::network_in(network.scope, &network.id))
+                .delete(keys::network_name_in(network.scope, &network.name)),
+            vec![Event::network(EventAction::Destroy, network)],
+        )
+        .await?;
         // Not the caller's error: the records are gone (a retry would be a 404), and what the
         // driver left carries its mark with a network the store no longer knows, which
         // `Driver::reconcile` deletes on the next pass (periodic, or the next start).
         if let Err(e) = driver.delete_network(&network.id).await {
             tracing::warn!(network = %network.name, error = %e, "driver could not delete the network; the next reconciliation pass deletes what is left");
+        }
+        if !network.driver_data.is_empty() {
+            if let Err(e) = driver.free_network(&network.id, &network.driver_data).await {
+                tracing::warn!(network = %network.name, error = %e, "driver could not free its allocation");
+            }
         }
         let pool_ids: Vec<String> = network
             .ipv4

@@ -102,6 +102,7 @@ impl Controller {
                             ipv6: ep.ipv6,
                             mac: ep.mac.clone(),
                             ports: ep.ports.clone(),
+                            options: ep.options.clone(),
                         },
                     });
                 }

@@ -2,6 +2,7 @@
 
 use plexus_kv::{KvError, Txn};
 
+use super::events::{Event, EventAction};
 use super::{check_name, encode, new_id, Controller};
 use crate::error::{CnmError, Result};
 use crate::model::{Endpoint, Network, Sandbox};
@@ -39,24 +40,11 @@ impl Controller {
         })
     }
 
-    /// Records a sandbox whose namespace is at `key`. `owned` says whether Plexus made the
-    /// namespace (and will delete it).
-    pub async fn create_sandbox(&self, name: &str, key: &str, owned: bool) -> Result<Sandbox> {
-        self.create_sandbox_then(name, key, owned, false).await
-    }
-
-    /// [`create_sandbox`](Self::create_sandbox) for a caller that connects the sandbox right
-    /// after (`connects`): the record is then written relaxed ([`Txn::relaxed`]) and made
-    /// durable by the connect's own record, one disk flush fewer. A crash in between loses
-    /// the sandbox whole (start-up reconciliation removes a namespace Plexus made for it);
-    /// a caller whose connect fails deletes the sandbox, as it would anyway.
-    pub async fn create_sandbox_then(
-        &self,
-        name: &str,
-        key: &str,
-        owned: bool,
-        connects: bool,
-    ) -> Result<Sandbox> {
+    /// Records a sandbox whose namespace the caller made or found at `key`, with no
+    /// networks; `owned` says whether Plexus made the namespace (and will delete it). Most
+    /// callers want [`create_sandbox`](Self::create_sandbox), which does the namespace and
+    /// the networks too.
+    pub async fn add_sandbox(&self, name: &str, key: &str, owned: bool) -> Result<Sandbox> {
         let _op = self.ops.lock().await;
         check_name("sandbox", name)?;
         if key.is_empty() {
@@ -71,43 +59,33 @@ impl Controller {
             key: key.to_string(),
             owned_netns: owned,
             endpoints: Vec::new(),
+            hostname: None,
+            dns: Vec::new(),
+            dns_search: Vec::new(),
+            dns_options: Vec::new(),
         };
-        let mut txn = Txn::new()
+        let txn = Txn::new()
             .compare_absent(keys::sandbox_name(name))
             .put(keys::sandbox(&sandbox.id), encode(&sandbox))
             .put(keys::sandbox_name(name), encode(&sandbox.id));
-        txn.relaxed = connects;
-        match self.store.txn(txn).await {
+        let event = Event::sandbox(EventAction::Create, &sandbox);
+        match self.commit(txn, vec![event]).await {
             Ok(_) => Ok(sandbox),
-            Err(KvError::TxnConflict { .. }) => Err(CnmError::Exists {
+            Err(CnmError::Store(KvError::TxnConflict { .. })) => Err(CnmError::Exists {
                 kind: "sandbox",
                 name: name.to_string(),
             }),
-            Err(e) => Err(e.into()),
+            Err(e) => Err(e),
         }
     }
 
-    /// Disconnects a sandbox from every network and forgets it; returns it so the caller can
-    /// delete the namespace if it was Plexus's.
+    /// Disconnects a sandbox from every network and forgets it, in one store transaction;
+    /// returns it so the caller can delete the namespace if it was Plexus's
+    /// ([`remove_sandbox`](Self::remove_sandbox) does that too).
     pub async fn delete_sandbox(&self, name_or_id: &str) -> Result<Sandbox> {
         let _op = self.ops.lock().await;
         let (sandbox, _) = self.sandbox_indexed(name_or_id).await?;
-        for ep_id in sandbox.endpoints.clone().iter().rev() {
-            let endpoint = self.find_endpoint(ep_id).await?;
-            if let Some(endpoint) = endpoint {
-                // The sandbox's own removal below is durable and comes after.
-                self.disconnect_locked(&sandbox.id, &endpoint, true).await?;
-            }
-        }
-        let (_, index) = self.sandbox_indexed(&sandbox.id).await?;
-        self.store
-            .txn(
-                Txn::new()
-                    .compare_index(keys::sandbox(&sandbox.id), index)
-                    .delete(keys::sandbox(&sandbox.id))
-                    .delete(keys::sandbox_name(&sandbox.name)),
-            )
-            .await?;
+        self.delete_sandbox_locked(&sandbox).await?;
         Ok(sandbox)
     }
 
@@ -121,18 +99,6 @@ impl Controller {
         for id in &sandbox.endpoints {
             if let Some((ep, _)) = self
                 .load::<Endpoint>(&keys::endpoint_in(network.scope, &network.id, id))
-                .await?
-            {
-                return Ok(Some(ep));
-            }
-        }
-        Ok(None)
-    }
-
-    pub(super) async fn find_endpoint(&self, endpoint_id: &str) -> Result<Option<Endpoint>> {
-        for network in self.networks().await? {
-            if let Some((ep, _)) = self
-                .load::<Endpoint>(&keys::endpoint_in(network.scope, &network.id, endpoint_id))
                 .await?
             {
                 return Ok(Some(ep));

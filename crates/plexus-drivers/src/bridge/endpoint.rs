@@ -225,7 +225,8 @@ impl BridgeDriver {
             )));
         }
         let prefix = interface.prefix;
-        if prefix.is_empty() || prefix.len() > plexus_sys::rtnl::MAX_IFNAME - 3 {
+        let bad_prefix = prefix.is_empty() || prefix.len() > plexus_sys::rtnl::MAX_IFNAME - 3;
+        if interface.exact.is_none() && bad_prefix {
             return Err(DriverError::Invalid(format!(
                 "interface prefix {prefix:?}: must be 1 to 12 bytes"
             )));
@@ -240,9 +241,12 @@ impl BridgeDriver {
         let rs = sandbox_rtnl(sandbox_key)
             .await
             .map_err(sys_ctx("sandbox"))?;
-        let (name, ifindex, gateways) = self
-            .plug(&net, &ep, endpoint_id, &rs, Naming::Free(interface))
-            .await?;
+        // An exact name (CNI's CNI_IFNAME) is that name or a conflict, never another.
+        let naming = match interface.exact {
+            Some(exact) => Naming::Exact(exact),
+            None => Naming::Free(interface),
+        };
+        let (name, ifindex, gateways) = self.plug(&net, &ep, endpoint_id, &rs, naming).await?;
         if let Some(e) = st.endpoints.get_mut(endpoint_id) {
             e.joined = Some(InSandbox {
                 key: sandbox_key.to_string(),
@@ -255,6 +259,7 @@ impl BridgeDriver {
         Ok(Joined {
             interface: Some(name),
             gateways,
+            ..Joined::default()
         })
     }
 

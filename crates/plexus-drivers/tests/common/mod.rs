@@ -325,9 +325,7 @@ impl World {
         );
         ok(
             &format!("create sandbox {name}"),
-            self.controller
-                .create_sandbox(name, &ns.path(), false)
-                .await,
+            self.controller.add_sandbox(name, &ns.path(), false).await,
         );
         self.sandboxes.insert(name.to_string(), ns);
         &self.sandboxes[name].ns
@@ -468,6 +466,7 @@ pub async fn desired(w: &World, networks: &[&Network], endpoints: &[&Endpoint]) 
                 ipv6: ep.ipv6,
                 mac: ep.mac.clone(),
                 ports: ep.ports.clone(),
+                options: ep.options.clone(),
             },
             sandbox_key: sandbox.key,
             interface: ep.interface.clone(),
