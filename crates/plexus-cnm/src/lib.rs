@@ -46,8 +46,9 @@ pub use driver::{
 };
 pub use error::{CnmError, Result};
 pub use model::{
-    Endpoint, EndpointSpec, IpamPool, IpamPoolSpec, Network, NetworkSpec, PortBinding, Sandbox,
-    SandboxSpec, Scope, DEFAULT_BRIDGE_NETWORK, DEFAULT_BRIDGE_OPTION, PREDEFINED_NETWORKS,
+    Endpoint, EndpointSpec, IpamPool, IpamPoolSpec, Network, NetworkSpec, Node, PortBinding,
+    Sandbox, SandboxSpec, Scope, DEFAULT_BRIDGE_NETWORK, DEFAULT_BRIDGE_OPTION,
+    PREDEFINED_NETWORKS,
 };
 pub use namespaces::{Namespaces, NoNamespaces};
 pub use reconcile::{

@@ -253,6 +253,21 @@ pub struct Endpoint {
     pub disable_gateway: bool,
 }
 
+/// A host of the cluster, as it announces itself in the cluster store
+/// (`plexus/v1/global/node/<id>`, with a time to live it keeps refreshing).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Node {
+    /// The host's id.
+    #[serde(rename = "ID")]
+    pub id: String,
+    /// The host's name.
+    #[serde(rename = "Name")]
+    pub name: String,
+    /// The address it gives the other hosts (`--cluster-advertise`), if any.
+    #[serde(rename = "Advertise")]
+    pub advertise: Option<std::net::SocketAddr>,
+}
+
 /// A sandbox: one container's network stack (a network namespace).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Sandbox {

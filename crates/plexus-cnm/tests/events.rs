@@ -193,13 +193,19 @@ async fn controller_on(
     let ipam = BuiltinIpam::open(store.clone(), IpamConfig::new("host-1"))
         .await
         .unwrap_or_else(|e| panic!("ipam: {e}"));
+    // A cluster store too, for the tests of global networks.
+    let cluster: Arc<dyn Store> = Arc::new(plexus_kv::LocalStore::memory());
+    let global = BuiltinIpam::open(cluster.clone(), IpamConfig::new("host-1"))
+        .await
+        .unwrap_or_else(|e| panic!("global ipam: {e}"));
+    let ipam = plexus_ipam::ScopedIpam::new(Arc::new(ipam), Some(Arc::new(global)));
     let mut drivers = DriverRegistry::new();
     drivers.register(driver);
-    Controller::new(store, Arc::new(ipam), drivers, ControllerConfig::default()).with_namespaces(
-        Arc::new(FileNamespaces {
+    Controller::new(store, Arc::new(ipam), drivers, ControllerConfig::default())
+        .with_cluster_store(cluster)
+        .with_namespaces(Arc::new(FileNamespaces {
             dir: dir.to_path_buf(),
-        }),
-    )
+        }))
 }
 
 async fn world_with(driver: Scripted) -> World {

@@ -230,3 +230,153 @@ async fn a_scope_that_does_not_match_the_driver_is_refused() {
     assert_eq!(ok("swarm", Scope::parse("swarm")), Scope::Global);
     assert!(ok("list", c.networks().await).is_empty());
 }
+
+/// A driver that only listens to node discovery.
+#[derive(Default)]
+struct Listener {
+    heard: std::sync::Mutex<Vec<String>>,
+}
+
+#[async_trait]
+impl Driver for Listener {
+    fn name(&self) -> &str {
+        "listener"
+    }
+    fn capability(&self) -> Capability {
+        Capability {
+            scope: Scope::Global,
+            needs_ipam: false,
+            multiple_networks: true,
+        }
+    }
+    fn validate_options(&self, _: &BTreeMap<String, String>) -> Result<(), DriverError> {
+        Ok(())
+    }
+    async fn create_network(&self, _: &NetworkInfo) -> Result<(), DriverError> {
+        Ok(())
+    }
+    async fn delete_network(&self, _: &str) -> Result<(), DriverError> {
+        Ok(())
+    }
+    async fn create_endpoint(&self, _: &EndpointInfo) -> Result<EndpointCreated, DriverError> {
+        Ok(EndpointCreated::default())
+    }
+    async fn delete_endpoint(&self, _: &str, _: &str) -> Result<(), DriverError> {
+        Ok(())
+    }
+    async fn join(
+        &self,
+        _: &str,
+        _: &str,
+        _: &str,
+        _: InterfaceName<'_>,
+    ) -> Result<Joined, DriverError> {
+        Ok(Joined::default())
+    }
+    async fn leave(&self, _: &str, _: &str) -> Result<(), DriverError> {
+        Ok(())
+    }
+    async fn discover_new(&self, node: &NodeDiscovery) -> Result<(), DriverError> {
+        self.heard
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(format!("new {} self={}", node.address, node.self_node));
+        Ok(())
+    }
+    async fn discover_delete(&self, node: &NodeDiscovery) -> Result<(), DriverError> {
+        self.heard
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(format!("delete {} self={}", node.address, node.self_node));
+        Ok(())
+    }
+}
+
+/// libnetwork's kv discovery: every driver hears of a host when its record appears in the
+/// cluster store, of itself as itself, and of a host's leaving when its record expires.
+#[tokio::test]
+async fn drivers_hear_of_hosts_as_their_records_come_and_go() {
+    use plexus_kv::PutOptions;
+    use std::time::Duration;
+    let cluster = memory();
+    let listener = Arc::new(Listener::default());
+    let local = memory();
+    let mut drivers = DriverRegistry::new();
+    drivers.register(listener.clone());
+    let ipam: Arc<dyn Ipam> = Arc::new(ok(
+        "ipam",
+        BuiltinIpam::open(local.clone(), IpamConfig::new("a")).await,
+    ));
+    let controller = Arc::new(
+        Controller::new(
+            local,
+            ipam,
+            drivers,
+            ControllerConfig {
+                host_id: "a".into(),
+                ..Default::default()
+            },
+        )
+        .with_cluster_store(cluster.clone()),
+    );
+    let record = |id: &str, addr: Option<&str>| {
+        ok(
+            "encode",
+            serde_json::to_vec(&Node {
+                id: id.into(),
+                name: id.into(),
+                advertise: addr.map(|a| ok("addr", a.parse())),
+            }),
+        )
+    };
+    let put = |id: &'static str, addr: Option<&'static str>, ttl: Option<u64>| {
+        let cluster = cluster.clone();
+        let value = record(id, addr);
+        async move {
+            let options = PutOptions {
+                ttl: ttl.map(Duration::from_secs),
+            };
+            ok(
+                "put",
+                cluster
+                    .put(&plexus_cnm::store_layout::node(id), &value, options)
+                    .await,
+            );
+        }
+    };
+    put("a", Some("192.0.2.1:7946"), None).await;
+    let follower = tokio::spawn({
+        let c = controller.clone();
+        async move { c.follow_nodes().await }
+    });
+    put("b", Some("192.0.2.2:7946"), Some(1)).await;
+    // A host that advertises no address has nothing to tell a data plane.
+    put("c", None, None).await;
+    let heard = || {
+        listener
+            .heard
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    };
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    let want = vec![
+        "new 192.0.2.1 self=true".to_string(),
+        "new 192.0.2.2 self=false".to_string(),
+        "delete 192.0.2.2 self=false".to_string(),
+    ];
+    while heard() != want {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "drivers heard {:?}, expected {want:?}",
+            heard()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let ids: Vec<String> = ok("nodes", controller.nodes().await)
+        .into_iter()
+        .map(|n| n.id)
+        .collect();
+    assert_eq!(ids, vec!["a".to_string(), "c".to_string()]);
+    follower.abort();
+}

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{anyhow, bail, Context, Result};
-use plexus_cnm::store_layout;
+use plexus_cnm::{store_layout, Node};
 use plexus_kv::{PutOptions, Store, StoreUrl};
 
 /// The gossip port a host advertises when `--cluster-advertise` names none (libnetwork's).
@@ -156,23 +156,8 @@ pub fn parse_advertise(value: &str) -> Result<SocketAddr> {
     ))
 }
 
-/// This host's record in the cluster store (`plexus/v1/global/node/<host id>`), so other
-/// hosts and `GET /info` know it.
-#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
-pub struct NodeRecord {
-    /// The host's id.
-    #[serde(rename = "ID")]
-    pub id: String,
-    /// The host's name.
-    #[serde(rename = "Name")]
-    pub name: String,
-    /// `--cluster-advertise`, if given.
-    #[serde(rename = "Advertise")]
-    pub advertise: Option<SocketAddr>,
-}
-
 /// Writes this host's record in the cluster store, to live `ttl` unless written again.
-pub async fn announce(cluster: &Arc<dyn Store>, node: &NodeRecord, ttl: Duration) -> Result<()> {
+pub async fn announce(cluster: &Arc<dyn Store>, node: &Node, ttl: Duration) -> Result<()> {
     let value = serde_json::to_vec(node).context("encoding this host's record")?;
     cluster
         .put(
@@ -189,7 +174,7 @@ pub async fn announce(cluster: &Arc<dyn Store>, node: &NodeRecord, ttl: Duration
 /// a failed write is logged and tried again at the next beat (the record outlives a few).
 pub fn heartbeat(
     cluster: Arc<dyn Store>,
-    node: NodeRecord,
+    node: Node,
     opts: ClusterOpts,
 ) -> tokio::task::JoinHandle<()> {
     tokio::spawn(async move {

@@ -318,7 +318,7 @@ async fn run(args: Args) -> Result<()> {
     .with_namespaces(Arc::new(plexus_api::SysNamespaces::new(netns_dir.clone())));
     let mut heartbeat = None;
     if let Some(c) = &cluster_store {
-        let node = cluster::NodeRecord {
+        let node = plexus_cnm::Node {
             id: host_id.clone(),
             name: cluster::hostname(&host_id),
             advertise,
@@ -329,6 +329,11 @@ async fn run(args: Args) -> Result<()> {
         tracing::info!(cluster_store = %c.url(), ?advertise, host = %host_id, "joined the cluster store");
     }
     let controller = Arc::new(controller);
+    // libnetwork's kv discovery: the drivers hear of hosts as their records come and go.
+    let follow_nodes = cluster_store.is_some().then(|| {
+        let c = controller.clone();
+        tokio::spawn(async move { c.follow_nodes().await })
+    });
     reconcile::startup(&controller, &ipam, &netns_dir).await?;
     let made = controller
         .create_predefined_networks()
@@ -379,8 +384,8 @@ async fn run(args: Args) -> Result<()> {
     if let Some(task) = periodic {
         task.abort();
     }
-    if let Some(h) = heartbeat {
-        h.abort();
+    for task in heartbeat.into_iter().chain(follow_nodes) {
+        task.abort();
     }
     if let Err(e) = std::fs::remove_file(&socket) {
         tracing::warn!(socket = %socket.display(), error = %e, "cannot remove the socket");
