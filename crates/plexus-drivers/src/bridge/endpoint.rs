@@ -117,7 +117,7 @@ impl BridgeDriver {
                         }
                         _ if matches!(naming, Naming::Exact(_)) => {
                             return Err(DriverError::Conflict(format!(
-                                "interface {name} is taken in the sandbox by another link"
+                                "interface name {name:?} is taken in the sandbox by another link"
                             )));
                         }
                         _ => {
