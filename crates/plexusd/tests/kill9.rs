@@ -16,7 +16,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::io::{Read, Write};
-use std::net::Ipv4Addr;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::os::fd::AsRawFd;
 use std::os::unix::process::{CommandExt, ExitStatusExt};
 use std::path::{Path, PathBuf};
@@ -284,6 +284,9 @@ struct Net {
     id: String,
     subnet: (Ipv4Addr, u8),
     gateway: Ipv4Addr,
+    /// The IPv6 subnet and gateway, on networks with IPv6.
+    subnet6: Option<(Ipv6Addr, u8)>,
+    gateway6: Option<Ipv6Addr>,
     /// Endpoint id → sandbox id, from the network's records.
     endpoints: BTreeMap<String, String>,
 }
@@ -294,6 +297,7 @@ struct Ep {
     id: String,
     interface: String,
     ip: Option<(Ipv4Addr, u8)>,
+    ip6: Option<(Ipv6Addr, u8)>,
     /// (proto, host port, container port).
     ports: BTreeSet<(String, u16, u16)>,
 }
@@ -317,6 +321,11 @@ fn cidr(s: &str) -> Option<(Ipv4Addr, u8)> {
     Some((a.parse().ok()?, p.parse().ok()?))
 }
 
+fn cidr6(s: &str) -> Option<(Ipv6Addr, u8)> {
+    let (a, p) = s.split_once('/')?;
+    Some((a.parse().ok()?, p.parse().ok()?))
+}
+
 fn text(v: &Value) -> String {
     v.as_str().unwrap_or_default().to_string()
 }
@@ -332,7 +341,17 @@ impl Snapshot {
             }
             let name = text(&n["Name"]);
             let full = d.ok("GET", &format!("/networks/{}", text(&n["Id"])), None);
-            let config = &full["IPAM"]["Config"][0];
+            let configs = full["IPAM"]["Config"]
+                .as_array()
+                .cloned()
+                .unwrap_or_default();
+            let is_v6 = |c: &&Value| text(&c["Subnet"]).contains(':');
+            let config = configs
+                .iter()
+                .find(|c| !is_v6(c))
+                .cloned()
+                .unwrap_or_default();
+            let config6 = configs.iter().find(is_v6);
             let endpoints = full["Containers"]
                 .as_object()
                 .map(|m| {
@@ -350,6 +369,8 @@ impl Snapshot {
                     gateway: text(&config["Gateway"])
                         .parse()
                         .unwrap_or_else(|_| panic!("network {name} has no gateway: {full}")),
+                    subnet6: config6.and_then(|c| cidr6(&text(&c["Subnet"]))),
+                    gateway6: config6.and_then(|c| text(&c["Gateway"]).parse().ok()),
                     endpoints,
                 },
             );
@@ -366,6 +387,7 @@ impl Snapshot {
                     id: text(&e["EndpointID"]),
                     interface: text(&e["Interface"]),
                     ip: cidr(&text(&e["IPv4Address"])),
+                    ip6: cidr6(&text(&e["IPv6Address"])),
                     ports: e["Ports"]
                         .as_array()
                         .cloned()
@@ -457,18 +479,37 @@ fn links_in(rt: &tokio::runtime::Runtime, ns: &Netns) -> Vec<plexus_sys::rtnl::L
     .unwrap_or_else(|e| panic!("listing links in {}: {e}", ns.path().display()))
 }
 
-fn addresses_in(rt: &tokio::runtime::Runtime, ns: &Netns, index: u32) -> Vec<(Ipv4Addr, u8)> {
+fn addresses_in(rt: &tokio::runtime::Runtime, ns: &Netns, index: u32) -> Vec<(IpAddr, u8)> {
     rt.block_on(async {
         let rtnl = plexus_sys::rtnl::Rtnl::connect(ns).await?;
         rtnl.addresses(index).await
     })
     .unwrap_or_else(|e| panic!("listing addresses in {}: {e}", ns.path().display()))
-    .into_iter()
-    .filter_map(|(a, p)| match a {
-        std::net::IpAddr::V4(v4) => Some((v4, p)),
-        std::net::IpAddr::V6(_) => None,
-    })
-    .collect()
+}
+
+/// The gateways of the default routes inside the namespace at `path`, IPv4 or IPv6
+/// (`ip -j route`, run in the namespace).
+fn default_gateways(path: &str, v6: bool) -> BTreeSet<IpAddr> {
+    let out = Command::new("nsenter")
+        .arg(format!("--net={path}"))
+        .args([
+            "ip",
+            "-j",
+            if v6 { "-6" } else { "-4" },
+            "route",
+            "show",
+            "default",
+        ])
+        .output()
+        .unwrap_or_else(|e| panic!("ip route in {path}: {e}"));
+    let routes: Value = serde_json::from_slice(&out.stdout).unwrap_or(Value::Array(Vec::new()));
+    routes
+        .as_array()
+        .cloned()
+        .unwrap_or_default()
+        .iter()
+        .filter_map(|r| text(&r["gateway"]).parse().ok())
+        .collect()
 }
 
 /// Everything that does not match between the kernel and the store; empty when they agree.
@@ -623,7 +664,12 @@ fn mismatches(d: &Daemon, rt: &tokio::runtime::Runtime, snap: &Snapshot) -> Vec<
                 ));
             }
             let addrs = addresses_in(rt, ns, link.index);
-            if let Some(ip) = ep.ip {
+            let want = ep
+                .ip
+                .map(|(a, p)| (IpAddr::V4(a), p))
+                .into_iter()
+                .chain(ep.ip6.map(|(a, p)| (IpAddr::V6(a), p)));
+            for ip in want {
                 if !addrs.contains(&ip) {
                     bad.push(format!(
                         "interface {} of sandbox {name} lacks its address {}/{} (has {addrs:?})",
@@ -638,6 +684,41 @@ fn mismatches(d: &Daemon, rt: &tokio::runtime::Runtime, snap: &Snapshot) -> Vec<
                     "endpoint {} of sandbox {name} ({}) is not in the sandbox's namespace",
                     e.id, e.interface
                 ));
+            }
+        }
+    }
+
+    // Default routes: a sandbox with an address of a family has exactly one default route of
+    // that family, through the gateway of one of its networks; one without has none.
+    for (name, s) in &snap.sbxs {
+        if !sandbox_ns.contains_key(name) {
+            continue;
+        }
+        for v6 in [false, true] {
+            let gateways: BTreeSet<IpAddr> = s
+                .endpoints
+                .iter()
+                .filter(|e| if v6 { e.ip6.is_some() } else { e.ip.is_some() })
+                .filter_map(|e| snap.nets.values().find(|n| n.id == e.network_id))
+                .filter_map(|n| {
+                    if v6 {
+                        n.gateway6.map(IpAddr::V6)
+                    } else {
+                        Some(IpAddr::V4(n.gateway))
+                    }
+                })
+                .collect();
+            let routes = default_gateways(&s.netns, v6);
+            let family = if v6 { "IPv6" } else { "IPv4" };
+            match (gateways.is_empty(), routes.len()) {
+                (true, 0) => {}
+                (true, _) => bad.push(format!(
+                    "sandbox {name} has {family} default routes {routes:?} but no {family} endpoint"
+                )),
+                (false, 1) if routes.is_subset(&gateways) => {}
+                (false, _) => bad.push(format!(
+                    "sandbox {name} has {family} default routes {routes:?}; wants one through one of {gateways:?}"
+                )),
             }
         }
     }
@@ -660,7 +741,11 @@ fn mismatches(d: &Daemon, rt: &tokio::runtime::Runtime, snap: &Snapshot) -> Vec<
     let want_subnets: BTreeSet<(std::net::IpAddr, u8)> = snap
         .nets
         .values()
-        .map(|n| (std::net::IpAddr::V4(n.subnet.0), n.subnet.1))
+        .flat_map(|n| {
+            [(IpAddr::V4(n.subnet.0), n.subnet.1)]
+                .into_iter()
+                .chain(n.subnet6.map(|(a, p)| (IpAddr::V6(a), p)))
+        })
         .collect();
     for s in fw.subnets.difference(&want_subnets) {
         bad.push(format!(
@@ -674,6 +759,12 @@ fn mismatches(d: &Daemon, rt: &tokio::runtime::Runtime, snap: &Snapshot) -> Vec<
             s.0, s.1
         ));
     }
+    for s in want_subnets.difference(&fw.masquerade) {
+        bad.push(format!(
+            "subnet {}/{} of a stored network is not masqueraded in nft",
+            s.0, s.1
+        ));
+    }
     for s in fw.masquerade.difference(&want_subnets) {
         bad.push(format!(
             "orphan nft masquerade element {}/{}: no stored network has it",
@@ -682,6 +773,22 @@ fn mismatches(d: &Daemon, rt: &tokio::runtime::Runtime, snap: &Snapshot) -> Vec<
     }
     for b in fw.internal.difference(&want_bridges) {
         bad.push(format!("orphan nft internal element {b}"));
+    }
+    if fw.intra != want_bridges {
+        bad.push(format!(
+            "nft intra set holds {:?}; the stored networks' bridges are {want_bridges:?}",
+            fw.intra
+        ));
+    }
+    let want_nat_bridges: BTreeSet<(String, String)> = want_bridges
+        .iter()
+        .flat_map(|b| ["ip", "ip6"].map(|f| (f.to_string(), b.clone())))
+        .collect();
+    if fw.nat_bridges != want_nat_bridges {
+        bad.push(format!(
+            "nft NAT bridge sets hold {:?}; want {want_nat_bridges:?}",
+            fw.nat_bridges
+        ));
     }
     let mut nft_ports: BTreeMap<String, BTreeSet<(String, u16, u16)>> = BTreeMap::new();
     for p in &fw.ports {
@@ -724,6 +831,8 @@ enum Op {
     CreateNet {
         name: String,
         subnet: Option<u8>,
+        /// With IPv6 (`fd00:77:<subnet>::/64` when a subnet is given, else a ULA /64).
+        ipv6: bool,
     },
     DeleteNet {
         name: String,
@@ -760,15 +869,18 @@ impl Op {
 
     fn request(&self) -> (&'static str, String, Option<Value>) {
         match self {
-            Op::CreateNet { name, subnet } => {
-                let ipam = match subnet {
-                    Some(i) => json!({"Config": [{"Subnet": format!("10.77.{i}.0/24")}]}),
-                    None => json!({}),
-                };
+            Op::CreateNet { name, subnet, ipv6 } => {
+                let mut config: Vec<Value> = Vec::new();
+                if let Some(i) = subnet {
+                    config.push(json!({"Subnet": format!("10.77.{i}.0/24")}));
+                    if *ipv6 {
+                        config.push(json!({"Subnet": format!("fd00:77:{i}::/64")}));
+                    }
+                }
                 (
                     "POST",
                     "/networks/create".into(),
-                    Some(json!({"Name": name, "IPAM": ipam})),
+                    Some(json!({"Name": name, "EnableIPv6": ipv6, "IPAM": {"Config": config}})),
                 )
             }
             Op::DeleteNet { name } => ("DELETE", format!("/networks/{name}"), None),
@@ -846,6 +958,7 @@ fn choose(rng: &mut Rng, snap: &Snapshot) -> Op {
                 Op::CreateNet {
                     name: name.to_string(),
                     subnet,
+                    ipv6: rng.chance(35),
                 }
             }),
             2 => rng.pick(&empty_nets).map(|name| Op::DeleteNet { name }),
@@ -897,7 +1010,7 @@ fn run_checked(d: &Daemon, snap: &Snapshot, op: &Op) -> Duration {
         );
     };
     match op {
-        Op::CreateNet { name, subnet } => {
+        Op::CreateNet { name, subnet, .. } => {
             let want = match subnet {
                 Some(i) => (Ipv4Addr::new(10, 77, *i, 0), 24),
                 None => snap.lowest_free_default(),

@@ -130,6 +130,9 @@ impl BridgeDriver {
         }
         // Also at start-up: a bridge deleted while no daemon ran was just made again.
         self.reattach_ports(&st, &links, desired, &mut out).await;
+        if mode == ReconcileMode::Startup {
+            self.ensure_default_routes(&st, desired, &mut out).await;
+        }
         self.remove_stale_links(&links, &known, &endpoints, &mut out)
             .await;
         self.reconcile_firewall(&st, desired, &mut out)?;
@@ -236,6 +239,74 @@ impl BridgeDriver {
                     .push(format!("veth {} on bridge {}", link.name, net.bridge)),
                 Err(e) => {
                     tracing::warn!(link = %link.name, bridge = %net.bridge, error = %e, "cannot attach an endpoint to its bridge again")
+                }
+            }
+        }
+    }
+
+    /// Gives every sandbox that has an endpoint of a family on a non-internal network a
+    /// default route of that family, when it has none: a crash between a leave that took the
+    /// sandbox's default route with its interface and the hand-over to another of its
+    /// networks leaves it without one. A sandbox that has one (through any of its networks)
+    /// keeps it: the kernel answers "exists".
+    async fn ensure_default_routes(&self, st: &State, desired: &Desired, out: &mut Reconciled) {
+        let mut by_sandbox: BTreeMap<&str, Vec<&DesiredEndpoint>> = BTreeMap::new();
+        for d in &desired.endpoints {
+            if !d.sandbox_key.is_empty() && Path::new(&d.sandbox_key).exists() {
+                by_sandbox.entry(&d.sandbox_key).or_default().push(d);
+            }
+        }
+        for (key, eps) in by_sandbox {
+            let mut wanted = Vec::new();
+            for v6 in [false, true] {
+                let via = eps.iter().find_map(|d| {
+                    let net = st.networks.get(&d.info.network_id)?;
+                    if net.info.internal {
+                        return None;
+                    }
+                    let (has, pools) = if v6 {
+                        (d.info.ipv6.is_some(), &net.info.ipv6)
+                    } else {
+                        (d.info.ipv4.is_some(), &net.info.ipv4)
+                    };
+                    let gw = pools.first().and_then(|p| p.gateway).filter(|_| has)?;
+                    Some((d.interface.clone()?, gw.addr()))
+                });
+                wanted.extend(via);
+            }
+            if wanted.is_empty() {
+                continue;
+            }
+            let rs = match sandbox_rtnl(key).await {
+                Ok(rs) => rs,
+                Err(e) => {
+                    tracing::warn!(sandbox = %key, error = %e, "cannot check the sandbox's default routes");
+                    continue;
+                }
+            };
+            for (ifname, gw) in wanted {
+                let link = match rs.link(&ifname).await {
+                    Ok(Some(l)) => l,
+                    Ok(None) => continue,
+                    Err(e) => {
+                        tracing::warn!(sandbox = %key, interface = %ifname, error = %e, "cannot look up the sandbox's interface");
+                        continue;
+                    }
+                };
+                let route = plexus_sys::rtnl::Route {
+                    destination: None,
+                    gateway: Some(gw),
+                    oif: Some(link.index),
+                };
+                match rs.add_route(&route).await {
+                    Ok(()) => {
+                        tracing::warn!(sandbox = %key, gateway = %gw, "the sandbox had no default route (a crash during a disconnect); given one again");
+                        out.repaired.push(format!("default route via {gw} in {key}"));
+                    }
+                    Err(plexus_sys::SysError::Exists { .. }) => {}
+                    Err(e) => {
+                        tracing::warn!(sandbox = %key, gateway = %gw, error = %e, "cannot give the sandbox a default route")
+                    }
                 }
             }
         }

@@ -19,6 +19,10 @@ pub struct FirewallState {
     pub bridges: BTreeSet<String>,
     /// Bridges of internal networks.
     pub internal: BTreeSet<String>,
+    /// Bridges whose frames between their own ports pass (`intra`: `br . br`).
+    pub intra: BTreeSet<String>,
+    /// Bridges known to the IPv4 and IPv6 NAT tables, by family name (`ip`, `ip6`).
+    pub nat_bridges: BTreeSet<(String, String)>,
     /// Every Plexus subnet.
     pub subnets: BTreeSet<(IpAddr, u8)>,
     /// Subnets masqueraded on egress.
@@ -56,9 +60,21 @@ impl Firewall {
                 .iter()
                 .map(name)
                 .collect();
+            st.intra = self
+                .nft
+                .elements(Family::Inet, FILTER_TABLE, INTRA)?
+                .iter()
+                .map(name)
+                .collect();
         }
         for f in [Family::Ip, Family::Ip6] {
             if has(f, NAT_TABLE) {
+                st.nat_bridges.extend(
+                    self.nft
+                        .elements(f, NAT_TABLE, BRIDGES)?
+                        .iter()
+                        .map(|e| (f.name().to_string(), name(e))),
+                );
                 st.subnets
                     .extend(prefixes_of(&self.nft.elements(f, NAT_TABLE, NETS)?));
                 st.masquerade
