@@ -139,8 +139,8 @@ impl Datastore {
     /// Applies a transaction. One whose keys are all local or all global is one transaction
     /// of that store. One that spans both (an endpoint of a global network recorded in its
     /// local sandbox) is two: the cluster part first, then the local part; if the local part
-    /// fails, the cluster part stays, and start-up reconciliation removes this host's global
-    /// records that no local record refers to.
+    /// fails, the cluster part stays, and start-up reconciliation rolls back this host's
+    /// endpoints that no sandbox lists (`Controller::reconcile`).
     pub async fn txn(&self, txn: Txn) -> Result<Vec<KvPair>, KvError> {
         let global = |k: &str| is_global(k);
         let any_global =

@@ -380,3 +380,55 @@ async fn drivers_hear_of_hosts_as_their_records_come_and_go() {
     assert_eq!(ids, vec!["a".to_string(), "c".to_string()]);
     follower.abort();
 }
+
+/// A global endpoint's record is written to the cluster store before its sandbox's local
+/// record; when the local part is lost, start-up reconciliation rolls back this host's
+/// endpoint that no sandbox lists and gives its address back, and leaves another host's
+/// endpoints alone.
+#[tokio::test]
+async fn startup_rolls_back_this_hosts_unlisted_global_endpoints_only() {
+    let cluster = memory();
+    let (a, a_local) = host("host-a", Some(cluster.clone())).await;
+    let (b, _) = host("host-b", Some(cluster.clone())).await;
+    ok("global", a.create_network(spec("g", "overlay")).await);
+    let (sa, sb) = (sandbox(&a, "sa").await, sandbox(&b, "sb").await);
+    let ea = ok(
+        "a connect",
+        a.connect(&sa.id, "g", EndpointSpec::default()).await,
+    );
+    let eb = ok(
+        "b connect",
+        b.connect(&sb.id, "g", EndpointSpec::default()).await,
+    );
+    // A's sandbox record loses the endpoint (its local write failed after the cluster's).
+    let key = plexus_cnm::store_layout::sandbox(&sa.id);
+    let mut record: serde_json::Value = ok(
+        "decode",
+        serde_json::from_slice(&ok("get", a_local.get(&key).await).value),
+    );
+    record["endpoints"] = serde_json::json!([]);
+    ok(
+        "put",
+        a_local
+            .put(
+                &key,
+                &ok("encode", serde_json::to_vec(&record)),
+                Default::default(),
+            )
+            .await,
+    );
+    // B's endpoint is unlisted from A's point of view too: A must not touch it.
+    let report = ok("reconcile", a.reconcile(ReconcileMode::Startup).await);
+    assert!(report.failed.is_empty(), "{report:?}");
+    let left: Vec<String> = ok("endpoints", a.endpoints(&ea.network_id).await)
+        .into_iter()
+        .map(|e| e.id)
+        .collect();
+    assert_eq!(left, vec![eb.id.clone()], "only B's endpoint stays");
+    // A's address was given back: the next endpoint on A gets it again.
+    let again = ok(
+        "a connect again",
+        a.connect(&sa.id, "g", EndpointSpec::default()).await,
+    );
+    assert_eq!(again.ipv4, ea.ipv4);
+}

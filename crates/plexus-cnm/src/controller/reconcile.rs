@@ -3,7 +3,7 @@
 //! Plexus's back), and what that asks of the records: forgetting endpoints whose data plane is
 //! gone, correcting interface names a crash left in records.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 use plexus_kv::Txn;
 
@@ -45,11 +45,17 @@ impl Controller {
     pub async fn reconcile(&self, mode: ReconcileMode) -> Result<ReconcileReport> {
         let _op = self.ops.lock().await;
         let networks = self.networks().await?;
-        let sandbox_keys: BTreeMap<String, String> = self
-            .sandboxes()
-            .await?
-            .into_iter()
-            .map(|s| (s.id, s.key))
+        let sandboxes = self.sandboxes().await?;
+        // Endpoints some sandbox lists: a global endpoint's record is written before its
+        // sandbox's (two stores), so one no sandbox lists is what a failed or cut-short
+        // connect left in the cluster store.
+        let listed: BTreeSet<&str> = sandboxes
+            .iter()
+            .flat_map(|s| s.endpoints.iter().map(String::as_str))
+            .collect();
+        let sandbox_keys: BTreeMap<String, String> = sandboxes
+            .iter()
+            .map(|s| (s.id.clone(), s.key.clone()))
             .collect();
         let mut report = ReconcileReport::default();
         for (name, driver) in self.drivers.iter() {
@@ -76,7 +82,8 @@ impl Controller {
                         Some(None) => true,
                         Some(Some(l)) => !ep.ports.is_empty() && !l.published,
                     };
-                    if mode == ReconcileMode::Startup && unfinished {
+                    let unlisted = !listed.contains(ep.id.as_str());
+                    if mode == ReconcileMode::Startup && (unfinished || unlisted) {
                         lost.push(ep);
                         continue;
                     }
@@ -166,7 +173,18 @@ impl Controller {
                 }
                 Err(e) => return Err(e),
             }
-            tracing::info!(endpoint = %ep.id, sandbox = %ep.name, network = %ep.network_id, "endpoint rolled back: its join never finished or its interface is gone");
+            // Global addresses are not reconciled at start (other hosts allocate from the
+            // same space meanwhile): this host gives back its own endpoint's here. Local
+            // ones go with the local IPAM reconciliation.
+            if ep.scope == crate::model::Scope::Global {
+                let addrs = ep.ipv4.iter().chain(ep.ipv6.iter());
+                for (pool, addr) in ep.pool_ids.iter().zip(addrs) {
+                    if let Err(e) = self.ipam.release_address(pool, addr.addr()).await {
+                        tracing::warn!(%addr, error = %e, "cannot release a rolled-back endpoint's global address");
+                    }
+                }
+            }
+            tracing::info!(endpoint = %ep.id, sandbox = %ep.name, network = %ep.network_id, "endpoint rolled back: its join never finished, its interface is gone or no sandbox lists it");
         }
         Ok(())
     }

@@ -301,7 +301,8 @@ impl BridgeDriver {
                 match rs.add_route(&route).await {
                     Ok(()) => {
                         tracing::warn!(sandbox = %key, gateway = %gw, "the sandbox had no default route (a crash during a disconnect); given one again");
-                        out.repaired.push(format!("default route via {gw} in {key}"));
+                        out.repaired
+                            .push(format!("default route via {gw} in {key}"));
                     }
                     Err(plexus_sys::SysError::Exists { .. }) => {}
                     Err(e) => {
