@@ -32,8 +32,14 @@ pub enum DriverError {
 /// What a driver is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Capability {
-    /// Where its networks' state lives.
+    /// Where its networks' state lives (libnetwork's `DataScope`): a global-scope driver's
+    /// networks are recorded in the cluster store and seen by every host.
     pub scope: Scope,
+    /// How far its networks reach (libnetwork's `ConnectivityScope`): `Global` when
+    /// endpoints on different hosts talk over one network (overlay), `Local` when a network
+    /// ends at the host (bridge, host, null; macvlan reaches the LAN but each host's network
+    /// is its own).
+    pub connectivity: Scope,
     /// Whether its networks need IP addresses from IPAM (`null` and `host` do not).
     pub needs_ipam: bool,
     /// Whether more than one network of this driver may exist (`host` and `null`: no).

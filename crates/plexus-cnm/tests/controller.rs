@@ -54,6 +54,7 @@ impl Driver for Recorder {
     fn capability(&self) -> Capability {
         Capability {
             scope: Scope::Local,
+            connectivity: Scope::Local,
             needs_ipam: true,
             multiple_networks: true,
         }

@@ -56,6 +56,11 @@ impl Driver for Scripted {
             } else {
                 Scope::Local
             },
+            connectivity: if self.scope_global {
+                Scope::Global
+            } else {
+                Scope::Local
+            },
             needs_ipam: true,
             multiple_networks: true,
         }

@@ -64,6 +64,7 @@ impl Driver for Fake {
     fn capability(&self) -> Capability {
         Capability {
             scope: Scope::Local,
+            connectivity: Scope::Local,
             needs_ipam: true,
             multiple_networks: true,
         }

@@ -24,6 +24,7 @@ impl Driver for Plain {
     fn capability(&self) -> Capability {
         Capability {
             scope: self.scope,
+            connectivity: self.scope,
             needs_ipam: true,
             multiple_networks: true,
         }
@@ -245,6 +246,7 @@ impl Driver for Listener {
     fn capability(&self) -> Capability {
         Capability {
             scope: Scope::Global,
+            connectivity: Scope::Global,
             needs_ipam: false,
             multiple_networks: true,
         }

@@ -42,6 +42,7 @@ pub(crate) fn no_options(
 pub(crate) fn singleton() -> Capability {
     Capability {
         scope: Scope::Local,
+        connectivity: Scope::Local,
         needs_ipam: false,
         multiple_networks: false,
     }

@@ -31,6 +31,7 @@ impl Driver for FakeDriver {
     fn capability(&self) -> Capability {
         Capability {
             scope: Scope::Local,
+            connectivity: Scope::Local,
             needs_ipam: self.ipam,
             multiple_networks: self.ipam,
         }

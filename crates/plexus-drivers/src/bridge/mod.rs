@@ -283,6 +283,7 @@ impl Driver for BridgeDriver {
     fn capability(&self) -> Capability {
         Capability {
             scope: Scope::Local,
+            connectivity: Scope::Local,
             needs_ipam: true,
             multiple_networks: true,
         }
