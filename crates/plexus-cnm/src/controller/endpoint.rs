@@ -80,13 +80,15 @@ impl Controller {
         Ok(Some((pool.pool_id.clone(), response.address)))
     }
 
-    pub(super) async fn connect_steps(
+    /// The first steps of every new endpoint, for connect and for a sandbox made whole: its
+    /// addresses (pushed to `allocated`, for the caller's undo), the driver's endpoint, and
+    /// its record as it will be stored, with no interface name yet.
+    pub(super) async fn new_endpoint(
         &self,
         sandbox: &Sandbox,
         network: &Network,
         driver: &dyn Driver,
-        spec: EndpointSpec,
-        current: &[(Endpoint, Network)],
+        spec: &EndpointSpec,
         allocated: &mut Vec<(String, IpAddr)>,
     ) -> Result<Endpoint> {
         let v4 = self
@@ -119,18 +121,8 @@ impl Controller {
             .create_endpoint(&info)
             .await
             .map_err(|e| driver_err(driver, e))?;
-        let prefix = network
-            .spec
-            .options
-            .get("com.docker.network.container_iface_prefix")
-            .cloned()
-            .unwrap_or_else(|| self.config.interface_prefix.clone());
-        let interface = match spec.interface.as_deref() {
-            Some(exact) => InterfaceName::exact(exact),
-            None => InterfaceName::numbered(&prefix, first_free_interface(current, &prefix)),
-        };
-        let mut endpoint = Endpoint {
-            id: id.clone(),
+        Ok(Endpoint {
+            id,
             name: sandbox.name.clone(),
             network_id: network.id.clone(),
             sandbox_id: sandbox.id.clone(),
@@ -138,15 +130,47 @@ impl Controller {
             ipv6: info.ipv6,
             pool_ids: v4.iter().chain(v6.iter()).map(|(p, _)| p.clone()).collect(),
             mac: created.mac,
-            interface: Some(interface.guess()),
-            aliases: spec.aliases,
+            interface: None,
+            aliases: spec.aliases.clone(),
             ports: created.ports,
             scope: network.scope,
             host: self.endpoint_host(network),
-            options: spec.options,
+            options: spec.options.clone(),
             routes: Vec::new(),
             disable_gateway: false,
+        })
+    }
+
+    /// The prefix of the network's interface names in sandboxes (`eth`, or the network's
+    /// `com.docker.network.container_iface_prefix`).
+    pub(super) fn interface_prefix(&self, network: &Network) -> String {
+        network
+            .spec
+            .options
+            .get("com.docker.network.container_iface_prefix")
+            .cloned()
+            .unwrap_or_else(|| self.config.interface_prefix.clone())
+    }
+
+    pub(super) async fn connect_steps(
+        &self,
+        sandbox: &Sandbox,
+        network: &Network,
+        driver: &dyn Driver,
+        spec: EndpointSpec,
+        current: &[(Endpoint, Network)],
+        allocated: &mut Vec<(String, IpAddr)>,
+    ) -> Result<Endpoint> {
+        let mut endpoint = self
+            .new_endpoint(sandbox, network, driver, &spec, allocated)
+            .await?;
+        let id = endpoint.id.clone();
+        let prefix = self.interface_prefix(network);
+        let interface = match spec.interface.as_deref() {
+            Some(exact) => InterfaceName::exact(exact),
+            None => InterfaceName::numbered(&prefix, first_free_interface(current, &prefix)),
         };
+        endpoint.interface = Some(interface.guess());
         // The record and the driver's kernel work go on at once, so the record's disk flush
         // (about a millisecond) hides behind the join. A crash can then leave a record whose
         // join never finished: start-up reconciliation finds such endpoints lost (see

@@ -12,7 +12,7 @@ use plexus_kv::{KvError, Txn};
 use super::endpoint::{check_endpoint_spec, first_free_interface};
 use super::events::{Event, EventAction};
 use super::{check_name, driver_err, encode, new_id, Controller};
-use crate::driver::{Driver, EndpointInfo, ExternalConnectivity, InterfaceName};
+use crate::driver::{Driver, ExternalConnectivity, InterfaceName};
 use crate::error::{CnmError, Result};
 use crate::model::{Endpoint, EndpointSpec, Network, Sandbox, SandboxSpec};
 use crate::namespaces::Namespaces;
@@ -301,66 +301,18 @@ impl Controller {
         made: &mut Vec<Made>,
         allocated: &mut Vec<(String, IpAddr)>,
     ) -> Result<()> {
-        let v4 = self
-            .allocate(
-                &network.ipv4,
-                spec.ipv4.as_ref(),
-                spec.mac.as_ref(),
-                allocated,
-            )
+        let endpoint = self
+            .new_endpoint(sandbox, network, driver.as_ref(), spec, allocated)
             .await?;
-        let v6 = self
-            .allocate(
-                &network.ipv6,
-                spec.ipv6.as_ref(),
-                spec.mac.as_ref(),
-                allocated,
-            )
-            .await?;
-        let id = new_id()?;
-        let info = EndpointInfo {
-            network_id: network.id.clone(),
-            endpoint_id: id.clone(),
-            ipv4: v4.as_ref().map(|(_, a)| *a),
-            ipv6: v6.as_ref().map(|(_, a)| *a),
-            mac: spec.mac.clone(),
-            ports: spec.ports.clone(),
-            options: spec.options.clone(),
-        };
-        let created = driver
-            .create_endpoint(&info)
-            .await
-            .map_err(|e| driver_err(driver.as_ref(), e))?;
+        let id = endpoint.id.clone();
         made.push(Made {
-            endpoint: Endpoint {
-                id: id.clone(),
-                name: sandbox.name.clone(),
-                network_id: network.id.clone(),
-                sandbox_id: sandbox.id.clone(),
-                ipv4: info.ipv4,
-                ipv6: info.ipv6,
-                pool_ids: v4.iter().chain(v6.iter()).map(|(p, _)| p.clone()).collect(),
-                mac: created.mac,
-                interface: None,
-                aliases: spec.aliases.clone(),
-                ports: created.ports,
-                options: spec.options.clone(),
-                routes: Vec::new(),
-                disable_gateway: false,
-                scope: network.scope,
-                host: self.endpoint_host(network),
-            },
+            endpoint,
             network: network.clone(),
             driver: driver.clone(),
             joined: false,
             programmed: false,
         });
-        let prefix = network
-            .spec
-            .options
-            .get("com.docker.network.container_iface_prefix")
-            .cloned()
-            .unwrap_or_else(|| self.config.interface_prefix.clone());
+        let prefix = self.interface_prefix(network);
         let current: Vec<(Endpoint, Network)> = made
             .iter()
             .map(|m| (m.endpoint.clone(), m.network.clone()))

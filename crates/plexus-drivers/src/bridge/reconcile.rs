@@ -130,11 +130,13 @@ impl BridgeDriver {
         }
         // Also at start-up: a bridge deleted while no daemon ran was just made again.
         self.reattach_ports(&st, &links, desired, &mut out).await;
+        self.remove_stale_links(&links, &known, &endpoints, &mut out)
+            .await;
+        // After the stale links are gone: a leftover interface of a rolled-back endpoint may
+        // still hold the sandbox's default route, and takes it along when deleted.
         if mode == ReconcileMode::Startup {
             self.ensure_default_routes(&st, desired, &mut out).await;
         }
-        self.remove_stale_links(&links, &known, &endpoints, &mut out)
-            .await;
         self.reconcile_firewall(&st, desired, &mut out)?;
         if !out.is_empty() {
             tracing::info!(
