@@ -131,8 +131,13 @@ pub fn spawn_periodic(
         let mut unrepaired: BTreeMap<String, String> = BTreeMap::new();
         loop {
             ticks.tick().await;
+            let began = std::time::Instant::now();
             match controller.reconcile(ReconcileMode::Periodic).await {
                 Ok(report) => {
+                    tracing::debug!(
+                        took_ms = began.elapsed().as_secs_f64() * 1e3,
+                        "periodic reconciliation pass"
+                    );
                     log_report(ReconcileMode::Periodic, &report);
                     let now: BTreeMap<String, String> = report
                         .drivers
