@@ -71,6 +71,13 @@ pub async fn ping() -> Response {
     (StatusCode::OK, headers, "OK").into_response()
 }
 
+/// `/proc/sys/kernel/<name>` (`osrelease`, `hostname`), trimmed; empty if unreadable.
+pub(crate) fn kernel_value(name: &str) -> String {
+    std::fs::read_to_string(format!("/proc/sys/kernel/{name}"))
+        .map(|s| s.trim().to_string())
+        .unwrap_or_default()
+}
+
 /// `GET /version`.
 pub async fn version() -> Json<Version> {
     let arch = match std::env::consts::ARCH {
@@ -78,9 +85,7 @@ pub async fn version() -> Json<Version> {
         "aarch64" => "arm64",
         other => other,
     };
-    let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease")
-        .map(|s| s.trim().to_string())
-        .unwrap_or_default();
+    let kernel = kernel_value("osrelease");
     Json(Version {
         version: env!("CARGO_PKG_VERSION").to_string(),
         api_version: API_VERSION.to_string(),

@@ -5,7 +5,7 @@ use axum::extract::State;
 use axum::Json;
 use plexus_api_types::{ClusterStoreInfo, SystemInfo};
 
-use crate::handlers::AppState;
+use crate::handlers::{kernel_value, AppState};
 
 /// `GET /info`. A daemon whose cluster store is away still answers, and says so.
 pub async fn info(State(state): State<AppState>) -> Json<SystemInfo> {
@@ -22,15 +22,10 @@ pub async fn info(State(state): State<AppState>) -> Json<SystemInfo> {
         _ => None,
     };
     let config = controller.config();
-    let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease")
-        .map(|s| s.trim().to_string())
-        .unwrap_or_default();
     Json(SystemInfo {
         id: config.host_id.clone(),
-        name: std::fs::read_to_string("/proc/sys/kernel/hostname")
-            .map(|s| s.trim().to_string())
-            .unwrap_or_default(),
-        kernel_version: kernel,
+        name: kernel_value("hostname"),
+        kernel_version: kernel_value("osrelease"),
         operating_system: "linux".into(),
         os_type: "linux".into(),
         cluster_store: cluster.as_ref().map(|c| c.url.clone()).unwrap_or_default(),

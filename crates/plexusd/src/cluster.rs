@@ -14,12 +14,8 @@ use plexus_kv::{PutOptions, Store, StoreUrl};
 pub const DEFAULT_ADVERTISE_PORT: u16 = 7946;
 
 /// Backends that several hosts can share; an embedded store cannot.
-fn is_shared(url: &str) -> Result<bool> {
-    let parsed = StoreUrl::parse(url)?;
-    Ok(matches!(
-        parsed.scheme.as_str(),
-        "etcd" | "zk" | "zookeeper"
-    ))
+fn is_shared(url: &StoreUrl) -> bool {
+    matches!(url.scheme.as_str(), "etcd" | "zk" | "zookeeper")
 }
 
 /// Opens the daemon's own store. A shared backend (`--store etcd://…` given to several
@@ -29,7 +25,7 @@ pub async fn open_local(url: &str, host_id: &str) -> Result<Arc<dyn Store>> {
     let store = plexus_kv::open(url, plexus_kv::OpenOptions::default())
         .await
         .with_context(|| format!("opening store {url}"))?;
-    if is_shared(url)? {
+    if is_shared(&StoreUrl::parse(url)?) {
         return plexus_kv::prefixed(store, &format!("plexus/hosts/{host_id}"))
             .with_context(|| format!("opening store {url}"));
     }
@@ -112,7 +108,7 @@ impl ClusterOpts {
 pub async fn open_cluster(url: &str, opts: &ClusterOpts) -> Result<Arc<dyn Store>> {
     let parsed =
         StoreUrl::parse(url).with_context(|| format!("invalid --cluster-store {url:?}"))?;
-    if !is_shared(url)? {
+    if !is_shared(&parsed) {
         bail!(
             "invalid --cluster-store {url:?}: a {} store cannot be shared by hosts; use etcd:// or zk://",
             parsed.scheme

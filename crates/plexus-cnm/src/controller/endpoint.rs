@@ -174,7 +174,7 @@ impl Controller {
         // The record and the driver's kernel work go on at once, so the record's disk flush
         // (about a millisecond) hides behind the join. A crash can then leave a record whose
         // join never finished: start-up reconciliation finds such endpoints lost (see
-        // `forget_endpoints`) and rolls them back.
+        // `Controller::reconcile`) and rolls them back.
         let (recorded, joined) = tokio::join!(
             self.record_endpoint(sandbox, network, &endpoint),
             driver.join(&network.id, &id, &sandbox.key, interface),
@@ -192,7 +192,7 @@ impl Controller {
                     .program_external_connectivity_with(&network.id, &id, &external)
                     .await
                 {
-                    self.undo_connect(driver, &sandbox.id, &endpoint, true, true)
+                    self.undo_connect(driver, &sandbox.id, &endpoint, network, true, true)
                         .await;
                     return Err(driver_err(driver, e));
                 }
@@ -207,17 +207,17 @@ impl Controller {
                 }
             }
             (Ok(()), Err(e)) => {
-                self.undo_connect(driver, &sandbox.id, &endpoint, true, false)
+                self.undo_connect(driver, &sandbox.id, &endpoint, network, true, false)
                     .await;
                 return Err(driver_err(driver, e));
             }
             (Err(e), Ok(_)) => {
-                self.undo_connect(driver, &sandbox.id, &endpoint, false, true)
+                self.undo_connect(driver, &sandbox.id, &endpoint, network, false, true)
                     .await;
                 return Err(e);
             }
             (Err(_), Err(e)) => {
-                self.undo_connect(driver, &sandbox.id, &endpoint, false, false)
+                self.undo_connect(driver, &sandbox.id, &endpoint, network, false, false)
                     .await;
                 return Err(driver_err(driver, e));
             }
@@ -242,11 +242,15 @@ impl Controller {
         driver: &dyn Driver,
         sandbox_id: &str,
         endpoint: &Endpoint,
+        network: &Network,
         recorded: bool,
         joined: bool,
     ) {
         if recorded {
-            if let Err(u) = self.unrecord_endpoint(sandbox_id, endpoint, false).await {
+            if let Err(u) = self
+                .unrecord_endpoint(sandbox_id, endpoint, network, false)
+                .await
+            {
                 tracing::warn!(endpoint = %endpoint.id, error = %u, "cannot remove the record of a failed connect; start-up reconciliation will");
             }
         }
@@ -290,6 +294,7 @@ impl Controller {
         &self,
         sandbox_id: &str,
         endpoint: &Endpoint,
+        network: &Network,
         relaxed: bool,
     ) -> Result<()> {
         let (mut sandbox, index) = self.sandbox_indexed(sandbox_id).await?;
@@ -303,30 +308,9 @@ impl Controller {
             ))
             .put(keys::sandbox(sandbox_id), encode(&sandbox));
         txn.relaxed = relaxed;
-        let event = self
-            .endpoint_event(EventAction::Disconnect, endpoint, &sandbox.name)
-            .await?;
+        let event = Event::endpoint(EventAction::Disconnect, endpoint, network, &sandbox.name);
         self.commit(txn, vec![event]).await?;
         Ok(())
-    }
-
-    /// An endpoint's event, with its network's name and driver read from the store.
-    pub(super) async fn endpoint_event(
-        &self,
-        action: EventAction,
-        endpoint: &Endpoint,
-        sandbox_name: &str,
-    ) -> Result<Event> {
-        match self
-            .load::<Network>(&keys::network_in(endpoint.scope, &endpoint.network_id))
-            .await?
-        {
-            Some((network, _)) => Ok(Event::endpoint(action, endpoint, &network, sandbox_name)),
-            None => Err(CnmError::NotFound {
-                kind: "network",
-                name: endpoint.network_id.clone(),
-            }),
-        }
     }
 
     pub(super) async fn record_endpoint(
@@ -369,8 +353,9 @@ impl Controller {
     /// Disconnects a sandbox from a network.
     pub async fn disconnect(&self, sandbox: &str, network: &str) -> Result<()> {
         let _op = self.ops.lock().await;
-        let (sandbox, _, endpoint) = self.endpoint_on(sandbox, network).await?;
-        self.disconnect_locked(&sandbox.id, &endpoint, false).await
+        let (sandbox, network, endpoint) = self.endpoint_on(sandbox, network).await?;
+        self.disconnect_locked(&sandbox.id, &endpoint, &network, false)
+            .await
     }
 
     /// The endpoint of `sandbox` on `network` (names or ids), with both.
@@ -413,9 +398,9 @@ impl Controller {
         &self,
         sandbox_id: &str,
         endpoint: &Endpoint,
+        network: &Network,
         relaxed: bool,
     ) -> Result<()> {
-        let network = self.network(&endpoint.network_id).await?;
         let driver = self.driver(&network.driver)?;
         // The record goes while the driver takes the data plane down (as in connect): the
         // driver takes it out of service in an order that start-up reconciliation reads as
@@ -441,7 +426,7 @@ impl Controller {
             }
         };
         let (unrecorded, ()) = tokio::join!(
-            self.unrecord_endpoint(sandbox_id, endpoint, relaxed),
+            self.unrecord_endpoint(sandbox_id, endpoint, network, relaxed),
             data_plane
         );
         unrecorded?;

@@ -370,8 +370,9 @@ impl Controller {
     pub(super) async fn delete_sandbox_locked(&self, sandbox: &Sandbox) -> Result<()> {
         let mut endpoints = self.sandbox_endpoints(sandbox).await?;
         while endpoints.len() > MAX_REMOVED_AT_ONCE {
-            if let Some((ep, _)) = endpoints.pop() {
-                self.disconnect_locked(&sandbox.id, &ep, false).await?;
+            if let Some((ep, network)) = endpoints.pop() {
+                self.disconnect_locked(&sandbox.id, &ep, &network, false)
+                    .await?;
             }
         }
         let (_, index) = self.sandbox_indexed(&sandbox.id).await?;

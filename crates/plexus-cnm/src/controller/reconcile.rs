@@ -84,7 +84,7 @@ impl Controller {
                     };
                     let unlisted = !listed.contains(ep.id.as_str());
                     if mode == ReconcileMode::Startup && (unfinished || unlisted) {
-                        lost.push(ep);
+                        lost.push((ep, network.clone()));
                         continue;
                     }
                     let mut ep = ep;
@@ -121,7 +121,9 @@ impl Controller {
                     "rolling back endpoints without a finished join (a crash during connect or disconnect, or a sandbox namespace deleted meanwhile)"
                 );
                 self.forget_endpoints_locked(&lost).await?;
-                report.forgotten.extend(lost.into_iter().map(|ep| ep.id));
+                report
+                    .forgotten
+                    .extend(lost.into_iter().map(|(ep, _)| ep.id));
             }
             match driver.reconcile(&desired, mode).await {
                 Ok(done) if done.is_empty() => {}
@@ -156,14 +158,12 @@ impl Controller {
     /// finished join for them at start-up (a crash during connect or disconnect, or a sandbox
     /// namespace deleted behind Plexus's back). Only the records go (the driver deletes what
     /// is left of their data plane as unknown, IPAM reconciliation frees their addresses).
-    pub async fn forget_endpoints(&self, endpoints: &[Endpoint]) -> Result<()> {
-        let _op = self.ops.lock().await;
-        self.forget_endpoints_locked(endpoints).await
-    }
-
-    async fn forget_endpoints_locked(&self, endpoints: &[Endpoint]) -> Result<()> {
-        for ep in endpoints {
-            match self.unrecord_endpoint(&ep.sandbox_id, ep, false).await {
+    async fn forget_endpoints_locked(&self, endpoints: &[(Endpoint, Network)]) -> Result<()> {
+        for (ep, network) in endpoints {
+            match self
+                .unrecord_endpoint(&ep.sandbox_id, ep, network, false)
+                .await
+            {
                 Ok(()) => {}
                 // Its sandbox is gone: only the endpoint's own record is left.
                 Err(CnmError::NotFound { .. }) => {
