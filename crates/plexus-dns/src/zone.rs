@@ -1,0 +1,428 @@
+//! What the resolver knows: networks, the endpoints on them, the sandboxes that ask — as
+//! the daemon describes them ([`NetworkInfo`], [`EndpointInfo`], [`SandboxInfo`]) — and the
+//! read-only [`Zone`] built from them that queries are answered from.
+//!
+//! A [`Records`] is the mutable master, changed one record at a time by the control plane;
+//! each change rebuilds only the networks it touches and yields a fresh [`Zone`] that the
+//! serving side swaps in whole, so a query sees either the old state or the new, never half.
+
+use std::collections::{BTreeMap, HashMap};
+use std::net::{IpAddr, SocketAddr};
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use serde::{Deserialize, Serialize};
+
+/// The time to live of local answers when a network does not set one.
+pub const DEFAULT_TTL: u32 = 5;
+
+/// A network whose names the resolver serves.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NetworkInfo {
+    /// The network's id.
+    pub id: String,
+    /// Its name (answers `NAME.NETWORK`).
+    pub name: String,
+    /// The TTL of its answers, in seconds.
+    pub ttl: u32,
+    /// An internal network: sandboxes only on internal networks get no forwarding.
+    pub internal: bool,
+}
+
+/// One endpoint: the names under which a sandbox is known on one network.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EndpointInfo {
+    /// The endpoint's id.
+    pub id: String,
+    /// Its network's id.
+    pub network_id: String,
+    /// The sandbox's id.
+    pub sandbox_id: String,
+    /// The names it answers to on that network: the sandbox's name first, then aliases.
+    pub names: Vec<String>,
+    /// Its addresses.
+    pub addrs: Vec<IpAddr>,
+    /// Its place among the sandbox's endpoints (connection order): a name on several of a
+    /// sandbox's networks is answered from the first.
+    #[serde(default)]
+    pub order: u32,
+}
+
+/// A sandbox that asks: where its listener lives and where its queries may be forwarded.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SandboxInfo {
+    /// The sandbox's id.
+    pub id: String,
+    /// Its name, for logs.
+    pub name: String,
+    /// Its network namespace's path.
+    pub netns: PathBuf,
+    /// Its own upstreams (`--dns`); empty means the host's.
+    pub upstreams: Vec<SocketAddr>,
+    /// The user set `ndots` explicitly: a one-label name that misses gets an empty answer
+    /// instead of being forwarded, so the client goes on with its search list (as Docker).
+    pub ndots_set: bool,
+}
+
+/// Names of one network, ready for lookups (keys in lower case, without the trailing dot).
+#[derive(Debug, Default)]
+pub struct NetworkZone {
+    /// The network's name, lower case.
+    pub name: String,
+    /// TTL of its answers.
+    pub ttl: u32,
+    /// Whether it is internal.
+    pub internal: bool,
+    /// Name → addresses (`db`, `db.net1`, aliases).
+    pub names: HashMap<String, Vec<IpAddr>>,
+    /// Address → `NAME.NETWORK` names, for PTR.
+    pub reverse: HashMap<IpAddr, Vec<String>>,
+}
+
+/// How one sandbox sees the zone.
+#[derive(Debug, Clone, Default)]
+pub struct SandboxView {
+    /// Ids of the networks it is on that serve names, in connection order.
+    pub networks: Vec<String>,
+    /// Whether misses may be forwarded (some network of its is not internal).
+    pub forward: bool,
+    /// Its upstreams; empty means the host's.
+    pub upstreams: Arc<[SocketAddr]>,
+    /// See [`SandboxInfo::ndots_set`].
+    pub ndots_set: bool,
+}
+
+/// An immutable snapshot that queries are answered from.
+#[derive(Debug, Default, Clone)]
+pub struct Zone {
+    /// Networks by id.
+    pub networks: HashMap<String, Arc<NetworkZone>>,
+    /// Sandboxes by id.
+    pub sandboxes: HashMap<String, Arc<SandboxView>>,
+}
+
+impl Zone {
+    /// The addresses `name` (lower case, no trailing dot) has for a sandbox, from the first
+    /// of its networks that knows the name, with that network's TTL.
+    pub fn lookup(&self, view: &SandboxView, name: &str) -> Option<(&[IpAddr], u32)> {
+        view.networks.iter().find_map(|id| {
+            let net = self.networks.get(id)?;
+            net.names.get(name).map(|a| (a.as_slice(), net.ttl))
+        })
+    }
+
+    /// The names an address has for a sandbox, with the TTL.
+    pub fn reverse(&self, view: &SandboxView, addr: IpAddr) -> Option<(&[String], u32)> {
+        view.networks.iter().find_map(|id| {
+            let net = self.networks.get(id)?;
+            net.reverse.get(&addr).map(|n| (n.as_slice(), net.ttl))
+        })
+    }
+
+    /// A name looked up across every network, as the host sees them: `NAME.NETWORK`.
+    pub fn lookup_any(&self, name: &str) -> Option<(Vec<IpAddr>, u32)> {
+        let (_, net) = name.rsplit_once('.')?;
+        let zone = self.networks.values().find(|n| n.name == net)?;
+        zone.names.get(name).map(|a| (a.clone(), zone.ttl))
+    }
+}
+
+/// The resolver's master copy of what the daemon told it.
+#[derive(Debug, Default, Clone)]
+pub struct Records {
+    networks: BTreeMap<String, NetworkInfo>,
+    endpoints: BTreeMap<String, EndpointInfo>,
+    sandboxes: BTreeMap<String, SandboxInfo>,
+    zone: Zone,
+}
+
+/// A full description, as sent on (re)connection.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Snapshot {
+    /// Every network that serves names.
+    pub networks: Vec<NetworkInfo>,
+    /// Every endpoint on them.
+    pub endpoints: Vec<EndpointInfo>,
+    /// Every sandbox with a listener.
+    pub sandboxes: Vec<SandboxInfo>,
+}
+
+impl Records {
+    /// Everything known, as a [`Snapshot`].
+    pub fn snapshot(&self) -> Snapshot {
+        Snapshot {
+            networks: self.networks.values().cloned().collect(),
+            endpoints: self.endpoints.values().cloned().collect(),
+            sandboxes: self.sandboxes.values().cloned().collect(),
+        }
+    }
+
+    /// Replaces everything with `snap`.
+    pub fn replace(&mut self, snap: Snapshot) {
+        self.networks = snap.networks.into_iter().map(|n| (n.id.clone(), n)).collect();
+        self.endpoints = snap.endpoints.into_iter().map(|e| (e.id.clone(), e)).collect();
+        self.sandboxes = snap.sandboxes.into_iter().map(|s| (s.id.clone(), s)).collect();
+        let ids: Vec<String> = self.networks.keys().cloned().collect();
+        self.zone = Zone::default();
+        for id in ids {
+            self.rebuild_network(&id);
+        }
+        let ids: Vec<String> = self.sandboxes.keys().cloned().collect();
+        for id in ids {
+            self.rebuild_sandbox(&id);
+        }
+    }
+
+    /// The current zone.
+    pub fn zone(&self) -> &Zone {
+        &self.zone
+    }
+
+    /// A known sandbox.
+    pub fn sandbox(&self, id: &str) -> Option<&SandboxInfo> {
+        self.sandboxes.get(id)
+    }
+
+    /// Every known sandbox.
+    pub fn sandboxes(&self) -> impl Iterator<Item = &SandboxInfo> {
+        self.sandboxes.values()
+    }
+
+    /// Adds or changes a network.
+    pub fn upsert_network(&mut self, net: NetworkInfo) {
+        let id = net.id.clone();
+        self.networks.insert(id.clone(), net);
+        self.rebuild_network(&id);
+        self.rebuild_sandboxes_on(&id);
+    }
+
+    /// Removes a network (and its endpoints).
+    pub fn remove_network(&mut self, id: &str) {
+        self.networks.remove(id);
+        self.endpoints.retain(|_, e| e.network_id != id);
+        self.rebuild_network(id);
+        self.rebuild_sandboxes_on(id);
+    }
+
+    /// Adds or changes an endpoint.
+    pub fn upsert_endpoint(&mut self, ep: EndpointInfo) {
+        let old = self.endpoints.insert(ep.id.clone(), ep.clone());
+        if let Some(old) = old.filter(|o| o.network_id != ep.network_id) {
+            self.rebuild_network(&old.network_id);
+        }
+        self.rebuild_network(&ep.network_id);
+        self.rebuild_sandbox(&ep.sandbox_id);
+    }
+
+    /// Removes an endpoint.
+    pub fn remove_endpoint(&mut self, id: &str) {
+        if let Some(ep) = self.endpoints.remove(id) {
+            self.rebuild_network(&ep.network_id);
+            self.rebuild_sandbox(&ep.sandbox_id);
+        }
+    }
+
+    /// Adds or changes a sandbox.
+    pub fn upsert_sandbox(&mut self, sb: SandboxInfo) {
+        let id = sb.id.clone();
+        self.sandboxes.insert(id.clone(), sb);
+        self.rebuild_sandbox(&id);
+    }
+
+    /// Removes a sandbox (its endpoints go with it).
+    pub fn remove_sandbox(&mut self, id: &str) {
+        self.sandboxes.remove(id);
+        let gone: Vec<EndpointInfo> = self
+            .endpoints
+            .values()
+            .filter(|e| e.sandbox_id == id)
+            .cloned()
+            .collect();
+        for ep in gone {
+            self.endpoints.remove(&ep.id);
+            self.rebuild_network(&ep.network_id);
+        }
+        self.zone.sandboxes.remove(id);
+    }
+
+    fn rebuild_network(&mut self, id: &str) {
+        let Some(net) = self.networks.get(id) else {
+            self.zone.networks.remove(id);
+            return;
+        };
+        let mut zone = NetworkZone {
+            name: net.name.to_ascii_lowercase(),
+            ttl: net.ttl,
+            internal: net.internal,
+            ..NetworkZone::default()
+        };
+        for ep in self.endpoints.values().filter(|e| e.network_id == id) {
+            for (i, name) in ep.names.iter().enumerate() {
+                let name = name.trim_end_matches('.').to_ascii_lowercase();
+                if name.is_empty() {
+                    continue;
+                }
+                let qualified = format!("{name}.{}", zone.name);
+                for key in [name, qualified.clone()] {
+                    let addrs = zone.names.entry(key).or_default();
+                    for a in &ep.addrs {
+                        if !addrs.contains(a) {
+                            addrs.push(*a);
+                        }
+                    }
+                }
+                // PTR answers the sandbox's own name only, as Docker does.
+                if i == 0 {
+                    for a in &ep.addrs {
+                        zone.reverse.entry(*a).or_default().push(qualified.clone());
+                    }
+                }
+            }
+        }
+        self.zone.networks.insert(id.to_string(), Arc::new(zone));
+    }
+
+    fn rebuild_sandboxes_on(&mut self, network: &str) {
+        let ids: Vec<String> = self
+            .endpoints
+            .values()
+            .filter(|e| e.network_id == network)
+            .map(|e| e.sandbox_id.clone())
+            .collect();
+        for id in ids {
+            self.rebuild_sandbox(&id);
+        }
+        // Sandboxes whose endpoints went with the network.
+        let stale: Vec<String> = self
+            .zone
+            .sandboxes
+            .iter()
+            .filter(|(_, v)| v.networks.iter().any(|n| n == network))
+            .map(|(id, _)| id.clone())
+            .collect();
+        for id in stale {
+            self.rebuild_sandbox(&id);
+        }
+    }
+
+    fn rebuild_sandbox(&mut self, id: &str) {
+        let Some(sb) = self.sandboxes.get(id) else {
+            self.zone.sandboxes.remove(id);
+            return;
+        };
+        let mut eps: Vec<&EndpointInfo> = self
+            .endpoints
+            .values()
+            .filter(|e| e.sandbox_id == id && self.networks.contains_key(&e.network_id))
+            .collect();
+        eps.sort_by_key(|e| e.order);
+        let mut networks: Vec<String> = Vec::new();
+        let mut forward = false;
+        for ep in eps {
+            if let Some(net) = self.networks.get(&ep.network_id) {
+                forward |= !net.internal;
+                if !networks.contains(&ep.network_id) {
+                    networks.push(ep.network_id.clone());
+                }
+            }
+        }
+        let view = SandboxView {
+            networks,
+            forward,
+            upstreams: sb.upstreams.clone().into(),
+            ndots_set: sb.ndots_set,
+        };
+        self.zone.sandboxes.insert(id.to_string(), Arc::new(view));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn net(id: &str, name: &str, internal: bool) -> NetworkInfo {
+        NetworkInfo {
+            id: id.into(),
+            name: name.into(),
+            ttl: DEFAULT_TTL,
+            internal,
+        }
+    }
+
+    fn ep(id: &str, net: &str, sb: &str, names: &[&str], addr: &str) -> EndpointInfo {
+        EndpointInfo {
+            id: id.into(),
+            network_id: net.into(),
+            sandbox_id: sb.into(),
+            names: names.iter().map(|s| s.to_string()).collect(),
+            addrs: vec![addr.parse().unwrap()],
+            order: 0,
+        }
+    }
+
+    fn sb(id: &str) -> SandboxInfo {
+        SandboxInfo {
+            id: id.into(),
+            name: id.into(),
+            netns: "/nonexistent".into(),
+            upstreams: vec![],
+            ndots_set: false,
+        }
+    }
+
+    #[test]
+    fn names_aliases_qualified_and_isolation() {
+        let mut r = Records::default();
+        r.upsert_network(net("n1", "Net1", false));
+        r.upsert_network(net("n2", "net2", true));
+        for s in ["a", "b", "c"] {
+            r.upsert_sandbox(sb(s));
+        }
+        r.upsert_endpoint(ep("e1", "n1", "a", &["Web", "front"], "10.0.0.2"));
+        r.upsert_endpoint(ep("e2", "n1", "b", &["db"], "10.0.0.3"));
+        r.upsert_endpoint(ep("e3", "n2", "c", &["cache"], "10.1.0.2"));
+        let z = r.zone();
+        let va = z.sandboxes["a"].clone();
+        let vc = z.sandboxes["c"].clone();
+        assert_eq!(z.lookup(&va, "web").unwrap().0, ["10.0.0.2".parse::<IpAddr>().unwrap()]);
+        assert!(z.lookup(&va, "front.net1").is_some());
+        assert!(z.lookup(&va, "cache").is_none(), "n2's names are not a's");
+        assert!(z.lookup(&vc, "db").is_none());
+        assert!(va.forward);
+        assert!(!vc.forward, "only internal networks: no forwarding");
+        let ptr = z.reverse(&va, "10.0.0.3".parse().unwrap()).unwrap().0;
+        assert_eq!(ptr, ["db.net1"]);
+        assert_eq!(z.lookup_any("db.net1").unwrap().0.len(), 1);
+    }
+
+    #[test]
+    fn shared_alias_collects_addresses_and_removal_updates() {
+        let mut r = Records::default();
+        r.upsert_network(net("n1", "n", false));
+        r.upsert_sandbox(sb("a"));
+        r.upsert_sandbox(sb("b"));
+        r.upsert_endpoint(ep("e1", "n1", "a", &["a", "svc"], "10.0.0.2"));
+        r.upsert_endpoint(ep("e2", "n1", "b", &["b", "svc"], "10.0.0.3"));
+        let view = r.zone().sandboxes["a"].clone();
+        assert_eq!(r.zone().lookup(&view, "svc").unwrap().0.len(), 2);
+        r.remove_sandbox("b");
+        assert_eq!(r.zone().lookup(&view, "svc").unwrap().0.len(), 1);
+        assert!(r.zone().lookup(&view, "b").is_none());
+        r.remove_network("n1");
+        assert!(r.zone().sandboxes["a"].networks.is_empty());
+        assert!(r.zone().networks.is_empty());
+    }
+
+    #[test]
+    fn snapshot_round_trip() {
+        let mut r = Records::default();
+        r.upsert_network(net("n1", "n", false));
+        r.upsert_sandbox(sb("a"));
+        r.upsert_endpoint(ep("e1", "n1", "a", &["a"], "10.0.0.2"));
+        let mut r2 = Records::default();
+        r2.replace(r.snapshot());
+        let v = r2.zone().sandboxes["a"].clone();
+        assert!(r2.zone().lookup(&v, "a.n").is_some());
+        assert_eq!(r2.snapshot(), r.snapshot());
+    }
+}
