@@ -11,15 +11,25 @@
 //!   queries are answered from;
 //! - [`answer`]: a query's bytes to a reply, a forward or a drop — plain functions;
 //! - [`cache`]: forwarded answers, aged in place, with negative caching;
-//! - [`forward`]: the upstream state machine (health, racing, failover), sans I/O.
+//! - [`forward`]: the upstream state machine (health, racing, failover), sans I/O;
+//! - [`resolvconf`]: the host's `resolv.conf` read, a sandbox's `resolv.conf` and `hosts`
+//!   written;
+//! - [`control`]: the protocol between plexusd and the resolver, and plexusd's client;
+//! - [`server`]: the resolver process — listeners in sandbox namespaces, the forwarding task,
+//!   the control socket.
 
 #![warn(missing_docs)]
 
 pub mod answer;
 pub mod cache;
+pub mod control;
+mod error;
 pub mod forward;
 pub mod names;
+pub mod resolvconf;
+pub mod server;
 pub mod wire;
 pub mod zone;
 
+pub use error::DnsError;
 pub use zone::Zone;
