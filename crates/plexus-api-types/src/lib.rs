@@ -459,6 +459,21 @@ pub struct SandboxResource {
     /// Endpoints, in connection order.
     #[serde(rename = "Endpoints")]
     pub endpoints: Vec<SandboxEndpoint>,
+    /// The `resolv.conf` written for it, for a runtime to bind-mount (Docker's
+    /// `ResolvConfPath`); empty when the daemon writes none.
+    #[serde(
+        rename = "ResolvConfPath",
+        default,
+        skip_serializing_if = "String::is_empty"
+    )]
+    pub resolv_conf_path: String,
+    /// The `hosts` file written for it (Docker's `HostsPath`).
+    #[serde(
+        rename = "HostsPath",
+        default,
+        skip_serializing_if = "String::is_empty"
+    )]
+    pub hosts_path: String,
 }
 
 /// Who an event is about (`Actor` of Docker's events).

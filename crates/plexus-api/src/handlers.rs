@@ -26,6 +26,9 @@ pub struct AppState {
     /// The model (which also makes sandbox namespaces, through its
     /// [`Namespaces`](plexus_cnm::Namespaces)).
     pub controller: Arc<Controller>,
+    /// Where each sandbox's `resolv.conf` and `hosts` are written (`<dir>/<id>/`), if the
+    /// daemon writes them.
+    pub sandbox_files: Option<std::path::PathBuf>,
 }
 
 /// Decodes a JSON body; the error names the field at fault (`Name`, `IPAM.Config[0].Subnet`).
@@ -421,8 +424,21 @@ async fn endpoints_of(
         .collect())
 }
 
-fn sandbox_view(s: &Sandbox, endpoints: &HashMap<String, (Endpoint, Network)>) -> SandboxResource {
+fn sandbox_view(
+    state: &AppState,
+    s: &Sandbox,
+    endpoints: &HashMap<String, (Endpoint, Network)>,
+) -> SandboxResource {
+    let file = |name: &str| {
+        state
+            .sandbox_files
+            .as_ref()
+            .map(|d| d.join(&s.id).join(name).display().to_string())
+            .unwrap_or_default()
+    };
     SandboxResource {
+        resolv_conf_path: file("resolv.conf"),
+        hosts_path: file("hosts"),
         id: s.id.clone(),
         name: s.name.clone(),
         netns: s.key.clone(),
@@ -492,7 +508,7 @@ pub async fn create_sandbox(
     let endpoints = endpoints_of(controller, &sandbox).await?;
     Ok((
         StatusCode::CREATED,
-        Json(sandbox_view(&sandbox, &endpoints)),
+        Json(sandbox_view(&state, &sandbox, &endpoints)),
     ))
 }
 
@@ -507,7 +523,7 @@ pub async fn list_sandboxes(
             .sandboxes()
             .await?
             .iter()
-            .map(|s| sandbox_view(s, &endpoints))
+            .map(|s| sandbox_view(&state, s, &endpoints))
             .collect(),
     ))
 }
@@ -519,7 +535,7 @@ pub async fn inspect_sandbox(
 ) -> Result<Json<SandboxResource>, ApiError> {
     let s = state.controller.sandbox(&name).await?;
     let endpoints = endpoints_of(&state.controller, &s).await?;
-    Ok(Json(sandbox_view(&s, &endpoints)))
+    Ok(Json(sandbox_view(&state, &s, &endpoints)))
 }
 
 /// `DELETE /plexus/sandboxes/{name}` → 204; removes the namespace if Plexus made it.

@@ -32,6 +32,7 @@ pub mod driver;
 mod error;
 pub mod model;
 pub mod namespaces;
+pub mod observer;
 pub mod reconcile;
 pub mod store_layout;
 
@@ -47,10 +48,11 @@ pub use driver::{
 pub use error::{CnmError, Result};
 pub use model::{
     Endpoint, EndpointSpec, IpamPool, IpamPoolSpec, Network, NetworkSpec, Node, PortBinding,
-    Sandbox, SandboxSpec, Scope, DEFAULT_BRIDGE_NETWORK, DEFAULT_BRIDGE_OPTION,
+    Sandbox, SandboxSpec, Scope, DEFAULT_BRIDGE_NETWORK, DEFAULT_BRIDGE_OPTION, DNS_TTL_OPTION,
     PREDEFINED_NETWORKS,
 };
 pub use namespaces::{Namespaces, NoNamespaces};
+pub use observer::CommitObserver;
 pub use reconcile::{
     Desired, DesiredEndpoint, LiveEndpoint, ReconcileMode, ReconcileReport, Reconciled,
 };

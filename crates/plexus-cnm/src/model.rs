@@ -143,6 +143,9 @@ pub const PREDEFINED_NETWORKS: [(&str, &str); 2] = [("host", "host"), ("none", "
 /// be removed and prune leaves it.
 pub const DEFAULT_BRIDGE_NETWORK: &str = "bridge";
 
+/// The network option that sets the TTL of the embedded DNS's answers, in seconds.
+pub const DNS_TTL_OPTION: &str = "plexus.dns.ttl";
+
 /// The option that marks the [`DEFAULT_BRIDGE_NETWORK`] (Docker sets it on its own): a
 /// network a user named `bridge` without it is an ordinary network.
 pub const DEFAULT_BRIDGE_OPTION: &str = "com.docker.network.bridge.default_bridge";

@@ -208,12 +208,16 @@ mod tests {
             t0
         ));
         let q = query(7, "ExAmple.COM.");
-        let hit = c.get(&key("example.com."), &q, t0 + Duration::from_secs(20)).unwrap();
+        let hit = c
+            .get(&key("example.com."), &q, t0 + Duration::from_secs(20))
+            .unwrap();
         let m = Message::from_vec(&hit).unwrap();
         assert_eq!(m.id(), 7);
         assert_eq!(m.answers()[0].ttl(), 40);
         assert_eq!(m.queries()[0].name().to_ascii(), "ExAmple.COM.");
-        assert!(c.get(&key("example.com."), &q, t0 + Duration::from_secs(61)).is_none());
+        assert!(c
+            .get(&key("example.com."), &q, t0 + Duration::from_secs(61))
+            .is_none());
         assert!(c.is_empty(), "expired entries go on lookup");
     }
 
@@ -224,8 +228,12 @@ mod tests {
         let nx = answer("nx.example.", ResponseCode::NXDomain, None, Some(30));
         assert!(c.insert(key("nx.example."), &nx, t0));
         let q = query(1, "nx.example.");
-        assert!(c.get(&key("nx.example."), &q, t0 + Duration::from_secs(29)).is_some());
-        assert!(c.get(&key("nx.example."), &q, t0 + Duration::from_secs(30)).is_none());
+        assert!(c
+            .get(&key("nx.example."), &q, t0 + Duration::from_secs(29))
+            .is_some());
+        assert!(c
+            .get(&key("nx.example."), &q, t0 + Duration::from_secs(30))
+            .is_none());
         let no_soa = answer("nx.example.", ResponseCode::NXDomain, None, None);
         assert!(!c.insert(key("nx.example."), &no_soa, t0));
         let fail = answer("x.", ResponseCode::ServFail, None, None);
@@ -246,7 +254,11 @@ mod tests {
         });
         let t0 = Instant::now();
         for n in ["a.", "b.", "c."] {
-            c.insert(key(n), &answer(n, ResponseCode::NoError, Some(60), None), t0);
+            c.insert(
+                key(n),
+                &answer(n, ResponseCode::NoError, Some(60), None),
+                t0,
+            );
         }
         assert_eq!(c.len(), 2);
         assert!(c.get(&key("a."), &query(1, "a."), t0).is_none());

@@ -205,10 +205,7 @@ mod tests {
     #[test]
     fn requests_round_trip_as_json() {
         let r = Request::Batch {
-            ops: vec![
-                Request::RemoveSandbox { id: "a".into() },
-                Request::Stats,
-            ],
+            ops: vec![Request::RemoveSandbox { id: "a".into() }, Request::Stats],
         };
         let s = serde_json::to_string(&r).unwrap();
         assert!(s.contains("\"op\":\"batch\""), "{s}");

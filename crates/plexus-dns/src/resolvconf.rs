@@ -194,7 +194,10 @@ mod tests {
         std::fs::write(&rc, "nameserver 127.0.0.53\nnameserver 10.0.0.9\n").unwrap();
         std::fs::write(&resolved, "nameserver 10.0.0.8\nnameserver 10.0.0.9\n").unwrap();
         let up = host_upstreams(&rc, &resolved);
-        let want: Vec<SocketAddr> = vec!["10.0.0.8:53".parse().unwrap(), "10.0.0.9:53".parse().unwrap()];
+        let want: Vec<SocketAddr> = vec![
+            "10.0.0.8:53".parse().unwrap(),
+            "10.0.0.9:53".parse().unwrap(),
+        ];
         assert_eq!(up, want);
         assert!(host_upstreams(&d.path().join("missing"), &resolved).is_empty());
     }
@@ -207,9 +210,15 @@ mod tests {
         assert!(s.contains("search corp.example\n"));
         assert!(s.contains("options edns0 ndots:0\n"), "{s}");
         let s = for_resolver(&host, &["x.example".into()], &["ndots:3".into()]);
-        assert!(s.contains("search x.example\n") && s.contains("options ndots:3\n"), "{s}");
+        assert!(
+            s.contains("search x.example\n") && s.contains("options ndots:3\n"),
+            "{s}"
+        );
         let s = without_resolver(&host, &[], &[], &[]);
-        assert!(s.contains("nameserver 8.8.8.8\n"), "loopback servers left out: {s}");
+        assert!(
+            s.contains("nameserver 8.8.8.8\n"),
+            "loopback servers left out: {s}"
+        );
         let s = without_resolver(&host, &["1.1.1.1".parse().unwrap()], &[], &[]);
         assert!(s.contains("nameserver 1.1.1.1\n") && !s.contains("8.8.8.8"));
         let h = hosts(&["web".into()], &["10.0.0.2".parse().unwrap()]);

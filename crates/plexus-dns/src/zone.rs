@@ -159,9 +159,21 @@ impl Records {
 
     /// Replaces everything with `snap`.
     pub fn replace(&mut self, snap: Snapshot) {
-        self.networks = snap.networks.into_iter().map(|n| (n.id.clone(), n)).collect();
-        self.endpoints = snap.endpoints.into_iter().map(|e| (e.id.clone(), e)).collect();
-        self.sandboxes = snap.sandboxes.into_iter().map(|s| (s.id.clone(), s)).collect();
+        self.networks = snap
+            .networks
+            .into_iter()
+            .map(|n| (n.id.clone(), n))
+            .collect();
+        self.endpoints = snap
+            .endpoints
+            .into_iter()
+            .map(|e| (e.id.clone(), e))
+            .collect();
+        self.sandboxes = snap
+            .sandboxes
+            .into_iter()
+            .map(|s| (s.id.clone(), s))
+            .collect();
         let ids: Vec<String> = self.networks.keys().cloned().collect();
         self.zone = Zone::default();
         for id in ids {
@@ -384,7 +396,10 @@ mod tests {
         let z = r.zone();
         let va = z.sandboxes["a"].clone();
         let vc = z.sandboxes["c"].clone();
-        assert_eq!(z.lookup(&va, "web").unwrap().0, ["10.0.0.2".parse::<IpAddr>().unwrap()]);
+        assert_eq!(
+            z.lookup(&va, "web").unwrap().0,
+            ["10.0.0.2".parse::<IpAddr>().unwrap()]
+        );
         assert!(z.lookup(&va, "front.net1").is_some());
         assert!(z.lookup(&va, "cache").is_none(), "n2's names are not a's");
         assert!(z.lookup(&vc, "db").is_none());

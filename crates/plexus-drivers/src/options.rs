@@ -140,6 +140,10 @@ fn check_ifname(name: &str, value: &str, max: usize) -> Result<(), DriverError> 
 
 /// Whether an option name is one the bridge driver must know.
 fn ours(name: &str) -> bool {
+    // `plexus.dns.*` belongs to the embedded DNS, checked by the controller for every driver.
+    if name.starts_with("plexus.dns.") {
+        return false;
+    }
     name.starts_with("com.docker.network.") || name.starts_with("plexus.") || !name.contains('.')
 }
 

@@ -217,6 +217,13 @@ pub(crate) fn sandbox(
             let s: SandboxResource = client.get(&format!("/plexus/sandboxes/{}", encode(&name)))?;
             return Ok(Some(Exec {
                 netns: s.netns,
+                files: [
+                    (s.resolv_conf_path, "/etc/resolv.conf"),
+                    (s.hosts_path, "/etc/hosts"),
+                ]
+                .into_iter()
+                .filter(|(from, _)| !from.is_empty())
+                .collect(),
                 command,
             }));
         }
@@ -228,7 +235,44 @@ pub(crate) fn sandbox(
 /// after every request is over, on the process's only thread (`setns` moves just that thread).
 pub(crate) struct Exec {
     netns: String,
+    /// Files the daemon wrote for the sandbox and where the command sees them.
+    files: Vec<(String, &'static str)>,
     command: Vec<String>,
+}
+
+/// Shows the sandbox's `resolv.conf` and `hosts` to the command at `/etc`, in a mount
+/// namespace of its own (as `ip netns exec` does with `/etc/netns/NAME/`): the host's
+/// files are untouched.
+fn mount_files(files: &[(String, &'static str)]) -> Result<()> {
+    use nix::mount::{mount, MsFlags};
+    if files.is_empty() {
+        return Ok(());
+    }
+    nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWNS)
+        .context("making a private mount namespace")?;
+    // Mounts made here must not propagate back to the host's namespace.
+    mount(
+        None::<&str>,
+        "/",
+        None::<&str>,
+        MsFlags::MS_REC | MsFlags::MS_SLAVE,
+        None::<&str>,
+    )
+    .context("making / a slave mount")?;
+    for (from, to) in files {
+        if !std::path::Path::new(from).exists() {
+            continue;
+        }
+        mount(
+            Some(from.as_str()),
+            *to,
+            None::<&str>,
+            MsFlags::MS_BIND,
+            None::<&str>,
+        )
+        .with_context(|| format!("bind-mounting {from} on {to}"))?;
+    }
+    Ok(())
 }
 
 /// Enters the namespace on this (the only) thread and replaces the process with the command.
@@ -238,6 +282,7 @@ pub(crate) fn exec_in(exec: Exec) -> Result<std::convert::Infallible> {
         .with_context(|| format!("opening the sandbox's namespace {}", exec.netns))?;
     nix::sched::setns(&file, nix::sched::CloneFlags::CLONE_NEWNET)
         .with_context(|| format!("entering the sandbox's namespace {}", exec.netns))?;
+    mount_files(&exec.files)?;
     let args: Vec<CString> = exec
         .command
         .iter()

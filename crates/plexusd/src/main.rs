@@ -21,6 +21,7 @@ use plexus_ipam::{BuiltinIpam, Ipam, IpamConfig};
 use tokio::signal::unix::{signal, SignalKind};
 
 mod cluster;
+mod dns;
 mod reconcile;
 
 /// The Plexus daemon: container networks on this host, served over the Docker Engine API.
@@ -84,6 +85,23 @@ struct Args {
     /// The marker that kernel objects made by this daemon carry (link alias prefix).
     #[arg(long, default_value = "plexus", hide = true)]
     marker: String,
+    /// Also answer sandbox names to the host on this address (`127.0.0.1:5353`): names as
+    /// `NAME.NETWORK.<--dns-host-domain>`.
+    #[arg(long = "dns-host-addr")]
+    dns_host_addr: Option<std::net::SocketAddr>,
+    /// The domain of names the host's listener answers.
+    #[arg(long = "dns-host-domain", default_value = "plexus")]
+    dns_host_domain: String,
+    /// The `resolv.conf` whose servers the embedded DNS forwards to for sandboxes without
+    /// `--dns`.
+    #[arg(long = "dns-resolv-conf", default_value = "/etc/resolv.conf")]
+    dns_resolv_conf: PathBuf,
+    /// Run as the embedded DNS resolver that plexusd starts (internal).
+    #[arg(long = "internal-resolver", hide = true)]
+    internal_resolver: bool,
+    /// The resolver's control socket (internal, with --internal-resolver).
+    #[arg(long = "dns-control", hide = true)]
+    dns_control: Option<PathBuf>,
 }
 
 fn socket_path(args: &Args) -> Result<PathBuf> {
@@ -316,6 +334,26 @@ async fn run(args: Args) -> Result<()> {
         },
     )
     .with_namespaces(Arc::new(plexus_api::SysNamespaces::new(netns_dir.clone())));
+    let mut resolver_args = vec![
+        "--dns-resolv-conf".to_string(),
+        args.dns_resolv_conf.display().to_string(),
+    ];
+    if let Some(addr) = args.dns_host_addr {
+        resolver_args.extend([
+            "--dns-host-addr".to_string(),
+            addr.to_string(),
+            "--dns-host-domain".to_string(),
+            args.dns_host_domain.clone(),
+        ]);
+    }
+    let dns = dns::Dns::start(
+        dns::DnsPaths::new(&args.run_dir),
+        &args.dns_resolv_conf,
+        resolver_args,
+    )
+    .await
+    .context("starting the embedded DNS")?;
+    controller = controller.with_observer(dns.clone());
     let mut heartbeat = None;
     if let Some(c) = &cluster_store {
         let node = plexus_cnm::Node {
@@ -363,12 +401,17 @@ async fn run(args: Args) -> Result<()> {
     std::fs::set_permissions(&socket, std::fs::Permissions::from_mode(0o660))
         .with_context(|| format!("setting mode 0660 on {}", socket.display()))?;
 
+    if let Err(e) = dns.sync(&controller).await {
+        tracing::warn!("embedded DNS: {e:#}");
+    }
+    let dns_supervisor = dns.supervise(controller.clone());
     let periodic = reconcile_interval.map(|every| {
         tracing::info!(interval = ?every, "periodic reconciliation on");
         reconcile::spawn_periodic(controller.clone(), every)
     });
     let app = plexus_api::router(plexus_api::AppState {
         controller: controller.clone(),
+        sandbox_files: Some(dns.sandbox_files().to_path_buf()),
     });
     tracing::info!(socket = %socket.display(), store = %url, "plexusd serving");
     // Streams of `/events` end when the signal comes, or the graceful shutdown would wait
@@ -384,6 +427,7 @@ async fn run(args: Args) -> Result<()> {
     if let Some(task) = periodic {
         task.abort();
     }
+    dns_supervisor.abort();
     for task in heartbeat.into_iter().chain(follow_nodes) {
         task.abort();
     }
@@ -419,6 +463,18 @@ fn main() -> std::process::ExitCode {
         .with_writer(std::io::stderr)
         .init();
     let args = Args::parse();
+    if args.internal_resolver {
+        let control = args
+            .dns_control
+            .clone()
+            .unwrap_or_else(|| dns::DnsPaths::new(&args.run_dir).control);
+        return dns::run_resolver(
+            control,
+            args.dns_host_addr,
+            args.dns_host_domain.clone(),
+            Some(args.dns_resolv_conf.clone()),
+        );
+    }
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()

@@ -144,6 +144,7 @@ pub async fn api() -> anyhow::Result<Api> {
         }));
     let state = AppState {
         controller: Arc::new(controller),
+        sandbox_files: None,
     };
     Ok(Api {
         app: plexus_api::router(state),

@@ -400,10 +400,20 @@ impl Controller {
         };
         *head = Some(new_head);
         let committed = Instant::now();
-        for mut event in events {
-            event.committed_at = Some(committed);
+        let events: Vec<Arc<Event>> = events
+            .into_iter()
+            .map(|mut event| {
+                event.committed_at = Some(committed);
+                Arc::new(event)
+            })
+            .collect();
+        for event in &events {
             // No receiver is not an error: nobody listens.
-            let _ = self.events.live.send(Arc::new(event));
+            let _ = self.events.live.send(event.clone());
+        }
+        drop(head);
+        for observer in &self.observers {
+            observer.committed(self, &events).await;
         }
         Ok(written)
     }

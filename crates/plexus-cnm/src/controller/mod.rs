@@ -65,6 +65,8 @@ pub struct Controller {
     events: events::EventBus,
     /// Where sandbox namespaces come from (orchestrate.rs).
     namespaces: Arc<dyn crate::namespaces::Namespaces>,
+    /// Told of each commit before the operation returns (observer.rs).
+    observers: Vec<Arc<dyn crate::observer::CommitObserver>>,
 }
 
 fn driver_err(driver: &dyn Driver, e: DriverError) -> CnmError {
@@ -166,7 +168,14 @@ impl Controller {
             ops: Mutex::new(()),
             events: events::EventBus::new(),
             namespaces: crate::namespaces::none(),
+            observers: Vec::new(),
         }
+    }
+
+    /// Adds an observer told of every commit before the operation that made it returns.
+    pub fn with_observer(mut self, observer: Arc<dyn crate::observer::CommitObserver>) -> Self {
+        self.observers.push(observer);
+        self
     }
 
     pub(super) async fn load<T: DeserializeOwned>(&self, key: &str) -> Result<Option<(T, u64)>> {

@@ -169,6 +169,7 @@ impl Controller {
             spec.driver = self.config.default_driver.clone();
         }
         let driver = self.driver(&spec.driver)?;
+        check_generic_options(&spec.options)?;
         driver
             .validate_options(&spec.options)
             .map_err(|e| driver_err(driver.as_ref(), e))?;
@@ -501,4 +502,40 @@ impl Controller {
         }
         Ok(pruned)
     }
+}
+
+/// The longest DNS TTL a network may set (a day).
+const MAX_DNS_TTL: u32 = 86_400;
+
+/// Checks the options every driver shares: the embedded DNS's (`plexus.dns.*`).
+fn check_generic_options(options: &std::collections::BTreeMap<String, String>) -> Result<()> {
+    for (k, v) in options {
+        match k.as_str() {
+            crate::model::DNS_TTL_OPTION => {
+                let ttl: u32 = v.trim().parse().map_err(|_| {
+                    CnmError::invalid(
+                        format!("{k} option"),
+                        format!("{v:?} is not a number of seconds"),
+                    )
+                })?;
+                if ttl > MAX_DNS_TTL {
+                    return Err(CnmError::invalid(
+                        format!("{k} option"),
+                        format!("{ttl} is more than a day ({MAX_DNS_TTL} s)"),
+                    ));
+                }
+            }
+            other if other.starts_with("plexus.dns.") => {
+                return Err(CnmError::invalid(
+                    format!("{other} option"),
+                    format!(
+                        "unknown; the embedded DNS knows {}",
+                        crate::model::DNS_TTL_OPTION
+                    ),
+                ))
+            }
+            _ => {}
+        }
+    }
+    Ok(())
 }

@@ -26,7 +26,13 @@ fn records() -> Records {
         });
     }
     let eps = [
-        ("e1", "n1", "web", vec!["web", "www"], vec!["10.0.0.2", "fd00::2"]),
+        (
+            "e1",
+            "n1",
+            "web",
+            vec!["web", "www"],
+            vec!["10.0.0.2", "fd00::2"],
+        ),
         ("e2", "n1", "db", vec!["db"], vec!["10.0.0.3"]),
         ("e3", "n2", "db", vec!["db", "primary"], vec!["10.1.0.3"]),
         ("e4", "n2", "lonely", vec!["lonely"], vec!["10.1.0.4"]),
@@ -85,7 +91,11 @@ fn names_aliases_and_qualified_names_case_insensitively() {
         assert_eq!(m.id(), 42);
         assert!(m.authoritative() && m.recursion_available() && m.recursion_desired());
         assert_eq!(m.answers()[0].ttl(), 5);
-        assert_eq!(m.queries()[0].name().to_ascii(), name, "the question as asked");
+        assert_eq!(
+            m.queries()[0].name().to_ascii(),
+            name,
+            "the question as asked"
+        );
     }
     let m = reply(ask("db", &q("web.", RecordType::AAAA)));
     assert_eq!(addrs(&m), ["fd00::2".parse::<IpAddr>().unwrap()]);
@@ -145,7 +155,10 @@ fn single_label_miss_with_ndots_set_is_empty_not_forwarded() {
     let m = reply(ask("db", &q("nothere.", RecordType::A)));
     assert_eq!(m.response_code(), ResponseCode::NoError);
     assert!(m.answers().is_empty());
-    assert!(matches!(ask("web", &q("nothere.", RecordType::A)), Outcome::Forward(_)));
+    assert!(matches!(
+        ask("web", &q("nothere.", RecordType::A)),
+        Outcome::Forward(_)
+    ));
 }
 
 #[test]
@@ -180,10 +193,18 @@ fn several_addresses_are_shuffled() {
     let mut firsts = std::collections::HashSet::new();
     for _ in 0..50 {
         let mut rnd = |n: usize| {
-            seed = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+            seed = seed
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
             ((seed >> 33) as usize) % n
         };
-        let m = reply(answer(&q("svc.", RecordType::A), Transport::Udp, z, &view, &mut rnd));
+        let m = reply(answer(
+            &q("svc.", RecordType::A),
+            Transport::Udp,
+            z,
+            &view,
+            &mut rnd,
+        ));
         let a = addrs(&m);
         assert_eq!(a.len(), 8);
         firsts.insert(a[0]);
@@ -194,11 +215,17 @@ fn several_addresses_are_shuffled() {
 #[test]
 fn bad_input_gets_the_right_code() {
     // No header: dropped.
-    assert!(matches!(ask("web", &[1, 2, 3]), Outcome::Drop(DropReason::NoHeader)));
+    assert!(matches!(
+        ask("web", &[1, 2, 3]),
+        Outcome::Drop(DropReason::NoHeader)
+    ));
     // A response: dropped.
     let mut resp = q("web.", RecordType::A);
     resp[2] |= 0x80;
-    assert!(matches!(ask("web", &resp), Outcome::Drop(DropReason::Response)));
+    assert!(matches!(
+        ask("web", &resp),
+        Outcome::Drop(DropReason::Response)
+    ));
     // Truncated question: FORMERR with the id.
     let whole = q("web.", RecordType::A);
     let m = reply(ask("web", &whole[..whole.len() - 3]));
@@ -207,7 +234,10 @@ fn bad_input_gets_the_right_code() {
     // A compression loop in the question.
     let mut lp = whole[..12].to_vec();
     lp.extend_from_slice(&[0xc0, 12, 0, 1, 0, 1]);
-    assert_eq!(reply(ask("web", &lp)).response_code(), ResponseCode::FormErr);
+    assert_eq!(
+        reply(ask("web", &lp)).response_code(),
+        ResponseCode::FormErr
+    );
     // Two questions.
     let mut two = Message::new();
     two.set_id(1);
@@ -219,26 +249,38 @@ fn bad_input_gets_the_right_code() {
     let mut st = Message::new();
     st.set_id(1).set_op_code(hickory_proto::op::OpCode::Status);
     st.add_query(Query::query(Name::from_ascii("a.").unwrap(), RecordType::A));
-    assert_eq!(reply(ask("web", &st.to_vec().unwrap())).response_code(), ResponseCode::NotImp);
+    assert_eq!(
+        reply(ask("web", &st.to_vec().unwrap())).response_code(),
+        ResponseCode::NotImp
+    );
     // Chaos class, zone transfer: refused.
     let mut ch = Query::query(Name::from_ascii("version.bind.").unwrap(), RecordType::TXT);
     ch.set_query_class(DNSClass::CH);
     let mut m = Message::new();
     m.set_id(1).add_query(ch);
-    assert_eq!(reply(ask("web", &m.to_vec().unwrap())).response_code(), ResponseCode::Refused);
+    assert_eq!(
+        reply(ask("web", &m.to_vec().unwrap())).response_code(),
+        ResponseCode::Refused
+    );
     assert_eq!(
         reply(ask("web", &q("front.", RecordType::AXFR))).response_code(),
         ResponseCode::Refused
     );
     // EDNS version 1: BADVERS.
     let mut m = Message::new();
-    m.set_id(1).add_query(Query::query(Name::from_ascii("web.").unwrap(), RecordType::A));
+    m.set_id(1).add_query(Query::query(
+        Name::from_ascii("web.").unwrap(),
+        RecordType::A,
+    ));
     let mut e = Edns::new();
     e.set_version(1);
     m.set_edns(e);
     let r = reply(ask("web", &m.to_vec().unwrap()));
     // BADVERS and BADSIG share the value 16.
-    assert_eq!(u16::from(r.response_code()), u16::from(ResponseCode::BADVERS));
+    assert_eq!(
+        u16::from(r.response_code()),
+        u16::from(ResponseCode::BADVERS)
+    );
     assert_eq!(r.message_type(), MessageType::Response);
 }
 

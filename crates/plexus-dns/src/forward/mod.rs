@@ -341,7 +341,11 @@ impl<T> Forwarder<T> {
             self.stats.stray += 1;
             return out;
         }
-        let sent_at = p.sent.iter().find(|s| s.0 == from && s.1 == id).map(|s| s.2);
+        let sent_at = p
+            .sent
+            .iter()
+            .find(|s| s.0 == from && s.1 == id)
+            .map(|s| s.2);
         let more = p.next < p.order.len();
         let tcp = p.tcp;
         self.by_id.remove(&(from, id));

@@ -12,7 +12,20 @@ fn server(n: u8) -> SocketAddr {
 
 /// `example.com. A` with id `id`.
 fn query(id: u16, name: &str) -> Vec<u8> {
-    let mut m = vec![(id >> 8) as u8, id as u8, 0x01, 0x00, 0, 1, 0, 0, 0, 0, 0, 0];
+    let mut m = vec![
+        (id >> 8) as u8,
+        id as u8,
+        0x01,
+        0x00,
+        0,
+        1,
+        0,
+        0,
+        0,
+        0,
+        0,
+        0,
+    ];
     for label in name.split('.').filter(|l| !l.is_empty()) {
         m.push(label.len() as u8);
         m.extend_from_slice(label.as_bytes());
@@ -57,12 +70,26 @@ fn replies<T: Copy>(actions: &[Action<T>]) -> Vec<(T, Vec<u8>, bool)> {
 fn relays_the_first_servers_answer_with_the_clients_id() {
     let t0 = Instant::now();
     let mut f: Forwarder<u32> = Forwarder::new(ForwarderConfig::default(), 1);
-    let out = f.on_query(t0, 7, 1, &query(0xbeef, "example.com"), &[server(1), server(2)]);
+    let out = f.on_query(
+        t0,
+        7,
+        1,
+        &query(0xbeef, "example.com"),
+        &[server(1), server(2)],
+    );
     let s = sends(&out);
     assert_eq!(s.len(), 1);
     assert_eq!(s[0].0, server(1));
-    assert_ne!(wire::id(&s[0].1), Some(0xbeef), "ids are the forwarder's own");
-    let out = f.on_answer(t0 + Duration::from_millis(5), server(1), &answer_to(&s[0].1, 0, 0));
+    assert_ne!(
+        wire::id(&s[0].1),
+        Some(0xbeef),
+        "ids are the forwarder's own"
+    );
+    let out = f.on_answer(
+        t0 + Duration::from_millis(5),
+        server(1),
+        &answer_to(&s[0].1, 0, 0),
+    );
     let r = replies(&out);
     assert_eq!(r.len(), 1);
     assert_eq!(r[0].0, 7);
@@ -159,7 +186,9 @@ fn strays_and_spoofs_are_ignored() {
     let out = f.on_query(t0, 1, 1, &query(5, "z.example"), &[server(1)]);
     let sent = sends(&out)[0].1.clone();
     // Wrong source, wrong id, wrong question, a query instead of an answer, garbage.
-    assert!(f.on_answer(t0, server(9), &answer_to(&sent, 0, 0)).is_empty());
+    assert!(f
+        .on_answer(t0, server(9), &answer_to(&sent, 0, 0))
+        .is_empty());
     let mut wrong_id = answer_to(&sent, 0, 0);
     wrong_id[1] ^= 0xff;
     assert!(f.on_answer(t0, server(1), &wrong_id).is_empty());
@@ -182,11 +211,17 @@ fn a_flooding_client_is_refused_and_others_are_not() {
     let t0 = Instant::now();
     let mut f: Forwarder<u32> = Forwarder::new(cfg, 6);
     for i in 0..3 {
-        assert_eq!(sends(&f.on_query(t0, i, 1, &query(i as u16, "f.example"), &[server(1)])).len(), 1);
+        assert_eq!(
+            sends(&f.on_query(t0, i, 1, &query(i as u16, "f.example"), &[server(1)])).len(),
+            1
+        );
     }
     let r = replies(&f.on_query(t0, 9, 1, &query(9, "f.example"), &[server(1)]));
     assert_eq!(wire::rcode(&r[0].1), Some(5));
-    assert_eq!(sends(&f.on_query(t0, 10, 2, &query(10, "g.example"), &[server(1)])).len(), 1);
+    assert_eq!(
+        sends(&f.on_query(t0, 10, 2, &query(10, "g.example"), &[server(1)])).len(),
+        1
+    );
     assert_eq!(f.stats().refused, 1);
 }
 
@@ -243,10 +278,10 @@ fn fault_run(seed: u64) {
     let mut now = t0;
     let n = 300u32;
     let handle = |actions: Vec<Action<u32>>,
-                      now: Instant,
-                      inflight: &mut Vec<(Instant, SocketAddr, Vec<u8>)>,
-                      answered: &mut std::collections::HashMap<u32, usize>,
-                      next: &mut dyn FnMut() -> u64| {
+                  now: Instant,
+                  inflight: &mut Vec<(Instant, SocketAddr, Vec<u8>)>,
+                  answered: &mut std::collections::HashMap<u32, usize>,
+                  next: &mut dyn FnMut() -> u64| {
         let mut tcp = Vec::new();
         for a in actions {
             match a {
@@ -293,7 +328,13 @@ fn fault_run(seed: u64) {
             }
         }
         asked_at.insert(i, now);
-        let acts = f.on_query(now, i, u64::from(i % 4), &query(i as u16, "loop.example"), &ups);
+        let acts = f.on_query(
+            now,
+            i,
+            u64::from(i % 4),
+            &query(i as u16, "loop.example"),
+            &ups,
+        );
         handle(acts, now, &mut inflight, &mut answered, &mut next);
     }
     // Drain.
@@ -324,7 +365,12 @@ fn fault_run(seed: u64) {
         }
     }
     for i in 0..n {
-        assert_eq!(answered.get(&i), Some(&1), "seed {seed}: query {i} answered {:?} times", answered.get(&i));
+        assert_eq!(
+            answered.get(&i),
+            Some(&1),
+            "seed {seed}: query {i} answered {:?} times",
+            answered.get(&i)
+        );
     }
     assert_eq!(f.inflight(), 0, "seed {seed}");
     assert!(f.by_id.is_empty(), "seed {seed}: ids left behind");

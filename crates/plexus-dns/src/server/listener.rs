@@ -85,7 +85,8 @@ pub(super) async fn start(
 ) -> Result<Listener, DnsError> {
     let (udp, tcp) = open(netns, addr).await?;
     let udp = UdpSocket::from_std(udp).map_err(|e| DnsError::io("registering a UDP socket", e))?;
-    let tcp = TcpListener::from_std(tcp).map_err(|e| DnsError::io("registering a TCP socket", e))?;
+    let tcp =
+        TcpListener::from_std(tcp).map_err(|e| DnsError::io("registering a TCP socket", e))?;
     let udp_port = udp
         .local_addr()
         .map_err(|e| DnsError::io("UDP port", e))?
@@ -127,7 +128,13 @@ impl Shuffle {
 }
 
 /// What to do with one query.
-fn respond(shared: &Shared, who: &Responder, query: &[u8], t: Transport, rng: &mut Shuffle) -> Outcome {
+fn respond(
+    shared: &Shared,
+    who: &Responder,
+    query: &[u8],
+    t: Transport,
+    rng: &mut Shuffle,
+) -> Outcome {
     let zone = shared.zone.load();
     let mut below = |n| rng.below(n);
     match who {

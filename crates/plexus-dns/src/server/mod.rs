@@ -32,6 +32,9 @@ use listener::{Listener, Responder};
 
 /// How often the host's `resolv.conf` is read again.
 const HOST_RESOLV_REFRESH: Duration = Duration::from_secs(5);
+/// A resolver with no sandbox to serve and no daemon connected for this long exits (a
+/// daemon that failed to start, or was uninstalled, leaves nothing running).
+const IDLE_EXIT: Duration = Duration::from_secs(10);
 
 /// How the resolver runs.
 #[derive(Debug, Clone)]
@@ -141,6 +144,9 @@ struct State {
 /// (refusing if another resolver answers on it).
 pub async fn run(config: ResolverConfig) -> Result<(), DnsError> {
     let control = bind_control(&config.control).await?;
+    let pid_file = pid_file(&config.control);
+    std::fs::write(&pid_file, format!("{}\n", std::process::id()))
+        .map_err(|e| DnsError::io(format!("writing {}", pid_file.display()), e))?;
     let (jobs_tx, jobs_rx) = mpsc::channel(upstream::QUEUE);
     let shared = Arc::new(Shared {
         zone: ArcSwap::from_pointee(Zone::default()),
@@ -169,19 +175,57 @@ pub async fn run(config: ResolverConfig) -> Result<(), DnsError> {
         served: HashMap::new(),
         next_client: 1,
     }));
+    let connections = Arc::new(AtomicU64::new(0));
+    let idle = idle_watch(
+        state.clone(),
+        connections.clone(),
+        config.host_listen.is_some(),
+    );
+    tokio::pin!(idle);
     loop {
-        let (stream, _) = control
-            .accept()
-            .await
-            .map_err(|e| DnsError::io("accepting on the control socket", e))?;
+        let accepted = tokio::select! {
+            a = control.accept() => a,
+            () = &mut idle => {
+                tracing::info!("no sandbox and no daemon for {IDLE_EXIT:?}: exiting");
+                let _ = std::fs::remove_file(&config.control);
+                let _ = std::fs::remove_file(&pid_file);
+                return Ok(());
+            }
+        };
+        let (stream, _) =
+            accepted.map_err(|e| DnsError::io("accepting on the control socket", e))?;
         let shared = shared.clone();
         let state = state.clone();
+        let connections = connections.clone();
+        connections.fetch_add(1, Relaxed);
         tokio::spawn(async move {
             if let Err(e) = serve_control(stream, shared, state).await {
                 tracing::debug!(error = %e, "control connection ended");
             }
+            connections.fetch_sub(1, Relaxed);
         });
     }
+}
+
+/// Completes once the resolver has had nothing to do for [`IDLE_EXIT`]: no sandbox, no
+/// daemon connected, no host listener.
+async fn idle_watch(state: Arc<Mutex<State>>, connections: Arc<AtomicU64>, host: bool) {
+    let mut idle_since: Option<std::time::Instant> = None;
+    loop {
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let busy = host || connections.load(Relaxed) > 0 || !state.lock().await.served.is_empty();
+        match (busy, idle_since) {
+            (true, _) => idle_since = None,
+            (false, None) => idle_since = Some(std::time::Instant::now()),
+            (false, Some(t)) if t.elapsed() >= IDLE_EXIT => return,
+            (false, Some(_)) => {}
+        }
+    }
+}
+
+/// The file beside the control socket that holds the resolver's process id.
+pub fn pid_file(control: &Path) -> PathBuf {
+    control.with_file_name("resolver.pid")
 }
 
 async fn bind_control(path: &Path) -> Result<UnixListener, DnsError> {
@@ -214,7 +258,9 @@ async fn refresh_host_upstreams(shared: Arc<Shared>, config: ResolverConfig) {
         let now = resolvconf::host_upstreams(&config.host_resolv_conf, &config.resolved_conf);
         if now != last {
             tracing::info!(upstreams = ?now, "host resolv.conf changed");
-            shared.host_upstreams.store(Arc::new(Upstreams(now.clone().into())));
+            shared
+                .host_upstreams
+                .store(Arc::new(Upstreams(now.clone().into())));
             last = now;
         }
     }
@@ -335,7 +381,11 @@ async fn reconcile_listeners(shared: &Arc<Shared>, st: &mut State) -> Vec<String
     errors
 }
 
-async fn serve_sandbox(shared: &Arc<Shared>, sb: &SandboxInfo, no: u64) -> Result<Served, DnsError> {
+async fn serve_sandbox(
+    shared: &Arc<Shared>,
+    sb: &SandboxInfo,
+    no: u64,
+) -> Result<Served, DnsError> {
     let who = Responder::Sandbox {
         id: sb.id.clone().into(),
         no,

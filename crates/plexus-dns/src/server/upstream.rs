@@ -100,7 +100,11 @@ async fn recv(sock: &Option<UdpSocket>, buf: &mut [u8]) -> std::io::Result<(usiz
 }
 
 /// Runs the forwarding task until the job channel closes.
-pub(super) async fn run(shared: Arc<Shared>, mut jobs: mpsc::Receiver<Job>, config: ForwarderConfig) {
+pub(super) async fn run(
+    shared: Arc<Shared>,
+    mut jobs: mpsc::Receiver<Job>,
+    config: ForwarderConfig,
+) {
     let seed = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_nanos() as u64)

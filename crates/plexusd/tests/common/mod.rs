@@ -195,12 +195,31 @@ impl Daemon {
     }
 }
 
+impl Daemon {
+    /// The embedded DNS resolver's process id, if it runs.
+    pub fn resolver_pid(&self) -> Option<i32> {
+        let pid_file = self.dir.path().join("run").join("dns").join("resolver.pid");
+        std::fs::read_to_string(pid_file).ok()?.trim().parse().ok()
+    }
+
+    /// Kills the resolver plexusd started (it outlives plexusd by design).
+    pub fn kill_resolver(&self) {
+        if let Some(pid) = self.resolver_pid() {
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(pid),
+                nix::sys::signal::Signal::SIGKILL,
+            );
+        }
+    }
+}
+
 impl Drop for Daemon {
     fn drop(&mut self) {
         if let Some(mut c) = self.child.take() {
             let _ = c.kill();
             let _ = c.wait();
         }
+        self.kill_resolver();
         let netns = self.dir.path().join("run").join("netns");
         if let Ok(entries) = std::fs::read_dir(&netns) {
             for e in entries.flatten() {

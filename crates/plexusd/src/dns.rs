@@ -1,0 +1,407 @@
+//! The embedded DNS, from plexusd's side: it starts the resolver process (plexusd itself,
+//! run with `--internal-resolver`, in a session of its own so it outlives plexusd), feeds it
+//! each change inside the operation that makes it (a [`CommitObserver`]), keeps it fed
+//! across restarts of either side, and writes each sandbox's `resolv.conf` and `hosts`.
+
+use std::net::{IpAddr, SocketAddr};
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{bail, Context, Result};
+use async_trait::async_trait;
+use plexus_cnm::{
+    CommitObserver, Controller, Endpoint, Event, EventAction, EventType, Network, Sandbox,
+    DEFAULT_BRIDGE_OPTION, DNS_TTL_OPTION,
+};
+use plexus_dns::control::{Client, Request};
+use plexus_dns::resolvconf::{self, ResolvConf};
+use plexus_dns::zone::{EndpointInfo, NetworkInfo, SandboxInfo, Snapshot, DEFAULT_TTL};
+
+/// How often the supervisor checks that the resolver answers.
+const SUPERVISE_EVERY: Duration = Duration::from_secs(1);
+/// How long a fresh resolver may take to answer on its control socket.
+const START_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Where the resolver's files are, under the run dir.
+#[derive(Debug, Clone)]
+pub struct DnsPaths {
+    /// `<run-dir>/dns/control.sock`.
+    pub control: PathBuf,
+    /// `<run-dir>/dns/resolver.log`.
+    pub log: PathBuf,
+    /// `<run-dir>/sandboxes`: each sandbox's `resolv.conf` and `hosts`, by id.
+    pub sandbox_files: PathBuf,
+}
+
+impl DnsPaths {
+    /// The paths under `run_dir`.
+    pub fn new(run_dir: &Path) -> Self {
+        DnsPaths {
+            control: run_dir.join("dns").join("control.sock"),
+            log: run_dir.join("dns").join("resolver.log"),
+            sandbox_files: run_dir.join("sandboxes"),
+        }
+    }
+}
+
+/// Whether a network's sandboxes get the embedded DNS: every network but the default
+/// `bridge` (as in Docker) and the host and null ones (nothing to resolve to).
+pub fn serves_names(n: &Network) -> bool {
+    !matches!(n.driver.as_str(), "host" | "null")
+        && n.spec
+            .options
+            .get(DEFAULT_BRIDGE_OPTION)
+            .map(String::as_str)
+            != Some("true")
+}
+
+fn network_info(n: &Network) -> NetworkInfo {
+    let ttl = n
+        .spec
+        .options
+        .get(DNS_TTL_OPTION)
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(DEFAULT_TTL);
+    NetworkInfo {
+        id: n.id.clone(),
+        name: n.name.clone(),
+        ttl,
+        internal: n.spec.internal,
+    }
+}
+
+fn addrs(ep: &Endpoint) -> Vec<IpAddr> {
+    ep.ipv4.iter().chain(&ep.ipv6).map(|n| n.addr()).collect()
+}
+
+/// The names a sandbox answers to on a network: its name, its aliases, its hostname.
+fn names(sb: &Sandbox, ep: &Endpoint) -> Vec<String> {
+    let mut names = vec![sb.name.clone()];
+    names.extend(ep.aliases.iter().cloned());
+    if let Some(h) = &sb.hostname {
+        names.push(h.clone());
+    }
+    names.dedup();
+    names
+}
+
+fn sandbox_info(sb: &Sandbox) -> SandboxInfo {
+    SandboxInfo {
+        id: sb.id.clone(),
+        name: sb.name.clone(),
+        netns: PathBuf::from(&sb.key),
+        upstreams: sb.dns.iter().map(|ip| SocketAddr::new(*ip, 53)).collect(),
+        ndots_set: resolvconf::sets_ndots(&sb.dns_options),
+    }
+}
+
+/// The resolver's ops for one sandbox as it now is: its DNS networks, itself and its
+/// endpoints on them; or its removal when it has none.
+fn sandbox_ops(sb: &Sandbox, eps: &[(Endpoint, Network)]) -> Vec<Request> {
+    let served: Vec<&(Endpoint, Network)> = eps.iter().filter(|(_, n)| serves_names(n)).collect();
+    if served.is_empty() {
+        return vec![Request::RemoveSandbox { id: sb.id.clone() }];
+    }
+    let mut ops = Vec::new();
+    for (_, n) in &served {
+        ops.push(Request::UpsertNetwork {
+            network: network_info(n),
+        });
+    }
+    ops.push(Request::UpsertSandbox {
+        sandbox: sandbox_info(sb),
+    });
+    for (order, (ep, n)) in served.iter().enumerate() {
+        ops.push(Request::UpsertEndpoint {
+            endpoint: EndpointInfo {
+                id: ep.id.clone(),
+                network_id: n.id.clone(),
+                sandbox_id: sb.id.clone(),
+                names: names(sb, ep),
+                addrs: addrs(ep),
+                order: order as u32,
+            },
+        });
+    }
+    ops
+}
+
+/// plexusd's side of the embedded DNS.
+pub struct Dns {
+    client: Client,
+    paths: DnsPaths,
+    resolver_args: Vec<String>,
+    host_resolv_conf: ResolvConf,
+    /// A change could not be sent: the supervisor sends everything again.
+    stale: AtomicBool,
+}
+
+impl Dns {
+    /// Connects to the resolver, starting it if none answers. `resolver_args` are the
+    /// flags it is started with besides `--internal-resolver` and the run dir.
+    pub async fn start(
+        paths: DnsPaths,
+        resolv_conf: &Path,
+        resolver_args: Vec<String>,
+    ) -> Result<Arc<Self>> {
+        let host_resolv_conf = std::fs::read_to_string(resolv_conf)
+            .map(|t| resolvconf::parse(&t))
+            .unwrap_or_default();
+        let dns = Arc::new(Dns {
+            client: Client::new(&paths.control),
+            paths,
+            resolver_args,
+            host_resolv_conf,
+            stale: AtomicBool::new(true),
+        });
+        dns.ensure_resolver().await?;
+        Ok(dns)
+    }
+
+    /// The directory of each sandbox's `resolv.conf` and `hosts`.
+    pub fn sandbox_files(&self) -> &Path {
+        &self.paths.sandbox_files
+    }
+
+    async fn ensure_resolver(&self) -> Result<()> {
+        if self.client.is_running().await {
+            return Ok(());
+        }
+        self.spawn_resolver()?;
+        let started = std::time::Instant::now();
+        while started.elapsed() < START_TIMEOUT {
+            if self.client.is_running().await {
+                tracing::info!(control = %self.paths.control.display(), "resolver started");
+                return Ok(());
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        bail!(
+            "the DNS resolver did not start within {START_TIMEOUT:?}; see {}",
+            self.paths.log.display()
+        )
+    }
+
+    fn spawn_resolver(&self) -> Result<()> {
+        use std::os::unix::process::CommandExt;
+        let exe = std::env::current_exe().context("finding plexusd's own executable")?;
+        if let Some(dir) = self.paths.log.parent() {
+            std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+        }
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.paths.log)
+            .with_context(|| format!("opening {}", self.paths.log.display()))?;
+        let log2 = log.try_clone().context("duplicating the resolver's log")?;
+        let mut cmd = std::process::Command::new(exe);
+        cmd.arg("--internal-resolver")
+            .arg("--dns-control")
+            .arg(&self.paths.control)
+            .args(&self.resolver_args)
+            .stdin(Stdio::null())
+            .stdout(log)
+            .stderr(log2)
+            // A session of its own: a signal to plexusd's group does not reach it.
+            .process_group(0);
+        let child = cmd.spawn().context("starting the DNS resolver")?;
+        tracing::info!(pid = child.id(), "resolver process spawned");
+        // Not waited for: it outlives this process (init reaps it).
+        drop(child);
+        Ok(())
+    }
+
+    /// Sends the whole state (after either side restarted) and rewrites every sandbox's
+    /// files.
+    pub async fn sync(&self, controller: &Controller) -> Result<()> {
+        let mut snap = Snapshot::default();
+        let sandboxes = controller.sandboxes().await.context("listing sandboxes")?;
+        let mut networks = std::collections::BTreeMap::new();
+        for sb in &sandboxes {
+            let eps = controller
+                .sandbox_endpoints(sb)
+                .await
+                .with_context(|| format!("reading sandbox {}'s endpoints", sb.name))?;
+            self.write_files(sb, &eps);
+            for op in sandbox_ops(sb, &eps) {
+                match op {
+                    Request::UpsertNetwork { network } => {
+                        networks.insert(network.id.clone(), network);
+                    }
+                    Request::UpsertSandbox { sandbox } => snap.sandboxes.push(sandbox),
+                    Request::UpsertEndpoint { endpoint } => snap.endpoints.push(endpoint),
+                    _ => {}
+                }
+            }
+        }
+        snap.networks = networks.into_values().collect();
+        self.client
+            .call(&Request::Sync { snapshot: snap })
+            .await
+            .context("sending the DNS state to the resolver")?;
+        self.stale.store(false, Ordering::SeqCst);
+        Ok(())
+    }
+
+    /// Keeps the resolver running and fed: restarts it if it died, and sends everything
+    /// again when a change could not be sent.
+    pub fn supervise(self: &Arc<Self>, controller: Arc<Controller>) -> tokio::task::JoinHandle<()> {
+        let dns = self.clone();
+        tokio::spawn(async move {
+            loop {
+                if !dns.client.is_running().await {
+                    tracing::warn!("the DNS resolver stopped; starting it again");
+                    dns.stale.store(true, Ordering::SeqCst);
+                    if let Err(e) = dns.ensure_resolver().await {
+                        tracing::error!("{e:#}");
+                    }
+                }
+                if dns.stale.load(Ordering::SeqCst) {
+                    if let Err(e) = dns.sync(&controller).await {
+                        tracing::warn!("DNS resync: {e:#}");
+                    }
+                }
+                tokio::time::sleep(SUPERVISE_EVERY).await;
+            }
+        })
+    }
+
+    fn write_files(&self, sb: &Sandbox, eps: &[(Endpoint, Network)]) {
+        if let Err(e) = self.try_write_files(sb, eps) {
+            tracing::warn!(sandbox = %sb.name, "writing resolv.conf and hosts: {e:#}");
+        }
+    }
+
+    fn try_write_files(&self, sb: &Sandbox, eps: &[(Endpoint, Network)]) -> Result<()> {
+        let dir = self.paths.sandbox_files.join(&sb.id);
+        std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+        let resolv = if eps.iter().any(|(_, n)| serves_names(n)) {
+            resolvconf::for_resolver(&self.host_resolv_conf, &sb.dns_search, &sb.dns_options)
+        } else {
+            resolvconf::without_resolver(
+                &self.host_resolv_conf,
+                &sb.dns,
+                &sb.dns_search,
+                &sb.dns_options,
+            )
+        };
+        let name = sb.hostname.clone().unwrap_or_else(|| sb.name.clone());
+        let all: Vec<IpAddr> = eps.iter().flat_map(|(ep, _)| addrs(ep)).collect();
+        let hosts = resolvconf::hosts(&[name], &all);
+        for (file, text) in [("resolv.conf", resolv), ("hosts", hosts)] {
+            let path = dir.join(file);
+            let tmp = dir.join(format!(".{file}.tmp"));
+            std::fs::write(&tmp, text).with_context(|| format!("writing {}", tmp.display()))?;
+            std::fs::rename(&tmp, &path).with_context(|| format!("writing {}", path.display()))?;
+        }
+        Ok(())
+    }
+
+    fn remove_files(&self, sandbox_id: &str) {
+        let dir = self.paths.sandbox_files.join(sandbox_id);
+        if let Err(e) = std::fs::remove_dir_all(&dir) {
+            if e.kind() != std::io::ErrorKind::NotFound {
+                tracing::warn!(dir = %dir.display(), error = %e, "removing sandbox files");
+            }
+        }
+    }
+}
+
+#[async_trait]
+impl CommitObserver for Dns {
+    async fn committed(&self, controller: &Controller, events: &[Arc<Event>]) {
+        let mut ops = Vec::new();
+        let mut touched: Vec<String> = Vec::new();
+        for e in events {
+            match (e.kind, e.action) {
+                (EventType::Endpoint, EventAction::Disconnect) => {
+                    ops.push(Request::RemoveEndpoint {
+                        id: e.actor.clone(),
+                    });
+                    if let Some(sb) = e.attributes.get("container") {
+                        touched.push(sb.clone());
+                    }
+                }
+                (EventType::Endpoint, _) => {
+                    if let Some(sb) = e.attributes.get("container") {
+                        touched.push(sb.clone());
+                    }
+                }
+                (EventType::Sandbox, EventAction::Destroy) => {
+                    ops.push(Request::RemoveSandbox {
+                        id: e.actor.clone(),
+                    });
+                    self.remove_files(&e.actor);
+                    touched.retain(|t| t != &e.actor);
+                }
+                (EventType::Sandbox, _) => touched.push(e.actor.clone()),
+                (EventType::Network, EventAction::Destroy) => ops.push(Request::RemoveNetwork {
+                    id: e.actor.clone(),
+                }),
+                _ => {}
+            }
+        }
+        touched.sort();
+        touched.dedup();
+        for id in touched {
+            // Gone meanwhile (destroyed in the same commit): nothing to serve.
+            let Ok(sb) = controller.sandbox(&id).await else {
+                continue;
+            };
+            match controller.sandbox_endpoints(&sb).await {
+                Ok(eps) => {
+                    self.write_files(&sb, &eps);
+                    ops.extend(sandbox_ops(&sb, &eps));
+                }
+                Err(e) => {
+                    tracing::warn!(sandbox = %sb.name, error = %e, "DNS: reading endpoints");
+                    self.stale.store(true, Ordering::SeqCst);
+                }
+            }
+        }
+        if ops.is_empty() {
+            return;
+        }
+        if let Err(e) = self.client.call(&Request::Batch { ops }).await {
+            // The supervisor sends everything again within a second.
+            tracing::warn!(error = %e, "DNS: the resolver did not take a change");
+            self.stale.store(true, Ordering::SeqCst);
+        }
+    }
+}
+
+/// Runs the resolver process (`plexusd --internal-resolver`) until it is killed.
+pub fn run_resolver(
+    control: PathBuf,
+    host_addr: Option<SocketAddr>,
+    host_domain: String,
+    host_resolv_conf: Option<PathBuf>,
+) -> std::process::ExitCode {
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+    {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("plexusd resolver: cannot start the runtime: {e}");
+            return std::process::ExitCode::FAILURE;
+        }
+    };
+    let mut config = plexus_dns::server::ResolverConfig::new(&control);
+    config.host_listen = host_addr;
+    config.host_domain = host_domain;
+    if let Some(p) = host_resolv_conf {
+        config.host_resolv_conf = p;
+    }
+    match runtime.block_on(plexus_dns::server::run(config)) {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("plexusd resolver: {e}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
