@@ -13,9 +13,11 @@ use plexus_cnm::{
     Controller, Endpoint, EndpointSpec, IpamPool, IpamPoolSpec, Network, NetworkSpec, Sandbox,
     SandboxSpec, Scope,
 };
+use plexus_metrics::{MetricsError, Registry};
 use serde::de::DeserializeOwned;
 
 use crate::error::ApiError;
+use crate::metrics::ApiMetrics;
 use crate::parse::{parse_filters, parse_port_spec, Filters};
 use crate::types::*;
 use crate::API_VERSION;
@@ -26,6 +28,18 @@ pub struct AppState {
     /// The model (which also makes sandbox namespaces, through its
     /// [`Namespaces`](plexus_cnm::Namespaces)).
     pub controller: Arc<Controller>,
+    /// The request counters and the registry `/metrics` answers with.
+    pub metrics: Arc<ApiMetrics>,
+}
+
+impl AppState {
+    /// The state of an API over `controller` whose metrics go into `registry`.
+    pub fn new(controller: Arc<Controller>, registry: &Registry) -> Result<Self, MetricsError> {
+        Ok(Self {
+            controller,
+            metrics: Arc::new(ApiMetrics::register(registry)?),
+        })
+    }
 }
 
 /// Decodes a JSON body; the error names the field at fault (`Name`, `IPAM.Config[0].Subnet`).
@@ -118,7 +132,7 @@ fn pool_view(pool: &IpamPool) -> IpamConfigEntry {
     }
 }
 
-fn scope_name(scope: Scope) -> &'static str {
+pub(crate) fn scope_name(scope: Scope) -> &'static str {
     match scope {
         Scope::Local => "local",
         Scope::Global => "global",

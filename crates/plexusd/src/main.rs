@@ -367,9 +367,10 @@ async fn run(args: Args) -> Result<()> {
         tracing::info!(interval = ?every, "periodic reconciliation on");
         reconcile::spawn_periodic(controller.clone(), every)
     });
-    let app = plexus_api::router(plexus_api::AppState {
-        controller: controller.clone(),
-    });
+    let registry = plexus_metrics::Registry::new();
+    let state = plexus_api::AppState::new(controller.clone(), &registry)
+        .context("registering the API's metrics")?;
+    let app = plexus_api::router(state);
     tracing::info!(socket = %socket.display(), store = %url, "plexusd serving");
     // Streams of `/events` end when the signal comes, or the graceful shutdown would wait
     // for them forever.
