@@ -13,9 +13,11 @@ use plexus_cnm::{
     Controller, Endpoint, EndpointSpec, IpamPool, IpamPoolSpec, Network, NetworkSpec, Sandbox,
     SandboxSpec, Scope,
 };
+use plexus_metrics::{MetricsError, Registry};
 use serde::de::DeserializeOwned;
 
 use crate::error::ApiError;
+use crate::metrics::ApiMetrics;
 use crate::parse::{parse_filters, parse_port_spec, Filters};
 use crate::types::*;
 use crate::API_VERSION;
@@ -29,6 +31,25 @@ pub struct AppState {
     /// Where each sandbox's `resolv.conf` and `hosts` are written (`<dir>/<id>/`), if the
     /// daemon writes them.
     pub sandbox_files: Option<std::path::PathBuf>,
+    /// The request counters and the registry `/metrics` answers with.
+    pub metrics: Arc<ApiMetrics>,
+}
+
+impl AppState {
+    /// The state of an API over `controller` whose metrics go into `registry`.
+    pub fn new(controller: Arc<Controller>, registry: &Registry) -> Result<Self, MetricsError> {
+        Ok(Self {
+            controller,
+            metrics: Arc::new(ApiMetrics::register(registry)?),
+            sandbox_files: None,
+        })
+    }
+
+    /// Shows each sandbox's `resolv.conf` and `hosts` under `dir/<id>/` in its inspect.
+    pub fn with_sandbox_files(mut self, dir: &std::path::Path) -> Self {
+        self.sandbox_files = Some(dir.to_path_buf());
+        self
+    }
 }
 
 /// Decodes a JSON body; the error names the field at fault (`Name`, `IPAM.Config[0].Subnet`).
@@ -121,7 +142,7 @@ fn pool_view(pool: &IpamPool) -> IpamConfigEntry {
     }
 }
 
-fn scope_name(scope: Scope) -> &'static str {
+pub(crate) fn scope_name(scope: Scope) -> &'static str {
     match scope {
         Scope::Local => "local",
         Scope::Global => "global",

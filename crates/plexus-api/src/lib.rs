@@ -9,8 +9,10 @@
 //! - [`handlers`]: parse → [`Controller`](plexus_cnm::Controller) → shape the answer;
 //! - [`events`]: `GET /events`, the controller's event log in Docker's shape;
 //! - [`info`]: `GET /info`, with the cluster store's health;
+//! - [`metrics`]: `GET /metrics` (Prometheus) and the middleware that counts every request;
 //! - [`namespaces`]: the kernel's sandbox namespaces, for the controller;
-//! - [`router`] and [`serve`]: the routes and the server loop.
+//! - [`router`], [`metrics_router`] and [`serve`]: the routes (all of them, or `/metrics` alone
+//!   for a TCP listener) and the server loop.
 //!
 //! Errors are answered as dockerd does: `{"message": "..."}` with the status from
 //! [`CnmError::http_status`](plexus_cnm::CnmError::http_status); malformed JSON is a 400 that
@@ -22,6 +24,7 @@ pub mod error;
 pub mod events;
 pub mod handlers;
 pub mod info;
+pub mod metrics;
 pub mod namespaces;
 pub mod parse;
 /// The JSON of the API: [`plexus_api_types`], re-exported.
@@ -36,6 +39,7 @@ use axum::Router;
 
 pub use error::ApiError;
 pub use handlers::AppState;
+pub use metrics::ApiMetrics;
 pub use namespaces::SysNamespaces;
 pub use plexus_cnm::Namespaces;
 
@@ -96,6 +100,7 @@ pub fn router(state: AppState) -> Router {
         .route("/version", get(version))
         .route("/info", get(info::info))
         .route("/events", get(events::events))
+        .route("/metrics", get(metrics::metrics))
         .route("/networks", get(list_networks))
         .route("/networks/create", post(create_network))
         .route("/networks/prune", post(prune))
@@ -114,6 +119,10 @@ pub fn router(state: AppState) -> Router {
             get(inspect_sandbox).delete(handlers::delete_sandbox),
         )
         .fallback(not_found)
+        .layer(axum::middleware::from_fn_with_state(
+            state.metrics.clone(),
+            metrics::track,
+        ))
         .with_state(state);
     // The prefix must go before routing, so the rewrite wraps the whole router.
     Router::new()
@@ -121,12 +130,30 @@ pub fn router(state: AppState) -> Router {
         .layer(axum::middleware::map_request(rewrite_version))
 }
 
-/// Serves `app` on `listener` until `shutdown` completes; requests under way are finished.
-pub async fn serve(
-    listener: tokio::net::UnixListener,
+/// `GET /metrics` alone, for a listener that must serve nothing else (plexusd's
+/// `--metrics-addr`): every other path is a 404. Requests are counted as on the API.
+pub fn metrics_router(state: AppState) -> Router {
+    Router::new()
+        .route("/metrics", get(metrics::metrics))
+        .fallback(not_found)
+        .layer(axum::middleware::from_fn_with_state(
+            state.metrics.clone(),
+            metrics::track,
+        ))
+        .with_state(state)
+}
+
+/// Serves `app` on `listener` (the API's unix socket, or a TCP listener for
+/// [`metrics_router`]) until `shutdown` completes; requests under way are finished.
+pub async fn serve<L>(
+    listener: L,
     app: Router,
     shutdown: impl Future<Output = ()> + Send + 'static,
-) -> std::io::Result<()> {
+) -> std::io::Result<()>
+where
+    L: axum::serve::Listener,
+    L::Addr: std::fmt::Debug,
+{
     axum::serve(listener, app)
         .with_graceful_shutdown(shutdown)
         .await

@@ -117,5 +117,31 @@ pub enum KvError {
     },
 }
 
+impl KvError {
+    /// A short, fixed name of the variant (`not_found`, `unavailable`), as a metric label.
+    ///
+    /// `not_found`, `exists`, `modified` and `conflict` are answers of ordinary flow (a
+    /// lookup of what is absent, compare-and-swap contention); `unavailable`, `timeout`,
+    /// `backend`, `closed` and `lock_lost` mean the store itself is in trouble.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            KvError::InvalidKey { .. } => "invalid_key",
+            KvError::ValueTooLarge { .. } => "value_too_large",
+            KvError::KeyNotFound { .. } => "not_found",
+            KvError::KeyExists { .. } => "exists",
+            KvError::KeyModified { .. } => "modified",
+            KvError::TxnConflict { .. } => "conflict",
+            KvError::InvalidTxn(_) => "invalid_txn",
+            KvError::Unavailable { .. } => "unavailable",
+            KvError::Timeout { .. } => "timeout",
+            KvError::InvalidUrl { .. } => "invalid_url",
+            KvError::Unsupported { .. } => "unsupported",
+            KvError::LockLost { .. } => "lock_lost",
+            KvError::Backend { .. } => "backend",
+            KvError::Closed { .. } => "closed",
+        }
+    }
+}
+
 /// Result alias for this crate.
 pub type Result<T, E = KvError> = std::result::Result<T, E>;

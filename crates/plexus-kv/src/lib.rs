@@ -73,6 +73,7 @@ pub mod key;
 mod kvlock;
 mod local;
 mod lock;
+mod observed;
 mod prefixed;
 mod store;
 mod types;
@@ -89,6 +90,7 @@ pub use error::{KvError, Result};
 pub use kvlock::KvLocker;
 pub use local::LocalStore;
 pub use lock::{LockHandle, LockRelease, Locker};
+pub use observed::{observed, Observed, StoreObserver, StoreOp};
 pub use prefixed::{prefixed, Prefixed};
 pub use store::{check_txn, check_value, Store};
 pub use types::{

@@ -58,6 +58,26 @@ async fn prefixed_memory() -> Local {
     }
 }
 
+/// A store seen through [`plexus_kv::observed`], as plexusd meters its stores: the same
+/// suite, and every operation reaches the observer.
+async fn observed_memory() -> Local {
+    struct Counting;
+    impl plexus_kv::StoreObserver for Counting {
+        fn observe(
+            &self,
+            _op: plexus_kv::StoreOp,
+            _elapsed: Duration,
+            _error: Option<&plexus_kv::KvError>,
+        ) {
+        }
+    }
+    Local {
+        store: plexus_kv::observed(Arc::new(LocalStore::memory()), Arc::new(Counting)),
+        _dir: None,
+    }
+}
+
 kv_conformance!(memory, memory());
+kv_conformance!(observed, observed_memory());
 kv_conformance!(prefixed, prefixed_memory());
 kv_conformance!(redb, redb());

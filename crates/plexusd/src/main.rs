@@ -6,6 +6,11 @@
 //! serves the API on a unix socket until SIGTERM or SIGINT, reconciling again every
 //! `--reconcile-interval` (what was deleted behind its back is made again). Shutting down stops only the
 //! management plane: namespaces, links and firewall rules stay, and traffic keeps flowing.
+//!
+//! Prometheus metrics (`metrics.rs`: the stores and the reconciler; plexus-api: requests,
+//! networks, endpoints, sandboxes) are served at `GET /metrics` on the socket, and on
+//! `--metrics-addr` when given (bound before anything else starts, so a taken address stops
+//! the daemon at once).
 
 use std::net::IpAddr;
 use std::os::unix::fs::{FileTypeExt, PermissionsExt};
@@ -22,6 +27,7 @@ use tokio::signal::unix::{signal, SignalKind};
 
 mod cluster;
 mod dns;
+mod metrics;
 mod reconcile;
 
 /// The Plexus daemon: container networks on this host, served over the Docker Engine API.
@@ -82,6 +88,10 @@ struct Args {
     /// what was deleted behind Plexus's back is made again; `0` turns it off.
     #[arg(long, default_value = "5s")]
     reconcile_interval: String,
+    /// Also serve `GET /metrics` (Prometheus) on this TCP address, `ADDR:PORT` (such as
+    /// `127.0.0.1:9323`); only `/metrics` is served there. The API socket always serves it.
+    #[arg(long = "metrics-addr")]
+    metrics_addr: Option<String>,
     /// The marker that kernel objects made by this daemon carry (link alias prefix).
     #[arg(long, default_value = "plexus", hide = true)]
     marker: String,
@@ -248,6 +258,15 @@ async fn run(args: Args) -> Result<()> {
     // Flags first: a bad one changes nothing.
     let bridge_flags = default_bridge_flags(&args)?;
     let reconcile_interval = reconcile::parse_interval(&args.reconcile_interval)?;
+    // Bound now, so an address that is taken stops the start before anything changes.
+    let metrics_listener = match &args.metrics_addr {
+        Some(addr) => Some(metrics::bind(addr).await?),
+        None => None,
+    };
+    let registry = plexus_metrics::Registry::new();
+    metrics::register_build_info(&registry)?;
+    let store_metrics = metrics::StoreMetrics::register(&registry)?;
+    let reconcile_metrics = metrics::ReconcileMetrics::register(&registry)?;
     std::fs::create_dir_all(&args.state_dir)
         .with_context(|| format!("creating state dir {}", args.state_dir.display()))?;
     let netns_dir = args.run_dir.join("netns");
@@ -272,9 +291,11 @@ async fn run(args: Args) -> Result<()> {
         .store
         .clone()
         .unwrap_or_else(|| format!("redb://{}", args.state_dir.join("state.db").display()));
-    let store = cluster::open_local(&url, &host_id).await?;
+    let store = store_metrics.wrap(cluster::open_local(&url, &host_id).await?, "local");
     let cluster_store = match &args.cluster_store {
-        Some(url) => Some(cluster::open_cluster(url, &cluster_opts).await?),
+        Some(url) => {
+            Some(store_metrics.wrap(cluster::open_cluster(url, &cluster_opts).await?, "cluster"))
+        }
         None => None,
     };
 
@@ -372,7 +393,7 @@ async fn run(args: Args) -> Result<()> {
         let c = controller.clone();
         tokio::spawn(async move { c.follow_nodes().await })
     });
-    reconcile::startup(&controller, &ipam, &netns_dir).await?;
+    reconcile::startup(&controller, &ipam, &netns_dir, &reconcile_metrics).await?;
     let made = controller
         .create_predefined_networks()
         .await
@@ -404,15 +425,27 @@ async fn run(args: Args) -> Result<()> {
     if let Err(e) = dns.sync(&controller).await {
         tracing::warn!("embedded DNS: {e:#}");
     }
-    let dns_supervisor = dns.supervise(controller.clone());
+    let dns_metrics = dns::DnsMetrics::register(&registry)?;
+    let dns_supervisor = dns.supervise(controller.clone(), dns_metrics);
     let periodic = reconcile_interval.map(|every| {
         tracing::info!(interval = ?every, "periodic reconciliation on");
-        reconcile::spawn_periodic(controller.clone(), every)
+        reconcile::spawn_periodic(controller.clone(), every, reconcile_metrics.clone())
     });
-    let app = plexus_api::router(plexus_api::AppState {
-        controller: controller.clone(),
-        sandbox_files: Some(dns.sandbox_files().to_path_buf()),
+    let state = plexus_api::AppState::new(controller.clone(), &registry)
+        .context("registering the API's metrics")?
+        .with_sandbox_files(dns.sandbox_files());
+    let metrics_server = metrics_listener.map(|listener| {
+        let app = plexus_api::metrics_router(state.clone());
+        if let Ok(addr) = listener.local_addr() {
+            tracing::info!(%addr, "serving /metrics over TCP (--metrics-addr)");
+        }
+        tokio::spawn(async move {
+            if let Err(e) = plexus_api::serve(listener, app, std::future::pending()).await {
+                tracing::error!(error = %e, "serving --metrics-addr stopped");
+            }
+        })
     });
+    let app = plexus_api::router(state);
     tracing::info!(socket = %socket.display(), store = %url, "plexusd serving");
     // Streams of `/events` end when the signal comes, or the graceful shutdown would wait
     // for them forever.
@@ -424,7 +457,7 @@ async fn run(args: Args) -> Result<()> {
         .await
         .context("serving the API")?;
 
-    if let Some(task) = periodic {
+    for task in periodic.into_iter().chain(metrics_server) {
         task.abort();
     }
     dns_supervisor.abort();

@@ -12,6 +12,8 @@ use anyhow::{bail, Context, Result};
 use plexus_cnm::{Controller, Endpoint, Network, ReconcileMode, ReconcileReport};
 use plexus_ipam::{BuiltinIpam, Ipam, LOCAL_SPACE};
 
+use crate::metrics::ReconcileMetrics;
+
 /// Parses `--reconcile-interval`: a number with a unit (`500ms`, `5s`, `2m`, `1h`), or `0`
 /// (off: `None`).
 pub fn parse_interval(value: &str) -> Result<Option<Duration>> {
@@ -64,12 +66,21 @@ fn log_report(mode: ReconcileMode, report: &ReconcileReport) {
 /// Makes the kernel and IPAM match the store's records before the API serves: every
 /// driver's objects (rolling back endpoints a crash cut short), the sandbox namespaces under
 /// `netns_dir`, and IPAM's pools and addresses. A driver that cannot be reconciled stops the
-/// start.
-pub async fn startup(controller: &Controller, ipam: &BuiltinIpam, netns_dir: &Path) -> Result<()> {
-    let report = controller
-        .reconcile(ReconcileMode::Startup)
-        .await
-        .context("start-up reconciliation")?;
+/// start. What it repairs is counted in `metrics`.
+pub async fn startup(
+    controller: &Controller,
+    ipam: &BuiltinIpam,
+    netns_dir: &Path,
+    metrics: &ReconcileMetrics,
+) -> Result<()> {
+    let began = std::time::Instant::now();
+    let report = controller.reconcile(ReconcileMode::Startup).await;
+    metrics.pass(
+        ReconcileMode::Startup,
+        began.elapsed(),
+        report.as_ref().ok(),
+    );
+    let report = report.context("start-up reconciliation")?;
     log_report(ReconcileMode::Startup, &report);
     if let Some((driver, error)) = report.failed.iter().next() {
         bail!("start-up reconciliation of the {driver} driver: {error}");
@@ -87,12 +98,14 @@ pub async fn startup(controller: &Controller, ipam: &BuiltinIpam, netns_dir: &Pa
         .filter(|s| s.owned_netns)
         .map(|s| PathBuf::from(&s.key))
         .collect();
+    let mut orphans = 0;
     if let Ok(entries) = std::fs::read_dir(netns_dir) {
         for entry in entries.flatten() {
             if !owned.contains(&entry.path()) {
                 let name = entry.file_name().to_string_lossy().into_owned();
                 match plexus_sys::netns::Netns::delete(netns_dir, &name) {
                     Ok(()) => {
+                        orphans += 1;
                         tracing::info!(netns = %entry.path().display(), "removed an orphan namespace")
                     }
                     Err(e) => {
@@ -113,15 +126,21 @@ pub async fn startup(controller: &Controller, ipam: &BuiltinIpam, netns_dir: &Pa
         rolled_back = report.forgotten.len(),
         "kernel reconciled with the store"
     );
-    reconcile_ipam(ipam, &networks, &endpoints).await
+    metrics.repaired(ReconcileMode::Startup, "orphan_namespace", orphans);
+    let (pools, addresses) = reconcile_ipam(ipam, &networks, &endpoints).await?;
+    metrics.repaired(ReconcileMode::Startup, "ipam_pool", pools);
+    metrics.repaired(ReconcileMode::Startup, "ipam_address", addresses);
+    Ok(())
 }
 
 /// Runs a periodic reconciliation every `interval` until the runtime stops: each pass repairs
 /// what was deleted behind Plexus's back and logs it; a failed pass is logged and the next
 /// interval tries again. An endpoint that cannot be repaired is logged once, not every pass.
+/// Every pass is counted in `metrics`.
 pub fn spawn_periodic(
     controller: Arc<Controller>,
     interval: Duration,
+    metrics: ReconcileMetrics,
 ) -> tokio::task::JoinHandle<()> {
     tokio::spawn(async move {
         let mut ticks = tokio::time::interval(interval);
@@ -132,7 +151,13 @@ pub fn spawn_periodic(
         loop {
             ticks.tick().await;
             let began = std::time::Instant::now();
-            match controller.reconcile(ReconcileMode::Periodic).await {
+            let result = controller.reconcile(ReconcileMode::Periodic).await;
+            metrics.pass(
+                ReconcileMode::Periodic,
+                began.elapsed(),
+                result.as_ref().ok(),
+            );
+            match result {
                 Ok(report) => {
                     tracing::debug!(
                         took_ms = began.elapsed().as_secs_f64() * 1e3,
@@ -163,11 +188,12 @@ pub fn spawn_periodic(
 /// of used pools that no endpoint, gateway or aux address holds — what a crash between an
 /// allocation and its record (or a record's removal and the release) leaves. Runs before the
 /// API serves; it assumes no other daemon allocates in this store's local space meanwhile.
+/// Returns how many pools and addresses it released.
 async fn reconcile_ipam(
     ipam: &BuiltinIpam,
     networks: &[Network],
     endpoints: &[Endpoint],
-) -> Result<()> {
+) -> Result<(usize, usize)> {
     let mut held: BTreeMap<&str, BTreeSet<IpAddr>> = BTreeMap::new();
     for pool in networks.iter().flat_map(|n| n.ipv4.iter().chain(&n.ipv6)) {
         let fixed = held.entry(pool.pool_id.as_str()).or_default();
@@ -210,7 +236,7 @@ async fn reconcile_ipam(
             "released IPAM allocations the store's records do not hold"
         );
     }
-    Ok(())
+    Ok((pools, addrs))
 }
 
 #[cfg(test)]

@@ -259,7 +259,10 @@ fn names_aliases_ptr_isolation_and_live_updates() {
         full.contains("\t30\tIN\tA\t"),
         "TTL from plexus.dns.ttl: {full}"
     );
-    assert_eq!(short(&d, "cache", "primary"), std::slice::from_ref(&db_back));
+    assert_eq!(
+        short(&d, "cache", "primary"),
+        std::slice::from_ref(&db_back)
+    );
 
     // Isolation: web (front only) cannot resolve cache (back only); db (both) sees both.
     let miss = dig(&d, "web", "cache");
@@ -371,6 +374,34 @@ fn forwarding_caches_and_fails_over() {
         next < Duration::from_millis(300),
         "later lookups took {next:?} each"
     );
+
+    // The counters reach /metrics (read from the resolver every second).
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let out = Command::new("curl")
+            .args(["-s", "--unix-socket"])
+            .arg(d.socket())
+            .arg("http://plexus/metrics")
+            .output()
+            .unwrap_or_else(|e| panic!("curl: {e}"));
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        let value = |series: &str| -> f64 {
+            text.lines()
+                .find_map(|l| l.strip_prefix(series))
+                .and_then(|v| v.trim().parse().ok())
+                .unwrap_or(0.0)
+        };
+        let cached = value("plexus_dns_answers_total{kind=\"cache\"}");
+        let timeouts = value("plexus_dns_upstream_failures_total{event=\"timeout\"}");
+        if cached >= 4.0 && timeouts >= 1.0 && text.contains("plexus_dns_resolver_up 1") {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "DNS counters not on /metrics:\n{text}"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
 }
 
 /// A query for `name` (type A) with id `id`.

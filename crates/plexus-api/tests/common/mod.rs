@@ -117,6 +117,7 @@ impl Namespaces for FakeNamespaces {
 
 pub struct Api {
     pub app: Router,
+    pub state: AppState,
     pub dir: tempfile::TempDir,
 }
 
@@ -142,12 +143,10 @@ pub async fn api() -> anyhow::Result<Api> {
         .with_namespaces(Arc::new(FakeNamespaces {
             dir: dir.path().to_path_buf(),
         }));
-    let state = AppState {
-        controller: Arc::new(controller),
-        sandbox_files: None,
-    };
+    let state = AppState::new(Arc::new(controller), &plexus_metrics::Registry::new())?;
     Ok(Api {
-        app: plexus_api::router(state),
+        app: plexus_api::router(state.clone()),
+        state,
         dir,
     })
 }

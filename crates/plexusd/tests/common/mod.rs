@@ -49,6 +49,14 @@ pub fn plexus_bin() -> PathBuf {
 
 impl Daemon {
     pub fn new(extra: &[&str]) -> Self {
+        let mut d = Self::unstarted(extra);
+        d.start();
+        d
+    }
+
+    /// The directories, namespace and arguments of a daemon, not started yet: to prepare
+    /// its namespace first, or to run it with [`Daemon::command`] and watch it fail.
+    pub fn unstarted(extra: &[&str]) -> Self {
         let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("tempdir: {e}"));
         let host_ns = Netns::create(dir.path(), "host-ns")
             .unwrap_or_else(|e| panic!("making the test's host namespace: {e}"));
@@ -61,14 +69,12 @@ impl Daemon {
             format!("unix://{}", dir.path().join("plexus.sock").display()),
         ];
         args.extend(extra.iter().map(|s| s.to_string()));
-        let mut d = Daemon {
+        Daemon {
             dir,
             host_ns,
             child: None,
             args,
-        };
-        d.start();
-        d
+        }
     }
 
     pub fn socket(&self) -> PathBuf {

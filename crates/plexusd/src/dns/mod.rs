@@ -20,6 +20,9 @@ use plexus_dns::control::{Client, Request};
 use plexus_dns::resolvconf::{self, ResolvConf};
 use plexus_dns::zone::{EndpointInfo, NetworkInfo, SandboxInfo, Snapshot, DEFAULT_TTL};
 
+mod metrics;
+pub use metrics::DnsMetrics;
+
 /// How often the supervisor checks that the resolver answers.
 const SUPERVISE_EVERY: Duration = Duration::from_secs(1);
 /// How long a fresh resolver may take to answer on its control socket.
@@ -247,12 +250,23 @@ impl Dns {
     }
 
     /// Keeps the resolver running and fed: restarts it if it died, and sends everything
-    /// again when a change could not be sent.
-    pub fn supervise(self: &Arc<Self>, controller: Arc<Controller>) -> tokio::task::JoinHandle<()> {
+    /// again when a change could not be sent. Its counters go to `metrics` on the way.
+    pub fn supervise(
+        self: &Arc<Self>,
+        controller: Arc<Controller>,
+        metrics: DnsMetrics,
+    ) -> tokio::task::JoinHandle<()> {
         let dns = self.clone();
         tokio::spawn(async move {
             loop {
-                if !dns.client.is_running().await {
+                let stats = dns
+                    .client
+                    .call(&Request::Stats)
+                    .await
+                    .ok()
+                    .and_then(|r| r.stats);
+                metrics.observe(stats.as_ref());
+                if stats.is_none() {
                     tracing::warn!("the DNS resolver stopped; starting it again");
                     dns.stale.store(true, Ordering::SeqCst);
                     if let Err(e) = dns.ensure_resolver().await {
