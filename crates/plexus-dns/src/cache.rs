@@ -128,7 +128,9 @@ impl Cache {
 
     /// How long `answer` may be kept, or `None`.
     fn keep_for(&self, answer: &[u8]) -> Option<Duration> {
-        if wire::is_truncated(answer) {
+        // Counts checked before decoding: hickory reserves room for as many records as the
+        // header claims.
+        if wire::is_truncated(answer) || !wire::counts_fit(answer) {
             return None;
         }
         let msg = Message::from_vec(answer).ok()?;
@@ -244,6 +246,12 @@ mod tests {
         tc[2] |= 0x02;
         assert!(!c.insert(key("t."), &tc, t0));
         assert!(!c.insert(key("g."), b"garbage", t0));
+        let mut lying = answer("l.", ResponseCode::NoError, Some(60), None);
+        lying[6..8].copy_from_slice(&[0xff, 0xff]);
+        assert!(
+            !c.insert(key("l."), &lying, t0),
+            "answer counts beyond its size"
+        );
     }
 
     #[test]

@@ -9,6 +9,11 @@
 pub const HEADER_LEN: usize = 12;
 /// The most a name may hold on the wire (RFC 1035 §3.1).
 pub const MAX_NAME_LEN: usize = 255;
+/// The fewest bytes a question takes: a one-byte (root) name, type and class.
+const MIN_QUESTION_LEN: usize = 5;
+/// The fewest bytes a resource record takes: a one-byte (root) name, type, class, TTL and
+/// the data's length.
+const MIN_RECORD_LEN: usize = 11;
 /// The `OPT` pseudo-record's type: its TTL field holds EDNS flags, not a time.
 const TYPE_OPT: u16 = 41;
 
@@ -41,6 +46,20 @@ pub fn rcode(msg: &[u8]) -> Option<u8> {
 
 fn count(msg: &[u8], at: usize) -> Option<usize> {
     Some(u16::from_be_bytes([*msg.get(at)?, *msg.get(at + 1)?]) as usize)
+}
+
+/// Whether the header's section counts could be true of a message this long (a question
+/// takes at least 5 bytes, a record 11). A message that claims more cannot decode; checking
+/// first matters because a full decode reserves room for as many entries as the header
+/// claims, megabytes for a 12-byte datagram.
+pub fn counts_fit(msg: &[u8]) -> bool {
+    let (Some(qd), Some(an), Some(ns), Some(ar)) =
+        (count(msg, 4), count(msg, 6), count(msg, 8), count(msg, 10))
+    else {
+        return false;
+    };
+    let need = qd * MIN_QUESTION_LEN + (an + ns + ar) * MIN_RECORD_LEN;
+    need <= msg.len() - HEADER_LEN
 }
 
 /// The offset just past the name starting at `at`. Compression pointers end a name, so
@@ -85,7 +104,9 @@ pub fn ttl_offsets(msg: &[u8]) -> Option<Vec<usize>> {
     for _ in 0..qd {
         at = skip_name(msg, at)? + 4;
     }
-    let mut offsets = Vec::with_capacity(records);
+    // The counts are the sender's word: a record takes at least 11 bytes (a root name and
+    // the fixed fields), so room for more than the message can hold is never reserved.
+    let mut offsets = Vec::with_capacity(records.min(msg.len() / MIN_RECORD_LEN));
     for _ in 0..records {
         at = skip_name(msg, at)?;
         let rtype = count(msg, at)? as u16;
@@ -183,6 +204,25 @@ mod tests {
         }
         long.extend_from_slice(&[0, 0, 1, 0, 1]);
         assert!(question(&long).is_none());
+    }
+
+    #[test]
+    fn counts_must_fit_the_message() {
+        let m = sample();
+        assert!(counts_fit(&m));
+        assert!(!counts_fit(&m[..11]), "no header");
+        // A bare header claiming 65,535 entries in every section.
+        let mut lying = vec![0u8; HEADER_LEN];
+        lying[4..].fill(0xff);
+        assert!(!counts_fit(&lying));
+        // One record more than the bytes can hold.
+        let mut more = m.clone();
+        more[7] = 3;
+        assert!(!counts_fit(&more));
+        // Exactly what the smallest entries take.
+        let mut tight = vec![0, 0, 0, 0, 0, 1, 0, 1, 0, 0, 0, 0];
+        tight.extend_from_slice(&[0; 5 + 11]);
+        assert!(counts_fit(&tight));
     }
 
     #[test]

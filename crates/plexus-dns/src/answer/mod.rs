@@ -98,6 +98,10 @@ pub fn decode(bytes: &[u8]) -> Result<Message, Outcome> {
     if wire::is_response(bytes) {
         return Err(Outcome::Drop(DropReason::Response));
     }
+    // Before decoding: hickory reserves room for as many entries as the header claims.
+    if !wire::counts_fit(bytes) {
+        return Err(bare(bytes, ResponseCode::FormErr));
+    }
     let msg = match Message::from_vec(bytes) {
         Ok(m) => m,
         Err(_) => return Err(bare(bytes, ResponseCode::FormErr)),

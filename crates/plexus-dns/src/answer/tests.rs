@@ -238,6 +238,13 @@ fn bad_input_gets_the_right_code() {
         reply(ask("web", &lp)).response_code(),
         ResponseCode::FormErr
     );
+    // Section counts the datagram cannot hold (a full decode would reserve room for
+    // 65,535 entries per section): FORMERR with the id, without decoding.
+    let mut lying = whole.clone();
+    lying[6..12].fill(0xff);
+    let m = reply(ask("web", &lying));
+    assert_eq!(m.response_code(), ResponseCode::FormErr);
+    assert_eq!(m.id(), 42);
     // Two questions.
     let mut two = Message::new();
     two.set_id(1);
