@@ -3,7 +3,10 @@
 //!
 //! An entry is the upstream's answer as bytes, plus where its TTLs sit: a hit copies the
 //! bytes, lowers the TTLs by the time spent in the cache and puts the client's id and
-//! question in — no decoding on the hot path. Negative answers (`NXDOMAIN`, and `NOERROR`
+//! question in — no decoding on the hot path. The bytes kept are the answer as hickory
+//! encodes it, not as received: an upstream's compression pointers may aim at the header or
+//! at a TTL, bytes every hit rewrites, and such an answer would be served as something else,
+//! or as nothing a client can decode. Negative answers (`NXDOMAIN`, and `NOERROR`
 //! with no answer) are kept for the SOA's negative TTL (RFC 2308); failures (`SERVFAIL`,
 //! `REFUSED`, …) and truncated answers are not kept.
 
@@ -95,10 +98,11 @@ impl Cache {
         if let Some(id) = wire::id(query) {
             wire::set_id(&mut out, id);
         }
-        // The client's spelling of the name (0x20 case randomisation): same length, since
-        // questions are never compressed.
+        // The client's spelling of the name (0x20 case randomisation), when it is the same
+        // name byte for byte but for case: the stored question, our encoding, holds no
+        // pointer, so neither does the copy.
         if let (Some(q), Some(a)) = (wire::question(query), wire::question(&out)) {
-            if q == a {
+            if q == a && query[q.clone()].eq_ignore_ascii_case(&out[a.clone()]) {
                 out[a].copy_from_slice(&query[q]);
             }
         }
@@ -108,16 +112,20 @@ impl Cache {
     /// Keeps `answer` (an upstream's bytes) under `key` if it may be kept; returns whether
     /// it was.
     pub fn insert(&mut self, key: Key, answer: &[u8], now: Instant) -> bool {
-        let Some(ttl) = self.keep_for(answer) else {
+        let Some((msg, ttl)) = self.keep_for(answer) else {
             return false;
         };
-        let Some(ttl_offsets) = wire::ttl_offsets(answer) else {
+        // Our own encoding (see the module's doc): its pointers aim only at names.
+        let Ok(bytes) = msg.to_vec() else {
+            return false;
+        };
+        let Some(ttl_offsets) = wire::ttl_offsets(&bytes) else {
             return false;
         };
         self.entries.put(
             key,
             Entry {
-                bytes: answer.to_vec(),
+                bytes,
                 ttl_offsets,
                 stored: now,
                 expires: now + ttl,
@@ -126,8 +134,8 @@ impl Cache {
         true
     }
 
-    /// How long `answer` may be kept, or `None`.
-    fn keep_for(&self, answer: &[u8]) -> Option<Duration> {
+    /// `answer` decoded, and how long it may be kept; `None` if it may not be.
+    fn keep_for(&self, answer: &[u8]) -> Option<(Message, Duration)> {
         // Counts checked before decoding: hickory reserves room for as many records as the
         // header claims.
         if wire::is_truncated(answer) || !wire::counts_fit(answer) {
@@ -150,7 +158,7 @@ impl Cache {
             let ttl = msg.answers().iter().map(|r| r.ttl()).min()?;
             Duration::from_secs(u64::from(ttl)).min(self.config.max_ttl)
         };
-        (!secs.is_zero()).then_some(secs)
+        (!secs.is_zero()).then_some((msg, secs))
     }
 }
 
@@ -252,6 +260,48 @@ mod tests {
             !c.insert(key("l."), &lying, t0),
             "answer counts beyond its size"
         );
+    }
+
+    /// Found by the fuzz target `dns_packet`: an answer whose OPT record's owner name is a
+    /// pointer to offset 0, the id, which read as a root label (id 0x001e). Kept as
+    /// received, the hit with the client's id (0xbeef) no longer decoded.
+    #[test]
+    fn pointers_into_the_header_do_not_survive_a_hit() {
+        let mut answer = vec![0x00, 0x1e, 0x81, 0x80, 0, 1, 0, 1, 0, 0, 0, 1];
+        answer.extend_from_slice(b"\x07example\x03com\x00\x00\x01\x00\x01");
+        // example.com. A, TTL 0x003c0004, empty data.
+        answer.extend_from_slice(&[0xc0, 12, 0, 1, 0, 1, 0, 0x3c, 0, 4, 0, 0]);
+        // Owner name: a pointer to offset 0; type 0x0204, class 0, TTL, no data.
+        answer.extend_from_slice(&[0xc0, 0, 2, 4, 0, 0, 0x29, 4, 0xd0, 0, 0, 0]);
+        assert!(Message::from_vec(&answer).is_ok());
+        let mut c = Cache::new(CacheConfig::default());
+        let t0 = Instant::now();
+        assert!(c.insert(key("example.com."), &answer, t0));
+        let hit = c
+            .get(&key("example.com."), &query(0xbeef, "example.com."), t0)
+            .unwrap();
+        let m = Message::from_vec(&hit).unwrap();
+        assert_eq!(m.id(), 0xbeef);
+        assert_eq!(m.answers().len(), 1);
+        assert_eq!(m.additionals().len(), 1);
+        assert!(m.additionals()[0].name().is_root());
+    }
+
+    #[test]
+    fn a_compressed_client_question_is_not_copied_in() {
+        let mut c = Cache::new(CacheConfig::default());
+        let t0 = Instant::now();
+        let a = answer("abc.", ResponseCode::NoError, Some(60), None);
+        assert!(c.insert(key("abc."), &a, t0));
+        // As long as the stored "\x03abc\x00" but not that name: "\x02AB" then a pointer
+        // to offset 4 (the question count's high byte, 0: the root). Copied in, the hit
+        // would ask for "AB." pointing into its own header.
+        let mut q = vec![0, 9, 1, 0, 0, 1, 0, 0, 0, 0, 0, 0];
+        q.extend_from_slice(&[2, b'A', b'B', 0xc0, 4, 0, 1, 0, 1]);
+        let hit = c.get(&key("abc."), &q, t0).unwrap();
+        let m = Message::from_vec(&hit).unwrap();
+        assert_eq!(m.id(), 9);
+        assert_eq!(m.queries()[0].name().to_ascii(), "abc.");
     }
 
     #[test]
