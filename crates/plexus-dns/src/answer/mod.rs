@@ -150,14 +150,23 @@ pub fn error(query: &Message, rcode: ResponseCode) -> Vec<u8> {
 }
 
 /// Encodes `m` within `max` bytes: what does not fit is left out and `TC` set, so the
-/// client asks again over TCP.
+/// client asks again over TCP. Records go first, then (a query may hold many questions, and
+/// an error echoes them all) the questions: the header alone always fits.
 pub fn encode(m: &Message, max: usize) -> Vec<u8> {
     if let Ok(b) = m.to_vec() {
         if b.len() <= max {
             return b;
         }
     }
-    m.truncate().to_vec().unwrap_or_default()
+    if let Ok(b) = m.truncate().to_vec() {
+        if b.len() <= max {
+            return b;
+        }
+    }
+    let mut header_only = Message::new();
+    header_only.set_header(*m.header());
+    header_only.set_truncated(true);
+    header_only.to_vec().unwrap_or_default()
 }
 
 /// The cache key of a query's question.

@@ -252,6 +252,21 @@ fn bad_input_gets_the_right_code() {
     two.add_query(Query::query(Name::from_ascii("b.").unwrap(), RecordType::A));
     let m = reply(ask("web", &two.to_vec().unwrap()));
     assert_eq!(m.response_code(), ResponseCode::FormErr);
+    // Found by the fuzz target dns_packet: so many questions that the FORMERR echoing
+    // them was 524 bytes over UDP. Cut to the header, with TC.
+    let mut many = Message::new();
+    many.set_id(3);
+    for i in 0..24 {
+        let name = Name::from_ascii(format!("{i:02}{}.", "x".repeat(58))).unwrap();
+        many.add_query(Query::query(name, RecordType::A));
+    }
+    let Outcome::Reply(b) = ask("web", &many.to_vec().unwrap()) else {
+        panic!("no reply to many questions");
+    };
+    assert!(b.len() <= 512, "{} bytes over UDP", b.len());
+    let m = Message::from_vec(&b).unwrap();
+    assert_eq!((m.id(), m.response_code()), (3, ResponseCode::FormErr));
+    assert!(m.truncated());
     // Another opcode.
     let mut st = Message::new();
     st.set_id(1).set_op_code(hickory_proto::op::OpCode::Status);
