@@ -239,6 +239,26 @@ fn parse_response(buf: &[u8]) -> std::result::Result<(u16, Vec<u8>), String> {
     Ok((status, body))
 }
 
+/// Reads a plugin's raw HTTP answer to `op` (everything it sent, headers included): the
+/// status, the body (sized or chunked), the protocol's `Err` field, then the body as `R`.
+/// No I/O: the plugin's bytes are untrusted, and the fuzz target `api_json` feeds this.
+pub fn read_answer<R: DeserializeOwned>(plugin: &str, op: &str, raw: &[u8]) -> Result<R> {
+    let (status, body) = parse_response(raw).map_err(|e| plugin_err(plugin, op, e))?;
+    let err: ErrOnly = serde_json::from_slice(&body).unwrap_or_default();
+    if !err.err.is_empty() {
+        return Err(plugin_err(plugin, op, err.err));
+    }
+    if status != 200 {
+        return Err(plugin_err(
+            plugin,
+            op,
+            format!("HTTP {status}: {}", String::from_utf8_lossy(&body).trim()),
+        ));
+    }
+    serde_json::from_slice(&body)
+        .map_err(|e| plugin_err(plugin, op, format!("malformed answer: {e}")))
+}
+
 #[derive(Deserialize, Default)]
 struct ErrOnly {
     #[serde(rename = "Err", default)]
@@ -404,20 +424,7 @@ impl RemoteIpam {
                 )
             })?
             .map_err(|e| plugin_err(&self.name, op, e.to_string()))?;
-        let (status, body) = parse_response(&raw).map_err(|e| plugin_err(&self.name, op, e))?;
-        let err: ErrOnly = serde_json::from_slice(&body).unwrap_or_default();
-        if !err.err.is_empty() {
-            return Err(plugin_err(&self.name, op, err.err));
-        }
-        if status != 200 {
-            return Err(plugin_err(
-                &self.name,
-                op,
-                format!("HTTP {status}: {}", String::from_utf8_lossy(&body).trim()),
-            ));
-        }
-        serde_json::from_slice(&body)
-            .map_err(|e| plugin_err(&self.name, op, format!("malformed answer: {e}")))
+        read_answer(&self.name, op, &raw)
     }
 
     async fn request_address_raw(
@@ -645,5 +652,21 @@ mod tests {
             b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\n\r\n{}"
         ));
         assert!(parse_response(b"garbage").is_err());
+    }
+
+    #[test]
+    fn answers_read_err_status_and_body() {
+        let ok = b"HTTP/1.1 200 OK\r\nContent-Length: 15\r\n\r\n{\"Address\":\"x\"}";
+        let v: serde_json::Value = read_answer("p", "/Op", ok).unwrap();
+        assert_eq!(v["Address"], "x");
+        let refused = b"HTTP/1.1 200 OK\r\n\r\n{\"Err\":\"no pool\"}";
+        let e = read_answer::<serde_json::Value>("p", "/Op", refused).unwrap_err();
+        assert!(e.to_string().contains("no pool"), "{e}");
+        let status = b"HTTP/1.1 500 Oops\r\n\r\nboom";
+        let e = read_answer::<serde_json::Value>("p", "/Op", status).unwrap_err();
+        assert!(e.to_string().contains("HTTP 500: boom"), "{e}");
+        let bad = b"HTTP/1.1 200 OK\r\n\r\n{";
+        let e = read_answer::<serde_json::Value>("p", "/Op", bad).unwrap_err();
+        assert!(e.to_string().contains("malformed answer"), "{e}");
     }
 }
