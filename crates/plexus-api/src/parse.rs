@@ -189,12 +189,17 @@ pub fn parse_timestamp(field: &str, text: &str) -> Result<i128, String> {
             Some((s, f)) => (s, Some(f)),
             None => (text, None),
         };
+        let negative = secs.starts_with('-');
         let secs: i128 = secs.parse().map_err(|_| bad())?;
         let nanos = match frac {
             Some(f) => fraction_nanos(f).ok_or_else(bad)?,
             None => 0,
         };
-        return Ok(secs * 1_000_000_000 + if secs < 0 { -nanos } else { nanos });
+        // Any number of digits parses: the nanoseconds can overflow even an i128.
+        return secs
+            .checked_mul(1_000_000_000)
+            .and_then(|n| n.checked_add(if negative { -nanos } else { nanos }))
+            .ok_or_else(|| format!("invalid {field} {text:?}: out of range"));
     }
     let b = text.as_bytes();
     if b.len() < 20 || b[4] != b'-' || b[7] != b'-' || !matches!(b[10], b'T' | b't' | b' ') {
@@ -267,6 +272,11 @@ mod tests {
             Ok(1_700_000_000_250_000_000)
         );
         assert_eq!(ns("1970-01-01T00:00:00Z"), Ok(0));
+        assert_eq!(ns("-0.5"), Ok(-500_000_000));
+        // Found by the fuzz target api_json: 35 digits overflowed the multiplication.
+        let huge = ns("-34444444444444444444444444444444424");
+        assert!(huge.err().unwrap_or_default().contains("out of range"));
+        assert!(ns(&"9".repeat(40)).is_err());
         for bad in [
             "",
             "yesterday",
