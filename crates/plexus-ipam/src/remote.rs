@@ -213,20 +213,25 @@ fn parse_response(buf: &[u8]) -> std::result::Result<(u16, Vec<u8>), String> {
         let mut out = Vec::new();
         let mut pos = 0;
         loop {
-            let line_end = rest[pos..]
+            // Every offset comes from the plugin's sizes: checked, never indexed blindly.
+            let tail = rest.get(pos..).ok_or("truncated chunk")?;
+            let line_end = tail
                 .windows(2)
                 .position(|w| w == b"\r\n")
                 .ok_or("truncated chunk header")?;
-            let size_text = String::from_utf8_lossy(&rest[pos..pos + line_end]).to_string();
+            let size_text = String::from_utf8_lossy(&tail[..line_end]).to_string();
             let size = usize::from_str_radix(size_text.split(';').next().unwrap_or("").trim(), 16)
                 .map_err(|_| format!("bad chunk size {size_text:?}"))?;
             pos += line_end + 2;
             if size == 0 {
                 break;
             }
-            let chunk = rest.get(pos..pos + size).ok_or("truncated chunk")?;
+            let end = pos
+                .checked_add(size)
+                .ok_or_else(|| format!("bad chunk size {size_text:?}"))?;
+            let chunk = rest.get(pos..end).ok_or("truncated chunk")?;
             out.extend_from_slice(chunk);
-            pos += size + 2;
+            pos = end.saturating_add(2);
         }
         out
     } else if let Some(len) =
@@ -652,6 +657,19 @@ mod tests {
             b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\n\r\n{}"
         ));
         assert!(parse_response(b"garbage").is_err());
+    }
+
+    /// Found by the fuzz target api_json: a chunk that ends the data without its CRLF put
+    /// the next chunk header past the end, and slicing there panicked. A size near
+    /// `usize::MAX` overflowed the chunk's end the same way.
+    #[test]
+    fn chunked_bodies_that_lie_are_errors() {
+        let cut = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\nf\r\n{\x1fJ\\uo\"19.0.0}}";
+        assert_eq!(parse_response(cut), Err("truncated chunk".to_string()));
+        let huge = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\nffffffffffffffff\r\nab";
+        assert!(parse_response(huge).is_err());
+        let no_end = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n2\r\nab";
+        assert_eq!(parse_response(no_end), Err("truncated chunk".to_string()));
     }
 
     #[test]
