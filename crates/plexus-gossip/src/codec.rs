@@ -14,6 +14,11 @@ use crate::error::DecodeError;
 pub const MAX_NAME: usize = 1024;
 /// Largest entry value accepted on the wire.
 pub const MAX_VALUE: usize = 1 << 20;
+/// Latest Lamport time accepted on the wire. Clocks tick once per event, so a cluster stays
+/// far below it (2^62 events at a million a second take 146,000 years); a frame claiming
+/// more would push every clock that witnesses it to where it can no longer tick, and past
+/// the 63 bits an attachment's packed form keeps.
+pub const MAX_LTIME: u64 = 1 << 62;
 
 /// An address a node is known by (its identity in the cluster).
 ///
@@ -144,6 +149,14 @@ impl<'a> Reader<'a> {
             return Err(DecodeError::TooLong);
         }
         Ok(self.take(n)?.to_vec())
+    }
+}
+
+/// Reads a Lamport time, at most [`MAX_LTIME`].
+fn ltime(r: &mut Reader<'_>) -> Result<u64, DecodeError> {
+    match r.u64()? {
+        t if t <= MAX_LTIME => Ok(t),
+        _ => Err(DecodeError::Invalid("lamport time")),
     }
 }
 
@@ -316,7 +329,7 @@ impl<A: Address> Item<A> {
             2 => {
                 let node = A::decode(r)?;
                 let network = r.string(MAX_NAME)?;
-                let ltime = r.u64()?;
+                let ltime = ltime(r)?;
                 let joined = r.u8()? != 0;
                 Ok(Item::Attach(AttachUpdate {
                     node,
@@ -329,7 +342,7 @@ impl<A: Address> Item<A> {
                 let table = r.string(MAX_NAME)?;
                 let key = r.string(MAX_NAME)?;
                 let owner = A::decode(r)?;
-                let ltime = r.u64()?;
+                let ltime = ltime(r)?;
                 let deleted = r.u8()? != 0;
                 let (reap_in_ms, value) = if deleted {
                     (r.u64()?, Vec::new())
@@ -701,6 +714,44 @@ mod tests {
             for cut in 0..bytes.len() {
                 assert!(decode_frame::<SocketAddr>(&bytes[..cut]).is_err());
             }
+        }
+    }
+
+    #[test]
+    fn lamport_times_beyond_the_bound_are_invalid() {
+        let t = SocketAddr::from(([127, 0, 0, 2], 7946));
+        let entry = |ltime| {
+            Item::Entry(EntryUpdate {
+                table: "t".into(),
+                key: "k".into(),
+                owner: t,
+                ltime,
+                deleted: false,
+                reap_in_ms: 0,
+                value: vec![],
+            })
+        };
+        let attach = |ltime| {
+            Item::Attach(AttachUpdate {
+                node: t,
+                network: "n".into(),
+                ltime,
+                joined: true,
+            })
+        };
+        for item in [entry(MAX_LTIME), attach(MAX_LTIME)] {
+            let b = item.to_bytes();
+            assert_eq!(
+                Item::<SocketAddr>::decode(&mut Reader::new(&b)).ok(),
+                Some(item)
+            );
+        }
+        for item in [entry(MAX_LTIME + 1), attach(u64::MAX)] {
+            let b = item.to_bytes();
+            assert_eq!(
+                Item::<SocketAddr>::decode(&mut Reader::new(&b)),
+                Err(DecodeError::Invalid("lamport time"))
+            );
         }
     }
 }

@@ -318,7 +318,9 @@ impl<A: Address> Node<A> {
     }
 
     fn tick_clock(&mut self) -> u64 {
-        self.clock += 1;
+        // Witnessed times are bounded (`codec::MAX_LTIME`), so this never saturates in
+        // practice; saturating keeps a clock that somehow got there from overflowing.
+        self.clock = self.clock.saturating_add(1);
         self.clock
     }
 
