@@ -44,6 +44,11 @@ status_field() {
   grep -E "^#[0-9]+" "$2" | grep -oE "$1: [0-9]+" | tail -1 | grep -oE '[0-9]+$' || echo 0
 }
 
+# A figure of libFuzzer's final statistics (-print_final_stats=1).
+stat_value() {
+  grep -oE "stat::$1: +[0-9]+" "$2" | grep -oE '[0-9]+$' | tail -1 || echo 0
+}
+
 total_execs=0
 total_findings=0
 for t in "${targets[@]}"; do
@@ -55,9 +60,11 @@ for t in "${targets[@]}"; do
   log="$CARGO_TARGET_DIR/scratch/$t.log"
   before=$(find "fuzz/artifacts/$t" -type f | wc -l)
   rc=0
+  start=$(date +%s)
   (cd fuzz && cargo fuzz run "${flags[@]}" "$t" "$scratch" "corpus/$t" -- \
     -max_total_time="$seconds" -timeout=10 -max_len=4096 -print_final_stats=1 \
     >"$log" 2>&1) || rc=$?
+  secs=$(($(date +%s) - start))
   after=$(find "fuzz/artifacts/$t" -type f | wc -l)
   findings=$((after - before))
   if [ "$rc" -ne 0 ] && [ "$findings" -eq 0 ]; then
@@ -68,16 +75,18 @@ for t in "${targets[@]}"; do
     tail -60 "$log" >&2
     ls -1 "fuzz/artifacts/$t" >&2
   fi
-  execs=$(grep -oE 'stat::number_of_executed_units: [0-9]+' "$log" | grep -oE '[0-9]+$' || echo 0)
-  rss=$(grep -oE 'stat::peak_rss_mb: [0-9]+' "$log" | grep -oE '[0-9]+$' || echo 0)
-  new=$(grep -oE 'stat::new_units_added: [0-9]+' "$log" | grep -oE '[0-9]+$' || echo 0)
-  secs=$(grep -oE 'Done [0-9]+ runs in [0-9]+ second' "$log" | grep -oE '[0-9]+ second' | grep -oE '[0-9]+' || echo "$seconds")
+  execs=$(stat_value number_of_executed_units "$log")
+  rss=$(stat_value peak_rss_mb "$log")
+  new=$(stat_value new_units_added "$log")
   echo "target=$t seconds=$secs execs=${execs:-0} execs_per_s=$(( ${execs:-0} / (secs > 0 ? secs : 1) )) corpus=$(status_field corp "$log") cov=$(status_field cov "$log") features=$(status_field ft "$log") new_units=${new:-0} peak_rss_mb=${rss:-0} findings=$findings"
   total_execs=$((total_execs + ${execs:-0}))
   total_findings=$((total_findings + findings))
   if [ "${MERGE:-0}" = 1 ] && [ "$findings" -eq 0 ]; then
-    (cd fuzz && cargo fuzz cmin "${flags[@]}" "$t" "corpus/$t" -- "$scratch" -max_len=4096 >>"$log" 2>&1)
-    echo "merged into fuzz/corpus/$t: $(find "fuzz/corpus/$t" -type f | wc -l) inputs, $(du -sh "fuzz/corpus/$t" | cut -f1)" >&2
+    # cmin minimises a directory in place (its libFuzzer arguments come before its own
+    # directories, so another corpus cannot be passed there): copy the finds in first.
+    find "$scratch" -type f -exec cp -t "fuzz/corpus/$t/" {} +
+    (cd fuzz && cargo fuzz cmin "${flags[@]}" "$t" "corpus/$t" -- -max_len=4096 >>"$log" 2>&1)
+    echo "merged into fuzz/corpus/$t: $(find "fuzz/corpus/$t" -type f | wc -l) inputs, $(du -sh --apparent-size "fuzz/corpus/$t" | cut -f1)" >&2
   fi
 done
 
