@@ -7,8 +7,9 @@
 #
 # Runs each TARGET (default: every target in fuzz/Cargo.toml) for SECONDS (default 180) on
 # its committed corpus (fuzz/corpus/TARGET, read only); inputs that reach new code go to a
-# scratch corpus (fuzz/target/scratch/TARGET). Any finding (panic, failed invariant, sanitizer
-# report, leak, timeout, out of memory) fails the run; its input is in fuzz/artifacts/TARGET/.
+# scratch corpus (fuzz/target/scratch/TARGET, emptied first). Any finding (panic, failed
+# invariant, sanitizer report, leak, timeout, out of memory) fails the run; its input is in
+# fuzz/artifacts/TARGET/.
 # With MERGE=1 the scratch corpus is then minimised into the committed one (cargo fuzz cmin).
 #
 # One line of key=value figures per target; with several targets a last line sums them:
@@ -56,6 +57,7 @@ for t in "${targets[@]}"; do
   flags=(--no-default-features --features "$f")
   (cd fuzz && cargo fuzz build "${flags[@]}" "$t" >&2)
   scratch="$CARGO_TARGET_DIR/scratch/$t"
+  rm -rf "$scratch" # each run starts from the committed corpus alone
   mkdir -p "$scratch" "fuzz/corpus/$t" "fuzz/artifacts/$t"
   log="$CARGO_TARGET_DIR/scratch/$t.log"
   before=$(find "fuzz/artifacts/$t" -type f | wc -l)
