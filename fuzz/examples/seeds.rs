@@ -19,6 +19,7 @@ use plexus_gossip::codec::{
 };
 
 type Seeds = Vec<(String, Vec<u8>)>;
+type Items = Vec<Item<SocketAddr>>;
 
 fn main() -> std::io::Result<()> {
     let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("corpus");
@@ -366,7 +367,7 @@ fn gossip() -> Seeds {
             value: if deleted { vec![] } else { b"value".to_vec() },
         })
     };
-    let frames: Vec<(&str, Body<SocketAddr>, Vec<Item<SocketAddr>>)> = vec![
+    let frames: Vec<(&str, Body<SocketAddr>, Items)> = vec![
         (
             "ping",
             Body::Ping { seq: 1, target: me },
