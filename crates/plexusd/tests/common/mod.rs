@@ -49,6 +49,7 @@ pub fn plexus_bin() -> PathBuf {
 
 impl Daemon {
     pub fn new(extra: &[&str]) -> Self {
+        plexus_testkit::require_root();
         let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("tempdir: {e}"));
         let host_ns = Netns::create(dir.path(), "host-ns")
             .unwrap_or_else(|e| panic!("making the test's host namespace: {e}"));
@@ -215,8 +216,9 @@ pub fn json(s: &str) -> serde_json::Value {
     serde_json::from_str(s).unwrap_or_else(|e| panic!("not JSON ({e}): {s}"))
 }
 
-/// Docker's CLI, if one is installed.
-pub fn docker_cli() -> Option<PathBuf> {
+/// Docker's CLI; fails the test if none is installed (`./scripts/test` installs Debian's
+/// `docker.io`): a test that drives it must not pass without it.
+pub fn docker_cli() -> PathBuf {
     ["/usr/bin/docker", "/usr/local/bin/docker"]
         .into_iter()
         .map(PathBuf::from)
@@ -227,5 +229,11 @@ pub fn docker_cli() -> Option<PathBuf> {
                     .map(|p| p.join("docker"))
                     .find(|p| p.exists())
             })
+        })
+        .unwrap_or_else(|| {
+            panic!(
+                "{}: needs the docker CLI: apt-get install docker.io (./scripts/test does)",
+                plexus_testkit::skip::test_name()
+            )
         })
 }
