@@ -170,6 +170,26 @@ impl Daemon {
             .unwrap_or_else(|e| panic!("running plexus {args:?}: {e}"))
     }
 
+    /// Runs the CLI inside the test's host namespace (the daemon's), as `plexus system
+    /// reset` must be.
+    pub fn plexus_in_ns(&self, args: &[&str]) -> Output {
+        let mut cmd = Command::new(plexus_bin());
+        cmd.env("PLEXUS_HOST", self.host())
+            .args(args)
+            .stdin(Stdio::null());
+        let fd = self.host_ns.fd().as_raw_fd();
+        // SAFETY: only async-signal-safe calls (setns) between fork and exec.
+        unsafe {
+            cmd.pre_exec(move || {
+                let fd = std::os::fd::BorrowedFd::borrow_raw(fd);
+                nix::sched::setns(fd, nix::sched::CloneFlags::CLONE_NEWNET)
+                    .map_err(std::io::Error::from)
+            });
+        }
+        cmd.output()
+            .unwrap_or_else(|e| panic!("running plexus {args:?}: {e}"))
+    }
+
     /// Runs the CLI and expects success; returns stdout.
     pub fn ok(&self, args: &[&str]) -> String {
         let out = self.plexus(args);
