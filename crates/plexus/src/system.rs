@@ -83,6 +83,9 @@ fn print_report(report: &Report, dry_run: bool) -> Result<()> {
         eprintln!("plexus system reset: cannot {what}: {error}");
     }
     if !report.failed.is_empty() {
+        if !nix::unistd::geteuid().is_root() {
+            eprintln!("plexus system reset: not running as root; removing links, nft tables and namespace mounts needs root");
+        }
         eprintln!(
             "plexus system reset: {} failure(s); the rest was done",
             report.failed.len()
