@@ -1,6 +1,6 @@
 //! End to end: the real `plexusd` binary, in a network namespace the test makes (so bridges
 //! and firewall rules never touch the machine's own), with temp state and run dirs, driven by
-//! the real `plexus` CLI (and by docker's CLI, when it is installed). Needs root.
+//! the real `plexus` CLI (and by docker's CLI, which `./scripts/test` installs). Needs root.
 //!
 //! `plexus` is looked up next to `plexusd` in the target dir: `cargo test --workspace` (or
 //! `cargo test -p plexus -p plexusd`) builds both.

@@ -1,5 +1,6 @@
-//! Events end to end: the real `plexusd`, `plexus events` and, when installed, docker's own
-//! `docker events` against it, across a restart of the daemon. Needs root.
+//! Events end to end: the real `plexusd`, `plexus events` and docker's own `docker events`
+//! (`./scripts/test` installs the docker CLI) against it, across a restart of the daemon.
+//! Needs root.
 
 mod common;
 
