@@ -20,6 +20,9 @@
 //! match the store after a restart or a crash, and to repair drift while running, deleting
 //! only what it marked.
 //!
+//! [`reset`] removes everything Plexus made on a host, and nothing else, by the same marks and
+//! names (`plexus system reset`); its [`Layout`](reset::Layout) is where the daemon's files are.
+//!
 //! ```no_run
 //! # async fn demo() -> Result<(), plexus_cnm::DriverError> {
 //! use plexus_drivers::{register_builtin, DriverConfig};
@@ -40,6 +43,7 @@ mod names;
 mod null;
 pub mod options;
 mod reaper;
+pub mod reset;
 
 use std::sync::Arc;
 

@@ -84,6 +84,7 @@ struct Daemon {
 
 impl Daemon {
     fn new() -> Self {
+        plexus_testkit::require_root();
         let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("tempdir: {e}"));
         let host_ns = Netns::create(dir.path(), "host-ns")
             .unwrap_or_else(|e| panic!("making the test's host namespace: {e}"));

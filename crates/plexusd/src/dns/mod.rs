@@ -31,21 +31,22 @@ const START_TIMEOUT: Duration = Duration::from_secs(10);
 /// Where the resolver's files are, under the run dir.
 #[derive(Debug, Clone)]
 pub struct DnsPaths {
-    /// `<run-dir>/dns/control.sock`.
+    /// The resolver's control socket.
     pub control: PathBuf,
-    /// `<run-dir>/dns/resolver.log`.
+    /// The resolver's log.
     pub log: PathBuf,
-    /// `<run-dir>/sandboxes`: each sandbox's `resolv.conf` and `hosts`, by id.
+    /// Each sandbox's `resolv.conf` and `hosts`, by id.
     pub sandbox_files: PathBuf,
 }
 
 impl DnsPaths {
-    /// The paths under `run_dir`.
-    pub fn new(run_dir: &Path) -> Self {
+    /// The paths of `layout` (the one place their names are spelled, shared with `plexus
+    /// system reset`).
+    pub fn new(layout: &plexus_drivers::reset::Layout) -> Self {
         DnsPaths {
-            control: run_dir.join("dns").join("control.sock"),
-            log: run_dir.join("dns").join("resolver.log"),
-            sandbox_files: run_dir.join("sandboxes"),
+            control: layout.dns_control(),
+            log: layout.resolver_log(),
+            sandbox_files: layout.sandbox_files(),
         }
     }
 }

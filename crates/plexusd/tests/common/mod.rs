@@ -49,6 +49,7 @@ pub fn plexus_bin() -> PathBuf {
 
 impl Daemon {
     pub fn new(extra: &[&str]) -> Self {
+        plexus_testkit::require_root();
         let mut d = Self::unstarted(extra);
         d.start();
         d
@@ -175,6 +176,26 @@ impl Daemon {
             .unwrap_or_else(|e| panic!("running plexus {args:?}: {e}"))
     }
 
+    /// Runs the CLI inside the test's host namespace (the daemon's), as `plexus system
+    /// reset` must be.
+    pub fn plexus_in_ns(&self, args: &[&str]) -> Output {
+        let mut cmd = Command::new(plexus_bin());
+        cmd.env("PLEXUS_HOST", self.host())
+            .args(args)
+            .stdin(Stdio::null());
+        let fd = self.host_ns.fd().as_raw_fd();
+        // SAFETY: only async-signal-safe calls (setns) between fork and exec.
+        unsafe {
+            cmd.pre_exec(move || {
+                let fd = std::os::fd::BorrowedFd::borrow_raw(fd);
+                nix::sched::setns(fd, nix::sched::CloneFlags::CLONE_NEWNET)
+                    .map_err(std::io::Error::from)
+            });
+        }
+        cmd.output()
+            .unwrap_or_else(|e| panic!("running plexus {args:?}: {e}"))
+    }
+
     /// Runs the CLI and expects success; returns stdout.
     pub fn ok(&self, args: &[&str]) -> String {
         let out = self.plexus(args);
@@ -240,8 +261,9 @@ pub fn json(s: &str) -> serde_json::Value {
     serde_json::from_str(s).unwrap_or_else(|e| panic!("not JSON ({e}): {s}"))
 }
 
-/// Docker's CLI, if one is installed.
-pub fn docker_cli() -> Option<PathBuf> {
+/// Docker's CLI; fails the test if none is installed (`./scripts/test` installs Debian's
+/// `docker.io`): a test that drives it must not pass without it.
+pub fn docker_cli() -> PathBuf {
     ["/usr/bin/docker", "/usr/local/bin/docker"]
         .into_iter()
         .map(PathBuf::from)
@@ -252,5 +274,11 @@ pub fn docker_cli() -> Option<PathBuf> {
                     .map(|p| p.join("docker"))
                     .find(|p| p.exists())
             })
+        })
+        .unwrap_or_else(|| {
+            panic!(
+                "{}: needs the docker CLI: apt-get install docker.io (./scripts/test does)",
+                plexus_testkit::skip::test_name()
+            )
         })
 }
