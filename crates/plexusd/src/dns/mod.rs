@@ -191,7 +191,8 @@ impl Dns {
 
     fn spawn_resolver(&self) -> Result<()> {
         use std::os::unix::process::CommandExt;
-        let exe = std::env::current_exe().context("finding plexusd's own executable")?;
+        // This process's own image, even if its file was replaced by an upgrade since.
+        let exe = PathBuf::from("/proc/self/exe");
         if let Some(dir) = self.paths.log.parent() {
             std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
         }
@@ -202,7 +203,8 @@ impl Dns {
             .with_context(|| format!("opening {}", self.paths.log.display()))?;
         let log2 = log.try_clone().context("duplicating the resolver's log")?;
         let mut cmd = std::process::Command::new(exe);
-        cmd.arg("--internal-resolver")
+        cmd.arg0("plexusd")
+            .arg("--internal-resolver")
             .arg("--dns-control")
             .arg(&self.paths.control)
             .args(&self.resolver_args)
@@ -395,8 +397,7 @@ pub fn run_resolver(
     host_domain: String,
     host_resolv_conf: Option<PathBuf>,
 ) -> std::process::ExitCode {
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
+    let runtime = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
     {
