@@ -1,11 +1,13 @@
 //! `plexusd` — the Plexus daemon.
 //!
-//! Opens the store (embedded redb in the state dir unless `--store` says otherwise), the
-//! built-in IPAM (with `--default-address-pool`s), registers the built-in drivers on the
-//! daemon's own namespace, makes the kernel match the store (start-up reconciliation), then
-//! serves the API on a unix socket until SIGTERM or SIGINT, reconciling again every
-//! `--reconcile-interval` (what was deleted behind its back is made again). Shutting down stops only the
-//! management plane: namespaces, links and firewall rules stay, and traffic keeps flowing.
+//! Checks the kernel first (Linux 5.10 or later with the features Plexus needs, `kernel.rs`;
+//! otherwise it refuses to start and changes nothing), then opens the store (embedded redb
+//! in the state dir unless `--store` says otherwise), the built-in IPAM (with
+//! `--default-address-pool`s), registers the built-in drivers on the daemon's own namespace,
+//! makes the kernel match the store (start-up reconciliation), then serves the API on a unix
+//! socket until SIGTERM or SIGINT, reconciling again every `--reconcile-interval` (what was
+//! deleted behind its back is made again). Shutting down stops only the management plane:
+//! namespaces, links and firewall rules stay, and traffic keeps flowing.
 
 use std::net::IpAddr;
 use std::os::unix::fs::{FileTypeExt, PermissionsExt};
@@ -21,6 +23,7 @@ use plexus_ipam::{BuiltinIpam, Ipam, IpamConfig};
 use tokio::signal::unix::{signal, SignalKind};
 
 mod cluster;
+mod kernel;
 mod reconcile;
 
 /// The Plexus daemon: container networks on this host, served over the Docker Engine API.
@@ -230,6 +233,8 @@ async fn run(args: Args) -> Result<()> {
     // Flags first: a bad one changes nothing.
     let bridge_flags = default_bridge_flags(&args)?;
     let reconcile_interval = reconcile::parse_interval(&args.reconcile_interval)?;
+    // Then the kernel, in a scratch namespace: one Plexus cannot run on changes nothing.
+    kernel::check().await?;
     std::fs::create_dir_all(&args.state_dir)
         .with_context(|| format!("creating state dir {}", args.state_dir.display()))?;
     let netns_dir = args.run_dir.join("netns");

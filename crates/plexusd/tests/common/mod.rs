@@ -31,6 +31,8 @@ pub struct Daemon {
     pub host_ns: Netns,
     pub child: Option<Child>,
     pub args: Vec<String>,
+    /// Environment variables plexusd is started with (besides `RUST_LOG`).
+    pub env: Vec<(String, String)>,
 }
 
 pub fn plexusd_bin() -> PathBuf {
@@ -49,6 +51,11 @@ pub fn plexus_bin() -> PathBuf {
 
 impl Daemon {
     pub fn new(extra: &[&str]) -> Self {
+        Self::with_env(extra, &[])
+    }
+
+    /// [`Daemon::new`] with environment variables for plexusd.
+    pub fn with_env(extra: &[&str], env: &[(&str, &str)]) -> Self {
         let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("tempdir: {e}"));
         let host_ns = Netns::create(dir.path(), "host-ns")
             .unwrap_or_else(|e| panic!("making the test's host namespace: {e}"));
@@ -66,6 +73,10 @@ impl Daemon {
             host_ns,
             child: None,
             args,
+            env: env
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
         };
         d.start();
         d
@@ -82,7 +93,10 @@ impl Daemon {
     /// plexusd with `args`, to run inside the test's host namespace.
     pub fn command(&self, args: &[String]) -> Command {
         let mut cmd = Command::new(plexusd_bin());
-        cmd.args(args).env("RUST_LOG", "info").stdin(Stdio::null());
+        cmd.args(args)
+            .env("RUST_LOG", "info")
+            .envs(self.env.iter().map(|(k, v)| (k, v)))
+            .stdin(Stdio::null());
         let fd = self.host_ns.fd().as_raw_fd();
         // SAFETY: only async-signal-safe calls (setns) between fork and exec.
         unsafe {
