@@ -7,6 +7,7 @@
 //! errors print as docker's do — `Error response from daemon: <message>` — with exit code 1.
 
 mod client;
+mod doctor;
 mod events;
 mod format;
 mod sandbox;
@@ -49,6 +50,9 @@ enum Command {
     Sandbox(SandboxCmd),
     /// Display the daemon's host id, kernel and cluster store (as `docker info`).
     Info,
+    /// Check whether Plexus can run on this host: kernel, features, forwarding,
+    /// br_netfilter, overlapping bridges and routes, the daemon and its stores.
+    Doctor(doctor::DoctorArgs),
     /// Get real-time events from the daemon, as `docker events`.
     Events {
         /// Show events created since this time: RFC 3339, Unix seconds, or a duration
@@ -621,6 +625,7 @@ fn main() -> std::process::ExitCode {
             Command::Network(cmd) => network(&client, cmd).map(|()| None),
             Command::Sandbox(cmd) => sandbox(&client, cmd, create_matches),
             Command::Info => info(&client).map(|()| None),
+            Command::Doctor(args) => doctor::run(&client, &cli.host, &args).map(|()| None),
             Command::Events {
                 since,
                 until,
