@@ -4,7 +4,9 @@
 //! table with each kind of rule the [`nft`](crate::nft) layer encodes, an ESP state, a TUN
 //! device — in an anonymous namespace that vanishes afterwards, so the answer is the
 //! kernel's own, modules included (the kernel loads a missing module on such a request where
-//! it can), and the machine's own namespace is left as it was.
+//! it can), and the machine's own namespace is left as it was. (One exception is avoided:
+//! loading the `dummy` module adds a `dummy0` link to the machine's namespace, so a dummy
+//! link is tried only where that module is loaded or built in, or cannot be loaded.)
 //!
 //! This is mechanism: what is there. Which features a program needs, and what it cannot do
 //! without one, is the caller's business (Plexus keeps that table in
@@ -297,7 +299,9 @@ impl KernelFeatures {
         match Netns::anonymous() {
             Ok(ns) => {
                 results.insert(Feature::Netns, Outcome::Present);
-                results.extend(Self::probe_in(&ns).await);
+                // The module lists are the running kernel's, whatever release is pretended.
+                let running = Release::current()?;
+                results.extend(Self::probe_in(&ns, running.as_str()).await);
             }
             Err(SysError::Netns { source, .. })
                 if source.raw_os_error() == Some(nix::libc::EPERM) =>
@@ -328,9 +332,9 @@ impl KernelFeatures {
         Ok(found)
     }
 
-    async fn probe_in(ns: &Netns) -> Vec<(Feature, Outcome)> {
+    async fn probe_in(ns: &Netns, release: &str) -> Vec<(Feature, Outcome)> {
         let mut out = match Rtnl::connect(ns).await {
-            Ok(rtnl) => links::probe(&rtnl).await,
+            Ok(rtnl) => links::probe(&rtnl, release).await,
             Err(e) => {
                 let why = format!("no rtnetlink socket: {e}");
                 [
