@@ -1,7 +1,7 @@
 //! The kernel: its release and every feature Plexus uses or could use.
 
 use plexus_api_types::kernel::{Need, DESTROY_KERNEL, KERNEL_REQUIREMENTS, MIN_KERNEL};
-use plexus_sys::probe::{Feature, KernelFeatures, Overrides};
+use plexus_sys::probe::{Feature, KernelFeatures, Overrides, Release};
 
 use super::{Check, Status};
 
@@ -23,24 +23,33 @@ pub(super) async fn checks() -> Vec<Check> {
         Ok(o) => o,
         Err(e) => return vec![Check::new("kernel", Status::Fail, e.to_string())],
     };
-    let kernel = match KernelFeatures::probe_with(&overrides).await {
-        Ok(k) => k,
-        Err(e) => {
-            return vec![Check::new(
-                "kernel",
+    let running = match &overrides.release {
+        Some(r) => Ok(r.clone()),
+        None => Release::current(),
+    };
+    let mut out = vec![match &running {
+        Ok(r) => release(r, !overrides.is_empty()),
+        Err(e) => Check::new(
+            "kernel",
+            Status::Fail,
+            format!("kernel release unknown: {e}"),
+        ),
+    }];
+    match KernelFeatures::probe_with(&overrides).await {
+        Ok(kernel) => out.extend(features(&kernel)),
+        Err(e) => out.push(
+            Check::new(
+                "features",
                 Status::Fail,
                 format!("kernel features not probed: {e}"),
             )
-            .fix("run plexus doctor as root, as plexusd runs")]
-        }
-    };
-    let mut out = vec![release(&kernel, !overrides.is_empty())];
-    out.extend(features(&kernel));
+            .fix("run plexus doctor as root, as plexusd runs"),
+        ),
+    }
     out
 }
 
-fn release(kernel: &KernelFeatures, pretended: bool) -> Check {
-    let release = kernel.release();
+fn release(release: &Release, pretended: bool) -> Check {
     let (major, minor) = MIN_KERNEL;
     let pretend = if pretended {
         format!(
