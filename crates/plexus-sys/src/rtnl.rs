@@ -797,6 +797,20 @@ impl Rtnl {
     /// The destinations of the IPv4 routes in the main table, default route aside: what a
     /// new subnet must not overlap to stay reachable (dockerd checks the same for `docker0`).
     pub async fn route_destinations_v4(&self) -> Result<Vec<(std::net::Ipv4Addr, u8)>> {
+        Ok(self
+            .main_routes_v4()
+            .await?
+            .into_iter()
+            .filter_map(|r| match r.destination {
+                Some((IpAddr::V4(ip), len)) => Some((ip, len)),
+                _ => None,
+            })
+            .collect())
+    }
+
+    /// The IPv4 routes of the main table with a destination prefix (the default route
+    /// aside), with their gateway and output interface.
+    pub async fn main_routes_v4(&self) -> Result<Vec<Route>> {
         use rtnetlink::packet_route::route::{RouteAddress, RouteAttribute};
         /// `RT_TABLE_MAIN`.
         const MAIN_TABLE: u32 = 254;
@@ -808,6 +822,10 @@ impl Rtnl {
             .try_collect()
             .await
             .map_err(|e| SysError::netlink("list routes", "IPv4", e))?;
+        let v4 = |a: &RouteAddress| match a {
+            RouteAddress::Inet(ip) => Some(IpAddr::V4(*ip)),
+            _ => None,
+        };
         Ok(messages
             .iter()
             .filter(|m| {
@@ -819,12 +837,23 @@ impl Rtnl {
                     && m.header.destination_prefix_length > 0
             })
             .filter_map(|m| {
-                m.attributes.iter().find_map(|a| match a {
-                    RouteAttribute::Destination(RouteAddress::Inet(ip)) => {
-                        Some((*ip, m.header.destination_prefix_length))
+                let mut route = Route {
+                    destination: None,
+                    gateway: None,
+                    oif: None,
+                };
+                for a in &m.attributes {
+                    match a {
+                        RouteAttribute::Destination(d) => {
+                            route.destination =
+                                v4(d).map(|ip| (ip, m.header.destination_prefix_length));
+                        }
+                        RouteAttribute::Gateway(g) => route.gateway = v4(g),
+                        RouteAttribute::Oif(i) => route.oif = Some(*i),
+                        _ => {}
                     }
-                    _ => None,
-                })
+                }
+                route.destination.is_some().then_some(route)
             })
             .collect())
     }

@@ -8,6 +8,7 @@
 //! errors print as docker's do — `Error response from daemon: <message>` — with exit code 1.
 
 mod client;
+mod doctor;
 mod events;
 mod format;
 mod sandbox;
@@ -54,6 +55,9 @@ enum Command {
     /// Manage Plexus on this host (`reset`: a clean uninstall).
     #[command(subcommand)]
     System(system::SystemCmd),
+    /// Check whether Plexus can run on this host: kernel, features, forwarding,
+    /// br_netfilter, overlapping bridges and routes, the daemon and its stores.
+    Doctor(doctor::DoctorArgs),
     /// Get real-time events from the daemon, as `docker events`.
     Events {
         /// Show events created since this time: RFC 3339, Unix seconds, or a duration
@@ -631,6 +635,7 @@ fn main() -> std::process::ExitCode {
             Command::Sandbox(cmd) => sandbox(&client, cmd, create_matches),
             Command::Info => info(&client).map(|()| None),
             Command::System(cmd) => system::run(cmd, host_given.as_deref()).map(|()| None),
+            Command::Doctor(args) => doctor::run(&client, &cli.host, &args).map(|()| None),
             Command::Events {
                 since,
                 until,

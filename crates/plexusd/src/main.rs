@@ -1,11 +1,13 @@
 //! `plexusd` — the Plexus daemon.
 //!
-//! Opens the store (embedded redb in the state dir unless `--store` says otherwise), the
-//! built-in IPAM (with `--default-address-pool`s), registers the built-in drivers on the
-//! daemon's own namespace, makes the kernel match the store (start-up reconciliation), then
-//! serves the API on a unix socket until SIGTERM or SIGINT, reconciling again every
-//! `--reconcile-interval` (what was deleted behind its back is made again). Shutting down stops only the
-//! management plane: namespaces, links and firewall rules stay, and traffic keeps flowing.
+//! Checks the kernel first (Linux 5.10 or later with the features Plexus needs, `kernel.rs`;
+//! otherwise it refuses to start and changes nothing), then opens the store (embedded redb
+//! in the state dir unless `--store` says otherwise), the built-in IPAM (with
+//! `--default-address-pool`s), registers the built-in drivers on the daemon's own namespace,
+//! makes the kernel match the store (start-up reconciliation), then serves the API on a unix
+//! socket until SIGTERM or SIGINT, reconciling again every `--reconcile-interval` (what was
+//! deleted behind its back is made again). Shutting down stops only the management plane:
+//! namespaces, links and firewall rules stay, and traffic keeps flowing.
 //!
 //! Prometheus metrics (`metrics.rs`: the stores and the reconciler; plexus-api: requests,
 //! networks, endpoints, sandboxes) are served at `GET /metrics` on the socket, and on
@@ -28,6 +30,7 @@ use tokio::signal::unix::{signal, SignalKind};
 
 mod cluster;
 mod dns;
+mod kernel;
 mod metrics;
 mod reconcile;
 
@@ -264,6 +267,8 @@ async fn run(args: Args) -> Result<()> {
     // Flags first: a bad one changes nothing.
     let bridge_flags = default_bridge_flags(&args)?;
     let reconcile_interval = reconcile::parse_interval(&args.reconcile_interval)?;
+    // Then the kernel, in a scratch namespace: one Plexus cannot run on changes nothing.
+    kernel::check().await?;
     // Bound now, so an address that is taken stops the start before anything changes.
     let metrics_listener = match &args.metrics_addr {
         Some(addr) => Some(metrics::bind(addr).await?),

@@ -31,6 +31,8 @@ pub struct Daemon {
     pub host_ns: Netns,
     pub child: Option<Child>,
     pub args: Vec<String>,
+    /// Environment variables plexusd is started with (besides `RUST_LOG`).
+    pub env: Vec<(String, String)>,
 }
 
 pub fn plexusd_bin() -> PathBuf {
@@ -49,8 +51,12 @@ pub fn plexus_bin() -> PathBuf {
 
 impl Daemon {
     pub fn new(extra: &[&str]) -> Self {
-        plexus_testkit::require_root();
-        let mut d = Self::unstarted(extra);
+        Self::with_env(extra, &[])
+    }
+
+    /// [`Daemon::new`] with environment variables for plexusd.
+    pub fn with_env(extra: &[&str], env: &[(&str, &str)]) -> Self {
+        let mut d = Self::unstarted_with_env(extra, env);
         d.start();
         d
     }
@@ -58,6 +64,11 @@ impl Daemon {
     /// The directories, namespace and arguments of a daemon, not started yet: to prepare
     /// its namespace first, or to run it with [`Daemon::command`] and watch it fail.
     pub fn unstarted(extra: &[&str]) -> Self {
+        Self::unstarted_with_env(extra, &[])
+    }
+
+    fn unstarted_with_env(extra: &[&str], env: &[(&str, &str)]) -> Self {
+        plexus_testkit::require_root();
         let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("tempdir: {e}"));
         let host_ns = Netns::create(dir.path(), "host-ns")
             .unwrap_or_else(|e| panic!("making the test's host namespace: {e}"));
@@ -75,6 +86,10 @@ impl Daemon {
             host_ns,
             child: None,
             args,
+            env: env
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
         }
     }
 
@@ -89,7 +104,10 @@ impl Daemon {
     /// plexusd with `args`, to run inside the test's host namespace.
     pub fn command(&self, args: &[String]) -> Command {
         let mut cmd = Command::new(plexusd_bin());
-        cmd.args(args).env("RUST_LOG", "info").stdin(Stdio::null());
+        cmd.args(args)
+            .env("RUST_LOG", "info")
+            .envs(self.env.iter().map(|(k, v)| (k, v)))
+            .stdin(Stdio::null());
         let fd = self.host_ns.fd().as_raw_fd();
         // SAFETY: only async-signal-safe calls (setns) between fork and exec.
         unsafe {
