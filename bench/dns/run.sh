@@ -249,8 +249,8 @@ NSX[plexus_fwd]="nsenter --net=$(pns plxb-pfwd)"; SRV[plexus_fwd]=127.0.0.11; CP
 NSX[docker_fwd]="nsenter -t $DFWDPID -n";          SRV[docker_fwd]=127.0.0.11; CPUPID[docker_fwd]=$DOCKERD_PID
 
 # ---------- checks: every server answers what it is asked, and the forward path works ----------
-lookup() { # KIND NAME: the first address busybox nslookup gets for NAME from the server
-  ${NSX[$1]} busybox nslookup "$2" "${SRV[$1]}" 2>&1 | awk '/^Name:/ {n = 1} n && /^Address/ {print $NF; exit}'
+lookup() { # KIND NAME: the IPv4 address busybox nslookup gets for NAME from the server
+  ${NSX[$1]} busybox nslookup -type=a "$2" "${SRV[$1]}" 2>&1 | awk '/^Name:/ {n = 1} n && /^Address/ {print $NF; exit}'
 }
 fwdq 0
 check() { # KIND NAME EXPECTED
