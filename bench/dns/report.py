@@ -114,15 +114,21 @@ if os.path.exists(cache_path):
         rep, fw, hits = line.split()
         print(f"  plexus rep {rep}: {fw} queries went upstream, {hits} answered from the cache")
 print()
-print("-- response codes and losses")
+print("-- response codes, losses, the fixed rate kept")
 bad = False
 for r in rows:
     if r["rcodes"] not in ("none",) and set(x.split("=")[0] for x in r["rcodes"].split(",")) == {"NOERROR"} and r["lost"] == "0":
         continue
     bad = True
     print(f"  !! {r['kind']} {r['mode']} rep {r['rep']}: lost {r['lost']} of {r['sent']}, rcodes {r['rcodes']}")
+for r in rows:
+    q = num(r["qps"])
+    if r["mode"] == "fixed" and q is not None and q < 0.98 * float(QPS):
+        bad = True
+        print(f"  !! {r['kind']} fixed rep {r['rep']}: reached {r['qps']} qps, short of {QPS}: "
+              "it could not keep up, and its CPU per query is at that rate")
 if not bad:
-    print("  every answer NOERROR, no query lost")
+    print("  every answer NOERROR, no query lost, every server kept the fixed rate")
 print()
 
 # targets
