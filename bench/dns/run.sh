@@ -21,9 +21,9 @@
 #          dials from the asking container's namespace) with no route or rule added.
 #
 # Usage: bench/dns/run.sh [--quick] [--reps N] [--secs S] [--qps Q] [--profile] [--keep-data]
-#   default: 3 reps of 10 s runs (about 8 min); --quick: 1 rep of 5 s runs (about 2 min)
+#   default: 3 reps of 10 s runs (about 6 min); --quick: 1 rep of 5 s runs (about 1.5 min)
 #   --profile: after the reps, where the resolver's time goes at the fixed rate: context
-#   switches per query (resolver and floor, from /proc), syscalls per query (perf trace -s)
+#   switches per query (resolver and floor, from /proc), syscalls per query (perf stat)
 #   and the hottest symbols (perf record), from extra Plexus runs that the figures leave out
 # Needs root. Installs the peers and tools from Debian's packages if missing; starts dockerd
 # like ../shared/anchors/00_setup.sh does if it is not running (and stops it at the end), and
@@ -50,7 +50,7 @@ while (($#)); do
     --qps) QPS=$2; shift ;;
     --keep-data) KEEP=1 ;;
     --profile) PROFILE=1 ;;
-    -h|--help) sed -n 2,34p "$0"; exit 0 ;;
+    -h|--help) sed -n 2,37p "$0"; exit 0 ;;
     *) echo "unknown argument $1" >&2; exit 2 ;;
   esac
   shift
