@@ -264,6 +264,7 @@ impl Drop for Host {
             let _ = c.kill();
             let _ = c.wait();
         }
+        plexus_testkit::process::kill_resolver(&self.dir.path().join("run"));
         let _ = Netns::delete(self.dir.path(), "host-ns");
     }
 }

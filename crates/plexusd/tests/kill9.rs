@@ -239,6 +239,7 @@ impl Daemon {
 impl Drop for Daemon {
     fn drop(&mut self) {
         self.kill9();
+        plexus_testkit::process::kill_resolver(&self.dir.path().join("run"));
         if let Ok(entries) = std::fs::read_dir(self.netns_dir()) {
             for e in entries.flatten() {
                 let _ = Netns::delete(&self.netns_dir(), &e.file_name().to_string_lossy());

@@ -249,12 +249,7 @@ impl Daemon {
 
     /// Kills the resolver plexusd started (it outlives plexusd by design).
     pub fn kill_resolver(&self) {
-        if let Some(pid) = self.resolver_pid() {
-            let _ = nix::sys::signal::kill(
-                nix::unistd::Pid::from_raw(pid),
-                nix::sys::signal::Signal::SIGKILL,
-            );
-        }
+        plexus_testkit::process::kill_resolver(&self.dir.path().join("run"));
     }
 }
 
