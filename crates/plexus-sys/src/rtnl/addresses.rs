@@ -64,6 +64,23 @@ impl Rtnl {
             .collect())
     }
 
+    /// The index of the link that holds `address`, if any (every link's addresses, one dump):
+    /// how a driver finds the underlay interface behind an advertised address.
+    pub async fn address_owner(&self, address: IpAddr) -> Result<Option<u32>> {
+        let msgs: Vec<AddressMessage> =
+            self.handle
+                .address()
+                .get()
+                .execute()
+                .try_collect()
+                .await
+                .map_err(|e| SysError::netlink("list addresses", "every link", e))?;
+        Ok(msgs
+            .iter()
+            .find(|m| address_of(m) == Some(address))
+            .map(|m| m.header.index))
+    }
+
     /// The addresses of link `index` still tentative (IPv6 duplicate address detection not
     /// done: not usable yet).
     pub async fn tentative(&self, index: u32) -> Result<Vec<IpAddr>> {

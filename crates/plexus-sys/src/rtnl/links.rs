@@ -9,7 +9,7 @@ use rtnetlink::packet_route::link::{
     InfoVeth, LinkAttribute, LinkFlags, LinkInfo, LinkMessage, MacVlanMode,
 };
 use rtnetlink::{
-    LinkBridge, LinkBridgePort, LinkMacVlan, LinkMessageBuilder, LinkUnspec, LinkVeth, LinkVxlan,
+    LinkBridge, LinkBridgePort, LinkMacVlan, LinkMessageBuilder, LinkUnspec, LinkVeth,
 };
 
 use super::{check_ifname, LinkRef, Rtnl};
@@ -203,7 +203,7 @@ impl Rtnl {
         })
     }
 
-    async fn add(&self, what: String, message: LinkMessage) -> Result<()> {
+    pub(super) async fn add(&self, what: String, message: LinkMessage) -> Result<()> {
         self.handle
             .link()
             .add(message)
@@ -360,14 +360,6 @@ impl Rtnl {
             .await
     }
 
-    /// Creates a VXLAN device.
-    pub async fn add_vxlan(&self, name: &str, vni: u32, port: u16, alias: &str) -> Result<Link> {
-        check_ifname("vxlan name", name)?;
-        let builder = LinkVxlan::new(name, vni).port(port).learning(false);
-        self.add(format!("vxlan {name:?}"), builder.build()).await?;
-        self.marked(name, alias).await
-    }
-
     /// Creates a macvlan device on `parent` in bridge mode.
     pub async fn add_macvlan(&self, name: &str, parent: u32, alias: &str) -> Result<Link> {
         check_ifname("macvlan name", name)?;
@@ -379,7 +371,7 @@ impl Rtnl {
 
     /// Marks a freshly made link with `alias` (the kernel ignores an alias given at creation)
     /// and returns it. If marking fails the link is deleted, so nothing unmarked is left.
-    async fn marked(&self, name: &str, alias: &str) -> Result<Link> {
+    pub(super) async fn marked(&self, name: &str, alias: &str) -> Result<Link> {
         if let Err(e) = self
             .set_ref(LinkRef::Name(name), |m| m.alias(alias), "set alias")
             .await

@@ -6,10 +6,12 @@ mod addresses;
 mod links;
 mod neighbours;
 mod routes;
+mod vxlan;
 
 pub use links::{BridgeSpec, Link, PortFlags, VethPair};
 pub use neighbours::Neighbour;
 pub use routes::Route;
+pub use vxlan::{VxlanSpec, MAX_VNI, VXLAN_OVERHEAD, VXLAN_PORT};
 
 use std::os::fd::AsRawFd;
 

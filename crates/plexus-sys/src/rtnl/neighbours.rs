@@ -156,6 +156,47 @@ impl Rtnl {
         Ok(())
     }
 
+    /// Sets the one remote of a unicast `mac` on the vxlan device `index`
+    /// (`bridge fdb replace MAC dev VXLAN dst REMOTE self permanent`): frames for `mac` are
+    /// sent to the tunnel endpoint `remote`, whatever it was before. Unlike
+    /// [`Rtnl::add_fdb`], which appends a remote (frames go to every remote a MAC has), a
+    /// MAC that moves to another host never keeps its old one. Idempotent.
+    pub async fn set_vxlan_fdb(&self, index: u32, mac: [u8; 6], remote: IpAddr) -> Result<()> {
+        use rtnetlink::packet_core::{
+            NetlinkMessage, NetlinkPayload, NLM_F_ACK, NLM_F_CREATE, NLM_F_REPLACE, NLM_F_REQUEST,
+        };
+        use rtnetlink::packet_route::RouteNetlinkMessage;
+
+        let mut message = neighbour_message(
+            AddressFamily::Bridge,
+            index,
+            NeighbourFlags::Own,
+            Some(mac),
+            Some(remote),
+        );
+        message.header.state = NeighbourState::Permanent;
+        let what = format!(
+            "fdb entry {} dst {remote} on link {index}",
+            format_mac(&mac)
+        );
+        let mut request = NetlinkMessage::from(RouteNetlinkMessage::NewNeighbour(message));
+        request.header.flags = NLM_F_REQUEST | NLM_F_ACK | NLM_F_CREATE | NLM_F_REPLACE;
+        let mut handle = self.handle.clone();
+        let mut answers = handle
+            .request(request)
+            .map_err(|e| SysError::netlink("set fdb entry", &what, e))?;
+        while let Some(answer) = answers.next().await {
+            if let NetlinkPayload::Error(e) = answer.payload {
+                return Err(SysError::netlink(
+                    "set fdb entry",
+                    &what,
+                    rtnetlink::Error::NetlinkError(e),
+                ));
+            }
+        }
+        Ok(())
+    }
+
     /// Deletes a forwarding-database entry added with [`Rtnl::add_fdb`].
     pub async fn delete_fdb(&self, index: u32, mac: [u8; 6], remote: Option<IpAddr>) -> Result<()> {
         let message = neighbour_message(
