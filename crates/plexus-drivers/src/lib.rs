@@ -57,8 +57,9 @@ use plexus_cnm::{DriverError, DriverRegistry};
 use plexus_sys::netns::Netns;
 use plexus_sys::SysError;
 
-/// How a driver is set up: the namespace it programs and the marker of what it makes.
-#[derive(Debug, Clone)]
+/// How a driver is set up: the namespace it programs, the marker of what it makes and, in a
+/// cluster, the cluster store.
+#[derive(Clone)]
 pub struct DriverConfig {
     /// The "host" namespace: where bridges, host veth ends and firewall rules live.
     pub host: Netns,
@@ -68,16 +69,36 @@ pub struct DriverConfig {
     /// `br_netfilter` off there (`net.bridge.bridge-nf-call-ip{,6}tables=0`) for throughput.
     /// Leave `false` for a namespace shared with other software (the machine's own).
     pub owns_namespace: bool,
+    /// The cluster store (`--cluster-store`), for what must be unique across hosts (the
+    /// overlay driver's VXLAN ids); `None` on a host outside a cluster, where global-scope
+    /// drivers refuse to allocate networks.
+    pub cluster_store: Option<Arc<dyn plexus_kv::Store>>,
 }
 
 impl DriverConfig {
-    /// A configuration for `host`, marking objects with `marker`; `owns_namespace` false.
+    /// A configuration for `host`, marking objects with `marker`; `owns_namespace` false, no
+    /// cluster store.
     pub fn new(host: Netns, marker: impl Into<String>) -> Self {
         Self {
             host,
             marker: marker.into(),
             owns_namespace: false,
+            cluster_store: None,
         }
+    }
+}
+
+impl std::fmt::Debug for DriverConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DriverConfig")
+            .field("host", &self.host.path())
+            .field("marker", &self.marker)
+            .field("owns_namespace", &self.owns_namespace)
+            .field(
+                "cluster_store",
+                &self.cluster_store.as_ref().map(|s| s.url()),
+            )
+            .finish()
     }
 }
 
