@@ -7,6 +7,10 @@
 //!   isolation between networks, `--internal`, `enable_icc=false` (bridge port isolation),
 //!   published ports (nftables maps, no userland proxy) and IPv6, with Docker's option names
 //!   ([`options`]);
+//! - [`OverlayDriver`] (`overlay`): Docker's multi-host networks over VXLAN — a VXLAN id
+//!   unique in the cluster (compare-and-swap in the cluster store), per network and host a
+//!   namespace with a bridge and the VXLAN device, static FDB and neighbour entries for remote
+//!   endpoints from the [`ControlPlane`](plexus_cnm::ControlPlane)'s peer table;
 //! - [`HostDriver`] (`host`): the sandbox is the host's own namespace; nothing to make;
 //! - [`NullDriver`] (`null`, Docker's `none` network): loopback only.
 //!
@@ -42,6 +46,7 @@ mod host;
 mod names;
 mod null;
 pub mod options;
+pub mod overlay;
 mod reaper;
 pub mod reset;
 
@@ -52,6 +57,7 @@ pub use default_bridge::{create_default_bridge, DefaultBridge};
 pub use host::HostDriver;
 pub use names::{parse_alias, Marked};
 pub use null::NullDriver;
+pub use overlay::{OverlayConfig, OverlayDriver};
 
 use plexus_cnm::{DriverError, DriverRegistry};
 use plexus_sys::netns::Netns;
