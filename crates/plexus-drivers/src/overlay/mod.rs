@@ -76,8 +76,10 @@ pub const VXLAN: &str = "vxlan0";
 /// What the overlay driver needs besides a [`DriverConfig`].
 #[derive(Clone)]
 pub struct OverlayConfig {
-    /// Where networks' namespaces are pinned (plexusd: `<run dir>/overlay`). Everything in it
-    /// is the driver's: reconciliation removes what the store does not know.
+    /// Where networks' namespaces are pinned (plexusd:
+    /// [`Layout::overlay_dir`](crate::reset::Layout::overlay_dir), `<run dir>/overlay`, which
+    /// `plexus system reset` empties). Everything in it is the driver's: reconciliation
+    /// removes what the store does not know.
     pub run_dir: PathBuf,
     /// The cluster's control plane.
     pub control_plane: Arc<dyn ControlPlane>,

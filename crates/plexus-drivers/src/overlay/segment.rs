@@ -5,7 +5,7 @@
 use plexus_cnm::DriverError;
 use plexus_sys::netns::Netns;
 use plexus_sys::rtnl::{BridgeSpec, Rtnl, VxlanSpec, LOOPBACK_IFINDEX, VXLAN_OVERHEAD};
-use plexus_sys::SysError;
+use plexus_sys::{sysctl, SysError};
 
 use super::{
     bridge_alias, netns_name, vxlan_alias, NetState, OverlayDriver, Segment, BRIDGE, VXLAN,
@@ -50,6 +50,20 @@ impl OverlayDriver {
             "namespace of overlay network {}",
             net.info.name
         )))?;
+        // Docker's neighbour table limits for an overlay namespace: its entries are the whole
+        // network's endpoints.
+        for family in ["ipv4", "ipv6"] {
+            for (knob, value) in [
+                ("gc_thresh1", "8192"),
+                ("gc_thresh2", "49152"),
+                ("gc_thresh3", "65536"),
+            ] {
+                let key = format!("net.{family}.neigh.default.{knob}");
+                if let Err(e) = sysctl::write(&ns, &key, value) {
+                    tracing::debug!(%key, error = %e, "neighbour limit not raised");
+                }
+            }
+        }
         let mtu = self.mtu(net).await;
         let made = async {
             let rtnl = Rtnl::connect(&ns).await?;
