@@ -150,6 +150,39 @@ async fn three_hosts_talk_over_one_overlay_and_a_leave_removes_the_peer_everywhe
     }
 }
 
+/// Dual-stack endpoints: IPv6 crosses hosts too (NDP answered by the VXLAN device's proxy from
+/// the neighbour entries), and an internal network behaves the same (no egress either way).
+/// Joins after a network's first on a host only make a veth pair: they stay fast.
+#[tokio::test]
+async fn ipv6_crosses_hosts_and_later_joins_are_fast() {
+    need_root!();
+    let mut c = Cluster::new(2).await;
+    let mut net = c.network("six", "10.60.0.0/24", &[]).await;
+    net.internal = true;
+    c.attach(1, &net, "a", "10.60.0.2,fd00:60::2").await;
+    c.attach(2, &net, "b", "10.60.0.3,fd00:60::3").await;
+    let b6: IpAddr = ok("ip6", "fd00:60::3".parse());
+    let _s = Server::start(c.host(2).sb("b"), sa(b6, 5000));
+    assert_eq!(reaches(c.host(1).sb("a"), sa(b6, 5000)), "fd00:60::2");
+    assert!(neighbour_ips(&c, 1, &net).await.contains(&b6));
+    // Later joins on host 1: a veth pair each.
+    for i in 0..10u8 {
+        c.attach(1, &net, &format!("m{i}"), &format!("10.60.0.{}", 10 + i))
+            .await;
+    }
+    let later = &c.joins[2..];
+    let mut sorted = later.to_vec();
+    sorted.sort();
+    let median = sorted[sorted.len() / 2];
+    eprintln!("first join {:?}, later joins median {median:?}", c.joins[0]);
+    assert!(
+        median < std::time::Duration::from_millis(100),
+        "joins: {later:?}"
+    );
+    // Host 2 learned them all.
+    assert_eq!(c.host(2).driver.peers(&net.id).await.len(), 11);
+}
+
 #[tokio::test]
 async fn two_overlay_networks_on_the_same_hosts_are_kept_apart() {
     need_root!();

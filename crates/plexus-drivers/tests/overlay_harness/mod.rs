@@ -91,6 +91,8 @@ pub struct Cluster {
     pub store: Arc<dyn plexus_kv::Store>,
     underlay: PinnedNs,
     next_id: u64,
+    /// How long each join took, in order.
+    pub joins: Vec<std::time::Duration>,
 }
 
 /// A 64-hex-digit id whose first 11 digits (what names use) differ for every `n`.
@@ -166,6 +168,7 @@ impl Cluster {
             store,
             underlay,
             next_id: 1,
+            joins: Vec::new(),
         }
     }
 
@@ -227,22 +230,37 @@ impl Cluster {
         let (ns, next) = host
             .sandboxes
             .entry(sandbox.to_string())
-            .or_insert_with(|| (PinnedNs::new(sandbox), 0));
+            .or_insert_with(|| {
+                let ns = PinnedNs::new(sandbox);
+                // No duplicate address detection: an IPv6 address is usable at once.
+                ok(
+                    "accept_dad",
+                    plexus_sys::sysctl::write(&ns.ns, "net.ipv6.conf.default.accept_dad", "0"),
+                );
+                (ns, 0)
+            });
         let key = ns.path();
         let first = *next;
         *next += 1;
-        let ip: IpAddr = ok("ip", ip.parse());
+        // `ip` is an IPv4 address, optionally followed by `,` and an IPv6 one (in a /64).
+        let (v4, v6) = match ip.split_once(',') {
+            Some((a, b)) => (a, Some(b)),
+            None => (ip, None),
+        };
+        let ip: IpAddr = ok("ip", v4.parse());
         let prefix = network.ipv4[0].subnet.prefix_len();
+        let ipv6 = v6.map(|a| ok("ipnet6", IpNet::new(ok("ip6", a.parse()), 64)));
         let info = EndpointInfo {
             network_id: network.id.clone(),
             endpoint_id: endpoint_id.clone(),
             ipv4: Some(ok("ipnet", IpNet::new(ip, prefix))),
-            ipv6: None,
+            ipv6,
             mac: None,
             ports: Vec::new(),
             options: BTreeMap::new(),
         };
         ok("create endpoint", host.driver.create_endpoint(&info).await);
+        let started = std::time::Instant::now();
         let joined = ok(
             "join",
             host.driver
@@ -254,6 +272,9 @@ impl Cluster {
                 )
                 .await,
         );
+        let took = started.elapsed();
+        eprintln!("join of {sandbox} on host {n} ({}): {took:?}", network.name);
+        self.joins.push(took);
         assert_eq!(joined.interface, Some(format!("eth{first}")));
         // lo up in the sandbox, for the test's own listeners.
         let rs = ok("connect sandbox", Rtnl::connect(&ns.ns).await);
