@@ -569,11 +569,14 @@ async fn a_failed_join_leaves_nothing_and_reconcile_repairs_and_sweeps() {
         reaches(c.host(1).sb("s1"), sa(v4("10.50.0.3"), 6000)),
         "10.50.0.2"
     );
-    // A second pass has nothing to do.
+    // A second pass has nothing to do, and tells the other hosts nothing.
+    let told = c.hub.delivered_to(IpAddr::V4(c.host(2).addr));
     let again = ok(
         "reconcile",
         d1.reconcile(&desired, ReconcileMode::Periodic).await,
     );
+    c.hub.deliver().await;
+    assert_eq!(c.hub.delivered_to(IpAddr::V4(c.host(2).addr)), told);
     assert!(
         again.endpoints.is_empty() && again.removed.is_empty() && again.repaired.is_empty(),
         "{again:?}"

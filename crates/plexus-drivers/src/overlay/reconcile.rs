@@ -242,6 +242,14 @@ impl OverlayDriver {
             self.program_all(net).await;
         }
         let live = self.live().await.unwrap_or_default();
+        let own = self.advertise();
+        let published: BTreeMap<String, Vec<u8>> = self
+            .plane
+            .entries(network_id, PEER_TABLE)
+            .into_iter()
+            .filter(|(_, _, owner)| *owner == own)
+            .map(|(key, value, _)| (key, value))
+            .collect();
         for d in eps {
             let id = &d.info.endpoint_id;
             let Some(ep) = st.endpoints.get(id).cloned() else {
@@ -275,9 +283,13 @@ impl OverlayDriver {
             if let Some(e) = st.endpoints.get_mut(id) {
                 e.joined = Some((d.sandbox_key.clone(), interface));
             }
-            let record = ep.record(self.advertise()).encode();
-            if let Err(e) = self.plane.put(network_id, PEER_TABLE, id, record) {
-                tracing::warn!(endpoint = %id, error = %e, "entry not published");
+            // Published again only if the table lacks it: a periodic pass sends nothing
+            // when nothing changed.
+            let record = ep.record(own).encode();
+            if published.get(id) != Some(&record) {
+                if let Err(e) = self.plane.put(network_id, PEER_TABLE, id, record) {
+                    tracing::warn!(endpoint = %id, error = %e, "entry not published");
+                }
             }
         }
         // Marked pairs of endpoints the store does not have here.
