@@ -175,6 +175,59 @@ impl OverlayDriver {
         }
     }
 
+    /// Removes from the network's `vxlan0` the static FDB and neighbour entries no peer
+    /// accounts for (left by a run that died, or added by hand), and programs again a peer
+    /// whose entries are missing; returns what it changed.
+    pub(super) async fn sweep(&self, net: &NetState) -> Vec<String> {
+        let Some(segment) = &net.segment else {
+            return Vec::new();
+        };
+        let (rtnl, vx) = (&segment.rtnl, segment.vxlan);
+        let mut changed = Vec::new();
+        let fdb = rtnl.fdb(vx).await.unwrap_or_default();
+        for entry in fdb.iter().filter(|n| n.fixed) {
+            let (Some(mac), Some(ip)) = (entry.mac, entry.ip) else {
+                continue;
+            };
+            if !net.peers.values().any(|p| p.mac == mac && p.vtep == ip)
+                && gone_ok(rtnl.delete_fdb(vx, mac, Some(ip)).await).is_ok()
+            {
+                changed.push(format!(
+                    "stale fdb entry {} dst {ip}",
+                    plexus_sys::rtnl::format_mac(&mac)
+                ));
+            }
+        }
+        let neighbours = rtnl.neighbours(vx).await.unwrap_or_default();
+        for entry in neighbours.iter().filter(|n| n.fixed) {
+            let Some(ip) = entry.ip.filter(|ip| !ip.is_multicast()) else {
+                continue;
+            };
+            if !net.peers.values().any(|p| p.ips().any(|i| i == ip))
+                && gone_ok(rtnl.delete_neighbour(vx, ip).await).is_ok()
+            {
+                changed.push(format!("stale neighbour entry {ip}"));
+            }
+        }
+        for (key, p) in &net.peers {
+            let has_fdb = fdb
+                .iter()
+                .any(|n| n.mac == Some(p.mac) && n.ip == Some(p.vtep));
+            let has_ips = p.ips().all(|ip| {
+                neighbours
+                    .iter()
+                    .any(|n| n.ip == Some(ip) && n.mac == Some(p.mac))
+            });
+            if !(has_fdb && has_ips) {
+                match program(segment, &net.peers, p).await {
+                    Ok(()) => changed.push(format!("peer {key} programmed again")),
+                    Err(e) => tracing::warn!(endpoint = %key, error = %e, "peer not programmed"),
+                }
+            }
+        }
+        changed
+    }
+
     /// Removes every endpoint of the host at `address` from every network.
     pub(super) async fn forget_host(
         &self,

@@ -241,6 +241,11 @@ impl OverlayDriver {
             }
             self.program_all(net).await;
         }
+        // The kernel's tables against the peers (a segment adopted from an earlier run holds
+        // whatever that run programmed).
+        if let Some(net) = st.networks.get(network_id) {
+            out.repaired.extend(self.sweep(net).await);
+        }
         let live = self.live().await.unwrap_or_default();
         let own = self.advertise();
         let published: BTreeMap<String, Vec<u8>> = self
