@@ -69,6 +69,36 @@ impl Hub {
         }
     }
 
+    /// The host at `addr` died: it stops receiving every network's tables and its entries
+    /// are withdrawn (deletes queued for the others), as the gossip layer does once a host is
+    /// declared dead. Its events not yet delivered are dropped.
+    pub fn kill(self: &Arc<Self>, addr: IpAddr) {
+        let networks: Vec<String> = {
+            let mut st = self.lock();
+            st.queue.retain(|(to, _)| *to != addr);
+            st.drivers.remove(&addr);
+            st.members
+                .iter()
+                .filter(|(_, m)| m.contains(&addr))
+                .map(|(n, _)| n.clone())
+                .collect()
+        };
+        let plane = self.plane(addr);
+        for n in networks {
+            plane.leave_network(&n);
+        }
+    }
+
+    /// Every entry of `network`'s `table`: key → (value, owner).
+    pub fn table(&self, network: &str, table: &str) -> BTreeMap<String, (Vec<u8>, IpAddr)> {
+        self.lock()
+            .entries
+            .iter()
+            .filter(|((n, t, _), _)| n == network && t == table)
+            .map(|((_, _, k), v)| (k.clone(), v.clone()))
+            .collect()
+    }
+
     /// The hosts receiving `network`'s tables.
     pub fn members(&self, network: &str) -> BTreeSet<IpAddr> {
         self.lock()

@@ -100,7 +100,41 @@ pub fn id(kind: u8, n: u64) -> String {
     format!("{kind:02x}{n:09x}{}", "0".repeat(53))
 }
 
+/// A driver for the host namespace `ns` at `addr`, registered with the hub.
+async fn new_driver(
+    ns: &Netns,
+    store: &Arc<dyn plexus_kv::Store>,
+    hub: &Arc<Hub>,
+    addr: Ipv4Addr,
+    run_dir: PathBuf,
+) -> Arc<OverlayDriver> {
+    let config = DriverConfig {
+        cluster_store: Some(store.clone()),
+        ..DriverConfig::new(ns.clone(), MARK)
+    };
+    let overlay = OverlayConfig {
+        run_dir,
+        control_plane: hub.plane(addr.into()),
+    };
+    let driver = Arc::new(ok(
+        "overlay driver",
+        OverlayDriver::new(config, overlay).await,
+    ));
+    hub.register(addr.into(), &driver);
+    driver
+}
+
 impl Cluster {
+    /// Host `n`'s daemon restarts: a new driver with nothing in memory takes its place (the
+    /// caller reconciles it).
+    pub async fn restart(&mut self, n: usize) -> Arc<OverlayDriver> {
+        let host = &self.hosts[n - 1];
+        let run_dir = host.driver.run_dir().to_path_buf();
+        let driver = new_driver(&host.ns.ns, &self.store, &self.hub, host.addr, run_dir).await;
+        self.hosts[n - 1].driver = driver.clone();
+        driver
+    }
+
     /// `n` hosts on one underlay.
     pub async fn new(n: u8) -> Self {
         let underlay = PinnedNs::new("underlay");
@@ -141,19 +175,7 @@ impl Cluster {
             ok("addr", rh.add_address(ul0.index, addr.into(), 24).await);
             ok("ul0 up", rh.set_up(ul0.index).await);
             let run = ok("run dir", tempfile::tempdir());
-            let config = DriverConfig {
-                cluster_store: Some(store.clone()),
-                ..DriverConfig::new(ns.ns.clone(), MARK)
-            };
-            let overlay = OverlayConfig {
-                run_dir: run.path().join("overlay"),
-                control_plane: hub.plane(addr.into()),
-            };
-            let driver = Arc::new(ok(
-                "overlay driver",
-                OverlayDriver::new(config, overlay).await,
-            ));
-            hub.register(addr.into(), &driver);
+            let driver = new_driver(&ns.ns, &store, &hub, addr, run.path().join("overlay")).await;
             hosts.push(Host {
                 addr,
                 driver,
