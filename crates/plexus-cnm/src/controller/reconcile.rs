@@ -16,7 +16,7 @@ use crate::store_layout as keys;
 
 /// What a driver is told about a recorded network: as at its creation, the options with what
 /// [`Driver::allocate_network`](crate::Driver::allocate_network) took (a VXLAN id).
-fn network_info(n: &Network) -> NetworkInfo {
+pub(super) fn network_info(n: &Network) -> NetworkInfo {
     let mut options = n.spec.options.clone();
     options.extend(n.driver_data.clone());
     NetworkInfo {
