@@ -99,6 +99,17 @@ impl Hub {
             .collect()
     }
 
+    /// Takes the queued events, in order, for the caller to deliver (through a controller's
+    /// `table_event`, say).
+    pub fn take(&self) -> Vec<(IpAddr, TableEvent)> {
+        let mut st = self.lock();
+        let events: Vec<(IpAddr, TableEvent)> = st.queue.drain(..).collect();
+        for (to, e) in &events {
+            st.delivered.push((*to, e.kind, e.key.clone()));
+        }
+        events
+    }
+
     /// The hosts receiving `network`'s tables.
     pub fn members(&self, network: &str) -> BTreeSet<IpAddr> {
         self.lock()
