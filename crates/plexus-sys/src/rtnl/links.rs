@@ -124,9 +124,10 @@ pub struct VethPair<'a> {
     pub peer_ns: &'a Netns,
     /// Hardware address of the far end.
     pub peer_mac: Option<[u8; 6]>,
-    /// Largest IPv4 GSO and GRO packet of both ends; above [`GSO_LEGACY_MAX_SIZE`] that is
-    /// IPv4 BIG TCP (fewer, larger packets through the bridge and its netfilter hooks).
-    /// `None` leaves the kernel's 64 KiB. IPv6 keeps 64 KiB either way.
+    /// Largest IPv4 GSO and GRO packet of both ends; above
+    /// [`GSO_LEGACY_MAX_SIZE`](super::GSO_LEGACY_MAX_SIZE) that is IPv4 BIG TCP (fewer,
+    /// larger packets through the bridge and its netfilter hooks). `None` leaves the kernel's
+    /// 64 KiB. IPv6 keeps 64 KiB either way.
     pub gso_ipv4_max_size: Option<u32>,
 }
 
