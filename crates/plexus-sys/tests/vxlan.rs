@@ -279,3 +279,59 @@ async fn a_vxlan_id_taken_twice_or_out_of_range_is_refused_by_name() {
         }
     }
 }
+
+/// Over an IPv6 underlay: the device takes a local IPv6 address, FDB entries an IPv6 tunnel
+/// endpoint, and IPv4 inside crosses.
+#[tokio::test]
+async fn a_vxlan_over_an_ipv6_underlay_carries_tcp() {
+    need_root!();
+    let a = PinnedNs::new("h6a");
+    let b = PinnedNs::new("h6b");
+    let ra = ok("connect a", Rtnl::connect(&a.ns).await);
+    let rb = ok("connect b", Rtnl::connect(&b.ns).await);
+    for ns in [&a.ns, &b.ns] {
+        ok(
+            "accept_dad",
+            plexus_sys::sysctl::write(ns, "net.ipv6.conf.default.accept_dad", "0"),
+        );
+    }
+    let (_, peer) = ok("underlay veth", ra.add_veth("ul0", "ulb", None, MARK).await);
+    ok("move", ra.move_to(peer.index, &b.ns, Some("ul0")).await);
+    let mut sides = Vec::new();
+    for (n, rh) in [(1u16, &ra), (2, &rb)] {
+        let underlay: IpAddr = std::net::Ipv6Addr::new(0x2001, 0xdb8, 0, 0, 0, 0, 0, n).into();
+        let ul = ok("ul0", rh.require_link("ul0").await);
+        ok("ul addr", rh.add_address(ul.index, underlay, 64).await);
+        ok("ul up", rh.set_up(ul.index).await);
+        let overlay = PinnedNs::new(&format!("ov6{n}"));
+        let ro = ok("connect overlay", Rtnl::connect(&overlay.ns).await);
+        lo_up(&ro).await;
+        let spec = VxlanSpec::overlay("vx0", 4243, Some(underlay));
+        let vx = ok("vxlan", rh.add_vxlan_spec(&spec, Some(&ro), MARK).await);
+        let inner = Ipv4Addr::new(10, 81, 0, n as u8);
+        ok("inner", ro.add_address(vx.index, inner.into(), 24).await);
+        ok("up", ro.set_up(vx.index).await);
+        let vx = ok("vx0", ro.require_link("vx0").await);
+        sides.push((overlay, ro, vx, underlay, inner));
+    }
+    let details = run_in(&sides[0].0.ns, &["ip", "-d", "link", "show", "vx0"]);
+    assert!(details.contains("local 2001:db8::1"), "{details}");
+    for (from, to) in [(0, 1), (1, 0)] {
+        let (_, ro, vx, _, _) = &sides[from];
+        let (_, _, tvx, tul, tin) = &sides[to];
+        let mac = mac_of(tvx);
+        ok("fdb", ro.set_vxlan_fdb(vx.index, mac, *tul).await);
+        ok(
+            "neighbour",
+            ro.set_neighbour(vx.index, (*tin).into(), mac).await,
+        );
+    }
+    let server = SocketAddr::from((sides[1].4, 7200));
+    let _e = echo(&sides[1].0.ns, server);
+    assert_eq!(
+        call(&sides[0].0.ns, server, Duration::from_secs(3))
+            .ok()
+            .as_deref(),
+        Some("over vxlan")
+    );
+}
