@@ -75,10 +75,11 @@ impl Host {
 
 impl Drop for Host {
     fn drop(&mut self) {
-        // The drivers' network namespaces, pinned in the host's run directory.
-        if let Ok(dir) = std::fs::read_dir(self.run.path()) {
-            for entry in dir.flatten() {
-                let _ = Netns::delete(self.run.path(), &entry.file_name().to_string_lossy());
+        // The drivers' network namespaces, pinned in the driver's run directory.
+        let dir = self.driver.run_dir().to_path_buf();
+        if let Ok(entries) = std::fs::read_dir(&dir) {
+            for entry in entries.flatten() {
+                let _ = Netns::delete(&dir, &entry.file_name().to_string_lossy());
             }
         }
     }
