@@ -2,7 +2,8 @@
 //! leaves, host deaths and daemon restarts (needs root): after every step, each live host's
 //! `vxlan0` holds exactly one FDB entry and its neighbour entries per endpoint the network's
 //! table holds for the other hosts, and a namespace exactly where it has an endpoint.
-//! `PLEXUS_OVERLAY_SEED` replays a sequence.
+//! `PLEXUS_OVERLAY_SEED` replays a sequence; `PLEXUS_OVERLAY_STEPS` (default 80) makes it
+//! longer.
 
 mod common;
 mod overlay_harness;
@@ -115,14 +116,18 @@ async fn kernel_tables_match_the_control_plane_after_random_joins_leaves_kills_a
     let mut alive = vec![true; 3];
     let mut eps: Vec<Ep> = Vec::new();
     let (mut kills, mut restarts) = (0, 0);
-    for step in 0..80 {
+    let steps: usize = std::env::var("PLEXUS_OVERLAY_STEPS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(80);
+    for step in 0..steps {
         let live: Vec<usize> = (1..=3).filter(|h| alive[h - 1]).collect();
         match rng.below(12) {
             0..=5 => {
                 let host = live[rng.below(live.len())];
                 let net = rng.below(nets.len());
                 let sandbox = format!("c{step}");
-                let ip = format!("10.7{net}.{}.{}", step / 200, step % 200 + 2);
+                let ip = format!("10.7{net}.{}.{}", step / 200 % 256, step % 200 + 2);
                 let id = c.attach(host, &nets[net], &sandbox, &ip).await;
                 let key = c.host(host).sandboxes[&sandbox].0.path();
                 eps.push(Ep {
