@@ -8,11 +8,12 @@
 //! | nftables tables `inet plexus`, `ip plexus-nat`, `ip6 plexus-nat`, `bridge plexus` | family and exact name ([`is_plexus_table`]) | deleted |
 //! | bridges (`plexus0`, `plx-…`, named ones) and the host ends of veth pairs (`plxv…`) | the link alias `<marker>:<kind>:…` ([`parse_alias`]), or no alias and a name derived from an id (a crash between making and marking) | deleted (a veth takes its sandbox end along; addresses, routes and per-link sysctls go with the link) |
 //! | sandbox namespaces | bind mounts under `<run-dir>/netns` | unmounted and removed |
+//! | overlay networks' namespaces (bridge, VXLAN device, veth near ends inside) | bind mounts under `<run-dir>/overlay` | unmounted and removed (the kernel deletes their links, which takes the sandbox ends of the pairs along) |
 //! | the API socket | `<run-dir>/plexus.sock`, or the `-H` path | removed (it no longer answers) |
 //! | the embedded DNS's resolver process (it outlives plexusd by design) | `<run-dir>/dns/resolver.pid`, checked to be `plexusd --internal-resolver` | stopped; its socket, pid file and log removed (its redirect tables lived in the sandbox namespaces and go with them) |
 //! | each sandbox's `resolv.conf` and `hosts` | `<run-dir>/sandboxes/<id>/` | removed |
 //! | the embedded store and host id | `<state-dir>/state.db`, `<state-dir>/host-id` | removed |
-//! | its directories | `<run-dir>/netns`, `<run-dir>/dns`, `<run-dir>/sandboxes`, `<run-dir>`, `<state-dir>` | removed when empty |
+//! | its directories | `<run-dir>/netns`, `<run-dir>/overlay`, `<run-dir>/dns`, `<run-dir>/sandboxes`, `<run-dir>`, `<state-dir>` | removed when empty |
 //! | `net.ipv4.ip_forward=1` (and `net.ipv6.conf.all.forwarding=1` with IPv6 networks) | — | **left on**: other software (Docker, libvirt, a router's own configuration) may rely on forwarding, and no record says what it was before; Docker does not turn it off either |
 //!
 //! Everything else is left alone: other nftables tables (also `ip plexus` or `inet plexus-x`,
@@ -74,6 +75,11 @@ impl Layout {
     /// Where sandbox namespaces are pinned: `<run-dir>/netns`.
     pub fn netns_dir(&self) -> PathBuf {
         self.run_dir.join("netns")
+    }
+
+    /// Where the overlay driver pins its networks' namespaces: `<run-dir>/overlay`.
+    pub fn overlay_dir(&self) -> PathBuf {
+        self.run_dir.join("overlay")
     }
 
     /// The embedded store unless `--store` says otherwise: `<state-dir>/state.db`.
@@ -338,6 +344,7 @@ pub async fn reset(opts: &ResetOptions) -> Result<Report, ResetError> {
     links(opts, &mut report).await;
     tables(opts, &mut report);
     namespaces(&layout.netns_dir(), opts.dry_run, &mut report);
+    namespaces(&layout.overlay_dir(), opts.dry_run, &mut report);
     for socket in &sockets {
         remove_file(Object::Socket(socket.clone()), opts.dry_run, &mut report);
     }
@@ -359,6 +366,7 @@ pub async fn reset(opts: &ResetOptions) -> Result<Report, ResetError> {
     sandbox_files(&layout.sandbox_files(), opts.dry_run, &mut report);
     for dir in [
         layout.netns_dir(),
+        layout.overlay_dir(),
         layout.dns_dir(),
         layout.sandbox_files(),
         layout.run_dir.clone(),
@@ -487,7 +495,8 @@ fn sandbox_files(dir: &Path, dry_run: bool, report: &mut Report) {
     }
 }
 
-/// Every namespace pinned under the daemon's `netns` directory (all of it is Plexus's).
+/// Every namespace pinned under one of the daemon's namespace directories (`netns`,
+/// `overlay`: all of each is Plexus's).
 fn namespaces(dir: &Path, dry_run: bool, report: &mut Report) {
     let entries = match std::fs::read_dir(dir) {
         Ok(e) => e,
@@ -637,6 +646,7 @@ mod tests {
         let l = Layout::default();
         assert_eq!(l.socket(), Path::new("/run/plexus/plexus.sock"));
         assert_eq!(l.netns_dir(), Path::new("/run/plexus/netns"));
+        assert_eq!(l.overlay_dir(), Path::new("/run/plexus/overlay"));
         assert_eq!(l.store(), Path::new("/var/lib/plexus/state.db"));
         assert_eq!(l.host_id(), Path::new("/var/lib/plexus/host-id"));
     }
