@@ -158,6 +158,7 @@ kv = [
     ("plexus_fwd_cached_qps", fmt(med(fwd["plexus_fwd"]), 0)),
     ("docker_fwd_qps", fmt(med(fwd["docker_fwd"]), 0)),
     ("floor_cpu_us_per_q", fmt(med(cpu["floor"]), 2)),
+    ("plexus_own_us_per_q", fmt(med(own), 2)),
     ("plexus_p99_ms", fmt(med(p99["plexus"]), 3)),
     ("docker_p99_ms", fmt(med(p99["docker"]), 3)),
     ("aardvark_p99_ms", fmt(med(p99["aardvark"]), 3)),
