@@ -15,6 +15,8 @@
 
 #![warn(missing_docs)]
 
+pub mod kernel;
+
 use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
@@ -53,9 +55,17 @@ pub struct SystemInfo {
         skip_serializing_if = "Option::is_none"
     )]
     pub plexus_cluster_store: Option<ClusterStoreInfo>,
+    /// The local store (`--store`) and whether it answers now, in the same shape; absent from
+    /// daemons older than this field.
+    #[serde(
+        rename = "PlexusStore",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub plexus_store: Option<ClusterStoreInfo>,
 }
 
-/// The cluster store as `GET /info` reports it.
+/// A store as `GET /info` reports it (the cluster store, the local store).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ClusterStoreInfo {
     /// Its URL, credentials removed.

@@ -1,5 +1,6 @@
 //! `GET /info`: what this daemon is and where its state lives, in the shape of dockerd's
-//! answer (the fields of it that a network stack has), plus the cluster store's health.
+//! answer (the fields of it that a network stack has), plus the local and cluster stores'
+//! health.
 
 use axum::extract::State;
 use axum::Json;
@@ -7,10 +8,17 @@ use plexus_api_types::{ClusterStoreInfo, SystemInfo};
 
 use crate::handlers::{kernel_value, AppState};
 
-/// `GET /info`. A daemon whose cluster store is away still answers, and says so.
+/// `GET /info`. A daemon whose store or cluster store is away still answers, and says so.
 pub async fn info(State(state): State<AppState>) -> Json<SystemInfo> {
     let controller = &state.controller;
     let datastore = controller.datastore();
+    let local = ClusterStoreInfo {
+        url: datastore.local_store().url().to_string(),
+        status: match datastore.local_health().await {
+            Ok(()) => "ok".to_string(),
+            Err(e) => format!("unavailable: {e}"),
+        },
+    };
     let cluster = match (datastore.cluster_store(), datastore.cluster_health().await) {
         (Some(store), Some(health)) => Some(ClusterStoreInfo {
             url: store.url().to_string(),
@@ -34,5 +42,6 @@ pub async fn info(State(state): State<AppState>) -> Json<SystemInfo> {
             .map(|a| a.to_string())
             .unwrap_or_default(),
         plexus_cluster_store: cluster,
+        plexus_store: Some(local),
     })
 }

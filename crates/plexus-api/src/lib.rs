@@ -8,7 +8,7 @@
 //! - [`parse`]: pure parsers (Docker `filters`, `-p` port specs);
 //! - [`handlers`]: parse → [`Controller`](plexus_cnm::Controller) → shape the answer;
 //! - [`events`]: `GET /events`, the controller's event log in Docker's shape;
-//! - [`info`]: `GET /info`, with the cluster store's health;
+//! - [`info`]: `GET /info`, with the local and cluster stores' health;
 //! - [`metrics`]: `GET /metrics` (Prometheus) and the middleware that counts every request;
 //! - [`namespaces`]: the kernel's sandbox namespaces, for the controller;
 //! - [`router`], [`metrics_router`] and [`serve`]: the routes (all of them, or `/metrics` alone

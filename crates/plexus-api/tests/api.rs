@@ -30,6 +30,12 @@ async fn ping_and_version_with_and_without_prefix() -> anyhow::Result<()> {
     assert_eq!(v["ApiVersion"], "1.41");
     assert_eq!(v["Os"], "linux");
     assert!(v["Version"].is_string());
+    // /info says where the local store is and that it answers (no cluster store here).
+    let (status, v) = api.get("/info").await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(v["PlexusStore"]["Status"], "ok", "{v}");
+    assert!(v["PlexusStore"]["URL"].is_string(), "{v}");
+    assert!(v.get("PlexusClusterStore").is_none(), "{v}");
     let (status, v) = api.get("/nope").await;
     assert_eq!(status, StatusCode::NOT_FOUND);
     assert!(message(&v).contains("/nope"));

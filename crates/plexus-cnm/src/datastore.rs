@@ -126,6 +126,14 @@ impl Datastore {
         }
     }
 
+    /// Whether the local store answers: the outcome of one read, bounded by the cluster
+    /// timeout (a shared local backend, etcd or ZooKeeper, can be away too).
+    pub async fn local_health(&self) -> Result<(), KvError> {
+        self.bounded(&self.local, "exists", self.local.exists(GLOBAL_ROOT))
+            .await
+            .map(|_| ())
+    }
+
     /// Whether the cluster store answers: `None` without one, else the outcome of one read.
     pub async fn cluster_health(&self) -> Option<Result<(), KvError>> {
         let store = self.cluster.as_ref()?;

@@ -220,7 +220,10 @@ pub trait Driver: Send + Sync {
     /// Checks driver options before anything is allocated; the error names the option.
     fn validate_options(&self, options: &BTreeMap<String, String>) -> Result<(), DriverError>;
 
-    /// Makes the network's data plane (a bridge, a VXLAN device, nothing).
+    /// Makes the network's data plane (a bridge, a VXLAN device, nothing). A global-scope
+    /// network is created on the host that makes it, and also on every host before each
+    /// endpoint made there (with [`allocate_network`](Driver::allocate_network)'s data in the
+    /// options): a global driver must take a network it knows already as done.
     async fn create_network(&self, network: &NetworkInfo) -> Result<(), DriverError>;
 
     /// Removes it; removing a network the driver does not know is not an error.

@@ -26,6 +26,7 @@
 
 #![warn(missing_docs)]
 
+pub mod control_plane;
 mod controller;
 pub mod datastore;
 pub mod driver;
@@ -36,6 +37,7 @@ pub mod observer;
 pub mod reconcile;
 pub mod store_layout;
 
+pub use control_plane::{ControlPlane, ControlPlaneError};
 pub use controller::events::{Event, EventAction, EventType, Subscription, EVENT_HISTORY};
 pub use controller::orchestrate::MAX_SANDBOX_NETWORKS;
 pub use controller::{check_name, Controller, ControllerConfig};

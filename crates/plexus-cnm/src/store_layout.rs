@@ -18,6 +18,11 @@
 //! same shape (`plexus/v1/global/network/<id>`, `.../network-name/<name>`,
 //! `.../endpoint/<network id>/<id>`), and each host announces itself there
 //! (`plexus/v1/global/node/<host id>`). Sandboxes are always local.
+//!
+//! Drivers may keep cluster-wide allocations of their own in the cluster store under
+//! `plexus/v1/global/<driver>/`, written by the driver, never by the controller: the overlay
+//! driver's VXLAN ids are `plexus/v1/global/overlay/vni/<id>` (`"<network id>"`, created with
+//! compare-and-swap; plexus-drivers' `overlay::vni_key`).
 
 use crate::model::Scope;
 

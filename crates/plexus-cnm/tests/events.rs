@@ -157,6 +157,19 @@ impl Driver for Scripted {
     async fn event_notify(&self, event: &TableEvent) -> Result<(), DriverError> {
         self.step("event_notify", &format!("{:?} {}", event.kind, event.key))
     }
+
+    /// Records each network it is told about, with its options.
+    async fn reconcile(
+        &self,
+        desired: &Desired,
+        _mode: ReconcileMode,
+    ) -> Result<Reconciled, DriverError> {
+        for n in &desired.networks {
+            let opts: Vec<String> = n.options.iter().map(|(k, v)| format!("{k}={v}")).collect();
+            self.step("reconcile", &format!("{} {}", n.name, opts.join(",")))?;
+        }
+        Ok(Reconciled::default())
+    }
 }
 
 /// Namespaces as files in a directory.
@@ -678,6 +691,12 @@ async fn the_rest_of_the_driver_api() {
     );
     let stored = ok("lookup", w.controller.network("g1").await);
     assert_eq!(stored.driver_data, n.driver_data);
+    // Reconciliation tells the driver the same options as creation did, allocation included.
+    ok(
+        "reconcile",
+        w.controller.reconcile(ReconcileMode::Periodic).await,
+    );
+    assert_eq!(w.driver.calls("reconcile"), ["reconcile g1 vxlan.id=4097"]);
 
     // Static routes and "no default gateway" from the join land in the endpoint's record.
     ok("s", w.controller.add_sandbox("s", "/x", false).await);

@@ -10,10 +10,22 @@ use plexus_cnm::*;
 use plexus_ipam::{BuiltinIpam, Ipam, IpamConfig, ScopedIpam};
 use plexus_kv::{LocalStore, Store};
 
-/// A driver with no data plane, of either scope.
+/// A driver with no data plane, of either scope. Like the overlay driver, it makes no
+/// endpoint on a network it was not told of (with its allocation) on its own host.
 struct Plain {
     name: &'static str,
     scope: Scope,
+    known: std::sync::Mutex<BTreeMap<String, NetworkInfo>>,
+}
+
+impl Plain {
+    fn new(name: &'static str, scope: Scope) -> Self {
+        Self {
+            name,
+            scope,
+            known: Default::default(),
+        }
+    }
 }
 
 #[async_trait]
@@ -32,13 +44,33 @@ impl Driver for Plain {
     fn validate_options(&self, _: &BTreeMap<String, String>) -> Result<(), DriverError> {
         Ok(())
     }
-    async fn create_network(&self, _: &NetworkInfo) -> Result<(), DriverError> {
+    async fn allocate_network(
+        &self,
+        _: &NetworkInfo,
+    ) -> Result<BTreeMap<String, String>, DriverError> {
+        Ok(BTreeMap::from([("vni".to_string(), "4096".to_string())]))
+    }
+    async fn create_network(&self, n: &NetworkInfo) -> Result<(), DriverError> {
+        self.known
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(n.id.clone(), n.clone());
         Ok(())
     }
     async fn delete_network(&self, _: &str) -> Result<(), DriverError> {
         Ok(())
     }
     async fn create_endpoint(&self, e: &EndpointInfo) -> Result<EndpointCreated, DriverError> {
+        let known = self.known.lock().unwrap_or_else(|e| e.into_inner());
+        match known.get(&e.network_id) {
+            Some(n) if self.scope == Scope::Local || n.options.contains_key("vni") => {}
+            _ => {
+                return Err(DriverError::Failed(format!(
+                    "network {} not known here",
+                    e.network_id
+                )))
+            }
+        }
         Ok(EndpointCreated {
             mac: None,
             ports: e.ports.clone(),
@@ -88,14 +120,8 @@ async fn host(id: &str, cluster: Option<Arc<dyn Store>>) -> (Controller, Arc<dyn
         None => None,
     };
     let mut drivers = DriverRegistry::new();
-    drivers.register(Arc::new(Plain {
-        name: "bridge",
-        scope: Scope::Local,
-    }));
-    drivers.register(Arc::new(Plain {
-        name: "overlay",
-        scope: Scope::Global,
-    }));
+    drivers.register(Arc::new(Plain::new("bridge", Scope::Local)));
+    drivers.register(Arc::new(Plain::new("overlay", Scope::Global)));
     let config = ControllerConfig {
         host_id: id.to_string(),
         ..Default::default()

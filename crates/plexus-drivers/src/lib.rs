@@ -7,6 +7,10 @@
 //!   isolation between networks, `--internal`, `enable_icc=false` (bridge port isolation),
 //!   published ports (nftables maps, no userland proxy) and IPv6, with Docker's option names
 //!   ([`options`]);
+//! - [`OverlayDriver`] (`overlay`): Docker's multi-host networks over VXLAN — a VXLAN id
+//!   unique in the cluster (compare-and-swap in the cluster store), per network and host a
+//!   namespace with a bridge and the VXLAN device, static FDB and neighbour entries for remote
+//!   endpoints from the [`ControlPlane`](plexus_cnm::ControlPlane)'s peer table;
 //! - [`HostDriver`] (`host`): the sandbox is the host's own namespace; nothing to make;
 //! - [`NullDriver`] (`null`, Docker's `none` network): loopback only.
 //!
@@ -19,6 +23,9 @@
 //! [`Driver::reconcile`](plexus_cnm::Driver::reconcile) uses the marks to make the kernel
 //! match the store after a restart or a crash, and to repair drift while running, deleting
 //! only what it marked.
+//!
+//! [`reset`] removes everything Plexus made on a host, and nothing else, by the same marks and
+//! names (`plexus system reset`); its [`Layout`](reset::Layout) is where the daemon's files are.
 //!
 //! ```no_run
 //! # async fn demo() -> Result<(), plexus_cnm::DriverError> {
@@ -39,7 +46,9 @@ mod host;
 mod names;
 mod null;
 pub mod options;
+pub mod overlay;
 mod reaper;
+pub mod reset;
 
 use std::sync::Arc;
 
@@ -48,13 +57,15 @@ pub use default_bridge::{create_default_bridge, DefaultBridge};
 pub use host::HostDriver;
 pub use names::{parse_alias, Marked};
 pub use null::NullDriver;
+pub use overlay::{OverlayConfig, OverlayDriver};
 
 use plexus_cnm::{DriverError, DriverRegistry};
 use plexus_sys::netns::Netns;
 use plexus_sys::SysError;
 
-/// How a driver is set up: the namespace it programs and the marker of what it makes.
-#[derive(Debug, Clone)]
+/// How a driver is set up: the namespace it programs, the marker of what it makes and, in a
+/// cluster, the cluster store.
+#[derive(Clone)]
 pub struct DriverConfig {
     /// The "host" namespace: where bridges, host veth ends and firewall rules live.
     pub host: Netns,
@@ -64,16 +75,36 @@ pub struct DriverConfig {
     /// `br_netfilter` off there (`net.bridge.bridge-nf-call-ip{,6}tables=0`) for throughput.
     /// Leave `false` for a namespace shared with other software (the machine's own).
     pub owns_namespace: bool,
+    /// The cluster store (`--cluster-store`), for what must be unique across hosts (the
+    /// overlay driver's VXLAN ids); `None` on a host outside a cluster, where global-scope
+    /// drivers refuse to allocate networks.
+    pub cluster_store: Option<Arc<dyn plexus_kv::Store>>,
 }
 
 impl DriverConfig {
-    /// A configuration for `host`, marking objects with `marker`; `owns_namespace` false.
+    /// A configuration for `host`, marking objects with `marker`; `owns_namespace` false, no
+    /// cluster store.
     pub fn new(host: Netns, marker: impl Into<String>) -> Self {
         Self {
             host,
             marker: marker.into(),
             owns_namespace: false,
+            cluster_store: None,
         }
+    }
+}
+
+impl std::fmt::Debug for DriverConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DriverConfig")
+            .field("host", &self.host.path())
+            .field("marker", &self.marker)
+            .field("owns_namespace", &self.owns_namespace)
+            .field(
+                "cluster_store",
+                &self.cluster_store.as_ref().map(|s| s.url()),
+            )
+            .finish()
     }
 }
 

@@ -491,8 +491,7 @@ async fn big_tcp_arrives_whole_with_br_netfilter_on_too() {
 async fn big_tcp(mut w: World) {
     let lo = ok("lo", w.rh.require_link("lo").await);
     if lo.gso_ipv4_max_size.is_none() {
-        eprintln!("skipped: this kernel has no IPv4 BIG TCP (before 6.3)");
-        return;
+        return plexus_testkit::skip("this kernel has no IPv4 BIG TCP (before 6.3)");
     }
     let gso_of = |links: Vec<plexus_sys::rtnl::Link>, name: &str| {
         links

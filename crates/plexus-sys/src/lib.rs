@@ -9,7 +9,8 @@
 //! - [`nft`]: nf_tables over netlink: tables, chains, rules, sets, maps and the expressions
 //!   rules are made of, in atomic batches (no policy: the drivers choose the rules);
 //! - [`sysctl`]: per-namespace `net.*` sysctls;
-//! - [`probe`]: what the running kernel supports, found by trying it in a scratch namespace.
+//! - [`probe`]: what the running kernel supports (its release; link kinds, nf_tables rule
+//!   kinds, `NFT_MSG_DESTROY`, IPVS, ESP, TUN), found by trying it in a scratch namespace.
 //!
 //! This crate knows nothing of networks, endpoints or sandboxes: it is the vocabulary the
 //! drivers speak.

@@ -6,7 +6,7 @@ use std::net::{IpAddr, Ipv4Addr, SocketAddr, TcpListener, TcpStream};
 use std::time::Duration;
 
 use plexus_sys::netns::Netns;
-use plexus_sys::probe::{Feature, KernelFeatures};
+use plexus_sys::probe::{Feature, KernelFeatures, Overrides};
 use plexus_sys::rtnl::{BridgeSpec, Route, Rtnl};
 use plexus_sys::{sysctl, SysError};
 
@@ -375,10 +375,23 @@ async fn a_sysctl_dir_writes_inside_its_own_namespace_and_refuses_paths_out_of_i
 async fn probe_agrees_with_the_kernel() {
     need_root!();
     let features = ok("probe", KernelFeatures::probe().await);
-    assert!(
-        features.has(Feature::Bridge) && features.has(Feature::Veth),
-        "{features:?}"
-    );
+    eprintln!("Linux {}", features.release());
+    for feature in [
+        Feature::Netns,
+        Feature::Bridge,
+        Feature::Veth,
+        Feature::Nftables,
+        Feature::NftNat,
+        Feature::Conntrack,
+        Feature::NftFib,
+    ] {
+        assert!(
+            features.has(feature),
+            "{}: {:?}",
+            feature.name(),
+            features.missing_reason(feature)
+        );
+    }
     for feature in Feature::ALL {
         match features.require(feature) {
             Ok(()) => assert!(features.has(feature)),
@@ -389,11 +402,31 @@ async fn probe_agrees_with_the_kernel() {
             }
         }
     }
+    // The release agrees with the kernel's own file, and the destroy probe with the kernel's
+    // version.
+    let release = ok(
+        "osrelease",
+        std::fs::read_to_string("/proc/sys/kernel/osrelease"),
+    );
+    assert_eq!(features.release().as_str(), release.trim());
+    assert_eq!(
+        features.has(Feature::NftDestroy),
+        features.release().at_least(6, 3)
+    );
     // Cross-check one answer by trying it by hand.
     let scratch = ok("scratch", Netns::anonymous());
     let r = ok("connect", Rtnl::connect(&scratch).await);
     let made = r.add_vxlan("vx0", 7, 4789, MARK).await.is_ok();
     assert_eq!(made, features.has(Feature::Vxlan));
+    // Pretending: a release and features missing, over the kernel's answer.
+    let pretend = ok(
+        "overrides",
+        Overrides::parse(Some("5.4.0-150-generic"), Some("veth,nft-destroy")),
+    );
+    let pretended = ok("probe", KernelFeatures::probe_with(&pretend).await);
+    assert_eq!(pretended.release().as_str(), "5.4.0-150-generic");
+    assert!(!pretended.has(Feature::Veth) && !pretended.has(Feature::NftDestroy));
+    assert!(pretended.has(Feature::Bridge));
 }
 
 /// A permanent IP neighbour reaches a peer that answers no ARP; deleting it makes the peer

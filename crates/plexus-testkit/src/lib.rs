@@ -5,7 +5,10 @@
 //!   dropped connection or a partition between a client and a server;
 //! - [`etcd`] / [`zookeeper`]: real servers from Debian's packages, on a free port with a
 //!   temporary data dir, stopped (and their data removed) on drop;
-//! - [`kv`]: the plexus-kv conformance suite, written once and run against every backend.
+//! - [`kv`]: the plexus-kv conformance suite, written once and run against every backend;
+//! - [`skip`]: tests that cannot lie: a kernel test without root fails
+//!   ([`require_root`]), one that needs a kernel feature this machine lacks says by name that
+//!   it is skipped and why ([`skip()`]).
 
 #![warn(missing_docs)]
 
@@ -13,7 +16,10 @@ pub mod etcd;
 pub mod kv;
 pub mod net;
 pub mod process;
+pub mod skip;
 pub mod zookeeper;
+
+pub use skip::{is_root, require_root, skip};
 
 /// A name unique to this process and call, for key prefixes, namespaces and files.
 pub fn unique(prefix: &str) -> String {

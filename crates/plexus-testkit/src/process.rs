@@ -102,3 +102,25 @@ mod spawner {
         rx.recv().map_err(|_| io::Error::other("spawner gone"))?
     }
 }
+
+/// Kills the embedded DNS resolver that a plexusd with `run_dir` started (it outlives plexusd
+/// by design, so a test that ends must end it): the pid in `<run_dir>/dns/resolver.pid`, if
+/// that process is still `plexusd --internal-resolver`.
+pub fn kill_resolver(run_dir: &std::path::Path) {
+    let Ok(text) = std::fs::read_to_string(run_dir.join("dns").join("resolver.pid")) else {
+        return;
+    };
+    let Ok(pid) = text.trim().parse::<i32>() else {
+        return;
+    };
+    let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+    if cmdline
+        .split(|b| *b == 0)
+        .any(|arg| arg == b"--internal-resolver")
+    {
+        // SAFETY: kill(2) with a pid and a signal number has no memory effects.
+        unsafe {
+            libc::kill(pid, libc::SIGKILL);
+        }
+    }
+}

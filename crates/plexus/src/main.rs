@@ -3,13 +3,16 @@
 //! `plexus network create|ls|inspect|rm|connect|disconnect|prune` take `docker network`'s flags
 //! and print what it prints; `plexus sandbox create|ls|inspect|rm|exec` manage sandboxes (a
 //! container's network namespace); `plexus events` prints what `docker events` prints;
-//! `plexus info` shows the host id and the cluster store. `-H` or `PLEXUS_HOST` selects the daemon's socket. Daemon
+//! `plexus info` shows the host id and the cluster store; `plexus system reset` removes what
+//! plexusd made on the host. `-H` or `PLEXUS_HOST` selects the daemon's socket. Daemon
 //! errors print as docker's do — `Error response from daemon: <message>` — with exit code 1.
 
 mod client;
+mod doctor;
 mod events;
 mod format;
 mod sandbox;
+mod system;
 
 use std::collections::BTreeMap;
 use std::io::{BufRead, Write};
@@ -49,6 +52,12 @@ enum Command {
     Sandbox(SandboxCmd),
     /// Display the daemon's host id, kernel and cluster store (as `docker info`).
     Info,
+    /// Manage Plexus on this host (`reset`: a clean uninstall).
+    #[command(subcommand)]
+    System(system::SystemCmd),
+    /// Check whether Plexus can run on this host: kernel, features, forwarding,
+    /// br_netfilter, overlapping bridges and routes, the daemon and its stores.
+    Doctor(doctor::DoctorArgs),
     /// Get real-time events from the daemon, as `docker events`.
     Events {
         /// Show events created since this time: RFC 3339, Unix seconds, or a duration
@@ -615,12 +624,18 @@ fn main() -> std::process::ExitCode {
     let create_matches = matches
         .subcommand_matches("sandbox")
         .and_then(|m| m.subcommand_matches("create"));
+    // Given with -H or PLEXUS_HOST, rather than the default.
+    let host_given = (matches.value_source("host")
+        != Some(clap::parser::ValueSource::DefaultValue))
+    .then(|| cli.host.clone());
     let result = (|| -> Result<Option<Exec>> {
         let client = Client::new(&cli.host)?;
         match cli.command {
             Command::Network(cmd) => network(&client, cmd).map(|()| None),
             Command::Sandbox(cmd) => sandbox(&client, cmd, create_matches),
             Command::Info => info(&client).map(|()| None),
+            Command::System(cmd) => system::run(cmd, host_given.as_deref()).map(|()| None),
+            Command::Doctor(args) => doctor::run(&client, &cli.host, &args).map(|()| None),
             Command::Events {
                 since,
                 until,

@@ -1,11 +1,13 @@
 //! `plexusd` — the Plexus daemon.
 //!
-//! Opens the store (embedded redb in the state dir unless `--store` says otherwise), the
-//! built-in IPAM (with `--default-address-pool`s), registers the built-in drivers on the
-//! daemon's own namespace, makes the kernel match the store (start-up reconciliation), then
-//! serves the API on a unix socket until SIGTERM or SIGINT, reconciling again every
-//! `--reconcile-interval` (what was deleted behind its back is made again). Shutting down stops only the
-//! management plane: namespaces, links and firewall rules stay, and traffic keeps flowing.
+//! Checks the kernel first (Linux 5.10 or later with the features Plexus needs, `kernel.rs`;
+//! otherwise it refuses to start and changes nothing), then opens the store (embedded redb
+//! in the state dir unless `--store` says otherwise), the built-in IPAM (with
+//! `--default-address-pool`s), registers the built-in drivers on the daemon's own namespace,
+//! makes the kernel match the store (start-up reconciliation), then serves the API on a unix
+//! socket until SIGTERM or SIGINT, reconciling again every `--reconcile-interval` (what was
+//! deleted behind its back is made again). Shutting down stops only the management plane:
+//! namespaces, links and firewall rules stay, and traffic keeps flowing.
 //!
 //! Prometheus metrics (`metrics.rs`: the stores and the reconciler; plexus-api: requests,
 //! networks, endpoints, sandboxes) are served at `GET /metrics` on the socket, and on
@@ -21,12 +23,14 @@ use anyhow::{bail, Context, Result};
 use clap::Parser;
 use ipnet::IpNet;
 use plexus_cnm::{Controller, ControllerConfig, DriverRegistry};
+use plexus_drivers::reset::Layout;
 use plexus_drivers::DefaultBridge;
 use plexus_ipam::{BuiltinIpam, Ipam, IpamConfig};
 use tokio::signal::unix::{signal, SignalKind};
 
 mod cluster;
 mod dns;
+mod kernel;
 mod metrics;
 mod reconcile;
 
@@ -35,10 +39,10 @@ mod reconcile;
 #[command(name = "plexusd", version)]
 struct Args {
     /// Where persistent state lives (the embedded store, the host id).
-    #[arg(long, default_value = "/var/lib/plexus")]
+    #[arg(long, default_value = plexus_drivers::reset::DEFAULT_STATE_DIR)]
     state_dir: PathBuf,
     /// Where run-time files live (the socket, sandbox namespaces under netns/).
-    #[arg(long, default_value = "/run/plexus")]
+    #[arg(long, default_value = plexus_drivers::reset::DEFAULT_RUN_DIR)]
     run_dir: PathBuf,
     /// The socket to serve on, `unix:///path` [default: unix://<run-dir>/plexus.sock].
     #[arg(short = 'H', long = "host")]
@@ -93,7 +97,7 @@ struct Args {
     #[arg(long = "metrics-addr")]
     metrics_addr: Option<String>,
     /// The marker that kernel objects made by this daemon carry (link alias prefix).
-    #[arg(long, default_value = "plexus", hide = true)]
+    #[arg(long, default_value = plexus_drivers::reset::DEFAULT_MARKER, hide = true)]
     marker: String,
     /// Also answer sandbox names to the host on this address (`127.0.0.1:5353`): names as
     /// `NAME.NETWORK.<--dns-host-domain>`.
@@ -114,9 +118,14 @@ struct Args {
     dns_control: Option<PathBuf>,
 }
 
+/// Where the daemon's files are (`plexus system reset` removes them by the same names).
+fn layout(args: &Args) -> Layout {
+    Layout::new(&args.state_dir, &args.run_dir)
+}
+
 fn socket_path(args: &Args) -> Result<PathBuf> {
     match &args.host {
-        None => Ok(args.run_dir.join("plexus.sock")),
+        None => Ok(layout(args).socket()),
         Some(h) => match h.strip_prefix("unix://") {
             Some(p) if !p.is_empty() => Ok(PathBuf::from(p)),
             _ => bail!("invalid -H {h:?}: only unix:///path sockets are served"),
@@ -125,8 +134,8 @@ fn socket_path(args: &Args) -> Result<PathBuf> {
 }
 
 /// A stable id for this host, kept in the state dir (IPAM derives the IPv6 ULA prefix from it).
-fn host_id(state_dir: &Path) -> Result<String> {
-    let path = state_dir.join("host-id");
+fn host_id(layout: &Layout) -> Result<String> {
+    let path = layout.host_id();
     match std::fs::read_to_string(&path) {
         Ok(id) if !id.trim().is_empty() => return Ok(id.trim().to_string()),
         Ok(_) => {}
@@ -141,7 +150,7 @@ fn host_id(state_dir: &Path) -> Result<String> {
             .context("reading /dev/urandom")?;
     }
     let id: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
-    let tmp = path.with_extension("tmp");
+    let tmp = layout.host_id_tmp();
     std::fs::write(&tmp, &id).with_context(|| format!("writing {}", tmp.display()))?;
     std::fs::rename(&tmp, &path).with_context(|| format!("writing {}", path.display()))?;
     Ok(id)
@@ -258,6 +267,8 @@ async fn run(args: Args) -> Result<()> {
     // Flags first: a bad one changes nothing.
     let bridge_flags = default_bridge_flags(&args)?;
     let reconcile_interval = reconcile::parse_interval(&args.reconcile_interval)?;
+    // Then the kernel, in a scratch namespace: one Plexus cannot run on changes nothing.
+    kernel::check().await?;
     // Bound now, so an address that is taken stops the start before anything changes.
     let metrics_listener = match &args.metrics_addr {
         Some(addr) => Some(metrics::bind(addr).await?),
@@ -269,7 +280,7 @@ async fn run(args: Args) -> Result<()> {
     let reconcile_metrics = metrics::ReconcileMetrics::register(&registry)?;
     std::fs::create_dir_all(&args.state_dir)
         .with_context(|| format!("creating state dir {}", args.state_dir.display()))?;
-    let netns_dir = args.run_dir.join("netns");
+    let netns_dir = layout(&args).netns_dir();
     std::fs::create_dir_all(&netns_dir)
         .with_context(|| format!("creating run dir {}", netns_dir.display()))?;
     let socket = socket_path(&args)?;
@@ -286,11 +297,11 @@ async fn run(args: Args) -> Result<()> {
         bail!("--cluster-store-opt needs --cluster-store");
     }
     let cluster_opts = cluster::ClusterOpts::parse(&args.cluster_store_opts)?;
-    let host_id = host_id(&args.state_dir)?;
+    let host_id = host_id(&layout(&args))?;
     let url = args
         .store
         .clone()
-        .unwrap_or_else(|| format!("redb://{}", args.state_dir.join("state.db").display()));
+        .unwrap_or_else(|| format!("redb://{}", layout(&args).store().display()));
     let store = store_metrics.wrap(cluster::open_local(&url, &host_id).await?, "local");
     let cluster_store = match &args.cluster_store {
         Some(url) => {
@@ -368,7 +379,7 @@ async fn run(args: Args) -> Result<()> {
         ]);
     }
     let dns = dns::Dns::start(
-        dns::DnsPaths::new(&args.run_dir),
+        dns::DnsPaths::new(&layout(&args)),
         &args.dns_resolv_conf,
         resolver_args,
     )
@@ -500,7 +511,7 @@ fn main() -> std::process::ExitCode {
         let control = args
             .dns_control
             .clone()
-            .unwrap_or_else(|| dns::DnsPaths::new(&args.run_dir).control);
+            .unwrap_or_else(|| layout(&args).dns_control());
         return dns::run_resolver(
             control,
             args.dns_host_addr,

@@ -29,13 +29,6 @@ fn plexus_bin() -> PathBuf {
     p
 }
 
-fn require_root() {
-    assert!(
-        nix::unistd::geteuid().is_root(),
-        "these tests make network namespaces and need root"
-    );
-}
-
 /// One host: a namespace, a state dir, a proxy to the shared server, and its daemon.
 struct Host {
     dir: tempfile::TempDir,
@@ -271,6 +264,7 @@ impl Drop for Host {
             let _ = c.kill();
             let _ = c.wait();
         }
+        plexus_testkit::process::kill_resolver(&self.dir.path().join("run"));
         let _ = Netns::delete(self.dir.path(), "host-ns");
     }
 }
@@ -291,7 +285,7 @@ fn hosts_share_a_cluster_store(
     url: impl Fn(std::net::SocketAddr) -> String,
     hosts: usize,
 ) {
-    require_root();
+    plexus_testkit::require_root();
     let rt = runtime();
     // The test's own view of the cluster store, to see the hosts' records.
     let direct = rt
@@ -387,14 +381,14 @@ fn hosts_share_a_cluster_store(
 
 #[test]
 fn three_hosts_share_an_etcd_cluster_store() {
-    require_root();
+    plexus_testkit::require_root();
     let etcd = plexus_testkit::etcd::EtcdServer::start();
     hosts_share_a_cluster_store(etcd.endpoint(), |a| format!("etcd://{a}/cluster"), 3);
 }
 
 #[test]
 fn two_hosts_share_a_zookeeper_cluster_store() {
-    require_root();
+    plexus_testkit::require_root();
     let zk = plexus_testkit::zookeeper::ZkServer::start();
     hosts_share_a_cluster_store(
         zk.endpoint(),
@@ -407,7 +401,7 @@ fn two_hosts_share_a_zookeeper_cluster_store() {
 /// own records, so neither reconciles the other's endpoints away nor frees their addresses.
 #[test]
 fn two_hosts_sharing_one_store_keep_their_own() {
-    require_root();
+    plexus_testkit::require_root();
     let etcd = plexus_testkit::etcd::EtcdServer::start();
     let rt = runtime();
     let mut all: Vec<Host> = (0..2)
@@ -453,7 +447,7 @@ fn two_hosts_sharing_one_store_keep_their_own() {
 /// the flag.
 #[test]
 fn cluster_store_away_and_bad_flags() {
-    require_root();
+    plexus_testkit::require_root();
     let etcd = plexus_testkit::etcd::EtcdServer::start();
     let rt = runtime();
     let mut h = Host::new(&rt, etcd.endpoint(), |a| {

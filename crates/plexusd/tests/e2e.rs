@@ -1,6 +1,6 @@
 //! End to end: the real `plexusd` binary, in a network namespace the test makes (so bridges
 //! and firewall rules never touch the machine's own), with temp state and run dirs, driven by
-//! the real `plexus` CLI (and by docker's CLI, when it is installed). Needs root.
+//! the real `plexus` CLI (and by docker's CLI, which `./scripts/test` installs). Needs root.
 //!
 //! `plexus` is looked up next to `plexusd` in the target dir: `cargo test --workspace` (or
 //! `cargo test -p plexus -p plexusd`) builds both.
@@ -395,10 +395,7 @@ fn bad_daemon_flags_fail_clearly() {
 
 #[test]
 fn docker_cli_against_plexusd() {
-    let Some(docker) = docker_cli() else {
-        eprintln!("skipped: no docker CLI installed (Debian's docker.io gives one)");
-        return;
-    };
+    let docker = docker_cli();
     let mut d = Daemon::new(&[]);
     let config = d.dir.path().join("docker-config");
     let run = |args: &[&str]| -> Output {

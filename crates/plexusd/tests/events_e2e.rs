@@ -1,5 +1,6 @@
-//! Events end to end: the real `plexusd`, `plexus events` and, when installed, docker's own
-//! `docker events` against it, across a restart of the daemon. Needs root.
+//! Events end to end: the real `plexusd`, `plexus events` and docker's own `docker events`
+//! (`./scripts/test` installs the docker CLI) against it, across a restart of the daemon.
+//! Needs root.
 
 mod common;
 
@@ -111,12 +112,7 @@ fn events_replay_across_a_restart_for_plexus_and_docker() {
     let err = d.fails(&["events", "--filter", "image=x", "--until", &until]);
     assert!(err.contains("invalid filter \"image\""), "{err}");
 
-    let Some(docker_bin) = docker_cli() else {
-        eprintln!(
-            "skipped the docker CLI half: no docker CLI installed (Debian's docker.io gives one)"
-        );
-        return;
-    };
+    let docker_bin = docker_cli();
     let out = docker(
         &docker_bin,
         &d,

@@ -84,6 +84,7 @@ struct Daemon {
 
 impl Daemon {
     fn new() -> Self {
+        plexus_testkit::require_root();
         let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("tempdir: {e}"));
         let host_ns = Netns::create(dir.path(), "host-ns")
             .unwrap_or_else(|e| panic!("making the test's host namespace: {e}"));
@@ -238,6 +239,7 @@ impl Daemon {
 impl Drop for Daemon {
     fn drop(&mut self) {
         self.kill9();
+        plexus_testkit::process::kill_resolver(&self.dir.path().join("run"));
         if let Ok(entries) = std::fs::read_dir(self.netns_dir()) {
             for e in entries.flatten() {
                 let _ = Netns::delete(&self.netns_dir(), &e.file_name().to_string_lossy());

@@ -107,6 +107,14 @@ impl Controller {
                 allocated,
             )
             .await?;
+        if network.scope == Scope::Global {
+            // A global network is created on the host that made it; every other host's
+            // driver learns of it (with its allocation) here, before an endpoint is made on it.
+            driver
+                .create_network(&super::reconcile::network_info(network))
+                .await
+                .map_err(|e| driver_err(driver, e))?;
+        }
         let id = new_id()?;
         let info = EndpointInfo {
             network_id: network.id.clone(),

@@ -14,12 +14,15 @@ use crate::model::{Endpoint, Network};
 use crate::reconcile::{Desired, DesiredEndpoint, ReconcileMode, ReconcileReport};
 use crate::store_layout as keys;
 
-/// What a driver is told about a recorded network.
-fn network_info(n: &Network) -> NetworkInfo {
+/// What a driver is told about a recorded network: as at its creation, the options with what
+/// [`Driver::allocate_network`](crate::Driver::allocate_network) took (a VXLAN id).
+pub(super) fn network_info(n: &Network) -> NetworkInfo {
+    let mut options = n.spec.options.clone();
+    options.extend(n.driver_data.clone());
     NetworkInfo {
         id: n.id.clone(),
         name: n.name.clone(),
-        options: n.spec.options.clone(),
+        options,
         ipv4: n.ipv4.clone(),
         ipv6: n.ipv6.clone(),
         internal: n.spec.internal,

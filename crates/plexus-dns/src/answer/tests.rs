@@ -348,3 +348,68 @@ fn big_answers_are_truncated_over_udp_and_whole_over_tcp() {
     assert!(!m.truncated());
     assert_eq!(m.answers().len(), 100);
 }
+
+/// The fast path gives the general path's bytes for everything it takes, and declines the
+/// rest.
+#[test]
+fn fast_path_matches_the_general_path() {
+    let r = records();
+    let z = r.zone();
+    let view = z.sandboxes["db"].clone();
+    let with_edns = |name: &str, t: RecordType, payload: u16, version: u8| {
+        let mut m = Message::new();
+        m.set_id(7)
+            .set_recursion_desired(true)
+            .set_checking_disabled(true);
+        m.add_query(Query::query(Name::from_ascii(name).unwrap(), t));
+        let mut e = Edns::new();
+        e.set_max_payload(payload);
+        e.set_version(version);
+        m.set_edns(e);
+        m.to_vec().unwrap()
+    };
+    let taken = [
+        q("web.", RecordType::A),
+        q("WeB.FrOnT.", RecordType::A),
+        q("web.", RecordType::AAAA),
+        q("primary.", RecordType::AAAA),
+        with_edns("www.", RecordType::A, 4096, 0),
+        with_edns("www.", RecordType::A, 100, 0),
+    ];
+    for bytes in &taken {
+        for t in [Transport::Udp, Transport::Tcp] {
+            let fast = fast::answer(bytes, t, z, &view, &mut |n| n - 1)
+                .unwrap_or_else(|| panic!("fast path declined {bytes:?}"));
+            let Outcome::Reply(general) = general(bytes, t, z, &view, &mut |n| n - 1) else {
+                panic!("general path did not reply");
+            };
+            assert_eq!(fast, general, "{:?}", Message::from_vec(bytes).unwrap());
+        }
+    }
+    // An odd byte in a label: `w!b`.
+    let mut odd = q("web.", RecordType::A);
+    odd[14] = b'!';
+    let declined = [
+        odd,
+        q("nothere.", RecordType::A),
+        q("web.", RecordType::MX),
+        q("3.0.0.10.in-addr.arpa.", RecordType::PTR),
+        with_edns("www.", RecordType::A, 4096, 1),
+    ];
+    for bytes in &declined {
+        assert!(fast::answer(bytes, Transport::Udp, z, &view, &mut |n| n - 1).is_none());
+    }
+    // Truncated or trailing bytes: declined, and the general path answers FORMERR.
+    let whole = q("web.", RecordType::A);
+    assert!(fast::answer(
+        &whole[..whole.len() - 1],
+        Transport::Udp,
+        z,
+        &view,
+        &mut |_| 0
+    )
+    .is_none());
+    let mut trailing = whole.clone();
+    trailing.push(0);
+    assert!(fast::answer(&trailing, Transport::Udp, z, &view, &mut |_| 0).is_none());
+}

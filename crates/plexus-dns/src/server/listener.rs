@@ -1,16 +1,22 @@
 //! Listeners: a UDP socket and a TCP listener opened inside each sandbox's namespace on
-//! `127.0.0.11` with ports of their own, and optionally the host's listener. Each runs as
-//! tasks of the resolver process; local answers are made inline on the receiving task, so
-//! forwarding (however slow the upstreams) never delays them.
+//! `127.0.0.11` with ports of their own, and optionally the host's listener. Local answers
+//! are made inline where the query is received, so forwarding (however slow the upstreams)
+//! never delays them.
+//!
+//! Each UDP socket is served by a thread of its own blocked in `recvfrom`, not by a task
+//! behind epoll: a query then costs two system calls (receive, send) and one wake-up, which
+//! is what the kernel's own floor costs, where the event loop added an `epoll_wait` and its
+//! bookkeeping to each (the figures are in `bench/dns/README.md`). A sleeping thread costs
+//! nothing but its stack's few touched pages. TCP, rare and long-lived, stays on tasks.
 
 use std::net::SocketAddr;
 use std::path::Path;
-use std::sync::atomic::Ordering::Relaxed;
+use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream, UdpSocket};
+use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{oneshot, Semaphore};
 use tokio::task::JoinHandle;
 
@@ -26,6 +32,11 @@ const TCP_CONNECTIONS: usize = 64;
 const TCP_IDLE: Duration = Duration::from_secs(10);
 /// How long a TCP client waits for a forwarded answer at most.
 const TCP_FORWARD_WAIT: Duration = Duration::from_secs(6);
+/// A UDP thread checks whether it should stop at least this often (it is woken at once
+/// when its listener goes; this is the backstop).
+const UDP_STOP_CHECK: Duration = Duration::from_secs(2);
+/// The stack of a UDP thread.
+const UDP_THREAD_STACK: usize = 256 << 10;
 
 /// Whose queries a listener answers.
 #[derive(Debug, Clone)]
@@ -36,18 +47,26 @@ pub(super) enum Responder {
     Host { domain: Arc<str> },
 }
 
-/// A running listener; dropping it stops its tasks and closes its sockets.
+/// A running listener; dropping it stops its thread and tasks and closes its sockets.
 #[derive(Debug)]
 pub(super) struct Listener {
     /// The UDP port.
     pub udp_port: u16,
     /// The TCP port.
     pub tcp_port: u16,
+    udp: Arc<std::net::UdpSocket>,
+    stop: Arc<AtomicBool>,
     tasks: Vec<JoinHandle<()>>,
 }
 
 impl Drop for Listener {
     fn drop(&mut self) {
+        self.stop.store(true, Relaxed);
+        // Wakes the thread blocked in recvfrom (it returns 0 once reading is shut down).
+        let _ = nix::sys::socket::shutdown(
+            std::os::fd::AsRawFd::as_raw_fd(&*self.udp),
+            nix::sys::socket::Shutdown::Read,
+        );
         for t in &self.tasks {
             t.abort();
         }
@@ -62,7 +81,7 @@ async fn open(
     let bind = move || -> std::io::Result<(std::net::UdpSocket, std::net::TcpListener)> {
         let udp = std::net::UdpSocket::bind(addr)?;
         let tcp = std::net::TcpListener::bind(addr)?;
-        udp.set_nonblocking(true)?;
+        udp.set_read_timeout(Some(UDP_STOP_CHECK))?;
         tcp.set_nonblocking(true)?;
         Ok((udp, tcp))
     };
@@ -84,7 +103,6 @@ pub(super) async fn start(
     who: Responder,
 ) -> Result<Listener, DnsError> {
     let (udp, tcp) = open(netns, addr).await?;
-    let udp = UdpSocket::from_std(udp).map_err(|e| DnsError::io("registering a UDP socket", e))?;
     let tcp =
         TcpListener::from_std(tcp).map_err(|e| DnsError::io("registering a TCP socket", e))?;
     let udp_port = udp
@@ -96,13 +114,21 @@ pub(super) async fn start(
         .map_err(|e| DnsError::io("TCP port", e))?
         .port();
     let udp = Arc::new(udp);
-    let tasks = vec![
-        tokio::spawn(serve_udp(shared.clone(), udp, who.clone())),
-        tokio::spawn(serve_tcp(shared, tcp, who)),
-    ];
+    let stop = Arc::new(AtomicBool::new(false));
+    {
+        let (shared, udp, who, stop) = (shared.clone(), udp.clone(), who.clone(), stop.clone());
+        std::thread::Builder::new()
+            .name("dns-udp".into())
+            .stack_size(UDP_THREAD_STACK)
+            .spawn(move || serve_udp(shared, udp, who, stop))
+            .map_err(|e| DnsError::io("starting a UDP listener thread", e))?;
+    }
+    let tasks = vec![tokio::spawn(serve_tcp(shared, tcp, who))];
     Ok(Listener {
         udp_port,
         tcp_port,
+        udp,
+        stop,
         tasks,
     })
 }
@@ -211,25 +237,43 @@ fn upstream_set_id(ups: &[SocketAddr]) -> u64 {
     h.finish()
 }
 
-async fn serve_udp(shared: Arc<Shared>, sock: Arc<UdpSocket>, who: Responder) {
+fn serve_udp(
+    shared: Arc<Shared>,
+    sock: Arc<std::net::UdpSocket>,
+    who: Responder,
+    stop: Arc<AtomicBool>,
+) {
     let mut buf = vec![0u8; 4096];
     let mut rng = Shuffle::new();
-    loop {
-        let (n, peer) = match sock.recv_from(&mut buf).await {
+    while !stop.load(Relaxed) {
+        let (n, peer) = match sock.recv_from(&mut buf) {
             Ok(x) => x,
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::WouldBlock
+                        | std::io::ErrorKind::TimedOut
+                        | std::io::ErrorKind::Interrupted
+                ) =>
+            {
+                continue
+            }
             Err(e) => {
                 tracing::debug!(error = %e, "dns udp receive");
+                std::thread::sleep(Duration::from_millis(10));
                 continue;
             }
         };
+        if n == 0 {
+            // Shut down (or an empty datagram): nothing to answer.
+            continue;
+        }
         shared.stats.queries_udp.fetch_add(1, Relaxed);
         let query = &buf[..n];
         match respond(&shared, &who, query, Transport::Udp, &mut rng) {
             Outcome::Reply(bytes) => {
                 count_reply(&shared, &bytes);
-                if sock.try_send_to(&bytes, peer).is_err() {
-                    let _ = sock.send_to(&bytes, peer).await;
-                }
+                let _ = sock.send_to(&bytes, peer);
             }
             Outcome::Forward(f) => {
                 let client = Client::Udp {

@@ -207,13 +207,22 @@ pub async fn run(config: ResolverConfig) -> Result<(), DnsError> {
     }
 }
 
-/// Completes once the resolver has had nothing to do for [`IDLE_EXIT`]: no sandbox, no
-/// daemon connected, no host listener.
+/// Completes once the resolver has had nothing to do for [`IDLE_EXIT`]: no sandbox whose
+/// namespace still exists, no daemon connected, no host listener.
 async fn idle_watch(state: Arc<Mutex<State>>, connections: Arc<AtomicU64>, host: bool) {
     let mut idle_since: Option<std::time::Instant> = None;
     loop {
         tokio::time::sleep(Duration::from_millis(500)).await;
-        let busy = host || connections.load(Relaxed) > 0 || !state.lock().await.served.is_empty();
+        // A sandbox whose namespace is gone (deleted without plexusd, say by a test's
+        // clean-up) needs no serving.
+        let busy = host
+            || connections.load(Relaxed) > 0
+            || state
+                .lock()
+                .await
+                .served
+                .values()
+                .any(|s| s.netns.exists());
         match (busy, idle_since) {
             (true, _) => idle_since = None,
             (false, None) => idle_since = Some(std::time::Instant::now()),

@@ -162,6 +162,7 @@ impl BridgeDriver {
             host,
             marker,
             owns_namespace,
+            ..
         } = config;
         if marker.is_empty() || marker.contains(':') || marker.len() > 64 {
             return Err(DriverError::Invalid(format!(

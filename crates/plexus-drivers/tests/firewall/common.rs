@@ -1,26 +1,16 @@
-//! Helpers shared by the kernel tests: root detection, pinned namespaces removed on drop.
+//! Helpers shared by the kernel tests: the root requirement, pinned namespaces removed on drop.
 
 #![allow(dead_code)]
 
 use plexus_sys::netns::Netns;
 use plexus_sys::rtnl::Rtnl;
 
-pub fn root() -> bool {
-    std::fs::read_to_string("/proc/self/status")
-        .map(|s| {
-            s.lines()
-                .any(|l| l.starts_with("Uid:") && l.split_whitespace().nth(1) == Some("0"))
-        })
-        .unwrap_or(false)
-}
-
+/// Fails the test unless it runs as root (a kernel test that returned early would pass
+/// without having run).
 #[macro_export]
 macro_rules! need_root {
     () => {
-        if !$crate::common::root() {
-            eprintln!("skipped: needs root (CAP_SYS_ADMIN, CAP_NET_ADMIN) to make namespaces");
-            return;
-        }
+        plexus_testkit::require_root()
     };
 }
 

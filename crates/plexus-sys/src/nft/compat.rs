@@ -13,7 +13,7 @@
 
 use std::collections::hash_map::Entry;
 use std::collections::{HashMap, HashSet};
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 
 use super::raw::Nft;
 use super::wire::batch::{elements_body, Batch, Op, Target};
@@ -28,6 +28,19 @@ const FALLBACK: u8 = 2;
 const ATTEMPTS: usize = 3;
 
 static PROBE: AtomicU32 = AtomicU32::new(0);
+/// Set by [`Nft::force_delete_fallback_everywhere`]: every handle opened afterwards starts in
+/// [`FALLBACK`].
+static FORCE_EVERYWHERE: AtomicBool = AtomicBool::new(false);
+
+/// How a new handle starts deleting: unknown (probed on first use), or the fallback when it
+/// is forced process-wide.
+pub(crate) fn initial_delete_mode() -> u8 {
+    if FORCE_EVERYWHERE.load(Ordering::Relaxed) {
+        FALLBACK
+    } else {
+        UNKNOWN
+    }
+}
 
 type TableKey = (Family, String);
 
@@ -57,6 +70,13 @@ impl Nft {
     /// exists: for testing that path.
     pub fn force_delete_fallback(&self) {
         self.delete_mode.store(FALLBACK, Ordering::Relaxed);
+    }
+
+    /// [`force_delete_fallback`](Self::force_delete_fallback) for every handle this process
+    /// opens from now on (handles already open keep their mode). For testing a whole program
+    /// (`plexusd` with `PLEXUS_FORCE_NFT_FALLBACK=1`) on the path of kernels before 6.3.
+    pub fn force_delete_fallback_everywhere() {
+        FORCE_EVERYWHERE.store(true, Ordering::Relaxed);
     }
 
     fn probe_destroy(&self) -> Result<bool> {

@@ -93,7 +93,7 @@ impl Nft {
         Ok(Self {
             sock: Mutex::new(sock),
             ns: ns.clone(),
-            delete_mode: AtomicU8::new(0),
+            delete_mode: AtomicU8::new(super::compat::initial_delete_mode()),
         })
     }
 

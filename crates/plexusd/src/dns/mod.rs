@@ -31,21 +31,22 @@ const START_TIMEOUT: Duration = Duration::from_secs(10);
 /// Where the resolver's files are, under the run dir.
 #[derive(Debug, Clone)]
 pub struct DnsPaths {
-    /// `<run-dir>/dns/control.sock`.
+    /// The resolver's control socket.
     pub control: PathBuf,
-    /// `<run-dir>/dns/resolver.log`.
+    /// The resolver's log.
     pub log: PathBuf,
-    /// `<run-dir>/sandboxes`: each sandbox's `resolv.conf` and `hosts`, by id.
+    /// Each sandbox's `resolv.conf` and `hosts`, by id.
     pub sandbox_files: PathBuf,
 }
 
 impl DnsPaths {
-    /// The paths under `run_dir`.
-    pub fn new(run_dir: &Path) -> Self {
+    /// The paths of `layout` (the one place their names are spelled, shared with `plexus
+    /// system reset`).
+    pub fn new(layout: &plexus_drivers::reset::Layout) -> Self {
         DnsPaths {
-            control: run_dir.join("dns").join("control.sock"),
-            log: run_dir.join("dns").join("resolver.log"),
-            sandbox_files: run_dir.join("sandboxes"),
+            control: layout.dns_control(),
+            log: layout.resolver_log(),
+            sandbox_files: layout.sandbox_files(),
         }
     }
 }
@@ -190,7 +191,8 @@ impl Dns {
 
     fn spawn_resolver(&self) -> Result<()> {
         use std::os::unix::process::CommandExt;
-        let exe = std::env::current_exe().context("finding plexusd's own executable")?;
+        // This process's own image, even if its file was replaced by an upgrade since.
+        let exe = PathBuf::from("/proc/self/exe");
         if let Some(dir) = self.paths.log.parent() {
             std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
         }
@@ -201,7 +203,8 @@ impl Dns {
             .with_context(|| format!("opening {}", self.paths.log.display()))?;
         let log2 = log.try_clone().context("duplicating the resolver's log")?;
         let mut cmd = std::process::Command::new(exe);
-        cmd.arg("--internal-resolver")
+        cmd.arg0("plexusd")
+            .arg("--internal-resolver")
             .arg("--dns-control")
             .arg(&self.paths.control)
             .args(&self.resolver_args)
@@ -394,8 +397,7 @@ pub fn run_resolver(
     host_domain: String,
     host_resolv_conf: Option<PathBuf>,
 ) -> std::process::ExitCode {
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
+    let runtime = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
     {

@@ -31,6 +31,8 @@ pub struct Daemon {
     pub host_ns: Netns,
     pub child: Option<Child>,
     pub args: Vec<String>,
+    /// Environment variables plexusd is started with (besides `RUST_LOG`).
+    pub env: Vec<(String, String)>,
 }
 
 pub fn plexusd_bin() -> PathBuf {
@@ -49,7 +51,12 @@ pub fn plexus_bin() -> PathBuf {
 
 impl Daemon {
     pub fn new(extra: &[&str]) -> Self {
-        let mut d = Self::unstarted(extra);
+        Self::with_env(extra, &[])
+    }
+
+    /// [`Daemon::new`] with environment variables for plexusd.
+    pub fn with_env(extra: &[&str], env: &[(&str, &str)]) -> Self {
+        let mut d = Self::unstarted_with_env(extra, env);
         d.start();
         d
     }
@@ -57,6 +64,11 @@ impl Daemon {
     /// The directories, namespace and arguments of a daemon, not started yet: to prepare
     /// its namespace first, or to run it with [`Daemon::command`] and watch it fail.
     pub fn unstarted(extra: &[&str]) -> Self {
+        Self::unstarted_with_env(extra, &[])
+    }
+
+    fn unstarted_with_env(extra: &[&str], env: &[(&str, &str)]) -> Self {
+        plexus_testkit::require_root();
         let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("tempdir: {e}"));
         let host_ns = Netns::create(dir.path(), "host-ns")
             .unwrap_or_else(|e| panic!("making the test's host namespace: {e}"));
@@ -74,6 +86,10 @@ impl Daemon {
             host_ns,
             child: None,
             args,
+            env: env
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
         }
     }
 
@@ -88,7 +104,10 @@ impl Daemon {
     /// plexusd with `args`, to run inside the test's host namespace.
     pub fn command(&self, args: &[String]) -> Command {
         let mut cmd = Command::new(plexusd_bin());
-        cmd.args(args).env("RUST_LOG", "info").stdin(Stdio::null());
+        cmd.args(args)
+            .env("RUST_LOG", "info")
+            .envs(self.env.iter().map(|(k, v)| (k, v)))
+            .stdin(Stdio::null());
         let fd = self.host_ns.fd().as_raw_fd();
         // SAFETY: only async-signal-safe calls (setns) between fork and exec.
         unsafe {
@@ -175,6 +194,26 @@ impl Daemon {
             .unwrap_or_else(|e| panic!("running plexus {args:?}: {e}"))
     }
 
+    /// Runs the CLI inside the test's host namespace (the daemon's), as `plexus system
+    /// reset` must be.
+    pub fn plexus_in_ns(&self, args: &[&str]) -> Output {
+        let mut cmd = Command::new(plexus_bin());
+        cmd.env("PLEXUS_HOST", self.host())
+            .args(args)
+            .stdin(Stdio::null());
+        let fd = self.host_ns.fd().as_raw_fd();
+        // SAFETY: only async-signal-safe calls (setns) between fork and exec.
+        unsafe {
+            cmd.pre_exec(move || {
+                let fd = std::os::fd::BorrowedFd::borrow_raw(fd);
+                nix::sched::setns(fd, nix::sched::CloneFlags::CLONE_NEWNET)
+                    .map_err(std::io::Error::from)
+            });
+        }
+        cmd.output()
+            .unwrap_or_else(|e| panic!("running plexus {args:?}: {e}"))
+    }
+
     /// Runs the CLI and expects success; returns stdout.
     pub fn ok(&self, args: &[&str]) -> String {
         let out = self.plexus(args);
@@ -210,12 +249,7 @@ impl Daemon {
 
     /// Kills the resolver plexusd started (it outlives plexusd by design).
     pub fn kill_resolver(&self) {
-        if let Some(pid) = self.resolver_pid() {
-            let _ = nix::sys::signal::kill(
-                nix::unistd::Pid::from_raw(pid),
-                nix::sys::signal::Signal::SIGKILL,
-            );
-        }
+        plexus_testkit::process::kill_resolver(&self.dir.path().join("run"));
     }
 }
 
@@ -240,8 +274,9 @@ pub fn json(s: &str) -> serde_json::Value {
     serde_json::from_str(s).unwrap_or_else(|e| panic!("not JSON ({e}): {s}"))
 }
 
-/// Docker's CLI, if one is installed.
-pub fn docker_cli() -> Option<PathBuf> {
+/// Docker's CLI; fails the test if none is installed (`./scripts/test` installs Debian's
+/// `docker.io`): a test that drives it must not pass without it.
+pub fn docker_cli() -> PathBuf {
     ["/usr/bin/docker", "/usr/local/bin/docker"]
         .into_iter()
         .map(PathBuf::from)
@@ -252,5 +287,11 @@ pub fn docker_cli() -> Option<PathBuf> {
                     .map(|p| p.join("docker"))
                     .find(|p| p.exists())
             })
+        })
+        .unwrap_or_else(|| {
+            panic!(
+                "{}: needs the docker CLI: apt-get install docker.io (./scripts/test does)",
+                plexus_testkit::skip::test_name()
+            )
         })
 }

@@ -1,69 +1,21 @@
-//! Links, addresses and routes of one namespace, through rtnetlink.
+//! Links: listing, making (bridges, veth pairs, vxlan and macvlan devices), changing and
+//! deleting them.
 
-use std::net::IpAddr;
 use std::os::fd::AsRawFd;
 
-use futures::{StreamExt, TryStreamExt};
-use rtnetlink::packet_route::address::{
-    AddressAttribute, AddressFlags, AddressHeaderFlags, AddressMessage,
-};
+use futures::TryStreamExt;
 use rtnetlink::packet_route::link::{
     AfSpecInet6, AfSpecUnspec, In6AddrGenMode, InfoBridge, InfoBridgePort, InfoData, InfoPortKind,
     InfoVeth, LinkAttribute, LinkFlags, LinkInfo, LinkMessage, MacVlanMode,
 };
-use rtnetlink::packet_route::neighbour::{
-    NeighbourAddress, NeighbourAttribute, NeighbourFlags, NeighbourMessage, NeighbourState,
-};
-use rtnetlink::packet_route::route::RouteMessage;
-use rtnetlink::packet_route::AddressFamily;
 use rtnetlink::{
-    Handle, LinkBridge, LinkBridgePort, LinkMacVlan, LinkMessageBuilder, LinkUnspec, LinkVeth,
-    LinkVxlan, RouteMessageBuilder,
+    LinkBridge, LinkBridgePort, LinkMacVlan, LinkMessageBuilder, LinkUnspec, LinkVeth,
 };
 
+use super::{check_ifname, LinkRef, Rtnl};
 use crate::error::{Result, SysError};
 use crate::netns::Netns;
-use crate::socket::{with_target, NsSocket};
 use crate::sysctl;
-
-/// Longest interface name the kernel accepts (IFNAMSIZ - 1).
-pub const MAX_IFNAME: usize = 15;
-
-/// Index of `lo` in every network namespace (the kernel registers it first, as index 1).
-pub const LOOPBACK_IFINDEX: u32 = 1;
-
-/// The largest GSO/GRO packet every kernel and device takes (64 KiB): the kernel's default.
-pub const GSO_LEGACY_MAX_SIZE: u32 = 65_536;
-
-/// The largest GSO/GRO packet ("BIG TCP") a veth takes on kernels that have BIG TCP
-/// (IPv6 since 5.19, IPv4 since 6.3): the kernel's `GSO_MAX_SIZE`.
-pub const GSO_MAX_SIZE: u32 = 524_280;
-
-/// Checks an interface name the way the kernel will, so the error names the field.
-pub fn check_ifname(field: &'static str, name: &str) -> Result<()> {
-    let reason = if name.is_empty() {
-        Some("must not be empty")
-    } else if name.len() > MAX_IFNAME {
-        Some("is longer than 15 bytes")
-    } else if name == "." || name == ".." {
-        Some("is reserved")
-    } else if name
-        .bytes()
-        .any(|b| b == b'/' || b == b':' || b.is_ascii_whitespace() || b == 0)
-    {
-        Some("must not contain '/', ':' or spaces")
-    } else {
-        None
-    };
-    match reason {
-        Some(reason) => Err(SysError::Invalid {
-            field,
-            value: name.into(),
-            reason,
-        }),
-        None => Ok(()),
-    }
-}
 
 /// A link as the kernel reports it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -151,42 +103,6 @@ fn ipv4_gso_attributes(size: u32) -> [LinkAttribute; 2] {
     ]
 }
 
-/// The address an address message carries.
-fn address_of(m: &AddressMessage) -> Option<IpAddr> {
-    m.attributes.iter().find_map(|a| match a {
-        AddressAttribute::Address(ip) => Some(*ip),
-        _ => None,
-    })
-}
-
-/// A neighbour entry as the kernel reports it: an IP neighbour (ARP or NDP cache, see
-/// [`Rtnl::neighbours`]) or a forwarding-database entry of a bridge port or a vxlan device (see
-/// [`Rtnl::fdb`]).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Neighbour {
-    /// The link it belongs to.
-    pub index: u32,
-    /// The IP address: the neighbour's own (IP neighbours), or the remote tunnel endpoint
-    /// frames to `mac` are sent to (vxlan FDB entries); `None` for a bridge port's entry.
-    pub ip: Option<IpAddr>,
-    /// The hardware address.
-    pub mac: Option<[u8; 6]>,
-    /// Whether the entry is static: added by hand (`NUD_PERMANENT` or `NUD_NOARP`), never
-    /// learned, never expired.
-    pub fixed: bool,
-}
-
-/// A route to add or delete.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Route {
-    /// Destination prefix; `None` for the default route.
-    pub destination: Option<(IpAddr, u8)>,
-    /// Next hop; `None` for an on-link route.
-    pub gateway: Option<IpAddr>,
-    /// Output interface.
-    pub oif: Option<u32>,
-}
-
 /// A veth pair made with one request: the near end in the connection's namespace (on a
 /// bridge), the far end straight in another namespace with its final name, hardware address
 /// and MTU (down: the caller brings it up once configured). Making the far end inside its
@@ -208,9 +124,10 @@ pub struct VethPair<'a> {
     pub peer_ns: &'a Netns,
     /// Hardware address of the far end.
     pub peer_mac: Option<[u8; 6]>,
-    /// Largest IPv4 GSO and GRO packet of both ends; above [`GSO_LEGACY_MAX_SIZE`] that is
-    /// IPv4 BIG TCP (fewer, larger packets through the bridge and its netfilter hooks).
-    /// `None` leaves the kernel's 64 KiB. IPv6 keeps 64 KiB either way.
+    /// Largest IPv4 GSO and GRO packet of both ends; above
+    /// [`GSO_LEGACY_MAX_SIZE`](super::GSO_LEGACY_MAX_SIZE) that is IPv4 BIG TCP (fewer,
+    /// larger packets through the bridge and its netfilter hooks). `None` leaves the kernel's
+    /// 64 KiB. IPv6 keeps 64 KiB either way.
     pub gso_ipv4_max_size: Option<u32>,
 }
 
@@ -246,59 +163,7 @@ fn no_link_local() -> LinkAttribute {
     )])])
 }
 
-/// How a request names the link it changes: by index, or by name (no lookup first).
-#[derive(Debug, Clone, Copy)]
-enum LinkRef<'a> {
-    Index(u32),
-    Name(&'a str),
-}
-
-/// Aborts the connection task when the last clone of an [`Rtnl`] goes.
-struct ConnectionTask(tokio::task::JoinHandle<()>);
-
-impl Drop for ConnectionTask {
-    fn drop(&mut self) {
-        self.0.abort();
-    }
-}
-
-/// A netlink connection to one namespace. Clones share the connection; requests from
-/// several tasks may be in flight at once.
-#[derive(Clone)]
-pub struct Rtnl {
-    handle: Handle,
-    ns: Netns,
-    /// `/proc/sys/net/ipv6/conf` of `ns`, opened at the first veth pair that finds it.
-    ipv6_conf: std::sync::Arc<tokio::sync::OnceCell<sysctl::SysctlDir>>,
-    _connection: std::sync::Arc<ConnectionTask>,
-}
-
 impl Rtnl {
-    /// Connects to `ns`. Must be called from within a tokio runtime.
-    pub async fn connect(ns: &Netns) -> Result<Self> {
-        let fd = ns.fd().as_raw_fd();
-        let (connection, handle, _) =
-            with_target(fd, rtnetlink::new_connection_with_socket::<NsSocket>).map_err(|e| {
-                SysError::Netns {
-                    path: ns.path().to_path_buf(),
-                    op: "open netlink socket",
-                    source: e,
-                }
-            })?;
-        let connection = tokio::spawn(connection);
-        Ok(Self {
-            handle,
-            ns: ns.clone(),
-            ipv6_conf: Default::default(),
-            _connection: std::sync::Arc::new(ConnectionTask(connection)),
-        })
-    }
-
-    /// The namespace this connection talks to.
-    pub fn netns(&self) -> &Netns {
-        &self.ns
-    }
-
     /// Every link.
     pub async fn links(&self) -> Result<Vec<Link>> {
         let msgs: Vec<LinkMessage> = self
@@ -339,7 +204,7 @@ impl Rtnl {
         })
     }
 
-    async fn add(&self, what: String, message: LinkMessage) -> Result<()> {
+    pub(super) async fn add(&self, what: String, message: LinkMessage) -> Result<()> {
         self.handle
             .link()
             .add(message)
@@ -496,14 +361,6 @@ impl Rtnl {
             .await
     }
 
-    /// Creates a VXLAN device.
-    pub async fn add_vxlan(&self, name: &str, vni: u32, port: u16, alias: &str) -> Result<Link> {
-        check_ifname("vxlan name", name)?;
-        let builder = LinkVxlan::new(name, vni).port(port).learning(false);
-        self.add(format!("vxlan {name:?}"), builder.build()).await?;
-        self.marked(name, alias).await
-    }
-
     /// Creates a macvlan device on `parent` in bridge mode.
     pub async fn add_macvlan(&self, name: &str, parent: u32, alias: &str) -> Result<Link> {
         check_ifname("macvlan name", name)?;
@@ -515,7 +372,7 @@ impl Rtnl {
 
     /// Marks a freshly made link with `alias` (the kernel ignores an alias given at creation)
     /// and returns it. If marking fails the link is deleted, so nothing unmarked is left.
-    async fn marked(&self, name: &str, alias: &str) -> Result<Link> {
+    pub(super) async fn marked(&self, name: &str, alias: &str) -> Result<Link> {
         if let Err(e) = self
             .set_ref(LinkRef::Name(name), |m| m.alias(alias), "set alias")
             .await
@@ -681,399 +538,4 @@ impl Rtnl {
             SysError::netlink(format!("delete link {index}"), &format!("link {index}"), e)
         })
     }
-
-    /// Adds an address to a link.
-    pub async fn add_address(&self, index: u32, address: IpAddr, prefix: u8) -> Result<()> {
-        let max = if address.is_ipv4() { 32 } else { 128 };
-        if prefix > max {
-            return Err(SysError::Invalid {
-                field: "prefix length",
-                value: prefix.to_string(),
-                reason: "longer than the address",
-            });
-        }
-        self.handle
-            .address()
-            .add(index, address, prefix)
-            .execute()
-            .await
-            .map_err(|e| {
-                SysError::netlink(
-                    format!("add address {address}/{prefix} to link {index}"),
-                    &format!("address {address}/{prefix}"),
-                    e,
-                )
-            })
-    }
-
-    /// The address messages of link `index`.
-    async fn address_messages(&self, index: u32) -> Result<Vec<AddressMessage>> {
-        self.handle
-            .address()
-            .get()
-            .set_link_index_filter(index)
-            .execute()
-            .try_collect()
-            .await
-            .map_err(|e| SysError::netlink("list addresses", &format!("link {index}"), e))
-    }
-
-    /// The addresses of a link.
-    pub async fn addresses(&self, index: u32) -> Result<Vec<(IpAddr, u8)>> {
-        let msgs = self.address_messages(index).await?;
-        Ok(msgs
-            .iter()
-            .filter_map(|m| address_of(m).map(|ip| (ip, m.header.prefix_len)))
-            .collect())
-    }
-
-    /// The addresses of link `index` still tentative (IPv6 duplicate address detection not
-    /// done: not usable yet).
-    pub async fn tentative(&self, index: u32) -> Result<Vec<IpAddr>> {
-        let msgs = self.address_messages(index).await?;
-        Ok(msgs
-            .iter()
-            .filter(|m| {
-                // The 32-bit IFA_FLAGS attribute when present, else the header's 8 bits.
-                m.attributes
-                    .iter()
-                    .find_map(|a| match a {
-                        AddressAttribute::Flags(f) => Some(f.contains(AddressFlags::Tentative)),
-                        _ => None,
-                    })
-                    .unwrap_or(m.header.flags.contains(AddressHeaderFlags::Tentative))
-            })
-            .filter_map(address_of)
-            .collect())
-    }
-
-    fn route_message(route: &Route) -> Result<RouteMessage> {
-        let family_v4 = route
-            .destination
-            .map(|(a, _)| a.is_ipv4())
-            .or(route.gateway.map(|g| g.is_ipv4()))
-            .unwrap_or(true);
-        let invalid = |reason| SysError::Invalid {
-            field: "route",
-            value: format!("{route:?}"),
-            reason,
-        };
-        let message = if family_v4 {
-            let mut b = RouteMessageBuilder::<std::net::Ipv4Addr>::new();
-            if let Some((IpAddr::V4(d), p)) = route.destination {
-                b = b.destination_prefix(d, p);
-            } else if route.destination.is_some() {
-                return Err(invalid("mixes IPv4 and IPv6"));
-            }
-            match route.gateway {
-                Some(IpAddr::V4(g)) => b = b.gateway(g),
-                Some(IpAddr::V6(_)) => return Err(invalid("mixes IPv4 and IPv6")),
-                None => {}
-            }
-            if let Some(oif) = route.oif {
-                b = b.output_interface(oif);
-            }
-            b.build()
-        } else {
-            let mut b = RouteMessageBuilder::<std::net::Ipv6Addr>::new();
-            if let Some((IpAddr::V6(d), p)) = route.destination {
-                b = b.destination_prefix(d, p);
-            } else if route.destination.is_some() {
-                return Err(invalid("mixes IPv4 and IPv6"));
-            }
-            match route.gateway {
-                Some(IpAddr::V6(g)) => b = b.gateway(g),
-                Some(IpAddr::V4(_)) => return Err(invalid("mixes IPv4 and IPv6")),
-                None => {}
-            }
-            if let Some(oif) = route.oif {
-                b = b.output_interface(oif);
-            }
-            b.build()
-        };
-        Ok(message)
-    }
-
-    /// The destinations of the IPv4 routes in the main table, default route aside: what a
-    /// new subnet must not overlap to stay reachable (dockerd checks the same for `docker0`).
-    pub async fn route_destinations_v4(&self) -> Result<Vec<(std::net::Ipv4Addr, u8)>> {
-        use rtnetlink::packet_route::route::{RouteAddress, RouteAttribute};
-        /// `RT_TABLE_MAIN`.
-        const MAIN_TABLE: u32 = 254;
-        let messages: Vec<RouteMessage> = self
-            .handle
-            .route()
-            .get(RouteMessageBuilder::<std::net::Ipv4Addr>::new().build())
-            .execute()
-            .try_collect()
-            .await
-            .map_err(|e| SysError::netlink("list routes", "IPv4", e))?;
-        Ok(messages
-            .iter()
-            .filter(|m| {
-                let table = m.attributes.iter().find_map(|a| match a {
-                    RouteAttribute::Table(t) => Some(*t),
-                    _ => None,
-                });
-                table.unwrap_or(u32::from(m.header.table)) == MAIN_TABLE
-                    && m.header.destination_prefix_length > 0
-            })
-            .filter_map(|m| {
-                m.attributes.iter().find_map(|a| match a {
-                    RouteAttribute::Destination(RouteAddress::Inet(ip)) => {
-                        Some((*ip, m.header.destination_prefix_length))
-                    }
-                    _ => None,
-                })
-            })
-            .collect())
-    }
-
-    /// Sets a permanent IP neighbour on link `index`: `ip` is at `mac`, with no ARP or NDP
-    /// asked or needed (replacing an entry the kernel learned or one set before).
-    pub async fn set_neighbour(&self, index: u32, ip: IpAddr, mac: [u8; 6]) -> Result<()> {
-        self.handle
-            .neighbours()
-            .add(index, ip)
-            .link_layer_address(&mac)
-            .state(NeighbourState::Permanent)
-            .replace()
-            .execute()
-            .await
-            .map_err(|e| {
-                SysError::netlink(format!("set neighbour {ip}"), &format!("link {index}"), e)
-            })
-    }
-
-    /// Deletes the IP neighbour `ip` of link `index`.
-    pub async fn delete_neighbour(&self, index: u32, ip: IpAddr) -> Result<()> {
-        let family = match ip {
-            IpAddr::V4(_) => AddressFamily::Inet,
-            IpAddr::V6(_) => AddressFamily::Inet6,
-        };
-        let message = neighbour_message(family, index, NeighbourFlags::empty(), None, Some(ip));
-        let what = format!("neighbour {ip} of link {index}");
-        self.delete_neighbour_message(message, "delete neighbour", &what)
-            .await
-    }
-
-    async fn delete_neighbour_message(
-        &self,
-        message: NeighbourMessage,
-        op: &str,
-        what: &str,
-    ) -> Result<()> {
-        self.handle
-            .neighbours()
-            .del(message)
-            .execute()
-            .await
-            .map_err(|e| SysError::netlink(op, what, e))
-    }
-
-    /// The IP neighbours (both families) of link `index`.
-    pub async fn neighbours(&self, index: u32) -> Result<Vec<Neighbour>> {
-        let all = self.neighbour_dump(None, index).await?;
-        Ok(all
-            .iter()
-            .filter(|m| matches!(m.header.family, AddressFamily::Inet | AddressFamily::Inet6))
-            .map(neighbour_of)
-            .collect())
-    }
-
-    /// The neighbour messages of link `index`, of `family` (`None`: the IP families).
-    async fn neighbour_dump(
-        &self,
-        family: Option<AddressFamily>,
-        index: u32,
-    ) -> Result<Vec<NeighbourMessage>> {
-        let mut request = self.handle.neighbours().get();
-        if let Some(family) = family {
-            request = request.set_address_family(family);
-        }
-        // The kernel then dumps this link's IP neighbours only; the bridge family's dump
-        // ignores it without strict checking, hence the filter below too.
-        request
-            .message_mut()
-            .attributes
-            .push(NeighbourAttribute::IfIndex(index));
-        let all: Vec<NeighbourMessage> = request
-            .execute()
-            .try_collect()
-            .await
-            .map_err(|e| SysError::netlink("list neighbours", &format!("link {index}"), e))?;
-        Ok(all
-            .into_iter()
-            .filter(|m| m.header.ifindex == index)
-            .collect())
-    }
-
-    /// Adds a static forwarding-database entry on link `index`. For a bridge port
-    /// (`remote: None`, set again: replaced) the bridge sends frames for `mac` out of that
-    /// port without flooding first, and the entry never ages out; for a vxlan device,
-    /// `remote` is the tunnel endpoint frames for `mac` go to (the all-zero MAC: where
-    /// broadcast, unknown unicast and multicast go, one entry per remote, appended).
-    pub async fn add_fdb(&self, index: u32, mac: [u8; 6], remote: Option<IpAddr>) -> Result<()> {
-        use rtnetlink::packet_core::{
-            NetlinkMessage, NetlinkPayload, NLM_F_ACK, NLM_F_APPEND, NLM_F_CREATE, NLM_F_REPLACE,
-            NLM_F_REQUEST,
-        };
-        use rtnetlink::packet_route::RouteNetlinkMessage;
-
-        let mut message = neighbour_message(
-            AddressFamily::Bridge,
-            index,
-            fdb_owner(remote),
-            Some(mac),
-            remote,
-        );
-        let mode = if remote.is_some() {
-            // On a vxlan device several remotes may share a MAC (the all-zero one above all),
-            // so each is appended.
-            message.header.state = NeighbourState::Permanent;
-            NLM_F_APPEND
-        } else {
-            // Static on a bridge port (`NUD_NOARP`): never aged.
-            message.header.state = NeighbourState::Noarp;
-            NLM_F_REPLACE
-        };
-        let what = format!("fdb entry {} on link {index}", format_mac(&mac));
-        let mut request = NetlinkMessage::from(RouteNetlinkMessage::NewNeighbour(message));
-        request.header.flags = NLM_F_REQUEST | NLM_F_ACK | NLM_F_CREATE | mode;
-        let mut handle = self.handle.clone();
-        let mut answers = handle
-            .request(request)
-            .map_err(|e| SysError::netlink("add fdb entry", &what, e))?;
-        while let Some(answer) = answers.next().await {
-            if let NetlinkPayload::Error(e) = answer.payload {
-                return Err(SysError::netlink(
-                    "add fdb entry",
-                    &what,
-                    rtnetlink::Error::NetlinkError(e),
-                ));
-            }
-        }
-        Ok(())
-    }
-
-    /// Deletes a forwarding-database entry added with [`Rtnl::add_fdb`].
-    pub async fn delete_fdb(&self, index: u32, mac: [u8; 6], remote: Option<IpAddr>) -> Result<()> {
-        let message = neighbour_message(
-            AddressFamily::Bridge,
-            index,
-            fdb_owner(remote),
-            Some(mac),
-            remote,
-        );
-        let what = format!("fdb entry {} on link {index}", format_mac(&mac));
-        self.delete_neighbour_message(message, "delete fdb entry", &what)
-            .await
-    }
-
-    /// The forwarding-database entries of link `index` (a bridge port or a vxlan device):
-    /// what `bridge fdb show dev NAME` lists.
-    pub async fn fdb(&self, index: u32) -> Result<Vec<Neighbour>> {
-        let all = self
-            .neighbour_dump(Some(AddressFamily::Bridge), index)
-            .await?;
-        Ok(all.iter().map(neighbour_of).collect())
-    }
-
-    /// Adds a route.
-    pub async fn add_route(&self, route: &Route) -> Result<()> {
-        let message = Self::route_message(route)?;
-        self.handle
-            .route()
-            .add(message)
-            .execute()
-            .await
-            .map_err(|e| SysError::netlink(format!("add route {route:?}"), "route", e))
-    }
-
-    /// Deletes a route.
-    pub async fn delete_route(&self, route: &Route) -> Result<()> {
-        let message = Self::route_message(route)?;
-        self.handle
-            .route()
-            .del(message)
-            .execute()
-            .await
-            .map_err(|e| SysError::netlink(format!("delete route {route:?}"), "route", e))
-    }
-}
-
-/// A neighbour message: `family`, link, flags, and the MAC and IP attributes given.
-fn neighbour_message(
-    family: AddressFamily,
-    index: u32,
-    flags: NeighbourFlags,
-    mac: Option<[u8; 6]>,
-    ip: Option<IpAddr>,
-) -> NeighbourMessage {
-    let mut message = NeighbourMessage::default();
-    message.header.family = family;
-    message.header.ifindex = index;
-    message.header.flags = flags;
-    if let Some(mac) = mac {
-        message
-            .attributes
-            .push(NeighbourAttribute::LinkLayerAddress(mac.to_vec()));
-    }
-    if let Some(ip) = ip {
-        message
-            .attributes
-            .push(NeighbourAttribute::Destination(ip.into()));
-    }
-    message
-}
-
-/// Who keeps a forwarding entry: a vxlan device itself (`NTF_SELF`, with a remote), or the
-/// bridge of the port (`NTF_MASTER`).
-fn fdb_owner(remote: Option<IpAddr>) -> NeighbourFlags {
-    if remote.is_some() {
-        NeighbourFlags::Own
-    } else {
-        NeighbourFlags::Controller
-    }
-}
-
-fn neighbour_of(m: &NeighbourMessage) -> Neighbour {
-    let mut n = Neighbour {
-        index: m.header.ifindex,
-        ip: None,
-        mac: None,
-        fixed: matches!(
-            m.header.state,
-            NeighbourState::Permanent | NeighbourState::Noarp
-        ),
-    };
-    for a in &m.attributes {
-        match a {
-            NeighbourAttribute::Destination(NeighbourAddress::Inet(v4)) => {
-                n.ip = Some(IpAddr::V4(*v4))
-            }
-            NeighbourAttribute::Destination(NeighbourAddress::Inet6(v6)) => {
-                n.ip = Some(IpAddr::V6(*v6))
-            }
-            // A bridge-family entry (vxlan FDB): the address by its length.
-            NeighbourAttribute::Destination(NeighbourAddress::Other(raw)) => {
-                n.ip = match raw.len() {
-                    4 => <[u8; 4]>::try_from(&raw[..]).ok().map(IpAddr::from),
-                    16 => <[u8; 16]>::try_from(&raw[..]).ok().map(IpAddr::from),
-                    _ => None,
-                }
-            }
-            NeighbourAttribute::LinkLayerAddress(l) => n.mac = <[u8; 6]>::try_from(&l[..]).ok(),
-            _ => {}
-        }
-    }
-    n
-}
-
-/// A hardware address as `aa:bb:cc:dd:ee:ff`.
-pub fn format_mac(mac: &[u8]) -> String {
-    mac.iter()
-        .map(|b| format!("{b:02x}"))
-        .collect::<Vec<_>>()
-        .join(":")
 }
