@@ -1,9 +1,9 @@
 //! `dns_packet`: the embedded DNS's packet path, fed one datagram per run.
 //!
 //! The same bytes go through every place a packet from outside reaches:
-//! - as a client's query: `answer::answer` over UDP and TCP for three sandboxes of a fixed
-//!   zone (one that forwards, one with `ndots` set, one only on an internal network) and
-//!   `answer::answer_host`;
+//! - as a client's query: `answer::answer` (the fast path for local A/AAAA, else the
+//!   general one) over UDP and TCP for three sandboxes of a fixed zone (one that forwards,
+//!   one with `ndots` set, one only on an internal network) and `answer::answer_host`;
 //! - through the `wire` helpers (`question`, `ttl_offsets`, `age`, `bare_error`, …);
 //! - as an upstream's answer: `cache::Cache::insert` then `get` for a client's query with
 //!   the same question, and `forward::Forwarder::on_answer` (then `on_tcp_answer` when it
