@@ -37,6 +37,8 @@ use keys::KeyringDoc;
 const REWATCH_AFTER: Duration = Duration::from_secs(1);
 /// How often the monitor reads the runtime's counters (metrics, refused frames).
 const MONITOR_EVERY: Duration = Duration::from_secs(1);
+/// How often refused frames are logged at most (they are counted always).
+const REFUSED_LOG_EVERY: Duration = Duration::from_secs(30);
 /// How long a host that was given seeds waits for any of them before saying so.
 const JOIN_WARN_AFTER: Duration = Duration::from_secs(10);
 
@@ -246,12 +248,15 @@ impl Gossip {
         let mut tick = tokio::time::interval(MONITOR_EVERY);
         let started = tokio::time::Instant::now();
         let mut refused_seen = 0;
+        let mut refused_logged: Option<tokio::time::Instant> = None;
         let mut warned_alone = false;
         loop {
             tick.tick().await;
             let stats = self.handle.stats();
             metrics.observe(&self.handle, &stats);
-            if stats.dropped_unauthenticated > refused_seen {
+            let quiet = refused_logged.is_some_and(|t| t.elapsed() < REFUSED_LOG_EVERY);
+            if stats.dropped_unauthenticated > refused_seen && !quiet {
+                refused_logged = Some(tokio::time::Instant::now());
                 tracing::warn!(
                     refused = stats.dropped_unauthenticated - refused_seen,
                     total = stats.dropped_unauthenticated,
