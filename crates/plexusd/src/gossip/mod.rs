@@ -327,3 +327,7 @@ mod tests {
         );
     }
 }
+
+#[cfg(test)]
+#[path = "rotate_tests.rs"]
+mod rotate_tests;
