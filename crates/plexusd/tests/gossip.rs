@@ -315,6 +315,9 @@ fn three_hosts_join_refuse_a_foreign_key_rotate_and_detect_a_kill() {
         !inspect.contains("\"Key\""),
         "key material must never be shown: {inspect}"
     );
+    let out = hosts[0].plexus(&["cluster", "inspect", "nosuch"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && err.contains("\"nosuch\""), "{err}");
     wait_for(
         "three alive in the metrics",
         Duration::from_secs(3),

@@ -23,6 +23,11 @@ pub const KEYRING: &str = "plexus/v1/global/gossip/keys";
 /// Where each host acknowledges the keyring version it applied (`<dir>/<host id>`).
 pub const ACKS: &str = "plexus/v1/global/gossip/acks";
 
+/// How long the old key is still accepted after every live host sends with the new one:
+/// frames sealed just before the switch may still be on their way (a stream frame's write
+/// is bounded by the runtime's 10 s, but a datagram's flight is milliseconds).
+pub const REMOVE_GRACE: Duration = Duration::from_secs(2);
+
 /// How long a rotation waits for every live host to apply each step.
 pub const ROTATE_STEP_TIMEOUT: Duration = Duration::from_secs(30);
 
@@ -272,6 +277,7 @@ pub async fn rotate(
     .await?;
     tracing::info!(key = %fresh.id, version = used.version, "key rotation: new key in use");
     wait_acks(store, live, used.version, "use", timeout).await?;
+    tokio::time::sleep(REMOVE_GRACE.min(timeout)).await;
     let done = update(store, |doc| {
         let mut next = doc.clone();
         next.keys.retain(|k| k.id == next.primary);

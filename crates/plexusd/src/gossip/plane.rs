@@ -150,8 +150,15 @@ async fn entry(controller: &Controller, e: &EntryEvent<SocketAddr>) {
 }
 
 async fn notify(controller: &Controller, event: TableEvent) {
-    if let Err(e) = controller.table_event(&event).await {
-        tracing::warn!(network = %event.network_id, table = %event.table, key = %event.key, error = %e, "a table event was not taken");
+    match controller.table_event(&event).await {
+        Ok(()) => {}
+        // A network deleted here while its gossip lingers: nobody to tell.
+        Err(e @ plexus_cnm::CnmError::NotFound { .. }) => {
+            tracing::debug!(network = %event.network_id, table = %event.table, key = %event.key, error = %e, "a table event of an unknown network");
+        }
+        Err(e) => {
+            tracing::warn!(network = %event.network_id, table = %event.table, key = %event.key, error = %e, "a table event was not taken");
+        }
     }
 }
 
