@@ -32,12 +32,21 @@ pub const REMOVE_GRACE: Duration = Duration::from_secs(2);
 pub const ROTATE_STEP_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// One key of the keyring.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct KeyRecord {
     /// A short public id (never derived from the key).
     pub id: String,
     /// The key, 64 hex digits.
     pub key: String,
+}
+
+impl std::fmt::Debug for KeyRecord {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Never the key itself, wherever a record is printed.
+        f.debug_struct("KeyRecord")
+            .field("id", &self.id)
+            .finish_non_exhaustive()
+    }
 }
 
 /// The keyring as stored.
@@ -300,6 +309,10 @@ mod tests {
     #[test]
     fn documents_round_trip_and_name_their_faults() {
         let doc = KeyringDoc::generate().unwrap();
+        assert!(
+            !format!("{doc:?}").contains(&doc.keys[0].key),
+            "key in Debug"
+        );
         let back = KeyringDoc::decode(&serde_json::to_vec(&doc).unwrap()).unwrap();
         assert_eq!(back, doc);
         assert_eq!(back.keyring().unwrap().len(), 1);

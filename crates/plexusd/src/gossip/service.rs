@@ -93,7 +93,12 @@ impl ClusterService for GossipService {
         let chosen = match host {
             None => members.iter().find(|h| h.self_host),
             Some(q) => members.iter().find(|h| {
-                h.id == q || h.name == q || h.address == q || h.address.split(':').next() == Some(q)
+                let ip = h
+                    .address
+                    .parse::<SocketAddr>()
+                    .ok()
+                    .map(|a| a.ip().to_string());
+                h.id == q || h.name == q || h.address == q || ip.as_deref() == Some(q)
             }),
         };
         let Some(chosen) = chosen.cloned() else {
