@@ -4,7 +4,7 @@
 //! (it was given another cluster store, so another keyring, and joins through a seed) is
 //! refused, logged and counted; `plexus cluster key rotate` moves every host to the new key
 //! with nothing refused; a host killed with -9 is seen dead within the configured
-//! failure-detection time. Needs root.
+//! failure-detection time, and is alive again once restarted. Needs root.
 //!
 //! Table plumbing (the control plane to the drivers) is tested in-process in
 //! `src/gossip/plane_tests.rs` and `rotate_tests.rs`.
@@ -271,7 +271,7 @@ fn alive(h: &Host, n: usize) -> Result<(), String> {
 }
 
 #[test]
-fn three_hosts_join_refuse_a_foreign_key_rotate_and_detect_a_kill() {
+fn three_hosts_join_refuse_a_foreign_key_rotate_detect_a_kill_and_rejoin() {
     plexus_testkit::require_root();
     let etcd = plexus_testkit::etcd::EtcdServer::start();
     let rt = tokio::runtime::Builder::new_multi_thread()
@@ -425,4 +425,12 @@ fn three_hosts_join_refuse_a_foreign_key_rotate_and_detect_a_kill() {
             n => Err(format!("{n}")),
         },
     );
+
+    // It comes back (a new life at the same address): alive again everywhere.
+    hosts[2].start();
+    for h in &hosts {
+        wait_for("the restarted host alive", Duration::from_secs(30), || {
+            alive(h, 3)
+        });
+    }
 }
