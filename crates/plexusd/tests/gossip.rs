@@ -359,6 +359,18 @@ fn three_hosts_join_refuse_a_foreign_key_rotate_detect_a_kill_and_rejoin() {
         alive(h, 3).unwrap_or_else(|e| panic!("the foreign host got in: {e}"));
     }
     alive(&foreign, 1).unwrap_or_else(|e| panic!("the foreign host joined: {e}"));
+    // And the refused host says why it is alone (after its seeds' grace, 10 s).
+    wait_for(
+        "the refused host's warning",
+        Duration::from_secs(20),
+        || {
+            if foreign.log().contains("no other host answers gossip") {
+                Ok(())
+            } else {
+                Err("not yet".into())
+            }
+        },
+    );
     foreign.kill9();
 
     // Rotation: every host ends on the new key, nobody refused a frame of the cluster's.

@@ -89,6 +89,8 @@ pub struct Gossip {
     pub config: Config,
     /// The keyring this host applied last.
     keyring: Mutex<KeyringDoc>,
+    /// `--cluster-join`.
+    seeds: Vec<SocketAddr>,
 }
 
 impl std::fmt::Debug for Gossip {
@@ -121,6 +123,7 @@ impl Gossip {
             host_id: host_id.to_string(),
             config,
             keyring: Mutex::new(doc.clone()),
+            seeds: seeds.to_vec(),
         });
         keys::ack(&gossip.store, host_id, advertise, doc.version).await?;
         let mut all: BTreeSet<SocketAddr> = seeds.iter().copied().collect();
@@ -270,7 +273,8 @@ impl Gossip {
                 .iter()
                 .all(|m| m.addr == self.addr() || m.state != MemberState::Alive);
             if alone && !warned_alone && started.elapsed() > JOIN_WARN_AFTER {
-                let seeds = self.store_seeds().await;
+                let mut seeds = self.seeds.clone();
+                seeds.extend(self.store_seeds().await);
                 if !seeds.is_empty() {
                     tracing::warn!(?seeds, "no other host answers gossip: check the underlay, port and that every host shares the cluster store's keyring");
                     warned_alone = true;
