@@ -255,6 +255,22 @@ async fn wait_acks(
     }
 }
 
+/// Makes key `id` the primary one, if it is still in the keyring (a concurrent rotation may
+/// have removed it: then the rotation stops, the keyring left as that one made it).
+async fn make_primary(store: &Arc<dyn Store>, id: &str) -> Result<KeyringDoc> {
+    update(store, |doc| {
+        if !doc.keys.iter().any(|k| k.id == id) {
+            bail!(
+                "key rotation stopped: key {id:?} left {KEYRING} (a concurrent rotation finished first); the keyring there is in use"
+            );
+        }
+        let mut next = doc.clone();
+        next.primary = id.to_string();
+        Ok(Some(next))
+    })
+    .await
+}
+
 /// Rotates the cluster's key: adds a new one, makes it primary, removes the others, each
 /// step applied by every live host (within `timeout`) before the next. Returns the final
 /// keyring.
@@ -278,12 +294,7 @@ pub async fn rotate(
     .await?;
     tracing::info!(key = %fresh.id, version = added.version, "key rotation: new key added");
     wait_acks(store, live, added.version, "add", timeout).await?;
-    let used = update(store, |doc| {
-        let mut next = doc.clone();
-        next.primary = fresh.id.clone();
-        Ok(Some(next))
-    })
-    .await?;
+    let used = make_primary(store, &fresh.id).await?;
     tracing::info!(key = %fresh.id, version = used.version, "key rotation: new key in use");
     wait_acks(store, live, used.version, "use", timeout).await?;
     tokio::time::sleep(REMOVE_GRACE.min(timeout)).await;
@@ -340,6 +351,11 @@ mod tests {
         assert_eq!(done.version, 4);
         assert_eq!(done.keys.len(), 1);
         assert_ne!(done.primary, a.primary);
+        // A concurrent rotation that removed this one's key: stopped, keyring left valid.
+        let e = make_primary(&store, "gone").await.unwrap_err().to_string();
+        assert!(e.contains("concurrent") && e.contains("\"gone\""), "{e}");
+        let (doc, _) = load_or_create(&store).await.unwrap();
+        assert_eq!(doc, done);
         // A live host that never acknowledges stops the rotation, naming it.
         let addr: SocketAddr = "192.0.2.1:7946".parse().unwrap();
         let live = move || BTreeSet::from([addr]);
