@@ -375,14 +375,31 @@ async fn run(args: Args) -> Result<()> {
     let host = plexus_sys::netns::Netns::host().context("opening the daemon's namespace")?;
     let mut drivers = DriverRegistry::new();
     let mut driver_config = plexus_drivers::DriverConfig::new(host.clone(), args.marker.clone());
-    if let Some(g) = &gossip {
-        driver_config = driver_config.with_control_plane(Arc::new(
-            gossip::plane::GossipControlPlane::new(g.handle.clone()),
-        ));
+    let plane: Option<Arc<dyn plexus_cnm::ControlPlane>> = gossip.as_ref().map(|g| {
+        Arc::new(gossip::plane::GossipControlPlane::new(g.handle.clone()))
+            as Arc<dyn plexus_cnm::ControlPlane>
+    });
+    if let Some(p) = &plane {
+        driver_config = driver_config.with_control_plane(p.clone());
     }
-    let bridge = plexus_drivers::register_builtin(&mut drivers, driver_config)
+    driver_config.cluster_store = cluster_store.clone();
+    let bridge = plexus_drivers::register_builtin(&mut drivers, driver_config.clone())
         .await
         .map_err(|e| anyhow::anyhow!("starting the drivers: {e}"))?;
+    // The overlay driver, on a daemon that is part of a cluster (a cluster store for its
+    // VXLAN ids, gossip for its peers).
+    if let (Some(plane), Some(_)) = (plane, &cluster_store) {
+        let overlay = plexus_drivers::OverlayDriver::new(
+            driver_config,
+            plexus_drivers::OverlayConfig {
+                run_dir: layout(&args).overlay_dir(),
+                control_plane: plane,
+            },
+        )
+        .await
+        .map_err(|e| anyhow::anyhow!("starting the overlay driver: {e}"))?;
+        drivers.register(Arc::new(overlay));
+    }
     tracing::info!(drivers = ?drivers.names(), "drivers registered");
 
     let scoped_ipam = plexus_ipam::ScopedIpam::new(ipam.clone(), global_ipam);

@@ -245,6 +245,13 @@ impl Host {
 impl Drop for Host {
     fn drop(&mut self) {
         self.kill9();
+        plexus_testkit::process::kill_resolver(&self.dir.path().join("run"));
+        let netns = self.dir.path().join("run").join("netns");
+        if let Ok(entries) = std::fs::read_dir(&netns) {
+            for e in entries.flatten() {
+                let _ = Netns::delete(&netns, &e.file_name().to_string_lossy());
+            }
+        }
         let _ = Netns::delete(self.dir.path(), "host-ns");
     }
 }
@@ -445,4 +452,98 @@ fn three_hosts_join_refuse_a_foreign_key_rotate_detect_a_kill_and_rejoin() {
             alive(h, 3)
         });
     }
+}
+
+/// The overlay driver through real daemons: a network made on one host is attachable on
+/// another, and sandboxes on the two talk over VXLAN, their peers learnt through gossip.
+#[test]
+fn overlay_sandboxes_on_two_hosts_talk() {
+    plexus_testkit::require_root();
+    let etcd = plexus_testkit::etcd::EtcdServer::start();
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .unwrap_or_else(|e| panic!("runtime: {e}"));
+    let underlay = Underlay::new();
+    let mut hosts = vec![
+        Host::new(&rt, &underlay, 1, etcd.endpoint(), "ov", &[]),
+        Host::new(
+            &rt,
+            &underlay,
+            2,
+            etcd.endpoint(),
+            "ov",
+            &["--cluster-join", "10.99.0.1"],
+        ),
+    ];
+    for h in hosts.iter_mut() {
+        h.start();
+    }
+    for h in &hosts {
+        wait_for("two alive hosts", Duration::from_secs(30), || alive(h, 2));
+    }
+    hosts[0].ok(&[
+        "network",
+        "create",
+        "-d",
+        "overlay",
+        "--subnet",
+        "10.251.0.0/24",
+        "--attachable",
+        "ov",
+    ]);
+    // Listed on the other host too (global scope).
+    assert!(hosts[1].ok(&["network", "ls"]).contains("ov"));
+    hosts[0].ok(&["sandbox", "create", "a", "--network", "ov"]);
+    hosts[1].ok(&["sandbox", "create", "b", "--network", "ov"]);
+    let inspect: Value = serde_json::from_str(&hosts[0].ok(&["sandbox", "inspect", "a"]))
+        .unwrap_or_else(|e| panic!("inspect: {e}"));
+    let a_ip = inspect[0]["Endpoints"][0]["IPv4Address"]
+        .as_str()
+        .unwrap_or_default()
+        .split('/')
+        .next()
+        .unwrap_or_default()
+        .to_string();
+    assert!(a_ip.starts_with("10.251.0."), "{inspect}");
+    let a_ns = Netns::open(&hosts[0].dir.path().join("run/netns/a"))
+        .unwrap_or_else(|e| panic!("a's namespace: {e}"));
+    let listener = a_ns
+        .run(|| std::net::TcpListener::bind("0.0.0.0:7777"))
+        .unwrap_or_else(|e| panic!("setns: {e}"))
+        .unwrap_or_else(|e| panic!("bind: {e}"));
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        while let Ok((mut s, _)) = listener.accept() {
+            let mut got = String::new();
+            let _ = std::io::Read::read_to_string(&mut s, &mut got);
+            let _ = tx.send(got);
+        }
+    });
+    let b_ns = hosts[1].dir.path().join("run/netns/b");
+    wait_for(
+        "b reaching a over the overlay",
+        Duration::from_secs(20),
+        || {
+            let out = Command::new("nsenter")
+                .arg(format!("--net={}", b_ns.display()))
+                .args([
+                    "timeout",
+                    "3",
+                    "bash",
+                    "-c",
+                    &format!("echo across >/dev/tcp/{a_ip}/7777"),
+                ])
+                .output()
+                .map_err(|e| e.to_string())?;
+            if !out.status.success() {
+                return Err(String::from_utf8_lossy(&out.stderr).into_owned());
+            }
+            match rx.recv_timeout(Duration::from_secs(3)) {
+                Ok(m) if m.trim() == "across" => Ok(()),
+                other => Err(format!("{other:?}")),
+            }
+        },
+    );
 }
