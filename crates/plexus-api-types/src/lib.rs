@@ -15,7 +15,10 @@
 
 #![warn(missing_docs)]
 
+pub mod cluster;
 pub mod kernel;
+
+pub use cluster::{ClusterHost, ClusterInspect, GossipStats, KeyringInfo};
 
 use std::collections::BTreeMap;
 

@@ -33,6 +33,8 @@ pub struct AppState {
     pub sandbox_files: Option<std::path::PathBuf>,
     /// The request counters and the registry `/metrics` answers with.
     pub metrics: Arc<ApiMetrics>,
+    /// The gossip cluster (`/plexus/cluster`), when the daemon runs one.
+    pub cluster: Option<Arc<dyn crate::cluster::ClusterService>>,
 }
 
 impl AppState {
@@ -42,7 +44,14 @@ impl AppState {
             controller,
             metrics: Arc::new(ApiMetrics::register(registry)?),
             sandbox_files: None,
+            cluster: None,
         })
+    }
+
+    /// Serves `/plexus/cluster` from `cluster`.
+    pub fn with_cluster(mut self, cluster: Arc<dyn crate::cluster::ClusterService>) -> Self {
+        self.cluster = Some(cluster);
+        self
     }
 
     /// Shows each sandbox's `resolv.conf` and `hosts` under `dir/<id>/` in its inspect.

@@ -8,6 +8,7 @@
 //! - [`parse`]: pure parsers (Docker `filters`, `-p` port specs);
 //! - [`handlers`]: parse → [`Controller`](plexus_cnm::Controller) → shape the answer;
 //! - [`events`]: `GET /events`, the controller's event log in Docker's shape;
+//! - [`cluster`]: `/plexus/cluster…`, the gossip cluster (hosts, keyring ids, key rotation);
 //! - [`info`]: `GET /info`, with the local and cluster stores' health;
 //! - [`metrics`]: `GET /metrics` (Prometheus) and the middleware that counts every request;
 //! - [`namespaces`]: the kernel's sandbox namespaces, for the controller;
@@ -20,6 +21,7 @@
 
 #![warn(missing_docs)]
 
+pub mod cluster;
 pub mod error;
 pub mod events;
 pub mod handlers;
@@ -37,6 +39,7 @@ use axum::http::{StatusCode, Uri};
 use axum::routing::{get, post};
 use axum::Router;
 
+pub use cluster::ClusterService;
 pub use error::ApiError;
 pub use handlers::AppState;
 pub use metrics::ApiMetrics;
@@ -118,6 +121,10 @@ pub fn router(state: AppState) -> Router {
             "/plexus/sandboxes/{name}",
             get(inspect_sandbox).delete(handlers::delete_sandbox),
         )
+        .route("/plexus/cluster", get(cluster::inspect_self))
+        .route("/plexus/cluster/hosts", get(cluster::hosts))
+        .route("/plexus/cluster/hosts/{host}", get(cluster::inspect_host))
+        .route("/plexus/cluster/key/rotate", post(cluster::rotate_key))
         .fallback(not_found)
         .layer(axum::middleware::from_fn_with_state(
             state.metrics.clone(),

@@ -169,6 +169,10 @@ pub fn operation(method: &Method, route: Option<&str>) -> &'static str {
         "/plexus/sandboxes" if post => "sandbox_create",
         "/plexus/sandboxes/{name}" if read => "sandbox_inspect",
         "/plexus/sandboxes/{name}" if delete => "sandbox_delete",
+        "/plexus/cluster" if read => "cluster_inspect",
+        "/plexus/cluster/hosts" if read => "cluster_hosts",
+        "/plexus/cluster/hosts/{host}" if read => "cluster_inspect",
+        "/plexus/cluster/key/rotate" if post => "cluster_key_rotate",
         _ => "other",
     }
 }

@@ -174,6 +174,28 @@ async fn refusals_are_counted_by_status_class() -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Without gossip, `/plexus/cluster…` answers 503 naming the flags, counted by operation.
+#[tokio::test]
+async fn cluster_routes_without_gossip_say_which_flags() -> anyhow::Result<()> {
+    let api = api().await?;
+    for (method, uri) in [
+        (Method::GET, "/plexus/cluster"),
+        (Method::GET, "/plexus/cluster/hosts"),
+        (Method::GET, "/v1.41/plexus/cluster/hosts/h1"),
+        (Method::POST, "/plexus/cluster/key/rotate"),
+    ] {
+        let (status, v) = api.call(method, uri, None).await;
+        assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{uri}: {v}");
+        assert!(v.to_string().contains("--cluster-advertise"), "{uri}: {v}");
+    }
+    let (_, text) = scrape(&api, None).await;
+    let s = samples(&text);
+    assert_eq!(requests(&s, "cluster_inspect", "5xx"), 2.0, "{text}");
+    assert_eq!(requests(&s, "cluster_hosts", "5xx"), 1.0, "{text}");
+    assert_eq!(requests(&s, "cluster_key_rotate", "5xx"), 1.0, "{text}");
+    Ok(())
+}
+
 #[tokio::test]
 async fn gauges_follow_the_records() -> anyhow::Result<()> {
     let api = api().await?;

@@ -59,12 +59,12 @@ pub use names::{parse_alias, Marked};
 pub use null::NullDriver;
 pub use overlay::{OverlayConfig, OverlayDriver};
 
-use plexus_cnm::{DriverError, DriverRegistry};
+use plexus_cnm::{ControlPlane, DriverError, DriverRegistry};
 use plexus_sys::netns::Netns;
 use plexus_sys::SysError;
 
 /// How a driver is set up: the namespace it programs, the marker of what it makes and, in a
-/// cluster, the cluster store.
+/// cluster, the cluster store and (with gossip) the control plane.
 #[derive(Clone)]
 pub struct DriverConfig {
     /// The "host" namespace: where bridges, host veth ends and firewall rules live.
@@ -79,18 +79,29 @@ pub struct DriverConfig {
     /// overlay driver's VXLAN ids); `None` on a host outside a cluster, where global-scope
     /// drivers refuse to allocate networks.
     pub cluster_store: Option<Arc<dyn plexus_kv::Store>>,
+    /// The cluster's control plane (plexusd's gossip, with `--cluster-store` and
+    /// `--cluster-advertise`): network-scoped tables for global drivers. `None` outside a
+    /// cluster.
+    pub control_plane: Option<Arc<dyn ControlPlane>>,
 }
 
 impl DriverConfig {
     /// A configuration for `host`, marking objects with `marker`; `owns_namespace` false, no
-    /// cluster store.
+    /// cluster store, no control plane.
     pub fn new(host: Netns, marker: impl Into<String>) -> Self {
         Self {
             host,
             marker: marker.into(),
             owns_namespace: false,
             cluster_store: None,
+            control_plane: None,
         }
+    }
+
+    /// The same configuration with the cluster's control plane.
+    pub fn with_control_plane(mut self, control_plane: Arc<dyn ControlPlane>) -> Self {
+        self.control_plane = Some(control_plane);
+        self
     }
 }
 
@@ -103,6 +114,10 @@ impl std::fmt::Debug for DriverConfig {
             .field(
                 "cluster_store",
                 &self.cluster_store.as_ref().map(|s| s.url()),
+            )
+            .field(
+                "control_plane",
+                &self.control_plane.as_ref().map(|c| c.advertise_addr()),
             )
             .finish()
     }

@@ -8,6 +8,7 @@
 //! errors print as docker's do — `Error response from daemon: <message>` — with exit code 1.
 
 mod client;
+mod cluster;
 mod doctor;
 mod events;
 mod format;
@@ -52,6 +53,9 @@ enum Command {
     Sandbox(SandboxCmd),
     /// Display the daemon's host id, kernel and cluster store (as `docker info`).
     Info,
+    /// The gossip cluster: hosts, their state, this host's keyring; rotate the key.
+    #[command(subcommand)]
+    Cluster(cluster::ClusterCmd),
     /// Manage Plexus on this host (`reset`: a clean uninstall).
     #[command(subcommand)]
     System(system::SystemCmd),
@@ -634,6 +638,7 @@ fn main() -> std::process::ExitCode {
             Command::Network(cmd) => network(&client, cmd).map(|()| None),
             Command::Sandbox(cmd) => sandbox(&client, cmd, create_matches),
             Command::Info => info(&client).map(|()| None),
+            Command::Cluster(cmd) => cluster::run(&client, cmd).map(|()| None),
             Command::System(cmd) => system::run(cmd, host_given.as_deref()).map(|()| None),
             Command::Doctor(args) => doctor::run(&client, &cli.host, &args).map(|()| None),
             Command::Events {

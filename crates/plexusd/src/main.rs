@@ -30,6 +30,7 @@ use tokio::signal::unix::{signal, SignalKind};
 
 mod cluster;
 mod dns;
+mod gossip;
 mod kernel;
 mod metrics;
 mod reconcile;
@@ -64,6 +65,11 @@ struct Args {
     /// `kv.keyfile`.
     #[arg(long = "cluster-store-opt")]
     cluster_store_opts: Vec<String>,
+    /// Gossip seeds, `PEER[,PEER…]` (each `IP[:PORT]`, port 7946 by default; repeatable):
+    /// hosts of the cluster to join through, besides those the cluster store lists. Gossip
+    /// runs with --cluster-store and --cluster-advertise.
+    #[arg(long = "cluster-join")]
+    cluster_join: Vec<String>,
     /// A default address pool for networks without --subnet, `base=CIDR,size=N`; repeatable.
     #[arg(long = "default-address-pool")]
     default_address_pools: Vec<String>,
@@ -297,6 +303,13 @@ async fn run(args: Args) -> Result<()> {
         bail!("--cluster-store-opt needs --cluster-store");
     }
     let cluster_opts = cluster::ClusterOpts::parse(&args.cluster_store_opts)?;
+    let seeds = gossip::parse_join(&args.cluster_join)?;
+    if !seeds.is_empty() && advertise.is_none() {
+        bail!("--cluster-join needs --cluster-advertise (and --cluster-store)");
+    }
+    if let Some(a) = advertise {
+        gossip::check_local(a)?;
+    }
     let host_id = host_id(&layout(&args))?;
     let url = args
         .store
@@ -344,14 +357,49 @@ async fn run(args: Args) -> Result<()> {
             .context("opening IPAM")?,
     );
 
+    // Gossip before the drivers: global drivers get its control plane.
+    let gossip = match (&cluster_store, advertise) {
+        (Some(c), Some(a)) => Some(
+            gossip::Gossip::start(
+                c.clone(),
+                &host_id,
+                a,
+                &seeds,
+                plexus_gossip::Config::default(),
+            )
+            .await?,
+        ),
+        _ => None,
+    };
+
     let host = plexus_sys::netns::Netns::host().context("opening the daemon's namespace")?;
     let mut drivers = DriverRegistry::new();
-    let bridge = plexus_drivers::register_builtin(
-        &mut drivers,
-        plexus_drivers::DriverConfig::new(host.clone(), args.marker.clone()),
-    )
-    .await
-    .map_err(|e| anyhow::anyhow!("starting the drivers: {e}"))?;
+    let mut driver_config = plexus_drivers::DriverConfig::new(host.clone(), args.marker.clone());
+    let plane: Option<Arc<dyn plexus_cnm::ControlPlane>> = gossip.as_ref().map(|g| {
+        Arc::new(gossip::plane::GossipControlPlane::new(g.handle.clone()))
+            as Arc<dyn plexus_cnm::ControlPlane>
+    });
+    if let Some(p) = &plane {
+        driver_config = driver_config.with_control_plane(p.clone());
+    }
+    driver_config.cluster_store = cluster_store.clone();
+    let bridge = plexus_drivers::register_builtin(&mut drivers, driver_config.clone())
+        .await
+        .map_err(|e| anyhow::anyhow!("starting the drivers: {e}"))?;
+    // The overlay driver, on a daemon that is part of a cluster (a cluster store for its
+    // VXLAN ids, gossip for its peers).
+    if let (Some(plane), Some(_)) = (plane, &cluster_store) {
+        let overlay = plexus_drivers::OverlayDriver::new(
+            driver_config,
+            plexus_drivers::OverlayConfig {
+                run_dir: layout(&args).overlay_dir(),
+                control_plane: plane,
+            },
+        )
+        .await
+        .map_err(|e| anyhow::anyhow!("starting the overlay driver: {e}"))?;
+        drivers.register(Arc::new(overlay));
+    }
     tracing::info!(drivers = ?drivers.names(), "drivers registered");
 
     let scoped_ipam = plexus_ipam::ScopedIpam::new(ipam.clone(), global_ipam);
@@ -399,11 +447,25 @@ async fn run(args: Args) -> Result<()> {
         tracing::info!(cluster_store = %c.url(), ?advertise, host = %host_id, "joined the cluster store");
     }
     let controller = Arc::new(controller);
-    // libnetwork's kv discovery: the drivers hear of hosts as their records come and go.
-    let follow_nodes = cluster_store.is_some().then(|| {
-        let c = controller.clone();
-        tokio::spawn(async move { c.follow_nodes().await })
-    });
+    // Discovery has one source: with gossip, SWIM membership (a death is known in seconds);
+    // without, libnetwork's kv discovery (host records come and go with their TTL).
+    let mut cluster_tasks = Vec::new();
+    match &gossip {
+        Some(g) => {
+            let metrics = Arc::new(gossip::metrics::GossipMetrics::register(&registry)?);
+            cluster_tasks.push(tokio::spawn(gossip::plane::route(
+                g.handle.clone(),
+                controller.clone(),
+            )));
+            cluster_tasks.push(tokio::spawn(g.clone().follow_keyring()));
+            cluster_tasks.push(tokio::spawn(g.clone().monitor(metrics)));
+        }
+        None if cluster_store.is_some() => {
+            let c = controller.clone();
+            cluster_tasks.push(tokio::spawn(async move { c.follow_nodes().await }));
+        }
+        None => {}
+    }
     reconcile::startup(&controller, &ipam, &netns_dir, &reconcile_metrics).await?;
     let made = controller
         .create_predefined_networks()
@@ -442,9 +504,12 @@ async fn run(args: Args) -> Result<()> {
         tracing::info!(interval = ?every, "periodic reconciliation on");
         reconcile::spawn_periodic(controller.clone(), every, reconcile_metrics.clone())
     });
-    let state = plexus_api::AppState::new(controller.clone(), &registry)
+    let mut state = plexus_api::AppState::new(controller.clone(), &registry)
         .context("registering the API's metrics")?
         .with_sandbox_files(dns.sandbox_files());
+    if let Some(g) = &gossip {
+        state = state.with_cluster(Arc::new(gossip::service::GossipService::new(g.clone())));
+    }
     let metrics_server = metrics_listener.map(|listener| {
         let app = plexus_api::metrics_router(state.clone());
         if let Ok(addr) = listener.local_addr() {
@@ -472,8 +537,12 @@ async fn run(args: Args) -> Result<()> {
         task.abort();
     }
     dns_supervisor.abort();
-    for task in heartbeat.into_iter().chain(follow_nodes) {
+    for task in heartbeat.into_iter().chain(cluster_tasks) {
         task.abort();
+    }
+    if let Some(g) = &gossip {
+        // A graceful leave: the others mark this host left at once instead of suspecting it.
+        g.handle.leave(std::time::Duration::from_millis(300)).await;
     }
     if let Err(e) = std::fs::remove_file(&socket) {
         tracing::warn!(socket = %socket.display(), error = %e, "cannot remove the socket");

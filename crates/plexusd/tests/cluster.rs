@@ -83,6 +83,19 @@ impl Host {
         }
     }
 
+    /// Gives the host's loopback `ip` (a `--cluster-advertise` address must be the host's).
+    fn add_address(&self, ip: &str) {
+        let added = self
+            .ns
+            .run(|| {
+                Command::new("ip")
+                    .args(["addr", "add", &format!("{ip}/32"), "dev", "lo"])
+                    .status()
+            })
+            .unwrap_or_else(|e| panic!("entering the host namespace: {e}"));
+        assert!(added.is_ok_and(|s| s.success()), "ip addr add {ip}");
+    }
+
     fn log(&self) -> String {
         std::fs::read_to_string(self.dir.path().join("plexusd.log")).unwrap_or_default()
     }
@@ -298,7 +311,7 @@ fn hosts_share_a_cluster_store(
     };
     let mut all: Vec<Host> = (0..hosts)
         .map(|i| {
-            Host::new(&rt, server, |addr| {
+            let h = Host::new(&rt, server, |addr| {
                 vec![
                     "--cluster-store".into(),
                     url(addr),
@@ -309,7 +322,9 @@ fn hosts_share_a_cluster_store(
                     "--cluster-store-opt".into(),
                     "discovery.ttl=3".into(),
                 ]
-            })
+            });
+            h.add_address(&format!("192.0.2.{}", i + 1));
+            h
         })
         .collect();
     for h in all.iter_mut() {
@@ -509,7 +524,8 @@ fn cluster_store_away_and_bad_flags() {
         "{err}"
     );
 
-    for bad in ["eth0", "192.0.2.1:x"] {
+    // Well formed, but not an address of this host.
+    for bad in ["eth0", "192.0.2.1:x", "192.0.2.99"] {
         let out = h.run_to_exit(&[
             "--cluster-store",
             &format!("etcd://{}/cluster", h.proxy.addr()),
@@ -522,4 +538,15 @@ fn cluster_store_away_and_bad_flags() {
             "{bad}: {err}"
         );
     }
+    let out = h.run_to_exit(&[
+        "--cluster-store",
+        &format!("etcd://{}/cluster", h.proxy.addr()),
+        "--cluster-join",
+        "192.0.2.5",
+    ]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && err.contains("--cluster-join"),
+        "{err}"
+    );
 }

@@ -207,10 +207,16 @@ impl Controller {
     pub(super) fn driver(&self, name: &str) -> Result<Arc<dyn Driver>> {
         self.drivers.get(name).ok_or_else(|| CnmError::Invalid {
             field: "driver".into(),
-            reason: format!(
-                "unknown driver {name:?}; known drivers: {}",
-                self.drivers.names().join(", ")
-            ),
+            reason: match name {
+                // Known, but only on a daemon that is part of a cluster.
+                "overlay" => "the overlay driver needs a cluster: start plexusd with \
+                     --cluster-store and --cluster-advertise"
+                    .to_string(),
+                _ => format!(
+                    "unknown driver {name:?}; known drivers: {}",
+                    self.drivers.names().join(", ")
+                ),
+            },
         })
     }
 

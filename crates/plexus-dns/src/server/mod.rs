@@ -217,12 +217,7 @@ async fn idle_watch(state: Arc<Mutex<State>>, connections: Arc<AtomicU64>, host:
         // clean-up) needs no serving.
         let busy = host
             || connections.load(Relaxed) > 0
-            || state
-                .lock()
-                .await
-                .served
-                .values()
-                .any(|s| s.netns.exists());
+            || state.lock().await.served.values().any(|s| s.netns.exists());
         match (busy, idle_since) {
             (true, _) => idle_since = None,
             (false, None) => idle_since = Some(std::time::Instant::now()),
