@@ -138,6 +138,15 @@ pub fn age(msg: &mut [u8], offsets: &[usize], elapsed: u32) {
     }
 }
 
+/// The message's header and its single question, with the other sections' counts zeroed:
+/// the start of every answer made from bytes (an error, a truncated answer).
+pub fn header_and_question(msg: &[u8]) -> Option<Vec<u8>> {
+    let q = question(msg)?;
+    let mut out = msg[..q.end].to_vec();
+    out[6..12].fill(0);
+    Some(out)
+}
+
 /// A minimal answer to a query whose question could not be decoded: the query's id, `QR`
 /// set, its opcode and `RD` kept, the given rcode, no sections. `None` if there is no header.
 pub fn bare_error(query: &[u8], rcode: u8) -> Option<Vec<u8>> {

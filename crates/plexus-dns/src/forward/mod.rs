@@ -531,11 +531,9 @@ fn same_question(query: &[u8], answer: &[u8]) -> bool {
 
 /// A header-and-question answer with `rcode`, made from the query's bytes.
 fn synthesized_bytes(query: &[u8], rcode: u8) -> Option<Vec<u8>> {
-    let q = wire::question(query)?;
-    let mut out = query[..q.end].to_vec();
+    let mut out = wire::header_and_question(query)?;
     out[2] = 0x80 | (out[2] & 0x79);
     out[3] = 0x80 | (rcode & 0x0f);
-    out[6..12].fill(0);
     Some(out)
 }
 

@@ -54,11 +54,9 @@ pub(super) fn fit(bytes: Vec<u8>, max: usize) -> Vec<u8> {
     if bytes.len() <= max {
         return bytes;
     }
-    match wire::question(&bytes) {
-        Some(q) => {
-            let mut out = bytes[..q.end].to_vec();
+    match wire::header_and_question(&bytes) {
+        Some(mut out) => {
             out[2] |= 0x02;
-            out[6..12].fill(0);
             out
         }
         None => bytes[..wire::HEADER_LEN.min(bytes.len())].to_vec(),

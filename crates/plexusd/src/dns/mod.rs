@@ -84,11 +84,11 @@ fn addrs(ep: &Endpoint) -> Vec<IpAddr> {
 /// The names a sandbox answers to on a network: its name, its aliases, its hostname.
 fn names(sb: &Sandbox, ep: &Endpoint) -> Vec<String> {
     let mut names = vec![sb.name.clone()];
-    names.extend(ep.aliases.iter().cloned());
-    if let Some(h) = &sb.hostname {
-        names.push(h.clone());
+    for name in ep.aliases.iter().chain(&sb.hostname) {
+        if !names.contains(name) {
+            names.push(name.clone());
+        }
     }
-    names.dedup();
     names
 }
 
