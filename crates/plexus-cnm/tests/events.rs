@@ -675,7 +675,12 @@ async fn the_rest_of_the_driver_api() {
     // A global network: the driver allocates once, the data is kept and handed back.
     let n = ok(
         "g1",
-        w.controller.create_network(net("g1", "10.9.0.0/24")).await,
+        w.controller
+            .create_network(NetworkSpec {
+                attachable: true,
+                ..net("g1", "10.9.0.0/24")
+            })
+            .await,
     );
     assert_eq!(n.scope, Scope::Global);
     assert_eq!(

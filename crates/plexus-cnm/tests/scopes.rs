@@ -142,6 +142,7 @@ fn spec(name: &str, driver: &str) -> NetworkSpec {
     NetworkSpec {
         name: name.into(),
         driver: driver.into(),
+        attachable: true,
         ..Default::default()
     }
 }

@@ -73,6 +73,7 @@ async fn an_overlay_network_through_two_controllers_carries_tcp_and_frees_its_id
     let spec = NetworkSpec {
         name: "web".into(),
         driver: "overlay".into(),
+        attachable: true,
         ipv4: vec![IpamPoolSpec {
             subnet: Some("10.90.0.0/24".into()),
             ..Default::default()

@@ -1,7 +1,10 @@
 //! The overlay driver across real `plexusd` processes on three hosts (namespaces on an
 //! underlay bridge, a real etcd): a network made on one host is listed and attachable on the
 //! others; sandboxes on every host ping and connect to each other over VXLAN, their peers
-//! learnt through gossip; two overlay networks on the same hosts are kept apart. Needs root.
+//! learnt through gossip; two overlay networks on the same hosts are kept apart. Bad input
+//! across hosts (overlapping subnets, a taken VXLAN id, a network made without
+//! `--attachable`, an advertise address that is not the host's) is refused with the field
+//! named and nothing made. Needs root.
 
 // Hosts and their sandboxes go by number.
 #![allow(clippy::needless_range_loop)]
@@ -34,6 +37,7 @@ fn sandboxes_on_three_hosts_talk_and_two_networks_stay_apart() {
         "overlay",
         "--subnet",
         "10.252.0.0/24",
+        "--attachable",
         "red",
     ]);
     // Global scope: both are listed on every host.
@@ -107,4 +111,85 @@ fn sandboxes_on_three_hosts_talk_and_two_networks_stay_apart() {
     let blue_id = h[0].network_id("blue");
     let fdb = h[0].overlay_fdb(&blue_id);
     assert_eq!(fdb.len(), 2, "blue's FDB on host 1: {fdb:?}");
+}
+
+#[test]
+fn bad_input_across_hosts_is_refused_and_nothing_is_made() {
+    plexus_testkit::require_root();
+    let c = Cluster::start(2, ClusterStore::etcd());
+    let h = &c.hosts;
+    h[0].ok(&[
+        "network",
+        "create",
+        "-d",
+        "overlay",
+        "--subnet",
+        "10.253.0.0/24",
+        "-o",
+        "com.docker.network.driver.overlay.vxlanid_list=4242",
+        "first",
+    ]);
+    // A subnet overlapping another global network's, asked on the other host.
+    let err = h[1].fails(&[
+        "network",
+        "create",
+        "-d",
+        "overlay",
+        "--subnet",
+        "10.253.0.128/25",
+        "second",
+    ]);
+    assert!(
+        err.contains("10.253.0.128/25") && err.contains("first"),
+        "{err}"
+    );
+    // The VXLAN id the first one holds.
+    let err = h[1].fails(&[
+        "network",
+        "create",
+        "-d",
+        "overlay",
+        "--subnet",
+        "10.254.0.0/24",
+        "-o",
+        "com.docker.network.driver.overlay.vxlanid_list=4242",
+        "third",
+    ]);
+    assert!(
+        err.contains("4242") && err.contains("vxlanid_list"),
+        "{err}"
+    );
+    // Nothing was made: neither host lists them, and the subnet and id are still free.
+    for host in h {
+        let ls = host.ok(&["network", "ls"]);
+        assert!(!ls.contains("second") && !ls.contains("third"), "{ls}");
+    }
+    h[1].ok(&[
+        "network",
+        "create",
+        "-d",
+        "overlay",
+        "--subnet",
+        "10.254.0.0/24",
+        "-o",
+        "com.docker.network.driver.overlay.vxlanid_list=4243",
+        "third",
+    ]);
+    // A sandbox cannot join a cluster network made without --attachable (Docker's rule for
+    // standalone containers); nothing is left of the attempt.
+    let err = h[1].fails(&["sandbox", "create", "lone", "--network", "first"]);
+    assert!(err.contains("not manually attachable"), "{err}");
+    assert!(!h[1].ok(&["sandbox", "ls"]).contains("lone"));
+    assert!(!h[1].sandbox_ns("lone").exists());
+
+    // A daemon told to advertise an address that is not its own refuses to start, naming it.
+    let mut wrong = c.host(3, "elsewhere", &["--cluster-advertise", "10.99.0.77"]);
+    let out = wrong.run_to_exit();
+    assert!(
+        !out.status.success()
+            && out.log.contains("--cluster-advertise")
+            && out.log.contains("10.99.0.77"),
+        "{}",
+        out.log
+    );
 }

@@ -450,6 +450,17 @@ impl Controller {
 
 /// Checks what a connect asks for on `network` before anything is allocated.
 pub(super) fn check_endpoint_spec(network: &Network, spec: &EndpointSpec) -> Result<()> {
+    if network.scope == Scope::Global && !network.spec.attachable {
+        // Docker: only a swarm service's tasks join a cluster network made without
+        // --attachable; a standalone container is refused.
+        return Err(CnmError::invalid(
+            "network",
+            format!(
+                "network {} is not manually attachable: create it with --attachable",
+                network.name
+            ),
+        ));
+    }
     for alias in &spec.aliases {
         check_name("alias", alias)?;
     }

@@ -206,9 +206,10 @@ impl Host {
             "none".into(),
             "--cluster-store".into(),
             store.url(proxy.addr(), prefix),
-            "--cluster-advertise".into(),
-            format!("10.99.0.{n}"),
         ];
+        if !extra.contains(&"--cluster-advertise") {
+            args.extend(["--cluster-advertise".into(), format!("10.99.0.{n}")]);
+        }
         args.extend(extra.iter().map(|s| s.to_string()));
         Host {
             dir,
@@ -276,6 +277,45 @@ impl Host {
                 self.log()
             );
             std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Runs plexusd in the host's namespace expecting it to exit by itself (refusing to
+    /// start) within 30 s; its status and log.
+    pub fn run_to_exit(&mut self) -> Exited {
+        let mut cmd = Command::new(plexusd_bin());
+        cmd.args(&self.args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        let fd = self.ns.fd().as_raw_fd();
+        // SAFETY: only async-signal-safe calls (setns) between fork and exec.
+        unsafe {
+            cmd.pre_exec(move || {
+                let fd = std::os::fd::BorrowedFd::borrow_raw(fd);
+                nix::sched::setns(fd, nix::sched::CloneFlags::CLONE_NEWNET)
+                    .map_err(std::io::Error::from)
+            });
+        }
+        let mut child = cmd.spawn().unwrap_or_else(|e| panic!("plexusd: {e}"));
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while child.try_wait().ok().flatten().is_none() {
+            if Instant::now() > deadline {
+                let _ = child.kill();
+                panic!("plexusd did not exit within 30 s");
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let out = child
+            .wait_with_output()
+            .unwrap_or_else(|e| panic!("plexusd: {e}"));
+        Exited {
+            status: out.status,
+            log: format!(
+                "{}{}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            ),
         }
     }
 
@@ -485,6 +525,14 @@ impl Host {
         let v: Value = serde_json::from_str(&out).unwrap_or_else(|e| panic!("{e}: {out}"));
         v[0]["Id"].as_str().unwrap_or_default().to_string()
     }
+}
+
+/// How a daemon that refused to start ended.
+pub struct Exited {
+    /// Its exit status.
+    pub status: std::process::ExitStatus,
+    /// What it wrote on stdout and stderr.
+    pub log: String,
 }
 
 /// A TCP listener on `port` in `ns`; each connection's text arrives on the receiver.
