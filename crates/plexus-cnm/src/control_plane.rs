@@ -44,4 +44,13 @@ pub trait ControlPlane: Send + Sync {
     /// Every live entry of a table now, with the address of the host that owns it (to
     /// program the data plane from scratch, after a restart).
     fn entries(&self, network_id: &str, table: &str) -> Vec<(String, Vec<u8>, IpAddr)>;
+
+    /// Whether [`entries`](Self::entries) of `network_id` is complete: this host has
+    /// compared its tables with another host's since it joined the network (or no other
+    /// host is on it). Until then an entry missing here may only not have arrived yet, so
+    /// what it accounts for in the kernel must not be removed as stale.
+    fn synced(&self, network_id: &str) -> bool {
+        let _ = network_id;
+        true
+    }
 }

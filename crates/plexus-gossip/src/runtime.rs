@@ -152,6 +152,12 @@ impl GossipHandle {
         self.shared.lock().entries(network, table)
     }
 
+    /// Whether this node's table of `network` has been compared with another attached
+    /// node's since it joined (see [`Node::network_synced`](crate::node::Node::network_synced)).
+    pub fn network_synced(&self, network: &str) -> bool {
+        self.shared.lock().network_synced(network)
+    }
+
     /// Diagnostics: every stored entry of a network.
     pub fn table_dump(&self, network: &str) -> Vec<EntryInfo<SocketAddr>> {
         self.shared.lock().table_dump(network)

@@ -388,3 +388,44 @@ fn entries_larger_than_a_datagram_travel_over_streams() {
         assert_eq!(sim.node(i).unwrap().stats().dropped_oversize, 0);
     }
 }
+
+/// A restarted node's table of a network is not "synced" (complete) until it has compared
+/// it with a peer's; then it holds the peer's entries. A node alone on a network is synced
+/// once it has joined the cluster.
+#[test]
+fn a_restarted_nodes_table_is_synced_only_after_a_peer_answered() {
+    let mut sim = Sim::new(cfg(3, 5));
+    for i in 0..3u32 {
+        sim.with_node(i, |node, now| {
+            node.join_network("blue", now).unwrap();
+            if i > 0 {
+                node.join(&[0], now);
+            }
+        });
+    }
+    sim.with_node(1, |node, now| {
+        node.put("blue", "peers", "ep1", b"one", now).unwrap()
+    });
+    sim.with_node(0, |node, now| node.join_network("lonely", now).unwrap());
+    sim.run_for(3_000);
+    assert!(all_agree(&sim, "blue", "peers", 1));
+    for i in 0..3 {
+        assert!(sim.node(i).unwrap().network_synced("blue"), "node {i}");
+    }
+    assert!(sim.node(0).unwrap().network_synced("lonely"));
+    assert!(
+        !sim.node(1).unwrap().network_synced("lonely"),
+        "not joined there"
+    );
+
+    sim.kill(2);
+    sim.run_for(500);
+    sim.restart(2, &[0]);
+    sim.with_node(2, |node, now| node.join_network("blue", now).unwrap());
+    assert!(!sim.node(2).unwrap().network_synced("blue"));
+    assert!(sim.node(2).unwrap().entries("blue", "peers").is_empty());
+    sim.run_for(2_000);
+    let node = sim.node(2).unwrap();
+    assert!(node.network_synced("blue"));
+    assert_eq!(node.entries("blue", "peers").len(), 1);
+}

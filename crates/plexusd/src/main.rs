@@ -540,10 +540,10 @@ async fn run(args: Args) -> Result<()> {
     for task in heartbeat.into_iter().chain(cluster_tasks) {
         task.abort();
     }
-    if let Some(g) = &gossip {
-        // A graceful leave: the others mark this host left at once instead of suspecting it.
-        g.handle.leave(std::time::Duration::from_millis(300)).await;
-    }
+    // No graceful gossip leave: the data plane outlives plexusd, so the other hosts keep
+    // this host's entries (and their traffic to it) until their failure detector declares
+    // it dead; a restart within that time is seamless.
+    drop(gossip);
     if let Err(e) = std::fs::remove_file(&socket) {
         tracing::warn!(socket = %socket.display(), error = %e, "cannot remove the socket");
     }

@@ -18,7 +18,17 @@ use multihost::{wait_for, Cluster, ClusterStore};
 #[test]
 fn sandboxes_on_three_hosts_talk_and_two_networks_stay_apart() {
     plexus_testkit::require_root();
-    let c = Cluster::start(3, ClusterStore::etcd());
+    talk_and_stay_apart(Cluster::start(3, ClusterStore::etcd()));
+}
+
+/// The same on ZooKeeper as the cluster store.
+#[test]
+fn sandboxes_on_three_hosts_talk_with_zookeeper_as_the_store() {
+    plexus_testkit::require_root();
+    talk_and_stay_apart(Cluster::start(3, ClusterStore::zookeeper()));
+}
+
+fn talk_and_stay_apart(c: Cluster) {
     let h = &c.hosts;
     h[0].ok(&[
         "network",
@@ -192,4 +202,46 @@ fn bad_input_across_hosts_is_refused_and_nothing_is_made() {
         "{}",
         out.log
     );
+}
+
+/// Twenty hosts, a sandbox on each: every host's VXLAN device holds the other nineteen, and
+/// the first host's sandbox reaches the last one's.
+#[test]
+fn twenty_hosts_see_every_endpoint() {
+    plexus_testkit::require_root();
+    let n = 20;
+    let c = Cluster::start(n, ClusterStore::etcd());
+    let h = &c.hosts;
+    h[0].ok(&[
+        "network",
+        "create",
+        "-d",
+        "overlay",
+        "--subnet",
+        "10.250.0.0/24",
+        "--attachable",
+        "wide",
+    ]);
+    let id = h[0].network_id("wide");
+    for (i, host) in h.iter().enumerate() {
+        host.ok(&["sandbox", "create", &format!("w{i}"), "--network", "wide"]);
+    }
+    for host in h {
+        wait_for(
+            "every host holding every other endpoint",
+            Duration::from_secs(30),
+            || match host.overlay_fdb(&id).len() {
+                l if l == n as usize - 1 => Ok(()),
+                l => Err(format!("host {} holds {l}", host.n)),
+            },
+        );
+    }
+    let last = h[n as usize - 1].sandbox_ip(&format!("w{}", n - 1), None);
+    wait_for("w0 pinging the last", Duration::from_secs(10), || {
+        if h[0].ping("w0", &last) {
+            Ok(())
+        } else {
+            Err("no answer".into())
+        }
+    });
 }

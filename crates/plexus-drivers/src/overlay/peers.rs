@@ -177,7 +177,9 @@ impl OverlayDriver {
 
     /// Removes from the network's `vxlan0` the static FDB and neighbour entries no peer
     /// accounts for (left by a run that died, or added by hand), and programs again a peer
-    /// whose entries are missing; returns what it changed.
+    /// whose entries are missing; returns what it changed. Until the control plane has
+    /// synced the network's tables (after a restart), nothing is removed: the entries the
+    /// last run programmed keep the traffic flowing until the table says what is gone.
     pub(super) async fn sweep(&self, net: &NetState) -> Vec<String> {
         let Some(segment) = &net.segment else {
             return Vec::new();
@@ -185,7 +187,8 @@ impl OverlayDriver {
         let (rtnl, vx) = (&segment.rtnl, segment.vxlan);
         let mut changed = Vec::new();
         let fdb = rtnl.fdb(vx).await.unwrap_or_default();
-        for entry in fdb.iter().filter(|n| n.fixed) {
+        let remove_stale = self.plane.synced(&net.info.id);
+        for entry in fdb.iter().filter(|n| n.fixed && remove_stale) {
             let (Some(mac), Some(ip)) = (entry.mac, entry.ip) else {
                 continue;
             };
@@ -199,7 +202,7 @@ impl OverlayDriver {
             }
         }
         let neighbours = rtnl.neighbours(vx).await.unwrap_or_default();
-        for entry in neighbours.iter().filter(|n| n.fixed) {
+        for entry in neighbours.iter().filter(|n| n.fixed && remove_stale) {
             let Some(ip) = entry.ip.filter(|ip| !ip.is_multicast()) else {
                 continue;
             };

@@ -238,11 +238,18 @@ impl<A: Address> Node<A> {
             Body::SyncBuckets { network, buckets } => {
                 if let Some(l) = self.local.get(&network) {
                     let want = l.table.differing(&buckets);
-                    if !want.is_empty() {
+                    if want.is_empty() {
+                        self.mark_synced(&network);
+                    } else {
                         let items = self.entry_items(&network, &want, now);
                         self.send_stream(from, Body::SyncEntries { network, want }, &items);
                     }
                 }
+            }
+            Body::SyncEntries { network, want } if want.is_empty() => {
+                // The last step of a sync this node started: the peer's entries came with
+                // it (and were applied before this body).
+                self.mark_synced(&network);
             }
             Body::SyncEntries { network, want } => {
                 if !want.is_empty() && self.local.contains_key(&network) {

@@ -151,6 +151,7 @@ impl<A: Address> Node<A> {
                     table: Table::new(),
                     queue: BroadcastQueue::new(),
                     bootstrap: false,
+                    synced: true,
                 },
             );
         }

@@ -191,6 +191,9 @@ struct Local<A: Address> {
     table: Table<A>,
     queue: BroadcastQueue,
     bootstrap: bool,
+    /// The table has been compared with another attached node's since this node joined
+    /// the network (or no other node is attached): what it lacks is known to be gone.
+    synced: bool,
 }
 
 /// Attachments of every node to one network, by member slot.

@@ -77,10 +77,19 @@ impl<A: Address> Node<A> {
                 table: Table::new(),
                 queue: BroadcastQueue::new(),
                 bootstrap: true,
+                synced: false,
             },
         );
         self.bootstrap_sync(network);
         Ok(())
+    }
+
+    /// Whether this node's table of `network` has been compared with another attached
+    /// node's since it joined (or no other node is attached once this node has joined the
+    /// cluster): until then, an entry missing here may only not have arrived yet. False for
+    /// a network not joined.
+    pub fn network_synced(&self, network: &str) -> bool {
+        self.local.get(network).is_some_and(|l| l.synced)
     }
 
     /// Detaches this node from a network: its entries there disappear everywhere.

@@ -129,6 +129,26 @@ impl<A: Address> Node<A> {
         let peers = self.random_network_peers(network, 1, |r| r.active());
         if let Some(p) = peers.first() {
             self.sync_with(network, *p);
+        } else {
+            self.synced_alone(network);
+        }
+    }
+
+    /// No other live node is attached to `network`: once this node has joined the cluster
+    /// (it knows the others' attachments), there is nothing to wait for.
+    pub(super) fn synced_alone(&mut self, network: &str) {
+        if self.join.is_some() {
+            return;
+        }
+        if let Some(l) = self.local.get_mut(network) {
+            l.synced = true;
+        }
+    }
+
+    /// A peer's answer showed what it holds of `network`.
+    pub(super) fn mark_synced(&mut self, network: &str) {
+        if let Some(l) = self.local.get_mut(network) {
+            l.synced = true;
         }
     }
 
@@ -166,7 +186,18 @@ impl<A: Address> Node<A> {
                 )
             });
             if let Some(p) = peers.first() {
+                // Equal digests get no answer: a round that changed nothing still counts.
+                if self
+                    .random_network_peers(&net, 1, |r| r.active())
+                    .is_empty()
+                {
+                    self.synced_alone(&net);
+                } else if self.local.get(&net).is_some_and(|l| !l.bootstrap) {
+                    self.mark_synced(&net);
+                }
                 self.sync_with(&net, *p);
+            } else {
+                self.synced_alone(&net);
             }
         }
     }

@@ -77,6 +77,10 @@ impl ControlPlane for GossipControlPlane {
             .map(|(k, v, owner)| (k, v, owner.ip()))
             .collect()
     }
+
+    fn synced(&self, network_id: &str) -> bool {
+        self.handle.network_synced(network_id)
+    }
 }
 
 type EntryKey = (String, String, String);

@@ -507,6 +507,58 @@ impl Host {
         v
     }
 
+    /// The permanent neighbour entries of the VXLAN device of overlay network `net_id` on
+    /// this host (`<ip> <mac>`), sorted.
+    pub fn overlay_neigh(&self, net_id: &str) -> Vec<String> {
+        let Some(ns) = self.overlay_ns(net_id) else {
+            return Vec::new();
+        };
+        let out = Command::new("nsenter")
+            .arg(format!("--net={}", ns.display()))
+            .args(["ip", "neigh", "show", "dev", "vxlan0", "nud", "permanent"])
+            .output()
+            .unwrap_or_else(|e| panic!("ip neigh: {e}"));
+        let mut v: Vec<String> = String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .filter_map(|l| {
+                let mut w = l.split_whitespace();
+                let ip = w.next()?;
+                let mac = l.split(" lladdr ").nth(1)?.split_whitespace().next()?;
+                Some(format!("{ip} {mac}"))
+            })
+            .collect();
+        v.sort();
+        v
+    }
+
+    /// Every endpoint of this host's sandboxes on network `network`: (name, IPv4, MAC).
+    pub fn endpoints_on(&self, network: &str) -> Vec<(String, String, String)> {
+        let mut out = Vec::new();
+        let ls = self.ok(&["sandbox", "ls", "--format", "json"]);
+        for line in ls.lines().filter(|l| !l.trim().is_empty()) {
+            let v: Value = serde_json::from_str(line).unwrap_or_else(|e| panic!("{e}: {line}"));
+            let name = v["Name"].as_str().unwrap_or_default().to_string();
+            let inspect = self.ok(&["sandbox", "inspect", &name]);
+            let iv: Value =
+                serde_json::from_str(&inspect).unwrap_or_else(|e| panic!("{e}: {inspect}"));
+            for ep in iv[0]["Endpoints"].as_array().cloned().unwrap_or_default() {
+                if ep["Network"].as_str() != Some(network) {
+                    continue;
+                }
+                let ip = ep["IPv4Address"]
+                    .as_str()
+                    .unwrap_or_default()
+                    .split('/')
+                    .next()
+                    .unwrap_or_default()
+                    .to_string();
+                let mac = ep["MacAddress"].as_str().unwrap_or_default().to_string();
+                out.push((name.clone(), ip, mac));
+            }
+        }
+        out
+    }
+
     /// The namespace of overlay network `net_id` on this host (`<run>/overlay/1-<short id>`),
     /// if it exists.
     pub fn overlay_ns(&self, net_id: &str) -> Option<PathBuf> {
