@@ -82,6 +82,17 @@ pub enum CnmError {
         /// What went wrong.
         message: String,
     },
+    /// A sandbox whose networks give it no default gateway could not be given its way out
+    /// through the gateway network (`docker_gwbridge`); what asked for it was undone.
+    #[error("sandbox {sandbox}: no way out through network {network} (its other networks give no default gateway): {cause}")]
+    Egress {
+        /// The sandbox's name.
+        sandbox: String,
+        /// The gateway network's name.
+        network: String,
+        /// Why.
+        cause: Box<CnmError>,
+    },
     /// Stored state could not be read (a bug or a foreign writer).
     #[error("corrupt record at {key}: {reason}")]
     Corrupt {
@@ -103,6 +114,7 @@ impl CnmError {
             CnmError::Exists { .. } | CnmError::InUse { .. } | CnmError::Conflict { .. } => 409,
             CnmError::Ipam(e) => ipam_status(e),
             CnmError::Store(plexus_kv::KvError::TxnConflict { .. }) => 409,
+            CnmError::Egress { cause, .. } => cause.http_status(),
             _ => 500,
         }
     }

@@ -254,6 +254,11 @@ pub struct Endpoint {
     /// Its join gave the sandbox no default gateway.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub disable_gateway: bool,
+    /// The controller made it, not a user: its sandbox's way out through the gateway network
+    /// (Docker's `gateway_<sandbox id>` endpoint on `docker_gwbridge`), because its other
+    /// networks give it no default gateway. It goes when they do.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub egress: bool,
 }
 
 /// A host of the cluster, as it announces itself in the cluster store

@@ -89,6 +89,9 @@ pub struct ReconcileReport {
     pub drivers: BTreeMap<String, Reconciled>,
     /// Drivers whose pass failed, with the error (the others still ran).
     pub failed: BTreeMap<String, String>,
+    /// Sandboxes (ids) whose way out was settled: a gateway endpoint attached or removed,
+    /// which a crash between a connect or disconnect and that step had left undone.
+    pub gateways: Vec<String>,
 }
 
 impl ReconcileReport {
@@ -98,5 +101,6 @@ impl ReconcileReport {
             && self.renamed.is_empty()
             && self.drivers.values().all(Reconciled::is_empty)
             && self.failed.is_empty()
+            && self.gateways.is_empty()
     }
 }

@@ -41,6 +41,7 @@
 mod bridge;
 pub mod default_bridge;
 pub mod firewall;
+pub mod gateway_bridge;
 mod gso;
 mod host;
 mod names;
@@ -54,6 +55,7 @@ use std::sync::Arc;
 
 pub use bridge::BridgeDriver;
 pub use default_bridge::{create_default_bridge, DefaultBridge};
+pub use gateway_bridge::{gateway_bridge_spec, GATEWAY_BRIDGE_NETWORK};
 pub use host::HostDriver;
 pub use names::{parse_alias, Marked};
 pub use null::NullDriver;

@@ -410,6 +410,8 @@ async fn run(args: Args) -> Result<()> {
         ControllerConfig {
             host_id: host_id.clone(),
             cluster_advertise: advertise,
+            // Docker's docker_gwbridge: the way out of sandboxes on overlay networks.
+            gateway_network: Some(plexus_drivers::gateway_bridge_spec()),
             ..ControllerConfig::default()
         },
     )

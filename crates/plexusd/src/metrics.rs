@@ -159,7 +159,7 @@ impl ReconcileMetrics {
         registry
             .register(
                 "reconcile_repairs",
-                "What reconciliation changed in the kernel or the records, by mode and kind: network, endpoint (made again or adopted), kernel_object (a bridge, port, rule made again), orphan_removed (a marked object the store does not know), rolled_back (an endpoint a crash cut short), renamed, orphan_namespace, ipam_pool, ipam_address (released)",
+                "What reconciliation changed in the kernel or the records, by mode and kind: network, endpoint (made again or adopted), kernel_object (a bridge, port, rule made again), orphan_removed (a marked object the store does not know), rolled_back (an endpoint a crash cut short), renamed, gateway (a sandbox's gateway endpoint attached or removed), orphan_namespace, ipam_pool, ipam_address (released)",
                 m.repairs.clone(),
             )
             .context(ctx)?;
@@ -204,6 +204,7 @@ impl ReconcileMetrics {
         };
         self.repaired(mode, "rolled_back", report.forgotten.len());
         self.repaired(mode, "renamed", report.renamed.len());
+        self.repaired(mode, "gateway", report.gateways.len());
         let mut unrepaired = 0;
         for done in report.drivers.values() {
             self.repaired(mode, "network", done.networks.len());

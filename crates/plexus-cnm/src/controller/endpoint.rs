@@ -46,6 +46,7 @@ impl Controller {
                 &network,
                 driver.as_ref(),
                 spec,
+                false,
                 &current,
                 &mut allocated,
             )
@@ -57,7 +58,20 @@ impl Controller {
                 }
             }
         }
-        result
+        let endpoint = result?;
+        // The sandbox's way out follows its networks (egress.rs): this one may give no
+        // default gateway, or give one that makes the gateway endpoint unneeded. A sandbox
+        // that cannot be given its way out is not connected.
+        if let Err(e) = self.settle_egress_locked(&sandbox.id).await {
+            if let Err(u) = self
+                .disconnect_locked(&sandbox.id, &endpoint, &network, false)
+                .await
+            {
+                tracing::warn!(endpoint = %endpoint.id, error = %u, "cannot undo the connect; reconciliation removes what is left");
+            }
+            return Err(e);
+        }
+        Ok(endpoint)
     }
 
     pub(super) async fn allocate(
@@ -82,13 +96,15 @@ impl Controller {
 
     /// The first steps of every new endpoint, for connect and for a sandbox made whole: its
     /// addresses (pushed to `allocated`, for the caller's undo), the driver's endpoint, and
-    /// its record as it will be stored, with no interface name yet.
+    /// its record as it will be stored, with no interface name yet. `egress`: it is the
+    /// sandbox's way out through the gateway network (egress.rs), named as Docker names it.
     pub(super) async fn new_endpoint(
         &self,
         sandbox: &Sandbox,
         network: &Network,
         driver: &dyn Driver,
         spec: &EndpointSpec,
+        egress: bool,
         allocated: &mut Vec<(String, IpAddr)>,
     ) -> Result<Endpoint> {
         let v4 = self
@@ -131,7 +147,11 @@ impl Controller {
             .map_err(|e| driver_err(driver, e))?;
         Ok(Endpoint {
             id,
-            name: sandbox.name.clone(),
+            name: if egress {
+                super::egress::endpoint_name(&sandbox.id)
+            } else {
+                sandbox.name.clone()
+            },
             network_id: network.id.clone(),
             sandbox_id: sandbox.id.clone(),
             ipv4: info.ipv4,
@@ -146,6 +166,7 @@ impl Controller {
             options: spec.options.clone(),
             routes: Vec::new(),
             disable_gateway: false,
+            egress,
         })
     }
 
@@ -160,17 +181,22 @@ impl Controller {
             .unwrap_or_else(|| self.config.interface_prefix.clone())
     }
 
+    /// Connects `sandbox` to `network` once checked: see [`new_endpoint`](Self::new_endpoint)
+    /// for `egress`; addresses taken are in `allocated` for the caller to release when it
+    /// fails, all else is undone here.
+    #[allow(clippy::too_many_arguments)]
     pub(super) async fn connect_steps(
         &self,
         sandbox: &Sandbox,
         network: &Network,
         driver: &dyn Driver,
         spec: EndpointSpec,
+        egress: bool,
         current: &[(Endpoint, Network)],
         allocated: &mut Vec<(String, IpAddr)>,
     ) -> Result<Endpoint> {
         let mut endpoint = self
-            .new_endpoint(sandbox, network, driver, &spec, allocated)
+            .new_endpoint(sandbox, network, driver, &spec, egress, allocated)
             .await?;
         let id = endpoint.id.clone();
         let prefix = self.interface_prefix(network);
@@ -362,8 +388,17 @@ impl Controller {
     pub async fn disconnect(&self, sandbox: &str, network: &str) -> Result<()> {
         let _op = self.ops.lock().await;
         let (sandbox, network, endpoint) = self.endpoint_on(sandbox, network).await?;
+        if endpoint.egress {
+            return Err(self.refuse_egress_disconnect(&sandbox, &endpoint));
+        }
         self.disconnect_locked(&sandbox.id, &endpoint, &network, false)
-            .await
+            .await?;
+        // Its way out follows (egress.rs): no longer needed, or needed now that a network
+        // with a gateway is gone. The disconnect is done either way; a pass retries.
+        if let Err(e) = self.settle_egress_locked(&sandbox.id).await {
+            tracing::warn!(sandbox = %sandbox.name, error = %e, "cannot settle the sandbox's way out after the disconnect; the next reconciliation pass tries again");
+        }
+        Ok(())
     }
 
     /// The endpoint of `sandbox` on `network` (names or ids), with both.

@@ -8,6 +8,7 @@
 //! the kernel and IPAM with the store) removes them.
 
 mod discovery;
+mod egress;
 mod endpoint;
 pub(crate) mod events;
 mod network;
@@ -39,6 +40,11 @@ pub struct ControllerConfig {
     pub host_id: String,
     /// The address this host gives the cluster's other hosts (`--cluster-advertise`).
     pub cluster_advertise: Option<std::net::SocketAddr>,
+    /// The local network that gives a sandbox its way out when its networks give it no
+    /// default gateway (an overlay's join gives none): Docker's `docker_gwbridge`, made from
+    /// this spec on first need unless a network of its name exists, which is then used as
+    /// it is. `None`: such sandboxes get no way out.
+    pub gateway_network: Option<crate::model::NetworkSpec>,
 }
 
 impl Default for ControllerConfig {
@@ -48,6 +54,7 @@ impl Default for ControllerConfig {
             interface_prefix: "eth".into(),
             host_id: String::new(),
             cluster_advertise: None,
+            gateway_network: None,
         }
     }
 }

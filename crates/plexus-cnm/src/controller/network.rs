@@ -162,8 +162,14 @@ impl Controller {
 
     /// Creates a network: checks the request, allocates its pools, has the driver make it,
     /// and records it, undoing everything if a step fails.
-    pub async fn create_network(&self, mut spec: NetworkSpec) -> Result<Network> {
+    pub async fn create_network(&self, spec: NetworkSpec) -> Result<Network> {
         let _op = self.ops.lock().await;
+        self.create_network_locked(spec).await
+    }
+
+    /// [`create_network`](Self::create_network) with the operation lock held (also how the
+    /// gateway network is made within a connect).
+    pub(super) async fn create_network_locked(&self, mut spec: NetworkSpec) -> Result<Network> {
         check_name("network", &spec.name)?;
         if spec.driver.is_empty() {
             spec.driver = self.config.default_driver.clone();
@@ -402,7 +408,12 @@ impl Controller {
                     .await?
                     .map(|(s, _)| s.name)
                     .unwrap_or_else(|| ep.sandbox_id.clone());
-                if ep.host.is_empty() || ep.host == self.config.host_id {
+                if ep.egress {
+                    by.push(format!(
+                        "sandbox {sandbox} through {}, its way out while its other networks give it no default gateway; removed with the sandbox or when it leaves them",
+                        ep.name
+                    ));
+                } else if ep.host.is_empty() || ep.host == self.config.host_id {
                     by.push(format!("sandbox {sandbox}"));
                 } else {
                     by.push(format!("sandbox {sandbox} on host {}", ep.host));

@@ -190,8 +190,9 @@ impl Controller {
         };
         let mut made = Vec::new();
         let mut allocated = Vec::new();
+        let mut gateway_made = None;
         let result = self
-            .create_sandbox_steps(sandbox, &plan, &mut made, &mut allocated)
+            .create_sandbox_steps(sandbox, &plan, &mut made, &mut allocated, &mut gateway_made)
             .await;
         match result {
             Ok(sandbox) => {
@@ -204,6 +205,9 @@ impl Controller {
                     if let Err(u) = self.ipam.release_address(pool, *addr).await {
                         tracing::warn!(%addr, error = %u, "cannot release address while undoing");
                     }
+                }
+                if let Some(network) = gateway_made {
+                    self.undo_gateway_network(&network).await;
                 }
                 if owned {
                     if let Err(u) = self.namespaces.delete(&sandbox.key).await {
@@ -236,30 +240,43 @@ impl Controller {
     }
 
     /// The steps of [`create_sandbox`](Self::create_sandbox) after its namespace: what they
-    /// made is in `made` and `allocated` for the caller to undo. The error comes back with
-    /// the sandbox (its namespace path).
+    /// made is in `made`, `allocated` and `gateway_made` (the gateway network, when made
+    /// here) for the caller to undo. The error comes back with the sandbox (its namespace
+    /// path).
     async fn create_sandbox_steps(
         &self,
         mut sandbox: Sandbox,
         plan: &[(Network, u64, Arc<dyn Driver>, EndpointSpec)],
         made: &mut Vec<Made>,
         allocated: &mut Vec<(String, IpAddr)>,
+        gateway_made: &mut Option<Network>,
     ) -> std::result::Result<Sandbox, (Sandbox, CnmError)> {
         for (network, _, driver, spec) in plan {
             if let Err(e) = self
-                .make_endpoint(&sandbox, network, driver, spec, made, allocated)
+                .make_endpoint(&sandbox, network, driver, spec, false, made, allocated)
                 .await
             {
                 return Err((sandbox, e));
             }
         }
+        let gateway = match self
+            .make_egress(&sandbox, made, allocated, gateway_made)
+            .await
+        {
+            Ok(g) => g,
+            Err(e) => return Err((sandbox, e)),
+        };
         sandbox.endpoints = made.iter().map(|m| m.endpoint.id.clone()).collect();
         let mut txn = Txn::new()
             .compare_absent(keys::sandbox_name(&sandbox.name))
             .put(keys::sandbox(&sandbox.id), encode(&sandbox))
             .put(keys::sandbox_name(&sandbox.name), encode(&sandbox.id));
         let mut events = vec![Event::sandbox(EventAction::Create, &sandbox)];
-        for ((network, index, ..), m) in plan.iter().zip(made.iter()) {
+        let networks = plan
+            .iter()
+            .map(|(network, index, ..)| (network, index))
+            .chain(gateway.as_ref().map(|(network, index)| (network, index)));
+        for ((network, index), m) in networks.zip(made.iter()) {
             // The network must still be there: a concurrent delete loses or we do.
             txn = txn
                 .compare_index(keys::network_in(network.scope, &network.id), *index)
@@ -290,19 +307,68 @@ impl Controller {
         }
     }
 
+    /// The gateway endpoint of a sandbox being created, when its endpoints in `made` give it
+    /// no default gateway (egress.rs): made like the others, with the gateway network and its
+    /// record's index for the transaction. The gateway network, if made here, is put in
+    /// `gateway_made`.
+    async fn make_egress(
+        &self,
+        sandbox: &Sandbox,
+        made: &mut Vec<Made>,
+        allocated: &mut Vec<(String, IpAddr)>,
+        gateway_made: &mut Option<Network>,
+    ) -> Result<Option<(Network, u64)>> {
+        let current: Vec<(Endpoint, Network)> = made
+            .iter()
+            .map(|m| (m.endpoint.clone(), m.network.clone()))
+            .collect();
+        let (super::egress::Settle::Attach, Some(spec)) = (
+            self.egress_settle(&current),
+            self.config.gateway_network.as_ref(),
+        ) else {
+            return Ok(None);
+        };
+        let steps = async {
+            let (network, fresh) = self.gateway_network_locked(spec).await?;
+            if fresh {
+                *gateway_made = Some(network.clone());
+            }
+            let (_, index) = self
+                .load::<Network>(&keys::network_in(network.scope, &network.id))
+                .await?
+                .ok_or_else(|| CnmError::NotFound {
+                    kind: "network",
+                    name: network.name.clone(),
+                })?;
+            let driver = self.driver(&network.driver)?;
+            let spec = EndpointSpec::default();
+            self.make_endpoint(sandbox, &network, &driver, &spec, true, made, allocated)
+                .await?;
+            Ok((network, index))
+        };
+        steps.await.map(Some).map_err(|cause| CnmError::Egress {
+            sandbox: sandbox.name.clone(),
+            network: spec.name.clone(),
+            cause: Box::new(cause),
+        })
+    }
+
     /// One endpoint of a sandbox being created: addresses, the driver's endpoint, the join,
-    /// the way out; pushed to `made` as soon as the driver has it.
+    /// the way out; pushed to `made` as soon as the driver has it. `egress`: the sandbox's
+    /// gateway endpoint (egress.rs).
+    #[allow(clippy::too_many_arguments)]
     async fn make_endpoint(
         &self,
         sandbox: &Sandbox,
         network: &Network,
         driver: &Arc<dyn Driver>,
         spec: &EndpointSpec,
+        egress: bool,
         made: &mut Vec<Made>,
         allocated: &mut Vec<(String, IpAddr)>,
     ) -> Result<()> {
         let endpoint = self
-            .new_endpoint(sandbox, network, driver.as_ref(), spec, allocated)
+            .new_endpoint(sandbox, network, driver.as_ref(), spec, egress, allocated)
             .await?;
         let id = endpoint.id.clone();
         made.push(Made {

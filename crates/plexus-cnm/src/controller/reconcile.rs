@@ -61,12 +61,16 @@ impl Controller {
             .map(|s| (s.id.clone(), s.key.clone()))
             .collect();
         let mut report = ReconcileReport::default();
+        // This host's endpoints the pass keeps, by sandbox, for settling the sandboxes' way
+        // out at the end; `None` once a driver's endpoints could not be read.
+        let mut kept: Option<BTreeMap<String, Vec<(Endpoint, Network)>>> = Some(BTreeMap::new());
         for (name, driver) in self.drivers.iter() {
             let live = match driver.live_endpoints().await {
                 Ok(live) => live,
                 Err(e) => {
                     tracing::warn!(driver = name, error = %e, "cannot read the driver's live endpoints");
                     report.failed.insert(name.to_string(), e.to_string());
+                    kept = None;
                     continue;
                 }
             };
@@ -98,6 +102,11 @@ impl Controller {
                             report.renamed.push((ep.id.clone(), actual.clone()));
                             ep.interface = Some(actual.clone());
                         }
+                    }
+                    if let Some(kept) = kept.as_mut() {
+                        kept.entry(ep.sandbox_id.clone())
+                            .or_default()
+                            .push((ep.clone(), network.clone()));
                     }
                     desired.endpoints.push(DesiredEndpoint {
                         sandbox_key: sandbox_keys
@@ -138,6 +147,13 @@ impl Controller {
                     report.failed.insert(name.to_string(), e.to_string());
                 }
             }
+        }
+        // Last, with every driver's kernel state made again: the sandboxes' way out
+        // (egress.rs), which a crash between a connect or disconnect and its settling left
+        // undone. Not when some driver's endpoints are unknown: they may want or give one.
+        if let Some(kept) = kept {
+            self.reconcile_egress_locked(&sandboxes, &kept, &mut report)
+                .await;
         }
         Ok(report)
     }

@@ -76,7 +76,9 @@ impl OverlayDriver {
                     interface: Some(name),
                     gateways: Vec::new(),
                     static_routes: Vec::new(),
-                    // No egress yet (docker_gwbridge): the network gives no default route.
+                    // The network gives no default route (nor does libnetwork's overlay):
+                    // the controller gives the sandbox its way out through docker_gwbridge,
+                    // unless the network is internal or another one gives a gateway.
                     disable_gateway: true,
                 })
             }

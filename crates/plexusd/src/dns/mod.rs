@@ -51,6 +51,12 @@ impl DnsPaths {
     }
 }
 
+/// Whether an endpoint's names are served: on a network that serves names, and not a
+/// sandbox's gateway endpoint (its way out, which Docker makes without name resolution).
+fn named(ep: &Endpoint, n: &Network) -> bool {
+    serves_names(n) && !ep.egress
+}
+
 /// Whether a network's sandboxes get the embedded DNS: every network but the default
 /// `bridge` (as in Docker) and the host and null ones (nothing to resolve to).
 pub fn serves_names(n: &Network) -> bool {
@@ -105,7 +111,7 @@ fn sandbox_info(sb: &Sandbox) -> SandboxInfo {
 /// The resolver's ops for one sandbox as it now is: its DNS networks, itself and its
 /// endpoints on them; or its removal when it has none.
 fn sandbox_ops(sb: &Sandbox, eps: &[(Endpoint, Network)]) -> Vec<Request> {
-    let served: Vec<&(Endpoint, Network)> = eps.iter().filter(|(_, n)| serves_names(n)).collect();
+    let served: Vec<&(Endpoint, Network)> = eps.iter().filter(|(ep, n)| named(ep, n)).collect();
     if served.is_empty() {
         return vec![Request::RemoveSandbox { id: sb.id.clone() }];
     }
@@ -295,7 +301,7 @@ impl Dns {
     fn try_write_files(&self, sb: &Sandbox, eps: &[(Endpoint, Network)]) -> Result<()> {
         let dir = self.paths.sandbox_files.join(&sb.id);
         std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
-        let resolv = if eps.iter().any(|(_, n)| serves_names(n)) {
+        let resolv = if eps.iter().any(|(ep, n)| named(ep, n)) {
             resolvconf::for_resolver(&self.host_resolv_conf, &sb.dns_search, &sb.dns_options)
         } else {
             resolvconf::without_resolver(
@@ -306,7 +312,12 @@ impl Dns {
             )
         };
         let name = sb.hostname.clone().unwrap_or_else(|| sb.name.clone());
-        let all: Vec<IpAddr> = eps.iter().flat_map(|(ep, _)| addrs(ep)).collect();
+        // The gateway endpoint's address is no name's: it is only the way out.
+        let all: Vec<IpAddr> = eps
+            .iter()
+            .filter(|(ep, _)| !ep.egress)
+            .flat_map(|(ep, _)| addrs(ep))
+            .collect();
         let hosts = resolvconf::hosts(&[name], &all);
         for (file, text) in [("resolv.conf", resolv), ("hosts", hosts)] {
             let path = dir.join(file);
@@ -419,5 +430,83 @@ pub fn run_resolver(
             eprintln!("plexusd resolver: {e}");
             std::process::ExitCode::FAILURE
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn network(name: &str) -> Network {
+        Network {
+            id: format!("{name}-id"),
+            name: name.into(),
+            driver: "bridge".into(),
+            scope: plexus_cnm::Scope::Local,
+            ipv4: Vec::new(),
+            ipv6: Vec::new(),
+            spec: plexus_cnm::NetworkSpec::default(),
+            created: String::new(),
+            driver_data: Default::default(),
+        }
+    }
+
+    fn endpoint(id: &str, network: &Network, ip: &str, egress: bool) -> Endpoint {
+        Endpoint {
+            id: id.into(),
+            name: id.into(),
+            network_id: network.id.clone(),
+            sandbox_id: "sb".into(),
+            ipv4: ip.parse().ok(),
+            ipv6: None,
+            pool_ids: Vec::new(),
+            mac: None,
+            interface: None,
+            aliases: Vec::new(),
+            ports: Vec::new(),
+            scope: plexus_cnm::Scope::Local,
+            host: String::new(),
+            options: Default::default(),
+            routes: Vec::new(),
+            disable_gateway: false,
+            egress,
+        }
+    }
+
+    #[test]
+    fn a_gateway_endpoint_gets_no_name() {
+        let sb = Sandbox {
+            id: "sb".into(),
+            name: "web".into(),
+            key: "/x".into(),
+            owned_netns: false,
+            endpoints: vec!["e1".into(), "g1".into()],
+            hostname: None,
+            dns: Vec::new(),
+            dns_search: Vec::new(),
+            dns_options: Vec::new(),
+        };
+        let (app, gw) = (network("app"), network("docker_gwbridge"));
+        let eps = vec![
+            (endpoint("e1", &app, "10.1.0.2/24", false), app.clone()),
+            (endpoint("g1", &gw, "172.18.0.2/16", true), gw.clone()),
+        ];
+        let named = |eps: &[(Endpoint, Network)]| -> Vec<(String, Vec<IpAddr>)> {
+            sandbox_ops(&sb, eps)
+                .into_iter()
+                .filter_map(|op| match op {
+                    Request::UpsertEndpoint { endpoint } => Some((endpoint.id, endpoint.addrs)),
+                    _ => None,
+                })
+                .collect()
+        };
+        assert_eq!(
+            named(&eps),
+            vec![("e1".to_string(), vec![[10, 1, 0, 2].into()])]
+        );
+        // Without the mark, the same endpoint is named.
+        let mut eps = eps;
+        eps[1].0.egress = false;
+        assert_eq!(named(&eps).len(), 2);
     }
 }

@@ -704,3 +704,87 @@ impl Cluster {
         &self.underlay
     }
 }
+
+/// A TCP listener on `port` in `ns`; each connection's peer address and text arrive on the
+/// receiver (to see what source address a connection came from).
+pub fn listen_in_from(ns: &Netns, port: u16) -> Receiver<(String, String)> {
+    let listener = ns
+        .run(|| std::net::TcpListener::bind(("0.0.0.0", port)))
+        .unwrap_or_else(|e| panic!("setns: {e}"))
+        .unwrap_or_else(|e| panic!("bind {port}: {e}"));
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        while let Ok((mut s, peer)) = listener.accept() {
+            let _ = s.set_read_timeout(Some(Duration::from_secs(2)));
+            let mut got = String::new();
+            let _ = s.read_to_string(&mut got);
+            if tx
+                .send((peer.ip().to_string(), got.trim().to_string()))
+                .is_err()
+            {
+                return;
+            }
+        }
+    });
+    rx
+}
+
+impl Host {
+    /// Sandbox `name`'s id.
+    pub fn sandbox_id(&self, name: &str) -> String {
+        let out = self.ok(&["sandbox", "inspect", name]);
+        let v: Value = serde_json::from_str(&out).unwrap_or_else(|e| panic!("{e}: {out}"));
+        v[0]["Id"].as_str().unwrap_or_default().to_string()
+    }
+
+    /// The endpoints `plexus network inspect NETWORK` lists, as (sandbox id, endpoint name,
+    /// IPv4 address without its prefix), sorted.
+    pub fn network_endpoints(&self, network: &str) -> Vec<(String, String, String)> {
+        let out = self.ok(&["network", "inspect", network]);
+        let v: Value = serde_json::from_str(&out).unwrap_or_else(|e| panic!("{e}: {out}"));
+        let mut eps: Vec<(String, String, String)> = v[0]["Containers"]
+            .as_object()
+            .map(|m| {
+                m.iter()
+                    .map(|(id, c)| {
+                        let ip = c["IPv4Address"].as_str().unwrap_or_default();
+                        (
+                            id.clone(),
+                            c["Name"].as_str().unwrap_or_default().to_string(),
+                            ip.split('/').next().unwrap_or_default().to_string(),
+                        )
+                    })
+                    .collect()
+            })
+            .unwrap_or_default();
+        eps.sort();
+        eps
+    }
+
+    /// Runs the CLI inside the host's namespace (`system reset` works on the namespace it
+    /// runs in), against this host's socket.
+    pub fn plexus_in_ns(&self, args: &[&str]) -> Output {
+        Command::new("nsenter")
+            .arg(format!("--net={}", self.ns.path().display()))
+            .arg(plexus_bin())
+            .args(args)
+            .env("PLEXUS_HOST", format!("unix://{}", self.socket().display()))
+            .stdin(Stdio::null())
+            .output()
+            .unwrap_or_else(|e| panic!("plexus {args:?} in the host's namespace: {e}"))
+    }
+
+    /// The names of the links in the host's own namespace.
+    pub fn links(&self) -> Vec<String> {
+        let out = Command::new("nsenter")
+            .arg(format!("--net={}", self.ns.path().display()))
+            .args(["ip", "-o", "link", "show"])
+            .output()
+            .unwrap_or_else(|e| panic!("ip link: {e}"));
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .filter_map(|l| l.split(": ").nth(1))
+            .map(|n| n.split('@').next().unwrap_or(n).to_string())
+            .collect()
+    }
+}
