@@ -15,9 +15,17 @@ use multihost::{listen_in_from, wait_for, Cluster, ClusterStore, Host};
 
 const GW: &str = "docker_gwbridge";
 
-/// `plexus network create -d overlay --subnet SUBNET [--internal] NAME` on `host`.
+/// `plexus network create -d overlay --attachable --subnet SUBNET [--internal] NAME` on `host`.
 fn overlay(host: &Host, name: &str, subnet: &str, internal: bool) {
-    let mut args = vec!["network", "create", "-d", "overlay", "--subnet", subnet];
+    let mut args = vec![
+        "network",
+        "create",
+        "-d",
+        "overlay",
+        "--attachable",
+        "--subnet",
+        subnet,
+    ];
     if internal {
         args.push("--internal");
     }
