@@ -589,17 +589,11 @@ pub struct Exited {
 
 /// A TCP listener on `port` in `ns`; each connection's text arrives on the receiver.
 pub fn listen_in(ns: &Netns, port: u16) -> Receiver<String> {
-    let listener = ns
-        .run(|| std::net::TcpListener::bind(("0.0.0.0", port)))
-        .unwrap_or_else(|e| panic!("setns: {e}"))
-        .unwrap_or_else(|e| panic!("bind {port}: {e}"));
     let (tx, rx) = std::sync::mpsc::channel();
+    let from = listen_in_from(ns, port);
     std::thread::spawn(move || {
-        while let Ok((mut s, _)) = listener.accept() {
-            let _ = s.set_read_timeout(Some(Duration::from_secs(2)));
-            let mut got = String::new();
-            let _ = s.read_to_string(&mut got);
-            if tx.send(got.trim().to_string()).is_err() {
+        while let Ok((_, text)) = from.recv() {
+            if tx.send(text).is_err() {
                 return;
             }
         }
