@@ -127,6 +127,7 @@ fn sandbox_ops(sb: &Sandbox, eps: &[(Endpoint, Network)]) -> Vec<Request> {
                 names: names(sb, ep),
                 addrs: addrs(ep),
                 order: order as u32,
+                host: None,
             },
         });
     }
