@@ -456,6 +456,7 @@ async fn run(args: Args) -> Result<()> {
             cluster_tasks.push(tokio::spawn(gossip::plane::route(
                 g.handle.clone(),
                 controller.clone(),
+                gossip::plane::Sinks::new(),
             )));
             cluster_tasks.push(tokio::spawn(g.clone().follow_keyring()));
             cluster_tasks.push(tokio::spawn(g.clone().monitor(metrics)));
