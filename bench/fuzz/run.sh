@@ -23,7 +23,7 @@ seconds=${1:-180}
 shift || true
 targets=("$@")
 if [ ${#targets[@]} -eq 0 ]; then
-  targets=(dns_packet api_json gossip_frame)
+  targets=(dns_packet api_json gossip_frame endpoint_record)
 fi
 
 command -v cargo-fuzz >/dev/null 2>&1 || cargo install cargo-fuzz --locked
@@ -33,7 +33,7 @@ export CARGO_TARGET_DIR="${FUZZ_TARGET_DIR:-$root/fuzz/target}"
 # The cargo feature of the fuzz crate that each target needs.
 feature() {
   case "$1" in
-    dns_packet) echo dns ;;
+    dns_packet | endpoint_record) echo dns ;;
     api_json) echo api ;;
     gossip_frame) echo gossip ;;
     *) echo "bench/fuzz/run.sh: unknown target $1" >&2; return 1 ;;

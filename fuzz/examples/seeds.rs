@@ -1,6 +1,6 @@
 //! Writes the seed corpora of the fuzz targets into `fuzz/corpus/<target>/seed-*`:
 //! valid and broken DNS queries and upstream answers, API request bodies and query values,
-//! gossip frames made by the codec. Run from anywhere:
+//! gossip frames made by the codec, endpoint records. Run from anywhere:
 //!
 //! ```text
 //! cargo run --manifest-path fuzz/Cargo.toml --no-default-features --features dns,gossip --example seeds
@@ -26,7 +26,51 @@ fn main() -> std::io::Result<()> {
     write(&root.join("dns_packet"), dns())?;
     write(&root.join("api_json"), api())?;
     write(&root.join("gossip_frame"), gossip())?;
+    write(&root.join("endpoint_record"), endpoint_records())?;
     Ok(())
+}
+
+/// Endpoint records (`endpoint_table` values): whole ones, and ones a reader refuses or
+/// reads in part.
+fn endpoint_records() -> Seeds {
+    use plexus_dns::record::{EndpointRecord, MAX_ADDRS, MAX_NAMES};
+    let ip = |s: &str| s.parse::<std::net::IpAddr>().expect("seed address");
+    let full = EndpointRecord {
+        sandbox: "web1".into(),
+        aliases: vec!["front".into(), "host-one".into()],
+        addrs: vec![ip("10.0.0.2"), ip("fd00::2")],
+    };
+    let bare = EndpointRecord {
+        sandbox: "x".into(),
+        aliases: vec![],
+        addrs: vec![],
+    };
+    let most = EndpointRecord {
+        sandbox: "a".repeat(253),
+        aliases: (1..MAX_NAMES).map(|i| format!("alias{i}")).collect(),
+        addrs: (0..MAX_ADDRS as u8)
+            .map(|i| std::net::IpAddr::from([10, 0, 0, i]))
+            .collect(),
+    };
+    let enc = |r: &EndpointRecord| r.encode().expect("seed record");
+    let mut later = enc(&full);
+    later.extend_from_slice(&[9, 0, 3, b'n', b'e', b'w']);
+    let mut v2 = enc(&full);
+    v2[0] = 2;
+    let whole = enc(&full);
+    vec![
+        ("full".into(), whole.clone()),
+        ("bare".into(), enc(&bare)),
+        ("most".into(), enc(&most)),
+        ("later-field".into(), later),
+        ("version-2".into(), v2),
+        ("cut".into(), whole[..whole.len() - 3].to_vec()),
+        (
+            "bad-address".into(),
+            vec![1, 1, 0, 1, b'a', 3, 0, 5, 1, 2, 3, 4, 5],
+        ),
+        ("not-utf8".into(), vec![1, 1, 0, 2, 0xc3, 0x28]),
+    ]
 }
 
 fn write(dir: &Path, seeds: Seeds) -> std::io::Result<()> {

@@ -111,6 +111,7 @@ fn fixture() -> Fixture {
             names: vec![format!("svc{i}"), "many".into()],
             addrs: vec![addr(&v4), addr(&v6)],
             order: 0,
+            host: None,
         });
     }
     for e in eps {
@@ -135,6 +136,7 @@ fn ep(id: &str, net: &str, sb: &str, names: &[&str], addrs: &[&str], order: u32)
             .map(|a| a.parse().expect("fixture address"))
             .collect(),
         order,
+        host: None,
     }
 }
 

@@ -9,6 +9,8 @@
 //! - [`names`]: names as the zone keys them, reverse names as addresses;
 //! - [`zone`]: what the daemon tells the resolver, and the immutable [`Zone`] snapshot
 //!   queries are answered from;
+//! - [`record`]: an endpoint as other hosts learn it through the cluster's control plane
+//!   (the versioned bytes of `endpoint_table`);
 //! - [`answer`]: a query's bytes to a reply, a forward or a drop — plain functions;
 //! - [`cache`]: forwarded answers, aged in place, with negative caching;
 //! - [`forward`]: the upstream state machine (health, racing, failover), sans I/O;
@@ -26,6 +28,7 @@ pub mod control;
 mod error;
 pub mod forward;
 pub mod names;
+pub mod record;
 pub mod resolvconf;
 pub mod server;
 pub mod wire;

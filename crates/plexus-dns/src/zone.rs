@@ -5,6 +5,12 @@
 //! A [`Records`] is the mutable master, changed one record at a time by the control plane;
 //! each change rebuilds only the networks it touches and yields a fresh [`Zone`] that the
 //! serving side swaps in whole, so a query sees either the old state or the new, never half.
+//!
+//! An endpoint may be another host's ([`EndpointInfo::host`], learnt through the cluster's
+//! control plane): it has names and addresses on a network and no sandbox here. It answers
+//! exactly as a local one, and a network's answers depend only on the set of its endpoints,
+//! not on which of them are local nor on the order they came in (addresses and PTR names are
+//! kept sorted), so every host of a network answers alike.
 
 use std::collections::{BTreeMap, HashMap};
 use std::net::{IpAddr, SocketAddr};
@@ -32,11 +38,12 @@ pub struct NetworkInfo {
 /// One endpoint: the names under which a sandbox is known on one network.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct EndpointInfo {
-    /// The endpoint's id.
+    /// The endpoint's id (unique among the resolver's endpoints, local and remote).
     pub id: String,
     /// Its network's id.
     pub network_id: String,
-    /// The sandbox's id.
+    /// The sandbox's id; for another host's endpoint, not a sandbox of this resolver's
+    /// (plexusd leaves it empty).
     pub sandbox_id: String,
     /// The names it answers to on that network: the sandbox's name first, then aliases.
     pub names: Vec<String>,
@@ -46,6 +53,17 @@ pub struct EndpointInfo {
     /// sandbox's networks is answered from the first.
     #[serde(default)]
     pub order: u32,
+    /// The host it lives on, for an endpoint of another host: answered on its network, never
+    /// part of a sandbox's view here. `None`: this host's.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub host: Option<IpAddr>,
+}
+
+impl EndpointInfo {
+    /// Whether it is another host's.
+    pub fn is_remote(&self) -> bool {
+        self.host.is_some()
+    }
 }
 
 /// A sandbox that asks: where its listener lives and where its queries may be forwarded.
@@ -216,21 +234,30 @@ impl Records {
         self.rebuild_sandboxes_on(id);
     }
 
-    /// Adds or changes an endpoint.
+    /// Adds or changes an endpoint (this host's or another's).
     pub fn upsert_endpoint(&mut self, ep: EndpointInfo) {
         let old = self.endpoints.insert(ep.id.clone(), ep.clone());
-        if let Some(old) = old.filter(|o| o.network_id != ep.network_id) {
-            self.rebuild_network(&old.network_id);
+        if let Some(old) = old {
+            if old.network_id != ep.network_id {
+                self.rebuild_network(&old.network_id);
+            }
+            if !old.is_remote() && old.sandbox_id != ep.sandbox_id {
+                self.rebuild_sandbox(&old.sandbox_id);
+            }
         }
         self.rebuild_network(&ep.network_id);
-        self.rebuild_sandbox(&ep.sandbox_id);
+        if !ep.is_remote() {
+            self.rebuild_sandbox(&ep.sandbox_id);
+        }
     }
 
     /// Removes an endpoint.
     pub fn remove_endpoint(&mut self, id: &str) {
         if let Some(ep) = self.endpoints.remove(id) {
             self.rebuild_network(&ep.network_id);
-            self.rebuild_sandbox(&ep.sandbox_id);
+            if !ep.is_remote() {
+                self.rebuild_sandbox(&ep.sandbox_id);
+            }
         }
     }
 
@@ -247,7 +274,7 @@ impl Records {
         let gone: Vec<EndpointInfo> = self
             .endpoints
             .values()
-            .filter(|e| e.sandbox_id == id)
+            .filter(|e| !e.is_remote() && e.sandbox_id == id)
             .cloned()
             .collect();
         for ep in gone {
@@ -276,12 +303,10 @@ impl Records {
                 }
                 let qualified = format!("{name}.{}", zone.name);
                 for key in [name, qualified.clone()] {
-                    let addrs = zone.names.entry(key).or_default();
-                    for a in &ep.addrs {
-                        if !addrs.contains(a) {
-                            addrs.push(*a);
-                        }
-                    }
+                    zone.names
+                        .entry(key)
+                        .or_default()
+                        .extend_from_slice(&ep.addrs);
                 }
                 // PTR answers the sandbox's own name only, as Docker does.
                 if i == 0 {
@@ -291,6 +316,16 @@ impl Records {
                 }
             }
         }
+        // Sorted: the same endpoints give the same answers, on whichever host they are
+        // local and in whatever order they came.
+        for list in zone.names.values_mut() {
+            list.sort_unstable();
+            list.dedup();
+        }
+        for list in zone.reverse.values_mut() {
+            list.sort_unstable();
+            list.dedup();
+        }
         self.zone.networks.insert(id.to_string(), Arc::new(zone));
     }
 
@@ -298,7 +333,7 @@ impl Records {
         let ids: Vec<String> = self
             .endpoints
             .values()
-            .filter(|e| e.network_id == network)
+            .filter(|e| !e.is_remote() && e.network_id == network)
             .map(|e| e.sandbox_id.clone())
             .collect();
         for id in ids {
@@ -325,7 +360,9 @@ impl Records {
         let mut eps: Vec<&EndpointInfo> = self
             .endpoints
             .values()
-            .filter(|e| e.sandbox_id == id && self.networks.contains_key(&e.network_id))
+            .filter(|e| {
+                !e.is_remote() && e.sandbox_id == id && self.networks.contains_key(&e.network_id)
+            })
             .collect();
         eps.sort_by_key(|e| e.order);
         let mut networks: Vec<String> = Vec::new();
@@ -369,7 +406,22 @@ mod tests {
             names: names.iter().map(|s| s.to_string()).collect(),
             addrs: vec![addr.parse().unwrap()],
             order: 0,
+            host: None,
         }
+    }
+
+    /// An endpoint of host `host`, as plexusd gives it: no sandbox here.
+    fn remote(id: &str, net: &str, names: &[&str], addrs: &[&str], host: &str) -> EndpointInfo {
+        EndpointInfo {
+            sandbox_id: String::new(),
+            addrs: addrs.iter().map(|a| a.parse().unwrap()).collect(),
+            host: Some(host.parse().unwrap()),
+            ..ep(id, net, "", names, addrs[0])
+        }
+    }
+
+    fn ips(list: &[&str]) -> Vec<IpAddr> {
+        list.iter().map(|a| a.parse().unwrap()).collect()
     }
 
     fn sb(id: &str) -> SandboxInfo {
@@ -439,5 +491,110 @@ mod tests {
         let v = r2.zone().sandboxes["a"].clone();
         assert!(r2.zone().lookup(&v, "a.n").is_some());
         assert_eq!(r2.snapshot(), r.snapshot());
+    }
+
+    #[test]
+    fn another_hosts_endpoint_answers_like_a_local_one_and_has_no_view() {
+        let mut r = Records::default();
+        // Learnt before the network is known here: kept, answered once it is.
+        r.upsert_endpoint(remote(
+            "n1/e2",
+            "n1",
+            &["web2", "www"],
+            &["10.0.0.3", "fd00::3"],
+            "192.0.2.2",
+        ));
+        r.upsert_network(net("n1", "blue", false));
+        r.upsert_sandbox(sb("a"));
+        r.upsert_endpoint(ep("e1", "n1", "a", &["web1"], "10.0.0.2"));
+        let z = r.zone();
+        let va = z.sandboxes["a"].clone();
+        for name in ["web2", "www", "web2.blue", "www.blue"] {
+            assert_eq!(
+                z.lookup(&va, name).unwrap().0,
+                ips(&["10.0.0.3", "fd00::3"]),
+                "{name}"
+            );
+        }
+        let ptr = z.reverse(&va, "fd00::3".parse().unwrap()).unwrap().0;
+        assert_eq!(ptr, ["web2.blue"], "PTR: the sandbox's name only");
+        assert_eq!(
+            z.sandboxes.keys().collect::<Vec<_>>(),
+            ["a"],
+            "a remote endpoint makes no view"
+        );
+        // Removing sandboxes here (even one with the empty id) leaves it; removing it by id
+        // takes it away.
+        r.remove_sandbox("");
+        r.remove_sandbox("a");
+        r.upsert_sandbox(sb("c"));
+        r.upsert_endpoint(ep("e3", "n1", "c", &["web3"], "10.0.0.4"));
+        let vc = r.zone().sandboxes["c"].clone();
+        assert!(r.zone().lookup(&vc, "www").is_some());
+        assert!(r.zone().lookup(&vc, "web1").is_none());
+        r.remove_endpoint("n1/e2");
+        assert!(r.zone().lookup(&vc, "www").is_none());
+        assert!(r.zone().reverse(&vc, "10.0.0.3".parse().unwrap()).is_none());
+        assert_eq!(r.zone().sandboxes["c"].networks, ["n1"]);
+    }
+
+    #[test]
+    fn answers_do_not_depend_on_which_host_asks_nor_on_arrival_order() {
+        // Host A has e1 and learns e2; host B has e2 and learns e1, in the other order.
+        // Both share the alias `svc`, and e1's address sorts last.
+        let mut a = Records::default();
+        a.upsert_network(net("n1", "n", false));
+        a.upsert_sandbox(sb("s1"));
+        a.upsert_endpoint(ep("e1", "n1", "s1", &["one", "svc"], "10.0.0.9"));
+        a.upsert_endpoint(remote(
+            "n1/e2",
+            "n1",
+            &["two", "svc"],
+            &["10.0.0.2"],
+            "192.0.2.2",
+        ));
+        let mut b = Records::default();
+        b.upsert_endpoint(remote(
+            "n1/e1",
+            "n1",
+            &["one", "svc"],
+            &["10.0.0.9"],
+            "192.0.2.1",
+        ));
+        b.upsert_network(net("n1", "n", false));
+        b.upsert_sandbox(sb("s2"));
+        b.upsert_endpoint(ep("e2", "n1", "s2", &["two", "svc"], "10.0.0.2"));
+        let (za, zb) = (a.zone(), b.zone());
+        let (va, vb) = (za.sandboxes["s1"].clone(), zb.sandboxes["s2"].clone());
+        for name in ["svc", "svc.n", "one", "two.n"] {
+            assert_eq!(za.lookup(&va, name), zb.lookup(&vb, name), "{name}");
+        }
+        assert_eq!(
+            za.lookup(&va, "svc").unwrap().0,
+            ips(&["10.0.0.2", "10.0.0.9"])
+        );
+        assert_eq!(za.networks["n1"].names, zb.networks["n1"].names);
+        assert_eq!(za.networks["n1"].reverse, zb.networks["n1"].reverse);
+    }
+
+    #[test]
+    fn remote_endpoints_survive_a_snapshot() {
+        let mut r = Records::default();
+        r.upsert_network(net("n1", "n", false));
+        r.upsert_sandbox(sb("a"));
+        r.upsert_endpoint(ep("e1", "n1", "a", &["a"], "10.0.0.2"));
+        r.upsert_endpoint(remote("n1/e2", "n1", &["b"], &["10.0.0.3"], "192.0.2.2"));
+        let snap = r.snapshot();
+        let json = serde_json::to_string(&snap).unwrap();
+        assert!(json.contains("\"host\":\"192.0.2.2\""), "{json}");
+        let mut r2 = Records::default();
+        r2.replace(serde_json::from_str(&json).unwrap());
+        let v = r2.zone().sandboxes["a"].clone();
+        assert!(r2.zone().lookup(&v, "b.n").is_some());
+        assert_eq!(r2.snapshot(), snap);
+        // A local endpoint's JSON is as before (an older resolver reads it).
+        assert!(!serde_json::to_string(&snap.endpoints[0])
+            .unwrap()
+            .contains("host"));
     }
 }

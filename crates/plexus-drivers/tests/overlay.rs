@@ -32,6 +32,12 @@ async fn mtu_in(ns: &Netns, name: &str) -> Option<u32> {
     ok("link", r.require_link(name).await).mtu
 }
 
+/// Whether `name` in `ns` is up.
+async fn up_in(ns: &Netns, name: &str) -> bool {
+    let r = ok("connect", Rtnl::connect(ns).await);
+    ok("link", r.require_link(name).await).up
+}
+
 /// The remote hosts `host` has FDB entries for, by MAC's last byte (Docker's MAC ends in the
 /// IPv4 address).
 async fn fdb_hosts(c: &Cluster, host: usize, net: &NetworkInfo) -> BTreeMap<u8, IpAddr> {
@@ -71,6 +77,12 @@ async fn three_hosts_talk_over_one_overlay_and_a_leave_removes_the_peer_everywhe
         assert_eq!(
             mtu_in(c.host(n).sb(&format!("s{n}")), "eth0").await,
             Some(1450)
+        );
+        // Loopback up: the join brings it up, as the bridge driver does (the embedded DNS
+        // listens there).
+        assert!(
+            up_in(c.host(n).sb(&format!("s{n}")), "lo").await,
+            "host {n}"
         );
     }
     let (_s2, _s3, _s1) = (

@@ -388,7 +388,7 @@ async fn run(args: Args) -> Result<()> {
         .map_err(|e| anyhow::anyhow!("starting the drivers: {e}"))?;
     // The overlay driver, on a daemon that is part of a cluster (a cluster store for its
     // VXLAN ids, gossip for its peers).
-    if let (Some(plane), Some(_)) = (plane, &cluster_store) {
+    if let (Some(plane), Some(_)) = (plane.clone(), &cluster_store) {
         let overlay = plexus_drivers::OverlayDriver::new(
             driver_config,
             plexus_drivers::OverlayConfig {
@@ -432,6 +432,8 @@ async fn run(args: Args) -> Result<()> {
         dns::DnsPaths::new(&layout(&args)),
         &args.dns_resolv_conf,
         resolver_args,
+        // Names cross hosts through the same control plane as the overlay's peers.
+        plane,
     )
     .await
     .context("starting the embedded DNS")?;
@@ -458,6 +460,7 @@ async fn run(args: Args) -> Result<()> {
             cluster_tasks.push(tokio::spawn(gossip::plane::route(
                 g.handle.clone(),
                 controller.clone(),
+                dns.sinks(),
             )));
             cluster_tasks.push(tokio::spawn(g.clone().follow_keyring()));
             cluster_tasks.push(tokio::spawn(g.clone().monitor(metrics)));

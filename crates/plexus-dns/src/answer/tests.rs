@@ -45,6 +45,7 @@ fn records() -> Records {
             names: names.into_iter().map(String::from).collect(),
             addrs: addrs.into_iter().map(|a| a.parse().unwrap()).collect(),
             order: 0,
+            host: None,
         });
     }
     r
@@ -185,6 +186,7 @@ fn several_addresses_are_shuffled() {
             names: vec![format!("s{i}"), "svc".into()],
             addrs: vec![IpAddr::from([10, 0, 0, i + 2])],
             order: 0,
+            host: None,
         });
     }
     let z = r.zone();
@@ -330,6 +332,7 @@ fn big_answers_are_truncated_over_udp_and_whole_over_tcp() {
             names: vec![format!("s{i}"), "many".into()],
             addrs: vec![IpAddr::from([10, 0, 1, i])],
             order: 0,
+            host: None,
         });
     }
     let z = r.zone();

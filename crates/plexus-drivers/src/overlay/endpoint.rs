@@ -6,7 +6,7 @@ use std::path::Path;
 
 use plexus_cnm::{DriverError, InterfaceName, Joined};
 use plexus_sys::netns::Netns;
-use plexus_sys::rtnl::{PortFlags, Rtnl, VethPair};
+use plexus_sys::rtnl::{PortFlags, Rtnl, VethPair, LOOPBACK_IFINDEX};
 use plexus_sys::SysError;
 
 use super::{near_veth, veth_alias, EpState, OverlayDriver, Segment, State, PEER_TABLE};
@@ -165,6 +165,11 @@ impl OverlayDriver {
         rs.set_up_marked(far.index, &alias, ep.ipv6.is_some())
             .await
             .map_err(sys_ctx(format!("interface {name} in the sandbox")))?;
+        // Loopback is up in a sandbox once it has an endpoint, as the bridge driver has it
+        // (the embedded DNS listens on 127.0.0.11); a no-op request when it already is.
+        rs.set_up(LOOPBACK_IFINDEX)
+            .await
+            .map_err(sys_ctx("sandbox lo"))?;
         // The near end is marked with the interface's name last: a marked near end is a
         // finished join.
         segment

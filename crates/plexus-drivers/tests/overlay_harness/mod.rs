@@ -299,9 +299,6 @@ impl Cluster {
         eprintln!("join of {sandbox} on host {n} ({}): {took:?}", network.name);
         self.joins.push(took);
         assert_eq!(joined.interface, Some(format!("eth{first}")));
-        // lo up in the sandbox, for the test's own listeners.
-        let rs = ok("connect sandbox", Rtnl::connect(&ns.ns).await);
-        ok("lo up", rs.set_up(plexus_sys::rtnl::LOOPBACK_IFINDEX).await);
         self.hub.deliver().await;
         endpoint_id
     }

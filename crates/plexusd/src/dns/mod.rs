@@ -2,6 +2,8 @@
 //! run with `--internal-resolver`, in a session of its own so it outlives plexusd), feeds it
 //! each change inside the operation that makes it (a [`CommitObserver`]), keeps it fed
 //! across restarts of either side, and writes each sandbox's `resolv.conf` and `hosts`.
+//! With a control plane, names also cross hosts (`remote.rs`): this host's endpoints on
+//! global networks are published, the other hosts' fed to the resolver.
 
 use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
@@ -13,14 +15,15 @@ use std::time::Duration;
 use anyhow::{bail, Context, Result};
 use async_trait::async_trait;
 use plexus_cnm::{
-    CommitObserver, Controller, Endpoint, Event, EventAction, EventType, Network, Sandbox,
-    DEFAULT_BRIDGE_OPTION, DNS_TTL_OPTION,
+    CommitObserver, ControlPlane, Controller, Endpoint, Event, EventAction, EventType, Network,
+    Sandbox, Scope, DEFAULT_BRIDGE_OPTION, DNS_TTL_OPTION,
 };
 use plexus_dns::control::{Client, Request};
 use plexus_dns::resolvconf::{self, ResolvConf};
 use plexus_dns::zone::{EndpointInfo, NetworkInfo, SandboxInfo, Snapshot, DEFAULT_TTL};
 
 mod metrics;
+mod remote;
 pub use metrics::DnsMetrics;
 
 /// How often the supervisor checks that the resolver answers.
@@ -133,6 +136,7 @@ fn sandbox_ops(sb: &Sandbox, eps: &[(Endpoint, Network)]) -> Vec<Request> {
                 names: names(sb, ep),
                 addrs: addrs(ep),
                 order: order as u32,
+                host: None,
             },
         });
     }
@@ -147,15 +151,21 @@ pub struct Dns {
     host_resolv_conf: ResolvConf,
     /// A change could not be sent: the supervisor sends everything again.
     stale: AtomicBool,
+    /// The cluster's control plane, if this host is in one: where names cross hosts.
+    plane: Option<Arc<dyn ControlPlane>>,
+    /// What the resolver holds of other hosts' endpoints.
+    remote: tokio::sync::Mutex<remote::Known>,
 }
 
 impl Dns {
-    /// Connects to the resolver, starting it if none answers. `resolver_args` are the
-    /// flags it is started with besides `--internal-resolver` and the run dir.
+    /// Connects to the resolver, starting it if none answers, and takes over the other
+    /// hosts' endpoints it still holds. `resolver_args` are the flags it is started with
+    /// besides `--internal-resolver` and the run dir; with `plane`, names cross hosts.
     pub async fn start(
         paths: DnsPaths,
         resolv_conf: &Path,
         resolver_args: Vec<String>,
+        plane: Option<Arc<dyn ControlPlane>>,
     ) -> Result<Arc<Self>> {
         let host_resolv_conf = std::fs::read_to_string(resolv_conf)
             .map(|t| resolvconf::parse(&t))
@@ -166,9 +176,29 @@ impl Dns {
             resolver_args,
             host_resolv_conf,
             stale: AtomicBool::new(true),
+            plane,
+            remote: tokio::sync::Mutex::new(remote::Known::default()),
         });
         dns.ensure_resolver().await?;
+        // A resolver that outlived a previous plexusd still answers the other hosts' names.
+        match dns.client.call(&Request::Dump).await {
+            Ok(resp) => {
+                let held = resp.snapshot.map(|s| s.endpoints).unwrap_or_default();
+                dns.remote
+                    .lock()
+                    .await
+                    .inherit(held, std::time::Instant::now());
+            }
+            Err(e) => tracing::warn!(error = %e, "DNS: reading the resolver's state"),
+        }
         Ok(dns)
+    }
+
+    /// What routes the control plane's endpoint table here, by table name: to give to the
+    /// gossip router.
+    pub fn sinks(self: &Arc<Self>) -> crate::gossip::plane::Sinks {
+        let sink: Arc<dyn crate::gossip::plane::TableSink> = self.clone();
+        [(plexus_dns::record::ENDPOINT_TABLE.to_string(), sink)].into()
     }
 
     /// The directory of each sandbox's `resolv.conf` and `hosts`.
@@ -226,8 +256,8 @@ impl Dns {
         Ok(())
     }
 
-    /// Sends the whole state (after either side restarted) and rewrites every sandbox's
-    /// files.
+    /// Sends the whole state (after either side restarted: the other hosts' endpoints
+    /// included), rewrites every sandbox's files and publishes this host's endpoints again.
     pub async fn sync(&self, controller: &Controller) -> Result<()> {
         let mut snap = Snapshot::default();
         let sandboxes = controller.sandboxes().await.context("listing sandboxes")?;
@@ -238,6 +268,7 @@ impl Dns {
                 .await
                 .with_context(|| format!("reading sandbox {}'s endpoints", sb.name))?;
             self.write_files(sb, &eps);
+            self.publish(sb, &eps);
             for op in sandbox_ops(sb, &eps) {
                 match op {
                     Request::UpsertNetwork { network } => {
@@ -250,10 +281,14 @@ impl Dns {
             }
         }
         snap.networks = networks.into_values().collect();
+        // Held until the resolver has it, so no change of the other hosts' falls between.
+        let known = self.remote.lock().await;
+        snap.endpoints.extend(known.endpoints().cloned());
         self.client
             .call(&Request::Sync { snapshot: snap })
             .await
             .context("sending the DNS state to the resolver")?;
+        drop(known);
         self.stale.store(false, Ordering::SeqCst);
         Ok(())
     }
@@ -287,6 +322,7 @@ impl Dns {
                         tracing::warn!("DNS resync: {e:#}");
                     }
                 }
+                dns.expire_inherited().await;
                 tokio::time::sleep(SUPERVISE_EVERY).await;
             }
         })
@@ -349,6 +385,11 @@ impl CommitObserver for Dns {
                     ops.push(Request::RemoveEndpoint {
                         id: e.actor.clone(),
                     });
+                    if e.scope == Scope::Global {
+                        if let Some(network) = e.attributes.get("network") {
+                            self.withdraw(network, &e.actor);
+                        }
+                    }
                     if let Some(sb) = e.attributes.get("container") {
                         touched.push(sb.clone());
                     }
@@ -382,6 +423,7 @@ impl CommitObserver for Dns {
             match controller.sandbox_endpoints(&sb).await {
                 Ok(eps) => {
                     self.write_files(&sb, &eps);
+                    self.publish(&sb, &eps);
                     ops.extend(sandbox_ops(&sb, &eps));
                 }
                 Err(e) => {
@@ -393,11 +435,8 @@ impl CommitObserver for Dns {
         if ops.is_empty() {
             return;
         }
-        if let Err(e) = self.client.call(&Request::Batch { ops }).await {
-            // The supervisor sends everything again within a second.
-            tracing::warn!(error = %e, "DNS: the resolver did not take a change");
-            self.stale.store(true, Ordering::SeqCst);
-        }
+        // If it fails, the supervisor sends everything again within a second.
+        self.send(ops).await;
     }
 }
 

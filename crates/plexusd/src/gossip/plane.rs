@@ -1,10 +1,12 @@
 //! The control plane over gossip, both ways: [`GossipControlPlane`], what global drivers
-//! publish through, and [`route`], the task that tells the drivers what the cluster says.
+//! (and the embedded DNS) publish through, and [`route`], the task that tells the drivers
+//! (and the [`TableSink`]s of tables that are not a driver's) what the cluster says.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 
+use async_trait::async_trait;
 use plexus_cnm::{
     ControlPlane, ControlPlaneError, Controller, NodeDiscovery, TableEvent, TableEventKind,
 };
@@ -83,25 +85,46 @@ impl ControlPlane for GossipControlPlane {
     }
 }
 
+/// Takes the entries of one table in place of the network's driver: a table that is not a
+/// driver's (the embedded DNS's [`ENDPOINT_TABLE`](plexus_dns::record::ENDPOINT_TABLE)).
+#[async_trait]
+pub trait TableSink: Send + Sync {
+    /// One change of an entry (this host's own entries included), published by the host
+    /// whose gossip address is `owner`.
+    async fn table_event(&self, event: TableEvent, owner: IpAddr);
+}
+
+/// The tables whose entries go to a [`TableSink`] instead of the network's driver, by name.
+pub type Sinks = BTreeMap<String, Arc<dyn TableSink>>;
+
 type EntryKey = (String, String, String);
 
-/// What the drivers were told: every visible entry, and every host alive.
+/// What the drivers and sinks were told: every visible entry (value and owner), and every
+/// host alive.
 #[derive(Default)]
 struct Told {
-    entries: BTreeMap<EntryKey, Vec<u8>>,
+    entries: BTreeMap<EntryKey, (Vec<u8>, IpAddr)>,
     hosts: BTreeSet<SocketAddr>,
+}
+
+/// Where table events go: a table's sink, else the network's driver.
+struct Targets {
+    controller: Arc<Controller>,
+    sinks: Sinks,
 }
 
 /// Carries the cluster to the drivers until the runtime stops: every table change of the
 /// networks this host joined goes to [`Controller::table_event`] (one task, so in order for
-/// each key), every host that comes alive to `discover_new` and every host that dies or
-/// leaves (SWIM) to `discover_delete`. If it falls behind the runtime's event channel, it
-/// reads the tables and members again and tells only the difference from what it told.
-pub async fn route(handle: GossipHandle, controller: Arc<Controller>) {
+/// each key), or to the table's [`TableSink`] in `sinks`; every host that comes alive to
+/// `discover_new` and every host that dies or leaves (SWIM) to `discover_delete`. If it falls
+/// behind the runtime's event channel, it reads the tables and members again and tells only
+/// the difference from what it told.
+pub async fn route(handle: GossipHandle, controller: Arc<Controller>, sinks: Sinks) {
     let me = handle.addr();
     let mut rx = handle.watch();
     let mut told = Told::default();
-    resync(&handle, &controller, &mut told).await;
+    let targets = Targets { controller, sinks };
+    resync(&handle, &targets, &mut told).await;
     loop {
         match rx.recv().await {
             Ok(Event::Entry(e)) => {
@@ -111,20 +134,20 @@ pub async fn route(handle: GossipHandle, controller: Arc<Controller>) {
                         told.entries.remove(&key);
                     }
                     _ => {
-                        told.entries.insert(key, e.value.clone());
+                        told.entries.insert(key, (e.value.clone(), e.owner.ip()));
                     }
                 }
-                entry(&controller, &e).await;
+                entry(&targets, &e).await;
             }
             Ok(Event::Member { node, state }) => {
-                member(&controller, &mut told, me, node, state).await;
+                member(&targets.controller, &mut told, me, node, state).await;
             }
             Err(RecvError::Lagged(n)) => {
                 tracing::warn!(
                     missed = n,
                     "the gossip router fell behind; reading the tables again"
                 );
-                resync(&handle, &controller, &mut told).await;
+                resync(&handle, &targets, &mut told).await;
             }
             Err(RecvError::Closed) => return,
         }
@@ -139,9 +162,9 @@ fn kind(k: EntryEventKind) -> TableEventKind {
     }
 }
 
-async fn entry(controller: &Controller, e: &EntryEvent<SocketAddr>) {
+async fn entry(targets: &Targets, e: &EntryEvent<SocketAddr>) {
     notify(
-        controller,
+        targets,
         TableEvent {
             kind: kind(e.kind),
             network_id: e.network.clone(),
@@ -149,12 +172,17 @@ async fn entry(controller: &Controller, e: &EntryEvent<SocketAddr>) {
             key: e.key.clone(),
             value: e.value.clone(),
         },
+        e.owner.ip(),
     )
     .await;
 }
 
-async fn notify(controller: &Controller, event: TableEvent) {
-    match controller.table_event(&event).await {
+async fn notify(targets: &Targets, event: TableEvent, owner: IpAddr) {
+    if let Some(sink) = targets.sinks.get(&event.table) {
+        sink.table_event(event, owner).await;
+        return;
+    }
+    match targets.controller.table_event(&event).await {
         Ok(()) => {}
         // A network deleted here while its gossip lingers: nobody to tell.
         Err(e @ plexus_cnm::CnmError::NotFound { .. }) => {
@@ -194,24 +222,28 @@ async fn member(
     }
 }
 
-/// Tells the drivers the difference between what they were told and what the runtime holds.
-async fn resync(handle: &GossipHandle, controller: &Controller, told: &mut Told) {
+/// Tells the drivers and sinks the difference between what they were told and what the
+/// runtime holds.
+async fn resync(handle: &GossipHandle, targets: &Targets, told: &mut Told) {
     let me = handle.addr();
-    let mut now: BTreeMap<EntryKey, Vec<u8>> = BTreeMap::new();
+    let mut now: BTreeMap<EntryKey, (Vec<u8>, IpAddr)> = BTreeMap::new();
     for network in handle.networks().into_iter().filter(|n| n.local) {
         for e in handle.table_dump(&network.name) {
             if e.visible && !e.deleted {
-                now.insert((network.name.clone(), e.table, e.key), e.value);
+                now.insert(
+                    (network.name.clone(), e.table, e.key),
+                    (e.value, e.owner.ip()),
+                );
             }
         }
     }
-    let gone: Vec<(EntryKey, Vec<u8>)> = told
+    let gone: Vec<(EntryKey, (Vec<u8>, IpAddr))> = told
         .entries
         .iter()
         .filter(|(k, _)| !now.contains_key(*k))
         .map(|(k, v)| (k.clone(), v.clone()))
         .collect();
-    for ((network_id, table, key), value) in gone {
+    for ((network_id, table, key), (value, owner)) in gone {
         let event = TableEvent {
             kind: TableEventKind::Delete,
             network_id,
@@ -219,15 +251,15 @@ async fn resync(handle: &GossipHandle, controller: &Controller, told: &mut Told)
             key,
             value,
         };
-        notify(controller, event).await;
+        notify(targets, event, owner).await;
     }
-    for ((network_id, table, key), value) in &now {
+    for ((network_id, table, key), (value, owner)) in &now {
         let kind = match told
             .entries
             .get(&(network_id.clone(), table.clone(), key.clone()))
         {
             None => TableEventKind::Create,
-            Some(old) if old != value => TableEventKind::Update,
+            Some((old, old_owner)) if old != value || old_owner != owner => TableEventKind::Update,
             Some(_) => continue,
         };
         let event = TableEvent {
@@ -237,7 +269,7 @@ async fn resync(handle: &GossipHandle, controller: &Controller, told: &mut Told)
             key: key.clone(),
             value: value.clone(),
         };
-        notify(controller, event).await;
+        notify(targets, event, *owner).await;
     }
     told.entries = now;
     let mut states: Vec<(SocketAddr, MemberState)> = handle
@@ -249,10 +281,10 @@ async fn resync(handle: &GossipHandle, controller: &Controller, told: &mut Told)
     let known: BTreeSet<SocketAddr> = states.iter().map(|(a, _)| *a).collect();
     let vanished: Vec<SocketAddr> = told.hosts.difference(&known).copied().collect();
     for node in vanished {
-        member(controller, told, me, node, MemberState::Dead).await;
+        member(&targets.controller, told, me, node, MemberState::Dead).await;
     }
     for (node, state) in states {
-        member(controller, told, me, node, state).await;
+        member(&targets.controller, told, me, node, state).await;
     }
 }
 

@@ -1,6 +1,7 @@
 //! Two gossip runtimes on loopback, a `Controller` with a recording driver on the second:
 //! what one host publishes through its `GossipControlPlane` reaches the other's driver, in
-//! order, and a host's death reaches it as `discover_delete`.
+//! order (or a table's sink, never the driver), and a host's death reaches it as
+//! `discover_delete`.
 
 use std::collections::BTreeMap;
 use std::sync::Mutex;
@@ -85,6 +86,21 @@ impl Driver for Recorder {
     }
 }
 
+/// A sink that writes down what it is given.
+#[derive(Default)]
+struct SinkRecorder(Recorder);
+
+#[async_trait]
+impl TableSink for SinkRecorder {
+    async fn table_event(&self, e: TableEvent, owner: IpAddr) {
+        let value = String::from_utf8_lossy(&e.value);
+        self.0.push(format!(
+            "{:?} {}/{} {value} from {owner}",
+            e.kind, e.table, e.key
+        ));
+    }
+}
+
 fn fast() -> Config {
     Config {
         gossip_interval: Duration::from_millis(50),
@@ -150,7 +166,9 @@ async fn entries_and_deaths_reach_the_driver_in_order() {
         })
         .await
         .unwrap();
-    let router = tokio::spawn(route(b.clone(), controller.clone()));
+    let sink = Arc::new(SinkRecorder::default());
+    let sinks: Sinks = [("names".to_string(), sink.clone() as Arc<dyn TableSink>)].into();
+    let router = tokio::spawn(route(b.clone(), controller.clone(), sinks));
 
     let plane_a = GossipControlPlane::new(a.clone());
     let plane_b = GossipControlPlane::new(b.clone());
@@ -191,6 +209,29 @@ async fn entries_and_deaths_reach_the_driver_in_order() {
     assert_eq!(
         plane_b.entries(&network.id, "peers"),
         vec![("ep1".to_string(), b"v19".to_vec(), addr(1).ip())]
+    );
+
+    // A table with a sink: the sink hears it, with its owner; the driver does not.
+    plane_a
+        .put(&network.id, "names", "ep1", b"web1".to_vec())
+        .unwrap();
+    let heard = format!("Create names/ep1 web1 from {}", addr(1).ip());
+    wait_for("the sink's entry", Duration::from_secs(10), || {
+        sink.0.heard().contains(&heard)
+    })
+    .await;
+    plane_a.delete(&network.id, "names", "ep1").unwrap();
+    wait_for("the sink's delete", Duration::from_secs(10), || {
+        sink.0
+            .heard()
+            .iter()
+            .any(|h| h.starts_with("Delete names/ep1"))
+    })
+    .await;
+    assert!(
+        !recorder.heard().iter().any(|h| h.contains("names/")),
+        "the driver heard a sink's table: {:?}",
+        recorder.heard()
     );
 
     plane_a.delete(&network.id, "peers", "ep1").unwrap();
