@@ -2,7 +2,7 @@
 //! 22.04's 5.15, RHEL 9's 5.14).
 //!
 //! `DESTROY*` deletes an object and treats a missing one as done; the older `DEL*` fails with
-//! `ENOENT`, and one failed message aborts its whole batch. Each [`Nft`] learns once, by
+//! `ENOENT`, and one failed message aborts its whole batch. The process learns once, by
 //! trying, whether the kernel takes `DESTROY*`. Where it does not, a batch's destroys are
 //! narrowed to the objects a dump shows present and sent as `DEL*`, still in one batch:
 //! sending the deletions one by one would tolerate `ENOENT` too, but would break the
@@ -13,7 +13,7 @@
 
 use std::collections::hash_map::Entry;
 use std::collections::{HashMap, HashSet};
-use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU8, Ordering};
 
 use super::raw::Nft;
 use super::wire::batch::{elements_body, Batch, Op, Target};
@@ -28,17 +28,20 @@ const FALLBACK: u8 = 2;
 const ATTEMPTS: usize = 3;
 
 static PROBE: AtomicU32 = AtomicU32::new(0);
+/// What the first probe of this process found: every namespace shares the kernel, so the
+/// handles opened after it start knowing (one probe per namespace would cost a batch each).
+static PROBED: AtomicU8 = AtomicU8::new(UNKNOWN);
 /// Set by [`Nft::force_delete_fallback_everywhere`]: every handle opened afterwards starts in
 /// [`FALLBACK`].
 static FORCE_EVERYWHERE: AtomicBool = AtomicBool::new(false);
 
-/// How a new handle starts deleting: unknown (probed on first use), or the fallback when it
-/// is forced process-wide.
+/// How a new handle starts deleting: as this process's first probe found (unknown before
+/// it: probed on first use), or the fallback when it is forced process-wide.
 pub(crate) fn initial_delete_mode() -> u8 {
     if FORCE_EVERYWHERE.load(Ordering::Relaxed) {
         FALLBACK
     } else {
-        UNKNOWN
+        PROBED.load(Ordering::Relaxed)
     }
 }
 
@@ -47,7 +50,7 @@ type TableKey = (Family, String);
 impl Nft {
     /// Whether this kernel takes `NFT_MSG_DESTROY*` (Linux 6.3 and later). Probed on first
     /// use by a batch that makes and destroys a throwaway table (so it changes nothing), then
-    /// cached for this handle.
+    /// cached for this handle and the handles the process opens afterwards.
     pub fn has_destroy(&self) -> Result<bool> {
         match self.delete_mode.load(Ordering::Relaxed) {
             DESTROY => return Ok(true),
@@ -59,6 +62,7 @@ impl Nft {
         } else {
             FALLBACK
         };
+        PROBED.store(found, Ordering::Relaxed);
         // A fallback forced meanwhile stays.
         let _ =
             self.delete_mode

@@ -25,6 +25,48 @@ pub struct Nft {
     pub(crate) delete_mode: AtomicU8,
 }
 
+impl Drop for Nft {
+    /// The socket is closed on a background thread: releasing an nf_tables socket waits
+    /// for the kernel to finish freeing recently committed transactions (an RCU grace
+    /// period, whoever committed them), which would otherwise land on the caller's path.
+    fn drop(&mut self) {
+        use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+        let fd = self.lock().as_raw_fd();
+        // SAFETY: `dup` of a descriptor this handle owns; the copy is owned from here on.
+        let copy = unsafe { nix::libc::dup(fd) };
+        if copy >= 0 {
+            // SAFETY: `copy` is a fresh descriptor nothing else owns.
+            closer::close_later(unsafe { OwnedFd::from_raw_fd(copy) });
+        }
+    }
+}
+
+/// Closes descriptors off the caller's path, on one thread made on first use.
+mod closer {
+    use std::os::fd::OwnedFd;
+    use std::sync::mpsc::{channel, Sender};
+    use std::sync::{Mutex, OnceLock};
+
+    static CLOSER: OnceLock<Option<Mutex<Sender<OwnedFd>>>> = OnceLock::new();
+
+    /// Hands `fd` to the closing thread; closes it here if there is none.
+    pub(super) fn close_later(fd: OwnedFd) {
+        let closer = CLOSER.get_or_init(|| {
+            let (tx, rx) = channel::<OwnedFd>();
+            std::thread::Builder::new()
+                .name("nft-close".into())
+                .spawn(move || rx.into_iter().for_each(drop))
+                .ok()
+                .map(|_| Mutex::new(tx))
+        });
+        if let Some(tx) = closer {
+            let tx = tx.lock().unwrap_or_else(|p| p.into_inner());
+            // A send fails only if the thread is gone; the descriptor is then dropped here.
+            let _ = tx.send(fd);
+        }
+    }
+}
+
 impl std::fmt::Debug for Nft {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Nft")
