@@ -4,7 +4,7 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use plexus_gossip::sim::{Sim, SimConfig};
-use plexus_gossip::{EntryEventKind, Event, MemberState};
+use plexus_gossip::{Config, EntryEventKind, Event, MemberState};
 
 fn cfg(nodes: usize, seed: u64) -> SimConfig {
     SimConfig {
@@ -428,4 +428,45 @@ fn a_restarted_nodes_table_is_synced_only_after_a_peer_answered() {
     let node = sim.node(2).unwrap();
     assert!(node.network_synced("blue"));
     assert_eq!(node.entries("blue", "peers").len(), 1);
+}
+
+/// A change made on a node goes out at once, not at its next gossip round: with the gossip
+/// interval at 200 ms and network delays of at most 10 ms, every put reaches the two other
+/// nodes within a tenth of the interval plus the delay, whenever in the round it is made.
+#[test]
+fn a_local_change_goes_out_before_the_next_gossip_round() {
+    let mut sim = Sim::new(cfg(3, 21));
+    for i in 0..3u32 {
+        sim.with_node(i, |node, now| {
+            node.join_network("blue", now).unwrap();
+            if i > 0 {
+                node.join(&[0], now);
+            }
+        });
+    }
+    sim.run_for(3_000);
+    assert!(all_alive(&sim, 3));
+    let interval = Config::default().gossip_interval.as_millis() as u64;
+    let bound = interval / 10 + 10;
+    let mut worst = 0;
+    for k in 0..40u64 {
+        // Spread the puts over the round: 0, 37, 74, ... ms after the last one arrived.
+        sim.run_for(1 + (k * 37) % interval);
+        let key = format!("ep{k}");
+        let from = (k % 3) as u32;
+        sim.with_node(from, |node, now| {
+            node.put("blue", "peers", &key, b"x", now).unwrap()
+        });
+        let mut waited = 0;
+        while !(0..3u32).all(|i| sim.node(i).unwrap().get("blue", "peers", &key).is_some()) {
+            assert!(waited < 1_000, "{key} never reached every node");
+            sim.run_for(1);
+            waited += 1;
+        }
+        worst = worst.max(waited);
+    }
+    assert!(
+        worst <= bound,
+        "a put took {worst} ms to reach every node (bound {bound} ms)"
+    );
 }

@@ -248,6 +248,8 @@ pub struct Node<A: Address> {
     lhm: u32,
     suspicions: HashMap<u32, Suspicion<A>>,
     next_gossip_at: u64,
+    /// When the last gossip round ran (for the spacing of early rounds).
+    last_gossip_at: u64,
     next_sync_at: u64,
     next_reap_at: u64,
     join: Option<(Vec<A>, u64)>,
@@ -302,6 +304,7 @@ impl<A: Address> Node<A> {
             lhm: 0,
             suspicions: HashMap::new(),
             next_gossip_at,
+            last_gossip_at: 0,
             next_sync_at,
             next_reap_at: now + reap_every,
             join: None,
@@ -448,6 +451,7 @@ impl<A: Address> Node<A> {
         }
         if self.next_gossip_at <= now {
             self.gossip(now);
+            self.last_gossip_at = now;
             self.next_gossip_at = now + ms(self.cfg.gossip_interval).max(1);
         }
         if self.next_sync_at <= now {

@@ -183,8 +183,20 @@ impl<A: Address> Node<A> {
                 0
             },
         };
-        self.store_entry(network, table, key, e, now);
+        if self.store_entry(network, table, key, e, now) {
+            self.gossip_soon(now);
+        }
         Ok(())
+    }
+
+    /// Brings the next gossip round forward so that a change made here goes out at once
+    /// instead of waiting up to a gossip interval: a new endpoint is reachable from the
+    /// other hosts that much sooner. Early rounds are at least a tenth of the interval
+    /// apart, so a burst of changes shares one; the regular rounds then follow from it.
+    fn gossip_soon(&mut self, now: u64) {
+        let spacing = (ms(self.cfg.gossip_interval) / 10).max(1);
+        let at = now.max(self.last_gossip_at.saturating_add(spacing));
+        self.next_gossip_at = self.next_gossip_at.min(at);
     }
 
     /// Stores an entry that won the merge (or is ours), queues it for gossip, emits events.
