@@ -124,3 +124,22 @@ pub fn kill_resolver(run_dir: &std::path::Path) {
         }
     }
 }
+
+/// Makes `cmd` run in the network namespace `netns` (a file descriptor of `/proc/…/ns/net` or
+/// a bind-mounted namespace): the child calls `setns` between fork and exec. `netns` must
+/// stay open until `cmd` is spawned.
+pub fn in_netns<'c>(cmd: &'c mut Command, netns: std::os::fd::BorrowedFd<'_>) -> &'c mut Command {
+    use std::os::fd::AsRawFd;
+    let fd = netns.as_raw_fd();
+    // SAFETY: only setns, async-signal-safe, runs between fork and exec; the descriptor is
+    // the caller's and open until the spawn returns.
+    unsafe {
+        cmd.pre_exec(move || {
+            if libc::setns(fd, libc::CLONE_NEWNET) == 0 {
+                Ok(())
+            } else {
+                Err(io::Error::last_os_error())
+            }
+        })
+    }
+}

@@ -6,8 +6,6 @@
 //! The servers listen on this namespace's loopback; each host reaches them through a proxy
 //! whose listener was bound inside the host's namespace.
 
-use std::os::fd::AsRawFd;
-use std::os::unix::process::CommandExt;
 use std::path::PathBuf;
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
@@ -103,15 +101,7 @@ impl Host {
     fn command(&self, args: &[String]) -> Command {
         let mut cmd = Command::new(plexusd_bin());
         cmd.args(args).env("RUST_LOG", "info").stdin(Stdio::null());
-        let fd = self.ns.fd().as_raw_fd();
-        // SAFETY: only async-signal-safe calls (setns) between fork and exec.
-        unsafe {
-            cmd.pre_exec(move || {
-                let fd = std::os::fd::BorrowedFd::borrow_raw(fd);
-                nix::sched::setns(fd, nix::sched::CloneFlags::CLONE_NEWNET)
-                    .map_err(std::io::Error::from)
-            });
-        }
+        plexus_testkit::process::in_netns(&mut cmd, self.ns.fd());
         cmd
     }
 

@@ -6,8 +6,6 @@
 mod common;
 
 use std::net::{Ipv4Addr, SocketAddr, UdpSocket};
-use std::os::fd::AsRawFd;
-use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
@@ -18,17 +16,9 @@ use plexus_sys::netns::Netns;
 /// `bash -c script` inside the namespace at `netns`.
 fn run_in(netns: &Path, script: &str) -> Output {
     let ns = Netns::open(netns).unwrap_or_else(|e| panic!("opening {}: {e}", netns.display()));
-    let fd = ns.fd().as_raw_fd();
     let mut cmd = Command::new("bash");
     cmd.args(["-c", script]);
-    // SAFETY: only async-signal-safe calls (setns) between fork and exec.
-    unsafe {
-        cmd.pre_exec(move || {
-            let fd = std::os::fd::BorrowedFd::borrow_raw(fd);
-            nix::sched::setns(fd, nix::sched::CloneFlags::CLONE_NEWNET)
-                .map_err(std::io::Error::from)
-        });
-    }
+    plexus_testkit::process::in_netns(&mut cmd, ns.fd());
     cmd.output()
         .unwrap_or_else(|e| panic!("bash in {}: {e}", netns.display()))
 }
@@ -117,7 +107,6 @@ impl Upstream {
              nft add rule ip t in ip daddr 198.51.100.3 drop",
         );
         let log = dir.path().join("dnsmasq.log");
-        let fd = outside.fd().as_raw_fd();
         let mut cmd = Command::new("dnsmasq");
         cmd.args([
             "--keep-in-foreground",
@@ -137,14 +126,7 @@ impl Upstream {
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::null());
-        // SAFETY: only async-signal-safe calls (setns) between fork and exec.
-        unsafe {
-            cmd.pre_exec(move || {
-                let fd = std::os::fd::BorrowedFd::borrow_raw(fd);
-                nix::sched::setns(fd, nix::sched::CloneFlags::CLONE_NEWNET)
-                    .map_err(std::io::Error::from)
-            });
-        }
+        plexus_testkit::process::in_netns(&mut cmd, outside.fd());
         let child = cmd
             .spawn()
             .unwrap_or_else(|e| panic!("starting dnsmasq: {e}"));

@@ -3,8 +3,6 @@
 //! planted in Plexus's default pool. Every namespace is the test's own; the machine's is
 //! only read (the kernel probe works in a scratch namespace).
 
-use std::os::fd::AsRawFd;
-use std::os::unix::process::CommandExt;
 use std::process::{Command, Output, Stdio};
 
 use plexus_sys::netns::Netns;
@@ -26,15 +24,7 @@ fn doctor(ns: &Netns, host: &str, args: &[&str], env: &[(&str, &str)]) -> Output
         .env_remove("PLEXUS_PROBE_MISSING")
         .envs(env.iter().copied())
         .stdin(Stdio::null());
-    let fd = ns.fd().as_raw_fd();
-    // SAFETY: only async-signal-safe calls (setns) between fork and exec.
-    unsafe {
-        cmd.pre_exec(move || {
-            let fd = std::os::fd::BorrowedFd::borrow_raw(fd);
-            nix::sched::setns(fd, nix::sched::CloneFlags::CLONE_NEWNET)
-                .map_err(std::io::Error::from)
-        });
-    }
+    plexus_testkit::process::in_netns(&mut cmd, ns.fd());
     cmd.output()
         .unwrap_or_else(|e| panic!("running plexus doctor: {e}"))
 }

@@ -6,11 +6,10 @@
 //! `cargo test -p plexus -p plexusd`) builds both. The daemon's reconciliation (records a
 //! crash left half done, drift while running) is tested the same way in `reconcile_e2e.rs`.
 
-use std::os::fd::AsRawFd;
-use std::os::unix::process::{CommandExt, ExitStatusExt};
+use std::os::unix::process::ExitStatusExt;
 use std::path::Path;
 use std::process::{Command, Output, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use plexus_sys::netns::Netns;
 

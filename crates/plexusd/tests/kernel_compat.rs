@@ -5,8 +5,6 @@
 //! namespace the test makes.
 
 use std::io::Read;
-use std::os::fd::AsRawFd;
-use std::os::unix::process::CommandExt;
 use std::path::Path;
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
@@ -30,15 +28,7 @@ fn run_plexusd(dir: &Path, ns: &Netns, env: &[(&str, &str)]) -> Output {
         .env("RUST_LOG", "info")
         .envs(env.iter().copied())
         .stdin(Stdio::null());
-    let fd = ns.fd().as_raw_fd();
-    // SAFETY: only async-signal-safe calls (setns) between fork and exec.
-    unsafe {
-        cmd.pre_exec(move || {
-            let fd = std::os::fd::BorrowedFd::borrow_raw(fd);
-            nix::sched::setns(fd, nix::sched::CloneFlags::CLONE_NEWNET)
-                .map_err(std::io::Error::from)
-        });
-    }
+    plexus_testkit::process::in_netns(&mut cmd, ns.fd());
     cmd.output()
         .unwrap_or_else(|e| panic!("running plexusd: {e}"))
 }
@@ -160,17 +150,9 @@ fn receive(listener: std::net::TcpListener) -> std::sync::mpsc::Receiver<String>
 
 /// `bash -c 'echo MESSAGE >/dev/tcp/IP/PORT'` inside `ns`.
 fn send_from(ns: &Netns, ip: &str, port: u16, message: &str) -> Output {
-    let fd = ns.fd().as_raw_fd();
     let mut cmd = Command::new("bash");
     cmd.args(["-c", &format!("echo {message} >/dev/tcp/{ip}/{port}")]);
-    // SAFETY: only async-signal-safe calls (setns) between fork and exec.
-    unsafe {
-        cmd.pre_exec(move || {
-            let fd = std::os::fd::BorrowedFd::borrow_raw(fd);
-            nix::sched::setns(fd, nix::sched::CloneFlags::CLONE_NEWNET)
-                .map_err(std::io::Error::from)
-        });
-    }
+    plexus_testkit::process::in_netns(&mut cmd, ns.fd());
     cmd.output().unwrap_or_else(|e| panic!("bash: {e}"))
 }
 

@@ -5,8 +5,6 @@
 
 use std::collections::BTreeMap;
 use std::io::{Read, Write};
-use std::os::fd::AsRawFd;
-use std::os::unix::process::CommandExt;
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
@@ -18,17 +16,9 @@ use common::{exit_within, json, Daemon};
 
 /// Runs `bash -c script` inside `ns`.
 fn run_in(ns: &Netns, script: &str) -> Output {
-    let fd = ns.fd().as_raw_fd();
     let mut cmd = Command::new("bash");
     cmd.args(["-c", script]);
-    // SAFETY: only async-signal-safe calls (setns) between fork and exec.
-    unsafe {
-        cmd.pre_exec(move || {
-            let fd = std::os::fd::BorrowedFd::borrow_raw(fd);
-            nix::sched::setns(fd, nix::sched::CloneFlags::CLONE_NEWNET)
-                .map_err(std::io::Error::from)
-        });
-    }
+    plexus_testkit::process::in_netns(&mut cmd, ns.fd());
     cmd.output()
         .unwrap_or_else(|e| panic!("bash in {}: {e}", ns.path().display()))
 }

@@ -146,16 +146,7 @@ fn names_cross_hosts_go_with_their_host_and_come_back() {
     let mut c = Cluster::start(3, ClusterStore::etcd());
     let h = &c.hosts;
     for (name, subnet) in [("blue", "10.253.0.0/24"), ("red", "10.254.0.0/24")] {
-        h[0].ok(&[
-            "network",
-            "create",
-            "-d",
-            "overlay",
-            "--subnet",
-            subnet,
-            "--attachable",
-            name,
-        ]);
+        h[0].create_overlay(name, subnet);
     }
     // One blue sandbox per host: web1 and web3 share the alias `front`, web3 has `back` too,
     // web2 a hostname; host 2 also has `temp2` (alias `temp`), host 1 a red sandbox and

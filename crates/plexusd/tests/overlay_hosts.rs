@@ -30,26 +30,8 @@ fn sandboxes_on_three_hosts_talk_with_zookeeper_as_the_store() {
 
 fn talk_and_stay_apart(c: Cluster) {
     let h = &c.hosts;
-    h[0].ok(&[
-        "network",
-        "create",
-        "-d",
-        "overlay",
-        "--subnet",
-        "10.251.0.0/24",
-        "--attachable",
-        "blue",
-    ]);
-    h[1].ok(&[
-        "network",
-        "create",
-        "-d",
-        "overlay",
-        "--subnet",
-        "10.252.0.0/24",
-        "--attachable",
-        "red",
-    ]);
+    h[0].create_overlay("blue", "10.251.0.0/24");
+    h[1].create_overlay("red", "10.252.0.0/24");
     // Global scope: both are listed on every host.
     for host in h {
         let ls = host.ok(&["network", "ls"]);
@@ -212,17 +194,7 @@ fn twenty_hosts_see_every_endpoint() {
     let n = 20;
     let c = Cluster::start(n, ClusterStore::etcd());
     let h = &c.hosts;
-    h[0].ok(&[
-        "network",
-        "create",
-        "-d",
-        "overlay",
-        "--subnet",
-        "10.250.0.0/24",
-        "--attachable",
-        "wide",
-    ]);
-    let id = h[0].network_id("wide");
+    let id = h[0].create_overlay("wide", "10.250.0.0/24");
     for (i, host) in h.iter().enumerate() {
         host.ok(&["sandbox", "create", &format!("w{i}"), "--network", "wide"]);
     }

@@ -15,20 +15,6 @@ use std::time::{Duration, Instant};
 
 use multihost::{alive, nft, wait_for, Cluster, ClusterStore, Host};
 
-fn create_overlay(h: &Host, name: &str, subnet: &str) -> String {
-    h.ok(&[
-        "network",
-        "create",
-        "-d",
-        "overlay",
-        "--subnet",
-        subnet,
-        "--attachable",
-        name,
-    ]);
-    h.network_id(name)
-}
-
 fn pings(h: &Host, from: &str, to: &str) -> Result<(), String> {
     if h.ping(from, to) {
         Ok(())
@@ -85,7 +71,7 @@ fn kernel_matches_tables(hosts: &[Host], name: &str, net: &str) -> Result<(), St
 fn a_killed_host_is_forgotten_in_time_and_reachable_when_back() {
     plexus_testkit::require_root();
     let mut c = Cluster::start(3, ClusterStore::etcd());
-    let net = create_overlay(&c.hosts[0], "ov", "10.241.0.0/24");
+    let net = c.hosts[0].create_overlay("ov", "10.241.0.0/24");
     for i in 0..3 {
         c.hosts[i].ok(&["sandbox", "create", &format!("k{i}"), "--network", "ov"]);
     }
@@ -152,7 +138,7 @@ fn a_killed_host_is_forgotten_in_time_and_reachable_when_back() {
 fn stopping_plexusd_leaves_overlay_traffic_flowing() {
     plexus_testkit::require_root();
     let mut c = Cluster::start(2, ClusterStore::etcd());
-    create_overlay(&c.hosts[0], "ov", "10.242.0.0/24");
+    c.hosts[0].create_overlay("ov", "10.242.0.0/24");
     c.hosts[0].ok(&["sandbox", "create", "s0", "--network", "ov"]);
     c.hosts[1].ok(&["sandbox", "create", "s1", "--network", "ov"]);
     let ip0 = c.hosts[0].sandbox_ip("s0", None);
@@ -196,7 +182,7 @@ fn a_partition_heals_within_one_sync_interval() {
     plexus_testkit::require_root();
     let c = Cluster::start(3, ClusterStore::etcd());
     let h = &c.hosts;
-    let net = create_overlay(&h[0], "ov", "10.243.0.0/24");
+    let net = h[0].create_overlay("ov", "10.243.0.0/24");
     for i in 0..3 {
         h[i].ok(&["sandbox", "create", &format!("p{i}"), "--network", "ov"]);
     }
@@ -279,7 +265,7 @@ fn kernel_state_matches_the_tables_after_a_kill_loop() {
         (rng.wrapping_mul(0x2545_F491_4F6C_DD1D) >> 33) as usize % n
     };
     let mut c = Cluster::start(3, ClusterStore::etcd());
-    let net = create_overlay(&c.hosts[0], "ov", "10.244.0.0/22");
+    let net = c.hosts[0].create_overlay("ov", "10.244.0.0/22");
     let mut made = 0usize;
     let mut done_kills = 0usize;
     let started = Instant::now();

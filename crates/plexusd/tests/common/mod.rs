@@ -3,8 +3,6 @@
 
 #![allow(dead_code)]
 
-use std::os::fd::AsRawFd;
-use std::os::unix::process::CommandExt;
 use std::path::PathBuf;
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
@@ -108,15 +106,7 @@ impl Daemon {
             .env("RUST_LOG", "info")
             .envs(self.env.iter().map(|(k, v)| (k, v)))
             .stdin(Stdio::null());
-        let fd = self.host_ns.fd().as_raw_fd();
-        // SAFETY: only async-signal-safe calls (setns) between fork and exec.
-        unsafe {
-            cmd.pre_exec(move || {
-                let fd = std::os::fd::BorrowedFd::borrow_raw(fd);
-                nix::sched::setns(fd, nix::sched::CloneFlags::CLONE_NEWNET)
-                    .map_err(std::io::Error::from)
-            });
-        }
+        plexus_testkit::process::in_netns(&mut cmd, self.host_ns.fd());
         cmd
     }
 
@@ -201,15 +191,7 @@ impl Daemon {
         cmd.env("PLEXUS_HOST", self.host())
             .args(args)
             .stdin(Stdio::null());
-        let fd = self.host_ns.fd().as_raw_fd();
-        // SAFETY: only async-signal-safe calls (setns) between fork and exec.
-        unsafe {
-            cmd.pre_exec(move || {
-                let fd = std::os::fd::BorrowedFd::borrow_raw(fd);
-                nix::sched::setns(fd, nix::sched::CloneFlags::CLONE_NEWNET)
-                    .map_err(std::io::Error::from)
-            });
-        }
+        plexus_testkit::process::in_netns(&mut cmd, self.host_ns.fd());
         cmd.output()
             .unwrap_or_else(|e| panic!("running plexus {args:?}: {e}"))
     }

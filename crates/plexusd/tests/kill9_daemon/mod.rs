@@ -3,8 +3,7 @@
 //! with SIGTERM, and called over its API.
 
 use std::io::{Read, Write};
-use std::os::fd::AsRawFd;
-use std::os::unix::process::{CommandExt, ExitStatusExt};
+use std::os::unix::process::ExitStatusExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -103,15 +102,7 @@ impl Daemon {
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(log);
-        let fd = self.host_ns.fd().as_raw_fd();
-        // SAFETY: only async-signal-safe calls (setns) between fork and exec.
-        unsafe {
-            cmd.pre_exec(move || {
-                let fd = std::os::fd::BorrowedFd::borrow_raw(fd);
-                nix::sched::setns(fd, nix::sched::CloneFlags::CLONE_NEWNET)
-                    .map_err(std::io::Error::from)
-            });
-        }
+        plexus_testkit::process::in_netns(&mut cmd, self.host_ns.fd());
         self.child = Some(
             cmd.spawn()
                 .unwrap_or_else(|e| panic!("starting plexusd: {e}")),

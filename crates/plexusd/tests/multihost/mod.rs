@@ -7,8 +7,6 @@
 #![allow(dead_code)]
 
 use std::io::{Read, Write};
-use std::os::fd::AsRawFd;
-use std::os::unix::process::CommandExt;
 use std::path::PathBuf;
 use std::process::{Child, Command, Output, Stdio};
 use std::sync::mpsc::Receiver;
@@ -256,15 +254,7 @@ impl Host {
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(log);
-        let fd = self.ns.fd().as_raw_fd();
-        // SAFETY: only async-signal-safe calls (setns) between fork and exec.
-        unsafe {
-            cmd.pre_exec(move || {
-                let fd = std::os::fd::BorrowedFd::borrow_raw(fd);
-                nix::sched::setns(fd, nix::sched::CloneFlags::CLONE_NEWNET)
-                    .map_err(std::io::Error::from)
-            });
-        }
+        plexus_testkit::process::in_netns(&mut cmd, self.ns.fd());
         self.child = Some(cmd.spawn().unwrap_or_else(|e| panic!("plexusd: {e}")));
         let deadline = Instant::now() + Duration::from_secs(60);
         while std::os::unix::net::UnixStream::connect(&socket).is_err() {
@@ -288,15 +278,7 @@ impl Host {
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped());
-        let fd = self.ns.fd().as_raw_fd();
-        // SAFETY: only async-signal-safe calls (setns) between fork and exec.
-        unsafe {
-            cmd.pre_exec(move || {
-                let fd = std::os::fd::BorrowedFd::borrow_raw(fd);
-                nix::sched::setns(fd, nix::sched::CloneFlags::CLONE_NEWNET)
-                    .map_err(std::io::Error::from)
-            });
-        }
+        plexus_testkit::process::in_netns(&mut cmd, self.ns.fd());
         let mut child = cmd.spawn().unwrap_or_else(|e| panic!("plexusd: {e}"));
         let deadline = Instant::now() + Duration::from_secs(30);
         while child.try_wait().ok().flatten().is_none() {
@@ -569,6 +551,21 @@ impl Host {
             .join("run/overlay")
             .join(format!("1-{short}"));
         p.exists().then_some(p)
+    }
+
+    /// `plexus network create -d overlay --subnet SUBNET --attachable NAME`; the network's id.
+    pub fn create_overlay(&self, name: &str, subnet: &str) -> String {
+        self.ok(&[
+            "network",
+            "create",
+            "-d",
+            "overlay",
+            "--subnet",
+            subnet,
+            "--attachable",
+            name,
+        ]);
+        self.network_id(name)
     }
 
     /// The id of network `name`.

@@ -2,8 +2,6 @@
 //! them: a listener inside a sandbox's namespace, the script a sandbox runs to send to it,
 //! and `bash` run in a namespace without the daemon.
 
-use std::os::fd::AsRawFd;
-use std::os::unix::process::CommandExt;
 use std::path::Path;
 use std::process::{Command, Output};
 use std::time::Duration;
@@ -44,17 +42,9 @@ pub fn send_script(ip: &str, port: u16, message: &str) -> String {
 /// Runs `bash -c script` inside the namespace at `netns` without the daemon.
 pub fn run_in(netns: &str, script: &str) -> Output {
     let ns = Netns::open(Path::new(netns)).unwrap_or_else(|e| panic!("opening {netns}: {e}"));
-    let fd = ns.fd().as_raw_fd();
     let mut cmd = Command::new("bash");
     cmd.args(["-c", script]);
-    // SAFETY: only async-signal-safe calls (setns) between fork and exec.
-    unsafe {
-        cmd.pre_exec(move || {
-            let fd = std::os::fd::BorrowedFd::borrow_raw(fd);
-            nix::sched::setns(fd, nix::sched::CloneFlags::CLONE_NEWNET)
-                .map_err(std::io::Error::from)
-        });
-    }
+    plexus_testkit::process::in_netns(&mut cmd, ns.fd());
     cmd.output()
         .unwrap_or_else(|e| panic!("bash in {netns}: {e}"))
 }
