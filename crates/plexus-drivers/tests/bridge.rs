@@ -4,14 +4,11 @@
 
 mod common;
 
-use std::collections::BTreeSet;
 use std::net::{IpAddr, Ipv4Addr};
 
 use common::*;
-use plexus_cnm::{Driver, EndpointSpec, IpamPoolSpec, NetworkSpec, PortBinding, ReconcileMode};
-use plexus_drivers::firewall::{PortMapping, Proto};
-use plexus_drivers::{BridgeDriver, DriverConfig};
-use plexus_sys::rtnl::{BridgeSpec, Rtnl};
+use plexus_cnm::{EndpointSpec, IpamPoolSpec, NetworkSpec, PortBinding};
+use plexus_sys::rtnl::Rtnl;
 
 fn gw(n: u8) -> Ipv4Addr {
     Ipv4Addr::new(10, n, 0, 1)

@@ -6,13 +6,13 @@
 mod common;
 
 use std::collections::BTreeSet;
-use std::net::{IpAddr, Ipv4Addr};
+use std::net::Ipv4Addr;
 
 use common::*;
 use plexus_cnm::{Driver, EndpointSpec, IpamPoolSpec, NetworkSpec, PortBinding, ReconcileMode};
 use plexus_drivers::firewall::{PortMapping, Proto};
 use plexus_drivers::{BridgeDriver, DriverConfig};
-use plexus_sys::rtnl::{BridgeSpec, Rtnl};
+use plexus_sys::rtnl::BridgeSpec;
 
 #[tokio::test]
 async fn bad_input_is_a_400_naming_the_option_and_leaves_nothing() {
