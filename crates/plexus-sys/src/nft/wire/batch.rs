@@ -441,12 +441,17 @@ pub(crate) fn encode(ops: &[Op], seq: u32) -> (Vec<u8>, Vec<(u32, String)>) {
     let mut described = Vec::with_capacity(ops.len());
     frame(&mut buf, NFNL_MSG_BATCH_BEGIN, 0, 0, seq, &[]);
     seq = seq.wrapping_add(1);
-    for op in ops {
+    // Errors come for any message; an ack only for the last, which says the whole batch
+    // went through (an ack per message costs the receive buffer a socket buffer each: a
+    // batch of tens of thousands of messages would overflow it).
+    let last = ops.len().saturating_sub(1);
+    for (i, op) in ops.iter().enumerate() {
         let ty = (NFNL_SUBSYS_NFTABLES << 8) | op.msg as u16;
+        let ack = if i == last { nlm::ACK } else { 0 };
         frame(
             &mut buf,
             ty,
-            op.flags | nlm::ACK,
+            op.flags | ack,
             op.family.number(),
             seq,
             &op.body,
