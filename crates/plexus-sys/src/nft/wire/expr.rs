@@ -3,7 +3,7 @@
 use std::time::Duration;
 
 use super::types::{
-    fib_flags, CmpOp, CtKey, DynsetOp, Family, FibResult, MetaKey, NatKind, NumgenKind,
+    fib_flags, ByteOrder, CmpOp, CtKey, DynsetOp, Family, FibResult, MetaKey, NatKind, NumgenKind,
     PayloadBase, RejectKind, Verdict, REG_VERDICT,
 };
 use super::{millis, nest, nfta, put, put_be32, put_be64, put_data, put_str};
@@ -106,6 +106,22 @@ pub enum Expr {
         offset: u32,
         /// Destination register.
         dreg: u32,
+    },
+    /// Convert `size`-byte words (2, 4 or 8) of `len` bytes from `sreg` between host and
+    /// network order, into `dreg` (`byteorder`). `numgen` and `jhash` write host order, and
+    /// interval sets compare keys as big-endian bytes: nft converts such a number with
+    /// [`ByteOrder::Hton`] before looking it up in a range map.
+    Byteorder {
+        /// Which way.
+        op: ByteOrder,
+        /// Source register.
+        sreg: u32,
+        /// Destination register.
+        dreg: u32,
+        /// How many bytes.
+        len: u32,
+        /// The word size.
+        size: u32,
     },
     /// The Jenkins hash of `len` bytes from `sreg`, into `dreg` (4 bytes, host order):
     /// `offset + (jhash(bytes, seed) mod modulus)`.
@@ -310,6 +326,20 @@ impl Expr {
                 }
                 "numgen"
             }
+            Expr::Byteorder {
+                op,
+                sreg,
+                dreg,
+                len,
+                size,
+            } => {
+                put_be32(&mut b, 1, *sreg); // NFTA_BYTEORDER_SREG
+                put_be32(&mut b, 2, *dreg);
+                put_be32(&mut b, 3, *op as u32);
+                put_be32(&mut b, 4, *len);
+                put_be32(&mut b, 5, *size);
+                "byteorder"
+            }
             Expr::Jhash {
                 sreg,
                 len,
@@ -454,6 +484,24 @@ mod tests {
         );
         assert_eq!(MetaKey::BriIifName as u32, 17, "NFT_META_BRI_IIFNAME");
         assert_eq!(MetaKey::IifName as u32, 6, "NFT_META_IIFNAME");
+    }
+
+    #[test]
+    fn byteorder_encodes_its_registers_and_sizes() {
+        let l = encoded(&[Expr::Byteorder {
+            op: ByteOrder::Hton,
+            sreg: REG32_00,
+            dreg: REG32_00 + 1,
+            len: 4,
+            size: 4,
+        }]);
+        let exprs = attrs(&l);
+        let (_, e) = exprs[0];
+        assert_eq!(attr_str(e, nfta::EXPR_NAME).as_deref(), Some("byteorder"));
+        let data = attr(e, nfta::EXPR_DATA).unwrap_or_default();
+        let got: Vec<_> = (1..=5).map(|t| attr_be32(data, t)).collect();
+        let want = [REG32_00, REG32_00 + 1, 1, 4, 4].map(Some);
+        assert_eq!(got, want, "SREG, DREG, OP (NFT_BYTEORDER_HTON), LEN, SIZE");
     }
 
     #[test]

@@ -181,6 +181,15 @@ impl Verdict {
     }
 }
 
+/// The direction of [`Expr::Byteorder`](super::expr::Expr) (`NFT_BYTEORDER_*`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ByteOrder {
+    /// Network to host order.
+    Ntoh = 0,
+    /// Host to network order.
+    Hton = 1,
+}
+
 /// `meta` keys.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum MetaKey {
