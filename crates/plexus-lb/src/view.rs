@@ -78,42 +78,14 @@ pub(crate) fn validate(view: &View) -> Result<BTreeMap<String, Service>, LbError
     let mut out = BTreeMap::new();
     let mut vips: BTreeMap<Ipv4Addr, &str> = BTreeMap::new();
     for (id, s) in &view.services {
-        check_id(id)?;
-        let field = |f: &str| format!("services[{id}].{f}");
-        check_name(&s.name).map_err(|r| LbError::invalid(field("name"), r))?;
-        let vip = ipv4(s.vip).map_err(|r| LbError::invalid(field("vip"), r))?;
-        check_vip(vip).map_err(|r| LbError::invalid(field("vip"), r))?;
-        if let Some(other) = vips.insert(vip, id) {
+        let svc = validate_service(id, s)?;
+        if let Some(other) = vips.insert(svc.vip, id) {
             return Err(LbError::invalid(
-                field("vip"),
-                format!("{vip} is already the VIP of service {other}"),
+                format!("services[{id}].vip"),
+                format!("{} is already the VIP of service {other}", svc.vip),
             ));
         }
-        if s.backends.len() > MAX_BACKENDS {
-            return Err(LbError::invalid(
-                field("backends"),
-                format!("{} backends, at most {MAX_BACKENDS}", s.backends.len()),
-            ));
-        }
-        let mut backends = BTreeSet::new();
-        for (i, b) in s.backends.iter().enumerate() {
-            let f = || field(&format!("backends[{i}]"));
-            let b4 = ipv4(*b).map_err(|r| LbError::invalid(f(), r))?;
-            check_backend(b4, vip).map_err(|r| LbError::invalid(f(), r))?;
-            backends.insert(b4);
-        }
-        if let Some(t) = s.affinity {
-            check_affinity(t).map_err(|r| LbError::invalid(field("affinity"), r))?;
-        }
-        out.insert(
-            id.clone(),
-            Service {
-                name: s.name.clone(),
-                vip,
-                backends,
-                affinity: s.affinity,
-            },
-        );
+        out.insert(id.clone(), svc);
     }
     // A backend that is another service's VIP would be sent on to nothing: the VIP is no
     // interface's address, and NAT happens once per connection.
@@ -128,6 +100,38 @@ pub(crate) fn validate(view: &View) -> Result<BTreeMap<String, Service>, LbError
         }
     }
     Ok(out)
+}
+
+/// Checks one service on its own (not against the others: VIPs unique, no backend another's
+/// VIP). Errors name the field as in a view, `services[<id>].…`.
+pub(crate) fn validate_service(id: &str, s: &ServiceView) -> Result<Service, LbError> {
+    check_id(id)?;
+    let field = |f: &str| format!("services[{id}].{f}");
+    check_name(&s.name).map_err(|r| LbError::invalid(field("name"), r))?;
+    let vip = ipv4(s.vip).map_err(|r| LbError::invalid(field("vip"), r))?;
+    check_vip(vip).map_err(|r| LbError::invalid(field("vip"), r))?;
+    if s.backends.len() > MAX_BACKENDS {
+        return Err(LbError::invalid(
+            field("backends"),
+            format!("{} backends, at most {MAX_BACKENDS}", s.backends.len()),
+        ));
+    }
+    let mut backends = BTreeSet::new();
+    for (i, b) in s.backends.iter().enumerate() {
+        let f = || field(&format!("backends[{i}]"));
+        let b4 = ipv4(*b).map_err(|r| LbError::invalid(f(), r))?;
+        check_backend(b4, vip).map_err(|r| LbError::invalid(f(), r))?;
+        backends.insert(b4);
+    }
+    if let Some(t) = s.affinity {
+        check_affinity(t).map_err(|r| LbError::invalid(field("affinity"), r))?;
+    }
+    Ok(Service {
+        name: s.name.clone(),
+        vip,
+        backends,
+        affinity: s.affinity,
+    })
 }
 
 fn check_id(id: &str) -> Result<(), LbError> {
