@@ -4,11 +4,11 @@ use plexus_sys::netns::Netns;
 use plexus_sys::nft::{Batch, Family, Nft};
 use plexus_sys::SysError;
 
-use crate::encode::{decode, encode, encode_remove};
+use crate::encode::{decode, encode, encode_remove, Dump};
 use crate::error::LbError;
-use crate::names::{SERVICES_MAP, TABLE};
-use crate::plan::{plan, plan_services};
-use crate::view::{validate, View};
+use crate::names::{self, LIVE_SET, SERVICES_MAP, TABLE};
+use crate::plan::{plan, plan_service, plan_services, Op};
+use crate::view::{validate, ServiceView, View};
 
 /// The load balancer of one sandbox namespace: an nf_tables connection inside it.
 #[derive(Debug)]
@@ -42,12 +42,29 @@ impl Dispatcher {
     /// hold `from` the batch usually fails whole ([`LbError::Diverged`]; the kernel is
     /// unchanged) and [`reconcile`](Self::reconcile) repairs.
     pub fn apply(&self, from: &View, to: &View) -> Result<(), LbError> {
-        let ops = plan(from, to)?;
+        self.send_ops(&plan(from, to)?)
+    }
+
+    /// Takes one service from `old` (what the table holds of it; `None`: absent) to `new`
+    /// (`None`: removed), in one atomic batch, touching no other service: the cost of a
+    /// backend added or removed does not grow with the services in the table (see
+    /// [`plan_service`](crate::plan_service), which also says what is not checked). A
+    /// service added creates the table if needed. Errors as [`apply`](Self::apply).
+    pub fn apply_service(
+        &self,
+        id: &str,
+        old: Option<&ServiceView>,
+        new: Option<&ServiceView>,
+    ) -> Result<(), LbError> {
+        self.send_ops(&plan_service(id, old, new)?)
+    }
+
+    fn send_ops(&self, ops: &[Op]) -> Result<(), LbError> {
         if ops.is_empty() {
             return Ok(());
         }
         let mut b = self.nft.batch();
-        encode(&ops, &mut b);
+        encode(ops, &mut b);
         tracing::debug!(netns = %netns_of(&self.nft), ops = ops.len(), messages = b.len(), "applying load-balancing change");
         self.send(b)
     }
@@ -68,35 +85,71 @@ impl Dispatcher {
     }
 
     /// The view the table holds (empty when there is no table): services from the dispatch
-    /// map's elements and their comments, backends from their chains' names.
+    /// map's elements and their comments, backends from their slot maps.
     pub fn read(&self) -> Result<View, LbError> {
         Ok(self.read_state()?.0)
     }
 
-    /// The view, and whether the table holds objects of services it does not list.
+    /// The view, and whether the table holds exactly what this crate writes for it (no
+    /// object of a service it does not list, nothing missing).
     fn read_state(&self) -> Result<(View, bool), LbError> {
         let tables = self.nft.tables().map_err(|e| self.kernel(e))?;
         if !tables.iter().any(|(f, t)| *f == Family::Ip && t == TABLE) {
             return Ok((View::default(), true));
         }
-        let elements = match self.nft.elements(Family::Ip, TABLE, SERVICES_MAP) {
-            Ok(e) => e,
-            // A table without its map: rebuilt by reconcile.
-            Err(SysError::NotFound { .. }) => return Ok((View::default(), false)),
-            Err(e) => return Err(self.kernel(e)),
+        let Some(dump) = self.dump()? else {
+            // A table without one of its maps: rebuilt by reconcile.
+            return Ok((View::default(), false));
         };
+        let (view, strays) = decode(&dump).map_err(|what| LbError::Unexpected {
+            netns: netns_of(&self.nft),
+            what,
+        })?;
+        if !strays.is_empty() {
+            tracing::warn!(netns = %netns_of(&self.nft), ?strays, "load-balancing objects of no service");
+        }
+        Ok((view, strays.is_empty()))
+    }
+
+    /// The table's objects; `None` when a map it must have is missing.
+    fn dump(&self) -> Result<Option<Dump>, LbError> {
+        let elements = |set: &str| match self.nft.elements(Family::Ip, TABLE, set) {
+            Ok(e) => Ok(Some(e)),
+            Err(SysError::NotFound { .. }) => Ok(None),
+            Err(e) => Err(self.kernel(e)),
+        };
+        let (Some(services), Some(live)) = (elements(SERVICES_MAP)?, elements(LIVE_SET)?) else {
+            return Ok(None);
+        };
+        let ids = crate::encode::decode_services(&services)
+            .map_err(|what| LbError::Unexpected {
+                netns: netns_of(&self.nft),
+                what,
+            })?
+            .services
+            .into_keys();
+        let mut slots = std::collections::BTreeMap::new();
+        for id in ids {
+            let Some(els) = elements(&names::slots_map(&id))? else {
+                return Ok(None);
+            };
+            slots.insert(id, els);
+        }
         let chains = self
             .nft
             .chains(Family::Ip, TABLE)
             .map_err(|e| self.kernel(e))?;
-        let (view, strays) = decode(&elements, &chains).map_err(|what| LbError::Unexpected {
-            netns: netns_of(&self.nft),
-            what,
-        })?;
-        if !strays.chains.is_empty() {
-            tracing::warn!(netns = %netns_of(&self.nft), chains = ?strays.chains, "load-balancing chains of no service");
-        }
-        Ok((view, strays.chains.is_empty()))
+        let sets = self
+            .nft
+            .sets(Family::Ip, TABLE)
+            .map_err(|e| self.kernel(e))?;
+        Ok(Some(Dump {
+            services,
+            slots,
+            chains,
+            sets,
+            live,
+        }))
     }
 
     /// Makes the table hold `want`: reads it, then applies the difference. A table this
@@ -137,6 +190,16 @@ const EBUSY: i32 = 16;
 /// [`Dispatcher::apply`] on a connection opened for the call.
 pub fn apply(ns: &Netns, from: &View, to: &View) -> Result<(), LbError> {
     Dispatcher::open(ns)?.apply(from, to)
+}
+
+/// [`Dispatcher::apply_service`] on a connection opened for the call.
+pub fn apply_service(
+    ns: &Netns,
+    id: &str,
+    old: Option<&ServiceView>,
+    new: Option<&ServiceView>,
+) -> Result<(), LbError> {
+    Dispatcher::open(ns)?.apply_service(id, old, new)
 }
 
 /// [`Dispatcher::read`] on a connection opened for the call.

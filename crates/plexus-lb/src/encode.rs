@@ -6,18 +6,22 @@ use std::net::{IpAddr, Ipv4Addr};
 use std::time::Duration;
 
 use plexus_sys::nft::{
-    icmp_unreach, BaseChain, Batch, ChainType, DynsetOp, Element, Expr, Family, Hook, NatKind,
-    NumgenKind, PayloadBase, RejectKind, SetDef, Verdict, DATA_VERDICT, REG32_00,
+    icmp_unreach, BaseChain, Batch, ByteOrder, ChainType, DynsetOp, Element, Expr, Family, Hook,
+    NatKind, NumgenKind, PayloadBase, RejectKind, SetDef, Verdict, DATA_VERDICT, REG32_00,
 };
 
-use crate::names::{self, DISPATCH_CHAIN, REFUSE_CHAIN, SERVICES_MAP, TABLE, VIPS_SET};
-use crate::plan::{Elem, Op, Rule, SetKind};
+use crate::names::{
+    self, AFFINITY_MAP, DISPATCH_CHAIN, LIVE_SET, REFUSE_CHAIN, SERVICES_MAP, TABLE, VIPS_SET,
+};
+use crate::plan::{slot_ranges, Elem, Op, Rule, SetKind, SLOTS};
 use crate::view::{ServiceView, View};
 
 const FAMILY: Family = Family::Ip;
 /// nft's data type numbers, for `nft list`.
 const TYPE_INTEGER: u32 = 4;
 const TYPE_IPV4: u32 = 7;
+/// `ipv4_addr . ipv4_addr`: a concatenation's type is its parts', each shifted 6 bits.
+const TYPE_IPV4_PAIR: u32 = TYPE_IPV4 << 6 | TYPE_IPV4;
 /// Priorities of the base chains: NAT at dstnat, the refusal at filter.
 const DSTNAT: i32 = -100;
 const FILTER: i32 = 0;
@@ -63,72 +67,136 @@ fn base_chain(kind: ChainType, priority: i32) -> Option<BaseChain> {
     })
 }
 
-/// The kernel's form of an element.
-pub(crate) fn element(e: &Elem) -> Element {
+fn reg_addr(dreg: u32) -> (Expr, Expr) {
+    (addr(false, dreg), addr(true, dreg + 1))
+}
+
+/// The kernel's form of an element: a slot range is two (its start with the backend, and
+/// its end).
+pub(crate) fn elements(e: &Elem) -> Vec<Element> {
     match e {
         Elem::Service {
             vip,
             chain,
             comment,
-        } => Element {
+        } => vec![Element {
             key: vip.octets().to_vec(),
             verdict: Some(Verdict::Goto(chain.clone())),
             ..Element::default()
         }
-        .with_comment(comment),
-        Elem::Vip(vip) => Element::key(vip.octets()),
-        Elem::Slot { index, chain } => Element {
-            // numgen writes its number in host order.
-            key: index.to_ne_bytes().to_vec(),
-            verdict: Some(Verdict::Goto(chain.clone())),
-            ..Element::default()
-        },
+        .with_comment(comment)],
+        Elem::Vip(vip) => vec![Element::key(vip.octets())],
+        // Interval maps compare keys as big-endian bytes: the rule converts numgen's number.
+        Elem::Slot {
+            start,
+            end,
+            backend,
+        } => vec![
+            Element {
+                key: start.to_be_bytes().to_vec(),
+                data: Some(backend.octets().to_vec()),
+                ..Element::default()
+            },
+            Element {
+                key: end.to_be_bytes().to_vec(),
+                interval_end: true,
+                ..Element::default()
+            },
+        ],
+        Elem::Live { vip, backend } => {
+            let mut key = vip.octets().to_vec();
+            key.extend_from_slice(&backend.octets());
+            vec![Element::key(key)]
+        }
     }
 }
 
+fn all_elements(elems: &[Elem]) -> Vec<Element> {
+    elems.iter().flat_map(elements).collect()
+}
+
+fn dnat(reg: u32) -> Expr {
+    // No port register: the destination port is kept.
+    Expr::Nat {
+        kind: NatKind::Dnat,
+        family: FAMILY,
+        addr: Some(reg),
+        addr_max: None,
+        port: None,
+        port_max: None,
+    }
+}
+
+/// `update @affinity { ip saddr . ip daddr timeout T : <backend in r3> }` (key in r1, r2).
+fn pin(op: DynsetOp, timeout: Option<Duration>) -> Expr {
+    Expr::Dynset {
+        set: AFFINITY_MAP.into(),
+        op,
+        sreg_key: r(1),
+        sreg_data: Some(r(3)),
+        timeout,
+    }
+}
+
+/// Registers: r0 the random number, r1 . r2 the client and the VIP (`ip saddr . ip
+/// daddr`, the affinity key), r3 the backend.
 fn rule_exprs(rule: &Rule) -> Vec<Expr> {
+    let (saddr, daddr) = reg_addr(1);
+    let pinned = Expr::Lookup {
+        set: AFFINITY_MAP.into(),
+        sreg: r(1),
+        dreg: Some(r(3)),
+        invert: false,
+    };
     match rule {
-        Rule::Sticky { set, chain } => vec![
-            addr(false, 0),
-            in_set(set, 0),
-            Expr::Verdict(Verdict::Goto(chain.clone())),
-        ],
-        Rule::Pick { modulus, map } => vec![
-            Expr::Numgen {
-                kind: NumgenKind::Random,
-                modulus: *modulus,
-                offset: 0,
-                dreg: r(0),
-            },
-            Expr::vmap(map, r(0)),
-        ],
-        Rule::Backend { addr: to, affinity } => {
-            let mut v = Vec::new();
-            if let Some((set, timeout)) = affinity {
-                v.push(addr(false, 1));
-                v.push(Expr::Dynset {
-                    set: set.clone(),
-                    op: DynsetOp::Update,
-                    sreg_key: r(1),
-                    sreg_data: None,
-                    timeout: Some(*timeout),
-                });
+        Rule::Pick { map, affinity } => {
+            let mut v = vec![
+                Expr::Numgen {
+                    kind: NumgenKind::Random,
+                    modulus: SLOTS,
+                    offset: 0,
+                    dreg: r(0),
+                },
+                Expr::Byteorder {
+                    op: ByteOrder::Hton,
+                    sreg: r(0),
+                    dreg: r(0),
+                    len: 4,
+                    size: 4,
+                },
+                Expr::Lookup {
+                    set: map.clone(),
+                    sreg: r(0),
+                    dreg: Some(r(3)),
+                    invert: false,
+                },
+            ];
+            if let Some(t) = affinity {
+                v.extend([saddr, daddr, pin(DynsetOp::Update, Some(*t))]);
             }
-            v.push(Expr::Immediate {
-                dreg: r(0),
-                data: to.octets().to_vec(),
-            });
-            // No port register: the destination port is kept.
-            v.push(Expr::Nat {
-                kind: NatKind::Dnat,
-                family: FAMILY,
-                addr: Some(r(0)),
-                addr_max: None,
-                port: None,
-                port_max: None,
-            });
+            v.push(dnat(r(3)));
             v
         }
+        Rule::Unpin => vec![
+            saddr,
+            daddr,
+            pinned,
+            // ip daddr . <pinned backend> not in @live
+            Expr::Lookup {
+                set: LIVE_SET.into(),
+                sreg: r(2),
+                dreg: None,
+                invert: true,
+            },
+            pin(DynsetOp::Delete, None),
+        ],
+        Rule::Pinned { timeout } => vec![
+            saddr,
+            daddr,
+            pinned,
+            pin(DynsetOp::Update, Some(*timeout)),
+            dnat(r(3)),
+        ],
     }
 }
 
@@ -143,6 +211,30 @@ fn base(b: &mut Batch) {
         },
     );
     b.add_set(FAMILY, TABLE, &ipv4_set(VIPS_SET));
+    // Elements get their timeout from the service's rules.
+    b.add_set(
+        FAMILY,
+        TABLE,
+        &SetDef {
+            name: AFFINITY_MAP.into(),
+            key_type: TYPE_IPV4_PAIR,
+            key_len: 8,
+            data: Some((TYPE_IPV4, 4)),
+            timeout: Some(Duration::ZERO),
+            dynamic: true,
+            ..SetDef::default()
+        },
+    );
+    b.add_set(
+        FAMILY,
+        TABLE,
+        &SetDef {
+            name: LIVE_SET.into(),
+            key_type: TYPE_IPV4_PAIR,
+            key_len: 8,
+            ..SetDef::default()
+        },
+    );
     // ip daddr vmap @services
     b.add_chain(
         FAMILY,
@@ -178,33 +270,27 @@ pub fn encode(ops: &[Op], b: &mut Batch) {
             Op::DeleteChain(c) => b.delete_chain(FAMILY, TABLE, c),
             Op::FlushChain(c) => b.flush_chain(FAMILY, TABLE, c),
             Op::AddRule { chain, rule } => b.add_rule(FAMILY, TABLE, chain, &rule_exprs(rule)),
-            Op::AddSet { name, kind } => {
-                let def = match kind {
-                    SetKind::Slots => SetDef {
-                        name: name.clone(),
-                        key_type: TYPE_INTEGER,
-                        key_len: 4,
-                        data: Some((DATA_VERDICT, 0)),
-                        ..SetDef::default()
-                    },
-                    // Elements get their timeout from the backend chain's update.
-                    SetKind::Affinity => SetDef {
-                        timeout: Some(Duration::ZERO),
-                        dynamic: true,
-                        ..ipv4_set(name)
-                    },
+            Op::AddSet {
+                name,
+                kind: SetKind::Slots,
+            } => {
+                let def = SetDef {
+                    name: name.clone(),
+                    key_type: TYPE_INTEGER,
+                    key_len: 4,
+                    interval: true,
+                    data: Some((TYPE_IPV4, 4)),
+                    ..SetDef::default()
                 };
                 b.add_set(FAMILY, TABLE, &def);
             }
             Op::DeleteSet(s) => b.delete_set(FAMILY, TABLE, s),
             Op::FlushSet(s) => b.flush_set(FAMILY, TABLE, s),
             Op::AddElements { set, elements } => {
-                let els: Vec<Element> = elements.iter().map(element).collect();
-                b.add_elements(FAMILY, TABLE, set, &els, true);
+                b.add_elements(FAMILY, TABLE, set, &all_elements(elements), true);
             }
             Op::DeleteElements { set, elements } => {
-                let els: Vec<Element> = elements.iter().map(element).collect();
-                b.delete_elements(FAMILY, TABLE, set, &els);
+                b.delete_elements(FAMILY, TABLE, set, &all_elements(elements));
             }
         }
     }
@@ -215,15 +301,24 @@ pub fn encode_remove(b: &mut Batch) {
     b.destroy_table(FAMILY, TABLE);
 }
 
-/// What [`decode`] found besides the view: objects of no service in the map.
-#[derive(Debug, Default, PartialEq, Eq)]
-pub(crate) struct Strays {
+/// What [`Dispatcher::read`](crate::Dispatcher::read) dumps of the table.
+#[derive(Debug, Default)]
+pub(crate) struct Dump {
+    /// The `services` map's elements.
+    pub services: Vec<Element>,
+    /// Each listed service's slot map elements, by service id.
+    pub slots: BTreeMap<String, Vec<Element>>,
+    /// The names of the table's chains.
     pub chains: Vec<String>,
+    /// The names of the table's sets and maps.
+    pub sets: Vec<String>,
+    /// The `live` set's elements.
+    pub live: Vec<Element>,
 }
 
-/// The view the table's objects make: the `services` map's elements and the chains' names.
-/// An element this crate would not have written is an error naming it.
-pub(crate) fn decode(services: &[Element], chains: &[String]) -> Result<(View, Strays), String> {
+/// The services of the `services` map's elements (their comments and VIPs), without
+/// backends. An element this crate would not have written is an error naming it.
+pub(crate) fn decode_services(services: &[Element]) -> Result<View, String> {
     let mut view = View::default();
     for e in services {
         let vip: [u8; 4] =
@@ -249,30 +344,83 @@ pub(crate) fn decode(services: &[Element], chains: &[String]) -> Result<(View, S
             return Err(format!("service {id} has two VIPs in {SERVICES_MAP}"));
         }
     }
-    let mut backends: BTreeMap<&str, Vec<IpAddr>> = BTreeMap::new();
-    let mut strays = Strays::default();
-    for c in chains {
-        let Some((id, b)) = names::parse_backend_chain(c) else {
-            continue;
-        };
-        if view.services.contains_key(id) {
-            backends.entry(id).or_default().push(IpAddr::V4(b));
-        } else {
-            strays.chains.push(c.clone());
+    Ok(view)
+}
+
+/// The comparable form of a map's elements: key, end flag, value; sorted.
+fn shape(els: &[Element]) -> Vec<(Vec<u8>, bool, Option<Vec<u8>>)> {
+    let mut v: Vec<_> = els
+        .iter()
+        .map(|e| (e.key.clone(), e.interval_end, e.data.clone()))
+        .collect();
+    v.sort();
+    v
+}
+
+/// The backends of a slot map's elements (the ranges' values), sorted; an error unless the
+/// ranges are exactly those this crate writes for them.
+pub(crate) fn decode_slots(id: &str, els: &[Element]) -> Result<Vec<IpAddr>, String> {
+    let mut backends = std::collections::BTreeSet::new();
+    for e in els.iter().filter(|e| !e.interval_end) {
+        let b: [u8; 4] = e
+            .data
+            .as_deref()
+            .and_then(|d| d.try_into().ok())
+            .ok_or_else(|| format!("{}: a range without an address", names::slots_map(id)))?;
+        backends.insert(Ipv4Addr::from(b));
+    }
+    let want = all_elements(&slot_ranges(&backends));
+    if shape(&want) != shape(els) {
+        return Err(format!(
+            "{}: ranges other than an even split of [0, {SLOTS}) over {} backends",
+            names::slots_map(id),
+            backends.len()
+        ));
+    }
+    Ok(backends.into_iter().map(IpAddr::V4).collect())
+}
+
+/// The view the dumped table holds, and what in it belongs to no service of the view (stray
+/// chains and sets, `live` elements other than those of its services with affinity). An
+/// element this crate would not have written is an error naming it.
+pub(crate) fn decode(d: &Dump) -> Result<(View, Vec<String>), String> {
+    let mut view = decode_services(&d.services)?;
+    for (id, s) in view.services.iter_mut() {
+        let els = d.slots.get(id).map(Vec::as_slice).unwrap_or_default();
+        s.backends = decode_slots(id, els)?;
+    }
+    let mut strays = Vec::new();
+    let known = |id: Option<&str>| id.is_some_and(|id| view.services.contains_key(id));
+    for c in &d.chains {
+        let ours = c == DISPATCH_CHAIN || c == REFUSE_CHAIN;
+        if !ours && !known(names::parse_service_chain(c)) {
+            strays.push(format!("chain {c}"));
         }
     }
-    for (id, mut bs) in backends {
-        bs.sort();
-        if let Some(s) = view.services.get_mut(id) {
-            s.backends = bs;
+    for set in &d.sets {
+        let ours = [SERVICES_MAP, VIPS_SET, AFFINITY_MAP, LIVE_SET].contains(&set.as_str());
+        if !ours && !known(names::parse_slots_map(set)) {
+            strays.push(format!("set {set}"));
         }
     }
-    for c in chains {
-        if let Some(id) = names::parse_service_chain(c) {
-            if !view.services.contains_key(id) {
-                strays.chains.push(c.clone());
-            }
-        }
+    let live: Vec<Elem> = view
+        .services
+        .values()
+        .filter(|s| s.affinity.is_some())
+        .flat_map(|s| {
+            s.backends.iter().filter_map(move |b| match (s.vip, b) {
+                (IpAddr::V4(vip), IpAddr::V4(backend)) => Some(Elem::Live {
+                    vip,
+                    backend: *backend,
+                }),
+                _ => None,
+            })
+        })
+        .collect();
+    if shape(&all_elements(&live)) != shape(&d.live) {
+        strays.push(format!(
+            "elements of {LIVE_SET} other than the live backends"
+        ));
     }
     Ok((view, strays))
 }
@@ -282,10 +430,10 @@ mod tests {
     use super::*;
 
     #[test]
-    fn a_plan_encodes_one_message_per_operation_and_the_base_as_nine() {
+    fn a_plan_encodes_one_message_per_operation_and_the_base_as_eleven() {
         let mut b = Batch::new();
         encode(&[Op::Base], &mut b);
-        assert_eq!(b.len(), 9);
+        assert_eq!(b.len(), 11);
         let mut b = Batch::new();
         let ops = [
             Op::AddChain("svc-x".into()),
@@ -303,28 +451,64 @@ mod tests {
     }
 
     #[test]
-    fn service_elements_decode_back() {
-        let e = element(&Elem::Service {
+    fn a_table_decodes_back_and_strays_are_named() {
+        let id = "abcdef012345";
+        let svc = Elem::Service {
             vip: [10, 0, 0, 9].into(),
-            chain: names::service_chain("abcdef012345"),
+            chain: names::service_chain(id),
             comment: names::service_comment("web", Some(Duration::from_secs(3))),
-        });
-        let chains = vec![
-            "dispatch".to_string(),
-            "svc-abcdef012345".into(),
-            names::backend_chain("abcdef012345", [10, 0, 0, 3].into()),
-            names::backend_chain("abcdef012345", [10, 0, 0, 2].into()),
-            names::backend_chain("zzzzzzzzzzzz", [10, 0, 0, 2].into()),
-            "svc-zzzzzzzzzzzz".into(),
-        ];
-        let (view, strays) = decode(&[e], &chains).unwrap();
-        let s = &view.services["abcdef012345"];
+        };
+        let backends: std::collections::BTreeSet<Ipv4Addr> =
+            [[10, 0, 0, 3].into(), [10, 0, 0, 2].into()].into();
+        let live: Vec<Elem> = backends
+            .iter()
+            .map(|&backend| Elem::Live {
+                vip: [10, 0, 0, 9].into(),
+                backend,
+            })
+            .collect();
+        let mut d = Dump {
+            services: elements(&svc),
+            slots: [(id.to_string(), all_elements(&slot_ranges(&backends)))].into(),
+            chains: vec!["dispatch".into(), names::service_chain(id)],
+            sets: vec!["services".into(), "live".into(), names::slots_map(id)],
+            live: all_elements(&live),
+        };
+        let (view, strays) = decode(&d).unwrap();
+        let s = &view.services[id];
         assert_eq!(s.name, "web");
         assert_eq!(s.affinity, Some(Duration::from_secs(3)));
         let want: Vec<IpAddr> = vec![[10, 0, 0, 2].into(), [10, 0, 0, 3].into()];
         assert_eq!(s.backends, want);
-        assert_eq!(strays.chains.len(), 2);
+        assert!(strays.is_empty(), "{strays:?}");
+        d.chains.push("svc-zzzzzzzzzzzz".into());
+        d.sets.push("bes-zzzzzzzzzzzz".into());
+        d.live.pop();
+        let (_, strays) = decode(&d).unwrap();
+        assert_eq!(strays.len(), 3, "{strays:?}");
+        // Ranges this crate would not write (one backend's end moved).
+        if let Some(e) = d.slots.get_mut(id).and_then(|els| els.get_mut(1)) {
+            e.key = 7u32.to_be_bytes().to_vec();
+        }
+        assert!(decode(&d).is_err());
         let bad = Element::key(vec![1, 2]);
-        assert!(decode(&[bad], &[]).is_err());
+        assert!(decode_services(&[bad]).is_err());
+    }
+
+    #[test]
+    fn slot_ranges_cover_all_numbers_evenly() {
+        let backends: std::collections::BTreeSet<Ipv4Addr> =
+            (1..=3u8).map(|k| Ipv4Addr::new(10, 0, 0, k)).collect();
+        let ranges = slot_ranges(&backends);
+        let mut next = 0u32;
+        for e in &ranges {
+            let Elem::Slot { start, end, .. } = e else {
+                panic!("{e:?}")
+            };
+            assert_eq!(*start, next);
+            assert!((end - start).abs_diff(SLOTS / 3) <= 1, "{ranges:?}");
+            next = *end;
+        }
+        assert_eq!(next, SLOTS);
     }
 }

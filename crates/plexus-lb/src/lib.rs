@@ -17,14 +17,21 @@
 //! chain refuse   { type filter hook output priority filter; ip daddr @vips reject }
 //! map services   { ipv4_addr : verdict }   # VIP : goto svc-<id>, comment "name=… affinity-ms=…"
 //! set vips       { ipv4_addr }
-//! chain svc-<id> { [ip saddr @aff-<id>-<b> goto be-<id>-<b>, per backend]
-//!                  numgen random mod N vmap @bes-<id> }
-//! map bes-<id>   { integer : verdict }     # slot : goto be-<id>-<b>, backends in address order
-//! chain be-<id>-<b> { [update @aff-<id>-<b> { ip saddr timeout T }] dnat ip to <b> }
-//! set aff-<id>-<b> { ipv4_addr; flags dynamic,timeout }   # with client-ip affinity only
+//! chain svc-<id> { dnat ip to numgen random mod 2^31 map @bes-<id> }
+//! map bes-<id>   { integer : ipv4_addr; flags interval }   # [0, 2^31) cut in N ranges
+//!
+//! # client-ip affinity: svc-<id> is instead
+//! chain svc-<id> { ip saddr . ip daddr map @affinity as b, ip daddr . b not in @live:
+//!                      delete @affinity { ip saddr . ip daddr : b }
+//!                  dnat ip to ip saddr . ip daddr map @affinity,
+//!                      update @affinity { ip saddr . ip daddr timeout T : <it> }
+//!                  dnat ip to numgen random mod 2^31 map @bes-<id>,
+//!                      update @affinity { ip saddr . ip daddr timeout T : <it> } }
+//! map affinity   { ipv4_addr . ipv4_addr : ipv4_addr; flags dynamic,timeout }  # client . VIP
+//! set live       { ipv4_addr . ipv4_addr }                # VIP . backend, affinity services
 //! ```
 //!
-//! `<id>` is the service's 12-character id, `<b>` the backend's address in hex. Why so:
+//! `<id>` is the service's 12-character id. Why so:
 //!
 //! - **One dispatch rule whatever the number of services.** The verdict map is a hash
 //!   lookup, so a connection's set-up cost does not grow with the services present, and a
@@ -33,40 +40,61 @@
 //!   leaves it un-NATed, needs no route for the VIP beyond the network's own, and a sandbox's
 //!   view is its networks' services only. The hook is `output`: programs in the sandbox are
 //!   the only clients.
-//! - **A chain per backend, named after its address, reached by `goto` from a per-service
-//!   verdict map.** `dnat` straight from a data map (`dnat to numgen … map @m`) would save the
-//!   backend chains, but client-ip affinity needs a place per backend to refresh the
-//!   client's entry (kube-proxy's design), and one shape for both cases keeps the planner
-//!   simple. The names make the kernel self-describing: [`Dispatcher::read`] recovers the
-//!   backends from the chains' names and the service's name and affinity from its element's
-//!   comment, so a restarted daemon compares the kernel with its store without a file of its
-//!   own.
-//! - **The slot map is named** (`bes-<id>`) rather than anonymous in the rule: it can be read
-//!   back and flushed in place. A backend change replaces the service chain's rule (its
-//!   modulus is N) and the map's elements in the same batch, adds or deletes one backend
-//!   chain, and touches no other service: six messages whatever the number of services (with
-//!   affinity, the N `ip saddr @aff…` rules are rewritten too).
-//! - **A VIP with no backend refuses at once.** The service chain is then empty, so the
-//!   packet leaves the NAT hook still addressed to the VIP; the `refuse` chain, after NAT,
-//!   rejects what is still addressed to a VIP with an ICMP port unreachable: `connect`
-//!   fails with `ECONNREFUSED` at once instead of a 3-second ARP timeout. The rejected
-//!   packet's connection is never confirmed, so a UDP flow is NATed anew once a backend
-//!   comes.
-//! - **Affinity** is kube-proxy's: the client's address goes in the chosen backend's
-//!   dynamic set with the timeout, refreshed by each new connection; the service chain sends
-//!   a client found in a backend's set to that backend. A backend removed takes its set with
-//!   it, so its clients pick again.
+//! - **A backend change is element changes only, of one map.** The commit of an nf_tables
+//!   transaction validates the whole table graph (every chain reachable from the base
+//!   chains, through every verdict map) when the transaction adds a rule holding an
+//!   expression with a `validate` hook — `nat`, `lookup`, `immediate` all have one — so with
+//!   10,000 services any change that adds such a rule pays for all of them (an earlier
+//!   design replaced the service chain's `numgen mod N` rule and added a chain per backend
+//!   on each change). Elements of a data map (not a verdict map) need no
+//!   validation. So the number of backends is not in the rule: `numgen random mod 2^31`
+//!   picks a number, and the interval map `bes-<id>` cuts `[0, 2^31)` into one nearly even
+//!   range per backend (to 1 part in 2^31 / [`MAX_BACKENDS`]). A backend added or removed is
+//!   a flush of that map and its new ranges: two messages, whatever the number of services
+//!   (three with affinity). The remaining cost of a commit grows with the table only where
+//!   the kernel walks every chain (publishing the new rule generation) and looks a set up by
+//!   name (a list): the example `update_latency` measures it. Adding or removing a whole
+//!   service adds the service chain's rule and pays the validation, once.
+//! - **Ranges, not slots.** A map from `numgen random mod N` slots to backends would
+//!   have put `N` back in the rule; the number looked up is converted to network order
+//!   (`byteorder`) as interval maps compare big-endian keys.
+//! - **The kernel describes itself:** [`Dispatcher::read`] recovers the service's name and
+//!   affinity from its `services` element's comment and its backends from the values of its
+//!   `bes-<id>` map (ranges other than those this crate writes are an error, and the table is
+//!   rebuilt by [`Dispatcher::reconcile`]), so a restarted daemon compares the kernel with
+//!   its store without a file of its own.
+//! - **A VIP with no backend refuses at once.** The slot map is then empty, the lookup
+//!   fails and ends the rule, so the packet leaves the NAT hook still addressed to the VIP;
+//!   the `refuse` chain, after NAT, rejects what is still addressed to a VIP with an ICMP
+//!   port unreachable: `connect` fails with `ECONNREFUSED` at once instead of a 3-second ARP
+//!   timeout. The rejected packet's connection is never confirmed, so a UDP flow is NATed
+//!   anew once a backend comes.
+//! - **Affinity without a set or chain per backend.** One dynamic map for the table,
+//!   `client . VIP → backend`, each element with its service's timeout, refreshed by each
+//!   new connection (kube-proxy's semantics). A removed backend must lose its clients; rather
+//!   than dumping the map and deleting their elements in the batch (a dump per change, and
+//!   a pin made between the dump and the commit would survive), the service chain checks
+//!   the pin against `live`, the `VIP . backend` pairs of services with affinity, and
+//!   deletes a stale one from the packet path before picking anew. A removed backend is one
+//!   `live` element deleted in the batch; its clients pick again at their next connection.
+//!   Sharing the map (rather than one per service) also keeps the table's set list, which
+//!   the kernel searches by name, at one set per service.
 //!
 //! # Changes
 //!
 //! [`plan`] is the sans-I/O core: from the view the table holds and the view wanted, the
-//! operations ([`Op`]) that take one to the other, only what changed. [`Dispatcher`] sends
-//! them as one atomic nf_tables batch (all or nothing), reads the table back
-//! ([`Dispatcher::read`]) and repairs it ([`Dispatcher::reconcile`]: read, plan, apply).
-//! Views are validated first and errors name the field ([`LbError::Invalid`]).
+//! operations ([`Op`]) that take one to the other, only what changed; [`plan_service`] does
+//! the same for one service without looking at the others, for
+//! [`Dispatcher::apply_service`]. [`Dispatcher`] sends them as one atomic nf_tables batch
+//! (all or nothing), reads the table back ([`Dispatcher::read`]) and repairs it
+//! ([`Dispatcher::reconcile`]: read, plan, apply). Views are validated first and errors name
+//! the field ([`LbError::Invalid`]). [`Dispatcher::apply`] validates and compares whole
+//! views (for bulk changes and reconciliation); [`Dispatcher::apply_service`] is the path of
+//! a single change.
 //!
 //! Existing connections keep their backend (conntrack) when it leaves the rotation; only new
-//! connections avoid it.
+//! connections avoid it. A UDP flow is a connection too: it keeps a removed backend until
+//! its conntrack entry expires.
 
 mod dispatcher;
 mod encode;
@@ -78,9 +106,11 @@ mod view;
 #[cfg(test)]
 mod model;
 
-pub use dispatcher::{apply, read, reconcile, remove, Dispatcher};
+pub use dispatcher::{apply, apply_service, read, reconcile, remove, Dispatcher};
 pub use encode::{encode, encode_remove};
 pub use error::LbError;
-pub use names::{DISPATCH_CHAIN, REFUSE_CHAIN, SERVICES_MAP, TABLE, VIPS_SET};
-pub use plan::{plan, Elem, Op, Rule, SetKind};
+pub use names::{
+    AFFINITY_MAP, DISPATCH_CHAIN, LIVE_SET, REFUSE_CHAIN, SERVICES_MAP, TABLE, VIPS_SET,
+};
+pub use plan::{plan, plan_service, Elem, Op, Rule, SetKind, SLOTS};
 pub use view::{ServiceView, View, MAX_AFFINITY, MAX_BACKENDS, MAX_NAME_LEN, SERVICE_ID_LEN};

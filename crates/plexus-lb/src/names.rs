@@ -1,7 +1,6 @@
-//! The names of the table's objects. Names carry the service id and the backend's address, so
-//! the kernel alone says which service and backend an object belongs to.
+//! The names of the table's objects. Names carry the service id, so the kernel alone says
+//! which service an object belongs to.
 
-use std::net::Ipv4Addr;
 use std::time::Duration;
 
 /// The table, in the `ip` family.
@@ -15,25 +14,21 @@ pub const REFUSE_CHAIN: &str = "refuse";
 pub const SERVICES_MAP: &str = "services";
 /// The set of every VIP.
 pub const VIPS_SET: &str = "vips";
+/// The dynamic map `client . VIP → backend` of client-ip affinity, shared by the services
+/// that have it (each element with its service's timeout).
+pub const AFFINITY_MAP: &str = "affinity";
+/// The set of `VIP . backend` pairs live in services with affinity: a pin to a pair not in
+/// it is stale.
+pub const LIVE_SET: &str = "live";
 
 /// `svc-<id>`: the service's chain.
 pub fn service_chain(id: &str) -> String {
     format!("svc-{id}")
 }
 
-/// `bes-<id>`: the service's verdict map from a random slot to a backend chain.
+/// `bes-<id>`: the service's interval map from a random number to a backend.
 pub fn slots_map(id: &str) -> String {
     format!("bes-{id}")
-}
-
-/// `be-<id>-<address in hex>`: one backend's chain.
-pub fn backend_chain(id: &str, addr: Ipv4Addr) -> String {
-    format!("be-{id}-{:08x}", u32::from(addr))
-}
-
-/// `aff-<id>-<address in hex>`: the clients lately sent to one backend.
-pub fn affinity_set(id: &str, addr: Ipv4Addr) -> String {
-    format!("aff-{id}-{:08x}", u32::from(addr))
 }
 
 /// The service id of a `svc-<id>` chain.
@@ -41,15 +36,9 @@ pub fn parse_service_chain(name: &str) -> Option<&str> {
     name.strip_prefix("svc-")
 }
 
-/// The service id and backend of a `be-<id>-<hex>` chain.
-pub fn parse_backend_chain(name: &str) -> Option<(&str, Ipv4Addr)> {
-    let rest = name.strip_prefix("be-")?;
-    let (id, hex) = rest.rsplit_once('-')?;
-    if hex.len() != 8 {
-        return None;
-    }
-    let n = u32::from_str_radix(hex, 16).ok()?;
-    Some((id, Ipv4Addr::from(n)))
+/// The service id of a `bes-<id>` map.
+pub fn parse_slots_map(name: &str) -> Option<&str> {
+    name.strip_prefix("bes-")
 }
 
 /// The comment of a service's element in [`SERVICES_MAP`]: `name=<name>` and, with
@@ -84,15 +73,15 @@ mod tests {
 
     #[test]
     fn names_parse_back() {
-        let a = Ipv4Addr::new(10, 231, 0, 12);
-        let be = backend_chain("abcdef012345", a);
-        assert_eq!(be, "be-abcdef012345-0ae7000c");
-        assert_eq!(parse_backend_chain(&be), Some(("abcdef012345", a)));
-        assert_eq!(parse_backend_chain("be-x-123"), None);
         assert_eq!(
             parse_service_chain(&service_chain("abcdef012345")),
             Some("abcdef012345")
         );
+        assert_eq!(
+            parse_slots_map(&slots_map("abcdef012345")),
+            Some("abcdef012345")
+        );
+        assert_eq!(parse_slots_map("svc-abcdef012345"), None);
         let t = Some(Duration::from_millis(1500));
         let c = service_comment("web", t);
         assert_eq!(parse_service_comment(&c), Some(("web".into(), t)));

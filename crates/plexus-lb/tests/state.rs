@@ -46,7 +46,7 @@ fn ten_thousand_services_one_dispatch_rule_and_one_batch_per_change() {
         s.backends.pop();
     }
     let ops = ok("plan", plan(&view, &next));
-    assert_eq!(ops.len(), 6, "{ops:#?}");
+    assert_eq!(ops.len(), 2, "{ops:#?}");
     ok("remove one backend", lb.apply(&view, &next));
     let table = world.client.sh("nft list table ip plexus-lb");
     let dispatch = table

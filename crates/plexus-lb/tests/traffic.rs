@@ -160,3 +160,41 @@ fn client_ip_affinity_keeps_a_client_on_one_backend() {
     let counts = spread(&tcp_many(&world, vip(80), 200));
     assert!(counts.len() >= 3, "{counts:?}");
 }
+
+#[test]
+fn one_service_at_a_time_from_no_table_to_none() {
+    need_root!();
+    let world = World::new();
+    let _srv = Servers::start(&world, &[80], &[]);
+    let lb = ok("open", Dispatcher::open(&world.client.ns));
+    let all = one(ID, VIP, &BACKENDS, None);
+    let s = |v: &View| v.services.get(ID).cloned();
+    // No table yet: adding the service creates it.
+    ok("add", lb.apply_service(ID, None, s(&all).as_ref()));
+    assert_eq!(ok("read", lb.read()), all.normalized());
+    let three = one(ID, VIP, &BACKENDS[..3], None);
+    ok(
+        "remove a backend",
+        lb.apply_service(ID, s(&all).as_ref(), s(&three).as_ref()),
+    );
+    assert_eq!(ok("read", lb.read()), three.normalized());
+    let counts = spread(&tcp_many(&world, vip(80), 600));
+    assert_eq!(counts.len(), 3, "{counts:?}");
+    assert!(!counts.contains_key(&BACKENDS[3]), "{counts:?}");
+    // A backend change replaces the slot map whole: a stale `old` still lands on `new`.
+    ok(
+        "stale old",
+        lb.apply_service(ID, s(&all).as_ref(), s(&three).as_ref()),
+    );
+    assert_eq!(ok("read", lb.read()), three.normalized());
+    // Adding a service the table has fails whole.
+    match lb.apply_service(ID, None, s(&all).as_ref()) {
+        Err(plexus_lb::LbError::Diverged { .. }) => {}
+        other => panic!("want Diverged, got {other:?}"),
+    }
+    assert_eq!(ok("read", lb.read()), three.normalized());
+    ok("remove", lb.apply_service(ID, s(&three).as_ref(), None));
+    assert_eq!(ok("read", lb.read()), View::default());
+    let r = ok("run", world.client.ns.run(|| tcp_once(vip(80))));
+    assert!(r.is_err(), "the VIP of a removed service answered: {r:?}");
+}
