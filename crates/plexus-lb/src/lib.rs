@@ -79,6 +79,10 @@
 //!   `live` element deleted in the batch; its clients pick again at their next connection.
 //!   Sharing the map (rather than one per service) also keeps the table's set list, which
 //!   the kernel searches by name, at one set per service.
+//!   Known cost: `nft list` (1.0.6) aborts on a table holding a service with affinity
+//!   (an assertion in its concatenation parser, most likely on the `ip daddr . <map
+//!   value>` key, which nft syntax cannot express); the kernel and [`Dispatcher::read`]
+//!   do not depend on it.
 //!
 //! # Changes
 //!
