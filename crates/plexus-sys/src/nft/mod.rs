@@ -3,10 +3,10 @@
 //! Tables, chains (base and regular), rules, sets, maps and verdict maps — created, deleted,
 //! destroyed (a missing object is no error) and flushed — concatenated keys and values,
 //! element timeouts, and the expressions rules are made of: payload, meta, cmp, bitwise,
-//! lookup and `vmap`, `dynset` (`add`/`update` from the packet path), immediate data and
-//! verdicts (accept, drop, return, jump, goto), numgen (random or incremental, mod N), jhash,
-//! ct state/status/mark (read and set), fib, nat (snat/dnat to address and port ranges, IPv4
-//! and IPv6), redirect, masquerade, notrack and counter. Which tables, chains and sets a
+//! lookup and `vmap`, `dynset` (`add`/`update`/`delete` from the packet path), immediate data
+//! and verdicts (accept, drop, return, jump, goto), numgen (random or incremental, mod N),
+//! jhash, byteorder, ct state/status/mark (read and set), fib, nat (snat/dnat to address and
+//! port ranges, IPv4 and IPv6), redirect, masquerade, notrack, counter and reject. Which tables, chains and sets a
 //! driver wants is the driver's business (the bridge driver's are in `plexus-drivers`).
 //!
 //! - `wire/`: the encoding — framing and attributes, the vocabulary ([`Family`], [`Hook`],
@@ -70,9 +70,9 @@ pub use wire::batch::Batch;
 pub use wire::expr::Expr;
 pub use wire::set::{Element, SetDef};
 pub use wire::types::{
-    ct_state, ct_status, fib_flags, pkttype, rtn, BaseChain, ChainType, CmpOp, CtKey, DynsetOp,
-    Family, FibResult, Hook, MetaKey, NatKind, NumgenKind, PayloadBase, Verdict, DATA_VERDICT,
-    REG32_00, REG_VERDICT,
+    ct_state, ct_status, fib_flags, icmp_unreach, icmpx, pkttype, rtn, BaseChain, ByteOrder,
+    ChainType, CmpOp, CtKey, DynsetOp, Family, FibResult, Hook, MetaKey, NatKind, NumgenKind,
+    PayloadBase, RejectKind, Verdict, DATA_VERDICT, REG32_00, REG_VERDICT,
 };
 
 #[cfg(test)]

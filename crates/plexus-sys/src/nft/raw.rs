@@ -116,6 +116,22 @@ fn io_error(op: &str, e: io::Error) -> SysError {
     }
 }
 
+/// Grows the socket's send buffer for a large batch: the kernel refuses a `sendmsg` larger
+/// than the send buffer (`EMSGSIZE`). As nft does, `SO_SNDBUFFORCE` passes
+/// `net.core.wmem_max` (with `CAP_NET_ADMIN`); without it the plain option is tried, and a
+/// batch too large for it fails as before.
+fn fit_send_buffer(sock: &Socket, bytes: usize) {
+    use nix::sys::socket::{setsockopt, sockopt};
+    // Below the default (`net.core.wmem_default`, about 208 KiB) nothing is needed.
+    const DEFAULT: usize = 200 * 1024;
+    if bytes > DEFAULT {
+        let want = bytes + 64 * 1024;
+        if setsockopt(sock, sockopt::SndBufForce, &want).is_err() {
+            let _ = setsockopt(sock, sockopt::SndBuf, &want);
+        }
+    }
+}
+
 fn code_of(payload: &[u8]) -> i32 {
     payload
         .get(..4)
@@ -175,18 +191,27 @@ impl Nft {
         }
         let (buf, described) = batch::encode(ops, SEQ.fetch_add(SEQ_BLOCK, Ordering::Relaxed));
         let sock = self.lock();
+        fit_send_buffer(&sock, buf.len());
         sock.send(&buf, 0)
             .map_err(|e| io_error("send nf_tables batch", e))?;
-        // The kernel handles a batch inside sendmsg: every reply is queued by now.
+        // The kernel handles a batch inside sendmsg: every reply is queued by now. Only the
+        // last message asks for an ack (see `batch::encode`); errors always come.
         let mut rx = Vec::with_capacity(RECV_BUF);
         let mut first_error: Option<(u32, i32)> = None;
         let mut acks = 0usize;
+        let mut overflowed = false;
         loop {
             rx.clear();
             match sock.recv(&mut rx, nix::libc::MSG_DONTWAIT) {
                 Ok(_) => {}
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                // Replies were dropped (a batch failing in many messages echoes each):
+                // read on for the ones that remain.
+                Err(e) if e.raw_os_error() == Some(nix::libc::ENOBUFS) => {
+                    overflowed = true;
+                    continue;
+                }
                 Err(e) => return Err(io_error("read nf_tables replies", e)),
             }
             for m in wire::messages(&rx) {
@@ -210,12 +235,17 @@ impl Nft {
             tracing::debug!(netns = %self.ns.path().display(), %op, errno, "nf_tables batch refused");
             return Err(kernel_error(&op, errno));
         }
-        if acks < ops.len() {
-            tracing::warn!(
-                acks,
-                messages = ops.len(),
-                "nf_tables batch: fewer acks than messages"
-            );
+        if acks == 0 {
+            let what = if overflowed {
+                "replies were lost (receive buffer overflow)"
+            } else {
+                "no acknowledgement"
+            };
+            return Err(SysError::Netlink {
+                op: "apply nf_tables batch".into(),
+                message: format!("{what}: whether it applied is unknown"),
+                errno: None,
+            });
         }
         tracing::trace!(netns = %self.ns.path().display(), messages = ops.len(), "nf_tables batch applied");
         Ok(())

@@ -91,6 +91,31 @@ pub(crate) fn elements_body(table: &str, set: &str, elems: Option<(&[Element], b
     b
 }
 
+/// The most bytes of elements one message carries: the list is one netlink attribute, whose
+/// length is 16 bits. Longer lists are split over several messages of the same batch.
+const ELEMENTS_PER_MESSAGE: usize = 60 * 1024;
+
+/// `elems` cut into runs whose encoding fits one attribute.
+fn element_chunks(elems: &[Element], with_values: bool) -> Vec<&[Element]> {
+    let mut out = Vec::new();
+    let (mut start, mut size) = (0, 0);
+    let mut one = Vec::new();
+    for (i, e) in elems.iter().enumerate() {
+        one.clear();
+        encode_elements(&mut one, std::slice::from_ref(e), with_values);
+        let n = one.len().saturating_sub(4); // the list's own header counts once
+        if size + n > ELEMENTS_PER_MESSAGE && i > start {
+            out.push(&elems[start..i]);
+            (start, size) = (i, 0);
+        }
+        size += n;
+    }
+    if start < elems.len() {
+        out.push(&elems[start..]);
+    }
+    out
+}
+
 /// nft's comment TLV (type, length, NUL-terminated text; at most 255 bytes in all).
 pub(crate) fn comment_udata(comment: &str) -> Vec<u8> {
     let text: String = comment.chars().take(200).collect();
@@ -403,9 +428,11 @@ impl Batch {
             return;
         }
         let flags = nlm::CREATE | if exclusive { nlm::EXCL } else { 0 };
-        let what = format!("add elements to set {} {table} {set}", family.name());
-        let body = elements_body(table, set, Some((elems, true)));
-        self.push((msg::NEWSETELEM, flags), family, table, what, body);
+        for chunk in element_chunks(elems, true) {
+            let what = format!("add elements to set {} {table} {set}", family.name());
+            let body = elements_body(table, set, Some((chunk, true)));
+            self.push((msg::NEWSETELEM, flags), family, table, what, body);
+        }
     }
 
     /// Removes elements (matched by key); a missing one fails the batch.
@@ -413,9 +440,11 @@ impl Batch {
         if elems.is_empty() {
             return;
         }
-        let what = format!("delete elements from set {} {table} {set}", family.name());
-        let body = elements_body(table, set, Some((elems, false)));
-        self.push((msg::DELSETELEM, 0), family, table, what, body);
+        for chunk in element_chunks(elems, false) {
+            let what = format!("delete elements from set {} {table} {set}", family.name());
+            let body = elements_body(table, set, Some((chunk, false)));
+            self.push((msg::DELSETELEM, 0), family, table, what, body);
+        }
     }
 
     /// Removes elements (matched by key); missing ones are not an error.
@@ -423,13 +452,15 @@ impl Batch {
         if elems.is_empty() {
             return;
         }
-        let what = format!("delete elements from set {} {table} {set}", family.name());
-        let body = elements_body(table, set, Some((elems, false)));
-        let target = Target::Elements {
-            set: set.into(),
-            elems: elems.to_vec(),
-        };
-        self.destroy(msg::DESTROYSETELEM, family, table, what, body, target);
+        for chunk in element_chunks(elems, false) {
+            let what = format!("delete elements from set {} {table} {set}", family.name());
+            let body = elements_body(table, set, Some((chunk, false)));
+            let target = Target::Elements {
+                set: set.into(),
+                elems: chunk.to_vec(),
+            };
+            self.destroy(msg::DESTROYSETELEM, family, table, what, body, target);
+        }
     }
 }
 
@@ -441,12 +472,17 @@ pub(crate) fn encode(ops: &[Op], seq: u32) -> (Vec<u8>, Vec<(u32, String)>) {
     let mut described = Vec::with_capacity(ops.len());
     frame(&mut buf, NFNL_MSG_BATCH_BEGIN, 0, 0, seq, &[]);
     seq = seq.wrapping_add(1);
-    for op in ops {
+    // Errors come for any message; an ack only for the last, which says the whole batch
+    // went through (an ack per message costs the receive buffer a socket buffer each: a
+    // batch of tens of thousands of messages would overflow it).
+    let last = ops.len().saturating_sub(1);
+    for (i, op) in ops.iter().enumerate() {
         let ty = (NFNL_SUBSYS_NFTABLES << 8) | op.msg as u16;
+        let ack = if i == last { nlm::ACK } else { 0 };
         frame(
             &mut buf,
             ty,
-            op.flags | nlm::ACK,
+            op.flags | ack,
             op.family.number(),
             seq,
             &op.body,
@@ -511,5 +547,33 @@ mod tests {
             Some("svc a")
         );
         assert_eq!(comment_of(&[7, 1, 0]), None);
+    }
+
+    #[test]
+    fn long_element_lists_are_split_into_messages_that_fit_an_attribute() {
+        use super::super::set::parse_elements;
+        let elems: Vec<Element> = (0..10_000u32)
+            .map(|i| Element {
+                key: i.to_be_bytes().to_vec(),
+                verdict: Some(super::super::types::Verdict::Goto(format!("chain-{i}"))),
+                ..Element::default()
+            })
+            .collect();
+        let mut batch = Batch::new();
+        batch.add_elements(Family::Ip, "t", "m", &elems, true);
+        assert!(batch.len() > 1, "one message for {} elements", elems.len());
+        let mut back = Vec::new();
+        for op in &batch.ops {
+            assert!(op.body.len() < 65_535, "{} bytes", op.body.len());
+            back.extend(parse_elements(&op.body));
+        }
+        assert_eq!(back, elems);
+        let mut batch = Batch::new();
+        batch.destroy_elements(Family::Ip, "t", "m", &elems);
+        assert_eq!(
+            batch.ops.len(),
+            batch.ops.iter().filter(|o| o.target.is_some()).count()
+        );
+        assert!(batch.len() > 1);
     }
 }

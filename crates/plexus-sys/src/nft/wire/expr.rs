@@ -3,10 +3,10 @@
 use std::time::Duration;
 
 use super::types::{
-    fib_flags, CmpOp, CtKey, DynsetOp, Family, FibResult, MetaKey, NatKind, NumgenKind,
-    PayloadBase, Verdict, REG_VERDICT,
+    fib_flags, ByteOrder, CmpOp, CtKey, DynsetOp, Family, FibResult, MetaKey, NatKind, NumgenKind,
+    PayloadBase, RejectKind, Verdict, REG_VERDICT,
 };
-use super::{millis, nest, nfta, put_be32, put_be64, put_data, put_str};
+use super::{millis, nest, nfta, put, put_be32, put_be64, put_data, put_str};
 
 /// One nf_tables expression. Registers are 32-bit register numbers
 /// ([`REG32_00`](super::types::REG32_00) + n), or [`REG_VERDICT`] for the verdict register.
@@ -107,6 +107,22 @@ pub enum Expr {
         /// Destination register.
         dreg: u32,
     },
+    /// Convert `size`-byte words (2, 4 or 8) of `len` bytes from `sreg` between host and
+    /// network order, into `dreg` (`byteorder`). `numgen` and `jhash` write host order, and
+    /// interval sets compare keys as big-endian bytes: nft converts such a number with
+    /// [`ByteOrder::Hton`] before looking it up in a range map.
+    Byteorder {
+        /// Which way.
+        op: ByteOrder,
+        /// Source register.
+        sreg: u32,
+        /// Destination register.
+        dreg: u32,
+        /// How many bytes.
+        len: u32,
+        /// The word size.
+        size: u32,
+    },
     /// The Jenkins hash of `len` bytes from `sreg`, into `dreg` (4 bytes, host order):
     /// `offset + (jhash(bytes, seed) mod modulus)`.
     Jhash {
@@ -180,6 +196,11 @@ pub enum Expr {
     /// or output below priority -200; bridge family: prerouting below `br_netfilter`'s 0); it
     /// does nothing to a packet that already has a conntrack entry.
     Notrack,
+    /// Drop the packet and tell its sender (`reject`): an ICMP unreachable or a TCP reset.
+    /// Allowed on the prerouting, input, forward and output hooks. A local program whose
+    /// packet is rejected on output gets the answer at once (`ECONNREFUSED` for a port
+    /// unreachable or a reset).
+    Reject(RejectKind),
 }
 
 impl Expr {
@@ -305,6 +326,20 @@ impl Expr {
                 }
                 "numgen"
             }
+            Expr::Byteorder {
+                op,
+                sreg,
+                dreg,
+                len,
+                size,
+            } => {
+                put_be32(&mut b, 1, *sreg); // NFTA_BYTEORDER_SREG
+                put_be32(&mut b, 2, *dreg);
+                put_be32(&mut b, 3, *op as u32);
+                put_be32(&mut b, 4, *len);
+                put_be32(&mut b, 5, *size);
+                "byteorder"
+            }
             Expr::Jhash {
                 sreg,
                 len,
@@ -384,6 +419,14 @@ impl Expr {
             Expr::Masquerade => "masq",
             Expr::Counter => "counter",
             Expr::Notrack => "notrack",
+            Expr::Reject(kind) => {
+                let (ty, code) = kind.type_and_code();
+                put_be32(&mut b, 1, ty); // NFTA_REJECT_TYPE
+                if let Some(code) = code {
+                    put(&mut b, 2, &[code]); // NFTA_REJECT_ICMP_CODE (u8)
+                }
+                "reject"
+            }
         };
         (name, b)
     }
@@ -444,6 +487,24 @@ mod tests {
     }
 
     #[test]
+    fn byteorder_encodes_its_registers_and_sizes() {
+        let l = encoded(&[Expr::Byteorder {
+            op: ByteOrder::Hton,
+            sreg: REG32_00,
+            dreg: REG32_00 + 1,
+            len: 4,
+            size: 4,
+        }]);
+        let exprs = attrs(&l);
+        let (_, e) = exprs[0];
+        assert_eq!(attr_str(e, nfta::EXPR_NAME).as_deref(), Some("byteorder"));
+        let data = attr(e, nfta::EXPR_DATA).unwrap_or_default();
+        let got: Vec<_> = (1..=5).map(|t| attr_be32(data, t)).collect();
+        let want = [REG32_00, REG32_00 + 1, 1, 4, 4].map(Some);
+        assert_eq!(got, want, "SREG, DREG, OP (NFT_BYTEORDER_HTON), LEN, SIZE");
+    }
+
+    #[test]
     fn verdicts_and_vmaps_use_the_verdict_register() {
         let l = encoded(&[
             Expr::vmap("services", REG32_00),
@@ -455,5 +516,28 @@ mod tests {
         let imm = attr(exprs[1].1, nfta::EXPR_DATA).unwrap_or_default();
         let data = attr(imm, 2).unwrap_or_default();
         assert_eq!(Verdict::decode_data(data), Some(Verdict::Goto("c".into())));
+    }
+
+    #[test]
+    fn reject_encodes_its_type_and_code() {
+        use super::super::types::{icmp_unreach, icmpx};
+        let l = encoded(&[
+            Expr::Reject(RejectKind::Icmp(icmp_unreach::PORT)),
+            Expr::Reject(RejectKind::TcpReset),
+            Expr::Reject(RejectKind::Icmpx(icmpx::PORT_UNREACH)),
+        ]);
+        let exprs = attrs(&l);
+        assert_eq!(exprs.len(), 3);
+        let want = [(0, Some(3u8)), (1, None), (2, Some(1u8))];
+        for ((_, e), (ty, code)) in exprs.iter().zip(want) {
+            assert_eq!(attr_str(e, nfta::EXPR_NAME).as_deref(), Some("reject"));
+            let data = attr(e, nfta::EXPR_DATA).unwrap_or_default();
+            assert_eq!(attr_be32(data, 1), Some(ty), "NFTA_REJECT_TYPE");
+            assert_eq!(
+                attr(data, 2).map(<[u8]>::to_vec),
+                code.map(|c| vec![c]),
+                "NFTA_REJECT_ICMP_CODE is one byte, only for unreachables"
+            );
+        }
     }
 }

@@ -110,6 +110,18 @@ impl Element {
         }
     }
 
+    /// Attaches a comment, stored in the element's userdata as nft stores one (shown by `nft
+    /// list`, read back by [`comment`](Self::comment)). At most 200 bytes are kept.
+    pub fn with_comment(mut self, comment: &str) -> Self {
+        self.userdata = Some(super::batch::comment_udata(comment));
+        self
+    }
+
+    /// The comment in the element's userdata, if it holds one.
+    pub fn comment(&self) -> Option<String> {
+        self.userdata.as_deref().and_then(super::batch::comment_of)
+    }
+
     /// The same element for a deletion or a comparison: the key and interval flag only.
     pub(crate) fn identity(&self) -> (Vec<u8>, bool) {
         (self.key.clone(), self.interval_end)
@@ -237,6 +249,9 @@ mod tests {
         assert_eq!(parse_elements(&b), els);
         let mut keys = Vec::new();
         encode_elements(&mut keys, &els, false);
+        let commented = Element::key(vec![7, 0, 0, 0]).with_comment("web 30000");
+        assert_eq!(commented.comment().as_deref(), Some("web 30000"));
+        assert_eq!(Element::key(vec![1]).comment(), None);
         let back = parse_elements(&keys);
         assert_eq!(back[1], Element::key(vec![5, 0, 0, 0]));
         assert!(back[0].interval_end, "a deletion keeps the interval flag");

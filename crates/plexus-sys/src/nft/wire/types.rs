@@ -181,6 +181,15 @@ impl Verdict {
     }
 }
 
+/// The direction of [`Expr::Byteorder`](super::expr::Expr) (`NFT_BYTEORDER_*`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ByteOrder {
+    /// Network to host order.
+    Ntoh = 0,
+    /// Host to network order.
+    Hton = 1,
+}
+
 /// `meta` keys.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum MetaKey {
@@ -336,4 +345,55 @@ pub enum DynsetOp {
     Update = 1,
     /// Delete the element.
     Delete = 2,
+}
+
+/// What [`Expr::Reject`](super::expr::Expr::Reject) answers with (`NFT_REJECT_*`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RejectKind {
+    /// An ICMP (IPv4 table) or ICMPv6 (IPv6 table) destination-unreachable with this code
+    /// (`NFT_REJECT_ICMP_UNREACH`; for IPv4, [`icmp_unreach`] codes). The `ip` and `ip6`
+    /// families' choice.
+    Icmp(u8),
+    /// A TCP reset (`NFT_REJECT_TCP_RST`); a packet that is not TCP is only dropped, so put
+    /// `meta l4proto tcp` before it.
+    TcpReset,
+    /// A family-independent unreachable with an [`icmpx`] code (`NFT_REJECT_ICMPX_UNREACH`),
+    /// for `inet`, `bridge` and `netdev` tables. The `ip` family's reject does not know it and
+    /// only drops: use [`RejectKind::Icmp`] there.
+    Icmpx(u8),
+}
+
+impl RejectKind {
+    /// `NFTA_REJECT_TYPE` and, for the unreachables, `NFTA_REJECT_ICMP_CODE`.
+    pub(crate) fn type_and_code(self) -> (u32, Option<u8>) {
+        match self {
+            RejectKind::Icmp(code) => (0, Some(code)),
+            RejectKind::TcpReset => (1, None),
+            RejectKind::Icmpx(code) => (2, Some(code)),
+        }
+    }
+}
+
+/// ICMP destination-unreachable codes (IPv4) for [`RejectKind::Icmp`].
+pub mod icmp_unreach {
+    /// Network unreachable.
+    pub const NET: u8 = 0;
+    /// Host unreachable.
+    pub const HOST: u8 = 1;
+    /// Port unreachable: a connecting socket gets `ECONNREFUSED`.
+    pub const PORT: u8 = 3;
+    /// Communication administratively prohibited.
+    pub const ADMIN_PROHIBITED: u8 = 13;
+}
+
+/// Family-independent unreachable codes (`NFT_REJECT_ICMPX_*`) for [`RejectKind::Icmpx`].
+pub mod icmpx {
+    /// No route to the destination.
+    pub const NO_ROUTE: u8 = 0;
+    /// Port unreachable: a connecting socket gets `ECONNREFUSED`.
+    pub const PORT_UNREACH: u8 = 1;
+    /// Host unreachable.
+    pub const HOST_UNREACH: u8 = 2;
+    /// Administratively prohibited.
+    pub const ADMIN_PROHIBITED: u8 = 3;
 }
