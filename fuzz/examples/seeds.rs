@@ -341,6 +341,18 @@ fn api() -> Seeds {
             r#"{"Name":"web","NetNs":"","Networks":[{"Name":"n1","IPv4Address":"172.30.5.10","Aliases":["www"],"DriverOpts":{"a":"b"},"Interface":"eth0"},{"Name":"n2","IPv6Address":"fd00:30::a"}],"Ports":["8080:80","127.0.0.1:9000-9002:90-92/udp","[::1]:53:53/sctp","443"],"Hostname":"web","Dns":["1.1.1.1"],"DnsSearch":["example.com"],"DnsOptions":["ndots:2"]}"#,
         ),
         ("sandbox-bad-port", r#"{"Name":"s","Ports":["9000-9001:80-82"]}"#),
+        ("sandbox-service", r#"{"Name":"t","Networks":[{"Name":"n1"}],"Service":"web"}"#),
+        (
+            "service",
+            r#"{"Name":"web","Networks":[{"Target":"n1"},{"Target":"n2"}],"EndpointSpec":{"Mode":"vip","Ports":[{"Protocol":"tcp","TargetPort":80,"PublishedPort":8080,"PublishMode":"ingress"},{"Protocol":"udp","TargetPort":53,"PublishedPort":5353,"PublishMode":"host"}]},"SessionAffinity":{"Mode":"client-ip","TimeoutSeconds":600},"Labels":{"a":"b"}}"#,
+        ),
+        ("service-bad-port", r#"{"Name":"s","Networks":[{"Target":"n"}],"EndpointSpec":{"Ports":[{"TargetPort":4294967295,"PublishedPort":0,"PublishMode":"x"}]}}"#),
+        (
+            "service-update",
+            r#"{"Mode":"dnsrr","PortsAdd":[{"TargetPort":443,"PublishedPort":8443}],"PortsRemove":[{"PublishedPort":8080,"Protocol":"tcp"}],"SessionAffinity":{"Mode":"none"},"LabelsAdd":{"x":"y"},"LabelsRemove":["a"]}"#,
+        ),
+        ("publish-range", "8000-8009:80-89/udp"),
+        ("publish-long", "published=8080,target=80,protocol=udp,mode=host"),
         ("sandbox-empty-net", r#"{"Name":"s","Networks":[{"Name":""}]}"#),
         ("deep", r#"{"Name":[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]}"#),
         ("unicode", "{\"Name\":\"n\\u00e9\\ud83d\\ude00\",\"Labels\":{\"\\u0000\":\"\"}}"),

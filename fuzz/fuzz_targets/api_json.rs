@@ -2,10 +2,12 @@
 //!
 //! - the body as each JSON request the handlers decode with `handlers::decode`:
 //!   `NetworkCreate` (then `handlers::network_spec`), `NetworkConnect`, `NetworkDisconnect`,
-//!   `SandboxCreate` (then `handlers::sandbox_spec`, which parses its `-p` specs); a decoded
-//!   request serialises and decodes back to itself;
+//!   `SandboxCreate` (then `handlers::sandbox_spec`, which parses its `-p` specs),
+//!   `ServiceCreate` (then `services::service_spec`) and `ServiceUpdate` (then
+//!   `services::service_update`); a decoded request serialises and decodes back to itself;
 //! - the body as text through the query-value parsers of `plexus_api::parse` (Docker
-//!   `filters`, a `-p` port spec, an `/events` timestamp) and `strip_version` (the path);
+//!   `filters`, a `-p` port spec, an `/events` timestamp), a service's `--publish` spec
+//!   (`plexus_api_types::parse_publish`) and `strip_version` (the path);
 //! - the bytes as a remote IPAM plugin's HTTP answer: `plexus_ipam::remote::read_answer`
 //!   (status line, sized or chunked body, the `Err` field, the JSON), and the text through
 //!   `plexus_ipam::api::parse_cidr`/`parse_ip`, which read the pools and addresses it names.
@@ -18,7 +20,11 @@
 use libfuzzer_sys::fuzz_target;
 use plexus_api::handlers::{decode, network_spec, sandbox_spec};
 use plexus_api::parse::{parse_filters, parse_port_spec, parse_timestamp};
-use plexus_api::types::{NetworkConnect, NetworkCreate, NetworkDisconnect, SandboxCreate};
+use plexus_api::services::{service_spec, service_update};
+use plexus_api::types::{
+    parse_publish, NetworkConnect, NetworkCreate, NetworkDisconnect, SandboxCreate,
+    ServiceCreate, ServiceUpdate,
+};
 use plexus_api::ApiError;
 use plexus_ipam::api::{parse_cidr, parse_ip};
 use plexus_ipam::remote::read_answer;
@@ -39,6 +45,16 @@ fuzz_target!(|data: &[u8]| {
         match sandbox_spec(req) {
             Ok(spec) => assert!(spec.ports.len() >= ports, "a port spec gave no binding"),
             Err(e) => refused(&e),
+        }
+    }
+    if let Some(req) = request::<ServiceCreate>(data) {
+        if let Err(e) = service_spec(req) {
+            refused(&e);
+        }
+    }
+    if let Some(req) = request::<ServiceUpdate>(data) {
+        if let Err(e) = service_update(req) {
+            refused(&e);
         }
     }
     plugin_answer(data);
@@ -110,6 +126,17 @@ fn values(text: &str) {
             }
         }
         Err(e) => assert!(e.contains("invalid port spec"), "{e}"),
+    }
+    match parse_publish(text) {
+        Ok(ports) => {
+            assert!(!ports.is_empty() && ports.len() <= 1000);
+            for p in &ports {
+                assert!((1..=65535).contains(&p.published_port));
+                assert!((1..=65535).contains(&p.target_port));
+                assert!(matches!(p.protocol.as_str(), "tcp" | "udp"));
+            }
+        }
+        Err(e) => assert!(e.contains("invalid publish"), "{e}"),
     }
     for field in ["since", "until"] {
         if let Err(e) = parse_timestamp(field, text) {

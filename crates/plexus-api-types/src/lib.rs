@@ -17,8 +17,14 @@
 
 pub mod cluster;
 pub mod kernel;
+pub mod service;
 
 pub use cluster::{ClusterHost, ClusterInspect, GossipStats, KeyringInfo};
+pub use service::{
+    parse_publish, PortConfig, PortRemove, ServiceCreate, ServiceCreated, ServiceEndpoint,
+    ServiceEndpointSpec, ServiceNetwork, ServiceNetworkView, ServiceResource, ServiceUpdate,
+    TaskAddress, TaskView, VirtualIp,
+};
 
 use std::collections::BTreeMap;
 
@@ -391,6 +397,9 @@ pub struct SandboxCreate {
     /// `--dns-option`.
     #[serde(rename = "DnsOptions", default)]
     pub dns_options: Vec<String>,
+    /// `--service`: the service (name or id) it joins as a task; empty: none.
+    #[serde(rename = "Service", default, skip_serializing_if = "String::is_empty")]
+    pub service: String,
 }
 
 /// A published port of an endpoint.
@@ -487,6 +496,9 @@ pub struct SandboxResource {
         skip_serializing_if = "String::is_empty"
     )]
     pub hosts_path: String,
+    /// The id of the service it is a task of; empty: none.
+    #[serde(rename = "Service", default, skip_serializing_if = "String::is_empty")]
+    pub service: String,
 }
 
 /// Who an event is about (`Actor` of Docker's events).

@@ -37,9 +37,18 @@ const KNOWN_TYPES: [&str; 11] = [
     "sandbox",
 ];
 
-/// The filter keys `/events` takes. `container` and `sandbox` both select a sandbox (by id
+/// The filter keys `/events` takes. `service` selects a service's events (by id or name,
+/// prefix). `container` and `sandbox` both select a sandbox (by id
 /// or name, prefix): its own events and its connects and disconnects.
-const KNOWN_KEYS: [&str; 6] = ["type", "event", "network", "container", "sandbox", "scope"];
+const KNOWN_KEYS: [&str; 7] = [
+    "type",
+    "event",
+    "network",
+    "container",
+    "sandbox",
+    "scope",
+    "service",
+];
 
 /// Shapes a stored event as dockerd sends it.
 pub fn docker_message(e: &Event) -> EventMessage {
@@ -61,6 +70,10 @@ pub fn docker_message(e: &Event) -> EventMessage {
         EventType::Sandbox => {
             attributes = e.attributes.clone();
             ("sandbox", e.actor.clone())
+        }
+        EventType::Service => {
+            attributes = e.attributes.clone();
+            ("service", e.actor.clone())
         }
     };
     EventMessage {
@@ -129,8 +142,16 @@ pub fn event_matches(e: &Event, m: &EventMessage, filters: &Filters) -> bool {
                     values,
                     &[e.attributes.get("container"), e.attributes.get("sandbox")],
                 ),
+                EventType::Service => prefixed(
+                    values,
+                    &[e.attributes.get("container"), e.attributes.get("sandbox")],
+                ),
                 EventType::Network => false,
             },
+            "service" => {
+                e.kind == EventType::Service
+                    && prefixed(values, &[Some(&e.actor), e.attributes.get("name")])
+            }
             _ => false,
         }
     })

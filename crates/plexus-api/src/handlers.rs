@@ -483,6 +483,7 @@ fn sandbox_view(
             .filter_map(|id| endpoints.get(id))
             .map(|(ep, n)| endpoint_view(ep, n))
             .collect(),
+        service: s.service.clone().unwrap_or_default(),
     }
 }
 
@@ -523,6 +524,7 @@ pub fn sandbox_spec(req: SandboxCreate) -> Result<SandboxSpec, ApiError> {
         dns_options: req.dns_options,
         networks,
         ports,
+        service: non_empty(&req.service),
     })
 }
 

@@ -8,6 +8,7 @@
 //! - [`parse`]: pure parsers (Docker `filters`, `-p` port specs);
 //! - [`handlers`]: parse → [`Controller`](plexus_cnm::Controller) → shape the answer;
 //! - [`events`]: `GET /events`, the controller's event log in Docker's shape;
+//! - [`services`]: `/plexus/services…`, services and their tasks;
 //! - [`cluster`]: `/plexus/cluster…`, the gossip cluster (hosts, keyring ids, key rotation);
 //! - [`info`]: `GET /info`, with the local and cluster stores' health;
 //! - [`metrics`]: `GET /metrics` (Prometheus) and the middleware that counts every request;
@@ -29,6 +30,7 @@ pub mod info;
 pub mod metrics;
 pub mod namespaces;
 pub mod parse;
+pub mod services;
 /// The JSON of the API: [`plexus_api_types`], re-exported.
 pub use plexus_api_types as types;
 
@@ -120,6 +122,16 @@ pub fn router(state: AppState) -> Router {
         .route(
             "/plexus/sandboxes/{name}",
             get(inspect_sandbox).delete(handlers::delete_sandbox),
+        )
+        .route("/plexus/services", get(services::list_services))
+        .route("/plexus/services/create", post(services::create_service))
+        .route(
+            "/plexus/services/{id}",
+            get(services::inspect_service).delete(services::delete_service),
+        )
+        .route(
+            "/plexus/services/{id}/update",
+            post(services::update_service),
         )
         .route("/plexus/cluster", get(cluster::inspect_self))
         .route("/plexus/cluster/hosts", get(cluster::hosts))

@@ -36,6 +36,15 @@ pub enum CnmError {
         /// Who uses it (`sandbox s1 (endpoint e1)`, ...).
         by: String,
     },
+    /// Something asked for is taken by another object (a published port another service
+    /// publishes), or an object is still used (a service with tasks).
+    #[error("{what} is in use by {by}")]
+    InUseBy {
+        /// What is taken, naming the field (`ports[0] published port 8080/tcp`, `service web`).
+        what: String,
+        /// Who has it (`service api`, `tasks a, b`).
+        by: String,
+    },
     /// A pre-defined network (`host`, `none`) cannot be removed.
     #[error("{name} is a pre-defined network and cannot be removed")]
     Predefined {
@@ -111,7 +120,10 @@ impl CnmError {
             CnmError::NotFound { .. } => 404,
             CnmError::Predefined { .. } => 403,
             CnmError::EventsLost { .. } => 410,
-            CnmError::Exists { .. } | CnmError::InUse { .. } | CnmError::Conflict { .. } => 409,
+            CnmError::Exists { .. }
+            | CnmError::InUse { .. }
+            | CnmError::InUseBy { .. }
+            | CnmError::Conflict { .. } => 409,
             CnmError::Ipam(e) => ipam_status(e),
             CnmError::Store(plexus_kv::KvError::TxnConflict { .. }) => 409,
             CnmError::Egress { cause, .. } => cause.http_status(),

@@ -35,6 +35,7 @@ pub mod model;
 pub mod namespaces;
 pub mod observer;
 pub mod reconcile;
+pub mod service;
 pub mod store_layout;
 
 pub use control_plane::{ControlPlane, ControlPlaneError};
@@ -57,4 +58,8 @@ pub use namespaces::{Namespaces, NoNamespaces};
 pub use observer::CommitObserver;
 pub use reconcile::{
     Desired, DesiredEndpoint, LiveEndpoint, ReconcileMode, ReconcileReport, Reconciled,
+};
+pub use service::{
+    AffinityMode, Backend, EndpointMode, NetworkBackends, PublishMode, PublishedPort, Service,
+    ServiceSpec, ServiceUpdate, SessionAffinity, Task, VirtualIp, MAX_SERVICE_NETWORKS,
 };

@@ -301,6 +301,9 @@ pub struct Sandbox {
     /// `--dns-option`: resolver options (`ndots:2`).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub dns_options: Vec<String>,
+    /// The id of the service it is a task of (`--service`), if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub service: Option<String>,
 }
 
 /// What a user asks for when creating a sandbox with
@@ -323,4 +326,8 @@ pub struct SandboxSpec {
     pub networks: Vec<(String, EndpointSpec)>,
     /// Published ports, added to the first network's endpoint.
     pub ports: Vec<PortBinding>,
+    /// `--service`: the service (name or id) it joins as a task; it must be on at least one
+    /// of the service's networks.
+    #[serde(default)]
+    pub service: Option<String>,
 }

@@ -92,6 +92,11 @@ pub struct ReconcileReport {
     /// Sandboxes (ids) whose way out was settled: a gateway endpoint attached or removed,
     /// which a crash between a connect or disconnect and that step had left undone.
     pub gateways: Vec<String>,
+    /// Services' virtual IPs given back at start-up: a crash cut their service's create,
+    /// update or remove short.
+    pub vips_released: usize,
+    /// Task records mended at start-up to match their sandboxes.
+    pub tasks_mended: usize,
 }
 
 impl ReconcileReport {
@@ -102,5 +107,7 @@ impl ReconcileReport {
             && self.drivers.values().all(Reconciled::is_empty)
             && self.failed.is_empty()
             && self.gateways.is_empty()
+            && self.vips_released == 0
+            && self.tasks_mended == 0
     }
 }

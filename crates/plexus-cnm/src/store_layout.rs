@@ -9,7 +9,18 @@
 //! plexus/v1/sandbox-name/<name>           "<id>"
 //! plexus/v1/event/<revision, 20 digits>   Event (the last EVENT_HISTORY of them)
 //! plexus/v1/event-head                    the last event revision (a number)
+//! plexus/v1/service/<id>                  Service (a service on local networks)
+//! plexus/v1/service-name/<name>           "<id>"
+//! plexus/v1/service-task/<service id>/<sandbox id>   Task: a sandbox of the service, its backends
+//! plexus/v1/service-vips/<service id>     VipIntent: virtual IPs being taken or given back
 //! ```
+//!
+//! A service on global networks, its name and its tasks are in the cluster store under
+//! [`GLOBAL_ROOT`] in the same shape (`plexus/v1/global/service/<id>`, ...). The intents
+//! are always local: they are the host's own work in progress, read by its start-up
+//! reconciliation, which gives back every address an intent lists that the service's record
+//! does not hold (a crash between the allocation and the record, or between the record and
+//! the release).
 //!
 //! An event is written in the transaction of the change it reports, with the head and the
 //! deletion of the event that falls out of the history.
@@ -103,6 +114,39 @@ pub fn endpoints_in(scope: Scope, network_id: &str) -> String {
 /// An endpoint's record, in the store of its network's scope.
 pub fn endpoint_in(scope: Scope, network_id: &str, id: &str) -> String {
     format!("{}/endpoint/{network_id}/{id}", root(scope))
+}
+
+/// The directory of services, in the store of their networks' scope.
+pub fn services_in(scope: Scope) -> String {
+    format!("{}/service", root(scope))
+}
+
+/// A service's record, in the store of its networks' scope.
+pub fn service_in(scope: Scope, id: &str) -> String {
+    format!("{}/service/{id}", root(scope))
+}
+
+/// A service name's claim, in the store of its networks' scope.
+pub fn service_name_in(scope: Scope, name: &str) -> String {
+    format!("{}/service-name/{name}", root(scope))
+}
+
+/// The directory of a service's tasks, in the store of its scope.
+pub fn tasks_in(scope: Scope, service_id: &str) -> String {
+    format!("{}/service-task/{service_id}", root(scope))
+}
+
+/// A task's record: the sandbox `sandbox_id` as a task of the service.
+pub fn task_in(scope: Scope, service_id: &str, sandbox_id: &str) -> String {
+    format!("{}/service-task/{service_id}/{sandbox_id}", root(scope))
+}
+
+/// Directory of this host's virtual-IP intents (always local).
+pub const SERVICE_VIPS: &str = "plexus/v1/service-vips";
+
+/// This host's intent for a service's virtual IPs (always local).
+pub fn service_vips(service_id: &str) -> String {
+    format!("{SERVICE_VIPS}/{service_id}")
 }
 
 /// A host's record in the cluster store.

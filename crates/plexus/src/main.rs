@@ -13,6 +13,7 @@ mod doctor;
 mod events;
 mod format;
 mod sandbox;
+mod service;
 mod system;
 
 use std::collections::BTreeMap;
@@ -51,6 +52,9 @@ enum Command {
     /// Manage sandboxes (containers' network namespaces).
     #[command(subcommand)]
     Sandbox(SandboxCmd),
+    /// Manage services: a virtual IP load-balanced over tasks (sandboxes).
+    #[command(subcommand)]
+    Service(service::ServiceCmd),
     /// Display the daemon's host id, kernel and cluster store (as `docker info`).
     Info,
     /// The gossip cluster: hosts, their state, this host's keyring; rotate the key.
@@ -210,7 +214,7 @@ fn key_values(flag: &str, items: &[String]) -> Result<BTreeMap<String, String>> 
     Ok(out)
 }
 
-fn labels(items: &[String]) -> BTreeMap<String, String> {
+pub(crate) fn labels(items: &[String]) -> BTreeMap<String, String> {
     items
         .iter()
         .map(|l| match l.split_once('=') {
@@ -637,6 +641,7 @@ fn main() -> std::process::ExitCode {
         match cli.command {
             Command::Network(cmd) => network(&client, cmd).map(|()| None),
             Command::Sandbox(cmd) => sandbox(&client, cmd, create_matches),
+            Command::Service(cmd) => service::run(&client, cmd).map(|()| None),
             Command::Info => info(&client).map(|()| None),
             Command::Cluster(cmd) => cluster::run(&client, cmd).map(|()| None),
             Command::System(cmd) => system::run(cmd, host_given.as_deref()).map(|()| None),

@@ -47,6 +47,9 @@ pub(crate) enum SandboxCmd {
         /// A resolver option, `ndots:2` (repeatable).
         #[arg(long = "dns-option")]
         dns_option: Vec<String>,
+        /// Join this service as a task (on those of its networks the sandbox is on).
+        #[arg(long)]
+        service: Option<String>,
     },
     /// List sandboxes.
     #[command(alias = "list")]
@@ -150,6 +153,7 @@ pub(crate) fn sandbox(
             dns,
             dns_search,
             dns_option,
+            service,
             ..
         } => {
             let networks = match matches {
@@ -165,6 +169,7 @@ pub(crate) fn sandbox(
                 "Dns": dns,
                 "DnsSearch": dns_search,
                 "DnsOptions": dns_option,
+                "Service": service.unwrap_or_default(),
             });
             let created: SandboxResource = client.post("/plexus/sandboxes", body)?;
             println!("{}", created.id);

@@ -127,7 +127,15 @@ pub async fn startup(
         "kernel reconciled with the store"
     );
     metrics.repaired(ReconcileMode::Startup, "orphan_namespace", orphans);
-    let (pools, addresses) = reconcile_ipam(ipam, &networks, &endpoints).await?;
+    // Services' virtual IPs are held as endpoints' addresses are.
+    let vips: Vec<(String, IpAddr)> = controller
+        .services()
+        .await?
+        .iter()
+        .flat_map(|s| s.vips.iter())
+        .map(|v| (v.pool_id.clone(), v.addr.addr()))
+        .collect();
+    let (pools, addresses) = reconcile_ipam(ipam, &networks, &endpoints, &vips).await?;
     metrics.repaired(ReconcileMode::Startup, "ipam_pool", pools);
     metrics.repaired(ReconcileMode::Startup, "ipam_address", addresses);
     Ok(())
@@ -185,7 +193,7 @@ pub fn spawn_periodic(
 }
 
 /// Makes IPAM match the records: releases local-space pools no network uses and addresses
-/// of used pools that no endpoint, gateway or aux address holds — what a crash between an
+/// of used pools that no endpoint, gateway, aux address or service's virtual IP holds — what a crash between an
 /// allocation and its record (or a record's removal and the release) leaves. Runs before the
 /// API serves; it assumes no other daemon allocates in this store's local space meanwhile.
 /// Returns how many pools and addresses it released.
@@ -193,6 +201,7 @@ async fn reconcile_ipam(
     ipam: &BuiltinIpam,
     networks: &[Network],
     endpoints: &[Endpoint],
+    vips: &[(String, IpAddr)],
 ) -> Result<(usize, usize)> {
     let mut held: BTreeMap<&str, BTreeSet<IpAddr>> = BTreeMap::new();
     for pool in networks.iter().flat_map(|n| n.ipv4.iter().chain(&n.ipv6)) {
@@ -205,6 +214,9 @@ async fn reconcile_ipam(
         for (pool, addr) in ep.pool_ids.iter().zip(addrs) {
             held.entry(pool.as_str()).or_default().insert(addr.addr());
         }
+    }
+    for (pool, addr) in vips {
+        held.entry(pool.as_str()).or_default().insert(*addr);
     }
     let (mut pools, mut addrs) = (0, 0);
     for (pool_id, _, owner) in ipam.pools(LOCAL_SPACE).context("listing IPAM pools")? {

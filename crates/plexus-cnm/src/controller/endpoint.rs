@@ -333,6 +333,9 @@ impl Controller {
     ) -> Result<()> {
         let (mut sandbox, index) = self.sandbox_indexed(sandbox_id).await?;
         sandbox.endpoints.retain(|e| e != &endpoint.id);
+        let task = self
+            .task_endpoint_change(&sandbox, network, endpoint, false)
+            .await?;
         let mut txn = Txn::new()
             .compare_index(keys::sandbox(sandbox_id), index)
             .delete(keys::endpoint_in(
@@ -342,8 +345,17 @@ impl Controller {
             ))
             .put(keys::sandbox(sandbox_id), encode(&sandbox));
         txn.relaxed = relaxed;
-        let event = Event::endpoint(EventAction::Disconnect, endpoint, network, &sandbox.name);
-        self.commit(txn, vec![event]).await?;
+        let mut events = vec![Event::endpoint(
+            EventAction::Disconnect,
+            endpoint,
+            network,
+            &sandbox.name,
+        )];
+        if let Some(task) = task {
+            txn = task.apply(txn);
+            events.extend(task.events);
+        }
+        self.commit(txn, events).await?;
         Ok(())
     }
 
@@ -362,25 +374,33 @@ impl Controller {
                 name: network.name.clone(),
             })?;
         current.endpoints.push(endpoint.id.clone());
-        self.commit(
-            Txn::new()
-                .compare_index(keys::sandbox(&sandbox.id), index)
-                // The network must still exist: a concurrent delete loses or we do.
-                .compare_index(keys::network_in(network.scope, &network.id), net_index)
-                .compare_absent(keys::endpoint_in(network.scope, &network.id, &endpoint.id))
-                .put(
-                    keys::endpoint_in(network.scope, &network.id, &endpoint.id),
-                    encode(endpoint),
-                )
-                .put(keys::sandbox(&sandbox.id), encode(&current)),
-            vec![Event::endpoint(
-                EventAction::Connect,
-                endpoint,
-                network,
-                &sandbox.name,
-            )],
-        )
-        .await?;
+        let task = self
+            .task_endpoint_change(&current, network, endpoint, true)
+            .await?;
+        let mut events = vec![Event::endpoint(
+            EventAction::Connect,
+            endpoint,
+            network,
+            &sandbox.name,
+        )];
+        let txn = Txn::new()
+            .compare_index(keys::sandbox(&sandbox.id), index)
+            // The network must still exist: a concurrent delete loses or we do.
+            .compare_index(keys::network_in(network.scope, &network.id), net_index)
+            .compare_absent(keys::endpoint_in(network.scope, &network.id, &endpoint.id))
+            .put(
+                keys::endpoint_in(network.scope, &network.id, &endpoint.id),
+                encode(endpoint),
+            )
+            .put(keys::sandbox(&sandbox.id), encode(&current));
+        let txn = match task {
+            Some(task) => {
+                events.extend(task.events.iter().cloned());
+                task.apply(txn)
+            }
+            None => txn,
+        };
+        self.commit(txn, events).await?;
         Ok(())
     }
 

@@ -45,6 +45,9 @@ pub enum EventType {
     Endpoint,
     /// A sandbox.
     Sandbox,
+    /// A service: its `create`, `update` and `destroy`, and its backends' `connect` and
+    /// `disconnect` (a task's address on one of its networks joining or leaving it).
+    Service,
 }
 
 impl EventType {
@@ -54,6 +57,7 @@ impl EventType {
             EventType::Network => "network",
             EventType::Endpoint => "endpoint",
             EventType::Sandbox => "sandbox",
+            EventType::Service => "service",
         }
     }
 }
@@ -70,6 +74,8 @@ pub enum EventAction {
     Connect,
     /// An endpoint was removed.
     Disconnect,
+    /// A service was changed.
+    Update,
 }
 
 impl EventAction {
@@ -80,6 +86,7 @@ impl EventAction {
             EventAction::Destroy => "destroy",
             EventAction::Connect => "connect",
             EventAction::Disconnect => "disconnect",
+            EventAction::Update => "update",
         }
     }
 }
@@ -100,7 +107,10 @@ pub struct Event {
     pub actor: String,
     /// `name`, `type` (the driver) for networks; `name` for sandboxes; for endpoints
     /// `network` (id), `name` and `type` (the network's name and driver), `container` (the
-    /// sandbox's id) and `sandbox` (its name).
+    /// sandbox's id) and `sandbox` (its name). For services `name` and `mode` (`vip`,
+    /// `dnsrr`); for a backend's `connect`/`disconnect` (actor: the service's id) also
+    /// `network` (id), `endpoint` (id), `container` (the task's sandbox id), `sandbox` (its
+    /// name) and its addresses `ipv4`/`ipv6` (without prefix) when it has them.
     pub attributes: BTreeMap<String, String>,
     /// The network's scope (sandboxes: local).
     pub scope: Scope,
@@ -144,6 +154,35 @@ impl Event {
             .attr("type", &n.driver)
             .attr("container", &ep.sandbox_id)
             .attr("sandbox", sandbox)
+    }
+
+    /// A service's `create`, `update` or `destroy`.
+    pub(super) fn service(action: EventAction, s: &crate::service::Service) -> Self {
+        Event::new(EventType::Service, action, &s.id, s.scope)
+            .attr("name", &s.name)
+            .attr("mode", s.endpoint_mode.as_str())
+    }
+
+    /// A backend's `connect` or `disconnect`: `task`'s address `backend` joining or leaving
+    /// service `s`.
+    pub(super) fn backend(
+        action: EventAction,
+        s: &crate::service::Service,
+        task: &crate::service::Task,
+        backend: &crate::service::Backend,
+    ) -> Self {
+        let mut e = Event::service(action, s)
+            .attr("network", &backend.network_id)
+            .attr("endpoint", &backend.endpoint_id)
+            .attr("container", &task.sandbox_id)
+            .attr("sandbox", &task.name);
+        if let Some(a) = backend.ipv4 {
+            e = e.attr("ipv4", &a.addr().to_string());
+        }
+        if let Some(a) = backend.ipv6 {
+            e = e.attr("ipv6", &a.addr().to_string());
+        }
+        e
     }
 
     /// A sandbox's `create` or `destroy`.

@@ -15,6 +15,8 @@ mod network;
 pub(crate) mod orchestrate;
 mod reconcile;
 mod sandbox;
+mod service;
+mod task;
 
 use std::sync::Arc;
 

@@ -399,6 +399,16 @@ impl Controller {
 
     /// Removes a network that has no endpoints, pre-defined or not (the caller decides).
     pub(super) async fn remove_network_locked(&self, network: &Network) -> Result<()> {
+        let services = self.services_on(network).await?;
+        if !services.is_empty() {
+            return Err(CnmError::InUseBy {
+                what: format!("network {}", network.name),
+                by: format!(
+                    "service {} (remove the service first)",
+                    services.join(", service ")
+                ),
+            });
+        }
         let endpoints = self.endpoints(&network.id).await?;
         if !endpoints.is_empty() {
             let mut by = Vec::new();
@@ -506,7 +516,10 @@ impl Controller {
         let _op = self.ops.lock().await;
         let mut pruned = Vec::new();
         for network in self.networks().await? {
-            if !network.is_predefined() && self.endpoints(&network.id).await?.is_empty() {
+            if !network.is_predefined()
+                && self.endpoints(&network.id).await?.is_empty()
+                && self.services_on(&network).await?.is_empty()
+            {
                 self.delete_network_locked(&network).await?;
                 pruned.push(network.name);
             }

@@ -16,6 +16,7 @@ use crate::driver::{Driver, ExternalConnectivity, InterfaceName};
 use crate::error::{CnmError, Result};
 use crate::model::{Endpoint, EndpointSpec, Network, Sandbox, SandboxSpec};
 use crate::namespaces::Namespaces;
+use crate::service::Service;
 use crate::store_layout as keys;
 
 /// Networks one sandbox creation may connect: its transaction (records, events and their
@@ -134,6 +135,10 @@ impl Controller {
                 name: spec.name,
             });
         }
+        let service = match spec.service.as_deref() {
+            Some(name) => Some(self.service_indexed(name).await?),
+            None => None,
+        };
         // Every network, driver and endpoint setting checked before anything is made.
         let mut plan: Vec<(Network, u64, Arc<dyn Driver>, EndpointSpec)> = Vec::new();
         for (i, (name, ep)) in spec.networks.iter().enumerate() {
@@ -170,6 +175,19 @@ impl Controller {
             }
             plan.push((network, index, driver, ep));
         }
+        if let Some((service, _)) = &service {
+            if !plan.iter().any(|(n, ..)| service.networks.contains(&n.id)) {
+                return Err(CnmError::invalid(
+                    "service",
+                    format!(
+                        "sandbox {} would be on none of service {}'s networks ({}): a task must be on at least one",
+                        spec.name,
+                        service.name,
+                        self.network_names(&service.networks).await
+                    ),
+                ));
+            }
+        }
         let (key, owned) = match &spec.netns {
             Some(path) => {
                 self.namespaces.check(path).await?;
@@ -187,12 +205,20 @@ impl Controller {
             dns: settings.dns,
             dns_search: settings.dns_search,
             dns_options: settings.dns_options,
+            service: service.as_ref().map(|(s, _)| s.id.clone()),
         };
         let mut made = Vec::new();
         let mut allocated = Vec::new();
         let mut gateway_made = None;
         let result = self
-            .create_sandbox_steps(sandbox, &plan, &mut made, &mut allocated, &mut gateway_made)
+            .create_sandbox_steps(
+                sandbox,
+                &plan,
+                service.as_ref(),
+                &mut made,
+                &mut allocated,
+                &mut gateway_made,
+            )
             .await;
         match result {
             Ok(sandbox) => {
@@ -247,6 +273,7 @@ impl Controller {
         &self,
         mut sandbox: Sandbox,
         plan: &[(Network, u64, Arc<dyn Driver>, EndpointSpec)],
+        service: Option<&(Service, u64)>,
         made: &mut Vec<Made>,
         allocated: &mut Vec<(String, IpAddr)>,
         gateway_made: &mut Option<Network>,
@@ -290,6 +317,14 @@ impl Controller {
                 network,
                 &sandbox.name,
             ));
+        }
+        if let Some((service, index)) = service {
+            // The service must still be there, unchanged: a concurrent remove loses or we do.
+            txn = txn.compare_index(keys::service_in(service.scope, &service.id), *index);
+            let endpoints: Vec<&Endpoint> = made.iter().map(|m| &m.endpoint).collect();
+            let task = self.task_create(service, &sandbox, &endpoints);
+            txn = task.apply(txn);
+            events.extend(task.events);
         }
         match self.commit(txn, events).await {
             Ok(_) => Ok(sandbox),
@@ -435,18 +470,28 @@ impl Controller {
     /// the store does not mention, which start-up reconciliation removes.
     pub(super) async fn delete_sandbox_locked(&self, sandbox: &Sandbox) -> Result<()> {
         let mut endpoints = self.sandbox_endpoints(sandbox).await?;
-        while endpoints.len() > MAX_REMOVED_AT_ONCE {
+        // A task's backends' events ride along: room for them.
+        let at_once = if sandbox.service.is_some() {
+            MAX_REMOVED_AT_ONCE - crate::service::MAX_SERVICE_NETWORKS
+        } else {
+            MAX_REMOVED_AT_ONCE
+        };
+        while endpoints.len() > at_once {
             if let Some((ep, network)) = endpoints.pop() {
                 self.disconnect_locked(&sandbox.id, &ep, &network, false)
                     .await?;
             }
         }
-        let (_, index) = self.sandbox_indexed(&sandbox.id).await?;
+        let (current, index) = self.sandbox_indexed(&sandbox.id).await?;
         let mut txn = Txn::new()
             .compare_index(keys::sandbox(&sandbox.id), index)
             .delete(keys::sandbox(&sandbox.id))
             .delete(keys::sandbox_name(&sandbox.name));
         let mut events = Vec::new();
+        if let Some(task) = self.task_delete(&current).await? {
+            txn = task.apply(txn);
+            events.extend(task.events);
+        }
         for (ep, network) in endpoints.iter().rev() {
             txn = txn.delete(keys::endpoint_in(network.scope, &network.id, &ep.id));
             events.push(Event::endpoint(

@@ -155,6 +155,14 @@ impl Controller {
             self.reconcile_egress_locked(&sandboxes, &kept, &mut report)
                 .await;
         }
+        // Services at start only: their records change with the operations, which a
+        // periodic pass never meets half done.
+        if mode == ReconcileMode::Startup {
+            let sandboxes = self.sandboxes().await?;
+            let (vips, tasks) = self.reconcile_services_locked(&sandboxes).await?;
+            report.vips_released = vips;
+            report.tasks_mended = tasks;
+        }
         Ok(report)
     }
 

@@ -63,6 +63,7 @@ impl Controller {
             dns: Vec::new(),
             dns_search: Vec::new(),
             dns_options: Vec::new(),
+            service: None,
         };
         let txn = Txn::new()
             .compare_absent(keys::sandbox_name(name))

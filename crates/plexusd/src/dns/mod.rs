@@ -524,6 +524,7 @@ mod tests {
             dns: Vec::new(),
             dns_search: Vec::new(),
             dns_options: Vec::new(),
+            service: None,
         };
         let (app, gw) = (network("app"), network("docker_gwbridge"));
         let eps = vec![
