@@ -1,7 +1,7 @@
 //! The namespaces' side: blocking nf_tables work (run on tokio's blocking pool, never on a
 //! worker), one sandbox at a time, each change one atomic batch.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::Instant;
 
 use plexus_lb::{Dispatcher, LbError, View};
@@ -108,7 +108,7 @@ pub fn reconcile(sandbox: &str, netns: &Path, want: &View, metrics: &LbMetrics) 
 
 /// Deletes the table of a sandbox that is gone from the store but whose namespace was
 /// handed over (and so lives on); a namespace that is gone is no error.
-pub fn remove(sandbox: &str, netns: &PathBuf) {
+pub fn remove(sandbox: &str, netns: &Path) {
     match open(netns) {
         Ok(Some(d)) => {
             if let Err(e) = d.remove() {

@@ -383,3 +383,18 @@ impl Rng {
         (self.next() % n.max(1) as u64) as usize
     }
 }
+
+/// A sample of `/metrics` over the API socket (`name{labels}` as printed), or `None`.
+pub fn metric(d: &Daemon, sample: &str) -> Option<f64> {
+    let mut conn = std::os::unix::net::UnixStream::connect(d.socket())
+        .unwrap_or_else(|e| panic!("connecting to {}: {e}", d.socket().display()));
+    conn.write_all(b"GET /metrics HTTP/1.0\r\nHost: plexus\r\n\r\n")
+        .unwrap_or_else(|e| panic!("GET /metrics: {e}"));
+    let mut text = String::new();
+    let _ = conn.read_to_string(&mut text);
+    text.lines().find_map(|l| {
+        l.strip_prefix(sample)
+            .and_then(|rest| rest.strip_prefix(' '))
+            .and_then(|v| v.trim().parse().ok())
+    })
+}
