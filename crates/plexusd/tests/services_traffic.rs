@@ -243,6 +243,12 @@ fn traffic_outlives_kill9_and_tables_are_repaired() {
     nft(&client);
     d.start_with(6, &["--bridge", "none", "--reconcile-interval", "0"]);
     check_kernel_follows_store(&d, "right after a start");
+
+    // SIGTERM is no different: plexusd's exit leaves the tables, traffic goes on.
+    assert!(d.stop().success(), "{}", tail(&d.log()));
+    assert!(!kernel_view(&client).services.is_empty());
+    let t = connect_many(&client, SocketAddr::from((vip, NAME_PORT)), 50);
+    assert_eq!(t.failed, 0, "{:?}", t.first_error);
 }
 
 #[test]
