@@ -32,6 +32,7 @@ mod cluster;
 mod dns;
 mod gossip;
 mod kernel;
+mod lb;
 mod metrics;
 mod reconcile;
 
@@ -438,6 +439,9 @@ async fn run(args: Args) -> Result<()> {
     .await
     .context("starting the embedded DNS")?;
     controller = controller.with_observer(dns.clone());
+    // Services' virtual IPs in each sandbox's namespace, following every commit.
+    let lb = lb::Lb::new(lb::LbMetrics::register(&registry)?);
+    controller = controller.with_observer(lb.clone());
     let mut heartbeat = None;
     if let Some(c) = &cluster_store {
         let node = plexus_cnm::Node {
@@ -503,6 +507,19 @@ async fn run(args: Args) -> Result<()> {
     if let Err(e) = dns.sync(&controller).await {
         tracing::warn!("embedded DNS: {e:#}");
     }
+    // Every sandbox's load-balancing table made to match the store before serving.
+    match lb.sync(&controller).await {
+        Ok(r) => {
+            tracing::info!(
+                sandboxes = r.sandboxes,
+                repaired = r.repaired,
+                failed = r.failed,
+                "load-balancing tables reconciled with the store"
+            )
+        }
+        Err(e) => tracing::warn!("load balancing: {e:#}; the periodic pass tries again"),
+    }
+    let lb_periodic = reconcile_interval.map(|every| lb.spawn_periodic(controller.clone(), every));
     let dns_metrics = dns::DnsMetrics::register(&registry)?;
     let dns_supervisor = dns.supervise(controller.clone(), dns_metrics);
     let periodic = reconcile_interval.map(|every| {
@@ -538,7 +555,12 @@ async fn run(args: Args) -> Result<()> {
         .await
         .context("serving the API")?;
 
-    for task in periodic.into_iter().chain(metrics_server) {
+    // The load-balancing tables stay: traffic to the VIPs outlives plexusd.
+    for task in periodic
+        .into_iter()
+        .chain(metrics_server)
+        .chain(lb_periodic)
+    {
         task.abort();
     }
     dns_supervisor.abort();

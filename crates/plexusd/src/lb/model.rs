@@ -1,0 +1,326 @@
+//! What each sandbox of this host should see of the services, from the store's records:
+//! pure, no I/O. `mod.rs` reads the records and keeps these caches; `kernel.rs` makes the
+//! namespaces hold the views.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::IpAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use plexus_cnm::{AffinityMode, EndpointMode, Sandbox, Service, Task};
+use plexus_lb::{ServiceView, View, SERVICE_ID_LEN};
+
+/// A service's VIP on one network, as every sandbox on that network sees it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Entry {
+    /// The network's id.
+    pub network: String,
+    /// The key in the sandbox's [`View`] (see [`key`]).
+    pub key: String,
+    /// The VIP and the backends there.
+    pub view: ServiceView,
+}
+
+/// The 12-character key of a service's VIP on the service's `index`-th network, the name
+/// of its objects in the table (`svc-<key>`): the service's short id on its first network
+/// (what `plexus service ls` prints), and on the others (a sandbox on two of the service's
+/// networks sees both VIPs) the id's first 11 characters and the network's index, 1 to 7.
+pub fn key(service_id: &str, index: usize) -> String {
+    let short: String = service_id.chars().take(SERVICE_ID_LEN).collect();
+    if index == 0 {
+        return short;
+    }
+    let mut k: String = short.chars().take(SERVICE_ID_LEN - 1).collect();
+    k.push(char::from_digit((index % 36) as u32, 36).unwrap_or('z'));
+    k
+}
+
+/// Whether a task's backends are served by this host's data plane. A local service's tasks
+/// are this host's (empty host); a global service's carry their host's id. Backends on other
+/// hosts are the next step (they will come with their host's liveness from gossip, so a dead
+/// host's backends leave the rotation): until then only this host's are load-balanced to.
+pub fn is_local(task: &Task, host_id: &str) -> bool {
+    task.host.is_empty() || task.host == host_id
+}
+
+/// The entries of `service` (none in `dnsrr` mode): per network with an IPv4 VIP, its VIP
+/// and this host's tasks' IPv4 addresses there. IPv6 VIPs and backends are skipped: the data
+/// plane is IPv4 only.
+pub fn entries(service: &Service, tasks: &[Task], host_id: &str) -> Vec<Entry> {
+    if service.endpoint_mode != EndpointMode::Vip {
+        return Vec::new();
+    }
+    let affinity = match service.affinity.mode {
+        AffinityMode::ClientIp => Some(Duration::from_secs(u64::from(
+            service.affinity.timeout_seconds.max(1),
+        ))),
+        AffinityMode::None => None,
+    };
+    let mut out = Vec::new();
+    for (index, network) in service.networks.iter().enumerate() {
+        let mut vip = None;
+        for v in service.vips_on(network) {
+            match v.addr.addr() {
+                a @ IpAddr::V4(_) => vip = vip.or(Some(a)),
+                a @ IpAddr::V6(_) => {
+                    tracing::debug!(service = %service.name, vip = %a, "IPv6 VIP not load-balanced (IPv4 only)")
+                }
+            }
+        }
+        let Some(vip) = vip else { continue };
+        let backends: Vec<IpAddr> = tasks
+            .iter()
+            .filter(|t| is_local(t, host_id))
+            .flat_map(|t| &t.backends)
+            .filter(|b| &b.network_id == network)
+            .filter_map(|b| b.ipv4.map(|a| a.addr()))
+            .collect();
+        out.push(Entry {
+            network: network.clone(),
+            key: key(&service.id, index),
+            view: ServiceView {
+                name: service.name.clone(),
+                vip,
+                backends,
+                affinity,
+            }
+            .normalized(),
+        });
+    }
+    out
+}
+
+/// A sandbox of this host, as the data plane needs it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Member {
+    /// Its name (for logs).
+    pub name: String,
+    /// Its namespace.
+    pub netns: PathBuf,
+    /// Whether Plexus made the namespace (and deletes it with the sandbox).
+    pub owned: bool,
+    /// The networks it is on.
+    pub networks: BTreeSet<String>,
+}
+
+impl Member {
+    /// The member of `sandbox`, on `networks`.
+    pub fn new(sandbox: &Sandbox, networks: impl IntoIterator<Item = String>) -> Self {
+        Member {
+            name: sandbox.name.clone(),
+            netns: PathBuf::from(&sandbox.key),
+            owned: sandbox.owned_netns,
+            networks: networks.into_iter().collect(),
+        }
+    }
+}
+
+/// The store's services and this host's sandboxes, as the data plane sees them.
+#[derive(Debug, Clone, Default)]
+pub struct Model {
+    /// Service id to its entries.
+    pub services: BTreeMap<String, Vec<Entry>>,
+    /// Sandbox id to the sandbox.
+    pub members: BTreeMap<String, Member>,
+}
+
+impl Model {
+    /// What the sandbox `id` should see: every entry on one of its networks (one entry per
+    /// key: should two services' keys ever collide, the first by service id wins, logged).
+    pub fn view_of(&self, id: &str) -> View {
+        let mut view = View::default();
+        let Some(m) = self.members.get(id) else {
+            return view;
+        };
+        for (service, entries) in &self.services {
+            for e in entries.iter().filter(|e| m.networks.contains(&e.network)) {
+                if view.services.contains_key(&e.key) {
+                    tracing::warn!(%service, key = %e.key, "two services share a load-balancing key; one is not dispatched");
+                    continue;
+                }
+                view.services.insert(e.key.clone(), e.view.clone());
+            }
+        }
+        view
+    }
+
+    /// The networks of a service's entries.
+    pub fn networks_of(&self, service: &str) -> BTreeSet<String> {
+        self.services
+            .get(service)
+            .map(|es| es.iter().map(|e| e.network.clone()).collect())
+            .unwrap_or_default()
+    }
+
+    /// The sandboxes on any of `networks`.
+    pub fn members_on(&self, networks: &BTreeSet<String>) -> Vec<String> {
+        self.members
+            .iter()
+            .filter(|(_, m)| !m.networks.is_disjoint(networks))
+            .map(|(id, _)| id.clone())
+            .collect()
+    }
+
+    /// How many services have at least one VIP load-balanced here.
+    pub fn service_count(&self) -> usize {
+        self.services.values().filter(|e| !e.is_empty()).count()
+    }
+}
+
+/// One service changed in a sandbox's view: its key, what the table holds, what it should.
+pub type Change = (String, Option<ServiceView>, Option<ServiceView>);
+
+/// The services that differ between `from` and `to`, each to apply on its own.
+pub fn changes(from: &View, to: &View) -> Vec<Change> {
+    let keys: BTreeSet<&String> = from.services.keys().chain(to.services.keys()).collect();
+    keys.into_iter()
+        .filter_map(|k| {
+            let (a, b) = (from.services.get(k), to.services.get(k));
+            (a.map(ServiceView::normalized) != b.map(ServiceView::normalized))
+                .then(|| (k.clone(), a.cloned(), b.cloned()))
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use plexus_cnm::{Backend, Scope, SessionAffinity, VirtualIp};
+
+    fn service(mode: EndpointMode, networks: &[&str], vips: &[(&str, &str)]) -> Service {
+        Service {
+            id: "0123456789abcdef".repeat(4),
+            name: "web".into(),
+            scope: Scope::Local,
+            networks: networks.iter().map(|n| n.to_string()).collect(),
+            endpoint_mode: mode,
+            vips: vips
+                .iter()
+                .map(|(n, a)| VirtualIp {
+                    network_id: n.to_string(),
+                    pool_id: "p".into(),
+                    addr: a.parse().unwrap(),
+                })
+                .collect(),
+            ports: Vec::new(),
+            affinity: SessionAffinity::default(),
+            labels: Default::default(),
+            created: String::new(),
+            updated: String::new(),
+            version: 1,
+        }
+    }
+
+    fn task(sb: &str, host: &str, backends: &[(&str, &str, Option<&str>)]) -> Task {
+        Task {
+            service_id: "s".into(),
+            sandbox_id: sb.into(),
+            name: sb.into(),
+            host: host.into(),
+            backends: backends
+                .iter()
+                .map(|(n, v4, v6)| Backend {
+                    network_id: n.to_string(),
+                    endpoint_id: format!("ep-{sb}-{n}"),
+                    ipv4: Some(v4.parse().unwrap()),
+                    ipv6: v6.map(|a| a.parse().unwrap()),
+                })
+                .collect(),
+        }
+    }
+
+    #[test]
+    fn keys_are_short_ids_and_differ_per_network() {
+        let id = "0123456789abcdef".repeat(4);
+        assert_eq!(key(&id, 0), "0123456789ab");
+        assert_eq!(key(&id, 1), "0123456789a1");
+        assert_eq!(key(&id, 7), "0123456789a7");
+    }
+
+    #[test]
+    fn entries_take_ipv4_and_local_backends_per_network() {
+        let mut s = service(
+            EndpointMode::Vip,
+            &["a", "b"],
+            &[
+                ("a", "10.0.0.2/24"),
+                ("a", "fd00::2/64"),
+                ("b", "10.1.0.2/24"),
+            ],
+        );
+        s.affinity.mode = AffinityMode::ClientIp;
+        s.affinity.timeout_seconds = 30;
+        let tasks = [
+            task(
+                "t1",
+                "",
+                &[
+                    ("a", "10.0.0.5/24", Some("fd00::5/64")),
+                    ("b", "10.1.0.5/24", None),
+                ],
+            ),
+            task("t2", "me", &[("a", "10.0.0.4/24", None)]),
+            task("t3", "other", &[("a", "10.0.0.9/24", None)]),
+        ];
+        let es = entries(&s, &tasks, "me");
+        assert_eq!(es.len(), 2);
+        assert_eq!(es[0].network, "a");
+        assert_eq!(es[0].view.vip, "10.0.0.2".parse::<IpAddr>().unwrap());
+        let want: Vec<IpAddr> = vec!["10.0.0.4".parse().unwrap(), "10.0.0.5".parse().unwrap()];
+        assert_eq!(es[0].view.backends, want, "another host's task is not here");
+        assert_eq!(es[0].view.affinity, Some(Duration::from_secs(30)));
+        assert_eq!(es[1].key, key(&s.id, 1));
+        assert_eq!(es[1].view.backends.len(), 1);
+        // dnsrr: no VIP, nothing to dispatch.
+        let d = service(EndpointMode::Dnsrr, &["a"], &[]);
+        assert!(entries(&d, &tasks, "me").is_empty());
+        // An IPv6-only VIP: skipped.
+        let v6 = service(EndpointMode::Vip, &["a"], &[("a", "fd00::2/64")]);
+        assert!(entries(&v6, &tasks, "me").is_empty());
+    }
+
+    #[test]
+    fn a_sandbox_sees_the_services_of_its_networks_and_changes_are_per_service() {
+        let s = service(
+            EndpointMode::Vip,
+            &["a", "b"],
+            &[("a", "10.0.0.2/24"), ("b", "10.1.0.2/24")],
+        );
+        let tasks = [task("t1", "", &[("a", "10.0.0.5/24", None)])];
+        let mut m = Model::default();
+        m.services.insert(s.id.clone(), entries(&s, &tasks, "me"));
+        let member = |nets: &[&str]| Member {
+            name: "x".into(),
+            netns: "/x".into(),
+            owned: true,
+            networks: nets.iter().map(|n| n.to_string()).collect(),
+        };
+        m.members.insert("c1".into(), member(&["a"]));
+        m.members.insert("c2".into(), member(&["a", "b"]));
+        m.members.insert("c3".into(), member(&["z"]));
+        assert_eq!(m.view_of("c1").services.len(), 1);
+        assert_eq!(m.view_of("c2").services.len(), 2);
+        assert!(m.view_of("c3").services.is_empty());
+        assert!(m.view_of("gone").services.is_empty());
+        assert_eq!(m.members_on(&m.networks_of(&s.id)), ["c1", "c2"]);
+        assert_eq!(m.service_count(), 1);
+
+        let before = m.view_of("c2");
+        let tasks = [task(
+            "t1",
+            "",
+            &[("a", "10.0.0.5/24", None), ("a", "10.0.0.6/24", None)],
+        )];
+        m.services.insert(s.id.clone(), entries(&s, &tasks, "me"));
+        let after = m.view_of("c2");
+        let ch = changes(&before, &after);
+        assert_eq!(ch.len(), 1, "only network a's entry changed");
+        assert_eq!(ch[0].0, key(&s.id, 0));
+        assert!(changes(&after, &after).is_empty());
+        let gone = changes(&after, &View::default());
+        assert_eq!(gone.len(), 2);
+        assert!(gone
+            .iter()
+            .all(|(_, old, new)| old.is_some() && new.is_none()));
+    }
+}
