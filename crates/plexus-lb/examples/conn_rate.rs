@@ -14,7 +14,7 @@
 //!   c1    10.232.0.2  the 1-service table (service S, VIP 10.232.0.100)
 //!   c10k  10.232.0.3  S too, then 10,000 services: S among them, and L, the last one added
 //!   floor 10.232.0.4  no plexus-lb table: `ip daddr 10.232.0.99 dnat to 10.232.0.10` only
-//!   be0-3 10.232.0.10-13  TCP listeners on :8080 that accept and close (one thread each)
+//!   be0-3 10.232.0.10-13  TCP listeners on :8100-8119 that accept and close (a thread each)
 //! ```
 //!
 //! Every service has 4 backends; S's and L's are the four real ones, the others' are
@@ -23,6 +23,9 @@
 //! out of ports), timed as a whole, one after another from one thread in the client's
 //! namespace. The cases run interleaved in blocks (`--block` connections each, the order
 //! rotating from round to round) so the machine's noise hits all alike:
+//!
+//! Each case has a destination port of its own (see [`PORT`]) and the clients use ports
+//! 1024-65000.
 //!
 //! - phase `pre` (both clients hold S only): `vip_1` (c1 → S), `vip_pre` (c10k → S, a check
 //!   that the two client namespaces cost the same), `direct` (c1 → be0);
@@ -48,7 +51,13 @@ use plexus_sys::netns::Netns;
 type Res<T> = Result<T, Box<dyn std::error::Error>>;
 
 const NETNS_DIR: &str = "/run/netns";
-const PORT: u16 = 8080;
+/// Each case of each phase connects to a port of its own (`PORT + 10 * phase + case`; the
+/// VIP keeps the port), so no two cases share a conntrack tuple: a connection closed by a
+/// reset leaves its conntrack entry for 10 s, and a new SYN matching it (in either direction,
+/// as a direct connection to a backend matches a NATed one's reply) takes the slow "reopen"
+/// path. Backends listen on all of them.
+const PORT: u16 = 8100;
+const PORTS: u16 = 20;
 const C1: Ipv4Addr = Ipv4Addr::new(10, 232, 0, 2);
 const C10K: Ipv4Addr = Ipv4Addr::new(10, 232, 0, 3);
 const FLOOR: Ipv4Addr = Ipv4Addr::new(10, 232, 0, 4);
@@ -159,18 +168,20 @@ fn many() -> View {
     View { services }
 }
 
-/// Accept-and-close on one backend: the listener is made inside its namespace, accepted
-/// from a thread of its own for the life of the process.
+/// Accept-and-close on one backend, on every port: each listener is made inside the
+/// backend's namespace and accepted from a thread of its own for the life of the process.
 fn backend(ns: &Netns, addr: Ipv4Addr) -> Res<()> {
-    let l = ns.run(move || TcpListener::bind((addr, PORT)))??;
-    std::thread::Builder::new()
-        .name(format!("be-{addr}"))
-        .spawn(move || loop {
-            match l.accept() {
-                Ok((c, _)) => drop(c),
-                Err(_) => std::thread::sleep(Duration::from_millis(1)),
-            }
-        })?;
+    for port in PORT..PORT + PORTS {
+        let l = ns.run(move || TcpListener::bind((addr, port)))??;
+        std::thread::Builder::new()
+            .name(format!("be-{addr}-{port}"))
+            .spawn(move || loop {
+                match l.accept() {
+                    Ok((c, _)) => drop(c),
+                    Err(_) => std::thread::sleep(Duration::from_millis(1)),
+                }
+            })?;
+    }
     Ok(())
 }
 
@@ -287,6 +298,15 @@ fn main() -> Res<()> {
         ip(&format!("-n {full} addr add {addr}/24 dev eth0"))?;
         ip(&format!("-n {full} link set eth0 up"))?;
     }
+    // The clients' ephemeral ports: 64,000 instead of 28,000, so that a case's connections
+    // to its one destination do not wrap around onto tuples conntrack still holds.
+    for n in ["c1", "c10k", "floor"] {
+        sh(
+            "ip",
+            &["netns", "exec", &format!("{prefix}-{n}"), "sysctl", "-qw", "net.ipv4.ip_local_port_range=1024 65000"],
+            None,
+        )?;
+    }
     for (ns, addr) in bes.iter().zip(BACKENDS) {
         backend(ns, addr)?;
     }
@@ -303,17 +323,16 @@ fn main() -> Res<()> {
     let lbk = Dispatcher::open(&c10k)?;
     lb1.apply(&View::default(), &one())?;
     lbk.apply(&View::default(), &one())?;
-    let to = |a: Ipv4Addr| SocketAddr::from((a, PORT));
-    let case = |name, ns: &Netns, a| Case {
+    let case = |name, ns: &Netns, a, port| Case {
         name,
         ns: ns.clone(),
-        dst: to(a),
+        dst: SocketAddr::from((a, port)),
         samples: Vec::new(),
     };
     let mut pre = vec![
-        case("vip_1", &c1, VIP),
-        case("vip_pre", &c10k, VIP),
-        case("direct", &c1, BACKENDS[0]),
+        case("vip_1", &c1, VIP, PORT),
+        case("vip_pre", &c10k, VIP, PORT + 1),
+        case("direct", &c1, BACKENDS[0], PORT + 2),
     ];
     phase("pre", &mut pre, conns, block)?;
     let big = many();
@@ -328,13 +347,13 @@ fn main() -> Res<()> {
         return Err("the 10,000-service table does not read back whole".into());
     }
     let mut cases = vec![
-        case("vip_1", &c1, VIP),
-        case("vip_10k", &c10k, VIP),
-        case("vip_10k_last", &c10k, VIP_LAST),
-        case("direct", &c1, BACKENDS[0]),
-        case("direct_10k", &c10k, BACKENDS[0]),
-        case("floor_dnat", &floor, FLOOR_VIP),
-        case("floor_direct", &floor, BACKENDS[0]),
+        case("vip_1", &c1, VIP, PORT + 10),
+        case("vip_10k", &c10k, VIP, PORT + 11),
+        case("vip_10k_last", &c10k, VIP_LAST, PORT + 12),
+        case("direct", &c1, BACKENDS[0], PORT + 13),
+        case("direct_10k", &c10k, BACKENDS[0], PORT + 14),
+        case("floor_dnat", &floor, FLOOR_VIP, PORT + 15),
+        case("floor_direct", &floor, BACKENDS[0], PORT + 16),
     ];
     phase("10k", &mut cases, conns, block)?;
     lbk.remove()?;
