@@ -18,11 +18,12 @@
 #   4. the routing mesh: not built yet, reported as mesh_ratio=NA
 #
 # Usage: bench/lb/run.sh [--quick] [--conns N] [--updates N] [--keep-data]
-#   default: 20,000 connections per case and phase, 200 updates per case (about 5 minutes)
-#   --quick: 3,000 connections, 50 updates (about 2 minutes)
+#   default: 20,000 connections per case and phase, 200 updates per case (about 2-3 minutes)
+#   --quick: 3,000 connections, 50 updates (about 1-2 minutes)
 # Needs root. Installs docker.io, nftables, busybox-static, curl, python3 from Debian's
 # packages if missing; starts dockerd like ../shared/anchors/00_setup.sh if it is not running
-# (with DOCKER_SERVICE_PREFER_OFFLINE_IMAGE=1) and stops it again at the end; imports its own
+# (with DOCKER_SERVICE_PREFER_OFFLINE_IMAGE=1) and stops it again at the end (removing the docker0
+# it made; its iptables chains stay, as ../shared/anchors leave them); imports its own
 # busybox image (plxl-bb:latest, removed again) and gives the service that image by its ID, so
 # the swarm executor has nothing to pull (no registry lookup). No traffic leaves the machine.
 # The examples are built in release into $CARGO_TARGET_DIR (default: the repository's target/).
@@ -41,7 +42,7 @@ while (($#)); do
     --conns) CONNS=$2; shift ;;
     --updates) UPDATES=$2; shift ;;
     --keep-data) KEEP=1 ;;
-    -h|--help) sed -n 2,33p "$0"; exit 0 ;;
+    -h|--help) sed -n 2,34p "$0"; exit 0 ;;
     *) echo "unknown argument $1" >&2; exit 2 ;;
   esac
   shift
@@ -59,7 +60,7 @@ log() { echo "[$(date +%T)] $*" >&2; }
 die() { echo "!! $*" >&2; exit 1; }
 
 # ---------- cleanup (trap) ----------
-EX_PID=""; DOCKERD_STARTED=0; DOCKERD_PID=""; IMG_IMPORTED=0; SWARM_INITED=0; GWBRIDGE_BEFORE=1; DOCKER_UP=0
+EX_PID=""; DOCKERD_STARTED=0; DOCKERD_PID=""; IMG_IMPORTED=0; SWARM_INITED=0; GWBRIDGE_BEFORE=1; DOCKER0_BEFORE=1; DOCKER_UP=0
 docker_down() { # everything Docker-side this run made; idempotent
   ((DOCKER_UP)) || return 0
   docker service rm "$SVC" >/dev/null 2>&1
@@ -75,6 +76,7 @@ docker_down() { # everything Docker-side this run made; idempotent
   ((IMG_IMPORTED)) && docker image rm "$IMG" >/dev/null 2>&1 && IMG_IMPORTED=0
   if ((DOCKERD_STARTED)) && [[ -n $DOCKERD_PID ]]; then
     kill "$DOCKERD_PID" 2>/dev/null; for _ in $(seq 150); do kill -0 "$DOCKERD_PID" 2>/dev/null || break; sleep 0.1; done
+    ((DOCKER0_BEFORE)) || ip link del docker0 2>/dev/null
     DOCKERD_STARTED=0
   fi
   DOCKER_UP=0
@@ -138,6 +140,7 @@ record() { # NAME RC MS TEXT: one line "NAME OUTCOME MS TEXT" in docker.txt
 }
 DOCKER=1
 if ! docker info >/dev/null 2>&1 && command -v dockerd >/dev/null; then
+  ip link show docker0 >/dev/null 2>&1 || DOCKER0_BEFORE=0
   log "starting dockerd (as ../shared/anchors/00_setup.sh: dockerd --iptables=true; DOCKER_SERVICE_PREFER_OFFLINE_IMAGE=1)"
   DOCKER_SERVICE_PREFER_OFFLINE_IMAGE=1 setsid dockerd --iptables=true >"$TMP/dockerd.log" 2>&1 &
   DOCKERD_PID=$!; DOCKERD_STARTED=1
