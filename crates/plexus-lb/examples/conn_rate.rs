@@ -231,10 +231,9 @@ fn phase(label: &str, cases: &mut [Case], conns: usize, block: usize) -> Res<()>
         for j in 0..k {
             let c = &mut cases[(r + j) % k];
             let dst = c.dst;
-            let s = c
-                .ns
-                .run(move || connections(dst, block))?
-                .map_err(|e| format!("{label}/{}: {dst}: {e}", c.name))?;
+            let s =
+                c.ns.run(move || connections(dst, block))?
+                    .map_err(|e| format!("{label}/{}: {dst}: {e}", c.name))?;
             c.samples.extend(s);
         }
     }
@@ -283,11 +282,7 @@ fn main() -> Res<()> {
     ip(&format!("-n {hubn} link set br0 up"))?;
     let ends = [("c1", C1), ("c10k", C10K), ("floor", FLOOR)]
         .into_iter()
-        .chain(
-            ["be0", "be1", "be2", "be3"]
-                .into_iter()
-                .zip(BACKENDS),
-        );
+        .chain(["be0", "be1", "be2", "be3"].into_iter().zip(BACKENDS));
     for (i, (n, addr)) in ends.enumerate() {
         let full = format!("{prefix}-{n}");
         ip(&format!(
@@ -303,7 +298,14 @@ fn main() -> Res<()> {
     for n in ["c1", "c10k", "floor"] {
         sh(
             "ip",
-            &["netns", "exec", &format!("{prefix}-{n}"), "sysctl", "-qw", "net.ipv4.ip_local_port_range=1024 65000"],
+            &[
+                "netns",
+                "exec",
+                &format!("{prefix}-{n}"),
+                "sysctl",
+                "-qw",
+                "net.ipv4.ip_local_port_range=1024 65000",
+            ],
             None,
         )?;
     }
