@@ -24,15 +24,15 @@
 //! namespace. The cases run interleaved in blocks (`--block` connections each, the order
 //! rotating from round to round) so the machine's noise hits all alike:
 //!
-//! Each case has a destination port of its own (see [`PORT`]) and the clients use ports
-//! 1024-65000.
-//!
 //! - phase `pre` (both clients hold S only): `vip_1` (c1 → S), `vip_pre` (c10k → S, a check
 //!   that the two client namespaces cost the same), `direct` (c1 → be0);
 //! - then c10k's table goes from S to 10,000 services in one `apply` (timed: `load_ms`);
 //! - phase `10k`: `vip_1` (c1 → S), `vip_10k` (c10k → S), `vip_10k_last` (c10k → L),
 //!   `direct` (c1 → be0), `direct_10k` (c10k → be0), `floor_dnat` (floor → its static DNAT),
 //!   `floor_direct` (floor → be0: no NAT, conntrack on in that namespace too).
+//!
+//! Each case has a destination port of its own (see [`PORT`]) and the clients use ports
+//! 1024-65000.
 //!
 //! Output: one line per case and phase, `phase=… case=… n=… p50_us=… p99_us=… mean_us=…
 //! rate_per_s=…` (the rate is 1 / the mean), and `load_ms=… services=…`.
