@@ -2,6 +2,11 @@
 //! the daemon describes them ([`NetworkInfo`], [`EndpointInfo`], [`SandboxInfo`]) — and the
 //! read-only [`Zone`] built from them that queries are answered from.
 //!
+//! Services ([`ServiceInfo`], `service.rs`) add their names to the networks they are on:
+//! `SERVICE` (its virtual IP, or its tasks' addresses in `dnsrr` mode) and `tasks.SERVICE`
+//! (its tasks' addresses), each also as `NAME.NETWORK`. A task is an endpoint that names its
+//! service ([`EndpointInfo::service`]), so another host's tasks come as its endpoints do.
+//!
 //! A [`Records`] is the mutable master, changed one record at a time by the control plane;
 //! each change rebuilds only the networks it touches and yields a fresh [`Zone`] that the
 //! serving side swaps in whole, so a query sees either the old state or the new, never half.
@@ -18,6 +23,9 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
+
+mod service;
+pub use service::{ServiceInfo, ServiceMode, ServiceNetwork, ServiceRef};
 
 /// The time to live of local answers when a network does not set one.
 pub const DEFAULT_TTL: u32 = 5;
@@ -57,6 +65,10 @@ pub struct EndpointInfo {
     /// part of a sandbox's view here. `None`: this host's.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub host: Option<IpAddr>,
+    /// The service whose task this endpoint is, if any: its addresses answer
+    /// `tasks.SERVICE` on the network (and `SERVICE` in `dnsrr` mode).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub service: Option<ServiceRef>,
 }
 
 impl EndpointInfo {
@@ -91,9 +103,10 @@ pub struct NetworkZone {
     pub ttl: u32,
     /// Whether it is internal.
     pub internal: bool,
-    /// Name → addresses (`db`, `db.net1`, aliases).
+    /// Name → addresses (`db`, `db.net1`, aliases, services and their `tasks.` names). An
+    /// empty list: the name exists without addresses (an empty answer, not a forward).
     pub names: HashMap<String, Vec<IpAddr>>,
-    /// Address → `NAME.NETWORK` names, for PTR.
+    /// Address → `NAME.NETWORK` names, for PTR (a virtual IP's: its service's).
     pub reverse: HashMap<IpAddr, Vec<String>>,
 }
 
@@ -151,6 +164,7 @@ pub struct Records {
     networks: BTreeMap<String, NetworkInfo>,
     endpoints: BTreeMap<String, EndpointInfo>,
     sandboxes: BTreeMap<String, SandboxInfo>,
+    services: BTreeMap<String, ServiceInfo>,
     zone: Zone,
 }
 
@@ -163,6 +177,9 @@ pub struct Snapshot {
     pub endpoints: Vec<EndpointInfo>,
     /// Every sandbox with a listener.
     pub sandboxes: Vec<SandboxInfo>,
+    /// Every service on networks that serve names.
+    #[serde(default)]
+    pub services: Vec<ServiceInfo>,
 }
 
 impl Records {
@@ -172,6 +189,7 @@ impl Records {
             networks: self.networks.values().cloned().collect(),
             endpoints: self.endpoints.values().cloned().collect(),
             sandboxes: self.sandboxes.values().cloned().collect(),
+            services: self.services.values().cloned().collect(),
         }
     }
 
@@ -189,6 +207,11 @@ impl Records {
             .collect();
         self.sandboxes = snap
             .sandboxes
+            .into_iter()
+            .map(|s| (s.id.clone(), s))
+            .collect();
+        self.services = snap
+            .services
             .into_iter()
             .map(|s| (s.id.clone(), s))
             .collect();
@@ -261,6 +284,28 @@ impl Records {
         }
     }
 
+    /// Adds or changes a service (its names on the networks it is on, and those it left).
+    pub fn upsert_service(&mut self, svc: ServiceInfo) {
+        let mut touched: Vec<String> = svc.networks.iter().map(|n| n.network_id.clone()).collect();
+        if let Some(old) = self.services.insert(svc.id.clone(), svc) {
+            touched.extend(old.networks.into_iter().map(|n| n.network_id));
+        }
+        touched.sort_unstable();
+        touched.dedup();
+        for id in touched {
+            self.rebuild_network(&id);
+        }
+    }
+
+    /// Removes a service: its names go from every network.
+    pub fn remove_service(&mut self, id: &str) {
+        if let Some(old) = self.services.remove(id) {
+            for n in old.networks {
+                self.rebuild_network(&n.network_id);
+            }
+        }
+    }
+
     /// Adds or changes a sandbox.
     pub fn upsert_sandbox(&mut self, sb: SandboxInfo) {
         let id = sb.id.clone();
@@ -316,6 +361,12 @@ impl Records {
                 }
             }
         }
+        service::add_names(
+            &mut zone,
+            id,
+            &self.services,
+            self.endpoints.values().filter(|e| e.network_id == id),
+        );
         // Sorted: the same endpoints give the same answers, on whichever host they are
         // local and in whatever order they came.
         for list in zone.names.values_mut() {
@@ -386,10 +437,13 @@ impl Records {
 }
 
 #[cfg(test)]
+mod service_tests;
+
+#[cfg(test)]
 mod tests {
     use super::*;
 
-    fn net(id: &str, name: &str, internal: bool) -> NetworkInfo {
+    pub(super) fn net(id: &str, name: &str, internal: bool) -> NetworkInfo {
         NetworkInfo {
             id: id.into(),
             name: name.into(),
@@ -398,7 +452,7 @@ mod tests {
         }
     }
 
-    fn ep(id: &str, net: &str, sb: &str, names: &[&str], addr: &str) -> EndpointInfo {
+    pub(super) fn ep(id: &str, net: &str, sb: &str, names: &[&str], addr: &str) -> EndpointInfo {
         EndpointInfo {
             id: id.into(),
             network_id: net.into(),
@@ -407,11 +461,18 @@ mod tests {
             addrs: vec![addr.parse().unwrap()],
             order: 0,
             host: None,
+            service: None,
         }
     }
 
     /// An endpoint of host `host`, as plexusd gives it: no sandbox here.
-    fn remote(id: &str, net: &str, names: &[&str], addrs: &[&str], host: &str) -> EndpointInfo {
+    pub(super) fn remote(
+        id: &str,
+        net: &str,
+        names: &[&str],
+        addrs: &[&str],
+        host: &str,
+    ) -> EndpointInfo {
         EndpointInfo {
             sandbox_id: String::new(),
             addrs: addrs.iter().map(|a| a.parse().unwrap()).collect(),
@@ -420,11 +481,11 @@ mod tests {
         }
     }
 
-    fn ips(list: &[&str]) -> Vec<IpAddr> {
+    pub(super) fn ips(list: &[&str]) -> Vec<IpAddr> {
         list.iter().map(|a| a.parse().unwrap()).collect()
     }
 
-    fn sb(id: &str) -> SandboxInfo {
+    pub(super) fn sb(id: &str) -> SandboxInfo {
         SandboxInfo {
             id: id.into(),
             name: id.into(),
