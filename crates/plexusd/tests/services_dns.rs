@@ -215,7 +215,7 @@ fn service_names_answer_as_swarm_and_follow_each_change() {
     // Created: the name answers at once; tasks. exists, empty.
     d.ok(&["service", "create", "websvc", "--network", "svcnet"]);
     let vip = vip_of(&d, "websvc");
-    assert_eq!(short(&d, "client", "websvc"), [vip.clone()]);
+    assert_eq!(short(&d, "client", "websvc"), std::slice::from_ref(&vip));
     empty(&d, "client", "tasks.websvc");
     empty(&d, "client", "websvc AAAA");
 
@@ -226,14 +226,18 @@ fn service_names_answer_as_swarm_and_follow_each_change() {
         assert_eq!(short(&d, "client", "tasks.websvc"), sorted(tasks.clone()));
     }
     for name in ["websvc", "websvc.svcnet", "WebSvc.SvcNet"] {
-        assert_eq!(short(&d, "client", name), [vip.clone()], "{name}");
+        assert_eq!(
+            short(&d, "client", name),
+            std::slice::from_ref(&vip),
+            "{name}"
+        );
     }
     for name in ["tasks.websvc", "tasks.websvc.svcnet", "TASKS.WEBSVC"] {
         assert_eq!(short(&d, "client", name), sorted(tasks.clone()), "{name}");
     }
     // A task resolves its own service; its own name is still its own.
-    assert_eq!(short(&d, "t1", "websvc"), [vip.clone()]);
-    assert_eq!(short(&d, "client", "t2"), [tasks[1].clone()]);
+    assert_eq!(short(&d, "t1", "websvc"), std::slice::from_ref(&vip));
+    assert_eq!(short(&d, "client", "t2"), std::slice::from_ref(&tasks[1]));
     // PTR: the VIP answers the service, a task's address its sandbox.
     assert_eq!(
         short(&d, "client", &format!("-x {vip}")),
@@ -284,7 +288,7 @@ fn service_names_answer_as_swarm_and_follow_each_change() {
     assert!(short(&d, "client", &format!("-x {vip}")).is_empty());
     d.ok(&["service", "update", "websvc", "--endpoint-mode", "vip"]);
     let vip = vip_of(&d, "websvc");
-    assert_eq!(short(&d, "client", "websvc"), [vip.clone()]);
+    assert_eq!(short(&d, "client", "websvc"), std::slice::from_ref(&vip));
 
     // A task removed is gone when its removal returns.
     d.ok(&["sandbox", "rm", "t3"]);
@@ -298,7 +302,7 @@ fn service_names_answer_as_swarm_and_follow_each_change() {
     forwarded(&d, "client", "websvc.svcnet");
     assert!(short(&d, "client", &format!("-x {vip}")).is_empty());
     // The detached sandboxes keep their own names.
-    assert_eq!(short(&d, "client", "t1"), [tasks[0].clone()]);
+    assert_eq!(short(&d, "client", "t1"), std::slice::from_ref(&tasks[0]));
 }
 
 #[test]
@@ -315,7 +319,11 @@ fn service_names_answer_while_plexusd_is_killed_and_after() {
     let resolver = d.resolver_pid();
     assert!(resolver.is_some(), "the resolver runs");
     let check = |d: &Daemon, when: &str| {
-        assert_eq!(short(d, "client", "websvc"), [vip.clone()], "{when}");
+        assert_eq!(
+            short(d, "client", "websvc"),
+            std::slice::from_ref(&vip),
+            "{when}"
+        );
         assert_eq!(short(d, "client", "tasks.websvc"), tasks, "{when}");
     };
     check(&d, "before");
@@ -342,7 +350,7 @@ fn service_names_answer_while_plexusd_is_killed_and_after() {
     loop {
         if d.resolver_pid() != resolver
             && short(&d, "client", "tasks.websvc") == sorted(all.clone())
-            && short(&d, "client", "websvc") == [vip.clone()]
+            && short(&d, "client", "websvc") == std::slice::from_ref(&vip)
         {
             break;
         }
