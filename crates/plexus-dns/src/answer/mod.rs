@@ -239,7 +239,7 @@ fn general(
         })
     } else {
         zone.lookup(view, &name)
-            .map(|(addrs, ttl)| address_records(q.name(), addrs, ttl, qtype, shuffle))
+            .map(|(addrs, ttl)| address_records(q.name(), &addrs, ttl, qtype, shuffle))
     };
     if let Some(records) = local {
         let mut m = response(&query, ResponseCode::NoError);

@@ -17,7 +17,8 @@
 //! not on which of them are local nor on the order they came in (addresses and PTR names are
 //! kept sorted), so every host of a network answers alike.
 
-use std::collections::{BTreeMap, HashMap};
+use std::borrow::Cow;
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -25,7 +26,9 @@ use std::sync::Arc;
 use serde::{Deserialize, Serialize};
 
 mod service;
-pub use service::{ServiceInfo, ServiceMode, ServiceNetwork, ServiceRef};
+pub use service::{
+    NetworkServices, ServiceAnswer, ServiceInfo, ServiceMode, ServiceNetwork, ServiceRef, Shards,
+};
 
 /// The time to live of local answers when a network does not set one.
 pub const DEFAULT_TTL: u32 = 5;
@@ -103,10 +106,10 @@ pub struct NetworkZone {
     pub ttl: u32,
     /// Whether it is internal.
     pub internal: bool,
-    /// Name → addresses (`db`, `db.net1`, aliases, services and their `tasks.` names). An
-    /// empty list: the name exists without addresses (an empty answer, not a forward).
+    /// Name → addresses (`db`, `db.net1`, aliases); services' names are in
+    /// [`Zone::services`].
     pub names: HashMap<String, Vec<IpAddr>>,
-    /// Address → `NAME.NETWORK` names, for PTR (a virtual IP's: its service's).
+    /// Address → `NAME.NETWORK` names, for PTR.
     pub reverse: HashMap<IpAddr, Vec<String>>,
 }
 
@@ -130,31 +133,64 @@ pub struct Zone {
     pub networks: HashMap<String, Arc<NetworkZone>>,
     /// Sandboxes by id.
     pub sandboxes: HashMap<String, Arc<SandboxView>>,
+    /// Services' names by network id.
+    pub services: HashMap<String, NetworkServices>,
 }
 
 impl Zone {
     /// The addresses `name` (lower case, no trailing dot) has for a sandbox, from the first
     /// of its networks that knows the name, with that network's TTL.
-    pub fn lookup(&self, view: &SandboxView, name: &str) -> Option<(&[IpAddr], u32)> {
-        view.networks.iter().find_map(|id| {
-            let net = self.networks.get(id)?;
-            net.names.get(name).map(|a| (a.as_slice(), net.ttl))
-        })
+    pub fn lookup(&self, view: &SandboxView, name: &str) -> Option<(Cow<'_, [IpAddr]>, u32)> {
+        view.networks
+            .iter()
+            .find_map(|id| self.lookup_on(id, self.networks.get(id)?, name))
     }
 
-    /// The names an address has for a sandbox, with the TTL.
-    pub fn reverse(&self, view: &SandboxView, addr: IpAddr) -> Option<(&[String], u32)> {
+    /// `name` on one network: its endpoints' names and its services' (both, merged, when a
+    /// sandbox and a service share a name).
+    fn lookup_on<'a>(
+        &'a self,
+        id: &str,
+        net: &'a NetworkZone,
+        name: &str,
+    ) -> Option<(Cow<'a, [IpAddr]>, u32)> {
+        let eps = net.names.get(name).map(Vec::as_slice);
+        let svc = self
+            .services
+            .get(id)
+            .and_then(|s| s.lookup(&net.name, name));
+        let addrs = match (eps, svc) {
+            (Some(a), None) | (None, Some(a)) => Cow::Borrowed(a),
+            (Some(a), Some(b)) => {
+                let mut all = [a, b].concat();
+                all.sort_unstable();
+                all.dedup();
+                Cow::Owned(all)
+            }
+            (None, None) => return None,
+        };
+        Some((addrs, net.ttl))
+    }
+
+    /// The names an address has for a sandbox, with the TTL: a sandbox's, or a virtual IP's
+    /// service's.
+    pub fn reverse(&self, view: &SandboxView, addr: IpAddr) -> Option<(Vec<String>, u32)> {
         view.networks.iter().find_map(|id| {
             let net = self.networks.get(id)?;
-            net.reverse.get(&addr).map(|n| (n.as_slice(), net.ttl))
+            if let Some(n) = net.reverse.get(&addr) {
+                return Some((n.clone(), net.ttl));
+            }
+            let svc = self.services.get(id)?.by_vip.get(&addr)?;
+            Some((vec![format!("{svc}.{}", net.name)], net.ttl))
         })
     }
 
     /// A name looked up across every network, as the host sees them: `NAME.NETWORK`.
     pub fn lookup_any(&self, name: &str) -> Option<(Vec<IpAddr>, u32)> {
         let (_, net) = name.rsplit_once('.')?;
-        let zone = self.networks.values().find(|n| n.name == net)?;
-        zone.names.get(name).map(|a| (a.clone(), zone.ttl))
+        let (id, zone) = self.networks.iter().find(|(_, n)| n.name == net)?;
+        self.lookup_on(id, zone, name)
+            .map(|(a, ttl)| (a.into_owned(), ttl))
     }
 }
 
@@ -165,6 +201,7 @@ pub struct Records {
     endpoints: BTreeMap<String, EndpointInfo>,
     sandboxes: BTreeMap<String, SandboxInfo>,
     services: BTreeMap<String, ServiceInfo>,
+    index: service::Index,
     zone: Zone,
 }
 
@@ -220,6 +257,17 @@ impl Records {
         for id in ids {
             self.rebuild_network(&id);
         }
+        self.index = service::Index::default();
+        let mut keys = BTreeSet::new();
+        for s in self.services.values() {
+            self.index.add_service(s);
+            keys.extend(service_keys(s));
+        }
+        for e in self.endpoints.values() {
+            self.index.add_task(e);
+            keys.extend(task_key(e));
+        }
+        self.rebuild_services(keys);
         let ids: Vec<String> = self.sandboxes.keys().cloned().collect();
         for id in ids {
             self.rebuild_sandbox(&id);
@@ -252,7 +300,16 @@ impl Records {
     /// Removes a network (and its endpoints).
     pub fn remove_network(&mut self, id: &str) {
         self.networks.remove(id);
-        self.endpoints.retain(|_, e| e.network_id != id);
+        let gone: Vec<EndpointInfo> = self
+            .endpoints
+            .values()
+            .filter(|e| e.network_id == id)
+            .cloned()
+            .collect();
+        for ep in &gone {
+            self.endpoints.remove(&ep.id);
+            self.task_changed(Some(ep), None);
+        }
         self.rebuild_network(id);
         self.rebuild_sandboxes_on(id);
     }
@@ -260,6 +317,7 @@ impl Records {
     /// Adds or changes an endpoint (this host's or another's).
     pub fn upsert_endpoint(&mut self, ep: EndpointInfo) {
         let old = self.endpoints.insert(ep.id.clone(), ep.clone());
+        self.task_changed(old.as_ref(), Some(&ep));
         if let Some(old) = old {
             if old.network_id != ep.network_id {
                 self.rebuild_network(&old.network_id);
@@ -277,6 +335,7 @@ impl Records {
     /// Removes an endpoint.
     pub fn remove_endpoint(&mut self, id: &str) {
         if let Some(ep) = self.endpoints.remove(id) {
+            self.task_changed(Some(&ep), None);
             self.rebuild_network(&ep.network_id);
             if !ep.is_remote() {
                 self.rebuild_sandbox(&ep.sandbox_id);
@@ -286,24 +345,54 @@ impl Records {
 
     /// Adds or changes a service (its names on the networks it is on, and those it left).
     pub fn upsert_service(&mut self, svc: ServiceInfo) {
-        let mut touched: Vec<String> = svc.networks.iter().map(|n| n.network_id.clone()).collect();
+        let mut keys: BTreeSet<(String, String)> = service_keys(&svc).collect();
+        self.index.add_service(&svc);
         if let Some(old) = self.services.insert(svc.id.clone(), svc) {
-            touched.extend(old.networks.into_iter().map(|n| n.network_id));
+            keys.extend(service_keys(&old));
+            if service::key(&old.name) != service::key(&self.services[&old.id].name) {
+                self.index.remove_service(&old);
+            }
         }
-        touched.sort_unstable();
-        touched.dedup();
-        for id in touched {
-            self.rebuild_network(&id);
-        }
+        self.rebuild_services(keys);
     }
 
     /// Removes a service: its names go from every network.
     pub fn remove_service(&mut self, id: &str) {
         if let Some(old) = self.services.remove(id) {
-            for n in old.networks {
-                self.rebuild_network(&n.network_id);
+            self.index.remove_service(&old);
+            self.rebuild_services(service_keys(&old).collect());
+        }
+    }
+
+    /// Recomputes the service names `keys` ((network id, name)), each alone.
+    fn rebuild_services(&mut self, keys: BTreeSet<(String, String)>) {
+        for (net, name) in keys {
+            let new = service::answer(&net, &name, &self.index, &self.services, &self.endpoints);
+            let zone = self.zone.services.entry(net.clone()).or_default();
+            service::set(zone, &name, new);
+            if zone.by_name.is_empty() {
+                self.zone.services.remove(&net);
             }
         }
+    }
+
+    /// Keeps the indexes and service names right after endpoint `old` became `new`.
+    fn task_changed(&mut self, old: Option<&EndpointInfo>, new: Option<&EndpointInfo>) {
+        if old.map(|e| (&e.network_id, &e.service, &e.addrs, e.host))
+            == new.map(|e| (&e.network_id, &e.service, &e.addrs, e.host))
+        {
+            return;
+        }
+        let mut keys = BTreeSet::new();
+        if let Some(old) = old {
+            self.index.remove_task(old);
+            keys.extend(task_key(old));
+        }
+        if let Some(new) = new {
+            self.index.add_task(new);
+            keys.extend(task_key(new));
+        }
+        self.rebuild_services(keys);
     }
 
     /// Adds or changes a sandbox.
@@ -324,6 +413,7 @@ impl Records {
             .collect();
         for ep in gone {
             self.endpoints.remove(&ep.id);
+            self.task_changed(Some(&ep), None);
             self.rebuild_network(&ep.network_id);
         }
         self.zone.sandboxes.remove(id);
@@ -361,12 +451,6 @@ impl Records {
                 }
             }
         }
-        service::add_names(
-            &mut zone,
-            id,
-            &self.services,
-            self.endpoints.values().filter(|e| e.network_id == id),
-        );
         // Sorted: the same endpoints give the same answers, on whichever host they are
         // local and in whatever order they came.
         for list in zone.names.values_mut() {
@@ -434,6 +518,20 @@ impl Records {
         };
         self.zone.sandboxes.insert(id.to_string(), Arc::new(view));
     }
+}
+
+/// The service names (network id, name) service `s` has.
+fn service_keys(s: &ServiceInfo) -> impl Iterator<Item = (String, String)> + '_ {
+    let name = service::key(&s.name);
+    s.networks
+        .iter()
+        .map(move |n| (n.network_id.clone(), name.clone()))
+}
+
+/// The service name (network id, name) endpoint `e` is a task under, if any.
+fn task_key(e: &EndpointInfo) -> Option<(String, String)> {
+    let r = e.service.as_ref()?;
+    Some((e.network_id.clone(), service::key(&r.name)))
 }
 
 #[cfg(test)]
@@ -510,7 +608,7 @@ mod tests {
         let va = z.sandboxes["a"].clone();
         let vc = z.sandboxes["c"].clone();
         assert_eq!(
-            z.lookup(&va, "web").unwrap().0,
+            z.lookup(&va, "web").unwrap().0.to_vec(),
             ["10.0.0.2".parse::<IpAddr>().unwrap()]
         );
         assert!(z.lookup(&va, "front.net1").is_some());
@@ -572,7 +670,7 @@ mod tests {
         let va = z.sandboxes["a"].clone();
         for name in ["web2", "www", "web2.blue", "www.blue"] {
             assert_eq!(
-                z.lookup(&va, name).unwrap().0,
+                z.lookup(&va, name).unwrap().0.to_vec(),
                 ips(&["10.0.0.3", "fd00::3"]),
                 "{name}"
             );
@@ -631,7 +729,7 @@ mod tests {
             assert_eq!(za.lookup(&va, name), zb.lookup(&vb, name), "{name}");
         }
         assert_eq!(
-            za.lookup(&va, "svc").unwrap().0,
+            za.lookup(&va, "svc").unwrap().0.to_vec(),
             ips(&["10.0.0.2", "10.0.0.9"])
         );
         assert_eq!(za.networks["n1"].names, zb.networks["n1"].names);

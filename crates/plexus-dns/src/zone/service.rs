@@ -14,13 +14,22 @@
 //! count only while the service is known here ([`ServiceInfo`]); another host's
 //! ([`EndpointInfo::host`]) count even for a service not known here, under `tasks.` only
 //! (its mode and virtual IPs are the service record's, which is what is missing).
+//!
+//! Services' names are kept apart from the endpoints' ([`super::Zone::services`]), per
+//! network and per service name ([`ServiceAnswer`]), in [`Shards`]: a service's or a
+//! task's change recomputes its one name on its networks and copies one shard, so its cost
+//! does not grow with the number of services (thousands of them, as the data plane is
+//! built for). A lookup asks the endpoints' names and the services' and merges both.
 
-use std::collections::BTreeMap;
+use std::borrow::Borrow;
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::hash::{Hash, Hasher};
 use std::net::IpAddr;
+use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
-use super::{EndpointInfo, NetworkZone};
+use super::EndpointInfo;
 
 /// How a service's name answers.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
@@ -73,68 +82,248 @@ pub struct ServiceRef {
     pub name: String,
 }
 
-fn key(name: &str) -> String {
+/// A name as service names are keyed: lower case, without a trailing dot.
+pub(super) fn key(name: &str) -> String {
     name.trim_end_matches('.').to_ascii_lowercase()
 }
 
-/// Adds `addrs` to `name` and `name.NETWORK` (creating them even with none: the names exist).
-fn put(zone: &mut NetworkZone, name: &str, addrs: &[IpAddr]) {
-    let qualified = format!("{name}.{}", zone.name);
-    for k in [name.to_string(), qualified] {
-        zone.names.entry(k).or_default().extend_from_slice(addrs);
+const SHARDS: usize = 32;
+
+/// A map split into shards, each behind its own `Arc`: a snapshot's copy takes [`SHARDS`]
+/// pointers and a change copies one shard, so with thousands of services one change costs
+/// a small part of them, not all.
+#[derive(Debug, Clone)]
+pub struct Shards<K, V> {
+    shards: Vec<Arc<HashMap<K, V>>>,
+}
+
+impl<K, V> Default for Shards<K, V> {
+    fn default() -> Self {
+        Shards {
+            shards: (0..SHARDS).map(|_| Arc::new(HashMap::new())).collect(),
+        }
     }
 }
 
-/// Adds to `zone` (network `network_id`'s) the names of the services on it and of their
-/// tasks among `endpoints` (the network's).
-pub(super) fn add_names<'a>(
-    zone: &mut NetworkZone,
-    network_id: &str,
-    services: &BTreeMap<String, ServiceInfo>,
-    endpoints: impl Iterator<Item = &'a EndpointInfo>,
-) {
-    // Tasks' addresses by service id (known services), or by name (another host's tasks of
-    // a service unknown here).
-    let mut tasks: BTreeMap<&str, Vec<IpAddr>> = BTreeMap::new();
-    let mut unknown: BTreeMap<String, Vec<IpAddr>> = BTreeMap::new();
-    for ep in endpoints {
-        let Some(svc) = &ep.service else { continue };
-        if services
-            .get(&svc.id)
-            .is_some_and(|s| s.on(network_id).is_some())
-        {
-            tasks.entry(&svc.id).or_default().extend(&ep.addrs);
-        } else if ep.is_remote() {
-            unknown.entry(key(&svc.name)).or_default().extend(&ep.addrs);
+fn shard_of<Q: Hash + ?Sized>(k: &Q) -> usize {
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    k.hash(&mut h);
+    (h.finish() % SHARDS as u64) as usize
+}
+
+impl<K: Hash + Eq + Clone, V: Clone> Shards<K, V> {
+    /// The value of `k`.
+    pub fn get<Q>(&self, k: &Q) -> Option<&V>
+    where
+        K: Borrow<Q>,
+        Q: Hash + Eq + ?Sized,
+    {
+        self.shards[shard_of(k)].get(k)
+    }
+
+    fn insert(&mut self, k: K, v: V) {
+        Arc::make_mut(&mut self.shards[shard_of(&k)]).insert(k, v);
+    }
+
+    fn remove<Q>(&mut self, k: &Q) -> Option<V>
+    where
+        K: Borrow<Q>,
+        Q: Hash + Eq + ?Sized,
+    {
+        let shard = &mut self.shards[shard_of(k)];
+        if !shard.contains_key(k) {
+            return None;
+        }
+        Arc::make_mut(shard).remove(k)
+    }
+
+    /// How many entries it has.
+    pub fn len(&self) -> usize {
+        self.shards.iter().map(|s| s.len()).sum()
+    }
+
+    /// Whether it has none.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+/// What one service name answers on one network.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ServiceAnswer {
+    /// `SERVICE`: the virtual IPs, or the tasks' addresses in `dnsrr` mode; `None` when no
+    /// service known here has the name (another host's tasks only: `tasks.` only).
+    pub name: Option<Vec<IpAddr>>,
+    /// `tasks.SERVICE`: the tasks' addresses.
+    pub tasks: Vec<IpAddr>,
+    /// The virtual IPs (for PTR).
+    pub vips: Vec<IpAddr>,
+}
+
+/// The services of one network, for lookups.
+#[derive(Debug, Clone, Default)]
+pub struct NetworkServices {
+    /// Service name (lower case) → its answers.
+    pub by_name: Shards<String, Arc<ServiceAnswer>>,
+    /// Virtual IP → the service's name (lower case).
+    pub by_vip: Shards<IpAddr, String>,
+}
+
+impl NetworkServices {
+    /// The addresses `name` (lower case, no trailing dot) has among the services of the
+    /// network named `net` (lower case): `SERVICE`, `tasks.SERVICE`, each also with `.NET`.
+    pub fn lookup(&self, net: &str, name: &str) -> Option<&[IpAddr]> {
+        let bare = name
+            .strip_suffix(net)
+            .and_then(|n| n.strip_suffix('.'))
+            .filter(|n| !n.is_empty());
+        [Some(name), bare].into_iter().flatten().find_map(|n| {
+            let own = self.by_name.get(n).and_then(|a| a.name.as_deref());
+            own.or_else(|| {
+                let svc = n.strip_prefix("tasks.")?;
+                self.by_name.get(svc).map(|a| a.tasks.as_slice())
+            })
+        })
+    }
+}
+
+/// The master's indexes of services, to recompute one name on one network at a time.
+#[derive(Debug, Default, Clone)]
+pub(super) struct Index {
+    /// Service name (lower case) → ids of the services with that name.
+    pub by_name: BTreeMap<String, BTreeSet<String>>,
+    /// Service name (lower case) in a task's tag → ids of the endpoints tagged so.
+    pub tasks: BTreeMap<String, BTreeSet<String>>,
+}
+
+impl Index {
+    pub(super) fn add_service(&mut self, s: &ServiceInfo) {
+        self.by_name
+            .entry(key(&s.name))
+            .or_default()
+            .insert(s.id.clone());
+    }
+
+    pub(super) fn remove_service(&mut self, s: &ServiceInfo) {
+        let k = key(&s.name);
+        if let Some(set) = self.by_name.get_mut(&k) {
+            set.remove(&s.id);
+            if set.is_empty() {
+                self.by_name.remove(&k);
+            }
         }
     }
-    for svc in services.values() {
-        let Some(on) = svc.on(network_id) else {
-            continue;
-        };
-        let name = key(&svc.name);
-        if name.is_empty() {
-            continue;
+
+    pub(super) fn add_task(&mut self, ep: &EndpointInfo) {
+        if let Some(r) = &ep.service {
+            self.tasks
+                .entry(key(&r.name))
+                .or_default()
+                .insert(ep.id.clone());
         }
-        let backends = tasks.get(svc.id.as_str()).map(Vec::as_slice).unwrap_or(&[]);
-        put(zone, &format!("tasks.{name}"), backends);
-        match svc.mode {
-            ServiceMode::Vip => {
-                put(zone, &name, &on.vips);
-                let qualified = format!("{name}.{}", zone.name);
-                for vip in &on.vips {
-                    zone.reverse
-                        .entry(*vip)
-                        .or_default()
-                        .push(qualified.clone());
+    }
+
+    pub(super) fn remove_task(&mut self, ep: &EndpointInfo) {
+        if let Some(r) = &ep.service {
+            let k = key(&r.name);
+            if let Some(set) = self.tasks.get_mut(&k) {
+                set.remove(&ep.id);
+                if set.is_empty() {
+                    self.tasks.remove(&k);
                 }
             }
-            ServiceMode::Dnsrr => put(zone, &name, backends),
         }
     }
-    for (name, addrs) in unknown {
-        if !name.is_empty() {
-            put(zone, &format!("tasks.{name}"), &addrs);
+}
+
+/// What name `name` (lower case) answers on network `network_id`, from the services and
+/// the tagged endpoints; `None` if nothing there has it.
+pub(super) fn answer(
+    network_id: &str,
+    name: &str,
+    index: &Index,
+    services: &BTreeMap<String, ServiceInfo>,
+    endpoints: &BTreeMap<String, EndpointInfo>,
+) -> Option<ServiceAnswer> {
+    let known: Vec<(&ServiceInfo, &ServiceNetwork)> = index
+        .by_name
+        .get(name)
+        .into_iter()
+        .flatten()
+        .filter_map(|id| services.get(id))
+        .filter_map(|s| s.on(network_id).map(|on| (s, on)))
+        .collect();
+    let mut ans = ServiceAnswer::default();
+    let mut by_service: BTreeMap<&str, Vec<IpAddr>> = BTreeMap::new();
+    for ep in index
+        .tasks
+        .get(name)
+        .into_iter()
+        .flatten()
+        .filter_map(|id| endpoints.get(id))
+        .filter(|e| e.network_id == network_id)
+    {
+        let Some(r) = &ep.service else { continue };
+        if known.iter().any(|(s, _)| s.id == r.id) {
+            by_service.entry(&r.id).or_default().extend(&ep.addrs);
+        } else if ep.is_remote() && !services.contains_key(&r.id) {
+            // Another host's task of a service not known here.
+            ans.tasks.extend(&ep.addrs);
+        }
+    }
+    if known.is_empty() && ans.tasks.is_empty() {
+        return None;
+    }
+    if !known.is_empty() {
+        let mut own = Vec::new();
+        for (s, on) in &known {
+            let tasks = by_service
+                .get(s.id.as_str())
+                .map(Vec::as_slice)
+                .unwrap_or(&[]);
+            ans.tasks.extend_from_slice(tasks);
+            match s.mode {
+                ServiceMode::Vip => {
+                    own.extend_from_slice(&on.vips);
+                    ans.vips.extend_from_slice(&on.vips);
+                }
+                ServiceMode::Dnsrr => own.extend_from_slice(tasks),
+            }
+        }
+        own.sort_unstable();
+        own.dedup();
+        ans.name = Some(own);
+    }
+    // Sorted: the same records give the same answers on every host.
+    for list in [&mut ans.tasks, &mut ans.vips] {
+        list.sort_unstable();
+        list.dedup();
+    }
+    Some(ans)
+}
+
+/// Sets name `name`'s answer on `zone` (a network's services) to `new`.
+pub(super) fn set(zone: &mut NetworkServices, name: &str, new: Option<ServiceAnswer>) {
+    let old = zone.by_name.get(name).cloned();
+    if old.as_deref() == new.as_ref() {
+        return;
+    }
+    if let Some(old) = old {
+        for v in &old.vips {
+            if zone.by_vip.get(v).is_some_and(|n| n == name) {
+                zone.by_vip.remove(v);
+            }
+        }
+    }
+    match new {
+        Some(new) => {
+            for v in &new.vips {
+                zone.by_vip.insert(*v, name.to_string());
+            }
+            zone.by_name.insert(name.to_string(), Arc::new(new));
+        }
+        None => {
+            zone.by_name.remove(name);
         }
     }
 }

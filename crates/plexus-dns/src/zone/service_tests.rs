@@ -235,3 +235,51 @@ fn services_survive_a_snapshot_and_json_stays_compatible() {
     let c = snap.endpoints.iter().find(|e| e.id == "ec").unwrap();
     assert!(!serde_json::to_string(c).unwrap().contains("service"));
 }
+
+#[test]
+fn thousands_of_services_each_answer_and_go_alone() {
+    let mut r = app();
+    for i in 0..2000u32 {
+        let vip = format!("10.9.{}.{}", i / 250, i % 250 + 1);
+        r.upsert_service(svc(
+            &format!("x{i}"),
+            &format!("svc{i}"),
+            ServiceMode::Vip,
+            &[("n1", &[vip.as_str()])],
+        ));
+    }
+    let before = r.zone().clone();
+    for i in (0..2000u32).step_by(2) {
+        r.remove_service(&format!("x{i}"));
+    }
+    for i in [0u32, 1, 998, 999, 1999] {
+        let name = format!("svc{i}");
+        let vip = format!("10.9.{}.{}", i / 250, i % 250 + 1);
+        let expected = (i % 2 == 1).then(|| ips(&[vip.as_str()]));
+        assert_eq!(look(&r, "c", &name), expected, "{name}");
+        assert_eq!(ptr(&r, "c", &vip).is_some(), i % 2 == 1, "{vip}");
+        // The snapshot taken before is untouched (each change copies its shard).
+        let z = &before;
+        assert_eq!(
+            z.lookup(&z.sandboxes["c"], &name).map(|(a, _)| a.to_vec()),
+            Some(ips(&[vip.as_str()]))
+        );
+    }
+    assert_eq!(look(&r, "c", "websvc"), Some(ips(&["10.0.0.100"])));
+    assert_eq!(r.zone().services["n1"].by_name.len(), 1001);
+}
+
+#[test]
+fn the_host_listener_answers_service_names_too() {
+    let r = app();
+    let z = r.zone();
+    assert_eq!(
+        z.lookup_any("websvc.app").map(|(a, _)| a),
+        Some(ips(&["10.0.0.100"]))
+    );
+    assert_eq!(
+        z.lookup_any("tasks.websvc.app").map(|(a, _)| a.len()),
+        Some(3)
+    );
+    assert_eq!(z.lookup_any("websvc.other"), None);
+}
