@@ -39,11 +39,13 @@ fn endpoint_records() -> Seeds {
         sandbox: "web1".into(),
         aliases: vec!["front".into(), "host-one".into()],
         addrs: vec![ip("10.0.0.2"), ip("fd00::2")],
+        service: None,
     };
     let bare = EndpointRecord {
         sandbox: "x".into(),
         aliases: vec![],
         addrs: vec![],
+        service: None,
     };
     let most = EndpointRecord {
         sandbox: "a".repeat(253),
@@ -51,6 +53,7 @@ fn endpoint_records() -> Seeds {
         addrs: (0..MAX_ADDRS as u8)
             .map(|i| std::net::IpAddr::from([10, 0, 0, i]))
             .collect(),
+        service: None,
     };
     let enc = |r: &EndpointRecord| r.encode().expect("seed record");
     let mut later = enc(&full);

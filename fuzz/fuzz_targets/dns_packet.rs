@@ -112,6 +112,7 @@ fn fixture() -> Fixture {
             addrs: vec![addr(&v4), addr(&v6)],
             order: 0,
             host: None,
+            service: None,
         });
     }
     for e in eps {
@@ -137,6 +138,7 @@ fn ep(id: &str, net: &str, sb: &str, names: &[&str], addrs: &[&str], order: u32)
             .collect(),
         order,
         host: None,
+        service: None,
     }
 }
 

@@ -12,7 +12,7 @@ use tokio::net::UnixStream;
 use tokio::sync::Mutex;
 
 use crate::error::DnsError;
-use crate::zone::{EndpointInfo, NetworkInfo, SandboxInfo, Snapshot};
+use crate::zone::{EndpointInfo, NetworkInfo, SandboxInfo, ServiceInfo, Snapshot};
 
 /// The longest one request may take (opening listeners in namespaces included).
 const CALL_TIMEOUT: Duration = Duration::from_secs(10);
@@ -60,6 +60,16 @@ pub enum Request {
     },
     /// Remove an endpoint.
     RemoveEndpoint {
+        /// Its id.
+        id: String,
+    },
+    /// Add or change a service (its names on its networks).
+    UpsertService {
+        /// The service.
+        service: ServiceInfo,
+    },
+    /// Remove a service's names.
+    RemoveService {
         /// Its id.
         id: String,
     },
@@ -211,5 +221,56 @@ mod tests {
         assert!(s.contains("\"op\":\"batch\""), "{s}");
         assert_eq!(serde_json::from_str::<Request>(&s).unwrap(), r);
         assert!(serde_json::from_str::<Request>("{\"op\":\"nope\"}").is_err());
+    }
+
+    #[test]
+    fn service_requests_round_trip() {
+        use crate::zone::{ServiceInfo, ServiceMode, ServiceNetwork, ServiceRef};
+        let service = ServiceInfo {
+            id: "s1".into(),
+            name: "websvc".into(),
+            mode: ServiceMode::Dnsrr,
+            networks: vec![ServiceNetwork {
+                network_id: "n1".into(),
+                vips: vec!["10.0.0.100".parse().unwrap(), "fd00::64".parse().unwrap()],
+            }],
+        };
+        let endpoint = EndpointInfo {
+            id: "e1".into(),
+            network_id: "n1".into(),
+            sandbox_id: "t1".into(),
+            names: vec!["t1".into()],
+            addrs: vec!["10.0.0.3".parse().unwrap()],
+            order: 0,
+            host: None,
+            service: Some(ServiceRef {
+                id: "s1".into(),
+                name: "websvc".into(),
+            }),
+        };
+        let r = Request::Batch {
+            ops: vec![
+                Request::UpsertService {
+                    service: service.clone(),
+                },
+                Request::UpsertEndpoint { endpoint },
+                Request::RemoveService { id: "s1".into() },
+                Request::Sync {
+                    snapshot: Snapshot {
+                        services: vec![service],
+                        ..Snapshot::default()
+                    },
+                },
+            ],
+        };
+        let s = serde_json::to_string(&r).unwrap();
+        for part in [
+            "\"op\":\"upsert_service\"",
+            "\"op\":\"remove_service\"",
+            "\"mode\":\"dnsrr\"",
+        ] {
+            assert!(s.contains(part), "{part} in {s}");
+        }
+        assert_eq!(serde_json::from_str::<Request>(&s).unwrap(), r);
     }
 }

@@ -1,6 +1,7 @@
 //! What a host tells the other hosts of a network about one of its endpoints so that their
 //! resolvers answer its names (libnetwork's `EndpointRecord` in `endpoint_table`): the
-//! sandbox's name, the other names it answers to on the network, its addresses. plexusd
+//! sandbox's name, the other names it answers to on the network, its addresses, and the
+//! service it is a task of (libnetwork's `service_id` and `service_name`). plexusd
 //! publishes one per endpoint in the network's [`ENDPOINT_TABLE`], keyed by the endpoint's
 //! id, and turns the other hosts' into [`EndpointInfo`](crate::zone::EndpointInfo)s.
 //!
@@ -13,6 +14,8 @@
 //! | 1 | the sandbox's name | UTF-8, exactly once |
 //! | 2 | another name it answers to (an alias, its hostname) | UTF-8, repeatable |
 //! | 3 | an address | 4 or 16 bytes, repeatable |
+//! | 4 | the id of the service it is a task of | UTF-8, at most once, with 5 |
+//! | 5 | that service's name | UTF-8, at most once, with 4 |
 //!
 //! A reader skips tags it does not know, so a writer may add fields without a new version;
 //! a change old readers would misread takes a new version, which they refuse. Names are 1
@@ -20,6 +23,8 @@
 //! and [`MAX_ADDRS`] addresses.
 
 use std::net::IpAddr;
+
+use crate::zone::ServiceRef;
 
 /// The table endpoint records are published in, per network (libnetwork's name).
 pub const ENDPOINT_TABLE: &str = "endpoint_table";
@@ -35,6 +40,8 @@ const VERSION: u8 = 1;
 const TAG_SANDBOX: u8 = 1;
 const TAG_NAME: u8 = 2;
 const TAG_ADDR: u8 = 3;
+const TAG_SERVICE_ID: u8 = 4;
+const TAG_SERVICE_NAME: u8 = 5;
 
 /// One endpoint of another host, as its resolver entry.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -46,13 +53,16 @@ pub struct EndpointRecord {
     pub aliases: Vec<String>,
     /// Its addresses on the network.
     pub addrs: Vec<IpAddr>,
+    /// The service it is a task of: its addresses answer `tasks.SERVICE` there.
+    pub service: Option<ServiceRef>,
 }
 
 /// A record that is not one this version writes or reads, naming the field.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("endpoint record: {field}: {problem}")]
 pub struct RecordError {
-    /// The field (`version`, `sandbox`, `name`, `address`, `field`).
+    /// The field (`version`, `sandbox`, `name`, `address`, `service id`, `service name`,
+    /// `field`).
     pub field: &'static str,
     /// What is wrong with it.
     pub problem: &'static str,
@@ -110,6 +120,12 @@ impl EndpointRecord {
                 IpAddr::V6(v6) => field(&mut out, TAG_ADDR, &v6.octets()),
             }
         }
+        if let Some(svc) = &self.service {
+            check_name("service id", &svc.id)?;
+            check_name("service name", &svc.name)?;
+            field(&mut out, TAG_SERVICE_ID, svc.id.as_bytes());
+            field(&mut out, TAG_SERVICE_NAME, svc.name.as_bytes());
+        }
         Ok(out)
     }
 
@@ -124,6 +140,8 @@ impl EndpointRecord {
         let mut sandbox: Option<String> = None;
         let mut aliases = Vec::new();
         let mut addrs = Vec::new();
+        let mut service_id: Option<String> = None;
+        let mut service_name: Option<String> = None;
         while !rest.is_empty() {
             let (tag, value, tail) = split_field(rest)?;
             rest = tail;
@@ -151,14 +169,33 @@ impl EndpointRecord {
                     };
                     addrs.push(addr.ok_or_else(|| err("address", "neither 4 nor 16 bytes"))?);
                 }
+                TAG_SERVICE_ID => {
+                    if service_id.is_some() {
+                        return Err(err("service id", "given twice"));
+                    }
+                    service_id = Some(text("service id", value)?);
+                }
+                TAG_SERVICE_NAME => {
+                    if service_name.is_some() {
+                        return Err(err("service name", "given twice"));
+                    }
+                    service_name = Some(text("service name", value)?);
+                }
                 // A field of a later writer: skipped.
                 _ => {}
             }
         }
+        let service = match (service_id, service_name) {
+            (Some(id), Some(name)) => Some(ServiceRef { id, name }),
+            (None, None) => None,
+            (Some(_), None) => return Err(err("service name", "missing (an id is given)")),
+            (None, Some(_)) => return Err(err("service id", "missing (a name is given)")),
+        };
         Ok(EndpointRecord {
             sandbox: sandbox.ok_or_else(|| err("sandbox", "missing"))?,
             aliases,
             addrs,
+            service,
         })
     }
 }
@@ -199,6 +236,7 @@ mod tests {
             sandbox: "web1".into(),
             aliases: vec!["www".into(), "front.example".into()],
             addrs: vec!["10.0.0.2".parse().unwrap(), "fd00::2".parse().unwrap()],
+            service: None,
         }
     }
 
@@ -218,6 +256,7 @@ mod tests {
             sandbox: "x".into(),
             aliases: vec![],
             addrs: vec![],
+            service: None,
         };
         assert_eq!(EndpointRecord::decode(&bare.encode().unwrap()), Ok(bare));
     }
@@ -304,5 +343,83 @@ mod tests {
             spaced.encode().unwrap_err().to_string(),
             "endpoint record: name: not printable ASCII"
         );
+    }
+
+    fn task() -> EndpointRecord {
+        EndpointRecord {
+            service: Some(ServiceRef {
+                id: "5e".repeat(32),
+                name: "websvc".into(),
+            }),
+            ..web()
+        }
+    }
+
+    #[test]
+    fn a_task_carries_its_service_and_old_readers_skip_it() {
+        let r = task();
+        let bytes = r.encode().unwrap();
+        assert_eq!(EndpointRecord::decode(&bytes), Ok(r));
+        // What a reader without tags 4 and 5 sees: the endpoint without its service.
+        let mut old = vec![VERSION];
+        let mut rest = &bytes[1..];
+        while !rest.is_empty() {
+            let (tag, value, tail) = split_field(rest).unwrap();
+            if tag <= TAG_ADDR {
+                field(&mut old, tag, value);
+            }
+            rest = tail;
+        }
+        assert_eq!(EndpointRecord::decode(&old), Ok(web()));
+        assert_eq!(
+            web().encode().unwrap(),
+            old,
+            "no service: the bytes of before"
+        );
+    }
+
+    #[test]
+    fn a_service_is_whole_or_refused() {
+        let base = web().encode().unwrap();
+        let with = |extra: &[(u8, &[u8])]| {
+            let mut b = base.clone();
+            for (tag, value) in extra {
+                field(&mut b, *tag, value);
+            }
+            EndpointRecord::decode(&b).map_err(|e| (e.field, e.problem))
+        };
+        assert_eq!(
+            with(&[(TAG_SERVICE_ID, b"s1")]),
+            Err(("service name", "missing (an id is given)"))
+        );
+        assert_eq!(
+            with(&[(TAG_SERVICE_NAME, b"websvc")]),
+            Err(("service id", "missing (a name is given)"))
+        );
+        assert_eq!(
+            with(&[
+                (TAG_SERVICE_ID, b"s1"),
+                (TAG_SERVICE_NAME, b"a"),
+                (TAG_SERVICE_NAME, b"b")
+            ]),
+            Err(("service name", "given twice"))
+        );
+        assert_eq!(
+            with(&[(TAG_SERVICE_ID, b"s1"), (TAG_SERVICE_NAME, b"a b")]),
+            Err(("service name", "not printable ASCII"))
+        );
+        let bad = EndpointRecord {
+            service: Some(ServiceRef {
+                id: String::new(),
+                name: "websvc".into(),
+            }),
+            ..web()
+        };
+        assert_eq!(bad.encode().unwrap_err().field, "service id");
+        // Cut anywhere: never a panic.
+        let bytes = task().encode().unwrap();
+        for n in 0..bytes.len() {
+            let _ = EndpointRecord::decode(&bytes[..n]);
+        }
     }
 }

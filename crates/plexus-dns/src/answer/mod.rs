@@ -2,7 +2,8 @@
 //! holds) to what to do — reply with these bytes, forward, or drop — with no I/O.
 //!
 //! What is answered here, as Docker's embedded DNS does: `A`, `AAAA` and `PTR` for the
-//! names of the networks the asking sandbox is on (sandbox names, aliases, `NAME.NETWORK`),
+//! names of the networks the asking sandbox is on (sandbox names, aliases, services and
+//! `tasks.SERVICE`, `NAME.NETWORK`),
 //! case-insensitively, with several addresses shuffled. A name the zone knows but that has
 //! no record of the asked type gets an empty answer, never a forward. A miss is forwarded
 //! when the sandbox may forward (some network of its is not internal), otherwise it is a
@@ -238,7 +239,7 @@ fn general(
         })
     } else {
         zone.lookup(view, &name)
-            .map(|(addrs, ttl)| address_records(q.name(), addrs, ttl, qtype, shuffle))
+            .map(|(addrs, ttl)| address_records(q.name(), &addrs, ttl, qtype, shuffle))
     };
     if let Some(records) = local {
         let mut m = response(&query, ResponseCode::NoError);

@@ -46,6 +46,7 @@ fn records() -> Records {
             addrs: addrs.into_iter().map(|a| a.parse().unwrap()).collect(),
             order: 0,
             host: None,
+            service: None,
         });
     }
     r
@@ -187,6 +188,7 @@ fn several_addresses_are_shuffled() {
             addrs: vec![IpAddr::from([10, 0, 0, i + 2])],
             order: 0,
             host: None,
+            service: None,
         });
     }
     let z = r.zone();
@@ -333,6 +335,7 @@ fn big_answers_are_truncated_over_udp_and_whole_over_tcp() {
             addrs: vec![IpAddr::from([10, 0, 1, i])],
             order: 0,
             host: None,
+            service: None,
         });
     }
     let z = r.zone();
@@ -415,4 +418,134 @@ fn fast_path_matches_the_general_path() {
     let mut trailing = whole.clone();
     trailing.push(0);
     assert!(fast::answer(&trailing, Transport::Udp, z, &view, &mut |_| 0).is_none());
+}
+
+/// Network `app` with client `c` (which forwards, ndots not set), vip service `websvc` with
+/// eight tasks, and dnsrr service `rr` with none.
+fn services() -> Records {
+    use crate::zone::{ServiceInfo, ServiceMode, ServiceNetwork, ServiceRef};
+    let mut r = Records::default();
+    r.upsert_network(NetworkInfo {
+        id: "n".into(),
+        name: "app".into(),
+        ttl: 7,
+        internal: false,
+    });
+    r.upsert_sandbox(SandboxInfo {
+        id: "c".into(),
+        name: "c".into(),
+        netns: "/x".into(),
+        upstreams: vec![],
+        ndots_set: false,
+    });
+    r.upsert_endpoint(EndpointInfo {
+        id: "ec".into(),
+        network_id: "n".into(),
+        sandbox_id: "c".into(),
+        names: vec!["c".into()],
+        addrs: vec![IpAddr::from([10, 0, 0, 2])],
+        order: 0,
+        host: None,
+        service: None,
+    });
+    for (id, name, mode, vips) in [
+        (
+            "s1",
+            "websvc",
+            ServiceMode::Vip,
+            vec![IpAddr::from([10, 0, 0, 100])],
+        ),
+        ("s2", "rr", ServiceMode::Dnsrr, vec![]),
+    ] {
+        r.upsert_service(ServiceInfo {
+            id: id.into(),
+            name: name.into(),
+            mode,
+            networks: vec![ServiceNetwork {
+                network_id: "n".into(),
+                vips,
+            }],
+        });
+    }
+    for i in 0..8u8 {
+        r.upsert_endpoint(EndpointInfo {
+            id: format!("e{i}"),
+            network_id: "n".into(),
+            sandbox_id: format!("t{i}"),
+            names: vec![format!("t{i}")],
+            addrs: vec![IpAddr::from([10, 0, 0, 10 + i])],
+            order: 0,
+            host: None,
+            service: Some(ServiceRef {
+                id: "s1".into(),
+                name: "websvc".into(),
+            }),
+        });
+    }
+    r
+}
+
+#[test]
+fn services_answer_vip_tasks_ptr_and_empty_names() {
+    let r = services();
+    let z = r.zone();
+    let view = z.sandboxes["c"].clone();
+    let mut seed = 7u64;
+    let mut rnd = |n: usize| {
+        seed = seed
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
+        ((seed >> 33) as usize) % n
+    };
+    let mut ask =
+        |name: &str, t: RecordType| reply(answer(&q(name, t), Transport::Udp, z, &view, &mut rnd));
+    for name in ["websvc.", "WebSvc.App."] {
+        let m = ask(name, RecordType::A);
+        assert_eq!(addrs(&m), [IpAddr::from([10, 0, 0, 100])], "{name}");
+        assert_eq!(m.answers()[0].ttl(), 7);
+    }
+    // No IPv6 VIP: an empty answer.
+    let m = ask("websvc.", RecordType::AAAA);
+    assert_eq!(m.response_code(), ResponseCode::NoError);
+    assert!(m.answers().is_empty());
+    // tasks.: every backend, shuffled.
+    let mut firsts = std::collections::HashSet::new();
+    for _ in 0..30 {
+        let a = addrs(&ask("TASKS.websvc.", RecordType::A));
+        let mut sorted = a.clone();
+        sorted.sort();
+        assert_eq!(
+            sorted,
+            (10..18)
+                .map(|i| IpAddr::from([10, 0, 0, i]))
+                .collect::<Vec<_>>()
+        );
+        firsts.insert(a[0]);
+    }
+    assert!(firsts.len() > 3, "tasks. answers are shuffled: {firsts:?}");
+    // PTR of the VIP: the service; of a task: its sandbox.
+    let ptrs = |m: Message| -> Vec<String> {
+        m.answers()
+            .iter()
+            .filter_map(|r| match r.data() {
+                RData::PTR(p) => Some(p.0.to_ascii()),
+                _ => None,
+            })
+            .collect()
+    };
+    assert_eq!(
+        ptrs(ask("100.0.0.10.in-addr.arpa.", RecordType::PTR)),
+        ["websvc.app."]
+    );
+    assert_eq!(
+        ptrs(ask("11.0.0.10.in-addr.arpa.", RecordType::PTR)),
+        ["t1.app."]
+    );
+    // A dnsrr service without tasks, and its tasks.: empty answers, not forwarded.
+    for name in ["rr.", "tasks.rr.", "rr.app.", "tasks.rr.app."] {
+        let m = ask(name, RecordType::A);
+        assert_eq!(m.response_code(), ResponseCode::NoError, "{name}");
+        assert!(m.answers().is_empty(), "{name}");
+        assert!(m.authoritative(), "{name}: answered here");
+    }
 }

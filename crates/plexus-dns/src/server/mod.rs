@@ -342,6 +342,8 @@ fn apply(records: &mut Records, req: Request) {
         Request::RemoveSandbox { id } => records.remove_sandbox(&id),
         Request::UpsertEndpoint { endpoint } => records.upsert_endpoint(endpoint),
         Request::RemoveEndpoint { id } => records.remove_endpoint(&id),
+        Request::UpsertService { service } => records.upsert_service(service),
+        Request::RemoveService { id } => records.remove_service(&id),
         Request::Stats | Request::Dump => {}
     }
 }

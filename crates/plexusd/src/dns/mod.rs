@@ -2,6 +2,10 @@
 //! run with `--internal-resolver`, in a session of its own so it outlives plexusd), feeds it
 //! each change inside the operation that makes it (a [`CommitObserver`]), keeps it fed
 //! across restarts of either side, and writes each sandbox's `resolv.conf` and `hosts`.
+//! Services' names follow their `service` events: a service's record goes to the resolver
+//! as it is created, updated or removed, and a task's endpoints on the service's networks
+//! carry the service (its `connect` and `disconnect` events re-read its sandbox), so
+//! `tasks.SERVICE` changes with the task's endpoints.
 //! With a control plane, names also cross hosts (`remote.rs`): this host's endpoints on
 //! global networks are published, the other hosts' fed to the resolver.
 
@@ -15,12 +19,15 @@ use std::time::Duration;
 use anyhow::{bail, Context, Result};
 use async_trait::async_trait;
 use plexus_cnm::{
-    CommitObserver, ControlPlane, Controller, Endpoint, Event, EventAction, EventType, Network,
-    Sandbox, Scope, DEFAULT_BRIDGE_OPTION, DNS_TTL_OPTION,
+    CommitObserver, ControlPlane, Controller, Endpoint, EndpointMode, Event, EventAction,
+    EventType, Network, Sandbox, Scope, Service, DEFAULT_BRIDGE_OPTION, DNS_TTL_OPTION,
 };
 use plexus_dns::control::{Client, Request};
 use plexus_dns::resolvconf::{self, ResolvConf};
-use plexus_dns::zone::{EndpointInfo, NetworkInfo, SandboxInfo, Snapshot, DEFAULT_TTL};
+use plexus_dns::zone::{
+    EndpointInfo, NetworkInfo, SandboxInfo, ServiceInfo, ServiceMode, ServiceNetwork, ServiceRef,
+    Snapshot, DEFAULT_TTL,
+};
 
 mod metrics;
 mod remote;
@@ -101,6 +108,48 @@ fn names(sb: &Sandbox, ep: &Endpoint) -> Vec<String> {
     names
 }
 
+/// What the resolver knows of a service: its name, mode and virtual IPs per network.
+fn service_info(s: &Service) -> ServiceInfo {
+    ServiceInfo {
+        id: s.id.clone(),
+        name: s.name.clone(),
+        mode: match s.endpoint_mode {
+            EndpointMode::Vip => ServiceMode::Vip,
+            EndpointMode::Dnsrr => ServiceMode::Dnsrr,
+        },
+        networks: s
+            .networks
+            .iter()
+            .map(|n| ServiceNetwork {
+                network_id: n.clone(),
+                vips: s.vips_on(n).map(|v| v.addr.addr()).collect(),
+            })
+            .collect(),
+    }
+}
+
+/// The service endpoint `ep` of a task is a backend of: `service` (the task's), if the
+/// endpoint is on one of its networks.
+fn task_of(ep: &Endpoint, service: Option<&Service>) -> Option<ServiceRef> {
+    let s = service?;
+    s.networks.contains(&ep.network_id).then(|| ServiceRef {
+        id: s.id.clone(),
+        name: s.name.clone(),
+    })
+}
+
+/// The service sandbox `sb` is a task of, if any (and still there).
+async fn service_of(controller: &Controller, sb: &Sandbox) -> Option<Service> {
+    let id = sb.service.as_deref()?;
+    match controller.service(id).await {
+        Ok(s) => Some(s),
+        Err(e) => {
+            tracing::debug!(sandbox = %sb.name, service = %id, error = %e, "DNS: a task's service is gone");
+            None
+        }
+    }
+}
+
 fn sandbox_info(sb: &Sandbox) -> SandboxInfo {
     SandboxInfo {
         id: sb.id.clone(),
@@ -112,8 +161,13 @@ fn sandbox_info(sb: &Sandbox) -> SandboxInfo {
 }
 
 /// The resolver's ops for one sandbox as it now is: its DNS networks, itself and its
-/// endpoints on them; or its removal when it has none.
-fn sandbox_ops(sb: &Sandbox, eps: &[(Endpoint, Network)]) -> Vec<Request> {
+/// endpoints on them (a task's tagged with `service`, its service); or its removal when it
+/// has none.
+fn sandbox_ops(
+    sb: &Sandbox,
+    eps: &[(Endpoint, Network)],
+    service: Option<&Service>,
+) -> Vec<Request> {
     let served: Vec<&(Endpoint, Network)> = eps.iter().filter(|(ep, n)| named(ep, n)).collect();
     if served.is_empty() {
         return vec![Request::RemoveSandbox { id: sb.id.clone() }];
@@ -137,6 +191,7 @@ fn sandbox_ops(sb: &Sandbox, eps: &[(Endpoint, Network)]) -> Vec<Request> {
                 addrs: addrs(ep),
                 order: order as u32,
                 host: None,
+                service: task_of(ep, service),
             },
         });
     }
@@ -261,15 +316,24 @@ impl Dns {
     pub async fn sync(&self, controller: &Controller) -> Result<()> {
         let mut snap = Snapshot::default();
         let sandboxes = controller.sandboxes().await.context("listing sandboxes")?;
+        // A service record that does not read costs its names, not everyone's.
+        let services = controller.services().await.unwrap_or_else(|e| {
+            tracing::warn!(error = %e, "DNS: listing services; their names are not served");
+            Vec::new()
+        });
         let mut networks = std::collections::BTreeMap::new();
         for sb in &sandboxes {
             let eps = controller
                 .sandbox_endpoints(sb)
                 .await
                 .with_context(|| format!("reading sandbox {}'s endpoints", sb.name))?;
+            let service = sb
+                .service
+                .as_deref()
+                .and_then(|id| services.iter().find(|s| s.id == id));
             self.write_files(sb, &eps);
-            self.publish(sb, &eps);
-            for op in sandbox_ops(sb, &eps) {
+            self.publish(sb, &eps, service);
+            for op in sandbox_ops(sb, &eps, service) {
                 match op {
                     Request::UpsertNetwork { network } => {
                         networks.insert(network.id.clone(), network);
@@ -281,6 +345,7 @@ impl Dns {
             }
         }
         snap.networks = networks.into_values().collect();
+        snap.services = services.iter().map(service_info).collect();
         // Held until the resolver has it, so no change of the other hosts' falls between.
         let known = self.remote.lock().await;
         snap.endpoints.extend(known.endpoints().cloned());
@@ -410,6 +475,29 @@ impl CommitObserver for Dns {
                 (EventType::Network, EventAction::Destroy) => ops.push(Request::RemoveNetwork {
                     id: e.actor.clone(),
                 }),
+                (EventType::Service, EventAction::Create | EventAction::Update) => {
+                    match controller.service(&e.actor).await {
+                        Ok(s) => ops.push(Request::UpsertService {
+                            service: service_info(&s),
+                        }),
+                        // Removed in the same commit (its destroy follows), or unreadable.
+                        Err(err) => {
+                            tracing::debug!(service = %e.actor, error = %err, "DNS: reading a service");
+                        }
+                    }
+                }
+                (EventType::Service, EventAction::Destroy) => {
+                    ops.push(Request::RemoveService {
+                        id: e.actor.clone(),
+                    });
+                }
+                // A task's backend joined or left: its sandbox's endpoints say which service
+                // they serve.
+                (EventType::Service, _) => {
+                    if let Some(sb) = e.attributes.get("container") {
+                        touched.push(sb.clone());
+                    }
+                }
                 _ => {}
             }
         }
@@ -422,9 +510,10 @@ impl CommitObserver for Dns {
             };
             match controller.sandbox_endpoints(&sb).await {
                 Ok(eps) => {
+                    let service = service_of(controller, &sb).await;
                     self.write_files(&sb, &eps);
-                    self.publish(&sb, &eps);
-                    ops.extend(sandbox_ops(&sb, &eps));
+                    self.publish(&sb, &eps, service.as_ref());
+                    ops.extend(sandbox_ops(&sb, &eps, service.as_ref()));
                 }
                 Err(e) => {
                     tracing::warn!(sandbox = %sb.name, error = %e, "DNS: reading endpoints");
@@ -532,7 +621,7 @@ mod tests {
             (endpoint("g1", &gw, "172.18.0.2/16", true), gw.clone()),
         ];
         let named = |eps: &[(Endpoint, Network)]| -> Vec<(String, Vec<IpAddr>)> {
-            sandbox_ops(&sb, eps)
+            sandbox_ops(&sb, eps, None)
                 .into_iter()
                 .filter_map(|op| match op {
                     Request::UpsertEndpoint { endpoint } => Some((endpoint.id, endpoint.addrs)),

@@ -18,12 +18,12 @@ use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
-use plexus_cnm::{Endpoint, Network, Sandbox, Scope, TableEvent, TableEventKind};
+use plexus_cnm::{Endpoint, Network, Sandbox, Scope, Service, TableEvent, TableEventKind};
 use plexus_dns::control::Request;
 use plexus_dns::record::{EndpointRecord, ENDPOINT_TABLE};
 use plexus_dns::zone::EndpointInfo;
 
-use super::{addrs, names, serves_names, Dns};
+use super::{addrs, names, serves_names, task_of, Dns};
 use crate::gossip::plane::TableSink;
 
 /// How long inherited endpoints are served unconfirmed: the gossip's anti-entropy interval,
@@ -37,12 +37,14 @@ pub fn published(n: &Network) -> bool {
 }
 
 /// What other hosts are told of endpoint `ep` of sandbox `sb`: the names a local query
-/// answers (the sandbox's name, its aliases on the network, its hostname), its addresses.
-pub fn record(sb: &Sandbox, ep: &Endpoint) -> EndpointRecord {
+/// answers (the sandbox's name, its aliases on the network, its hostname), its addresses,
+/// and the service it is a backend of (`service`: the sandbox's, if it is a task).
+pub fn record(sb: &Sandbox, ep: &Endpoint, service: Option<&Service>) -> EndpointRecord {
     EndpointRecord {
         sandbox: sb.name.clone(),
         aliases: names(sb, ep).into_iter().skip(1).collect(),
         addrs: addrs(ep),
+        service: task_of(ep, service),
     }
 }
 
@@ -118,6 +120,7 @@ impl Known {
             addrs: record.addrs,
             order: 0,
             host: Some(owner),
+            service: record.service,
         };
         self.live.insert(id, info.clone());
         if held.as_ref() == Some(&info) {
@@ -149,13 +152,18 @@ impl Known {
 impl Dns {
     /// Publishes sandbox `sb`'s endpoints on global networks that serve names, for the
     /// other hosts of each network to answer them.
-    pub(super) fn publish(&self, sb: &Sandbox, eps: &[(Endpoint, Network)]) {
+    pub(super) fn publish(
+        &self,
+        sb: &Sandbox,
+        eps: &[(Endpoint, Network)],
+        service: Option<&Service>,
+    ) {
         let Some(plane) = &self.plane else {
             return;
         };
         for (ep, n) in eps.iter().filter(|(_, n)| published(n)) {
             let result = (|| -> anyhow::Result<()> {
-                let bytes = record(sb, ep).encode()?;
+                let bytes = record(sb, ep, service).encode()?;
                 // The network's driver joins its gossip in its join, which runs alongside
                 // the commit this is called from: join first (idempotent), so the entry of
                 // a host's first endpoint on the network is not refused.
@@ -238,6 +246,7 @@ mod tests {
             sandbox: "web2".into(),
             aliases: vec!["www".into()],
             addrs: vec![ip(addr)],
+            service: None,
         }
         .encode()
         .unwrap()
@@ -268,6 +277,7 @@ mod tests {
             addrs: vec![ip("10.0.0.3")],
             order: 0,
             host: Some(ip(HOST2)),
+            service: None,
         };
         assert_eq!(
             ops,
@@ -337,6 +347,7 @@ mod tests {
             addrs: vec![ip("10.0.0.3")],
             order: 0,
             host: host.map(ip),
+            service: None,
         };
         let mut k = Known::default();
         k.inherit(
@@ -389,7 +400,7 @@ mod tests {
             "interface": null, "aliases": ["www", "web1"], "ports": [],
         }))
         .unwrap();
-        let r = record(&sb, &ep);
+        let r = record(&sb, &ep, None);
         assert_eq!(
             r.names(),
             names(&sb, &ep),
@@ -400,5 +411,47 @@ mod tests {
         assert!(published(&network(Scope::Global, "overlay")));
         assert!(!published(&network(Scope::Local, "bridge")));
         assert!(!published(&network(Scope::Global, "null")));
+    }
+
+    #[test]
+    fn a_tasks_record_names_its_service_and_other_hosts_tag_its_endpoint() {
+        let sb: Sandbox = serde_json::from_value(serde_json::json!({
+            "id": "s1", "name": "web1", "key": "/run/netns/web1", "owned_netns": true,
+            "endpoints": ["e1", "e2"], "service": "svc1",
+        }))
+        .unwrap();
+        let ep = |id: &str, net: &str| -> Endpoint {
+            serde_json::from_value(serde_json::json!({
+                "id": id, "name": "web1", "network_id": net, "sandbox_id": "s1",
+                "ipv4": "10.0.0.2/24", "ipv6": null, "pool_ids": [], "mac": null,
+                "interface": null, "aliases": [], "ports": [],
+            }))
+            .unwrap()
+        };
+        let service: Service = serde_json::from_value(serde_json::json!({
+            "id": "svc1", "name": "websvc", "scope": "global", "networks": ["net1"],
+            "endpoint_mode": "vip", "created": "", "updated": "", "version": 1,
+        }))
+        .unwrap();
+        let r = record(&sb, &ep("e1", "net1"), Some(&service));
+        let tag = plexus_dns::zone::ServiceRef {
+            id: "svc1".into(),
+            name: "websvc".into(),
+        };
+        assert_eq!(r.service.as_ref(), Some(&tag));
+        // Its endpoint on a network that is not the service's is no backend.
+        assert_eq!(record(&sb, &ep("e2", "net2"), Some(&service)).service, None);
+        // Another host's task: its endpoint carries the service to the resolver.
+        let mut k = Known::default();
+        let ops = k.apply(
+            &event(TableEventKind::Create, "e1", r.encode().unwrap()),
+            ip(HOST2),
+            Some(ip(ME)),
+        );
+        assert!(matches!(
+            &ops[..],
+            [Request::UpsertEndpoint { endpoint }] if endpoint.service.as_ref() == Some(&tag)
+                && endpoint.host == Some(ip(HOST2))
+        ));
     }
 }

@@ -2,6 +2,11 @@
 //! the daemon describes them ([`NetworkInfo`], [`EndpointInfo`], [`SandboxInfo`]) — and the
 //! read-only [`Zone`] built from them that queries are answered from.
 //!
+//! Services ([`ServiceInfo`], `service.rs`) add their names to the networks they are on:
+//! `SERVICE` (its virtual IP, or its tasks' addresses in `dnsrr` mode) and `tasks.SERVICE`
+//! (its tasks' addresses), each also as `NAME.NETWORK`. A task is an endpoint that names its
+//! service ([`EndpointInfo::service`]), so another host's tasks come as its endpoints do.
+//!
 //! A [`Records`] is the mutable master, changed one record at a time by the control plane;
 //! each change rebuilds only the networks it touches and yields a fresh [`Zone`] that the
 //! serving side swaps in whole, so a query sees either the old state or the new, never half.
@@ -12,12 +17,18 @@
 //! not on which of them are local nor on the order they came in (addresses and PTR names are
 //! kept sorted), so every host of a network answers alike.
 
-use std::collections::{BTreeMap, HashMap};
+use std::borrow::Cow;
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
+
+mod service;
+pub use service::{
+    NetworkServices, ServiceAnswer, ServiceInfo, ServiceMode, ServiceNetwork, ServiceRef, Shards,
+};
 
 /// The time to live of local answers when a network does not set one.
 pub const DEFAULT_TTL: u32 = 5;
@@ -57,6 +68,10 @@ pub struct EndpointInfo {
     /// part of a sandbox's view here. `None`: this host's.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub host: Option<IpAddr>,
+    /// The service whose task this endpoint is, if any: its addresses answer
+    /// `tasks.SERVICE` on the network (and `SERVICE` in `dnsrr` mode).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub service: Option<ServiceRef>,
 }
 
 impl EndpointInfo {
@@ -91,7 +106,8 @@ pub struct NetworkZone {
     pub ttl: u32,
     /// Whether it is internal.
     pub internal: bool,
-    /// Name → addresses (`db`, `db.net1`, aliases).
+    /// Name → addresses (`db`, `db.net1`, aliases); services' names are in
+    /// [`Zone::services`].
     pub names: HashMap<String, Vec<IpAddr>>,
     /// Address → `NAME.NETWORK` names, for PTR.
     pub reverse: HashMap<IpAddr, Vec<String>>,
@@ -117,31 +133,64 @@ pub struct Zone {
     pub networks: HashMap<String, Arc<NetworkZone>>,
     /// Sandboxes by id.
     pub sandboxes: HashMap<String, Arc<SandboxView>>,
+    /// Services' names by network id.
+    pub services: HashMap<String, NetworkServices>,
 }
 
 impl Zone {
     /// The addresses `name` (lower case, no trailing dot) has for a sandbox, from the first
     /// of its networks that knows the name, with that network's TTL.
-    pub fn lookup(&self, view: &SandboxView, name: &str) -> Option<(&[IpAddr], u32)> {
-        view.networks.iter().find_map(|id| {
-            let net = self.networks.get(id)?;
-            net.names.get(name).map(|a| (a.as_slice(), net.ttl))
-        })
+    pub fn lookup(&self, view: &SandboxView, name: &str) -> Option<(Cow<'_, [IpAddr]>, u32)> {
+        view.networks
+            .iter()
+            .find_map(|id| self.lookup_on(id, self.networks.get(id)?, name))
     }
 
-    /// The names an address has for a sandbox, with the TTL.
-    pub fn reverse(&self, view: &SandboxView, addr: IpAddr) -> Option<(&[String], u32)> {
+    /// `name` on one network: its endpoints' names and its services' (both, merged, when a
+    /// sandbox and a service share a name).
+    fn lookup_on<'a>(
+        &'a self,
+        id: &str,
+        net: &'a NetworkZone,
+        name: &str,
+    ) -> Option<(Cow<'a, [IpAddr]>, u32)> {
+        let eps = net.names.get(name).map(Vec::as_slice);
+        let svc = self
+            .services
+            .get(id)
+            .and_then(|s| s.lookup(&net.name, name));
+        let addrs = match (eps, svc) {
+            (Some(a), None) | (None, Some(a)) => Cow::Borrowed(a),
+            (Some(a), Some(b)) => {
+                let mut all = [a, b].concat();
+                all.sort_unstable();
+                all.dedup();
+                Cow::Owned(all)
+            }
+            (None, None) => return None,
+        };
+        Some((addrs, net.ttl))
+    }
+
+    /// The names an address has for a sandbox, with the TTL: a sandbox's, or a virtual IP's
+    /// service's.
+    pub fn reverse(&self, view: &SandboxView, addr: IpAddr) -> Option<(Vec<String>, u32)> {
         view.networks.iter().find_map(|id| {
             let net = self.networks.get(id)?;
-            net.reverse.get(&addr).map(|n| (n.as_slice(), net.ttl))
+            if let Some(n) = net.reverse.get(&addr) {
+                return Some((n.clone(), net.ttl));
+            }
+            let svc = self.services.get(id)?.by_vip.get(&addr)?;
+            Some((vec![format!("{svc}.{}", net.name)], net.ttl))
         })
     }
 
     /// A name looked up across every network, as the host sees them: `NAME.NETWORK`.
     pub fn lookup_any(&self, name: &str) -> Option<(Vec<IpAddr>, u32)> {
         let (_, net) = name.rsplit_once('.')?;
-        let zone = self.networks.values().find(|n| n.name == net)?;
-        zone.names.get(name).map(|a| (a.clone(), zone.ttl))
+        let (id, zone) = self.networks.iter().find(|(_, n)| n.name == net)?;
+        self.lookup_on(id, zone, name)
+            .map(|(a, ttl)| (a.into_owned(), ttl))
     }
 }
 
@@ -151,6 +200,8 @@ pub struct Records {
     networks: BTreeMap<String, NetworkInfo>,
     endpoints: BTreeMap<String, EndpointInfo>,
     sandboxes: BTreeMap<String, SandboxInfo>,
+    services: BTreeMap<String, ServiceInfo>,
+    index: service::Index,
     zone: Zone,
 }
 
@@ -163,6 +214,9 @@ pub struct Snapshot {
     pub endpoints: Vec<EndpointInfo>,
     /// Every sandbox with a listener.
     pub sandboxes: Vec<SandboxInfo>,
+    /// Every service on networks that serve names.
+    #[serde(default)]
+    pub services: Vec<ServiceInfo>,
 }
 
 impl Records {
@@ -172,6 +226,7 @@ impl Records {
             networks: self.networks.values().cloned().collect(),
             endpoints: self.endpoints.values().cloned().collect(),
             sandboxes: self.sandboxes.values().cloned().collect(),
+            services: self.services.values().cloned().collect(),
         }
     }
 
@@ -192,11 +247,27 @@ impl Records {
             .into_iter()
             .map(|s| (s.id.clone(), s))
             .collect();
+        self.services = snap
+            .services
+            .into_iter()
+            .map(|s| (s.id.clone(), s))
+            .collect();
         let ids: Vec<String> = self.networks.keys().cloned().collect();
         self.zone = Zone::default();
         for id in ids {
             self.rebuild_network(&id);
         }
+        self.index = service::Index::default();
+        let mut keys = BTreeSet::new();
+        for s in self.services.values() {
+            self.index.add_service(s);
+            keys.extend(service_keys(s));
+        }
+        for e in self.endpoints.values() {
+            self.index.add_task(e);
+            keys.extend(task_key(e));
+        }
+        self.rebuild_services(keys);
         let ids: Vec<String> = self.sandboxes.keys().cloned().collect();
         for id in ids {
             self.rebuild_sandbox(&id);
@@ -229,7 +300,16 @@ impl Records {
     /// Removes a network (and its endpoints).
     pub fn remove_network(&mut self, id: &str) {
         self.networks.remove(id);
-        self.endpoints.retain(|_, e| e.network_id != id);
+        let gone: Vec<EndpointInfo> = self
+            .endpoints
+            .values()
+            .filter(|e| e.network_id == id)
+            .cloned()
+            .collect();
+        for ep in &gone {
+            self.endpoints.remove(&ep.id);
+            self.task_changed(Some(ep), None);
+        }
         self.rebuild_network(id);
         self.rebuild_sandboxes_on(id);
     }
@@ -237,6 +317,7 @@ impl Records {
     /// Adds or changes an endpoint (this host's or another's).
     pub fn upsert_endpoint(&mut self, ep: EndpointInfo) {
         let old = self.endpoints.insert(ep.id.clone(), ep.clone());
+        self.task_changed(old.as_ref(), Some(&ep));
         if let Some(old) = old {
             if old.network_id != ep.network_id {
                 self.rebuild_network(&old.network_id);
@@ -254,11 +335,64 @@ impl Records {
     /// Removes an endpoint.
     pub fn remove_endpoint(&mut self, id: &str) {
         if let Some(ep) = self.endpoints.remove(id) {
+            self.task_changed(Some(&ep), None);
             self.rebuild_network(&ep.network_id);
             if !ep.is_remote() {
                 self.rebuild_sandbox(&ep.sandbox_id);
             }
         }
+    }
+
+    /// Adds or changes a service (its names on the networks it is on, and those it left).
+    pub fn upsert_service(&mut self, svc: ServiceInfo) {
+        let mut keys: BTreeSet<(String, String)> = service_keys(&svc).collect();
+        self.index.add_service(&svc);
+        if let Some(old) = self.services.insert(svc.id.clone(), svc) {
+            keys.extend(service_keys(&old));
+            if service::key(&old.name) != service::key(&self.services[&old.id].name) {
+                self.index.remove_service(&old);
+            }
+        }
+        self.rebuild_services(keys);
+    }
+
+    /// Removes a service: its names go from every network.
+    pub fn remove_service(&mut self, id: &str) {
+        if let Some(old) = self.services.remove(id) {
+            self.index.remove_service(&old);
+            self.rebuild_services(service_keys(&old).collect());
+        }
+    }
+
+    /// Recomputes the service names `keys` ((network id, name)), each alone.
+    fn rebuild_services(&mut self, keys: BTreeSet<(String, String)>) {
+        for (net, name) in keys {
+            let new = service::answer(&net, &name, &self.index, &self.services, &self.endpoints);
+            let zone = self.zone.services.entry(net.clone()).or_default();
+            service::set(zone, &name, new);
+            if zone.by_name.is_empty() {
+                self.zone.services.remove(&net);
+            }
+        }
+    }
+
+    /// Keeps the indexes and service names right after endpoint `old` became `new`.
+    fn task_changed(&mut self, old: Option<&EndpointInfo>, new: Option<&EndpointInfo>) {
+        if old.map(|e| (&e.network_id, &e.service, &e.addrs, e.host))
+            == new.map(|e| (&e.network_id, &e.service, &e.addrs, e.host))
+        {
+            return;
+        }
+        let mut keys = BTreeSet::new();
+        if let Some(old) = old {
+            self.index.remove_task(old);
+            keys.extend(task_key(old));
+        }
+        if let Some(new) = new {
+            self.index.add_task(new);
+            keys.extend(task_key(new));
+        }
+        self.rebuild_services(keys);
     }
 
     /// Adds or changes a sandbox.
@@ -279,6 +413,7 @@ impl Records {
             .collect();
         for ep in gone {
             self.endpoints.remove(&ep.id);
+            self.task_changed(Some(&ep), None);
             self.rebuild_network(&ep.network_id);
         }
         self.zone.sandboxes.remove(id);
@@ -385,11 +520,28 @@ impl Records {
     }
 }
 
+/// The service names (network id, name) service `s` has.
+fn service_keys(s: &ServiceInfo) -> impl Iterator<Item = (String, String)> + '_ {
+    let name = service::key(&s.name);
+    s.networks
+        .iter()
+        .map(move |n| (n.network_id.clone(), name.clone()))
+}
+
+/// The service name (network id, name) endpoint `e` is a task under, if any.
+fn task_key(e: &EndpointInfo) -> Option<(String, String)> {
+    let r = e.service.as_ref()?;
+    Some((e.network_id.clone(), service::key(&r.name)))
+}
+
+#[cfg(test)]
+mod service_tests;
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    fn net(id: &str, name: &str, internal: bool) -> NetworkInfo {
+    pub(super) fn net(id: &str, name: &str, internal: bool) -> NetworkInfo {
         NetworkInfo {
             id: id.into(),
             name: name.into(),
@@ -398,7 +550,7 @@ mod tests {
         }
     }
 
-    fn ep(id: &str, net: &str, sb: &str, names: &[&str], addr: &str) -> EndpointInfo {
+    pub(super) fn ep(id: &str, net: &str, sb: &str, names: &[&str], addr: &str) -> EndpointInfo {
         EndpointInfo {
             id: id.into(),
             network_id: net.into(),
@@ -407,11 +559,18 @@ mod tests {
             addrs: vec![addr.parse().unwrap()],
             order: 0,
             host: None,
+            service: None,
         }
     }
 
     /// An endpoint of host `host`, as plexusd gives it: no sandbox here.
-    fn remote(id: &str, net: &str, names: &[&str], addrs: &[&str], host: &str) -> EndpointInfo {
+    pub(super) fn remote(
+        id: &str,
+        net: &str,
+        names: &[&str],
+        addrs: &[&str],
+        host: &str,
+    ) -> EndpointInfo {
         EndpointInfo {
             sandbox_id: String::new(),
             addrs: addrs.iter().map(|a| a.parse().unwrap()).collect(),
@@ -420,11 +579,11 @@ mod tests {
         }
     }
 
-    fn ips(list: &[&str]) -> Vec<IpAddr> {
+    pub(super) fn ips(list: &[&str]) -> Vec<IpAddr> {
         list.iter().map(|a| a.parse().unwrap()).collect()
     }
 
-    fn sb(id: &str) -> SandboxInfo {
+    pub(super) fn sb(id: &str) -> SandboxInfo {
         SandboxInfo {
             id: id.into(),
             name: id.into(),
@@ -449,7 +608,7 @@ mod tests {
         let va = z.sandboxes["a"].clone();
         let vc = z.sandboxes["c"].clone();
         assert_eq!(
-            z.lookup(&va, "web").unwrap().0,
+            z.lookup(&va, "web").unwrap().0.to_vec(),
             ["10.0.0.2".parse::<IpAddr>().unwrap()]
         );
         assert!(z.lookup(&va, "front.net1").is_some());
@@ -511,7 +670,7 @@ mod tests {
         let va = z.sandboxes["a"].clone();
         for name in ["web2", "www", "web2.blue", "www.blue"] {
             assert_eq!(
-                z.lookup(&va, name).unwrap().0,
+                z.lookup(&va, name).unwrap().0.to_vec(),
                 ips(&["10.0.0.3", "fd00::3"]),
                 "{name}"
             );
@@ -570,7 +729,7 @@ mod tests {
             assert_eq!(za.lookup(&va, name), zb.lookup(&vb, name), "{name}");
         }
         assert_eq!(
-            za.lookup(&va, "svc").unwrap().0,
+            za.lookup(&va, "svc").unwrap().0.to_vec(),
             ips(&["10.0.0.2", "10.0.0.9"])
         );
         assert_eq!(za.networks["n1"].names, zb.networks["n1"].names);
