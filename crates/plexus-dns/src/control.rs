@@ -19,6 +19,11 @@ const CALL_TIMEOUT: Duration = Duration::from_secs(10);
 /// The longest a request line may be (a snapshot of thousands of sandboxes fits).
 pub const MAX_LINE: usize = 64 << 20;
 
+/// The control protocol's version, which a resolver reports in its [`Stats`]. Raised
+/// whenever a request or a field changes so that an older resolver would refuse or misread
+/// it; plexusd replaces a running resolver that speaks another (services: 2).
+pub const PROTOCOL: u32 = 2;
+
 /// One change, or a question.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "op", rename_all = "snake_case")]
@@ -110,6 +115,9 @@ pub struct Stats {
     pub sandboxes: u64,
     /// The resolver process's id.
     pub pid: u32,
+    /// The [`PROTOCOL`] the resolver speaks (0: a resolver from before it was reported).
+    #[serde(default)]
+    pub protocol: u32,
 }
 
 /// The answer to a [`Request`].

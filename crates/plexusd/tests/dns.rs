@@ -600,3 +600,72 @@ fn docker_cli_connect_alias_resolves() {
     assert_eq!(short(&d, "a", "api"), std::slice::from_ref(&b));
     assert_eq!(short(&d, "a", "api.n"), [b]);
 }
+
+/// A resolver left running by the plexusd before an upgrade, speaking an older control
+/// protocol (here one that reports none), is stopped at start and a new one answers: the
+/// old one would refuse the requests it does not know.
+#[test]
+fn a_resolver_speaking_an_older_protocol_is_replaced_at_start() {
+    use std::io::{BufRead, BufReader, Write};
+    use std::os::unix::net::UnixListener;
+    use std::os::unix::process::ExitStatusExt;
+    use std::sync::{Arc, Mutex};
+
+    let mut d = Daemon::unstarted(&["-b", "none"]);
+    let dns_dir = d.dir.path().join("run").join("dns");
+    std::fs::create_dir_all(&dns_dir).unwrap();
+    let control = dns_dir.join("control.sock");
+    // The old resolver: a process to stop, and its control socket answering Stats
+    // without a protocol until that process is gone.
+    let old = Arc::new(Mutex::new(
+        std::process::Command::new("sleep")
+            .arg("120")
+            .spawn()
+            .unwrap(),
+    ));
+    let old_pid = old.lock().unwrap().id();
+    let listener = UnixListener::bind(&control).unwrap();
+    let serving = {
+        let old = old.clone();
+        std::thread::spawn(move || {
+            let answer = format!(
+                "{{\"stats\":{{\"queries_udp\":0,\"queries_tcp\":0,\"answers_local\":0,\
+                 \"answers_nodata\":0,\"answers_error\":0,\"forwarded\":0,\"cache_hits\":0,\
+                 \"dropped\":0,\"upstream_timeouts\":0,\"upstream_failures\":0,\
+                 \"upstream_gave_up\":0,\"refused_overload\":0,\"sandboxes\":0,\"pid\":{old_pid}}}}}\n"
+            );
+            for conn in listener.incoming() {
+                let Ok(conn) = conn else { break };
+                let mut out = conn.try_clone().unwrap();
+                for line in BufReader::new(conn).lines() {
+                    if line.is_err() || old.lock().unwrap().try_wait().unwrap().is_some() {
+                        return;
+                    }
+                    if out.write_all(answer.as_bytes()).is_err() {
+                        break;
+                    }
+                }
+                if old.lock().unwrap().try_wait().unwrap().is_some() {
+                    return;
+                }
+            }
+        })
+    };
+    d.start();
+    let status = old.lock().unwrap().wait().unwrap();
+    assert_eq!(
+        status.signal(),
+        Some(15),
+        "the old resolver was sent SIGTERM"
+    );
+    // The fake stopped answering once its process was gone (its thread may still wait in
+    // accept on the unlinked socket: left to end with the test).
+    drop(serving);
+    let new_pid = d.resolver_pid().expect("a new resolver wrote its pid");
+    assert_ne!(new_pid as u32, old_pid);
+
+    d.ok(&["network", "create", "app", "--subnet", "10.213.9.0/24"]);
+    d.ok(&["sandbox", "create", "web", "--network", "app"]);
+    d.ok(&["sandbox", "create", "cli", "--network", "app"]);
+    assert_eq!(short(&d, "cli", "web"), vec![ip_of(&d, "web", "app")]);
+}

@@ -123,6 +123,7 @@ impl Shared {
             refused_overload: c.refused_overload.load(Relaxed) + f.refused,
             sandboxes: sandboxes as u64,
             pid: std::process::id(),
+            protocol: crate::control::PROTOCOL,
         }
     }
 }

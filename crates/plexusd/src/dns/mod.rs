@@ -22,7 +22,7 @@ use plexus_cnm::{
     CommitObserver, ControlPlane, Controller, Endpoint, EndpointMode, Event, EventAction,
     EventType, Network, Sandbox, Scope, Service, DEFAULT_BRIDGE_OPTION, DNS_TTL_OPTION,
 };
-use plexus_dns::control::{Client, Request};
+use plexus_dns::control::{Client, Request, PROTOCOL};
 use plexus_dns::resolvconf::{self, ResolvConf};
 use plexus_dns::zone::{
     EndpointInfo, NetworkInfo, SandboxInfo, ServiceInfo, ServiceMode, ServiceNetwork, ServiceRef,
@@ -262,8 +262,11 @@ impl Dns {
     }
 
     async fn ensure_resolver(&self) -> Result<()> {
-        if self.client.is_running().await {
-            return Ok(());
+        if let Ok(stats) = self.client.call(&Request::Stats).await {
+            match stats.stats {
+                Some(s) if s.protocol != PROTOCOL => self.replace_resolver(&s).await?,
+                _ => return Ok(()),
+            }
         }
         self.spawn_resolver()?;
         let started = std::time::Instant::now();
@@ -277,6 +280,35 @@ impl Dns {
         bail!(
             "the DNS resolver did not start within {START_TIMEOUT:?}; see {}",
             self.paths.log.display()
+        )
+    }
+
+    /// Stops a running resolver that speaks another control protocol (one left by the
+    /// plexusd before an upgrade), so that a new one is started: an old one would refuse or
+    /// misread what this plexusd sends. Its sandboxes miss answers until the new one has
+    /// opened their listeners again.
+    async fn replace_resolver(&self, old: &plexus_dns::control::Stats) -> Result<()> {
+        tracing::warn!(
+            pid = old.pid,
+            speaks = old.protocol,
+            wanted = PROTOCOL,
+            "the running DNS resolver speaks another control protocol: replacing it"
+        );
+        let pid = nix::unistd::Pid::from_raw(i32::try_from(old.pid).unwrap_or(0));
+        if pid.as_raw() > 0 {
+            let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
+        }
+        let started = std::time::Instant::now();
+        while started.elapsed() < START_TIMEOUT {
+            if !self.client.is_running().await {
+                return Ok(());
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        bail!(
+            "the DNS resolver (pid {}) speaking control protocol {} did not stop within {START_TIMEOUT:?}",
+            old.pid,
+            old.protocol
         )
     }
 
