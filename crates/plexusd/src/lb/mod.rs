@@ -33,6 +33,7 @@ use plexus_lb::View;
 mod kernel;
 mod metrics;
 pub mod model;
+pub mod record;
 
 pub use metrics::LbMetrics;
 use model::{Entry, Member, Model};
