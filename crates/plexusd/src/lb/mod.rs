@@ -234,7 +234,7 @@ impl Lb {
                 continue;
             }
             let put = plane
-                .join_network(&network)
+                .join_network(network)
                 .and_then(|()| plane.put(network, record::SERVICE_TABLE, endpoint, bytes.clone()));
             match put {
                 Ok(()) => {
