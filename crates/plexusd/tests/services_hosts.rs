@@ -5,6 +5,9 @@
 //! connection from host 1 goes to host 3's task any more (they all land on hosts 1 and 2);
 //! host 3's daemon back, its task is back in the rotation. Needs root.
 
+// Hosts and their sandboxes go by number.
+#![allow(clippy::needless_range_loop)]
+
 mod multihost;
 
 use std::sync::mpsc::Receiver;
