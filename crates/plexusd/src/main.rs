@@ -434,13 +434,14 @@ async fn run(args: Args) -> Result<()> {
         &args.dns_resolv_conf,
         resolver_args,
         // Names cross hosts through the same control plane as the overlay's peers.
-        plane,
+        plane.clone(),
     )
     .await
     .context("starting the embedded DNS")?;
     controller = controller.with_observer(dns.clone());
     // Services' virtual IPs in each sandbox's namespace, following every commit.
-    let lb = lb::Lb::new(lb::LbMetrics::register(&registry)?);
+    // Other hosts' service tasks come through the same control plane.
+    let lb = lb::Lb::new(lb::LbMetrics::register(&registry)?, plane);
     controller = controller.with_observer(lb.clone());
     let mut heartbeat = None;
     if let Some(c) = &cluster_store {
@@ -461,10 +462,12 @@ async fn run(args: Args) -> Result<()> {
     match &gossip {
         Some(g) => {
             let metrics = Arc::new(gossip::metrics::GossipMetrics::register(&registry)?);
+            let mut sinks = dns.sinks();
+            sinks.extend(lb.sinks());
             cluster_tasks.push(tokio::spawn(gossip::plane::route(
                 g.handle.clone(),
                 controller.clone(),
-                dns.sinks(),
+                sinks,
             )));
             cluster_tasks.push(tokio::spawn(g.clone().follow_keyring()));
             cluster_tasks.push(tokio::spawn(g.clone().monitor(metrics)));

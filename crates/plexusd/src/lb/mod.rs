@@ -17,8 +17,20 @@
 //!
 //! A sandbox removed takes its table with its namespace; one whose namespace was handed over
 //! (and outlives it) has its table deleted. IPv6 VIPs and backends are skipped (plexus-lb is
-//! IPv4 only). Backends on other hosts (global services) are not load-balanced to yet:
-//! [`model::is_local`] is where they will be admitted, with their host's liveness.
+//! IPv4 only).
+//!
+//! **Other hosts' backends** (global services), as libnetwork's `service_table`: the service
+//! records are in the cluster store, so every host knows each service and its VIPs; the task
+//! list travels by gossip. For each task endpoint of this host on a global network, a
+//! [`record::TaskRecord`] is put in the network's [`record::SERVICE_TABLE`] (keyed by the
+//! endpoint's id) when the task joins and deleted when it leaves; what should be published
+//! is computed from the store like the views ([`model::publication`]) and compared with
+//! what was, so a restart republishes everything and a pass retries what failed. The other
+//! hosts' entries reach [`Lb`] as that table's [`TableSink`]: each change updates
+//! [`model::Model::remote`] and takes every sandbox here on the network to its new view.
+//! Gossip deletes a host's entries when it leaves the network or is declared dead, so its
+//! backends leave the rotation then; the store's task records of other hosts are never
+//! load-balanced to ([`model::is_local`]), since they outlive their host.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;
@@ -27,21 +39,34 @@ use std::time::Duration;
 
 use anyhow::{Context, Result};
 use async_trait::async_trait;
-use plexus_cnm::{CnmError, CommitObserver, Controller, Event, EventAction, EventType};
+use plexus_cnm::{
+    CnmError, CommitObserver, ControlPlane, Controller, Event, EventAction, EventType, TableEvent,
+    TableEventKind,
+};
 use plexus_lb::View;
+
+use crate::gossip::plane::TableSink;
 
 mod kernel;
 mod metrics;
 pub mod model;
+pub mod record;
 
 pub use metrics::LbMetrics;
-use model::{Entry, Member, Model};
+use model::{Entry, Member, Model, RemoteTask};
 
 /// plexusd's load balancer.
 pub struct Lb {
     state: tokio::sync::Mutex<State>,
     metrics: LbMetrics,
+    /// Gossip, when this host runs it: where this host's tasks on global networks are
+    /// published and the other hosts' come from.
+    plane: Option<Arc<dyn ControlPlane>>,
 }
+
+/// This host's [`record::SERVICE_TABLE`] entries of one service, by (network id, endpoint
+/// id): the encoded record.
+type Publication = BTreeMap<(String, String), Vec<u8>>;
 
 #[derive(Default)]
 struct State {
@@ -54,6 +79,8 @@ struct State {
     /// Whether a [`Lb::sync`] ran: commits before it (start-up reconciliation's) are left
     /// to it.
     synced: bool,
+    /// What this host published, by service id.
+    published: BTreeMap<String, Publication>,
 }
 
 /// One sandbox's work for the blocking pool.
@@ -77,8 +104,31 @@ pub struct SyncReport {
     pub failed: usize,
 }
 
-/// The entries of the service `id`; `None` when it is gone.
-async fn load_service(controller: &Controller, id: &str) -> Result<Option<Vec<Entry>>> {
+/// What this host publishes of `service`'s tasks `tasks` (records that do not encode are
+/// logged and left out).
+fn publication(
+    service: &plexus_cnm::Service,
+    tasks: &[plexus_cnm::Task],
+    host_id: &str,
+) -> Publication {
+    model::publication(service, tasks, host_id)
+        .into_iter()
+        .filter_map(|(k, r)| match r.encode() {
+            Ok(b) => Some((k, b)),
+            Err(e) => {
+                tracing::warn!(service = %service.name, sandbox = %r.sandbox, error = %e, "a task cannot be published to the other hosts");
+                None
+            }
+        })
+        .collect()
+}
+
+/// The entries of the service `id` and this host's publication of it; `None` when it is
+/// gone.
+async fn load_service(
+    controller: &Controller,
+    id: &str,
+) -> Result<Option<(Vec<Entry>, Publication)>> {
     let service = match controller.service(id).await {
         Ok(s) => s,
         Err(CnmError::NotFound { .. }) => return Ok(None),
@@ -88,7 +138,10 @@ async fn load_service(controller: &Controller, id: &str) -> Result<Option<Vec<En
         .service_tasks(&service)
         .await
         .with_context(|| format!("reading service {}'s tasks", service.name))?;
-    Ok(Some(model::entries(&service, &tasks, controller.host_id())))
+    Ok(Some((
+        model::entries(&service, &tasks, controller.host_id()),
+        publication(&service, &tasks, controller.host_id()),
+    )))
 }
 
 /// The sandbox `id` with its networks; `None` when it is gone.
@@ -108,9 +161,10 @@ async fn load_member(controller: &Controller, id: &str) -> Result<Option<Member>
     )))
 }
 
-/// Everything, from the store.
-async fn load_model(controller: &Controller) -> Result<Model> {
+/// Everything, from the store, with this host's publications.
+async fn load_model(controller: &Controller) -> Result<(Model, BTreeMap<String, Publication>)> {
     let mut model = Model::default();
+    let mut published = BTreeMap::new();
     for service in controller.services().await.context("listing services")? {
         let tasks = controller
             .service_tasks(&service)
@@ -119,6 +173,10 @@ async fn load_model(controller: &Controller) -> Result<Model> {
         model.services.insert(
             service.id.clone(),
             model::entries(&service, &tasks, controller.host_id()),
+        );
+        published.insert(
+            service.id.clone(),
+            publication(&service, &tasks, controller.host_id()),
         );
     }
     for sandbox in controller.sandboxes().await.context("listing sandboxes")? {
@@ -131,23 +189,93 @@ async fn load_model(controller: &Controller) -> Result<Model> {
             Member::new(&sandbox, eps.into_iter().map(|(ep, _)| ep.network_id)),
         );
     }
-    Ok(model)
+    Ok((model, published))
 }
 
 impl Lb {
     /// A load balancer that knows nothing yet: [`sync`](Self::sync) before serving.
-    pub fn new(metrics: LbMetrics) -> Arc<Self> {
+    pub fn new(metrics: LbMetrics, plane: Option<Arc<dyn ControlPlane>>) -> Arc<Self> {
         Arc::new(Lb {
             state: tokio::sync::Mutex::new(State::default()),
             metrics,
+            plane,
         })
+    }
+
+    /// The gossip table sinks of the load balancer: [`record::SERVICE_TABLE`].
+    pub fn sinks(self: &Arc<Self>) -> crate::gossip::plane::Sinks {
+        let sink: Arc<dyn TableSink> = self.clone();
+        [(record::SERVICE_TABLE.to_string(), sink)].into()
+    }
+
+    /// Takes service `id`'s published entries from what `state` says was published to
+    /// `want`: puts what is new or changed (joining the network's gossip first, idempotent:
+    /// the overlay driver joins it in its join, which may not have run yet), deletes what is
+    /// gone. What fails is logged and left unrecorded, so the next pass tries again.
+    fn publish(&self, state: &mut State, id: &str, want: Publication) {
+        let Some(plane) = &self.plane else {
+            return;
+        };
+        let had = state.published.remove(id).unwrap_or_default();
+        let mut now = Publication::new();
+        for (k @ (network, endpoint), bytes) in &had {
+            if want.contains_key(k) {
+                continue;
+            }
+            if let Err(e) = plane.delete(network, record::SERVICE_TABLE, endpoint) {
+                tracing::warn!(%network, %endpoint, error = %e, "load balancing: other hosts keep this task until this host leaves the network");
+                now.insert(k.clone(), bytes.clone());
+            }
+        }
+        for (k, bytes) in want {
+            let (network, endpoint) = &k;
+            if had.get(&k) == Some(&bytes) {
+                now.insert(k, bytes);
+                continue;
+            }
+            let put = plane
+                .join_network(network)
+                .and_then(|()| plane.put(network, record::SERVICE_TABLE, endpoint, bytes.clone()));
+            match put {
+                Ok(()) => {
+                    now.insert(k, bytes);
+                }
+                Err(e) => {
+                    tracing::warn!(%network, %endpoint, error = %e, "load balancing: other hosts do not load-balance to this task yet; the next pass tries again")
+                }
+            }
+        }
+        if !now.is_empty() {
+            state.published.insert(id.to_string(), now);
+        }
+    }
+
+    /// Deletes this host's entries in the [`record::SERVICE_TABLE`] of `networks` that it
+    /// does not publish (a task gone while plexusd was down, learnt back from a peer).
+    fn withdraw_strays(&self, state: &State, networks: &BTreeSet<String>) {
+        let Some(plane) = &self.plane else {
+            return;
+        };
+        let me = plane.advertise_addr();
+        let ours: BTreeSet<&(String, String)> =
+            state.published.values().flat_map(|p| p.keys()).collect();
+        for network in networks {
+            for (key, _, owner) in plane.entries(network, record::SERVICE_TABLE) {
+                if owner == me && !ours.contains(&(network.clone(), key.clone())) {
+                    tracing::info!(%network, endpoint = %key, "load balancing: withdrawing a task this host no longer has");
+                    let _ = plane.delete(network, record::SERVICE_TABLE, &key);
+                }
+            }
+        }
     }
 
     /// Reads the store and every sandbox's table, and repairs each table that differs from
     /// its view: at start-up (before the API serves) and periodically.
     pub async fn sync(&self, controller: &Controller) -> Result<SyncReport> {
         let mut state = self.state.lock().await;
-        let model = load_model(controller).await?;
+        let (mut model, publications) = load_model(controller).await?;
+        // Other hosts' tasks are not in the store: kept from gossip.
+        model.remote = std::mem::take(&mut state.model.remote);
         let jobs: Vec<Job> = model
             .members
             .iter()
@@ -160,6 +288,28 @@ impl Lb {
             })
             .collect();
         state.model = model;
+        // A service gone while plexusd was down or since the last pass: withdrawn.
+        let gone: Vec<String> = state
+            .published
+            .keys()
+            .filter(|id| !publications.contains_key(*id))
+            .cloned()
+            .collect();
+        for id in gone {
+            self.publish(&mut state, &id, Publication::new());
+        }
+        for (id, want) in publications {
+            self.publish(&mut state, &id, want);
+        }
+        let networks: BTreeSet<String> = state
+            .model
+            .services
+            .values()
+            .flatten()
+            .map(|e| e.network.clone())
+            .chain(state.model.remote.keys().cloned())
+            .collect();
+        self.withdraw_strays(&state, &networks);
         let outcomes = self.run(jobs).await;
         let mut report = SyncReport::default();
         state.applied.clear();
@@ -280,16 +430,25 @@ impl Lb {
         for id in &services {
             let mut networks = state.model.networks_of(id);
             match load_service(controller, id).await? {
-                Some(entries) => {
+                Some((entries, want)) => {
                     networks.extend(entries.iter().map(|e| e.network.clone()));
                     state.model.services.insert(id.clone(), entries);
+                    self.publish(&mut state, id, want);
                 }
                 None => {
                     state.model.services.remove(id);
+                    self.publish(&mut state, id, Publication::new());
                 }
             }
             affected.extend(state.model.members_on(&networks));
         }
+        self.update(&mut state, affected).await;
+        Ok(())
+    }
+
+    /// Takes each sandbox of `affected` to its view: only the services that changed, or
+    /// the whole table if it is not known.
+    async fn update(&self, state: &mut State, affected: BTreeSet<String>) {
         let mut jobs = Vec::new();
         for id in affected {
             let Some(m) = state.model.members.get(&id) else {
@@ -330,7 +489,6 @@ impl Lb {
             }
         }
         self.metrics.services(state.model.service_count());
-        Ok(())
     }
 
     /// Runs [`sync`](Self::sync) every `every` until the runtime stops; a failed pass is
@@ -377,5 +535,152 @@ impl CommitObserver for Lb {
             self.metrics.update("error", None);
             tracing::warn!("load balancing: following a change: {e:#}; the periodic pass repairs");
         }
+    }
+}
+
+/// What one [`record::SERVICE_TABLE`] event does to the other hosts' tasks known: `true`
+/// when they changed. `me`: this host's gossip address (its own entries teach nothing). A
+/// value that does not decode is ignored with a warning, and what was held under its key
+/// goes (its owner replaced it).
+fn learn(
+    remote: &mut BTreeMap<String, BTreeMap<String, RemoteTask>>,
+    event: &TableEvent,
+    owner: std::net::IpAddr,
+    me: Option<std::net::IpAddr>,
+) -> bool {
+    let tasks = remote.entry(event.network_id.clone()).or_default();
+    let held = tasks.remove(&event.key);
+    let new = if event.kind == TableEventKind::Delete || Some(owner) == me {
+        None
+    } else {
+        match record::TaskRecord::decode(&event.value) {
+            Ok(r) => Some(RemoteTask {
+                owner,
+                service_id: r.service_id,
+                addr: r.addr,
+            }),
+            Err(e) => {
+                tracing::warn!(network = %event.network_id, key = %event.key, %owner, error = %e, "a host published a service task record that does not decode: ignored");
+                None
+            }
+        }
+    };
+    let changed = held != new;
+    if let Some(t) = new {
+        tasks.insert(event.key.clone(), t);
+    }
+    if tasks.is_empty() {
+        remote.remove(&event.network_id);
+    }
+    changed
+}
+
+#[async_trait]
+impl TableSink for Lb {
+    async fn table_event(&self, event: TableEvent, owner: std::net::IpAddr) {
+        let me = self.plane.as_ref().map(|p| p.advertise_addr());
+        let mut state = self.state.lock().await;
+        if !learn(&mut state.model.remote, &event, owner, me) {
+            return;
+        }
+        // Before the first sync, that sync applies it.
+        if !state.synced {
+            return;
+        }
+        let affected = state
+            .model
+            .members_on(&[event.network_id.clone()].into())
+            .into_iter()
+            .collect();
+        self.update(&mut state, affected).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn event(kind: TableEventKind, key: &str, value: Vec<u8>) -> TableEvent {
+        TableEvent {
+            kind,
+            network_id: "net1".into(),
+            table: record::SERVICE_TABLE.into(),
+            key: key.into(),
+            value,
+        }
+    }
+
+    fn task(addr: [u8; 4]) -> Vec<u8> {
+        record::TaskRecord {
+            service_id: "ab".repeat(32),
+            service_name: "web".into(),
+            vips: vec![[10, 0, 0, 2].into()],
+            addr: addr.into(),
+            sandbox: "t".into(),
+        }
+        .encode()
+        .unwrap()
+    }
+
+    #[test]
+    fn other_hosts_tasks_come_and_go_own_and_garbage_ignored() {
+        let (h2, me) = (
+            "192.0.2.2".parse().unwrap(),
+            Some("192.0.2.1".parse().unwrap()),
+        );
+        let mut r = BTreeMap::new();
+        assert!(learn(
+            &mut r,
+            &event(TableEventKind::Create, "e1", task([10, 0, 0, 5])),
+            h2,
+            me
+        ));
+        assert_eq!(r["net1"]["e1"].addr, std::net::Ipv4Addr::new(10, 0, 0, 5));
+        assert!(!learn(
+            &mut r,
+            &event(TableEventKind::Update, "e1", task([10, 0, 0, 5])),
+            h2,
+            me
+        ));
+        assert!(learn(
+            &mut r,
+            &event(TableEventKind::Update, "e1", task([10, 0, 0, 6])),
+            h2,
+            me
+        ));
+        // This host's own entry: nothing.
+        assert!(!learn(
+            &mut r,
+            &event(TableEventKind::Create, "e9", task([10, 0, 0, 9])),
+            me.unwrap(),
+            me
+        ));
+        // Garbage replacing a held entry: it goes.
+        assert!(learn(
+            &mut r,
+            &event(TableEventKind::Update, "e1", vec![1, 0xff]),
+            h2,
+            me
+        ));
+        assert!(r.is_empty());
+        assert!(learn(
+            &mut r,
+            &event(TableEventKind::Create, "e1", task([10, 0, 0, 5])),
+            h2,
+            me
+        ));
+        assert!(learn(
+            &mut r,
+            &event(TableEventKind::Delete, "e1", vec![]),
+            h2,
+            me
+        ));
+        assert!(!learn(
+            &mut r,
+            &event(TableEventKind::Delete, "e1", vec![]),
+            h2,
+            me
+        ));
+        assert!(r.is_empty());
     }
 }

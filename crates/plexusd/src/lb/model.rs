@@ -3,11 +3,11 @@
 //! namespaces hold the views.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::net::IpAddr;
+use std::net::{IpAddr, Ipv4Addr};
 use std::path::PathBuf;
 use std::time::Duration;
 
-use plexus_cnm::{AffinityMode, EndpointMode, Sandbox, Service, Task};
+use plexus_cnm::{AffinityMode, EndpointMode, Sandbox, Scope, Service, Task};
 use plexus_lb::{ServiceView, View, SERVICE_ID_LEN};
 
 /// A service's VIP on one network, as every sandbox on that network sees it.
@@ -35,12 +35,67 @@ pub fn key(service_id: &str, index: usize) -> String {
     k
 }
 
-/// Whether a task's backends are served by this host's data plane. A local service's tasks
-/// are this host's (empty host); a global service's carry their host's id. Backends on other
-/// hosts are the next step (they will come with their host's liveness from gossip, so a dead
-/// host's backends leave the rotation): until then only this host's are load-balanced to.
+/// Whether a task of the store is load-balanced to from this host's records. A local
+/// service's tasks are this host's (empty host); a global service's carry their host's id,
+/// and only this host's are taken from the store: the other hosts' tasks come from gossip
+/// (their [`SERVICE_TABLE`](super::record::SERVICE_TABLE) entries, [`Model::remote`]), the
+/// authoritative source for them because gossip withdraws a dead host's entries within the
+/// failure-detection time, while its task records stay in the cluster store.
 pub fn is_local(task: &Task, host_id: &str) -> bool {
     task.host.is_empty() || task.host == host_id
+}
+
+/// Another host's task on one network, from its [`SERVICE_TABLE`](super::record::SERVICE_TABLE)
+/// entry.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RemoteTask {
+    /// The publishing host's gossip address.
+    pub owner: IpAddr,
+    /// The service's id.
+    pub service_id: String,
+    /// The backend.
+    pub addr: Ipv4Addr,
+}
+
+/// This host's entries for `service` in the [`SERVICE_TABLE`](super::record::SERVICE_TABLE)
+/// of its networks, by (network id, endpoint id): one per IPv4 backend of this host's tasks
+/// of a global service (none for a local one). Published whatever the endpoint mode: the
+/// task list is the service's, `dnsrr` readers may use it too.
+pub fn publication(
+    service: &Service,
+    tasks: &[Task],
+    host_id: &str,
+) -> BTreeMap<(String, String), super::record::TaskRecord> {
+    let mut out = BTreeMap::new();
+    if service.scope != Scope::Global {
+        return out;
+    }
+    for t in tasks.iter().filter(|t| is_local(t, host_id)) {
+        for b in &t.backends {
+            let Some(IpAddr::V4(addr)) = b.ipv4.map(|a| a.addr()) else {
+                continue;
+            };
+            let vips = service
+                .vips_on(&b.network_id)
+                .filter_map(|v| match v.addr.addr() {
+                    IpAddr::V4(a) => Some(a),
+                    IpAddr::V6(_) => None,
+                })
+                .take(super::record::MAX_VIPS)
+                .collect();
+            out.insert(
+                (b.network_id.clone(), b.endpoint_id.clone()),
+                super::record::TaskRecord {
+                    service_id: service.id.clone(),
+                    service_name: service.name.clone(),
+                    vips,
+                    addr,
+                    sandbox: t.name.clone(),
+                },
+            );
+        }
+    }
+    out
 }
 
 /// The entries of `service` (none in `dnsrr` mode): per network with an IPv4 VIP, its VIP
@@ -122,6 +177,8 @@ pub struct Model {
     pub services: BTreeMap<String, Vec<Entry>>,
     /// Sandbox id to the sandbox.
     pub members: BTreeMap<String, Member>,
+    /// Other hosts' tasks, by network id and entry key (their endpoint's id), from gossip.
+    pub remote: BTreeMap<String, BTreeMap<String, RemoteTask>>,
 }
 
 impl Model {
@@ -138,7 +195,16 @@ impl Model {
                     tracing::warn!(%service, key = %e.key, "two services share a load-balancing key; one is not dispatched");
                     continue;
                 }
-                view.services.insert(e.key.clone(), e.view.clone());
+                let mut v = e.view.clone();
+                v.backends.extend(
+                    self.remote
+                        .get(&e.network)
+                        .into_iter()
+                        .flat_map(|ts| ts.values())
+                        .filter(|t| &t.service_id == service)
+                        .map(|t| IpAddr::V4(t.addr)),
+                );
+                view.services.insert(e.key.clone(), v.normalized());
             }
         }
         view
@@ -322,5 +388,58 @@ mod tests {
         assert!(gone
             .iter()
             .all(|(_, old, new)| old.is_some() && new.is_none()));
+    }
+
+    #[test]
+    fn other_hosts_tasks_come_from_gossip_and_this_hosts_are_published() {
+        let mut s = service(EndpointMode::Vip, &["a"], &[("a", "10.0.0.2/24")]);
+        s.scope = Scope::Global;
+        // The store also holds another host's task: never load-balanced to from there.
+        let tasks = [
+            task("t1", "me", &[("a", "10.0.0.5/24", None)]),
+            task("t2", "other", &[("a", "10.0.0.9/24", None)]),
+        ];
+        let mut m = Model::default();
+        m.services.insert(s.id.clone(), entries(&s, &tasks, "me"));
+        m.members.insert(
+            "c".into(),
+            Member {
+                name: "c".into(),
+                netns: "/c".into(),
+                owned: true,
+                networks: ["a".to_string()].into(),
+            },
+        );
+        let remote = |sid: &str, a: [u8; 4]| RemoteTask {
+            owner: "192.0.2.2".parse().unwrap(),
+            service_id: sid.into(),
+            addr: a.into(),
+        };
+        m.remote
+            .entry("a".into())
+            .or_default()
+            .insert("e7".into(), remote(&s.id, [10, 0, 0, 7]));
+        m.remote
+            .entry("a".into())
+            .or_default()
+            .insert("e8".into(), remote("other", [10, 0, 0, 8]));
+        m.remote
+            .entry("b".into())
+            .or_default()
+            .insert("e6".into(), remote(&s.id, [10, 0, 0, 6]));
+        let v = m.view_of("c");
+        let want: Vec<IpAddr> = vec!["10.0.0.5".parse().unwrap(), "10.0.0.7".parse().unwrap()];
+        assert_eq!(v.services[&key(&s.id, 0)].backends, want);
+
+        let p = publication(&s, &tasks, "me");
+        assert_eq!(p.len(), 1, "only this host's task");
+        let r = &p[&("a".to_string(), "ep-t1-a".to_string())];
+        assert_eq!(r.addr, Ipv4Addr::new(10, 0, 0, 5));
+        assert_eq!(r.vips, [Ipv4Addr::new(10, 0, 0, 2)]);
+        s.scope = Scope::Local;
+        assert!(
+            publication(&s, &tasks, "me").is_empty(),
+            "local services stay here"
+        );
     }
 }
