@@ -212,6 +212,22 @@ impl Client {
     }
 }
 
+/// `--filter name=value` flags as Docker's `filters` query value (JSON, URL-encoded).
+pub fn filters_query(filter: &[String]) -> Result<String> {
+    let mut filters: std::collections::BTreeMap<String, std::collections::BTreeMap<String, bool>> =
+        std::collections::BTreeMap::new();
+    for f in filter {
+        let (k, v) = f
+            .split_once('=')
+            .ok_or_else(|| anyhow!("bad format of filter (expected name=value): {f}"))?;
+        filters
+            .entry(k.to_string())
+            .or_default()
+            .insert(v.to_string(), true);
+    }
+    Ok(encode(&serde_json::to_string(&filters)?))
+}
+
 /// Percent-encodes a path segment or query value.
 pub fn encode(s: &str) -> String {
     s.bytes()

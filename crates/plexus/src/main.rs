@@ -478,19 +478,9 @@ fn network(client: &Client, cmd: NetworkCmd) -> Result<()> {
             format,
             no_trunc,
         } => {
-            let mut filters: BTreeMap<String, BTreeMap<String, bool>> = BTreeMap::new();
-            for f in &filter {
-                let (k, v) = f
-                    .split_once('=')
-                    .ok_or_else(|| anyhow!("bad format of filter (expected name=value): {f}"))?;
-                filters
-                    .entry(k.to_string())
-                    .or_default()
-                    .insert(v.to_string(), true);
-            }
-            let filters = serde_json::to_string(&filters)?;
+            let filters = client::filters_query(&filter)?;
             let mut networks: Vec<NetworkResource> =
-                client.get(&format!("/networks?filters={}", encode(&filters)))?;
+                client.get(&format!("/networks?filters={filters}"))?;
             networks.sort_by(|a, b| a.name.cmp(&b.name));
             if quiet {
                 for n in &networks {

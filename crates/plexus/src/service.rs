@@ -2,8 +2,6 @@
 //! tasks, which are sandboxes created with `--service`) through `/plexus/services`, with
 //! `docker service`'s flag names.
 
-use std::collections::BTreeMap;
-
 use anyhow::{anyhow, bail, Result};
 use clap::Subcommand;
 use plexus_api_types::{parse_publish, PortConfig, ServiceCreated, ServiceResource};
@@ -218,19 +216,9 @@ pub(crate) fn run(client: &Client, cmd: ServiceCmd) -> Result<()> {
             filter,
             format,
         } => {
-            let mut filters: BTreeMap<String, BTreeMap<String, bool>> = BTreeMap::new();
-            for f in &filter {
-                let (k, v) = f
-                    .split_once('=')
-                    .ok_or_else(|| anyhow!("bad format of filter (expected name=value): {f}"))?;
-                filters
-                    .entry(k.to_string())
-                    .or_default()
-                    .insert(v.to_string(), true);
-            }
-            let filters = serde_json::to_string(&filters)?;
+            let filters = crate::client::filters_query(&filter)?;
             let all: Vec<ServiceResource> =
-                client.get(&format!("/plexus/services?filters={}", encode(&filters)))?;
+                client.get(&format!("/plexus/services?filters={filters}"))?;
             if quiet {
                 for s in &all {
                     println!("{}", short(&s.id));
