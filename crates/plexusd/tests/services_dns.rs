@@ -10,36 +10,12 @@
 //! forward (as under Docker). Needs dnsmasq too.
 
 mod common;
+mod dns_probe;
 
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
 use common::{json, Daemon};
-use plexus_sys::netns::Netns;
-
-/// `bash -c script` inside the namespace at `netns`.
-fn run_in(netns: &Path, script: &str) -> Output {
-    let ns = Netns::open(netns).unwrap_or_else(|e| panic!("opening {}: {e}", netns.display()));
-    let mut cmd = Command::new("bash");
-    cmd.args(["-c", script]);
-    plexus_testkit::process::in_netns(&mut cmd, ns.fd());
-    cmd.output()
-        .unwrap_or_else(|e| panic!("bash in {}: {e}", netns.display()))
-}
-
-fn sandbox_ns(d: &Daemon, sandbox: &str) -> PathBuf {
-    d.dir.path().join("run").join("netns").join(sandbox)
-}
-
-/// `dig` inside a sandbox against the embedded DNS: its whole answer.
-fn dig(d: &Daemon, sandbox: &str, args: &str) -> String {
-    let out = run_in(
-        &sandbox_ns(d, sandbox),
-        &format!("dig +tries=1 +time=3 @127.0.0.11 {args}"),
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
+use dns_probe::{dig, status, Upstream};
 
 /// `dig +short`: the answer's records, sorted.
 fn short(d: &Daemon, sandbox: &str, args: &str) -> Vec<String> {
@@ -50,15 +26,6 @@ fn short(d: &Daemon, sandbox: &str, args: &str) -> Vec<String> {
         .collect();
     v.sort();
     v
-}
-
-fn status(answer: &str) -> String {
-    answer
-        .split("status: ")
-        .nth(1)
-        .and_then(|s| s.split(',').next())
-        .unwrap_or("NO ANSWER")
-        .to_string()
 }
 
 /// Asserts `name` is answered here with no record: NOERROR, empty, authoritative.
@@ -93,79 +60,6 @@ fn vip_of(d: &Daemon, service: &str) -> String {
 fn sorted(mut v: Vec<String>) -> Vec<String> {
     v.sort();
     v
-}
-
-/// The upstream: dnsmasq at 198.51.100.2 in its own namespace, joined to the test's host
-/// namespace by a veth pair, answering `NXDOMAIN` for every name.
-struct Upstream {
-    dir: tempfile::TempDir,
-    child: Child,
-}
-
-impl Upstream {
-    fn start(d: &Daemon) -> Upstream {
-        let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("tempdir: {e}"));
-        let outside = Netns::create(dir.path(), "outside")
-            .unwrap_or_else(|e| panic!("making the outside namespace: {e}"));
-        let host = d.dir.path().join("host-ns");
-        let ok = |ns: &Path, script: &str| {
-            let out = run_in(ns, script);
-            assert!(
-                out.status.success(),
-                "{script}: {}",
-                String::from_utf8_lossy(&out.stderr)
-            );
-        };
-        ok(
-            &host,
-            &format!(
-                "ip link add up0 type veth peer name up1 netns {out} && \
-                 ip addr add 198.51.100.1/24 dev up0 && ip link set up0 up",
-                out = outside.path().display()
-            ),
-        );
-        ok(
-            outside.path(),
-            "ip link set lo up && ip addr add 198.51.100.2/24 dev up1 && ip link set up1 up",
-        );
-        let mut cmd = Command::new("dnsmasq");
-        cmd.args([
-            "--keep-in-foreground",
-            "--no-resolv",
-            "--no-hosts",
-            "--bind-interfaces",
-            "--listen-address=198.51.100.2",
-            "--port=53",
-            "--address=/#/",
-            "--pid-file=",
-        ])
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null());
-        plexus_testkit::process::in_netns(&mut cmd, outside.fd());
-        let child = cmd
-            .spawn()
-            .unwrap_or_else(|e| panic!("starting dnsmasq: {e}"));
-        let up = Upstream { dir, child };
-        let deadline = Instant::now() + Duration::from_secs(10);
-        loop {
-            let out = run_in(&host, "dig +tries=1 +time=1 @198.51.100.2 ready.test");
-            if String::from_utf8_lossy(&out.stdout).contains("NXDOMAIN") {
-                break;
-            }
-            assert!(Instant::now() < deadline, "dnsmasq did not answer");
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        up
-    }
-}
-
-impl Drop for Upstream {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-        let _ = Netns::delete(self.dir.path(), "outside");
-    }
 }
 
 /// A daemon whose host upstream is 198.51.100.2 (an [`Upstream`] once started).
