@@ -24,14 +24,16 @@ pub struct Entry {
 /// The 12-character key of a service's VIP on the service's `index`-th network, the name
 /// of its objects in the table (`svc-<key>`): the service's short id on its first network
 /// (what `plexus service ls` prints), and on the others (a sandbox on two of the service's
-/// networks sees both VIPs) the id's first 11 characters and the network's index, 1 to 7.
+/// networks sees both VIPs) the id's first 11 characters and a letter past the hex
+/// digits for the network's index (`g` for 1, … `m` for 7), so that it is never another
+/// service's short id (ids are hex: a digit there could equal the 12th of one).
 pub fn key(service_id: &str, index: usize) -> String {
     let short: String = service_id.chars().take(SERVICE_ID_LEN).collect();
     if index == 0 {
         return short;
     }
     let mut k: String = short.chars().take(SERVICE_ID_LEN - 1).collect();
-    k.push(char::from_digit((index % 36) as u32, 36).unwrap_or('z'));
+    k.push(char::from(b'f' + (index % 20) as u8));
     k
 }
 
@@ -299,8 +301,10 @@ mod tests {
     fn keys_are_short_ids_and_differ_per_network() {
         let id = "0123456789abcdef".repeat(4);
         assert_eq!(key(&id, 0), "0123456789ab");
-        assert_eq!(key(&id, 1), "0123456789a1");
-        assert_eq!(key(&id, 7), "0123456789a7");
+        assert_eq!(key(&id, 1), "0123456789ag");
+        // A service whose short id ends in a digit is never another's second-network key.
+        assert_ne!(key(&"0123456789a1".repeat(6), 0), key(&id, 1));
+        assert_eq!(key(&id, 7), "0123456789am");
     }
 
     #[test]

@@ -203,11 +203,7 @@ pub fn key(id: &str, index: usize) -> String {
     if index == 0 {
         return id[..12].to_string();
     }
-    format!(
-        "{}{}",
-        &id[..11],
-        char::from_digit(index as u32, 36).unwrap_or('z')
-    )
+    format!("{}{}", &id[..11], char::from(b'f' + index as u8))
 }
 
 fn v4(addr: &str) -> Option<IpAddr> {
