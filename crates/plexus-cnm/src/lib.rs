@@ -61,5 +61,6 @@ pub use reconcile::{
 };
 pub use service::{
     AffinityMode, Backend, EndpointMode, NetworkBackends, PublishMode, PublishedPort, Service,
-    ServiceSpec, ServiceUpdate, SessionAffinity, Task, VirtualIp, MAX_SERVICE_NETWORKS,
+    ServiceSpec, ServiceUpdate, SessionAffinity, Task, VirtualIp, INGRESS_SANDBOX,
+    MAX_SERVICE_NETWORKS,
 };

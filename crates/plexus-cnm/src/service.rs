@@ -23,6 +23,10 @@ use crate::model::Scope;
 /// network in one transaction, which must stay within the store's limit.
 pub const MAX_SERVICE_NETWORKS: usize = 8;
 
+/// The name of each host's ingress sandbox (Docker's `ingress-sbox`): the routing mesh's
+/// load balancer on the ingress network, the one sandbox besides tasks that joins it.
+pub const INGRESS_SANDBOX: &str = "ingress-sbox";
+
 /// Published ports one service may have (each a rule of the data plane's).
 pub const MAX_SERVICE_PORTS: usize = 1000;
 

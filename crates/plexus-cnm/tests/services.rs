@@ -102,6 +102,14 @@ fn controller(
         drivers,
         ControllerConfig {
             host_id: id.into(),
+            // As plexusd when it runs the overlay: global services may publish in ingress
+            // mode (a host without a cluster store never gets so far).
+            ingress_network: global.is_some().then(|| NetworkSpec {
+                name: "ingress".into(),
+                driver: "overlay".into(),
+                scope: Some(Scope::Global),
+                ..Default::default()
+            }),
             ..Default::default()
         },
     );
@@ -767,4 +775,95 @@ async fn global_services_live_in_the_cluster_store() {
     assert!(b.cluster.is_some() && a.cluster.is_some());
     assert!(ok("gone", cluster.list("plexus/v1/global/service-task").await).is_empty());
     let _ = g;
+}
+
+#[tokio::test]
+async fn ingress_ports_put_a_global_service_and_its_tasks_on_the_ingress_network() {
+    let cluster = memory();
+    let a = host("host-a", Some(cluster.clone())).await;
+    let b = host("host-b", Some(cluster.clone())).await;
+    ok(
+        "g",
+        a.c.create_network(NetworkSpec {
+            name: "g".into(),
+            driver: "overlay".into(),
+            attachable: true,
+            ..Default::default()
+        })
+        .await,
+    );
+    assert_eq!(ok("no ingress yet", a.c.ingress_network_id().await), None);
+    let mut spec = svc("web", &["g"]);
+    spec.ports = vec![port(8080, 80)];
+    let s = ok("web", a.c.create_service(spec).await);
+    let ingress = ok("ingress network", b.c.network("ingress").await);
+    assert_eq!(ingress.scope, Scope::Global);
+    assert_eq!(
+        ok("id", b.c.ingress_network_id().await),
+        Some(ingress.id.clone())
+    );
+    assert_eq!(s.networks.len(), 2, "{s:?}");
+    assert_eq!(s.networks[1], ingress.id);
+    assert_eq!(s.vips.len(), 2, "a virtual IP on the ingress network too");
+
+    // A task made on b is on the ingress network without asking.
+    ok(
+        "task",
+        b.c.create_sandbox(b.sandbox_spec("t", &["g"], Some("web")))
+            .await,
+    );
+    let t = ok("t", b.c.sandbox("t").await);
+    let eps = ok("endpoints", b.c.sandbox_endpoints(&t).await);
+    assert!(
+        eps.iter().any(|(ep, _)| ep.network_id == ingress.id),
+        "{eps:?}"
+    );
+    let backends = ok("backends", a.c.service_backends("web").await);
+    assert!(backends
+        .iter()
+        .any(|nb| nb.network_id == ingress.id && nb.backends.len() == 1));
+
+    // A second service reuses the network; one without ingress ports is not on it, and
+    // cannot get them later (its tasks were made without it), but may publish in host mode.
+    let mut spec = svc("api", &["g"]);
+    spec.ports = vec![port(9090, 90)];
+    let api = ok("api", b.c.create_service(spec).await);
+    assert_eq!(api.networks[1], ingress.id);
+    let plain = ok("plain", a.c.create_service(svc("plain", &["g"])).await);
+    assert_eq!(plain.networks.len(), 1);
+    let e =
+        a.c.update_service(
+            "plain",
+            ServiceUpdate {
+                ports_add: vec![port(7070, 70)],
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("publish-add") && e.contains("ingress network"),
+        "{e}"
+    );
+    let mut host_mode = port(7070, 70);
+    host_mode.mode = PublishMode::Host;
+    ok(
+        "host mode",
+        a.c.update_service(
+            "plain",
+            ServiceUpdate {
+                ports_add: vec![host_mode],
+                ..Default::default()
+            },
+        )
+        .await,
+    );
+
+    // A local service publishes without the ingress network.
+    a.net("la", "10.6.0.0/24").await;
+    let mut spec = svc("local", &["la"]);
+    spec.ports = vec![port(6060, 60)];
+    let l = ok("local", a.c.create_service(spec).await);
+    assert_eq!(l.networks.len(), 1);
 }

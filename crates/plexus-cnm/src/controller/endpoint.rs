@@ -28,7 +28,7 @@ impl Controller {
         let (sandbox, _) = self.sandbox_indexed(sandbox).await?;
         let network = self.network(network).await?;
         let driver = self.driver(&network.driver)?;
-        check_endpoint_spec(&network, &spec)?;
+        check_endpoint_spec(&network, &spec, false)?;
         // One read of the sandbox's endpoints serves both this check and the interface name
         // the join tries first.
         let current = self.sandbox_endpoints(&sandbox).await?;
@@ -504,8 +504,14 @@ impl Controller {
 }
 
 /// Checks what a connect asks for on `network` before anything is allocated.
-pub(super) fn check_endpoint_spec(network: &Network, spec: &EndpointSpec) -> Result<()> {
-    if network.scope == Scope::Global && !network.spec.attachable {
+/// `task`: the sandbox is a task of a service on `network` (or the host's ingress sandbox
+/// on the ingress network), which may join it without `--attachable`.
+pub(super) fn check_endpoint_spec(
+    network: &Network,
+    spec: &EndpointSpec,
+    task: bool,
+) -> Result<()> {
+    if network.scope == Scope::Global && !network.spec.attachable && !task {
         // Docker: only a swarm service's tasks join a cluster network made without
         // --attachable; a standalone container is refused.
         return Err(CnmError::invalid(

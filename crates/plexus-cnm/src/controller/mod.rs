@@ -47,6 +47,12 @@ pub struct ControllerConfig {
     /// this spec on first need unless a network of its name exists, which is then used as
     /// it is. `None`: such sandboxes get no way out.
     pub gateway_network: Option<crate::model::NetworkSpec>,
+    /// The ingress network (Docker swarm's `ingress`): the global network the routing mesh
+    /// runs on, made from this spec when the first global service with an ingress-mode
+    /// published port is created (a network of its name is used as it is). Such a service
+    /// is on it too (with a virtual IP there), and so is each of its tasks. `None`: global
+    /// services cannot publish ingress-mode ports.
+    pub ingress_network: Option<crate::model::NetworkSpec>,
 }
 
 impl Default for ControllerConfig {
@@ -57,6 +63,7 @@ impl Default for ControllerConfig {
             host_id: String::new(),
             cluster_advertise: None,
             gateway_network: None,
+            ingress_network: None,
         }
     }
 }

@@ -139,6 +139,25 @@ impl Controller {
             Some(name) => Some(self.service_indexed(name).await?),
             None => None,
         };
+        let mut spec = spec;
+        let ingress = self.ingress_network_id().await?;
+        if let Some((service, _)) = &service {
+            // A task of a service on the ingress network is on it too: the routing mesh
+            // reaches the service's tasks there (Docker swarm attaches them alike).
+            if let Some(ingress) = ingress.clone() {
+                if service.networks.contains(&ingress) {
+                    let mut given = false;
+                    for (name, _) in &spec.networks {
+                        if self.network(name).await?.id == ingress {
+                            given = true;
+                        }
+                    }
+                    if !given {
+                        spec.networks.push((ingress, Default::default()));
+                    }
+                }
+            }
+        }
         // Every network, driver and endpoint setting checked before anything is made.
         let mut plan: Vec<(Network, u64, Arc<dyn Driver>, EndpointSpec)> = Vec::new();
         for (i, (name, ep)) in spec.networks.iter().enumerate() {
@@ -156,7 +175,14 @@ impl Controller {
                     kind: "network",
                     name: name.clone(),
                 })?;
-            check_endpoint_spec(&network, ep)?;
+            let task = match &service {
+                Some((s, _)) => s.networks.contains(&network.id),
+                None => {
+                    spec.name == crate::service::INGRESS_SANDBOX
+                        && Some(&network.id) == ingress.as_ref()
+                }
+            };
+            check_endpoint_spec(&network, ep, task)?;
             if let Some(name) = &ep.interface {
                 if plan
                     .iter()

@@ -19,6 +19,13 @@ use crate::service::{
 };
 use crate::store_layout as keys;
 
+/// Whether `ports` has one published in ingress mode (the routing mesh).
+pub(crate) fn has_ingress_ports(ports: &[PublishedPort]) -> bool {
+    ports
+        .iter()
+        .any(|p| p.mode == crate::service::PublishMode::Ingress)
+}
+
 /// Virtual IPs of a service being taken or given back by this host: written before the
 /// record changes, deleted once the addresses are where the record says. At start-up,
 /// every address an intent lists that the service's record does not hold is released.
@@ -153,8 +160,20 @@ impl Controller {
         check_name("service", &spec.name)?;
         let affinity = check_affinity(&spec.affinity)?;
         check_ports(&spec.ports)?;
-        let networks = self.service_networks(&spec.networks).await?;
+        let mut networks = self.service_networks(&spec.networks).await?;
         let scope = networks[0].0.scope;
+        if scope == Scope::Global && has_ingress_ports(&spec.ports) {
+            let ingress = self.ingress_network_locked().await?;
+            if !networks.iter().any(|(n, _)| n.id == ingress.0.id) {
+                if networks.len() >= MAX_SERVICE_NETWORKS {
+                    return Err(CnmError::invalid(
+                        "networks",
+                        format!("a service publishing ingress ports is also on the ingress network: at most {} others", MAX_SERVICE_NETWORKS - 1),
+                    ));
+                }
+                networks.push(ingress);
+            }
+        }
         for &s in self.scopes() {
             if self
                 .load::<String>(&keys::service_name_in(s, &spec.name))
@@ -241,6 +260,21 @@ impl Controller {
             new.ports.push(p.clone());
         }
         check_ports(&new.ports)?;
+        if old.scope == Scope::Global && has_ingress_ports(&new.ports) {
+            let on_ingress = match self.ingress_network_id().await? {
+                Some(id) => old.networks.contains(&id),
+                None => false,
+            };
+            if !on_ingress {
+                return Err(CnmError::invalid(
+                    "publish-add",
+                    format!(
+                        "service {} is not on the ingress network: its tasks were made without it; publish in mode=host, or create the service with its ingress ports",
+                        old.name
+                    ),
+                ));
+            }
+        }
         let added: Vec<PublishedPort> = new
             .ports
             .iter()
@@ -380,6 +414,62 @@ impl Controller {
     }
 
     /// The networks of a service being created, checked, with their records' indexes.
+    /// The ingress network as it is, or one made from [`ControllerConfig::ingress_network`]
+    /// (`super::ControllerConfig`), with its index. Made by two hosts at once, one loses the
+    /// name's compare-and-swap and reads the other's.
+    async fn ingress_network_locked(&self) -> Result<(Network, u64)> {
+        let Some(spec) = self.config.ingress_network.clone() else {
+            return Err(CnmError::invalid(
+                "ports",
+                "ingress-mode published ports of a global service need the routing mesh, which runs with gossip (--cluster-advertise); publish in mode=host",
+            ));
+        };
+        for attempt in 0..2 {
+            if let Some(found) = self.load_global_network_named(&spec.name).await? {
+                return Ok(found);
+            }
+            if attempt == 0 {
+                match self.create_network_locked(spec.clone()).await {
+                    Ok(n) => {
+                        tracing::info!(network = %n.name, "ingress network made for the routing mesh");
+                    }
+                    Err(CnmError::Exists { .. }) => {}
+                    Err(e) => return Err(e),
+                }
+            }
+        }
+        Err(CnmError::NotFound {
+            kind: "network",
+            name: spec.name,
+        })
+    }
+
+    /// The ingress network's id, when it exists (made by the first global service with an
+    /// ingress-mode published port, on any host).
+    pub async fn ingress_network_id(&self) -> Result<Option<String>> {
+        let Some(spec) = &self.config.ingress_network else {
+            return Ok(None);
+        };
+        Ok(self
+            .load_global_network_named(&spec.name)
+            .await?
+            .map(|(n, _)| n.id))
+    }
+
+    async fn load_global_network_named(&self, name: &str) -> Result<Option<(Network, u64)>> {
+        if self.store.cluster_store().is_none() {
+            return Ok(None);
+        }
+        let Some((id, _)) = self
+            .load::<String>(&keys::network_name_in(Scope::Global, name))
+            .await?
+        else {
+            return Ok(None);
+        };
+        self.load::<Network>(&keys::network_in(Scope::Global, &id))
+            .await
+    }
+
     async fn service_networks(&self, names: &[String]) -> Result<Vec<(Network, u64)>> {
         if names.is_empty() {
             return Err(CnmError::invalid(
