@@ -23,7 +23,7 @@ seconds=${1:-180}
 shift || true
 targets=("$@")
 if [ ${#targets[@]} -eq 0 ]; then
-  targets=(dns_packet api_json gossip_frame endpoint_record)
+  targets=(dns_packet api_json gossip_frame endpoint_record service_record)
 fi
 
 command -v cargo-fuzz >/dev/null 2>&1 || cargo install cargo-fuzz --locked

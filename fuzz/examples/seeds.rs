@@ -3,7 +3,7 @@
 //! gossip frames made by the codec, endpoint records. Run from anywhere:
 //!
 //! ```text
-//! cargo run --manifest-path fuzz/Cargo.toml --no-default-features --features dns,gossip --example seeds
+//! cargo run --manifest-path fuzz/Cargo.toml --no-default-features --features dns,gossip,lb --example seeds
 //! ```
 //!
 //! Seeds are rewritten in place (same names, same bytes); what the fuzzer added is left.
@@ -27,6 +27,7 @@ fn main() -> std::io::Result<()> {
     write(&root.join("api_json"), api())?;
     write(&root.join("gossip_frame"), gossip())?;
     write(&root.join("endpoint_record"), endpoint_records())?;
+    write(&root.join("service_record"), service_records())?;
     Ok(())
 }
 
@@ -73,6 +74,41 @@ fn endpoint_records() -> Seeds {
             vec![1, 1, 0, 1, b'a', 3, 0, 5, 1, 2, 3, 4, 5],
         ),
         ("not-utf8".into(), vec![1, 1, 0, 2, 0xc3, 0x28]),
+    ]
+}
+
+/// Service records (`service_table` and `ingress_table` values): whole ones, and ones a
+/// reader refuses.
+fn service_records() -> Seeds {
+    use plexus_lb::record::{GatewayRecord, TaskRecord, MAX_VIPS};
+    let task = TaskRecord {
+        service_id: "ab".repeat(32),
+        service_name: "web".into(),
+        vips: vec![[10, 0, 0, 2].into()],
+        addr: [10, 0, 0, 7].into(),
+        sandbox: "web1".into(),
+    };
+    let most = TaskRecord {
+        vips: (0..MAX_VIPS as u8).map(|i| [10, 0, 1, i].into()).collect(),
+        service_name: "s".repeat(253),
+        ..task.clone()
+    };
+    let enc = |r: &TaskRecord| r.encode().expect("seed record");
+    let whole = enc(&task);
+    let mut later = whole.clone();
+    later.extend_from_slice(&[9, 0, 3, b'n', b'e', b'w']);
+    let gateway = GatewayRecord {
+        addr: [10, 0, 0, 3].into(),
+        mac: [2, 0x42, 10, 0, 0, 3],
+    }
+    .encode();
+    vec![
+        ("task".into(), whole.clone()),
+        ("task-most".into(), enc(&most)),
+        ("task-later-field".into(), later),
+        ("task-cut".into(), whole[..whole.len() - 2].to_vec()),
+        ("gateway".into(), gateway.clone()),
+        ("gateway-cut".into(), gateway[..7].to_vec()),
     ]
 }
 

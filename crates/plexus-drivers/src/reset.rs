@@ -5,7 +5,7 @@
 //!
 //! | what plexusd made | how it is found | reset |
 //! |---|---|---|
-//! | nftables tables `inet plexus`, `ip plexus-nat`, `ip6 plexus-nat`, `bridge plexus` | family and exact name ([`is_plexus_table`]) | deleted |
+//! | nftables tables `inet plexus`, `ip plexus-nat`, `ip6 plexus-nat`, `bridge plexus`, `ip plexus-mesh` (services' published ports) | family and exact name ([`is_plexus_table`]) | deleted |
 //! | bridges (`plexus0`, `plx-…`, named ones) and the host ends of veth pairs (`plxv…`) | the link alias `<marker>:<kind>:…` ([`parse_alias`]), or no alias and a name derived from an id (a crash between making and marking) | deleted (a veth takes its sandbox end along; addresses, routes and per-link sysctls go with the link) |
 //! | sandbox namespaces | bind mounts under `<run-dir>/netns` | unmounted and removed |
 //! | overlay networks' namespaces (bridge, VXLAN device, veth near ends inside) | bind mounts under `<run-dir>/overlay` | unmounted and removed (the kernel deletes their links, which takes the sandbox ends of the pairs along) |

@@ -105,6 +105,7 @@ mod encode;
 mod error;
 mod names;
 mod plan;
+pub mod record;
 mod view;
 
 #[cfg(test)]

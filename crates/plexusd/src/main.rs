@@ -103,6 +103,11 @@ struct Args {
     /// `127.0.0.1:9323`); only `/metrics` is served there. The API socket always serves it.
     #[arg(long = "metrics-addr")]
     metrics_addr: Option<String>,
+    /// Services' published ports answer only on this local address (repeat the flag for
+    /// more); by default on every address of the host. Docker's routing mesh has no such
+    /// limit.
+    #[arg(long = "ingress-address", value_name = "ADDR")]
+    ingress_addresses: Vec<std::net::Ipv4Addr>,
     /// The marker that kernel objects made by this daemon carry (link alias prefix).
     #[arg(long, default_value = plexus_drivers::reset::DEFAULT_MARKER, hide = true)]
     marker: String,
@@ -413,6 +418,12 @@ async fn run(args: Args) -> Result<()> {
             cluster_advertise: advertise,
             // Docker's docker_gwbridge: the way out of sandboxes on overlay networks.
             gateway_network: Some(plexus_drivers::gateway_bridge_spec()),
+            // Docker swarm's ingress network, for the routing mesh: over the overlay.
+            ingress_network: drivers
+                .names()
+                .iter()
+                .any(|d| d == "overlay")
+                .then(plexus_drivers::ingress_network_spec),
             ..ControllerConfig::default()
         },
     )
@@ -441,7 +452,16 @@ async fn run(args: Args) -> Result<()> {
     controller = controller.with_observer(dns.clone());
     // Services' virtual IPs in each sandbox's namespace, following every commit.
     // Other hosts' service tasks come through the same control plane.
-    let lb = lb::Lb::new(lb::LbMetrics::register(&registry)?, plane);
+    let lb = lb::Lb::new(
+        lb::LbMetrics::register(&registry)?,
+        plane,
+        lb::MeshConfig {
+            host: host.clone(),
+            addresses: (!args.ingress_addresses.is_empty())
+                .then(|| args.ingress_addresses.iter().copied().collect()),
+            host_id: host_id.clone(),
+        },
+    );
     controller = controller.with_observer(lb.clone());
     let mut heartbeat = None;
     if let Some(c) = &cluster_store {
@@ -523,6 +543,7 @@ async fn run(args: Args) -> Result<()> {
         Err(e) => tracing::warn!("load balancing: {e:#}; the periodic pass tries again"),
     }
     let lb_periodic = reconcile_interval.map(|every| lb.spawn_periodic(controller.clone(), every));
+    cluster_tasks.extend(lb.spawn_mesh(controller.clone(), cluster_store.clone()));
     let dns_metrics = dns::DnsMetrics::register(&registry)?;
     let dns_supervisor = dns.supervise(controller.clone(), dns_metrics);
     let periodic = reconcile_interval.map(|every| {

@@ -248,6 +248,10 @@ impl Firewall {
     }
 }
 
+/// The routing mesh's table in the daemon's namespace (services' published ports, made by
+/// plexusd through plexus-lb's `mesh`): named here so that a reset finds it.
+pub const MESH_TABLE: &str = "plexus-mesh";
+
 /// Whether a table is one of Plexus's.
 pub fn is_plexus_table(family: Family, name: &str) -> bool {
     matches!(
@@ -256,6 +260,7 @@ pub fn is_plexus_table(family: Family, name: &str) -> bool {
             | (Family::Ip, NAT_TABLE)
             | (Family::Ip6, NAT_TABLE)
             | (Family::Bridge, FILTER_TABLE)
+            | (Family::Ip, MESH_TABLE)
     )
 }
 

@@ -1,6 +1,7 @@
 //! The namespaces' side: blocking nf_tables work (run on tokio's blocking pool, never on a
 //! worker), one sandbox at a time, each change one atomic batch.
 
+use std::collections::BTreeSet;
 use std::path::Path;
 use std::time::Instant;
 
@@ -76,32 +77,60 @@ pub fn apply(
     Outcome::Done
 }
 
-/// Reads the sandbox's table and, if it differs from `want`, repairs it (one batch).
-/// Returns the outcome and whether it was repaired.
-pub fn reconcile(sandbox: &str, netns: &Path, want: &View, metrics: &LbMetrics) -> (Outcome, bool) {
+/// `want` with, for each service of `inherit` that the table holds with the same VIP, the
+/// backends the table holds too: other hosts' tasks a restarted daemon has not heard of
+/// again yet.
+pub fn inherited(want: &View, have: &View, inherit: &BTreeSet<String>) -> View {
+    let mut out = want.clone();
+    for key in inherit {
+        if let (Some(h), Some(w)) = (have.services.get(key), out.services.get_mut(key)) {
+            if h.vip == w.vip {
+                w.backends.extend(h.backends.iter().copied());
+                *w = w.normalized();
+            }
+        }
+    }
+    out
+}
+
+/// Reads the sandbox's table and, if it differs from `want` (with the backends of the
+/// services of `inherit` it holds kept, see [`inherited`]), repairs it (one batch).
+/// Returns the outcome, whether it was repaired, and the view the table now holds.
+pub fn reconcile(
+    sandbox: &str,
+    netns: &Path,
+    want: &View,
+    inherit: &BTreeSet<String>,
+    metrics: &LbMetrics,
+) -> (Outcome, bool, View) {
     let d = match open(netns) {
         Ok(Some(d)) => d,
-        Ok(None) => return (Outcome::Gone, false),
+        Ok(None) => return (Outcome::Gone, false, want.clone()),
         Err(e) => {
             tracing::warn!(%sandbox, error = %e, "load balancing: opening the namespace's nf_tables");
-            return (Outcome::Failed, false);
+            return (Outcome::Failed, false, want.clone());
         }
     };
-    let same = matches!(d.read(), Ok(have) if have == want.normalized());
-    if same {
-        return (Outcome::Done, false);
+    let have = d.read().ok();
+    let want = match &have {
+        Some(have) if !inherit.is_empty() => inherited(want, have, inherit),
+        _ => want.clone(),
+    };
+    let want = &want;
+    if have.as_ref() == Some(&want.normalized()) {
+        return (Outcome::Done, false, want.clone());
     }
     let began = Instant::now();
     match d.reconcile(want) {
         Ok(()) => {
             metrics.update("repaired", Some(began.elapsed()));
             tracing::info!(%sandbox, services = want.services.len(), "load-balancing table repaired to the store's view");
-            (Outcome::Done, true)
+            (Outcome::Done, true, want.clone())
         }
         Err(e) => {
             metrics.update("error", Some(began.elapsed()));
             tracing::warn!(%sandbox, error = %e, "load balancing: cannot reconcile the table");
-            (Outcome::Failed, false)
+            (Outcome::Failed, false, want.clone())
         }
     }
 }

@@ -48,10 +48,14 @@ use plexus_lb::View;
 use crate::gossip::plane::TableSink;
 
 mod kernel;
+pub mod mesh;
+mod mesh_kernel;
+mod mesh_run;
 mod metrics;
 pub mod model;
-pub mod record;
+pub use plexus_lb::record;
 
+pub use mesh_run::MeshConfig;
 pub use metrics::LbMetrics;
 use model::{Entry, Member, Model, RemoteTask};
 
@@ -62,6 +66,12 @@ pub struct Lb {
     /// Gossip, when this host runs it: where this host's tasks on global networks are
     /// published and the other hosts' come from.
     plane: Option<Arc<dyn ControlPlane>>,
+    /// The routing mesh's settings.
+    mesh: MeshConfig,
+    /// Woken when the routing mesh needs this host's ingress sandbox and it is missing.
+    ingress_wanted: tokio::sync::Notify,
+    /// When this daemon started (for [`INHERIT_FOR`]).
+    started: std::time::Instant,
 }
 
 /// This host's [`record::SERVICE_TABLE`] entries of one service, by (network id, endpoint
@@ -81,6 +91,8 @@ struct State {
     synced: bool,
     /// What this host published, by service id.
     published: BTreeMap<String, Publication>,
+    /// What the routing mesh's tables hold.
+    mesh: mesh_run::Applied,
 }
 
 /// One sandbox's work for the blocking pool.
@@ -91,7 +103,15 @@ struct Job {
     /// `None`: reconcile the whole table.
     changes: Option<Vec<model::Change>>,
     want: View,
+    /// Services whose backends in the table are kept when reconciling (see
+    /// [`kernel::inherited`]).
+    inherit: BTreeSet<String>,
 }
+
+/// How long after start-up a restarted daemon keeps the other hosts' backends its tables
+/// hold while gossip has not brought them back (the network's table not yet compared with a
+/// peer's): past it, the tables follow what gossip says.
+const INHERIT_FOR: Duration = Duration::from_secs(30);
 
 /// What a [`Lb::sync`] pass did.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
@@ -123,12 +143,15 @@ fn publication(
         .collect()
 }
 
-/// The entries of the service `id` and this host's publication of it; `None` when it is
-/// gone.
-async fn load_service(
-    controller: &Controller,
-    id: &str,
-) -> Result<Option<(Vec<Entry>, Publication)>> {
+/// One service as the load balancer keeps it.
+struct Loaded {
+    entries: Vec<Entry>,
+    publication: Publication,
+    ported: Option<mesh::Ported>,
+}
+
+/// The service `id` as the load balancer keeps it; `None` when it is gone.
+async fn load_service(controller: &Controller, id: &str) -> Result<Option<Loaded>> {
     let service = match controller.service(id).await {
         Ok(s) => s,
         Err(CnmError::NotFound { .. }) => return Ok(None),
@@ -138,10 +161,11 @@ async fn load_service(
         .service_tasks(&service)
         .await
         .with_context(|| format!("reading service {}'s tasks", service.name))?;
-    Ok(Some((
-        model::entries(&service, &tasks, controller.host_id()),
-        publication(&service, &tasks, controller.host_id()),
-    )))
+    Ok(Some(Loaded {
+        entries: model::entries(&service, &tasks, controller.host_id()),
+        publication: publication(&service, &tasks, controller.host_id()),
+        ported: mesh::ported(&service, &tasks, controller.host_id()),
+    }))
 }
 
 /// The sandbox `id` with its networks; `None` when it is gone.
@@ -155,10 +179,7 @@ async fn load_member(controller: &Controller, id: &str) -> Result<Option<Member>
         .sandbox_endpoints(&sandbox)
         .await
         .with_context(|| format!("reading sandbox {}'s endpoints", sandbox.name))?;
-    Ok(Some(Member::new(
-        &sandbox,
-        eps.into_iter().map(|(ep, _)| ep.network_id),
-    )))
+    Ok(Some(Member::new(&sandbox, eps.iter().map(|(ep, _)| ep))))
 }
 
 /// Everything, from the store, with this host's publications.
@@ -178,7 +199,14 @@ async fn load_model(controller: &Controller) -> Result<(Model, BTreeMap<String, 
             service.id.clone(),
             publication(&service, &tasks, controller.host_id()),
         );
+        if let Some(p) = mesh::ported(&service, &tasks, controller.host_id()) {
+            model.mesh.services.insert(service.id.clone(), p);
+        }
     }
+    model.mesh.ingress = controller
+        .ingress_network_id()
+        .await
+        .context("reading the ingress network")?;
     for sandbox in controller.sandboxes().await.context("listing sandboxes")? {
         let eps = controller
             .sandbox_endpoints(&sandbox)
@@ -186,7 +214,7 @@ async fn load_model(controller: &Controller) -> Result<(Model, BTreeMap<String, 
             .with_context(|| format!("reading sandbox {}'s endpoints", sandbox.name))?;
         model.members.insert(
             sandbox.id.clone(),
-            Member::new(&sandbox, eps.into_iter().map(|(ep, _)| ep.network_id)),
+            Member::new(&sandbox, eps.iter().map(|(ep, _)| ep)),
         );
     }
     Ok((model, published))
@@ -194,18 +222,30 @@ async fn load_model(controller: &Controller) -> Result<(Model, BTreeMap<String, 
 
 impl Lb {
     /// A load balancer that knows nothing yet: [`sync`](Self::sync) before serving.
-    pub fn new(metrics: LbMetrics, plane: Option<Arc<dyn ControlPlane>>) -> Arc<Self> {
+    pub fn new(
+        metrics: LbMetrics,
+        plane: Option<Arc<dyn ControlPlane>>,
+        mesh: MeshConfig,
+    ) -> Arc<Self> {
         Arc::new(Lb {
             state: tokio::sync::Mutex::new(State::default()),
             metrics,
             plane,
+            mesh,
+            ingress_wanted: tokio::sync::Notify::new(),
+            started: std::time::Instant::now(),
         })
     }
 
-    /// The gossip table sinks of the load balancer: [`record::SERVICE_TABLE`].
+    /// The gossip table sinks of the load balancer: [`record::SERVICE_TABLE`] and
+    /// [`record::INGRESS_TABLE`].
     pub fn sinks(self: &Arc<Self>) -> crate::gossip::plane::Sinks {
         let sink: Arc<dyn TableSink> = self.clone();
-        [(record::SERVICE_TABLE.to_string(), sink)].into()
+        [
+            (record::SERVICE_TABLE.to_string(), sink.clone()),
+            (record::INGRESS_TABLE.to_string(), sink),
+        ]
+        .into()
     }
 
     /// Takes service `id`'s published entries from what `state` says was published to
@@ -274,8 +314,9 @@ impl Lb {
     pub async fn sync(&self, controller: &Controller) -> Result<SyncReport> {
         let mut state = self.state.lock().await;
         let (mut model, publications) = load_model(controller).await?;
-        // Other hosts' tasks are not in the store: kept from gossip.
+        // Other hosts' tasks and ingress sandboxes are not in the store: kept from gossip.
         model.remote = std::mem::take(&mut state.model.remote);
+        model.mesh.gateways = std::mem::take(&mut state.model.mesh.gateways);
         let jobs: Vec<Job> = model
             .members
             .iter()
@@ -285,6 +326,7 @@ impl Lb {
                 netns: m.netns.clone(),
                 changes: None,
                 want: model.view_of(id),
+                inherit: self.inherit(&model, m),
             })
             .collect();
         state.model = model;
@@ -315,12 +357,12 @@ impl Lb {
         state.applied.clear();
         state.dirty.clear();
         state.synced = true;
-        for (job, (outcome, repaired)) in outcomes {
+        for (job, (outcome, repaired, held)) in outcomes {
             report.sandboxes += 1;
             report.repaired += usize::from(repaired);
             match outcome {
                 kernel::Outcome::Done => {
-                    state.applied.insert(job.sandbox, job.want);
+                    state.applied.insert(job.sandbox, held);
                 }
                 kernel::Outcome::Gone => {}
                 kernel::Outcome::Failed => {
@@ -330,11 +372,31 @@ impl Lb {
             }
         }
         self.metrics.services(state.model.service_count());
+        self.mesh_update(&mut state, true).await;
         Ok(report)
     }
 
+    /// The services of `member`'s view whose other hosts' backends are kept from its table:
+    /// those on a network whose gossip table is not compared with a peer's yet, within
+    /// [`INHERIT_FOR`] of start-up.
+    fn inherit(&self, model: &Model, member: &Member) -> BTreeSet<String> {
+        let Some(plane) = &self.plane else {
+            return BTreeSet::new();
+        };
+        if self.started.elapsed() > INHERIT_FOR {
+            return BTreeSet::new();
+        }
+        model
+            .services
+            .values()
+            .flatten()
+            .filter(|e| member.networks.contains(&e.network) && !plane.synced(&e.network))
+            .map(|e| e.key.clone())
+            .collect()
+    }
+
     /// Runs `jobs` on the blocking pool, one sandbox after the other.
-    async fn run(&self, jobs: Vec<Job>) -> Vec<(Job, (kernel::Outcome, bool))> {
+    async fn run(&self, jobs: Vec<Job>) -> Vec<(Job, (kernel::Outcome, bool, View))> {
         if jobs.is_empty() {
             return Vec::new();
         }
@@ -343,10 +405,17 @@ impl Lb {
             jobs.into_iter()
                 .map(|job| {
                     let r = match &job.changes {
-                        None => kernel::reconcile(&job.name, &job.netns, &job.want, &metrics),
+                        None => kernel::reconcile(
+                            &job.name,
+                            &job.netns,
+                            &job.want,
+                            &job.inherit,
+                            &metrics,
+                        ),
                         Some(ch) => (
                             kernel::apply(&job.name, &job.netns, ch, &job.want, &metrics),
                             false,
+                            job.want.clone(),
                         ),
                     };
                     (job, r)
@@ -427,23 +496,49 @@ impl Lb {
             })
             .await;
         }
-        for id in &services {
+        affected.extend(self.reload_services(controller, &mut state, &services).await?);
+        self.update(&mut state, affected).await;
+        self.mesh_update(&mut state, false).await;
+        Ok(())
+    }
+
+    /// Reads the services `ids` again, publishes this host's tasks of them, and returns the
+    /// sandboxes whose view may have changed.
+    async fn reload_services(
+        &self,
+        controller: &Controller,
+        state: &mut State,
+        ids: &BTreeSet<String>,
+    ) -> Result<BTreeSet<String>> {
+        let mut affected = BTreeSet::new();
+        if !ids.is_empty() && state.model.mesh.ingress.is_none() {
+            // Made by a service of another host, or of this one just now.
+            state.model.mesh.ingress = controller
+                .ingress_network_id()
+                .await
+                .context("reading the ingress network")?;
+        }
+        for id in ids {
             let mut networks = state.model.networks_of(id);
             match load_service(controller, id).await? {
-                Some((entries, want)) => {
-                    networks.extend(entries.iter().map(|e| e.network.clone()));
-                    state.model.services.insert(id.clone(), entries);
-                    self.publish(&mut state, id, want);
+                Some(loaded) => {
+                    networks.extend(loaded.entries.iter().map(|e| e.network.clone()));
+                    state.model.services.insert(id.clone(), loaded.entries);
+                    match loaded.ported {
+                        Some(p) => state.model.mesh.services.insert(id.clone(), p),
+                        None => state.model.mesh.services.remove(id),
+                    };
+                    self.publish(state, id, loaded.publication);
                 }
                 None => {
                     state.model.services.remove(id);
-                    self.publish(&mut state, id, Publication::new());
+                    state.model.mesh.services.remove(id);
+                    self.publish(state, id, Publication::new());
                 }
             }
             affected.extend(state.model.members_on(&networks));
         }
-        self.update(&mut state, affected).await;
-        Ok(())
+        Ok(affected)
     }
 
     /// Takes each sandbox of `affected` to its view: only the services that changed, or
@@ -471,13 +566,14 @@ impl Lb {
                 netns: m.netns.clone(),
                 changes,
                 want,
+                inherit: BTreeSet::new(),
             });
         }
-        for (job, (outcome, _)) in self.run(jobs).await {
+        for (job, (outcome, _, held)) in self.run(jobs).await {
             match outcome {
                 kernel::Outcome::Done => {
                     state.dirty.remove(&job.sandbox);
-                    state.applied.insert(job.sandbox, job.want);
+                    state.applied.insert(job.sandbox, held);
                 }
                 kernel::Outcome::Gone => {
                     state.applied.remove(&job.sandbox);
@@ -580,6 +676,14 @@ impl TableSink for Lb {
     async fn table_event(&self, event: TableEvent, owner: std::net::IpAddr) {
         let me = self.plane.as_ref().map(|p| p.advertise_addr());
         let mut state = self.state.lock().await;
+        if event.table == record::INGRESS_TABLE {
+            if mesh_run::learn_gateway(&mut state.model.mesh.gateways, &event, owner, me)
+                && state.synced
+            {
+                self.mesh_update(&mut state, false).await;
+            }
+            return;
+        }
         if !learn(&mut state.model.remote, &event, owner, me) {
             return;
         }
@@ -593,6 +697,7 @@ impl TableSink for Lb {
             .into_iter()
             .collect();
         self.update(&mut state, affected).await;
+        self.mesh_update(&mut state, false).await;
     }
 }
 

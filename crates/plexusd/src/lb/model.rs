@@ -7,7 +7,7 @@ use std::net::{IpAddr, Ipv4Addr};
 use std::path::PathBuf;
 use std::time::Duration;
 
-use plexus_cnm::{AffinityMode, EndpointMode, Sandbox, Scope, Service, Task};
+use plexus_cnm::{AffinityMode, Endpoint, EndpointMode, Sandbox, Scope, Service, Task};
 use plexus_lb::{ServiceView, View, SERVICE_ID_LEN};
 
 /// A service's VIP on one network, as every sandbox on that network sees it.
@@ -158,17 +158,73 @@ pub struct Member {
     pub owned: bool,
     /// The networks it is on.
     pub networks: BTreeSet<String>,
+    /// Its endpoints, as the routing mesh needs them.
+    pub endpoints: Vec<MemberEndpoint>,
+}
+
+/// One endpoint of a [`Member`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MemberEndpoint {
+    /// The network's id.
+    pub network: String,
+    /// Its IPv4 address.
+    pub ipv4: Option<Ipv4Addr>,
+    /// Its MAC address.
+    pub mac: Option<[u8; 6]>,
+    /// Its interface's name in the sandbox.
+    pub interface: Option<String>,
+    /// Whether it is the sandbox's way out (on the gateway network, `docker_gwbridge`).
+    pub egress: bool,
+}
+
+impl MemberEndpoint {
+    /// The member endpoint of `ep`.
+    pub fn of(ep: &Endpoint) -> Self {
+        let ipv4 = match ep.ipv4.map(|a| a.addr()) {
+            Some(IpAddr::V4(a)) => Some(a),
+            _ => None,
+        };
+        MemberEndpoint {
+            network: ep.network_id.clone(),
+            ipv4,
+            mac: ep.mac.as_deref().and_then(parse_mac),
+            interface: ep.interface.clone(),
+            egress: ep.egress,
+        }
+    }
+}
+
+/// `aa:bb:cc:dd:ee:ff` as bytes.
+pub fn parse_mac(s: &str) -> Option<[u8; 6]> {
+    let mut out = [0u8; 6];
+    let mut parts = s.split(':');
+    for b in &mut out {
+        *b = u8::from_str_radix(parts.next()?, 16).ok()?;
+    }
+    parts.next().is_none().then_some(out)
 }
 
 impl Member {
-    /// The member of `sandbox`, on `networks`.
-    pub fn new(sandbox: &Sandbox, networks: impl IntoIterator<Item = String>) -> Self {
+    /// The member of `sandbox`, with its endpoints `endpoints`.
+    pub fn new<'a>(sandbox: &Sandbox, endpoints: impl IntoIterator<Item = &'a Endpoint>) -> Self {
+        let endpoints: Vec<MemberEndpoint> = endpoints.into_iter().map(MemberEndpoint::of).collect();
         Member {
             name: sandbox.name.clone(),
             netns: PathBuf::from(&sandbox.key),
             owned: sandbox.owned_netns,
-            networks: networks.into_iter().collect(),
+            networks: endpoints.iter().map(|e| e.network.clone()).collect(),
+            endpoints,
         }
+    }
+
+    /// Its endpoint on `network`.
+    pub fn endpoint_on(&self, network: &str) -> Option<&MemberEndpoint> {
+        self.endpoints.iter().find(|e| e.network == network)
+    }
+
+    /// Its way out's endpoint.
+    pub fn egress(&self) -> Option<&MemberEndpoint> {
+        self.endpoints.iter().find(|e| e.egress)
     }
 }
 
@@ -181,6 +237,8 @@ pub struct Model {
     pub members: BTreeMap<String, Member>,
     /// Other hosts' tasks, by network id and entry key (their endpoint's id), from gossip.
     pub remote: BTreeMap<String, BTreeMap<String, RemoteTask>>,
+    /// The routing mesh's part: services with published ports, the ingress gateways.
+    pub mesh: super::mesh::MeshModel,
 }
 
 impl Model {
@@ -364,6 +422,7 @@ mod tests {
             netns: "/x".into(),
             owned: true,
             networks: nets.iter().map(|n| n.to_string()).collect(),
+            endpoints: Vec::new(),
         };
         m.members.insert("c1".into(), member(&["a"]));
         m.members.insert("c2".into(), member(&["a", "b"]));
@@ -412,6 +471,7 @@ mod tests {
                 netns: "/c".into(),
                 owned: true,
                 networks: ["a".to_string()].into(),
+                endpoints: Vec::new(),
             },
         );
         let remote = |sid: &str, a: [u8; 4]| RemoteTask {

@@ -1,5 +1,9 @@
-//! What a host tells the other hosts of a global network about one of its service tasks
-//! there, so that their sandboxes' VIPs load-balance to it (libnetwork's `service_table`
+//! What hosts tell each other about services, through gossip (untrusted bytes): the
+//! [`TaskRecord`] of each service task ([`SERVICE_TABLE`]) and the [`GatewayRecord`] of each
+//! host's ingress sandbox ([`INGRESS_TABLE`], for the routing mesh).
+//!
+//! A task record is what a host tells the other hosts of a global network about one of its
+//! service tasks there, so that their sandboxes' VIPs load-balance to it (libnetwork's `service_table`
 //! entry, its `EndpointRecord` with a service): the service's id and name, its VIPs on the
 //! network, the task's IPv4 address there, the task's sandbox name. plexusd publishes one per
 //! task endpoint in the network's [`SERVICE_TABLE`], keyed by the endpoint's id.
@@ -70,7 +74,7 @@ pub struct RecordError {
 
 impl std::fmt::Display for RecordError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "service task record: {}: {}", self.field, self.problem)
+        write!(f, "service record: {}: {}", self.field, self.problem)
     }
 }
 
@@ -218,9 +222,81 @@ fn v4(field: &'static str, value: &[u8]) -> Result<Ipv4Addr, RecordError> {
         .map_err(|_| err(field, "not 4 bytes"))
 }
 
+/// The table each host's ingress sandbox is published in, on the ingress network, keyed
+/// by the host's id: the gateway the routing mesh's replies go back to.
+pub const INGRESS_TABLE: &str = "ingress_table";
+
+/// A host's ingress sandbox on the ingress network: [`INGRESS_TABLE`]'s value. Version 1
+/// is exactly 11 bytes: the byte `1`, the IPv4 address (4 bytes), the MAC address (6).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct GatewayRecord {
+    /// Its address on the ingress network.
+    pub addr: Ipv4Addr,
+    /// Its MAC address there.
+    pub mac: [u8; 6],
+}
+
+impl GatewayRecord {
+    /// The record's bytes.
+    pub fn encode(&self) -> Vec<u8> {
+        let mut out = Vec::with_capacity(11);
+        out.push(VERSION);
+        out.extend_from_slice(&self.addr.octets());
+        out.extend_from_slice(&self.mac);
+        out
+    }
+
+    /// Reads a record from another host.
+    pub fn decode(bytes: &[u8]) -> Result<Self, RecordError> {
+        let Some((&version, rest)) = bytes.split_first() else {
+            return Err(err("record", "empty"));
+        };
+        if version != VERSION {
+            return Err(err("version", "not 1"));
+        }
+        if rest.len() != 10 {
+            return Err(err("record", "an ingress gateway record is 11 bytes"));
+        }
+        let addr = v4("address", &rest[..4])?;
+        let mac = <[u8; 6]>::try_from(&rest[4..]).map_err(|_| err("mac", "not 6 bytes"))?;
+        if mac[0] & 1 == 1 || mac == [0; 6] {
+            return Err(err("mac", "not a unicast address"));
+        }
+        if addr.is_unspecified() || addr.is_broadcast() || addr.is_multicast() {
+            return Err(err("address", "not a unicast address"));
+        }
+        Ok(Self { addr, mac })
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn gateway_records_round_trip_and_garbage_is_refused() {
+        let g = GatewayRecord {
+            addr: Ipv4Addr::new(10, 0, 0, 3),
+            mac: [2, 0x42, 10, 0, 0, 3],
+        };
+        assert_eq!(GatewayRecord::decode(&g.encode()), Ok(g));
+        let b = g.encode();
+        for cut in 0..b.len() {
+            assert!(GatewayRecord::decode(&b[..cut]).is_err());
+        }
+        let mut long = b.clone();
+        long.push(0);
+        assert!(GatewayRecord::decode(&long).is_err());
+        let mut v2 = b.clone();
+        v2[0] = 2;
+        assert_eq!(GatewayRecord::decode(&v2).unwrap_err().field, "version");
+        let mut multicast = b.clone();
+        multicast[5] = 1;
+        assert_eq!(GatewayRecord::decode(&multicast).unwrap_err().field, "mac");
+        let mut zero = b;
+        zero[1..5].copy_from_slice(&[0; 4]);
+        assert_eq!(GatewayRecord::decode(&zero).unwrap_err().field, "address");
+    }
 
     fn web() -> TaskRecord {
         TaskRecord {
