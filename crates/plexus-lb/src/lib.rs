@@ -105,6 +105,7 @@ mod encode;
 mod error;
 mod names;
 mod plan;
+mod slots;
 mod view;
 
 #[cfg(test)]
