@@ -4,7 +4,7 @@ use std::collections::BTreeMap;
 use std::net::IpAddr;
 
 use futures::TryStreamExt;
-use rtnetlink::packet_route::route::RouteMessage;
+use rtnetlink::packet_route::route::{RouteMessage, RouteProtocol, RouteScope, RouteType};
 use rtnetlink::RouteMessageBuilder;
 
 use super::Rtnl;
@@ -147,7 +147,8 @@ impl Rtnl {
         self.change_route(route, Some(table), true).await
     }
 
-    /// Deletes a route from route table `table`; a missing one is [`SysError::NotFound`].
+    /// Deletes a route from route table `table`, whoever added it (as `ip route del`: any
+    /// protocol); a missing one is [`SysError::NotFound`].
     pub async fn delete_route_in_table(&self, route: &Route, table: u32) -> Result<()> {
         self.change_route(route, Some(table), false).await
     }
@@ -160,7 +161,14 @@ impl Rtnl {
                 reason: "table 0 is no table (RT_TABLE_UNSPEC)",
             });
         }
-        let message = Self::route_message(route, table)?;
+        let mut message = Self::route_message(route, table)?;
+        if !add && table.is_some() {
+            // As `ip route del`: any protocol, scope and type, so a route someone else added
+            // to the table goes too.
+            message.header.protocol = RouteProtocol::Unspec;
+            message.header.scope = RouteScope::NoWhere;
+            message.header.kind = RouteType::Unspec;
+        }
         let what = match table {
             None => format!("{route:?}"),
             Some(t) => format!("{route:?} in table {t}"),

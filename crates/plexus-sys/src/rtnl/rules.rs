@@ -28,6 +28,9 @@ pub struct FibRule {
     pub table: u32,
 }
 
+/// The header's table when the id is in `FRA_TABLE` only.
+const RT_TABLE_COMPAT: u8 = 252;
+
 impl FibRule {
     fn check(&self) -> Result<()> {
         let invalid = |reason| SysError::Invalid {
@@ -53,15 +56,13 @@ impl FibRule {
         let mut m = RuleMessage::default();
         m.header.family = AddressFamily::Inet;
         m.header.action = RuleAction::ToTable;
-        m.header.table = u8::try_from(self.table).unwrap_or(0);
+        // An id above 255 does not fit the header's byte, which then says RT_TABLE_COMPAT
+        // as the kernel's own dumps do; FRA_TABLE, which the kernel prefers whenever it is
+        // there, has the id.
+        m.header.table = u8::try_from(self.table).unwrap_or(RT_TABLE_COMPAT);
         m.attributes.push(RuleAttribute::Priority(self.priority));
         m.attributes.push(RuleAttribute::FwMark(self.fwmark));
         m.attributes.push(RuleAttribute::FwMask(self.fwmask));
-        // RT_TABLE_COMPAT (252) in the header tells readers to look at FRA_TABLE; the
-        // kernel takes FRA_TABLE whenever it is present.
-        if self.table > 255 {
-            m.header.table = 252;
-        }
         m.attributes.push(RuleAttribute::Table(self.table));
         m
     }
@@ -90,11 +91,10 @@ impl FibRule {
                 RuleAttribute::FwMark(v) => rule.fwmark = *v,
                 RuleAttribute::FwMask(v) => rule.fwmask = *v,
                 RuleAttribute::Table(t) => rule.table = *t,
-                // Attributes every rule dump carries, which select nothing.
-                RuleAttribute::Protocol(_)
-                | RuleAttribute::SuppressPrefixLen(_)
-                | RuleAttribute::SuppressIfGroup(_)
-                | RuleAttribute::Goto(_) => {}
+                // Attributes every rule dump carries, which change nothing at their
+                // default (a suppressing prefix length of -1: none).
+                RuleAttribute::Protocol(_) => {}
+                RuleAttribute::SuppressPrefixLen(u32::MAX) => {}
                 _ => return None,
             }
         }
