@@ -103,6 +103,7 @@
 mod dispatcher;
 mod encode;
 mod error;
+pub mod mesh;
 mod names;
 mod plan;
 mod slots;
