@@ -106,6 +106,7 @@ mod error;
 pub mod mesh;
 mod names;
 mod plan;
+pub mod return_path;
 mod slots;
 mod view;
 

@@ -79,6 +79,8 @@ pub use names::{
 };
 pub use plan::{plan, MeshElem, MeshOp};
 pub use table::Mesh;
+
+pub(crate) use encode::expr_names;
 pub use view::{MeshScope, MeshView, PortKey, PortView, Protocol};
 
 /// [`Mesh::apply`] on a connection opened for the call.
