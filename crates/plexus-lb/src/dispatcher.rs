@@ -16,7 +16,7 @@ pub struct Dispatcher {
     nft: Nft,
 }
 
-fn netns_of(nft: &Nft) -> String {
+pub(crate) fn netns_of(nft: &Nft) -> String {
     nft.netns().path().display().to_string()
 }
 
@@ -70,18 +70,7 @@ impl Dispatcher {
     }
 
     fn send(&self, b: Batch) -> Result<(), LbError> {
-        self.nft.apply(b).map_err(|source| {
-            let diverged = matches!(source, SysError::NotFound { .. } | SysError::Exists { .. })
-                || source.errno() == Some(EBUSY);
-            if diverged {
-                LbError::Diverged {
-                    netns: netns_of(&self.nft),
-                    source,
-                }
-            } else {
-                self.kernel(source)
-            }
-        })
+        send(&self.nft, b)
     }
 
     /// The view the table holds (empty when there is no table): services from the dispatch
@@ -186,6 +175,21 @@ impl Dispatcher {
 
 /// Linux's `EBUSY`: a chain or set to delete is still referred to.
 const EBUSY: i32 = 16;
+
+/// Sends a batch; a refusal that says the table is not what the plan assumed (an object
+/// missing or already there, one still referred to) is [`LbError::Diverged`].
+pub(crate) fn send(nft: &Nft, b: Batch) -> Result<(), LbError> {
+    nft.apply(b).map_err(|source| {
+        let diverged = matches!(source, SysError::NotFound { .. } | SysError::Exists { .. })
+            || source.errno() == Some(EBUSY);
+        let netns = netns_of(nft);
+        if diverged {
+            LbError::Diverged { netns, source }
+        } else {
+            LbError::Kernel { netns, source }
+        }
+    })
+}
 
 /// [`Dispatcher::apply`] on a connection opened for the call.
 pub fn apply(ns: &Netns, from: &View, to: &View) -> Result<(), LbError> {

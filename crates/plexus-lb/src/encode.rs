@@ -6,19 +6,19 @@ use std::net::{IpAddr, Ipv4Addr};
 use std::time::Duration;
 
 use plexus_sys::nft::{
-    icmp_unreach, BaseChain, Batch, ByteOrder, ChainType, DynsetOp, Element, Expr, Family, Hook,
-    NatKind, NumgenKind, PayloadBase, RejectKind, SetDef, Verdict, DATA_VERDICT, REG32_00,
+    icmp_unreach, BaseChain, Batch, ChainType, DynsetOp, Element, Expr, Family, Hook, NatKind,
+    PayloadBase, RejectKind, SetDef, Verdict, DATA_VERDICT, REG32_00,
 };
 
 use crate::names::{
     self, AFFINITY_MAP, DISPATCH_CHAIN, LIVE_SET, REFUSE_CHAIN, SERVICES_MAP, TABLE, VIPS_SET,
 };
-use crate::plan::{slot_ranges, Elem, Op, Rule, SetKind, SLOTS};
+use crate::plan::{Elem, Op, Rule, SetKind};
+use crate::slots::{self, shape};
 use crate::view::{ServiceView, View};
 
 const FAMILY: Family = Family::Ip;
 /// nft's data type numbers, for `nft list`.
-const TYPE_INTEGER: u32 = 4;
 const TYPE_IPV4: u32 = 7;
 /// `ipv4_addr . ipv4_addr`: a concatenation's type is its parts', each shifted 6 bits.
 const TYPE_IPV4_PAIR: u32 = TYPE_IPV4 << 6 | TYPE_IPV4;
@@ -86,23 +86,11 @@ pub(crate) fn elements(e: &Elem) -> Vec<Element> {
         }
         .with_comment(comment)],
         Elem::Vip(vip) => vec![Element::key(vip.octets())],
-        // Interval maps compare keys as big-endian bytes: the rule converts numgen's number.
         Elem::Slot {
             start,
             end,
             backend,
-        } => vec![
-            Element {
-                key: start.to_be_bytes().to_vec(),
-                data: Some(backend.octets().to_vec()),
-                ..Element::default()
-            },
-            Element {
-                key: end.to_be_bytes().to_vec(),
-                interval_end: true,
-                ..Element::default()
-            },
-        ],
+        } => slots::range_elements(*start, *end, *backend).to_vec(),
         Elem::Live { vip, backend } => {
             let mut key = vip.octets().to_vec();
             key.extend_from_slice(&backend.octets());
@@ -150,27 +138,7 @@ fn rule_exprs(rule: &Rule) -> Vec<Expr> {
     };
     match rule {
         Rule::Pick { map, affinity } => {
-            let mut v = vec![
-                Expr::Numgen {
-                    kind: NumgenKind::Random,
-                    modulus: SLOTS,
-                    offset: 0,
-                    dreg: r(0),
-                },
-                Expr::Byteorder {
-                    op: ByteOrder::Hton,
-                    sreg: r(0),
-                    dreg: r(0),
-                    len: 4,
-                    size: 4,
-                },
-                Expr::Lookup {
-                    set: map.clone(),
-                    sreg: r(0),
-                    dreg: Some(r(3)),
-                    invert: false,
-                },
-            ];
+            let mut v = slots::pick(map, r(0), r(3)).to_vec();
             if let Some(t) = affinity {
                 v.extend([saddr, daddr, pin(DynsetOp::Update, Some(*t))]);
             }
@@ -273,17 +241,7 @@ pub fn encode(ops: &[Op], b: &mut Batch) {
             Op::AddSet {
                 name,
                 kind: SetKind::Slots,
-            } => {
-                let def = SetDef {
-                    name: name.clone(),
-                    key_type: TYPE_INTEGER,
-                    key_len: 4,
-                    interval: true,
-                    data: Some((TYPE_IPV4, 4)),
-                    ..SetDef::default()
-                };
-                b.add_set(FAMILY, TABLE, &def);
-            }
+            } => b.add_set(FAMILY, TABLE, &slots::map_def(name)),
             Op::DeleteSet(s) => b.delete_set(FAMILY, TABLE, s),
             Op::FlushSet(s) => b.flush_set(FAMILY, TABLE, s),
             Op::AddElements { set, elements } => {
@@ -347,36 +305,10 @@ pub(crate) fn decode_services(services: &[Element]) -> Result<View, String> {
     Ok(view)
 }
 
-/// The comparable form of a map's elements: key, end flag, value; sorted.
-fn shape(els: &[Element]) -> Vec<(Vec<u8>, bool, Option<Vec<u8>>)> {
-    let mut v: Vec<_> = els
-        .iter()
-        .map(|e| (e.key.clone(), e.interval_end, e.data.clone()))
-        .collect();
-    v.sort();
-    v
-}
-
 /// The backends of a slot map's elements (the ranges' values), sorted; an error unless the
 /// ranges are exactly those this crate writes for them.
 pub(crate) fn decode_slots(id: &str, els: &[Element]) -> Result<Vec<IpAddr>, String> {
-    let mut backends = std::collections::BTreeSet::new();
-    for e in els.iter().filter(|e| !e.interval_end) {
-        let b: [u8; 4] = e
-            .data
-            .as_deref()
-            .and_then(|d| d.try_into().ok())
-            .ok_or_else(|| format!("{}: a range without an address", names::slots_map(id)))?;
-        backends.insert(Ipv4Addr::from(b));
-    }
-    let want = all_elements(&slot_ranges(&backends));
-    if shape(&want) != shape(els) {
-        return Err(format!(
-            "{}: ranges other than an even split of [0, {SLOTS}) over {} backends",
-            names::slots_map(id),
-            backends.len()
-        ));
-    }
+    let backends = slots::decode(&names::slots_map(id), els)?;
     Ok(backends.into_iter().map(IpAddr::V4).collect())
 }
 
@@ -428,6 +360,7 @@ pub(crate) fn decode(d: &Dump) -> Result<(View, Vec<String>), String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::plan::{slot_ranges, SLOTS};
 
     #[test]
     fn a_plan_encodes_one_message_per_operation_and_the_base_as_eleven() {

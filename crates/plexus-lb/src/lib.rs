@@ -99,13 +99,32 @@
 //! Existing connections keep their backend (conntrack) when it leaves the rotation; only new
 //! connections avoid it. A UDP flow is a connection too: it keeps a removed backend until
 //! its conntrack entry expires.
+//!
+//! # Published ports: the routing mesh
+//!
+//! Two more modules make the data plane of the ingress routing mesh (Docker swarm's
+//! published ports, keeping the client's address):
+//!
+//! - [`mesh`]: the table `ip plexus-mesh` of a host (published ports DNATed to its ingress
+//!   sandbox, or straight to local backends) or of an ingress sandbox (DNATed to the
+//!   service's backends at the target port), with the same backend ranges as the VIPs'
+//!   (`slots.rs`, shared) and the same life cycle as [`Dispatcher`]: [`mesh::Mesh`] applies,
+//!   reads back and reconciles;
+//! - [`return_path`]: in a backend's namespace, the conntrack mark, `route` chain,
+//!   `fwmark` rules and route tables that send the replies of a connection that came
+//!   through an ingress sandbox back through that sandbox (nothing SNATs, so they are
+//!   addressed to the client); [`return_path::ReturnPath`] reconciles them with the
+//!   namespace's rtnetlink connection.
 
 mod dispatcher;
 mod encode;
 mod error;
+pub mod mesh;
 mod names;
 mod plan;
 pub mod record;
+pub mod return_path;
+mod slots;
 mod view;
 
 #[cfg(test)]

@@ -9,10 +9,7 @@ use crate::error::LbError;
 use crate::names::{self, LIVE_SET, SERVICES_MAP, VIPS_SET};
 use crate::view::{validate, validate_service, Service, ServiceView, View};
 
-/// The random numbers a service's slot map divides among its backends: `numgen random mod
-/// SLOTS`, so the rule never names the number of backends (2³¹: a backend's share is even
-/// to 1 part in 2³¹ / [`MAX_BACKENDS`](crate::MAX_BACKENDS)).
-pub const SLOTS: u32 = 1 << 31;
+pub use crate::slots::SLOTS;
 
 /// One nf_tables operation on the `ip plexus-lb` table. A plan is a list of them, sent as one
 /// atomic batch in order ([`encode`](crate::encode)).
@@ -126,14 +123,11 @@ pub enum Elem {
 /// The slot ranges of `backends` (in order): `[0, SLOTS)` cut into as many nearly equal
 /// ranges, one per backend.
 pub(crate) fn slot_ranges(backends: &BTreeSet<Ipv4Addr>) -> Vec<Elem> {
-    let n = backends.len() as u64;
-    let cut = |k: u64| (k * u64::from(SLOTS) / n) as u32;
-    backends
-        .iter()
-        .enumerate()
-        .map(|(k, &backend)| Elem::Slot {
-            start: cut(k as u64),
-            end: cut(k as u64 + 1),
+    crate::slots::ranges(backends)
+        .into_iter()
+        .map(|(start, end, backend)| Elem::Slot {
+            start,
+            end,
             backend,
         })
         .collect()

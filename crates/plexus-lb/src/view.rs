@@ -149,7 +149,7 @@ fn check_id(id: &str) -> Result<(), LbError> {
     }
 }
 
-fn check_name(name: &str) -> Result<(), String> {
+pub(crate) fn check_name(name: &str) -> Result<(), String> {
     if name.is_empty() || name.len() > MAX_NAME_LEN {
         return Err(format!(
             "{name:?}: want 1 to {MAX_NAME_LEN} bytes, got {}",
@@ -172,7 +172,7 @@ fn ipv4(a: IpAddr) -> Result<Ipv4Addr, String> {
 }
 
 /// An address a packet can be sent to and that names one host.
-fn check_unicast(a: Ipv4Addr) -> Result<(), String> {
+pub(crate) fn check_unicast(a: Ipv4Addr) -> Result<(), String> {
     if a.octets()[0] == 0 {
         return Err(format!("{a} is in 0.0.0.0/8 (this host)"));
     }

@@ -98,6 +98,43 @@ impl SysctlDir {
     /// Writes `value` to the file `components` name under this directory (`["eth0",
     /// "disable_ipv6"]`; components, not a dotted key, as link names may hold dots).
     pub fn write(&self, components: &[&str], value: &str) -> Result<()> {
+        let (rel, path) = self.file(components)?;
+        // What runs in the namespace must own what it uses: the directory is shared, not
+        // duplicated.
+        let dir = Arc::clone(&self.dir);
+        let value = value.to_string();
+        run_at(&self.ns, &path, move || {
+            let fd = openat(
+                dir.as_ref(),
+                &rel,
+                OFlag::O_WRONLY | OFlag::O_CLOEXEC,
+                Mode::empty(),
+            )
+            .map_err(std::io::Error::from)?;
+            std::fs::File::from(fd).write_all(value.as_bytes())
+        })
+    }
+
+    /// Reads the file `components` name under this directory, trimmed (`["eth0",
+    /// "rp_filter"]`).
+    pub fn read(&self, components: &[&str]) -> Result<String> {
+        let (rel, path) = self.file(components)?;
+        let dir = Arc::clone(&self.dir);
+        run_at(&self.ns, &path, move || {
+            let fd = openat(
+                dir.as_ref(),
+                &rel,
+                OFlag::O_RDONLY | OFlag::O_CLOEXEC,
+                Mode::empty(),
+            )
+            .map_err(std::io::Error::from)?;
+            std::io::read_to_string(std::fs::File::from(fd))
+        })
+        .map(|s| s.trim().to_string())
+    }
+
+    /// The file's path relative to the directory, and its full path (for errors).
+    fn file(&self, components: &[&str]) -> Result<(PathBuf, PathBuf)> {
         if components.is_empty() {
             return Err(SysError::Invalid {
                 field: "sysctl",
@@ -117,19 +154,6 @@ impl SysctlDir {
             rel.push(c);
         }
         let path = self.path.join(&rel);
-        // What runs in the namespace must own what it uses: the directory is shared, not
-        // duplicated.
-        let dir = Arc::clone(&self.dir);
-        let value = value.to_string();
-        run_at(&self.ns, &path, move || {
-            let fd = openat(
-                dir.as_ref(),
-                &rel,
-                OFlag::O_WRONLY | OFlag::O_CLOEXEC,
-                Mode::empty(),
-            )
-            .map_err(std::io::Error::from)?;
-            std::fs::File::from(fd).write_all(value.as_bytes())
-        })
+        Ok((rel, path))
     }
 }

@@ -137,9 +137,15 @@ pub struct Servers {
 
 impl Servers {
     pub fn start(world: &World, tcp: &[u16], udp: &[u16]) -> Self {
+        let backends: Vec<_> = world.backends.iter().zip(BACKENDS).collect();
+        Self::start_on(&backends, tcp, udp)
+    }
+
+    /// Servers in the namespaces given, each answering from its address.
+    pub fn start_on(backends: &[(&PinnedNs, Ipv4Addr)], tcp: &[u16], udp: &[u16]) -> Self {
         let stop = Arc::new(AtomicBool::new(false));
         let mut threads = Vec::new();
-        for (p, own) in world.backends.iter().zip(BACKENDS) {
+        for &(p, own) in backends {
             for &port in tcp {
                 let l = ok(
                     "listen",
@@ -219,8 +225,13 @@ fn parse(text: &str) -> std::io::Result<Answer> {
 
 /// One TCP connection (inside the namespace's thread) and its answer.
 pub fn tcp_once(dst: SocketAddr) -> std::io::Result<Answer> {
-    let mut s = TcpStream::connect_timeout(&dst, Duration::from_secs(3))?;
-    s.set_read_timeout(Some(Duration::from_secs(3)))?;
+    tcp_once_within(dst, Duration::from_secs(3))
+}
+
+/// One TCP connection, given up after `timeout` (to connect, then to read the answer).
+pub fn tcp_once_within(dst: SocketAddr, timeout: Duration) -> std::io::Result<Answer> {
+    let mut s = TcpStream::connect_timeout(&dst, timeout)?;
+    s.set_read_timeout(Some(timeout))?;
     let mut text = String::new();
     s.read_to_string(&mut text)?;
     parse(&text)
@@ -228,12 +239,14 @@ pub fn tcp_once(dst: SocketAddr) -> std::io::Result<Answer> {
 
 /// `n` TCP connections from the client to `dst`, in one thread inside its namespace.
 pub fn tcp_many(world: &World, dst: SocketAddr, n: usize) -> Vec<Answer> {
+    tcp_many_from(&world.client.ns, dst, n)
+}
+
+/// `n` TCP connections from `ns` to `dst`, in one thread inside it.
+pub fn tcp_many_from(ns: &Netns, dst: SocketAddr, n: usize) -> Vec<Answer> {
     let res = ok(
         "run",
-        world
-            .client
-            .ns
-            .run(move || (0..n).map(|_| tcp_once(dst)).collect::<Vec<_>>()),
+        ns.run(move || (0..n).map(|_| tcp_once(dst)).collect::<Vec<_>>()),
     );
     res.into_iter()
         .enumerate()

@@ -1,16 +1,19 @@
-//! Links, addresses, routes and neighbours of one namespace, through rtnetlink: the
-//! connection ([`Rtnl`]) here, its requests by kind in `links`, `addresses`, `routes` and
-//! `neighbours` (forwarding-database entries included).
+//! Links, addresses, routes, policy-routing rules and neighbours of one namespace, through
+//! rtnetlink: the connection ([`Rtnl`]) here, its requests by kind in `links`, `addresses`,
+//! `routes` (of the main table or another), `rules` and `neighbours` (forwarding-database
+//! entries included).
 
 mod addresses;
 mod links;
 mod neighbours;
 mod routes;
+mod rules;
 mod vxlan;
 
 pub use links::{BridgeSpec, Link, PortFlags, VethPair};
 pub use neighbours::Neighbour;
 pub use routes::Route;
+pub use rules::FibRule;
 pub use vxlan::{VxlanSpec, MAX_VNI, VXLAN_OVERHEAD, VXLAN_PORT};
 
 use std::os::fd::AsRawFd;

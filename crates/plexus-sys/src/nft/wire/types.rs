@@ -90,6 +90,11 @@ pub enum ChainType {
     Filter,
     /// `nat`.
     Nat,
+    /// `route`: an output chain (families `ip`, `ip6` and `inet`) after which the kernel
+    /// looks the packet's route up again if the chain changed its mark, addresses or
+    /// type-of-service (iptables' `mangle` OUTPUT), so a rule setting `meta mark` steers a
+    /// locally generated packet through policy routing.
+    Route,
 }
 
 impl ChainType {
@@ -97,6 +102,7 @@ impl ChainType {
         match self {
             ChainType::Filter => "filter",
             ChainType::Nat => "nat",
+            ChainType::Route => "route",
         }
     }
 }
