@@ -408,6 +408,7 @@ async fn run(args: Args) -> Result<()> {
     }
     tracing::info!(drivers = ?drivers.names(), "drivers registered");
 
+    let overlay_on = drivers.names().iter().any(|d| d == "overlay");
     let scoped_ipam = plexus_ipam::ScopedIpam::new(ipam.clone(), global_ipam);
     let mut controller = Controller::new(
         store.clone(),
@@ -419,11 +420,7 @@ async fn run(args: Args) -> Result<()> {
             // Docker's docker_gwbridge: the way out of sandboxes on overlay networks.
             gateway_network: Some(plexus_drivers::gateway_bridge_spec()),
             // Docker swarm's ingress network, for the routing mesh: over the overlay.
-            ingress_network: drivers
-                .names()
-                .iter()
-                .any(|d| d == "overlay")
-                .then(plexus_drivers::ingress_network_spec),
+            ingress_network: overlay_on.then(plexus_drivers::ingress_network_spec),
             ..ControllerConfig::default()
         },
     )

@@ -157,6 +157,16 @@ fn reset_removes_what_plexus_made_and_nothing_else() {
     ]);
     d.ok(&["sandbox", "create", "b", "--network", "int"]);
     d.ok(&["sandbox", "create", "c", "--network", "named"]);
+    // A service's published port: the routing mesh's table in the daemon's namespace.
+    d.ok(&[
+        "service",
+        "create",
+        "web",
+        "--network",
+        "pub",
+        "-p",
+        "published=18090,target=80",
+    ]);
     let foreign = Foreign {
         dir: d.dir.path().join("foreign"),
     };
@@ -209,7 +219,7 @@ fn reset_removes_what_plexus_made_and_nothing_else() {
         .into_iter()
         .filter(|(f, n)| is_plexus_table(*f, n))
         .collect();
-    assert!(made_tables.len() >= 3, "{made_tables:?}");
+    assert!(made_tables.len() >= 4, "{made_tables:?}");
     assert_eq!(
         mounts_under(&run).len(),
         3,
@@ -269,6 +279,7 @@ fn reset_removes_what_plexus_made_and_nothing_else() {
         "removed link named0 (bridge)".to_string(),
         "removed nft table inet plexus".to_string(),
         "removed nft table ip plexus-nat".to_string(),
+        "removed nft table ip plexus-mesh".to_string(),
         format!("removed namespace {}", run.join("netns/a").display()),
         format!("removed socket {}", d.socket().display()),
         format!("removed file {}", state.join("state.db").display()),

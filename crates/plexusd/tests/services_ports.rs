@@ -48,7 +48,12 @@ impl Outside {
         let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("tempdir: {e}"));
         let ns = Netns::create(dir.path(), "outside").unwrap_or_else(|e| panic!("netns: {e}"));
         let path = ns.path().display().to_string();
-        run(&d.host_ns, &["link", "add", "hout", "type", "veth", "peer", "name", "cout"]);
+        run(
+            &d.host_ns,
+            &[
+                "link", "add", "hout", "type", "veth", "peer", "name", "cout",
+            ],
+        );
         run(&d.host_ns, &["link", "set", "cout", "netns", &path]);
         run(&d.host_ns, &["addr", "add", "10.97.0.1/24", "dev", "hout"]);
         run(&d.host_ns, &["addr", "add", "10.97.0.3/24", "dev", "hout"]);
@@ -91,7 +96,15 @@ fn published_ports_spread_keep_the_client_and_follow_the_service() {
         &format!("published=5353,target={UDP_PORT},protocol=udp"),
     ]);
     for t in ["t0", "t1"] {
-        d.ok(&["sandbox", "create", t, "--network", "app", "--service", "web"]);
+        d.ok(&[
+            "sandbox",
+            "create",
+            t,
+            "--network",
+            "app",
+            "--service",
+            "web",
+        ]);
         serve(&d, t);
     }
     let web = SocketAddr::from((HOST, 8080));
@@ -137,7 +150,12 @@ fn published_ports_spread_keep_the_client_and_follow_the_service() {
     d.ok(&["sandbox", "rm", "t1"]);
     let t = connect_many(&outside.path, SocketAddr::from((HOST, 8081)), 50);
     assert_eq!(t.failed, 0, "{:?}", t.first_error);
-    assert_eq!(t.by_task.keys().collect::<Vec<_>>(), ["t0"], "{:?}", t.by_task);
+    assert_eq!(
+        t.by_task.keys().collect::<Vec<_>>(),
+        ["t0"],
+        "{:?}",
+        t.by_task
+    );
 
     // A published port with no task refuses at once.
     d.ok(&[

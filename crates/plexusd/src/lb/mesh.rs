@@ -114,14 +114,22 @@ pub fn ingress_sandbox(model: &Model) -> Option<(&String, &Member)> {
 /// Whether some global service publishes a port in ingress mode: the mesh needs this host's
 /// ingress sandbox.
 pub fn needs_ingress(model: &Model) -> bool {
-    model.mesh.services.values().any(|s| {
-        s.scope == Scope::Global && s.ports.iter().any(|p| p.mode == PublishMode::Ingress)
-    })
+    model
+        .mesh
+        .services
+        .values()
+        .any(|s| s.scope == Scope::Global && s.ports.iter().any(|p| p.mode == PublishMode::Ingress))
 }
 
 /// Adds `port` to `view` unless another service has its key (the first by service id
 /// keeps it, logged).
-fn insert(view: &mut MeshView, service: &str, p: &PublishedPort, target: u16, backends: Vec<Ipv4Addr>) {
+fn insert(
+    view: &mut MeshView,
+    service: &str,
+    p: &PublishedPort,
+    target: u16,
+    backends: Vec<Ipv4Addr>,
+) {
     let Some(protocol) = protocol(p) else { return };
     let key = PortKey {
         protocol,

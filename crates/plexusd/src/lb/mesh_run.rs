@@ -86,7 +86,8 @@ impl Lb {
             self.ingress_wanted.notify_one();
         }
         let host = mesh::host_view(model, self.mesh.addresses.as_ref());
-        let gateway = mesh::ingress_sandbox(model).map(|(_, m)| (m.netns.clone(), mesh::gateway_view(model)));
+        let gateway =
+            mesh::ingress_sandbox(model).map(|(_, m)| (m.netns.clone(), mesh::gateway_view(model)));
         let returns: BTreeMap<String, (PathBuf, ReturnView)> = model
             .members
             .iter()
@@ -106,17 +107,18 @@ impl Lb {
             let ns = self.mesh.host.clone();
             let want = host.clone();
             let ok = tokio::task::spawn_blocking(move || mesh_kernel::host(&ns, &want))
-            .await
-            .unwrap_or(false);
+                .await
+                .unwrap_or(false);
             applied.host = ok.then_some(host);
         }
         match gateway {
             Some(_) if settling => {}
             Some(g) if force || applied.gateway.as_ref() != Some(&g) => {
                 let want = g.clone();
-                let ok = tokio::task::spawn_blocking(move || mesh_kernel::gateway(&want.0, &want.1))
-                    .await
-                    .unwrap_or(false);
+                let ok =
+                    tokio::task::spawn_blocking(move || mesh_kernel::gateway(&want.0, &want.1))
+                        .await
+                        .unwrap_or(false);
                 applied.gateway = ok.then_some(g);
             }
             Some(_) => {}

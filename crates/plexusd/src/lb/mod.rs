@@ -496,7 +496,10 @@ impl Lb {
             })
             .await;
         }
-        affected.extend(self.reload_services(controller, &mut state, &services).await?);
+        affected.extend(
+            self.reload_services(controller, &mut state, &services)
+                .await?,
+        );
         self.update(&mut state, affected).await;
         self.mesh_update(&mut state, false).await;
         Ok(())

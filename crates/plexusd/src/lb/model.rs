@@ -207,7 +207,8 @@ pub fn parse_mac(s: &str) -> Option<[u8; 6]> {
 impl Member {
     /// The member of `sandbox`, with its endpoints `endpoints`.
     pub fn new<'a>(sandbox: &Sandbox, endpoints: impl IntoIterator<Item = &'a Endpoint>) -> Self {
-        let endpoints: Vec<MemberEndpoint> = endpoints.into_iter().map(MemberEndpoint::of).collect();
+        let endpoints: Vec<MemberEndpoint> =
+            endpoints.into_iter().map(MemberEndpoint::of).collect();
         Member {
             name: sandbox.name.clone(),
             netns: PathBuf::from(&sandbox.key),
