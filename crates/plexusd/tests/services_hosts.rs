@@ -3,7 +3,8 @@
 //! Connections to the VIP from a client on host 1 and from one on host 2 reach the tasks of
 //! all three hosts; host 3's daemon killed with -9, within the failure-detection time no
 //! connection from host 1 goes to host 3's task any more (they all land on hosts 1 and 2);
-//! host 3's daemon back, its task is back in the rotation. Needs root.
+//! host 3's daemon back, its task is back in the rotation; host 1's daemon restarted while
+//! its gossip is cut, the other hosts' tasks do not leave its rotation. Needs root.
 
 // Hosts and their sandboxes go by number.
 #![allow(clippy::needless_range_loop)]
@@ -144,4 +145,22 @@ fn a_vip_spreads_over_every_hosts_tasks_and_drops_a_dead_host() {
             }
         },
     );
+
+    // Host 1's daemon restarted while its gossip cannot reach the others (the data plane
+    // can): the other hosts' tasks stay in its rotation, its tables keeping them until
+    // gossip brings them back (at most 30 s).
+    c.hosts[0].kill9();
+    multihost::nft(
+        &c.hosts[0].ns,
+        "table inet cut {\n chain in { type filter hook input priority 0; udp dport 7946 drop; tcp dport 7946 drop; }\n chain out { type filter hook output priority 0; udp dport 7946 drop; tcp dport 7946 drop; }\n}\n",
+    );
+    c.hosts[0].start();
+    let h = &c.hosts;
+    let (got, failed) = spread(&h[0], "client1", &vip, 45, &tasks);
+    assert!(
+        failed == 0 && got.iter().all(|&n| n > 0),
+        "right after host 1's restart, gossip cut: per task {got:?}, {failed} failed\n{}",
+        h[0].log()
+    );
+    multihost::nft(&h[0].ns, "delete table inet cut");
 }
