@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Reliability loop for services (issue 18): kill -9 of plexusd in the middle of a random
 # sequence of service create/update/remove and task joins and leaves, N times (default 100),
-# and after each restart every sandbox's `ip plexus-lb` table compared with the store's view.
+# and after each restart every sandbox's `ip plexus-lb` table and the published ports of the
+# daemon's `ip plexus-mesh` table compared with the store's view.
 # It runs the seeded loop of crates/plexusd/tests/services_traffic.rs
 # (kill_loop_kernel_equals_store) with PLEXUS_LB_KILLS=N; a failure prints PLEXUS_SEED=… to
 # replay it: PLEXUS_SEED=<seed> bench/lb/kill_loop.sh N.

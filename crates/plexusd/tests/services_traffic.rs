@@ -342,14 +342,49 @@ fn random_op(d: &Daemon, rng: &mut Rng, nets: &[&[&str]; 3], next: &mut usize) -
             if rng.below(5) == 0 {
                 a.extend(s(&["--endpoint-mode", "dnsrr"]));
             }
+            if rng.below(2) == 0 {
+                // A port of its own: no two services ever ask for the same one.
+                a.extend(s(&[
+                    "-p",
+                    &format!("published={},target=80", 20000 + *next),
+                ]));
+            }
             a
         }
         2 if !services.is_empty() => {
             let svc = pick(rng, &services);
-            match rng.below(4) {
+            match rng.below(6) {
                 0 => s(&["service", "update", &svc, "--affinity", "client-ip"]),
                 1 => s(&["service", "update", &svc, "--affinity", "none"]),
                 2 => s(&["service", "update", &svc, "--endpoint-mode", "dnsrr"]),
+                3 => s(&[
+                    "service",
+                    "update",
+                    &svc,
+                    "--publish-add",
+                    &format!("published={},target=81,protocol=udp", 30000 + *next),
+                ]),
+                4 => {
+                    // Whatever it publishes over TCP goes (an error when it has none).
+                    let ports = common::json(&d.ok(&["service", "inspect", &svc]));
+                    let first = ports[0]["Endpoint"]["Ports"]
+                        .as_array()
+                        .and_then(|p| p.first().cloned());
+                    match first {
+                        Some(p) => s(&[
+                            "service",
+                            "update",
+                            &svc,
+                            "--publish-rm",
+                            &format!(
+                                "{}/{}",
+                                p["PublishedPort"].as_u64().unwrap_or(0),
+                                p["Protocol"].as_str().unwrap_or("tcp")
+                            ),
+                        ]),
+                        None => s(&["service", "update", &svc, "--affinity", "none"]),
+                    }
+                }
                 _ => s(&["service", "update", &svc, "--endpoint-mode", "vip"]),
             }
         }

@@ -289,10 +289,74 @@ pub fn expected_views(d: &Daemon) -> BTreeMap<String, (String, View)> {
     out
 }
 
-/// Checks that every sandbox's table holds the view the store gives it; returns how many
-/// (sandbox, VIP) entries were compared.
+/// The published ports the daemon's namespace should answer, computed from `service
+/// inspect` (local services: each port over the tasks' first IPv4 address, in the order
+/// the service lists them): (protocol, published port) → (target port, backends).
+pub fn expected_mesh(d: &Daemon) -> BTreeMap<(String, u16), (u16, BTreeSet<Ipv4Addr>)> {
+    let mut out = BTreeMap::new();
+    let ids = d.ok(&["service", "ls", "-q"]);
+    for id in ids.lines().map(str::trim).filter(|l| !l.is_empty()) {
+        let v = json(&d.ok(&["service", "inspect", id]));
+        let s = &v[0];
+        let backends: BTreeSet<Ipv4Addr> = s["Tasks"]
+            .as_array()
+            .cloned()
+            .unwrap_or_default()
+            .iter()
+            .filter_map(|t| {
+                t["Addresses"]
+                    .as_array()
+                    .cloned()
+                    .unwrap_or_default()
+                    .iter()
+                    .find_map(|a| match v4(a["Addr"].as_str().unwrap_or("")) {
+                        Some(IpAddr::V4(a)) => Some(a),
+                        _ => None,
+                    })
+            })
+            .collect();
+        for p in s["Endpoint"]["Ports"]
+            .as_array()
+            .cloned()
+            .unwrap_or_default()
+        {
+            let proto = p["Protocol"].as_str().unwrap_or("tcp").to_string();
+            let published = p["PublishedPort"].as_u64().unwrap_or(0) as u16;
+            let target = p["TargetPort"].as_u64().unwrap_or(0) as u16;
+            out.insert((proto, published), (target, backends.clone()));
+        }
+    }
+    out
+}
+
+/// The daemon's namespace's published ports as the kernel holds them, in
+/// [`expected_mesh`]'s terms.
+pub fn kernel_mesh(d: &Daemon) -> BTreeMap<(String, u16), (u16, BTreeSet<Ipv4Addr>)> {
+    let view = plexus_lb::mesh::read(&d.host_ns)
+        .unwrap_or_else(|e| panic!("reading the host's mesh table: {e}"));
+    view.ports
+        .iter()
+        .map(|(k, p)| {
+            (
+                (k.protocol.name().to_string(), k.port),
+                (p.target, p.backends.iter().copied().collect()),
+            )
+        })
+        .collect()
+}
+
+/// Checks that every sandbox's table, and the daemon's published ports, hold what the
+/// store gives them; returns how many (sandbox, VIP) entries and published ports were
+/// compared.
 pub fn check_kernel_follows_store(d: &Daemon, when: &str) -> usize {
-    let mut compared = 0;
+    let want = expected_mesh(d);
+    assert_eq!(
+        kernel_mesh(d),
+        want,
+        "{when}: the published ports differ from the store\n--- log tail ---\n{}",
+        tail(&d.log())
+    );
+    let mut compared = want.len();
     for (name, (path, want)) in expected_views(d) {
         compared += want.services.len();
         let have = kernel_view(&path);
