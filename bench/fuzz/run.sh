@@ -36,6 +36,7 @@ feature() {
     dns_packet | endpoint_record) echo dns ;;
     api_json) echo api ;;
     gossip_frame) echo gossip ;;
+    service_record) echo lb ;;
     *) echo "bench/fuzz/run.sh: unknown target $1" >&2; return 1 ;;
   esac
 }
