@@ -8,9 +8,12 @@ Files: conn.txt (conn_rate's lines: "phase=… case=… n=… p50_us=… p99_us=
 rate_per_s=…" and "load_ms=… services=…"), conn_rc.txt; update.txt (update_latency's
 "case=backend|service services=… affinity=… update_ms_p50=… update_ms_p99=…" lines),
 update_rc.txt; docker_measured, docker.txt ("NAME OUTCOME MS TEXT…"), docker_service.txt,
-docker_version.txt, dockerd_errors.txt.
+docker_version.txt, dockerd_errors.txt; mesh.txt (mesh_rate's lines: "case=… n=… p50_us=…
+p99_us=… mean_us=… rate_per_s=… block_rate_per_s=…", "check case=… made=… accepted=…
+not_client=… be0=… be1=…" and "mesh_ratio=… mesh_ratio_p50=… mesh_ratio_mean=…"), mesh_rc.txt.
 
-Ratios are of medians (p50) measured interleaved in the same phase."""
+Ratios are of medians (p50) measured interleaved in the same phase; mesh_ratio, a ratio of
+rates, is of the medians of the blocks' rates (see mesh_rate.rs)."""
 import os, sys
 
 D = sys.argv[1]
@@ -56,6 +59,19 @@ for l in read("update.txt").splitlines():
     k = kvs(l)
     if "case" in k:
         upd[(k["case"], k["services"], k["affinity"])] = k
+
+
+mesh = {}
+mesh_check = {}
+mesh_head = {}
+for l in read("mesh.txt").splitlines():
+    k = kvs(l)
+    if l.startswith("check "):
+        mesh_check[k["case"]] = k
+    elif "case" in k:
+        mesh[k["case"]] = k
+    elif "mesh_ratio" in k:
+        mesh_head = k
 
 
 def c(phase, case, f="p50_us"):
@@ -114,7 +130,36 @@ else:
         print("  dockerd said (count, message):")
         for l in errs.splitlines():
             print(f"    {l.strip()[:170]}")
-print("-- 4. routing mesh: not built yet (mesh_ratio=NA)")
+print(f"-- 4. routing mesh (connect+close through a published port; exit status {read('mesh_rc.txt').strip() or 'NA'})")
+
+
+def m(case, f="p50_us"):
+    return num(mesh.get(case, {}).get(f))
+
+
+for case, k in mesh.items():
+    print(f"  {case:<12} p50 {k['p50_us']:>7} us  p99 {k['p99_us']:>8} us  mean {k['mean_us']:>7} us"
+          f"  {k['rate_per_s']:>6} conn/s (1/mean)  {k.get('block_rate_per_s', 'NA'):>6} conn/s (blocks)  n={k['n']}")
+mratio = num(mesh_head.get("mesh_ratio"))
+mratio50 = num(mesh_head.get("mesh_ratio_p50"))
+mratio_mean = num(mesh_head.get("mesh_ratio_mean"))
+mesh50, mdirect50, mrp50 = m("mesh"), m("direct"), m("direct_rp")
+mfloor1, mfloor2 = m("floor_dnat"), m("floor_2dnat")
+rp_share = ratio(mrp50, mdirect50)          # the return path alone over direct
+nat2 = ratio(mfloor2, mrp50)               # two static DNATs on that path (return path too)
+mesh_floor = ratio(mesh50, mfloor2)        # plexus-lb's tables beyond the static DNATs
+print(f"  mesh rate / direct rate: {fmt(mratio, 3)} (medians of the blocks' rates), {fmt(mratio50, 3)} (p50s), "
+      f"{fmt(mratio_mean, 3)} (1/means)")
+print(f"  p50 shares: mesh/direct {fmt(ratio(mesh50, mdirect50), 3)} = return path (direct_rp/direct) {fmt(rp_share, 3)}"
+      f" x the kernel's two static DNATs (floor_2dnat/direct_rp) {fmt(nat2, 3)}"
+      f" x plexus-lb's tables beyond them (mesh/floor_2dnat) {fmt(mesh_floor, 3)}; "
+      f"one static DNAT (floor_dnat/direct_rp) {fmt(ratio(mfloor1, mrp50), 3)}")
+bad_checks = 0
+for case, k in mesh_check.items():
+    ok = k.get("not_client") == "0" and k.get("made") == k.get("accepted")
+    bad_checks += not ok
+    print(f"  check {case:<12} {'ok' if ok else 'BAD':<3}: {k.get('accepted')} of {k.get('made')} connections accepted"
+          f" (be0 {k.get('be0')}, be1 {k.get('be1')}), {k.get('not_client')} not from the client's address")
 print()
 
 targets = [
@@ -125,6 +170,11 @@ targets = [
      f"Plexus beyond it: {fmt(share, 3)}"),
     ("one backend added/removed with 10,000 services: p50 <= 1 ms", b50 is not None and b50 <= 1.0,
      f"{fmt(b50, 3)} ms (p99 {fmt(b99, 3)}); with affinity {fmt(a50, 3)} ms (p99 {fmt(a99, 3)})"),
+    ("routing mesh: connections/s through a published port within 25% of the backend directly",
+     mratio is not None and mratio >= 0.75 and bool(mesh_check) and not bad_checks,
+     f"{fmt(m('mesh', 'block_rate_per_s'), 0)} vs {fmt(m('direct', 'block_rate_per_s'), 0)} conn/s, "
+     f"ratio {fmt(mratio, 3)} (p50s: {fmt(mesh50)} vs {fmt(mdirect50)} us, {fmt(mratio50, 3)}); "
+     f"client address kept: {'yes' if mesh_check and not bad_checks else 'NO'}"),
 ]
 print("-- targets (the services issue)")
 for name, ok, val in targets:
@@ -148,7 +198,11 @@ kv = [
     ("update_ms_p99", fmt(b99, 3)),
     ("update_aff_ms_p50", fmt(a50, 3)),
     ("service_ms_p50", fmt(s50, 3)),
-    ("mesh_ratio", "NA"),
+    ("mesh_ratio", fmt(mratio, 3)),
+    ("mesh_ratio_p50", fmt(mratio50, 3)),
+    ("mesh_conn_us", fmt(mesh50)),
+    ("mesh_direct_conn_us", fmt(mdirect50)),
+    ("mesh_over_floor", fmt(mesh_floor, 3)),
     ("docker_vip", dk.get("docker_vip", "NA")),
     ("docker_ingress", dk.get("docker_ingress", "NA")),
     ("targets", "PASS" if all(ok for _, ok, _ in targets) else "FAIL"),

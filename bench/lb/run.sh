@@ -15,10 +15,15 @@
 #      2-replica busybox httpd service published with -p 18080:80 (ingress); then its VIP
 #      from a container on the overlay (wget, or nc where busybox's wget crashes) and the
 #      ingress port on the host's loopback (curl): outcome, time and error text recorded
-#   4. the routing mesh: not built yet, reported as mesh_ratio=NA
+#   4. the routing mesh: crates/plexus-lb/examples/mesh_rate.rs, connect+close through a
+#      published port (client -> host's plexus-mesh table -> ingress namespace's -> one of
+#      two backends, replies by the return path) against the backends' addresses reached
+#      over the same hops without NAT, and against static DNATs on that path; cases
+#      interleaved in blocks, the order rotating (p50/p99 µs, rates: 1 / mean and the median
+#      of the blocks' rates; mesh_ratio = mesh's block rate / direct's)
 #
 # Usage: bench/lb/run.sh [--quick] [--conns N] [--updates N] [--keep-data]
-#   default: 20,000 connections per case and phase, 200 updates per case (about 2-3 minutes)
+#   default: 20,000 connections per case and phase, 200 updates per case (about 3 minutes)
 #   --quick: 3,000 connections, 50 updates (about 1-2 minutes)
 # Needs root. Installs docker.io, nftables, busybox-static, curl, python3 from Debian's
 # packages if missing; starts dockerd like ../shared/anchors/00_setup.sh if it is not running
@@ -42,7 +47,7 @@ while (($#)); do
     --conns) CONNS=$2; shift ;;
     --updates) UPDATES=$2; shift ;;
     --keep-data) KEEP=1 ;;
-    -h|--help) sed -n 2,34p "$0"; exit 0 ;;
+    -h|--help) sed -n 2,37p "$0"; exit 0 ;;
     *) echo "unknown argument $1" >&2; exit 2 ;;
   esac
   shift
@@ -52,7 +57,8 @@ done
 export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-$ROOT/target}
 TMP=$(mktemp -d /tmp/plxl.XXXXXX)
 D=$TMP/data; mkdir -p "$D"
-PFX=plxl$$                       # the example's namespaces: $PFX-hub, -c1, -c10k, -floor, -be0..3
+PFX=plxl$$                       # conn_rate's namespaces: $PFX-hub, -c1, -c10k, -floor, -be0..3;
+                                 # mesh_rate's: $PFX-m-hub, -client, -host, -ingress, -be0, -be1
 IMG=plxl-bb:latest
 SVC=plxl-web; OV=plxl-ov; PORT=18080
 EX=$CARGO_TARGET_DIR/release/examples
@@ -86,7 +92,7 @@ cleanup() {
   log "cleanup"
   if [[ -n $EX_PID ]]; then kill "$EX_PID" 2>/dev/null; wait "$EX_PID" 2>/dev/null; fi
   docker_down
-  # the example deletes its namespaces itself; these are what a kill left
+  # the examples delete their namespaces themselves; these are what a kill left
   for n in $(ip netns list | awk '{print $1}' | grep "^$PFX-"); do ip netns del "$n"; done
   if ((KEEP)); then log "raw data kept in $D"; find "$TMP" -mindepth 1 -maxdepth 1 ! -name data -exec rm -rf {} +; else rm -rf "$TMP"; fi
 }
@@ -224,6 +230,14 @@ except OSError as e: print(e)' "$PORT" 2>&1)"
   log "docker: removing the service, leaving the swarm"
   docker_down
 fi
+
+# ---------- 4. the routing mesh ----------
+log "4. routing mesh: $CONNS connect+close per case through a published port and directly (namespaces $PFX-m-*)"
+"$EX/mesh_rate" --conns "$CONNS" --prefix "$PFX-m" > "$D/mesh.txt" 2> "$D/mesh.err" &
+EX_PID=$!; wait "$EX_PID"; rc=$?; EX_PID=""
+echo "$rc" > "$D/mesh_rc.txt"
+((rc)) && { cat "$D/mesh.err" >&2; log "mesh_rate FAILED ($rc)"; }
+sed 's/^/  /' "$D/mesh.txt" >&2
 
 echo "elapsed: $((SECONDS - T0)) s, load now $(cut -d' ' -f1-3 /proc/loadavg)"
 echo
