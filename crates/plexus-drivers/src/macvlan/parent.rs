@@ -137,6 +137,15 @@ impl MacvlanDriver {
         }
     }
 
+    /// Whether `alias` marks an 802.1q sub-interface as made by Plexus (for a network of
+    /// either kind).
+    fn vlan_mark(&self, alias: &str) -> bool {
+        matches!(
+            names::parse_alias(self.marker(), alias),
+            Some(Marked::Other { kind, fields }) if kind == "vlan" && fields.len() == 2
+        )
+    }
+
     /// Finds or makes the parent of `info`: `wanted` (what `-o parent` names, unless
     /// `--internal`), or one that goes nowhere. What it makes is pushed to `undo`.
     pub(super) async fn make_parent(
@@ -151,11 +160,19 @@ impl MacvlanDriver {
         let field = format!("option parent={:?}", p.name);
         let found = self.rtnl().link(&p.name).await.map_err(sys_ctx(&field))?;
         if let Some(link) = found {
-            let mine = self.parent_alias(Made::Vlan, &info.id);
-            let made = if link.alias.is_some() && link.alias == mine {
-                Made::Vlan
-            } else {
-                Made::Given
+            let mine = self.parent_alias(Made::Vlan, &info.id).unwrap_or_default();
+            let made = match link.alias.as_deref() {
+                Some(a) if a == mine => Made::Vlan,
+                // One Plexus made for a network since removed (its reconciliation not done
+                // yet): this network's now, or reconciliation would delete it as stale.
+                Some(a) if self.vlan_mark(a) => {
+                    self.rtnl()
+                        .set_alias_named(&p.name, &mine)
+                        .await
+                        .map_err(sys_ctx(&field))?;
+                    Made::Vlan
+                }
+                _ => Made::Given,
             };
             return Ok(Parent {
                 name: p.name.clone(),

@@ -1,7 +1,7 @@
 //! Making the kernel match the store: after a restart or a crash (start-up), and while
 //! running (periodic: what was deleted behind Plexus's back is made again).
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeSet, HashMap};
 use std::path::Path;
 
 use plexus_cnm::{Desired, DesiredEndpoint, DriverError, ReconcileMode, Reconciled};
@@ -113,9 +113,11 @@ impl MacvlanDriver {
                 }
             }
         }
+        // One connection per sandbox for the whole pass.
+        let mut sandboxes: HashMap<String, Rtnl> = HashMap::new();
         for d in &desired.endpoints {
             let id = &d.info.endpoint_id;
-            match self.restore_endpoint(&mut st, d).await {
+            match self.restore_endpoint(&mut st, d, &mut sandboxes).await {
                 Ok(Some(name)) => {
                     tracing::warn!(endpoint = %id, sandbox = %d.sandbox_key, interface = %name, "endpoint's device was missing; made again");
                     out.endpoints.push(id.clone());
@@ -127,7 +129,7 @@ impl MacvlanDriver {
                 }
             }
         }
-        self.remove_stale(desired, &known, &endpoints, &mut out)
+        self.remove_stale(&known, &endpoints, &sandboxes, &mut out)
             .await?;
         Ok(out)
     }
@@ -138,6 +140,7 @@ impl MacvlanDriver {
         &self,
         st: &mut State,
         d: &DesiredEndpoint,
+        sandboxes: &mut HashMap<String, Rtnl>,
     ) -> Result<Option<String>, String> {
         let id = &d.info.endpoint_id;
         let net = st
@@ -170,9 +173,16 @@ impl MacvlanDriver {
                 gateways: Vec::new(),
             },
         };
-        let rs = sandbox_rtnl(key)
-            .await
-            .map_err(|e| format!("sandbox {key}: {e}"))?;
+        let rs = match sandboxes.get(key) {
+            Some(rs) => rs.clone(),
+            None => {
+                let rs = sandbox_rtnl(key)
+                    .await
+                    .map_err(|e| format!("sandbox {key}: {e}"))?;
+                sandboxes.insert(key.clone(), rs.clone());
+                rs
+            }
+        };
         let alias = device_alias(self.marker(), self.kind, &d.info.network_id, id);
         let (ifindex, gateways, made) = match rs.link(name).await.map_err(|e| e.to_string())? {
             Some(l) if l.alias.as_deref() == Some(alias.as_str()) => {
@@ -209,13 +219,13 @@ impl MacvlanDriver {
     }
 
     /// Deletes marked parents whose network the store does not know, and marked devices
-    /// whose network or endpoint it does not know, in the host namespace and in the sandboxes
-    /// of `desired`'s endpoints.
+    /// whose network or endpoint it does not know, in the host namespace and in `sandboxes`
+    /// (those of the store's endpoints, as the pass reached them).
     async fn remove_stale(
         &self,
-        desired: &Desired,
         known: &BTreeSet<&str>,
         endpoints: &BTreeSet<&str>,
+        sandboxes: &HashMap<String, Rtnl>,
         out: &mut Reconciled,
     ) -> Result<(), DriverError> {
         let stale = |mine: &Mine| match mine {
@@ -235,17 +245,8 @@ impl MacvlanDriver {
                 }
             }
         }
-        let sandboxes: BTreeSet<&str> = desired
-            .endpoints
-            .iter()
-            .map(|d| d.sandbox_key.as_str())
-            .filter(|k| !k.is_empty() && Path::new(k).exists())
-            .collect();
-        for key in sandboxes {
-            let Ok(rs) = sandbox_rtnl(key).await else {
-                continue;
-            };
-            self.remove_stale_in(&rs, key, &stale, out).await;
+        for (key, rs) in sandboxes {
+            self.remove_stale_in(rs, key, &stale, out).await;
         }
         Ok(())
     }
