@@ -129,8 +129,14 @@ impl MacvlanDriver {
                 }
             }
         }
-        self.remove_stale(&known, &endpoints, &sandboxes, &mut out)
-            .await?;
+        // While running, a kind with no network has made nothing since start-up's pass (whose
+        // scan removed what an earlier run left): no link dump of the host namespace, which
+        // holds a veth end per bridge endpoint.
+        let idle = mode == ReconcileMode::Periodic && !st.networks.values().any(|n| n.kind == kind);
+        if !idle {
+            self.remove_stale(&known, &endpoints, &sandboxes, &mut out)
+                .await?;
+        }
         Ok(out)
     }
 
