@@ -8,6 +8,9 @@
 //! loading the `dummy` module adds a `dummy0` link to the machine's namespace, so a dummy
 //! link is tried only where that module is loaded or built in, or cannot be loaded.)
 //!
+//! [`probe_link_kind`] asks about one link kind alone, for a program about to need it (the
+//! macvlan and ipvlan drivers, when a network needs ipvlan, 802.1q or dummy links).
+//!
 //! This is mechanism: what is there. Which features a program needs, and what it cannot do
 //! without one, is the caller's business (Plexus keeps that table in
 //! `plexus_api_types::kernel`).
