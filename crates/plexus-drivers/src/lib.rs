@@ -11,6 +11,12 @@
 //!   unique in the cluster (compare-and-swap in the cluster store), per network and host a
 //!   namespace with a bridge and the VXLAN device, static FDB and neighbour entries for remote
 //!   endpoints from the [`ControlPlane`](plexus_cnm::ControlPlane)'s peer table;
+//! - [`MacvlanDriver`] (`macvlan` and `ipvlan`): Docker's `-d macvlan` and `-d ipvlan` —
+//!   sandboxes straight on a host interface's wire (`-o parent=eth0`, or an 802.1q
+//!   sub-interface `eth0.10` the driver makes), each with its own address on the LAN and the
+//!   LAN's gateway, no NAT and no published ports; one network per parent; the device born
+//!   inside the sandbox; kinds the kernel lacks (ipvlan, 802.1q, dummy links) refused at run
+//!   time naming the module;
 //! - [`HostDriver`] (`host`): the sandbox is the host's own namespace; nothing to make;
 //! - [`NullDriver`] (`null`, Docker's `none` network): loopback only.
 //!
@@ -22,7 +28,10 @@
 //! owner inside Plexus's nftables tables. The bridge driver's
 //! [`Driver::reconcile`](plexus_cnm::Driver::reconcile) uses the marks to make the kernel
 //! match the store after a restart or a crash, and to repair drift while running, deleting
-//! only what it marked.
+//! only what it marked. The macvlan and ipvlan drivers mark the same way: an endpoint's device
+//! in its sandbox `<marker>:macvlan:<network id>:<endpoint id>` (or `ipvlan`), a parent they
+//! made `<marker>:vlan:<kind>:<network id>` (an 802.1q sub-interface), `…:dummy:…` or
+//! `…:lanparent:…` (a veth pair standing in for a dummy link).
 //!
 //! [`reset`] removes everything Plexus made on a host, and nothing else, by the same marks and
 //! names (`plexus system reset`); its [`Layout`](reset::Layout) is where the daemon's files are.
@@ -45,6 +54,7 @@ pub mod gateway_bridge;
 mod gso;
 mod host;
 pub mod ingress;
+pub mod macvlan;
 mod names;
 mod null;
 pub mod options;
@@ -59,6 +69,7 @@ pub use default_bridge::{create_default_bridge, DefaultBridge};
 pub use gateway_bridge::{gateway_bridge_spec, GATEWAY_BRIDGE_NETWORK};
 pub use host::HostDriver;
 pub use ingress::{ingress_network_spec, INGRESS_NETWORK, INGRESS_SANDBOX};
+pub use macvlan::MacvlanDriver;
 pub use names::{parse_alias, Marked};
 pub use null::NullDriver;
 pub use overlay::{OverlayConfig, OverlayDriver};
@@ -127,14 +138,18 @@ impl std::fmt::Debug for DriverConfig {
     }
 }
 
-/// Registers `bridge`, `host` and `null` in `registry`, and returns the bridge driver (the
-/// daemon waits for its background deletions at shutdown, [`BridgeDriver::settle`]).
+/// Registers `bridge`, `host`, `null`, `macvlan` and `ipvlan` in `registry`, and returns the
+/// bridge driver (the daemon waits for its background deletions at shutdown,
+/// [`BridgeDriver::settle`]).
 pub async fn register_builtin(
     registry: &mut DriverRegistry,
     config: DriverConfig,
 ) -> Result<Arc<BridgeDriver>, DriverError> {
     let bridge = Arc::new(BridgeDriver::new(config.clone()).await?);
     registry.register(bridge.clone());
+    let (macvlan, ipvlan) = MacvlanDriver::pair(&config).await?;
+    registry.register(Arc::new(macvlan));
+    registry.register(Arc::new(ipvlan));
     registry.register(Arc::new(HostDriver::new(config.host.clone())));
     registry.register(Arc::new(NullDriver::new()));
     Ok(bridge)

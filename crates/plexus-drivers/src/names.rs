@@ -160,6 +160,27 @@ pub(crate) fn derive_mac(ipv4: Option<std::net::Ipv4Addr>, endpoint: &str) -> [u
     [0x02, 0x42, tail[0], tail[1], tail[2], tail[3]]
 }
 
+/// An endpoint's MAC: the one asked for, or Docker's derived from its IPv4 address
+/// ([`derive_mac`]). The error names the field.
+pub(crate) fn endpoint_mac(
+    endpoint: &plexus_cnm::EndpointInfo,
+) -> Result<[u8; 6], plexus_cnm::DriverError> {
+    match &endpoint.mac {
+        Some(m) => parse_mac(m).ok_or_else(|| {
+            plexus_cnm::DriverError::Invalid(format!(
+                "mac address {m:?}: must be a unicast aa:bb:cc:dd:ee:ff"
+            ))
+        }),
+        None => Ok(derive_mac(
+            endpoint.ipv4.and_then(|a| match a.addr() {
+                std::net::IpAddr::V4(v4) => Some(v4),
+                std::net::IpAddr::V6(_) => None,
+            }),
+            &endpoint.endpoint_id,
+        )),
+    }
+}
+
 /// A network's bridge MAC: `02:42` and four bytes of its id, as stable as the id (Docker
 /// gives its bridges a random `02:42` address for the same reason: the gateway's MAC must not
 /// follow the ports). The bridge driver's own MACs for endpoints carry an IPv4 address there.

@@ -7,7 +7,8 @@
 //! |---|---|---|
 //! | nftables tables `inet plexus`, `ip plexus-nat`, `ip6 plexus-nat`, `bridge plexus`, `ip plexus-mesh` (services' published ports) | family and exact name ([`is_plexus_table`]) | deleted |
 //! | bridges (`plexus0`, `plx-…`, named ones) and the host ends of veth pairs (`plxv…`) | the link alias `<marker>:<kind>:…` ([`parse_alias`]), or no alias and a name derived from an id (a crash between making and marking) | deleted (a veth takes its sandbox end along; addresses, routes and per-link sysctls go with the link) |
-//! | sandbox namespaces | bind mounts under `<run-dir>/netns` | unmounted and removed |
+//! | parents the macvlan and ipvlan drivers made: 802.1q sub-interfaces (`eth0.10`), dummy links (`dm-…`), veth pairs standing in for them (`plxm…`/`plxn…`) | the link alias `<marker>:vlan:…`, `<marker>:dummy:…`, `<marker>:lanparent:…` | deleted (a parent takes its macvlan and ipvlan devices along, wherever they are); a parent of the host's own (`-o parent=eth0`, or a sub-interface that existed before) carries no mark and stays |
+//! | sandbox namespaces | bind mounts under `<run-dir>/netns` | unmounted and removed (with the macvlan and ipvlan devices inside) |
 //! | overlay networks' namespaces (bridge, VXLAN device, veth near ends inside) | bind mounts under `<run-dir>/overlay` | unmounted and removed (the kernel deletes their links, which takes the sandbox ends of the pairs along) |
 //! | the API socket | `<run-dir>/plexus.sock`, or the `-H` path | removed (it no longer answers) |
 //! | the embedded DNS's resolver process (it outlives plexusd by design) | `<run-dir>/dns/resolver.pid`, checked to be `plexusd --internal-resolver` | stopped; its socket, pid file and log removed (its redirect tables lived in the sandbox namespaces and go with them) |
@@ -19,7 +20,9 @@
 //! Everything else is left alone: other nftables tables (also `ip plexus` or `inet plexus-x`,
 //! which are not Plexus's names), links without Plexus's mark (or with another marker's),
 //! namespaces outside `<run-dir>/netns` (a namespace handed over with `--netns` loses only
-//! the interface Plexus put into it). A store given by `--store` elsewhere (a redb path of its
+//! the interface Plexus put into it: a veth goes with its host end, a macvlan or ipvlan device
+//! with a parent Plexus made; a device on a parent of the host's own stays in such a
+//! namespace, which reset cannot see into). A store given by `--store` elsewhere (a redb path of its
 //! own, etcd, ZooKeeper) is not touched.
 //!
 //! A failure on one object is reported and the rest goes on; running it again when nothing is
@@ -611,6 +614,15 @@ mod tests {
             Some("macvlan"),
             Some("plexus:macvlan:n1:e1")
         ));
+        // Parents the macvlan and ipvlan drivers made.
+        for (name, kind, alias) in [
+            ("eth0.10", "vlan", "plexus:vlan:macvlan:n1"),
+            ("dm-0123456789ab", "dummy", "plexus:dummy:ipvlan:n1"),
+            ("plxm0123456789a", "veth", "plexus:lanparent:macvlan:n1"),
+        ] {
+            assert!(is_plexus_link(m, name, Some(kind), Some(alias)), "{name}");
+        }
+        assert!(!is_plexus_link(m, "eth0.10", Some("vlan"), None));
         // A crash between making and marking.
         assert!(is_plexus_link(m, "plxv0123456789a", Some("veth"), None));
         assert!(is_plexus_link(m, "plx-0123456789a", Some("bridge"), None));

@@ -4,8 +4,9 @@
 //! `iptables` or `nft` processes):
 //!
 //! - [`netns`]: create, open, enter and delete network namespaces;
-//! - [`rtnl`]: links (bridge, veth, vxlan, macvlan), addresses, routes (of any table) and
-//!   policy-routing rules of one namespace, through a netlink socket born inside it;
+//! - [`rtnl`]: links (bridge, veth, vxlan, macvlan, ipvlan, 802.1q, dummy), addresses, routes
+//!   (of any table) and policy-routing rules of one namespace, through a netlink socket born
+//!   inside it;
 //! - [`nft`]: nf_tables over netlink: tables, chains, rules, sets, maps and the expressions
 //!   rules are made of, in atomic batches (no policy: the drivers choose the rules);
 //! - [`sysctl`]: per-namespace `net.*` sysctls;

@@ -27,7 +27,7 @@ pub(super) enum Naming<'a> {
 /// be bound (a tentative IPv6 address cannot). A new IPv6 address stays tentative until the
 /// kernel's link watch sees the link operational, up to a second after it went up; a sandbox
 /// should be able to use its address as soon as join returns.
-pub(super) async fn wait_usable(rs: &Rtnl, index: u32, addr: std::net::Ipv6Addr) {
+pub(crate) async fn wait_usable(rs: &Rtnl, index: u32, addr: std::net::Ipv6Addr) {
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(2);
     loop {
         // Through the join's own connection: no thread enters the sandbox to find out.
@@ -48,7 +48,7 @@ pub(super) async fn wait_usable(rs: &Rtnl, index: u32, addr: std::net::Ipv6Addr)
 }
 
 /// A netlink connection into the sandbox whose namespace is at `key`.
-pub(super) async fn sandbox_rtnl(key: &str) -> Result<Rtnl, SysError> {
+pub(crate) async fn sandbox_rtnl(key: &str) -> Result<Rtnl, SysError> {
     Rtnl::connect(&Netns::open(Path::new(key))?).await
 }
 

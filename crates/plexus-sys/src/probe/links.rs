@@ -100,6 +100,74 @@ pub(super) async fn probe(rtnl: &Rtnl, release: &str) -> Vec<(Feature, Outcome)>
     out
 }
 
+/// The link kinds [`probe_one`] tries.
+pub(super) const KINDS: [Feature; 8] = [
+    Feature::Veth,
+    Feature::Bridge,
+    Feature::Vxlan,
+    Feature::Macvlan,
+    Feature::Ipvlan,
+    Feature::Vlan,
+    Feature::Dummy,
+    Feature::Wireguard,
+];
+
+/// Probes the one link kind `feature` in the namespace `rtnl` talks to (a veth made first
+/// where the kind needs a parent); `None` if `feature` is not a link kind.
+pub(super) async fn probe_one(rtnl: &Rtnl, release: &str, feature: Feature) -> Option<Outcome> {
+    let parent = || async {
+        rtnl.add_veth("probe0", "probe1", None, ALIAS)
+            .await
+            .map(|(a, _)| a.index)
+    };
+    let on_parent = |what: &'static str| async move {
+        match parent().await {
+            Ok(p) => Ok(p),
+            Err(e) => Err(Outcome::Missing(format!(
+                "no veth parent to probe {what} with: {e}"
+            ))),
+        }
+    };
+    let outcome = match feature {
+        Feature::Veth => outcome(parent().await),
+        Feature::Bridge => outcome(
+            rtnl.add_bridge(
+                &BridgeSpec {
+                    name: "probebr",
+                    ..Default::default()
+                },
+                ALIAS,
+            )
+            .await,
+        ),
+        Feature::Vxlan => outcome(rtnl.add_vxlan("probevx", 42, 4789, ALIAS).await),
+        Feature::Dummy => match dummy_untried(release) {
+            Some(why) => Outcome::Missing(why),
+            None => try_add(rtnl, "dummy", LinkDummy::new("probedu").build()).await,
+        },
+        Feature::Wireguard => {
+            try_add(rtnl, "wireguard", LinkWireguard::new("probewg").build()).await
+        }
+        Feature::Macvlan => match on_parent("macvlan").await {
+            Ok(p) => outcome(rtnl.add_macvlan("probemv", p, ALIAS).await),
+            Err(o) => o,
+        },
+        Feature::Ipvlan => match on_parent("ipvlan").await {
+            Ok(p) => {
+                let m = LinkIpVlan::new("probeiv", p, IpVlanMode::L2).build();
+                try_add(rtnl, "ipvlan", m).await
+            }
+            Err(o) => o,
+        },
+        Feature::Vlan => match on_parent("vlan").await {
+            Ok(p) => try_add(rtnl, "vlan", LinkVlan::new("probevl", p, 10).build()).await,
+            Err(o) => o,
+        },
+        _ => return None,
+    };
+    Some(outcome)
+}
+
 #[cfg(test)]
 mod tests {
     #[test]

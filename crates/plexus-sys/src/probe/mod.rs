@@ -8,6 +8,9 @@
 //! loading the `dummy` module adds a `dummy0` link to the machine's namespace, so a dummy
 //! link is tried only where that module is loaded or built in, or cannot be loaded.)
 //!
+//! [`probe_link_kind`] asks about one link kind alone, for a program about to need it (the
+//! macvlan and ipvlan drivers, when a network needs ipvlan, 802.1q or dummy links).
+//!
 //! This is mechanism: what is there. Which features a program needs, and what it cannot do
 //! without one, is the caller's business (Plexus keeps that table in
 //! `plexus_api_types::kernel`).
@@ -406,14 +409,58 @@ impl KernelFeatures {
     pub fn require(&self, feature: Feature) -> Result<()> {
         match self.missing_reason(feature) {
             None => Ok(()),
-            Some(why) => Err(SysError::Unsupported {
-                feature: feature.name().into(),
-                hint: format!(
-                    "trying it failed ({why}); it needs {} (a kernel built with it, or `modprobe` of the module on the host)",
-                    feature.source()
-                ),
-            }),
+            Some(why) => Err(unsupported(feature, why)),
         }
+    }
+}
+
+/// Probes one link kind alone (veth, bridge, vxlan, macvlan, ipvlan, vlan, dummy,
+/// wireguard), in a scratch namespace of its own, then what [`Overrides::from_env`] pretends:
+/// for a program about to need the kind (a driver asked for an ipvlan network), which wants
+/// the kernel's answer now (a module may have been loaded since start) without probing every
+/// feature. [`SysError::Invalid`] for a feature that is not a link kind, or a malformed
+/// override; a namespace that cannot be made is an error, as for
+/// [`KernelFeatures::probe`].
+pub async fn probe_link_kind(feature: Feature) -> Result<Outcome> {
+    if !links::KINDS.contains(&feature) {
+        return Err(SysError::Invalid {
+            field: "feature",
+            value: feature.id().into(),
+            reason: "not a link kind",
+        });
+    }
+    let overrides = Overrides::from_env()?;
+    if overrides.missing.contains(&feature) {
+        return Ok(Outcome::Missing(format!(
+            "pretended missing ({})",
+            Overrides::MISSING_VAR
+        )));
+    }
+    let ns = Netns::anonymous()?;
+    let rtnl = Rtnl::connect(&ns).await?;
+    let release = Release::current()?;
+    Ok(links::probe_one(&rtnl, release.as_str(), feature)
+        .await
+        .unwrap_or_else(|| Outcome::Missing("not a link kind".into())))
+}
+
+/// [`KernelFeatures::require`] for one probed [`Outcome`]: `Ok` if present, else
+/// [`SysError::Unsupported`] naming the feature, what the kernel said and the kernel option
+/// and module that provide it.
+pub fn require(feature: Feature, outcome: &Outcome) -> Result<()> {
+    match outcome {
+        Outcome::Present => Ok(()),
+        Outcome::Missing(why) => Err(unsupported(feature, why)),
+    }
+}
+
+fn unsupported(feature: Feature, why: &str) -> SysError {
+    SysError::Unsupported {
+        feature: feature.name().into(),
+        hint: format!(
+            "trying it failed ({why}); it needs {} (a kernel built with it, or `modprobe` of the module on the host)",
+            feature.source()
+        ),
     }
 }
 

@@ -1,19 +1,22 @@
 //! Links, addresses, routes, policy-routing rules and neighbours of one namespace, through
 //! rtnetlink: the connection ([`Rtnl`]) here, its requests by kind in `links`, `addresses`,
 //! `routes` (of the main table or another), `rules` and `neighbours` (forwarding-database
-//! entries included).
+//! entries included), and links made on top of another (macvlan, ipvlan, 802.1q, dummy) in
+//! `sublinks`.
 
 mod addresses;
 mod links;
 mod neighbours;
 mod routes;
 mod rules;
+mod sublinks;
 mod vxlan;
 
 pub use links::{BridgeSpec, Link, PortFlags, VethPair};
 pub use neighbours::Neighbour;
 pub use routes::Route;
 pub use rules::FibRule;
+pub use sublinks::{IpvlanFlag, IpvlanMode, MacvlanMode, SubLink, SubLinkKind, MAX_VLAN_ID};
 pub use vxlan::{VxlanSpec, MAX_VNI, VXLAN_OVERHEAD, VXLAN_PORT};
 
 use std::os::fd::AsRawFd;
