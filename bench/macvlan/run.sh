@@ -1,0 +1,203 @@
+#!/usr/bin/env bash
+# macvlan benchmark (issue 21), Plexus against Docker 20.10's macvlan driver and the bare
+# kernel, in ONE run:
+#
+#   1. attach / detach of an existing sandbox to a macvlan network through the CLI:
+#      `plexus network connect|disconnect` vs `docker network connect|disconnect`, alternating
+#      (Plexus, Docker, Docker, Plexus, ...), wall clock around each command, medians;
+#   2. TCP throughput (iperf3, one stream) between two sandboxes of a Plexus macvlan network
+#      in bridge mode against two macvlan devices made by hand (`ip link add … type macvlan
+#      mode bridge`) on a parent of the same kind, alternating, medians.
+#
+# Parents: Plexus's network and the bare pair each get a veth end in a namespace of their
+# own as parent (the other end in a "LAN" namespace with a bridge); Docker's parent is a veth
+# end in dockerd's namespace (the machine's), named plxm-dp0, deleted at the end. No traffic
+# leaves the machine; eth0 is not touched.
+#
+# Usage: bench/macvlan/run.sh [--quick] [--reps N] [--iperf-secs S]
+#   default: 30 attach/detach reps, iperf3 5 s x 6 each side; --quick: 10 reps, 3 s x 2
+# Needs root. Installs docker.io, iperf3, busybox-static if missing; starts dockerd like
+# ../shared/anchors/00_setup.sh if it is not running (and stops it at the end).
+# Everything made here is named plxm-* and removed on exit, also on failure.
+# Last line: attach_ms= docker_attach_ms= speedup= detach_ms= docker_detach_ms=
+#   detach_speedup= tput_gbps= bare_tput_gbps= tput_ratio= targets=PASS|FAIL
+set -uo pipefail
+HERE="$(cd "$(dirname "$0")" && pwd)"
+ROOT="$(cd "$HERE/../.." && pwd)"
+REPS=30; IPERF_SECS=5; IPERF_REPS=6
+while (($#)); do
+  case "$1" in
+    --quick) REPS=10; IPERF_SECS=3; IPERF_REPS=2 ;;
+    --reps) REPS=$2; shift ;;
+    --iperf-secs) IPERF_SECS=$2; shift ;;
+    -h|--help) sed -n 2,25p "$0"; exit 0 ;;
+    *) echo "unknown argument $1" >&2; exit 2 ;;
+  esac
+  shift
+done
+[[ $(id -u) == 0 ]] || { echo "run as root" >&2; exit 1; }
+export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-$ROOT/target}
+TMP=$(mktemp -d /tmp/plxm.XXXXXX)
+D=$TMP/data; mkdir -p "$D"
+IMG=plxm-bb:latest
+log() { echo "[$(date +%T)] $*" >&2; }
+PX() { PLEXUS_HOST="unix://$TMP/plexus.sock" "$CARGO_TARGET_DIR/release/plexus" "$@"; }
+
+PLEXUSD_PID=""; DOCKERD_STARTED=0; DOCKERD_PID=""; IMG_IMPORTED=0; SRV=()
+cleanup() {
+  set +e
+  log "cleanup"
+  for p in "${SRV[@]}"; do kill "$p" 2>/dev/null; wait "$p" 2>/dev/null; done
+  if [[ -n $PLEXUSD_PID ]] && kill -0 "$PLEXUSD_PID" 2>/dev/null; then
+    sbs=$(PX sandbox ls -q 2>/dev/null); [[ -n $sbs ]] && PX sandbox rm $sbs >/dev/null 2>&1
+    PX network rm plxm-mv >/dev/null 2>&1
+    kill "$PLEXUSD_PID"; for _ in $(seq 100); do kill -0 "$PLEXUSD_PID" 2>/dev/null || break; sleep 0.1; done
+    kill -9 "$PLEXUSD_PID" 2>/dev/null; wait "$PLEXUSD_PID" 2>/dev/null
+  fi
+  if [[ -d $TMP/run ]]; then
+    for m in $(awk -v p="$TMP/" 'index($5,p)==1{print $5}' /proc/self/mountinfo | sort -r); do umount -l "$m"; done
+  fi
+  if docker info >/dev/null 2>&1; then
+    docker rm -f plxm-dsb >/dev/null 2>&1
+    docker network rm plxm-dmv >/dev/null 2>&1
+    [[ $IMG_IMPORTED == 1 ]] && docker image rm "$IMG" >/dev/null 2>&1
+  fi
+  if [[ $DOCKERD_STARTED == 1 && -n $DOCKERD_PID ]]; then
+    kill "$DOCKERD_PID" 2>/dev/null; for _ in $(seq 150); do kill -0 "$DOCKERD_PID" 2>/dev/null || break; sleep 0.1; done
+  fi
+  ip link del plxm-dp0 2>/dev/null
+  for n in $(ip netns list | awk '{print $1}' | grep '^plxm-'); do ip netns del "$n"; done
+  rm -rf "$TMP"
+}
+trap cleanup EXIT
+trap 'exit 130' INT TERM
+
+# tm FILE CMD...: appends CMD's wall-clock ms to FILE; fails if CMD fails
+tm() {
+  local f=$1; shift
+  sleep 0.1
+  local t0=$EPOCHREALTIME
+  "$@" >/dev/null 2>"$TMP/last.err"; local rc=$?
+  local t1=$EPOCHREALTIME
+  if ((rc)); then log "FAILED ($rc): $* : $(tail -2 "$TMP/last.err")"; return $rc; fi
+  awk -v a="$t0" -v b="$t1" 'BEGIN{printf "%.3f\n",(b-a)*1000}' >> "$D/$f"
+}
+
+# ---------- setup ----------
+export DEBIAN_FRONTEND=noninteractive
+need=()
+for p in docker.io iperf3 busybox-static; do dpkg -s "$p" >/dev/null 2>&1 || need+=("$p"); done
+if ((${#need[@]})); then log "apt-get install ${need[*]}"; apt-get update -qq && apt-get install -y -qq "${need[@]}" >/dev/null; fi
+log "building plexusd + plexus (release)"
+(cd "$ROOT" && ./scripts/build -q) || { echo "build failed" >&2; exit 1; }
+
+DOCKER=1
+if ! docker info >/dev/null 2>&1; then
+  log "starting dockerd (as ../shared/anchors/00_setup.sh: dockerd --iptables=true)"
+  setsid dockerd --iptables=true >"$TMP/dockerd.log" 2>&1 &
+  DOCKERD_PID=$!; DOCKERD_STARTED=1
+  for _ in $(seq 60); do docker info >/dev/null 2>&1 && break; sleep 0.5; done
+fi
+if ! docker info >/dev/null 2>&1; then
+  DOCKER=0; echo "!! dockerd cannot run here: Docker is NOT measured (docker=unavailable)"
+elif ! docker image inspect "$IMG" >/dev/null 2>&1; then
+  r=$(mktemp -d); mkdir -p "$r/bin"; cp /bin/busybox "$r/bin/"; ln -s busybox "$r/bin/sleep"
+  tar -C "$r" -c . | docker import - "$IMG" >/dev/null && IMG_IMPORTED=1; rm -rf "$r"
+fi
+
+# The LAN: a bridge in plxm-lan; each parent is a veth end plugged into it.
+ip netns add plxm-lan; ip -n plxm-lan link add br0 type bridge; ip -n plxm-lan link set br0 up
+plug() { # NETNS IFNAME PEER: IFNAME (in NETNS, or the machine's namespace for "-") on the LAN
+  local ns=$1 ifn=$2 peer=$3
+  if [[ $ns == - ]]; then ip link add "$ifn" type veth peer name "$peer"; ip link set "$ifn" up
+  else ip -n "$ns" link add "$ifn" type veth peer name "$peer"; ip -n "$ns" link set "$ifn" up; ip -n "$ns" link set "$peer" netns plxm-lan; fi
+  [[ $ns == - ]] && ip link set "$peer" netns plxm-lan
+  ip -n plxm-lan link set "$peer" master br0 up
+}
+ip netns add plxm-host; ip -n plxm-host link set lo up
+plug plxm-host lan0 l-px
+ip netns add plxm-bare; plug plxm-bare lan0 l-bare
+((DOCKER)) && plug - plxm-dp0 l-dk
+
+log "starting plexusd in netns plxm-host"
+nsenter --net=/run/netns/plxm-host "$CARGO_TARGET_DIR/release/plexusd" --state-dir "$TMP/state" --run-dir "$TMP/run" \
+  -H "unix://$TMP/plexus.sock" --bridge none </dev/null >/dev/null 2>"$TMP/plexusd.log" &
+PLEXUSD_PID=$!
+for _ in $(seq 200); do PX network ls >/dev/null 2>&1 && break; sleep 0.1; done
+PX network ls >/dev/null 2>&1 || { echo "plexusd did not start:"; tail "$TMP/plexusd.log"; exit 1; }
+PX network create -d macvlan -o parent=lan0 --subnet 10.238.0.0/24 --gateway 10.238.0.1 plxm-mv >/dev/null || exit 1
+PX sandbox create plxm-sb >/dev/null || exit 1
+if ((DOCKER)); then
+  docker network create -d macvlan -o parent=plxm-dp0 --subnet 10.237.0.0/24 --gateway 10.237.0.1 plxm-dmv >/dev/null || exit 1
+  docker run -d --name plxm-dsb "$IMG" sleep 100000 >/dev/null || exit 1
+fi
+
+echo "== macvlan benchmark, $(date -u +%FT%TZ), $(nproc) CPUs, load $(cut -d' ' -f1-3 /proc/loadavg) =="
+echo "plexus: $(git -C "$ROOT" rev-parse --short HEAD) release; docker: $( ((DOCKER)) && docker version --format '{{.Server.Version}}' || echo unavailable)"
+
+# ---------- 1. attach / detach ----------
+log "1. attach/detach x$REPS (alternating)"
+pa() { tm attach_plexus.txt PX network connect plxm-mv plxm-sb; }
+pd() { tm detach_plexus.txt PX network disconnect plxm-mv plxm-sb; }
+da() { ((DOCKER)) && tm attach_docker.txt docker network connect plxm-dmv plxm-dsb; }
+dd() { ((DOCKER)) && tm detach_docker.txt docker network disconnect plxm-dmv plxm-dsb; }
+for r in $(seq 1 "$REPS"); do
+  if ((r % 2)); then pa; da; pd; dd; else da; pa; dd; pd; fi
+done
+# sanity: an attached Plexus sandbox reaches another on the LAN side of the network
+PX network connect plxm-mv plxm-sb >/dev/null
+PX sandbox create plxm-peer --network plxm-mv >/dev/null
+peer_ip=$(PX sandbox inspect plxm-peer | python3 -c 'import json,sys; print(json.load(sys.stdin)[0]["Endpoints"][0]["IPv4Address"].split("/")[0])')
+sb_ns=$(PX sandbox inspect plxm-sb | python3 -c 'import json,sys; print(json.load(sys.stdin)[0]["NetNs"])')
+peer_ns=$(PX sandbox inspect plxm-peer | python3 -c 'import json,sys; print(json.load(sys.stdin)[0]["NetNs"])')
+if nsenter --net="$sb_ns" busybox ping -c1 -W2 "$peer_ip" >/dev/null 2>&1; then echo "check: plexus macvlan sandbox -> peer $peer_ip ok"; else echo "check: ping $peer_ip FAILED"; fi
+
+# ---------- 2. throughput ----------
+log "2. iperf3 ${IPERF_SECS}s x$IPERF_REPS each: Plexus macvlan pair vs bare macvlan pair"
+ip netns add plxm-b1; ip netns add plxm-b2
+for i in 1 2; do
+  ip -n plxm-bare link add mv$i link lan0 type macvlan mode bridge
+  ip -n plxm-bare link set mv$i netns plxm-b$i
+  ip -n plxm-b$i addr add 10.236.0.1$i/24 dev mv$i; ip -n plxm-b$i link set mv$i up; ip -n plxm-b$i link set lo up
+done
+nsenter --net="$peer_ns" iperf3 -s -p 5201 >/dev/null 2>&1 & SRV+=($!)
+ip netns exec plxm-b2 iperf3 -s -p 5201 >/dev/null 2>&1 & SRV+=($!)
+sleep 1
+gbps() { python3 -c 'import json,sys; print("%.3f" % (json.load(sys.stdin)["end"]["sum_received"]["bits_per_second"]/1e9))'; }
+for r in $(seq 1 "$IPERF_REPS"); do
+  nsenter --net="$sb_ns" iperf3 -c "$peer_ip" -p 5201 -t "$IPERF_SECS" -J 2>/dev/null | gbps >> "$D/tput_plexus.txt"
+  ip netns exec plxm-b1 iperf3 -c 10.236.0.12 -p 5201 -t "$IPERF_SECS" -J 2>/dev/null | gbps >> "$D/tput_bare.txt"
+done
+
+# ---------- report ----------
+python3 - "$D" "$DOCKER" <<'EOF'
+import statistics as st, sys, os
+d, docker = sys.argv[1], sys.argv[2] == "1"
+def vals(f):
+    p = os.path.join(d, f)
+    return [float(x) for x in open(p).read().split()] if os.path.exists(p) else []
+def med(f):
+    v = vals(f)
+    return st.median(v) if v else None
+def fmt(x, n=2):
+    return "NA" if x is None else f"{x:.{n}f}"
+pa, pd, da, dd = med("attach_plexus.txt"), med("detach_plexus.txt"), med("attach_docker.txt"), med("detach_docker.txt")
+tp, tb = med("tput_plexus.txt"), med("tput_bare.txt")
+for label, f in [("plexus attach", "attach_plexus.txt"), ("docker attach", "attach_docker.txt"),
+                 ("plexus detach", "detach_plexus.txt"), ("docker detach", "detach_docker.txt"),
+                 ("plexus macvlan tput Gbit/s", "tput_plexus.txt"), ("bare macvlan tput Gbit/s", "tput_bare.txt")]:
+    v = sorted(vals(f))
+    if v:
+        print(f"  {label:<30} median {st.median(v):9.3f}  min {v[0]:9.3f}  max {v[-1]:9.3f}  n={len(v)}")
+speed = da / pa if (pa and da) else None
+dspeed = dd / pd if (pd and dd) else None
+ratio = tp / tb if (tp and tb) else None
+t1 = speed is not None and speed >= 10
+t2 = ratio is not None and ratio >= 0.95
+print("-- targets (issue 21)")
+print(f"  {'PASS' if t1 else 'FAIL'}  macvlan attach >= 10x faster than Docker's: {fmt(pa)} vs {fmt(da)} ms, {fmt(speed, 1)}x")
+print(f"  {'PASS' if t2 else 'FAIL'}  throughput >= 0.95 of two bare macvlan devices: {fmt(tp, 3)} vs {fmt(tb, 3)} Gbit/s, {fmt(ratio, 3)}")
+print(f"attach_ms={fmt(pa)} docker_attach_ms={fmt(da)} speedup={fmt(speed, 1)} detach_ms={fmt(pd)} "
+      f"docker_detach_ms={fmt(dd)} detach_speedup={fmt(dspeed, 1)} tput_gbps={fmt(tp, 3)} "
+      f"bare_tput_gbps={fmt(tb, 3)} tput_ratio={fmt(ratio, 3)} targets={'PASS' if t1 and t2 else 'FAIL'}")
+EOF
