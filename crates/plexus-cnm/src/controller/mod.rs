@@ -303,11 +303,11 @@ impl Controller {
         }
         let Some(resolver) = &self.ipam_resolver else {
             return Err(CnmError::invalid(
-                "IPAM driver",
+                "IPAM.Driver",
                 format!("unknown IPAM driver {name:?}; only \"default\" is available"),
             ));
         };
-        check_name("IPAM driver", name)?;
+        check_name("IPAM.Driver", name)?;
         Ok(resolver.resolve(name).await?)
     }
 
