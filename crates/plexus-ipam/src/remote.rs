@@ -62,10 +62,14 @@ impl From<PluginError> for IpamError {
             } => {
                 let full = e.to_string();
                 // The message without the "plugin NAME: OP: " the IPAM error adds again.
-                let message = full
+                let rest = full
                     .split_once(&format!("{op}: "))
                     .map(|(_, m)| m.to_string())
                     .unwrap_or_else(|| full.clone());
+                let message = match e {
+                    PluginError::NotResponding { .. } => format!("not responding: {rest}"),
+                    _ => rest,
+                };
                 IpamError::Plugin {
                     plugin: name.clone(),
                     op: op.clone(),
