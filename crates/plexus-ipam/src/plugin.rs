@@ -121,8 +121,8 @@ pub enum PluginError {
     },
     /// The plugin was found but nothing could connect to it for the whole retry window.
     #[error(
-        "plugin {name:?} is not responding: {op}: cannot connect to {addr} for {waited_ms} ms \
-         ({message}); looked for it in {searched}"
+        "plugin {name:?} is not responding: {op}: cannot connect to {addr} ({message}); \
+         looked for it in {searched}"
     )]
     NotResponding {
         /// The plugin's name.
@@ -131,9 +131,7 @@ pub enum PluginError {
         op: String,
         /// Where it was last found.
         addr: String,
-        /// How long connecting was tried, in milliseconds.
-        waited_ms: u128,
-        /// The last connection error.
+        /// The last connection error, and how long connecting was tried.
         message: String,
         /// Where it was looked for.
         searched: String,
@@ -576,8 +574,7 @@ impl PluginClient {
                     name: self.name.clone(),
                     op: op.to_string(),
                     addr: addr.to_string(),
-                    waited_ms: waited.as_millis(),
-                    message: conn_err.to_string(),
+                    message: format!("{conn_err}; tried for {} ms", waited.as_millis()),
                     searched: self
                         .dirs
                         .as_ref()
