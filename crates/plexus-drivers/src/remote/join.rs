@@ -9,6 +9,7 @@ use std::net::IpAddr;
 use std::path::Path;
 
 use plexus_cnm::{DriverError, InterfaceName, Joined};
+use plexus_ipam::plugin::PluginError;
 use plexus_sys::netns::Netns;
 use plexus_sys::rtnl::{Route, Rtnl, LOOPBACK_IFINDEX};
 use plexus_sys::{sysctl, SysError};
@@ -44,8 +45,9 @@ impl RemoteDriver {
         let netns = Netns::open(Path::new(sandbox_key)).map_err(sys_ctx("sandbox"))?;
         let rs = Rtnl::connect(&netns).await.map_err(sys_ctx("sandbox"))?;
         let op = "/NetworkDriver.Join";
-        let reply: wire::JoinReply = self
-            .call(
+        let answer = self
+            .client
+            .call::<_, wire::JoinReply>(
                 op,
                 &json!({
                     "NetworkID": network_id,
@@ -54,9 +56,16 @@ impl RemoteDriver {
                     "Options": {},
                 }),
             )
-            .await?;
+            .await;
+        let reply = match answer {
+            Ok(r) => Ok(r),
+            // The plugin thinks it joined: it is told to leave below.
+            Err(e @ PluginError::Malformed { .. }) => Err(plugin_error(e)),
+            // It refused, or never answered: nothing to leave.
+            Err(e) => return Err(plugin_error(e)),
+        };
         let steps = async {
-            let plan = wire::join_plan(self.client.name(), reply).map_err(plugin_error)?;
+            let plan = wire::join_plan(self.client.name(), reply?).map_err(plugin_error)?;
             self.plug(&plan, ep, &netns, &rs, interface).await
         };
         match steps.await {
