@@ -171,7 +171,10 @@ pub fn network_view(
         driver: n.driver.clone(),
         enable_ipv6: n.spec.enable_ipv6,
         ipam: Ipam {
-            driver: "default".to_string(),
+            driver: match n.spec.ipam_driver.as_str() {
+                "" => "default".to_string(),
+                d => d.to_string(),
+            },
             options: Some(n.spec.ipam_options.clone()),
             config: Some(n.ipv4.iter().chain(&n.ipv6).map(pool_view).collect()),
         },
@@ -285,12 +288,12 @@ pub fn network_spec(req: NetworkCreate) -> Result<NetworkSpec, ApiError> {
         ));
     }
     let ipam = req.ipam.unwrap_or_default();
-    if !ipam.driver.is_empty() && ipam.driver != "default" {
-        return Err(ApiError::bad_request(format!(
-            "invalid IPAM.Driver: unknown IPAM driver {:?}; only \"default\" is available",
-            ipam.driver
-        )));
-    }
+    // Another IPAM driver than "default" is the controller's to find (a plugin, when the
+    // daemon looks for them).
+    let ipam_driver = match ipam.driver.as_str() {
+        "default" => String::new(),
+        d => d.to_string(),
+    };
     let (mut ipv4, mut ipv6) = (Vec::new(), Vec::new());
     for (i, entry) in ipam.config.unwrap_or_default().iter().enumerate() {
         let probe = [&entry.subnet, &entry.ip_range, &entry.gateway]
@@ -318,6 +321,7 @@ pub fn network_spec(req: NetworkCreate) -> Result<NetworkSpec, ApiError> {
         ipv4,
         ipv6,
         ipam_options: ipam.options.unwrap_or_default(),
+        ipam_driver,
         enable_ipv6: req.enable_ipv6,
         internal: req.internal,
         attachable: req.attachable,

@@ -372,6 +372,32 @@ pub trait Driver: Send + Sync {
     }
 }
 
+/// Finds drivers the registry does not have, by name, when one is first asked for (dockerd's
+/// lazy plugin lookup: `docker network create -d weave` finds, activates and registers the
+/// plugin `weave`). The controller keeps what it gives and asks again for a name it gave an
+/// error for; plexus-cnm itself knows nothing of plugins.
+#[async_trait]
+pub trait DriverResolver: Send + Sync {
+    /// The driver called `name`; the error says why there is none (not found, and where it
+    /// was looked for; not answering).
+    async fn resolve(&self, name: &str) -> Result<Arc<dyn Driver>, DriverError>;
+}
+
+/// Finds IPAM drivers other than the controller's own by name (`--ipam-driver NAME`), when a
+/// network that names one is created.
+///
+/// The contract: an IPAM given here hands out pool ids that the controller's own
+/// [`Ipam`](plexus_ipam::Ipam) recognises and routes back to it, since addresses are later
+/// asked for and released through that one, by pool id alone (plexusd prefixes them).
+#[async_trait]
+pub trait IpamResolver: Send + Sync {
+    /// The IPAM driver called `name`.
+    async fn resolve(
+        &self,
+        name: &str,
+    ) -> Result<Arc<dyn plexus_ipam::Ipam>, plexus_ipam::IpamError>;
+}
+
 /// The drivers a controller knows, by name.
 #[derive(Clone, Default)]
 pub struct DriverRegistry {

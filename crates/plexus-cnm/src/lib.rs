@@ -44,9 +44,9 @@ pub use controller::orchestrate::MAX_SANDBOX_NETWORKS;
 pub use controller::{check_name, Controller, ControllerConfig};
 pub use datastore::Datastore;
 pub use driver::{
-    Capability, Driver, DriverError, DriverRegistry, EndpointCreated, EndpointInfo,
-    ExternalConnectivity, InterfaceName, Joined, NetworkInfo, NodeDiscovery, StaticRoute,
-    TableEvent, TableEventKind,
+    Capability, Driver, DriverError, DriverRegistry, DriverResolver, EndpointCreated, EndpointInfo,
+    ExternalConnectivity, InterfaceName, IpamResolver, Joined, NetworkInfo, NodeDiscovery,
+    StaticRoute, TableEvent, TableEventKind,
 };
 pub use error::{CnmError, Result};
 pub use model::{

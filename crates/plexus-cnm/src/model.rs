@@ -75,6 +75,10 @@ pub struct NetworkSpec {
     pub ipv6: Vec<IpamPoolSpec>,
     /// IPAM driver options (`com.docker.network.ipam.serial`, ...).
     pub ipam_options: BTreeMap<String, String>,
+    /// `--ipam-driver`: the IPAM driver of the network's pools; empty (or `default`) for the
+    /// controller's own.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub ipam_driver: String,
     /// `--ipv6`.
     pub enable_ipv6: bool,
     /// `--internal`: no connectivity outside the network.

@@ -18,7 +18,10 @@
 //!   inside the sandbox; kinds the kernel lacks (ipvlan, 802.1q, dummy links) refused at run
 //!   time naming the module;
 //! - [`HostDriver`] (`host`): the sandbox is the host's own namespace; nothing to make;
-//! - [`NullDriver`] (`null`, Docker's `none` network): loopback only.
+//! - [`NullDriver`] (`null`, Docker's `none` network): loopback only;
+//! - [`RemoteDriver`](remote::RemoteDriver) (any other name): a plugin process speaking
+//!   Docker's `NetworkDriver` protocol, found by Docker's plugin discovery; the plugin makes
+//!   the links, Plexus moves them into sandboxes and configures them there.
 //!
 //! A driver programs one "host" namespace, given at construction (in production the daemon's
 //! own, in tests one the test made). Every kernel object the bridge driver makes carries a
@@ -60,6 +63,7 @@ mod null;
 pub mod options;
 pub mod overlay;
 mod reaper;
+pub mod remote;
 pub mod reset;
 
 use std::sync::Arc;

@@ -8,7 +8,8 @@
 //! | [`pool`] | one pool's addresses: reserved addresses, ip-range, gateway/aux, lowest-free or serial order (pure) |
 //! | [`space`] | default pools (Docker's, `default-address-pools`, per-host IPv6 ULA) and the choice of subnets (pure) |
 //! | [`builtin`] | the built-in driver: the pure parts cached in memory, every change a compare-and-swap transaction in a [`plexus_kv::Store`] |
-//! | [`remote`] | a client of Docker's remote IPAM plugin protocol, with plugin discovery |
+//! | [`plugin`] | Docker's plugin transport: discovery, activation, the JSON POST client with retries and timeouts |
+//! | [`remote`] | a client of Docker's remote IPAM plugin protocol over [`plugin`] |
 //! | `testing` | (feature `testing`) scenarios taking any `Arc<dyn Store>`, such as the two-allocator race |
 //!
 //! The IPv4 set is a bitmap compressed by 4096-address chunks ([`dense`]); the IPv6 set is
@@ -37,6 +38,7 @@ pub mod api;
 pub mod builtin;
 pub mod dense;
 mod error;
+pub mod plugin;
 pub mod pool;
 pub mod remote;
 mod scoped;

@@ -34,6 +34,7 @@ mod gossip;
 mod kernel;
 mod lb;
 mod metrics;
+mod plugins;
 mod reconcile;
 
 /// The Plexus daemon: container networks on this host, served over the Docker Engine API.
@@ -122,6 +123,19 @@ struct Args {
     /// `--dns`.
     #[arg(long = "dns-resolv-conf", default_value = "/etc/resolv.conf")]
     dns_resolv_conf: PathBuf,
+    /// Look for plugins (`NAME.sock`, `NAME/NAME.sock`, `NAME.spec`, `NAME.json`) here
+    /// instead of Docker's directories (repeat for more; tests).
+    #[arg(long = "plugin-dir", value_name = "DIR", hide = true)]
+    plugin_dirs: Vec<PathBuf>,
+    /// How long, in seconds, a plugin that does not accept connections is tried again, and
+    /// how long its answer may take (dockerd: 30).
+    #[arg(
+        long = "plugin-timeout",
+        value_name = "SECS",
+        default_value_t = 30,
+        hide = true
+    )]
+    plugin_timeout: u64,
     /// Run as the embedded DNS resolver that plexusd starts (internal).
     #[arg(long = "internal-resolver", hide = true)]
     internal_resolver: bool,
@@ -410,9 +424,24 @@ async fn run(args: Args) -> Result<()> {
 
     let overlay_on = drivers.names().iter().any(|d| d == "overlay");
     let scoped_ipam = plexus_ipam::ScopedIpam::new(ipam.clone(), global_ipam);
+    // Docker's plugins, found when a network first names one (-d NAME, --ipam-driver NAME).
+    let plugin_dirs = if args.plugin_dirs.is_empty() {
+        plexus_ipam::plugin::PluginDirs::default()
+    } else {
+        plexus_ipam::plugin::PluginDirs {
+            socket_dirs: args.plugin_dirs.clone(),
+            spec_dirs: args.plugin_dirs.clone(),
+        }
+    };
+    let plugins = Arc::new(plugins::Plugins::new(
+        plugin_dirs,
+        plexus_ipam::plugin::Timeouts::both(std::time::Duration::from_secs(args.plugin_timeout)),
+        host.clone(),
+    ));
+    let routed_ipam = plugins::RoutedIpam::new(Arc::new(scoped_ipam), plugins.clone());
     let mut controller = Controller::new(
         store.clone(),
-        Arc::new(scoped_ipam),
+        Arc::new(routed_ipam),
         drivers,
         ControllerConfig {
             host_id: host_id.clone(),
@@ -424,7 +453,9 @@ async fn run(args: Args) -> Result<()> {
             ..ControllerConfig::default()
         },
     )
-    .with_namespaces(Arc::new(plexus_api::SysNamespaces::new(netns_dir.clone())));
+    .with_namespaces(Arc::new(plexus_api::SysNamespaces::new(netns_dir.clone())))
+    .with_driver_resolver(plugins.clone())
+    .with_ipam_resolver(plugins);
     let mut resolver_args = vec![
         "--dns-resolv-conf".to_string(),
         args.dns_resolv_conf.display().to_string(),

@@ -39,8 +39,7 @@ impl Controller {
     /// stops the round with its error (the others that heard keep what they learnt; the
     /// gossip layer's next announcement repeats it).
     pub async fn node_joined(&self, node: &NodeDiscovery) -> Result<()> {
-        for name in self.drivers.names() {
-            let driver = self.driver(&name)?;
+        for driver in self.all_drivers() {
             driver
                 .discover_new(node)
                 .await
@@ -51,8 +50,7 @@ impl Controller {
 
     /// A node left the cluster: every driver hears of it.
     pub async fn node_left(&self, node: &NodeDiscovery) -> Result<()> {
-        for name in self.drivers.names() {
-            let driver = self.driver(&name)?;
+        for driver in self.all_drivers() {
             driver
                 .discover_delete(node)
                 .await
@@ -145,7 +143,7 @@ impl Controller {
     /// it. An unknown network is an error naming it.
     pub async fn table_event(&self, event: &TableEvent) -> Result<()> {
         let network = self.network(&event.network_id).await?;
-        let driver = self.driver(&network.driver)?;
+        let driver = self.driver(&network.driver).await?;
         driver
             .event_notify(event)
             .await

@@ -173,7 +173,7 @@ impl Controller {
         };
         let (network, made) = self.gateway_network_locked(spec).await.map_err(wrap)?;
         let mut allocated: Vec<(String, IpAddr)> = Vec::new();
-        let result = match self.driver(&network.driver) {
+        let result = match self.driver(&network.driver).await {
             Ok(driver) => {
                 self.connect_steps(
                     sandbox,

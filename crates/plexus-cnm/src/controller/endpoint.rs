@@ -27,7 +27,7 @@ impl Controller {
         let _op = self.ops.lock().await;
         let (sandbox, _) = self.sandbox_indexed(sandbox).await?;
         let network = self.network(network).await?;
-        let driver = self.driver(&network.driver)?;
+        let driver = self.driver(&network.driver).await?;
         check_endpoint_spec(&network, &spec, false)?;
         // One read of the sandbox's endpoints serves both this check and the interface name
         // the join tries first.
@@ -448,7 +448,7 @@ impl Controller {
         network: &str,
     ) -> Result<BTreeMap<String, serde_json::Value>> {
         let (_, network, endpoint) = self.endpoint_on(sandbox, network).await?;
-        let driver = self.driver(&network.driver)?;
+        let driver = self.driver(&network.driver).await?;
         driver
             .endpoint_oper_info(&network.id, &endpoint.id)
             .await
@@ -464,7 +464,7 @@ impl Controller {
         network: &Network,
         relaxed: bool,
     ) -> Result<()> {
-        let driver = self.driver(&network.driver)?;
+        let driver = self.driver(&network.driver).await?;
         // The record goes while the driver takes the data plane down (as in connect): the
         // driver takes it out of service in an order that start-up reconciliation reads as
         // "gone" however a crash cuts it short.

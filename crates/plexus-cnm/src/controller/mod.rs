@@ -26,7 +26,7 @@ use serde::de::DeserializeOwned;
 use tokio::sync::Mutex;
 
 use crate::datastore::Datastore;
-use crate::driver::{Driver, DriverError, DriverRegistry};
+use crate::driver::{Driver, DriverError, DriverRegistry, DriverResolver, IpamResolver};
 use crate::error::{CnmError, Result};
 use crate::model::Network;
 
@@ -73,6 +73,12 @@ pub struct Controller {
     store: Datastore,
     ipam: Arc<dyn Ipam>,
     drivers: DriverRegistry,
+    /// Consulted for a driver name the registry lacks (plugins); what it gives is kept in
+    /// `resolved`.
+    resolver: Option<Arc<dyn DriverResolver>>,
+    resolved: std::sync::Mutex<std::collections::BTreeMap<String, Arc<dyn Driver>>>,
+    /// Gives the IPAM of networks that name an IPAM driver (`--ipam-driver`).
+    ipam_resolver: Option<Arc<dyn IpamResolver>>,
     config: ControllerConfig,
     /// Mutating operations of one controller run one at a time; the store's transactions
     /// guard against other controllers sharing the store.
@@ -180,6 +186,9 @@ impl Controller {
             store: Datastore::local(store),
             ipam,
             drivers,
+            resolver: None,
+            resolved: std::sync::Mutex::default(),
+            ipam_resolver: None,
             config,
             ops: Mutex::new(()),
             events: events::EventBus::new(),
@@ -220,8 +229,16 @@ impl Controller {
         Ok(out)
     }
 
-    pub(super) fn driver(&self, name: &str) -> Result<Arc<dyn Driver>> {
-        self.drivers.get(name).ok_or_else(|| CnmError::Invalid {
+    /// The driver called `name`: a registered one, one resolved before, or one the resolver
+    /// finds now (then kept).
+    pub(super) async fn driver(&self, name: &str) -> Result<Arc<dyn Driver>> {
+        if let Some(d) = self.drivers.get(name) {
+            return Ok(d);
+        }
+        if let Some(d) = self.resolved_driver(name) {
+            return Ok(d);
+        }
+        let unknown = |found: Option<String>| CnmError::Invalid {
             field: "driver".into(),
             reason: match name {
                 // Known, but only on a daemon that is part of a cluster.
@@ -229,11 +246,69 @@ impl Controller {
                      --cluster-store and --cluster-advertise"
                     .to_string(),
                 _ => format!(
-                    "unknown driver {name:?}; known drivers: {}",
-                    self.drivers.names().join(", ")
+                    "unknown driver {name:?}; known drivers: {}{}",
+                    self.drivers.names().join(", "),
+                    found.map(|f| format!("; {f}")).unwrap_or_default()
                 ),
             },
-        })
+        };
+        let Some(resolver) = &self.resolver else {
+            return Err(unknown(None));
+        };
+        if name == "overlay" || check_name("driver", name).is_err() {
+            return Err(unknown(None));
+        }
+        match resolver.resolve(name).await {
+            Ok(d) => {
+                tracing::info!(driver = name, "driver plugin registered");
+                if let Ok(mut m) = self.resolved.lock() {
+                    m.insert(name.to_string(), d.clone());
+                }
+                Ok(d)
+            }
+            Err(e) => Err(unknown(Some(e.to_string()))),
+        }
+    }
+
+    fn resolved_driver(&self, name: &str) -> Option<Arc<dyn Driver>> {
+        self.resolved.lock().ok()?.get(name).cloned()
+    }
+
+    /// Every driver: the registered ones, then those resolved so far.
+    pub(super) fn all_drivers(&self) -> Vec<Arc<dyn Driver>> {
+        let mut out: Vec<Arc<dyn Driver>> = self.drivers.iter().map(|(_, d)| d.clone()).collect();
+        if let Ok(m) = self.resolved.lock() {
+            out.extend(m.values().cloned());
+        }
+        out
+    }
+
+    /// Consults `resolver` for driver names the registry lacks (plugins).
+    pub fn with_driver_resolver(mut self, resolver: Arc<dyn DriverResolver>) -> Self {
+        self.resolver = Some(resolver);
+        self
+    }
+
+    /// Consults `resolver` for the IPAM of networks that name an IPAM driver.
+    pub fn with_ipam_resolver(mut self, resolver: Arc<dyn IpamResolver>) -> Self {
+        self.ipam_resolver = Some(resolver);
+        self
+    }
+
+    /// The IPAM that allocates the pools of a network whose IPAM driver is `name` (empty or
+    /// `default`: the controller's own).
+    pub(super) async fn ipam_for(&self, name: &str) -> Result<Arc<dyn Ipam>> {
+        if name.is_empty() || name == "default" {
+            return Ok(self.ipam.clone());
+        }
+        let Some(resolver) = &self.ipam_resolver else {
+            return Err(CnmError::invalid(
+                "IPAM.Driver",
+                format!("unknown IPAM driver {name:?}; only \"default\" is available"),
+            ));
+        };
+        check_name("IPAM.Driver", name)?;
+        Ok(resolver.resolve(name).await?)
     }
 
     /// Adds a cluster store (`--cluster-store`): global-scope networks and their endpoints
@@ -265,7 +340,7 @@ impl Controller {
 
     /// Whether a driver called `name` is registered.
     pub fn has_driver(&self, name: &str) -> bool {
-        self.drivers.get(name).is_some()
+        self.drivers.get(name).is_some() || self.resolved_driver(name).is_some()
     }
 
     /// Removes a network that has no endpoints even when it is pre-defined: for the daemon's

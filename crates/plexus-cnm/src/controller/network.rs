@@ -2,7 +2,7 @@
 
 use std::collections::BTreeMap;
 
-use plexus_ipam::{GatewayRequest, PoolRequest, PoolResponse, GLOBAL_SPACE, LOCAL_SPACE};
+use plexus_ipam::{GatewayRequest, Ipam, PoolRequest, PoolResponse, GLOBAL_SPACE, LOCAL_SPACE};
 use plexus_kv::{KvError, Txn};
 
 use super::events::{Event, EventAction};
@@ -96,8 +96,10 @@ impl Controller {
         }
     }
 
+    #[allow(clippy::too_many_arguments)]
     pub(super) async fn request_pools(
         &self,
+        ipam: &dyn Ipam,
         space: &str,
         owner: &str,
         specs: &[IpamPoolSpec],
@@ -139,7 +141,7 @@ impl Controller {
                 gateway,
                 aux_addresses,
                 ..
-            } = self.ipam.request_pool(request).await?;
+            } = ipam.request_pool(request).await?;
             done.push(pool_id.clone());
             pools.push(IpamPool {
                 pool_id,
@@ -174,7 +176,7 @@ impl Controller {
         if spec.driver.is_empty() {
             spec.driver = self.config.default_driver.clone();
         }
-        let driver = self.driver(&spec.driver)?;
+        let driver = self.driver(&spec.driver).await?;
         check_generic_options(&spec.options)?;
         driver
             .validate_options(&spec.options)
@@ -251,9 +253,11 @@ impl Controller {
         };
         let mut pool_ids = Vec::new();
         let (ipv4, ipv6) = if capability.needs_ipam {
+            let ipam = self.ipam_for(&spec.ipam_driver).await?;
             let owner = spec.name.clone();
             let v4 = self
                 .request_pools(
+                    ipam.as_ref(),
                     space,
                     &owner,
                     &spec.ipv4,
@@ -272,6 +276,7 @@ impl Controller {
             let v6 = if spec.enable_ipv6 {
                 match self
                     .request_pools(
+                        ipam.as_ref(),
                         space,
                         &owner,
                         &spec.ipv6,
@@ -434,7 +439,7 @@ impl Controller {
                 by: by.join(", "),
             });
         }
-        let driver = self.driver(&network.driver)?;
+        let driver = self.driver(&network.driver).await?;
         // Records first: once they are gone nobody can attach; then the data plane; then the
         // pools. A crash in between leaves only what reconciliation removes.
         let (_, index) = self
@@ -482,7 +487,7 @@ impl Controller {
         let mut made = Vec::new();
         let networks = self.networks().await?;
         for (name, driver) in PREDEFINED_NETWORKS {
-            if self.driver(driver).is_err() {
+            if !self.has_driver(driver) {
                 tracing::warn!(
                     network = name,
                     driver,

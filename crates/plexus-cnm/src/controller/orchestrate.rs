@@ -194,7 +194,7 @@ impl Controller {
                     ));
                 }
             }
-            let driver = self.driver(&network.driver)?;
+            let driver = self.driver(&network.driver).await?;
             let mut ep = ep.clone();
             if i == 0 {
                 ep.ports.extend(spec.ports.iter().cloned());
@@ -401,7 +401,7 @@ impl Controller {
                     kind: "network",
                     name: network.name.clone(),
                 })?;
-            let driver = self.driver(&network.driver)?;
+            let driver = self.driver(&network.driver).await?;
             let spec = EndpointSpec::default();
             self.make_endpoint(sandbox, &network, &driver, &spec, true, made, allocated)
                 .await?;
@@ -530,7 +530,7 @@ impl Controller {
         events.push(Event::sandbox(EventAction::Destroy, sandbox));
         self.commit(txn, events).await?;
         for (ep, network) in endpoints.iter().rev() {
-            let driver = self.driver(&network.driver)?;
+            let driver = self.driver(&network.driver).await?;
             if let Err(e) = driver
                 .revoke_external_connectivity(&network.id, &ep.id)
                 .await
