@@ -19,6 +19,9 @@ pub const REQUEST_TYPE_GATEWAY: &str = "com.docker.network.gateway";
 pub const OPT_MAC_ADDRESS: &str = "com.docker.network.endpoint.macaddress";
 /// The pool-response data key carrying a gateway chosen by the IPAM driver (`addr/len`).
 pub const DATA_GATEWAY: &str = "com.docker.network.gateway";
+/// The address-response data key carrying DNS servers that come with the address (a DHCP
+/// lease's), comma-separated: the sandbox's nameservers when it was given none (`--dns`).
+pub const DATA_DNS_SERVERS: &str = "plexus.ipam.dns_servers";
 
 /// What an IPAM driver needs from its caller.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -69,6 +72,10 @@ pub struct PoolRequest {
     pub aux_addresses: BTreeMap<String, String>,
     /// Driver options (`com.docker.network.ipam.serial=true`, ...).
     pub options: BTreeMap<String, String>,
+    /// The network's own options (`-o`), for drivers that serve the LAN behind one of its
+    /// interfaces (the `dhcp` driver reads `parent`); not sent to remote plugins, as Docker
+    /// sends them none.
+    pub network_options: BTreeMap<String, String>,
     /// An IPv6 pool.
     pub v6: bool,
 }

@@ -195,6 +195,15 @@ pub enum IpamError {
         /// The plugin's error or the transport failure.
         message: String,
     },
+    /// A built-in IPAM driver other than the default one failed (the `dhcp` driver: no
+    /// server answered on the parent, the server refused, ...).
+    #[error("IPAM driver {driver:?}: {message}")]
+    Driver {
+        /// The driver's name.
+        driver: String,
+        /// What went wrong, naming the interface, field or address.
+        message: String,
+    },
     /// No plugin of that name was found.
     #[error("IPAM plugin {name:?} not found: looked for {name}.sock, {name}.spec and {name}.json in {dirs}")]
     PluginNotFound {
