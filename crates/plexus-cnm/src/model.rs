@@ -258,6 +258,10 @@ pub struct Endpoint {
     /// Its join gave the sandbox no default gateway.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub disable_gateway: bool,
+    /// DNS servers that came with its address (a DHCP lease's, through the IPAM driver's
+    /// answer): its sandbox's nameservers when the sandbox was given none (`--dns`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub dns: Vec<IpAddr>,
     /// The controller made it, not a user: its sandbox's way out through the gateway network
     /// (Docker's `gateway_<sandbox id>` endpoint on `docker_gwbridge`), because its other
     /// networks give it no default gateway. It goes when they do.

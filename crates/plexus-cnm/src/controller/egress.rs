@@ -329,6 +329,7 @@ mod tests {
             options: BTreeMap::new(),
             routes: Vec::new(),
             disable_gateway: no_gateway,
+            dns: Vec::new(),
             egress,
         }
     }

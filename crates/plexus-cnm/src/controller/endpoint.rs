@@ -5,6 +5,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;
 
 use ipnet::IpNet;
+use plexus_ipam::api::DATA_DNS_SERVERS;
 use plexus_ipam::AddressRequest;
 use plexus_kv::Txn;
 
@@ -81,6 +82,20 @@ impl Controller {
         mac: Option<&String>,
         allocated: &mut Vec<(String, IpAddr)>,
     ) -> Result<Option<(String, IpNet)>> {
+        Ok(self
+            .allocate_with_data(pools, preferred, mac, allocated)
+            .await?
+            .map(|(pool, addr, _)| (pool, addr)))
+    }
+
+    /// [`allocate`](Self::allocate), with the IPAM driver's data (a lease's DNS servers).
+    async fn allocate_with_data(
+        &self,
+        pools: &[IpamPool],
+        preferred: Option<&String>,
+        mac: Option<&String>,
+        allocated: &mut Vec<(String, IpAddr)>,
+    ) -> Result<Option<(String, IpNet, BTreeMap<String, String>)>> {
         let Some(pool) = pools.first() else {
             return Ok(None);
         };
@@ -91,7 +106,37 @@ impl Controller {
         request.mac_address = mac.cloned();
         let response = self.ipam.request_address(request).await?;
         allocated.push((pool.pool_id.clone(), response.address.addr()));
-        Ok(Some((pool.pool_id.clone(), response.address)))
+        Ok(Some((
+            pool.pool_id.clone(),
+            response.address,
+            response.data,
+        )))
+    }
+
+    /// The MAC an endpoint of `network` is made with: the one asked for, or, when the
+    /// network's IPAM driver needs the MAC before the address (a DHCP server leases to a MAC),
+    /// a random locally administered one, as libnetwork makes for such drivers; `None` lets
+    /// the network's driver choose.
+    async fn endpoint_mac(&self, network: &Network, spec: &EndpointSpec) -> Result<Option<String>> {
+        if spec.mac.is_some() || (network.ipv4.is_empty() && network.ipv6.is_empty()) {
+            return Ok(spec.mac.clone());
+        }
+        let ipam = self.ipam_for(&network.spec.ipam_driver).await?;
+        if !ipam.capabilities().await?.requires_mac_address {
+            return Ok(None);
+        }
+        let mut mac = [0u8; 6];
+        let id = new_id()?;
+        for (i, b) in mac.iter_mut().enumerate() {
+            *b = u8::from_str_radix(id.get(2 * i..2 * i + 2).unwrap_or("00"), 16).unwrap_or(0);
+        }
+        mac[0] = (mac[0] & 0xfc) | 0x02;
+        Ok(Some(
+            mac.iter()
+                .map(|b| format!("{b:02x}"))
+                .collect::<Vec<_>>()
+                .join(":"),
+        ))
     }
 
     /// The first steps of every new endpoint, for connect and for a sandbox made whole: its
@@ -107,22 +152,23 @@ impl Controller {
         egress: bool,
         allocated: &mut Vec<(String, IpAddr)>,
     ) -> Result<Endpoint> {
+        let mac = self.endpoint_mac(network, spec).await?;
         let v4 = self
-            .allocate(
-                &network.ipv4,
-                spec.ipv4.as_ref(),
-                spec.mac.as_ref(),
-                allocated,
-            )
+            .allocate_with_data(&network.ipv4, spec.ipv4.as_ref(), mac.as_ref(), allocated)
             .await?;
         let v6 = self
-            .allocate(
-                &network.ipv6,
-                spec.ipv6.as_ref(),
-                spec.mac.as_ref(),
-                allocated,
-            )
+            .allocate_with_data(&network.ipv6, spec.ipv6.as_ref(), mac.as_ref(), allocated)
             .await?;
+        // DNS servers that came with the addresses (a DHCP lease's), v4's first, once each.
+        let mut dns: Vec<IpAddr> = Vec::new();
+        for data in v4.iter().chain(v6.iter()).map(|(_, _, d)| d) {
+            let listed = data.get(DATA_DNS_SERVERS).map(String::as_str).unwrap_or("");
+            for ip in listed.split(',').filter_map(|s| s.trim().parse().ok()) {
+                if !dns.contains(&ip) {
+                    dns.push(ip);
+                }
+            }
+        }
         if network.scope == Scope::Global {
             // A global network is created on the host that made it; every other host's
             // driver learns of it (with its allocation) here, before an endpoint is made on it.
@@ -135,9 +181,9 @@ impl Controller {
         let info = EndpointInfo {
             network_id: network.id.clone(),
             endpoint_id: id.clone(),
-            ipv4: v4.as_ref().map(|(_, a)| *a),
-            ipv6: v6.as_ref().map(|(_, a)| *a),
-            mac: spec.mac.clone(),
+            ipv4: v4.as_ref().map(|(_, a, _)| *a),
+            ipv6: v6.as_ref().map(|(_, a, _)| *a),
+            mac,
             ports: spec.ports.clone(),
             options: spec.options.clone(),
         };
@@ -156,7 +202,11 @@ impl Controller {
             sandbox_id: sandbox.id.clone(),
             ipv4: info.ipv4,
             ipv6: info.ipv6,
-            pool_ids: v4.iter().chain(v6.iter()).map(|(p, _)| p.clone()).collect(),
+            pool_ids: v4
+                .iter()
+                .chain(v6.iter())
+                .map(|(p, _, _)| p.clone())
+                .collect(),
             mac: created.mac,
             interface: None,
             aliases: spec.aliases.clone(),
@@ -166,6 +216,7 @@ impl Controller {
             options: spec.options.clone(),
             routes: Vec::new(),
             disable_gateway: false,
+            dns,
             egress,
         })
     }

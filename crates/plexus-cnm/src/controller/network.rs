@@ -105,6 +105,7 @@ impl Controller {
         specs: &[IpamPoolSpec],
         v6: bool,
         options: &BTreeMap<String, String>,
+        network_options: &BTreeMap<String, String>,
         done: &mut Vec<String>,
     ) -> Result<Vec<IpamPool>> {
         let default = [IpamPoolSpec::default()];
@@ -132,6 +133,7 @@ impl Controller {
             for (k, v) in options {
                 request = request.option(k, v);
             }
+            request.network_options = network_options.clone();
             if v6 {
                 request = request.v6();
             }
@@ -263,6 +265,7 @@ impl Controller {
                     &spec.ipv4,
                     false,
                     &spec.ipam_options,
+                    &spec.options,
                     &mut pool_ids,
                 )
                 .await;
@@ -282,6 +285,7 @@ impl Controller {
                         &spec.ipv6,
                         true,
                         &spec.ipam_options,
+                        &spec.options,
                         &mut pool_ids,
                     )
                     .await

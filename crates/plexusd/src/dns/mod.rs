@@ -629,6 +629,7 @@ mod tests {
             options: Default::default(),
             routes: Vec::new(),
             disable_gateway: false,
+            dns: Vec::new(),
             egress,
         }
     }
