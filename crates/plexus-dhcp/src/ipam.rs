@@ -52,6 +52,15 @@ use crate::socket::{self, Answered, Link};
 /// The driver's name (`--ipam-driver dhcp`).
 pub const DRIVER_NAME: &str = "dhcp";
 
+/// How the driver's pool ids begin, so that an IPAM in front of several drivers routes the
+/// calls on a pool by its id alone ([`owns_pool`]).
+pub const POOL_ID_PREFIX: &str = "dhcp-";
+
+/// Whether `pool_id` is one of this driver's.
+pub fn owns_pool(pool_id: &str) -> bool {
+    pool_id.starts_with(POOL_ID_PREFIX)
+}
+
 /// Settings of the driver.
 #[derive(Debug, Clone, Default)]
 pub struct DhcpConfig {
@@ -443,7 +452,7 @@ impl Ipam for DhcpIpam {
         let (subnet, gateway) = pool_of(&request, &interface, &offer)?;
         let suffix: [u8; 4] = random().map_err(err)?;
         let pool_id = format!(
-            "dhcp-{}-{}",
+            "{POOL_ID_PREFIX}{}-{}",
             request
                 .owner
                 .replace(|c: char| !c.is_ascii_alphanumeric(), "_"),

@@ -56,4 +56,4 @@ pub mod records;
 pub mod socket;
 
 pub use error::{DhcpError, Result};
-pub use ipam::{DhcpConfig, DhcpIpam, DRIVER_NAME};
+pub use ipam::{owns_pool, DhcpConfig, DhcpIpam, DRIVER_NAME, POOL_ID_PREFIX};

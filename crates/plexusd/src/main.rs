@@ -29,6 +29,7 @@ use plexus_ipam::{BuiltinIpam, Ipam, IpamConfig};
 use tokio::signal::unix::{signal, SignalKind};
 
 mod cluster;
+mod dhcp;
 mod dns;
 mod gossip;
 mod kernel;
@@ -439,9 +440,22 @@ async fn run(args: Args) -> Result<()> {
         host.clone(),
     ));
     let routed_ipam = plugins::RoutedIpam::new(Arc::new(scoped_ipam), plugins.clone());
+    // --ipam-driver dhcp: its lease table is read and every renewal started again now.
+    let dhcp_config = plexus_dhcp::DhcpConfig {
+        netns: Some(host.clone()),
+        ..plexus_dhcp::DhcpConfig::default()
+    };
+    let dhcp_ipam = Arc::new(
+        plexus_dhcp::DhcpIpam::open(store.clone(), dhcp_config)
+            .await
+            .context("opening the dhcp IPAM driver's lease table")?,
+    );
     let mut controller = Controller::new(
         store.clone(),
-        Arc::new(routed_ipam),
+        Arc::new(dhcp::WithDhcp::new(
+            dhcp_ipam.clone(),
+            Arc::new(routed_ipam),
+        )),
         drivers,
         ControllerConfig {
             host_id: host_id.clone(),
@@ -455,7 +469,11 @@ async fn run(args: Args) -> Result<()> {
     )
     .with_namespaces(Arc::new(plexus_api::SysNamespaces::new(netns_dir.clone())))
     .with_driver_resolver(plugins.clone())
-    .with_ipam_resolver(plugins);
+    // The dhcp driver by its name, any other name a plugin.
+    .with_ipam_resolver(Arc::new(dhcp::DhcpResolver::new(
+        dhcp_ipam.clone(),
+        Some(plugins),
+    )));
     let mut resolver_args = vec![
         "--dns-resolv-conf".to_string(),
         args.dns_resolv_conf.display().to_string(),
@@ -527,6 +545,9 @@ async fn run(args: Args) -> Result<()> {
         None => {}
     }
     reconcile::startup(&controller, &ipam, &netns_dir, &reconcile_metrics).await?;
+    let (leases, dhcp_pools) = dhcp::reconcile(&controller, &dhcp_ipam).await?;
+    reconcile_metrics.repaired(plexus_cnm::ReconcileMode::Startup, "dhcp_lease", leases);
+    reconcile_metrics.repaired(plexus_cnm::ReconcileMode::Startup, "dhcp_pool", dhcp_pools);
     let made = controller
         .create_predefined_networks()
         .await

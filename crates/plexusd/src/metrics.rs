@@ -159,7 +159,7 @@ impl ReconcileMetrics {
         registry
             .register(
                 "reconcile_repairs",
-                "What reconciliation changed in the kernel or the records, by mode and kind: network, endpoint (made again or adopted), kernel_object (a bridge, port, rule made again), orphan_removed (a marked object the store does not know), rolled_back (an endpoint a crash cut short), renamed, gateway (a sandbox's gateway endpoint attached or removed), orphan_namespace, ipam_pool, ipam_address (released)",
+                "What reconciliation changed in the kernel or the records, by mode and kind: network, endpoint (made again or adopted), kernel_object (a bridge, port, rule made again), orphan_removed (a marked object the store does not know), rolled_back (an endpoint a crash cut short), renamed, gateway (a sandbox's gateway endpoint attached or removed), orphan_namespace, ipam_pool, ipam_address, dhcp_lease, dhcp_pool (released)",
                 m.repairs.clone(),
             )
             .context(ctx)?;

@@ -150,12 +150,30 @@ async fn service_of(controller: &Controller, sb: &Sandbox) -> Option<Service> {
     }
 }
 
-fn sandbox_info(sb: &Sandbox) -> SandboxInfo {
+/// The nameservers of a sandbox: its own (`--dns`), else those that came with its endpoints'
+/// addresses (DHCP leases), in endpoint order; empty for the host's.
+fn nameservers(sb: &Sandbox, eps: &[(Endpoint, Network)]) -> Vec<IpAddr> {
+    if !sb.dns.is_empty() {
+        return sb.dns.clone();
+    }
+    let mut out: Vec<IpAddr> = Vec::new();
+    for ip in eps.iter().flat_map(|(ep, _)| ep.dns.iter()) {
+        if !out.contains(ip) {
+            out.push(*ip);
+        }
+    }
+    out
+}
+
+fn sandbox_info(sb: &Sandbox, eps: &[(Endpoint, Network)]) -> SandboxInfo {
     SandboxInfo {
         id: sb.id.clone(),
         name: sb.name.clone(),
         netns: PathBuf::from(&sb.key),
-        upstreams: sb.dns.iter().map(|ip| SocketAddr::new(*ip, 53)).collect(),
+        upstreams: nameservers(sb, eps)
+            .iter()
+            .map(|ip| SocketAddr::new(*ip, 53))
+            .collect(),
         ndots_set: resolvconf::sets_ndots(&sb.dns_options),
     }
 }
@@ -179,7 +197,7 @@ fn sandbox_ops(
         });
     }
     ops.push(Request::UpsertSandbox {
-        sandbox: sandbox_info(sb),
+        sandbox: sandbox_info(sb, eps),
     });
     for (order, (ep, n)) in served.iter().enumerate() {
         ops.push(Request::UpsertEndpoint {
@@ -439,7 +457,7 @@ impl Dns {
         } else {
             resolvconf::without_resolver(
                 &self.host_resolv_conf,
-                &sb.dns,
+                &nameservers(sb, eps),
                 &sb.dns_search,
                 &sb.dns_options,
             )
@@ -670,5 +688,30 @@ mod tests {
         let mut eps = eps;
         eps[1].0.egress = false;
         assert_eq!(named(&eps).len(), 2);
+    }
+
+    #[test]
+    fn a_leases_dns_servers_serve_a_sandbox_without_its_own() {
+        let lan = network("lan");
+        let mut ep = endpoint("e1", &lan, "192.168.1.50/24", false);
+        ep.dns = vec![[192, 168, 1, 53].into(), [192, 168, 1, 54].into()];
+        let mut other = endpoint("e2", &lan, "192.168.1.51/24", false);
+        other.dns = vec![[192, 168, 1, 54].into()];
+        let eps = vec![(ep, lan.clone()), (other, lan)];
+        let mut sb: Sandbox = serde_json::from_value(serde_json::json!({
+            "id": "sb", "name": "web", "key": "/x", "owned_netns": true, "endpoints": [],
+        }))
+        .unwrap_or_else(|e| panic!("{e}"));
+        let upstreams = |sb: &Sandbox| -> Vec<String> {
+            sandbox_info(sb, &eps)
+                .upstreams
+                .iter()
+                .map(|u| u.to_string())
+                .collect()
+        };
+        assert_eq!(upstreams(&sb), ["192.168.1.53:53", "192.168.1.54:53"]);
+        // --dns wins.
+        sb.dns = vec![[9, 9, 9, 9].into()];
+        assert_eq!(upstreams(&sb), ["9.9.9.9:53"]);
     }
 }
