@@ -83,6 +83,8 @@ impl Lan {
                 "--dhcp-option=option:router,10.88.0.1",
                 "--dhcp-option=option:dns-server,10.88.0.53,10.88.0.54",
                 "--log-dhcp",
+                // Offers at once (dnsmasq pings an address before offering it by default).
+                "--no-ping",
             ])
             .arg(format!("--dhcp-option=option:T1,{t1}"))
             .arg(format!("--dhcp-leasefile={}", self.leasefile().display()))
