@@ -10,8 +10,10 @@
 //!   DHCP-backed drivers) and a client id made from it, records the lease and starts its
 //!   renewal. The answer's data carries the lease's DNS servers ([`DATA_DNS_SERVERS`]).
 //! - **Renewal**: a task per lease wakes at T1 and asks the server to extend the lease; a
-//!   failed attempt is tried again after half the time left (1 s to 60 s). Each renewal
-//!   rewrites the record.
+//!   failed attempt is tried again after half the time left (1 s to 60 s), and past T2 (a
+//!   server that lost its leases does not know this one) the same address is leased anew
+//!   (`DISCOVER` asking for it, `REQUEST` only if it is offered). Each renewal rewrites the
+//!   record.
 //! - **`ReleaseAddress`** stops the renewal, sends `DHCPRELEASE` and forgets the lease;
 //!   **`ReleasePool`** does that for every lease left, then forgets the pool.
 //! - **Restart**: [`DhcpIpam::open`] reads the lease table and starts every renewal again (at
@@ -282,7 +284,7 @@ impl Inner {
             Err(_) => self.config.timing.timeout,
         };
         let identity = rec.identity()?;
-        let answered = self
+        let renewed = self
             .exchange(
                 &rec.interface,
                 &identity,
@@ -291,7 +293,26 @@ impl Inner {
                 },
                 timeout,
             )
-            .await?;
+            .await;
+        let answered = match renewed {
+            Ok(a) => a,
+            // Past T2 (a server that lost its leases ignores or refuses the renewal): the
+            // same address is leased anew, if the LAN's server offers it; nothing is
+            // requested when it offers another.
+            Err(e) if unix_now() >= rec.rebind_at() => {
+                tracing::warn!(address = %rec.address, interface = %rec.interface, error = %e, "renewal past T2 failed; asking for the same address anew");
+                self.exchange(
+                    &rec.interface,
+                    &identity,
+                    Goal::Lease {
+                        requested: Some(rec.address),
+                    },
+                    timeout,
+                )
+                .await?
+            }
+            Err(e) => return Err(e),
+        };
         let Outcome::Leased(lease) = answered.outcome else {
             return Err(DhcpError::invalid(
                 "renewal",

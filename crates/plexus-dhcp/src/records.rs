@@ -94,6 +94,9 @@ pub struct LeaseRecord {
     pub lease_secs: u32,
     /// Seconds from the grant to renewal.
     pub t1_secs: u32,
+    /// Seconds from the grant to rebinding (0 in records that predate it: 7/8 of the lease).
+    #[serde(default)]
+    pub t2_secs: u32,
     /// When it was granted (or last renewed), UNIX seconds.
     pub granted: u64,
 }
@@ -121,6 +124,7 @@ impl LeaseRecord {
             server_mac: format_mac(&server_mac),
             lease_secs: lease.lease_secs,
             t1_secs: lease.t1_secs,
+            t2_secs: lease.t2_secs,
             granted,
         }
     }
@@ -157,6 +161,19 @@ impl LeaseRecord {
             return u64::MAX;
         }
         self.granted.saturating_add(u64::from(self.t1_secs))
+    }
+
+    /// When renewing from the server that granted it has failed long enough that any
+    /// server may be asked (T2), UNIX seconds (`u64::MAX`: never).
+    pub fn rebind_at(&self) -> u64 {
+        if self.lease_secs == u32::MAX {
+            return u64::MAX;
+        }
+        let t2 = match self.t2_secs {
+            0 => (u64::from(self.lease_secs) * 7 / 8).max(u64::from(self.t1_secs)),
+            t => u64::from(t),
+        };
+        self.granted.saturating_add(t2)
     }
 
     /// After a failed renewal at `now`: when to try again, half the time left to expiry,
@@ -292,7 +309,15 @@ mod tests {
         assert_eq!(r.client_id, "01020000000009");
         assert_eq!(r.identity().unwrap(), Identity::for_mac([2, 0, 0, 0, 0, 9]));
         assert_eq!(r.server_mac(), [2, 0, 0, 0, 0, 1]);
-        assert_eq!((r.renew_at(), r.expires()), (1060, 1120));
+        assert_eq!(
+            (r.renew_at(), r.rebind_at(), r.expires()),
+            (1060, 1105, 1120)
+        );
+        let old = LeaseRecord {
+            t2_secs: 0,
+            ..r.clone()
+        };
+        assert_eq!(old.rebind_at(), 1105, "7/8 of the lease");
         assert_eq!(r.retry_at(1060), 1090);
         assert_eq!(r.retry_at(1119), 1120);
         assert_eq!(r.retry_at(1200), 1260);

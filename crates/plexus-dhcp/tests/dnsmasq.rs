@@ -68,6 +68,11 @@ impl Lan {
     /// Starts dnsmasq on `lan0`: addresses .100 to .150, 2-minute leases, the router and two
     /// DNS servers, renewal after `t1` seconds.
     fn serve(&mut self, t1: u32) {
+        self.serve_with(t1, 105);
+    }
+
+    /// [`serve`](Self::serve), rebinding after `t2` seconds.
+    fn serve_with(&mut self, t1: u32, t2: u32) {
         let ns = self.dir.path().join("lan");
         let child = Command::new("nsenter")
             .arg(format!("--net={}", ns.display()))
@@ -87,6 +92,7 @@ impl Lan {
                 "--no-ping",
             ])
             .arg(format!("--dhcp-option=option:T1,{t1}"))
+            .arg(format!("--dhcp-option=option:T2,{t2}"))
             .arg(format!("--dhcp-leasefile={}", self.leasefile().display()))
             .arg(format!(
                 "--log-facility={}",
@@ -365,5 +371,39 @@ async fn a_silent_lan_times_out_naming_the_parent_and_keeps_nothing() {
         .insert("parent".into(), "nosuch0".into());
     let e = ipam.request_pool(missing).await.unwrap_err().to_string();
     assert!(e.contains("nosuch0"), "{e}");
+    ok("release pool", ipam.release_pool(&pool.pool_id).await);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_server_that_lost_its_leases_gives_the_same_address_again() {
+    let mut lan = Lan::new().await;
+    lan.serve_with(2, 4);
+    let ipam = lan.ipam(memory()).await;
+    let pool = ok("pool", ipam.request_pool(pool_request("lan")).await);
+    let mac = "02:00:00:88:00:0d";
+    let got = ok(
+        "address",
+        ipam.request_address(address_request(&pool.pool_id, mac))
+            .await,
+    );
+    let IpAddr::V4(addr) = got.address.addr() else {
+        panic!("{got:?}")
+    };
+    // The server restarts with no lease file: renewals go unanswered until T2, when the
+    // same address is leased anew.
+    lan.stop();
+    ok("forget", std::fs::remove_file(lan.leasefile()));
+    lan.serve_with(2, 4);
+    wait_for_async("the lease again", Duration::from_secs(20), || {
+        lan.leases().iter().any(|l| l.1 == mac && l.2 == addr)
+    })
+    .await;
+    let table = ok("table", ipam.leases().await);
+    assert_eq!(table.len(), 1);
+    assert_eq!(table[0].address, addr);
+    ok(
+        "release",
+        ipam.release_address(&pool.pool_id, IpAddr::V4(addr)).await,
+    );
     ok("release pool", ipam.release_pool(&pool.pool_id).await);
 }
