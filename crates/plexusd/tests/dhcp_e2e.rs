@@ -148,7 +148,7 @@ fn a_dhcp_network_leases_renews_keeps_and_releases() {
     ok("resolv.conf", std::fs::write(&rc, "nameserver 192.0.2.1\n"));
     let rc = rc.display().to_string();
     let mut d = Daemon::new(&["--dns-resolv-conf", &rc]);
-    let lan = Lan::new(&d);
+    let mut lan = Lan::new(&d);
 
     d.ok(&[
         "network",
@@ -159,6 +159,8 @@ fn a_dhcp_network_leases_renews_keeps_and_releases() {
         "parent=uplink",
         "--ipam-driver",
         "dhcp",
+        "--ipam-opt",
+        "lease_timeout=3s",
         "lan",
     ]);
     let net = json(&d.ok(&["network", "inspect", "lan"]));
@@ -283,6 +285,18 @@ fn a_dhcp_network_leases_renews_keeps_and_releases() {
     wait_for("the release", Duration::from_secs(5), || {
         lan.leases().is_empty()
     });
+
+    // The server gone: a new sandbox fails naming the parent, and nothing is left of it.
+    let _ = lan.dnsmasq.kill();
+    let _ = lan.dnsmasq.wait();
+    let e = d.fails(&["sandbox", "create", "s2", "--network", "lan"]);
+    assert!(
+        e.contains("no DHCP server answered on parent uplink"),
+        "{e}"
+    );
+    assert!(!d.ok(&["sandbox", "ls"]).contains("s2"));
+    let net = json(&d.ok(&["network", "inspect", "lan"]));
+    assert_eq!(net[0]["Containers"], serde_json::json!({}), "{net}");
     d.ok(&["network", "rm", "lan"]);
     assert!(d.log().contains("DHCP lease released"), "{}", d.log());
 }
