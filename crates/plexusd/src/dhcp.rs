@@ -169,3 +169,88 @@ pub async fn reconcile(controller: &Controller, dhcp: &DhcpIpam) -> Result<(usiz
     }
     Ok((leases, released_pools))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use plexus_dhcp::records::{lease_key, pool_key, LeaseRecord, PoolRecord};
+    use plexus_kv::{PutOptions, Store};
+
+    fn ok<T, E: std::fmt::Display>(what: &str, r: Result<T, E>) -> T {
+        r.unwrap_or_else(|e| panic!("{what}: {e}"))
+    }
+
+    /// What a crash between a lease and the endpoint's record leaves: a pool and a lease
+    /// nothing holds. Reconciliation forgets both (the release to the server fails here, on
+    /// an interface that does not exist, and the lease then expires there).
+    #[tokio::test]
+    async fn leases_and_pools_nothing_holds_are_released() {
+        let store: Arc<dyn Store> = Arc::new(plexus_kv::LocalStore::memory());
+        let pool = PoolRecord {
+            pool_id: "dhcp-gone-00000000".into(),
+            owner: "gone".into(),
+            interface: "nosuch0".into(),
+            subnet: ok("subnet", "10.90.0.0/24".parse()),
+            gateway: None,
+            timeout_ms: 1000,
+        };
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_secs())
+            .unwrap_or(0);
+        let lease = LeaseRecord {
+            pool_id: pool.pool_id.clone(),
+            interface: "nosuch0".into(),
+            mac: "02:00:00:00:00:01".into(),
+            client_id: "01020000000001".into(),
+            address: Ipv4Addr::new(10, 90, 0, 5),
+            prefix_len: 24,
+            routers: Vec::new(),
+            dns: Vec::new(),
+            server: Ipv4Addr::new(10, 90, 0, 1),
+            server_mac: "02:00:00:00:00:fe".into(),
+            lease_secs: 3600,
+            t1_secs: 1800,
+            t2_secs: 3150,
+            granted: now,
+        };
+        let put = |key: String, value: Vec<u8>| {
+            let store = store.clone();
+            async move { store.put(&key, &value, PutOptions::default()).await }
+        };
+        ok(
+            "pool",
+            put(
+                pool_key(&pool.pool_id),
+                ok("json", serde_json::to_vec(&pool)),
+            )
+            .await,
+        );
+        ok(
+            "lease",
+            put(
+                lease_key(&pool.pool_id, lease.address),
+                ok("json", serde_json::to_vec(&lease)),
+            )
+            .await,
+        );
+        let dhcp = ok(
+            "open",
+            DhcpIpam::open(store.clone(), plexus_dhcp::DhcpConfig::default()).await,
+        );
+        let builtin = ok(
+            "builtin",
+            plexus_ipam::BuiltinIpam::open(store.clone(), plexus_ipam::IpamConfig::new("h")).await,
+        );
+        let controller = Controller::new(
+            store.clone(),
+            Arc::new(builtin),
+            plexus_cnm::DriverRegistry::new(),
+            plexus_cnm::ControllerConfig::default(),
+        );
+        assert_eq!(ok("reconcile", reconcile(&controller, &dhcp).await), (1, 1));
+        assert!(ok("leases", dhcp.leases().await).is_empty());
+        assert!(ok("pools", dhcp.pools().await).is_empty());
+        assert_eq!(ok("again", reconcile(&controller, &dhcp).await), (0, 0));
+    }
+}
