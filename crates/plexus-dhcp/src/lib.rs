@@ -1,11 +1,10 @@
 //! # plexus-dhcp — DHCP address management for Plexus (`--ipam-driver dhcp`)
 //!
 //! Each endpoint of a network whose IPAM driver is `dhcp` (a macvlan network on a host
-//! interface's LAN, or a bridge network on an existing bridge that reaches one) gets its
-//! address from the LAN's DHCP server: no `--subnet` needed, the subnet, gateway and DNS
-//! servers come from the server. The lease is the endpoint's own (its MAC, a client id made
-//! from it), renewed while the endpoint lives, released when it leaves, and kept across a
-//! restart of the daemon.
+//! interface's LAN) gets its address from the LAN's DHCP server: no `--subnet` needed, the
+//! subnet, gateway and DNS servers come from the server. The lease is the endpoint's own (its
+//! MAC, a client id made from it), renewed while the endpoint lives, released when it
+//! leaves, and kept across a restart of the daemon.
 //!
 //! | module | what |
 //! |---|---|
@@ -30,6 +29,14 @@
 //! Options follow net-dhcp's names where it has one: `--ipam-opt lease_timeout=10s` bounds
 //! each exchange; `--ipam-opt parent=IF` names the interface when the network's own `-o
 //! parent` (or bridge name) does not.
+//!
+//! **Limits.** IPv4 only (no DHCPv6). ipvlan networks: the controller gives each endpoint of
+//! a MAC-first IPAM driver a MAC of its own, which the ipvlan driver refuses (its devices have
+//! the parent's MAC). Bridge networks: not yet: the pool's probe needs the bridge, on the
+//! LAN, at `network create`, while Plexus's bridge driver makes its own bridge afterwards
+//! (refusing one that exists) and puts no uplink on it (net-dhcp's model: a bridge of the
+//! user's with the LAN interface in it). The embedded DNS forwards to a lease's DNS servers
+//! from the host, which must reach them.
 //!
 //! ```no_run
 //! # async fn demo(store: std::sync::Arc<dyn plexus_kv::Store>) -> Result<(), Box<dyn std::error::Error>> {
