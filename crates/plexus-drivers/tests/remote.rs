@@ -1,4 +1,4 @@
-//! The remote driver against `testplug` (plexus_testkit::plugin), a plugin process running in
+//! The remote driver against `testplug` (`crates/plexus-drivers/tests/testplug`), a plugin process running in
 //! a "host" namespace the test makes: the plugin's veth goes into a sandbox namespace under
 //! the sandbox's name with the endpoint's address, the gateway and the static route, and
 //! back at leave; a garbage Join leaves the link in the host namespace and the plugin left;
@@ -16,8 +16,9 @@ use plexus_drivers::remote::RemoteDriver;
 use plexus_ipam::plugin::{PluginDirs, Timeouts};
 use plexus_sys::netns::Netns;
 use plexus_sys::rtnl::Rtnl;
-use plexus_testkit::plugin;
+mod testplug;
 use plexus_testkit::process::ChildGuard;
+use testplug as plugin;
 
 fn ok<T, E: std::fmt::Display>(what: &str, r: Result<T, E>) -> T {
     r.unwrap_or_else(|e| panic!("{what}: {e}"))

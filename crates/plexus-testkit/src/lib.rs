@@ -6,8 +6,6 @@
 //! - [`etcd`] / [`zookeeper`]: real servers from Debian's packages, on a free port with a
 //!   temporary data dir, stopped (and their data removed) on drop;
 //! - [`kv`]: the plexus-kv conformance suite, written once and run against every backend;
-//! - [`plugin`]: `testplug`, a Docker plugin serving `NetworkDriver` and `IpamDriver` on a
-//!   unix socket, for the remote driver's tests;
 //! - [`skip`]: tests that cannot lie: a kernel test without root fails
 //!   ([`require_root`]), one that needs a kernel feature this machine lacks says by name that
 //!   it is skipped and why ([`skip()`]).
@@ -17,7 +15,6 @@
 pub mod etcd;
 pub mod kv;
 pub mod net;
-pub mod plugin;
 pub mod process;
 pub mod skip;
 pub mod zookeeper;

@@ -1,4 +1,4 @@
-//! Docker's remote plugins end to end: `testplug` (plexus_testkit::plugin), a plugin process
+//! Docker's remote plugins end to end: `testplug` (`crates/plexus-drivers/tests/testplug`), a plugin process
 //! serving `NetworkDriver` and `IpamDriver` on a unix socket in the daemon's namespace,
 //! found by the real `plexusd` when `plexus network create -d testplug --ipam-driver
 //! testplug` first names it; a sandbox on its network gets the plugin's veth with the
@@ -13,8 +13,10 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use plexus_testkit::plugin;
+#[path = "../../plexus-drivers/tests/testplug/mod.rs"]
+mod testplug;
 use plexus_testkit::process::ChildGuard;
+use testplug as plugin;
 
 mod common;
 

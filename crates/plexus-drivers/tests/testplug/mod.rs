@@ -13,6 +13,8 @@
 //! (`Join:garbage`, `CreateEndpoint:error`, `Join:hang`): `garbage` answers JSON of the
 //! wrong shape, `error` answers `{"Err": …}`, `hang` never answers.
 
+#![allow(dead_code)]
+
 use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
 use std::process::Command;
