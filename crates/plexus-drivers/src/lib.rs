@@ -65,6 +65,7 @@ pub mod overlay;
 mod reaper;
 pub mod remote;
 pub mod reset;
+mod sandbox;
 
 use std::sync::Arc;
 

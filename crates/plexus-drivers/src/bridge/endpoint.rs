@@ -3,15 +3,14 @@
 
 use std::collections::BTreeSet;
 use std::net::IpAddr;
-use std::path::Path;
 
 use plexus_cnm::{DriverError, InterfaceName, Joined};
-use plexus_sys::netns::Netns;
 use plexus_sys::rtnl::{PortFlags, Route, Rtnl, VethPair, LOOPBACK_IFINDEX};
-use plexus_sys::{sysctl, SysError};
+use plexus_sys::SysError;
 
 use super::{BridgeDriver, EpState, InSandbox, NetState, State};
 use crate::names::{self, Marked};
+use crate::sandbox::{self, sandbox_rtnl, wait_usable};
 use crate::sys_ctx;
 
 /// How a new pair's sandbox end is named.
@@ -21,35 +20,6 @@ pub(super) enum Naming<'a> {
     Free(InterfaceName<'a>),
     /// Exactly this name (a repair makes the recorded interface again).
     Exact(&'a str),
-}
-
-/// Waits (at most two seconds) until `addr` on link `index` is no longer tentative, so it can
-/// be bound (a tentative IPv6 address cannot). A new IPv6 address stays tentative until the
-/// kernel's link watch sees the link operational, up to a second after it went up; a sandbox
-/// should be able to use its address as soon as join returns.
-pub(crate) async fn wait_usable(rs: &Rtnl, index: u32, addr: std::net::Ipv6Addr) {
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(2);
-    loop {
-        // Through the join's own connection: no thread enters the sandbox to find out.
-        let usable = rs
-            .tentative(index)
-            .await
-            .map(|t| !t.contains(&IpAddr::V6(addr)))
-            .unwrap_or(true);
-        if usable {
-            return;
-        }
-        if std::time::Instant::now() >= deadline {
-            tracing::warn!(%addr, "IPv6 address still tentative after 2 s");
-            return;
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
-    }
-}
-
-/// A netlink connection into the sandbox whose namespace is at `key`.
-pub(crate) async fn sandbox_rtnl(key: &str) -> Result<Rtnl, SysError> {
-    Rtnl::connect(&Netns::open(Path::new(key))?).await
 }
 
 impl BridgeDriver {
@@ -334,19 +304,7 @@ impl BridgeDriver {
     ) -> Result<(u32, Vec<IpAddr>), DriverError> {
         let what = format!("sandbox interface {name}");
         let link = rs.require_link(name).await.map_err(sys_ctx(&what))?;
-        if ep.ipv6.is_some() {
-            // Usable at once, as Docker does with IFA_F_NODAD.
-            if let Err(e) =
-                sysctl::write(rs.netns(), &format!("net.ipv6.conf.{name}.accept_dad"), "0")
-            {
-                tracing::debug!(error = %e, "accept_dad not set");
-            }
-        }
-        for addr in ep.ipv4.iter().chain(ep.ipv6.iter()) {
-            rs.add_address(link.index, addr.addr(), addr.prefix_len())
-                .await
-                .map_err(sys_ctx(&what))?;
-        }
+        sandbox::add_addresses(rs, link.index, name, ep.ipv4, ep.ipv6).await?;
         let alias = names::veth_alias(&self.marker, &ep.network_id, endpoint_id);
         rs.set_up_marked(link.index, &alias, ep.ipv6.is_some())
             .await
@@ -355,7 +313,7 @@ impl BridgeDriver {
         rs.set_up(LOOPBACK_IFINDEX)
             .await
             .map_err(sys_ctx("sandbox lo"))?;
-        let mut gateways = Vec::new();
+        let mut routes = Vec::new();
         if !net.info.internal {
             let v4 = net.info.ipv4.first().filter(|_| ep.ipv4.is_some());
             let v6 = net.info.ipv6.first().filter(|_| ep.ipv6.is_some());
@@ -365,14 +323,10 @@ impl BridgeDriver {
                     gateway: Some(gw.addr()),
                     oif: Some(link.index),
                 };
-                match rs.add_route(&route).await {
-                    Ok(()) => gateways.push(gw.addr()),
-                    // Another network already gives the sandbox its default route.
-                    Err(SysError::Exists { .. }) => {}
-                    Err(e) => return Err(sys_ctx(format!("default route via {gw}"))(e)),
-                }
+                routes.push((route, gw.addr()));
             }
         }
+        let gateways = sandbox::add_default_routes(rs, routes).await?;
         Ok((link.index, gateways))
     }
 

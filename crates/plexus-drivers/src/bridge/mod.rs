@@ -25,8 +25,6 @@ mod network;
 mod ports;
 mod reconcile;
 
-pub(crate) use endpoint::{sandbox_rtnl, wait_usable};
-
 use std::collections::{BTreeMap, HashMap};
 use std::net::IpAddr;
 use std::sync::atomic::{AtomicBool, AtomicU16, Ordering};

@@ -7,10 +7,11 @@ use std::path::Path;
 use plexus_cnm::{Desired, DesiredEndpoint, DriverError, LiveEndpoint, ReconcileMode, Reconciled};
 use plexus_sys::rtnl::{Link, PortFlags};
 
-use super::endpoint::{sandbox_rtnl, Naming};
+use super::endpoint::Naming;
 use super::{mac_of, BridgeDriver, EpState, InSandbox, NetState, State};
 use crate::firewall::{NetworkRules, PortMapping};
 use crate::names::{self, Marked};
+use crate::sandbox::sandbox_rtnl;
 use crate::sys_ctx;
 
 fn port_name(p: &PortMapping) -> String {

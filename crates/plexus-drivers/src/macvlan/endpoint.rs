@@ -7,10 +7,10 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use ipnet::IpNet;
 use plexus_cnm::{DriverError, InterfaceName, Joined, StaticRoute};
 use plexus_sys::rtnl::{Route, Rtnl, SubLink, LOOPBACK_IFINDEX};
-use plexus_sys::{sysctl, SysError};
+use plexus_sys::SysError;
 
 use super::{device_alias, EpState, InSandbox, MacvlanDriver, NetState, State};
-use crate::bridge::{sandbox_rtnl, wait_usable};
+use crate::sandbox::{self, sandbox_rtnl};
 use crate::{names, sys_ctx};
 
 /// How a new device is named in its sandbox.
@@ -277,19 +277,7 @@ impl MacvlanDriver {
     ) -> Result<(u32, Vec<IpAddr>), DriverError> {
         let what = format!("sandbox interface {name}");
         let link = rs.require_link(name).await.map_err(sys_ctx(&what))?;
-        if ep.ipv6.is_some() {
-            // Usable at once, as Docker does with IFA_F_NODAD.
-            if let Err(e) =
-                sysctl::write(rs.netns(), &format!("net.ipv6.conf.{name}.accept_dad"), "0")
-            {
-                tracing::debug!(error = %e, "accept_dad not set");
-            }
-        }
-        for addr in ep.ipv4.iter().chain(ep.ipv6.iter()) {
-            rs.add_address(link.index, addr.addr(), addr.prefix_len())
-                .await
-                .map_err(sys_ctx(&what))?;
-        }
+        sandbox::add_addresses(rs, link.index, name, ep.ipv4, ep.ipv6).await?;
         let alias = device_alias(self.marker(), self.kind, &ep.network_id, endpoint_id);
         rs.set_up_marked(link.index, &alias, ep.ipv6.is_some())
             .await
@@ -297,17 +285,9 @@ impl MacvlanDriver {
         rs.set_up(LOOPBACK_IFINDEX)
             .await
             .map_err(sys_ctx("sandbox lo"))?;
-        let mut gateways = Vec::new();
-        for (route, given) in default_routes(net, ep, link.index) {
-            match rs.add_route(&route).await {
-                Ok(()) => gateways.push(given),
-                // Another network already gives the sandbox its default route.
-                Err(SysError::Exists { .. }) => {}
-                Err(e) => return Err(sys_ctx(format!("default route of {name}"))(e)),
-            }
-        }
+        let gateways = sandbox::add_default_routes(rs, default_routes(net, ep, link.index)).await?;
         if let Some(IpAddr::V6(v6)) = ep.ipv6.map(|a| a.addr()) {
-            wait_usable(rs, link.index, v6).await;
+            sandbox::wait_usable(rs, link.index, v6).await;
         }
         Ok((link.index, gateways))
     }

@@ -10,8 +10,8 @@ use plexus_sys::rtnl::{Link, Rtnl};
 use super::endpoint::Naming;
 use super::parent::PARENT_MARKS;
 use super::{device_alias, EpState, InSandbox, Kind, MacvlanDriver, State};
-use crate::bridge::sandbox_rtnl;
 use crate::names::{self, Marked};
+use crate::sandbox::sandbox_rtnl;
 use crate::sys_ctx;
 
 /// What a marked link of these drivers is, read from its mark.

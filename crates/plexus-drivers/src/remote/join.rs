@@ -12,12 +12,12 @@ use plexus_cnm::{DriverError, InterfaceName, Joined};
 use plexus_ipam::plugin::PluginError;
 use plexus_sys::netns::Netns;
 use plexus_sys::rtnl::{Route, Rtnl, LOOPBACK_IFINDEX};
-use plexus_sys::{sysctl, SysError};
+use plexus_sys::SysError;
 use serde_json::{json, Value};
 
 use super::wire::{self, JoinPlan};
 use super::{plugin_error, EpState, RemoteDriver};
-use crate::sys_ctx;
+use crate::{sandbox, sys_ctx};
 
 /// Where a joined endpoint's interface is.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -204,24 +204,12 @@ impl RemoteDriver {
         if let Some(mac) = &ep.mac {
             rs.set_mac(link.index, mac).await.map_err(sys_ctx(&what))?;
         }
-        if ep.ipv6.is_some() {
-            // Usable at once, as Docker does with IFA_F_NODAD.
-            if let Err(e) =
-                sysctl::write(rs.netns(), &format!("net.ipv6.conf.{name}.accept_dad"), "0")
-            {
-                tracing::debug!(error = %e, "accept_dad not set");
-            }
-        }
-        for addr in ep.ipv4.iter().chain(ep.ipv6.iter()) {
-            rs.add_address(link.index, addr.addr(), addr.prefix_len())
-                .await
-                .map_err(sys_ctx(&what))?;
-        }
+        sandbox::add_addresses(rs, link.index, name, ep.ipv4, ep.ipv6).await?;
         rs.set_up(link.index).await.map_err(sys_ctx(&what))?;
         rs.set_up(LOOPBACK_IFINDEX)
             .await
             .map_err(sys_ctx("sandbox lo"))?;
-        let mut gateways = Vec::new();
+        let mut routes = Vec::new();
         if !plan.disable_gateway {
             for gw in plan.gateway.iter().chain(plan.gateway_v6.iter()) {
                 let route = Route {
@@ -229,14 +217,10 @@ impl RemoteDriver {
                     gateway: Some(*gw),
                     oif: Some(link.index),
                 };
-                match rs.add_route(&route).await {
-                    Ok(()) => gateways.push(*gw),
-                    // Another network already gives the sandbox its default route.
-                    Err(SysError::Exists { .. }) => {}
-                    Err(e) => return Err(sys_ctx(format!("default route via {gw}"))(e)),
-                }
+                routes.push((route, *gw));
             }
         }
+        let gateways = sandbox::add_default_routes(rs, routes).await?;
         for r in &plan.routes {
             let route = Route {
                 destination: Some((r.destination.addr(), r.destination.prefix_len())),
@@ -255,7 +239,7 @@ impl RemoteDriver {
             }
         }
         if let Some(IpAddr::V6(v6)) = ep.ipv6.map(|a| a.addr()) {
-            crate::bridge::wait_usable(rs, link.index, v6).await;
+            crate::sandbox::wait_usable(rs, link.index, v6).await;
         }
         Ok(gateways)
     }
