@@ -1,7 +1,8 @@
 //! The nf_tables expressions of `plexus_sys::nft` beyond dispatch (see `nft_lb.rs` for
 //! those), against the real kernel with real TCP through a three-namespace lab (client,
 //! router, server; see `common/lab.rs`): ct mark, fib, DNAT (IPv4, IPv6), SNAT with ranges,
-//! redirect, counters, element timeouts and dynset. Each test asserts what connections do.
+//! redirect, stateless port rewrites (payload set), counters, element timeouts and dynset.
+//! Each test asserts what connections do.
 //! Needs root; namespaces are removed by drop guards even when a test fails.
 
 use std::net::{IpAddr, Ipv4Addr};
@@ -9,7 +10,7 @@ use std::time::Duration;
 
 use plexus_sys::nft::{
     ct_status, fib_flags, rtn, ChainType, CmpOp, CtKey, DynsetOp, Element, Expr, Family, FibResult,
-    Hook, MetaKey, NatKind, Nft, SetDef, Verdict,
+    Hook, MetaKey, NatKind, Nft, PayloadBase, SetDef, Verdict,
 };
 
 #[macro_use]
@@ -302,6 +303,88 @@ async fn redirect_sends_a_sandbox_resolver_address_to_another_port() {
     );
     ok("apply", nft.apply(b));
     assert_eq!(reaches(ns, resolver).local, sa(Ipv4Addr::LOCALHOST, 5353));
+}
+
+#[tokio::test]
+async fn payload_set_rewrites_ports_both_ways_without_conntrack() {
+    need_root!();
+    let lab = Lab::new().await;
+    let _srv = Servers::start(&lab.server.ns, &[sa(SERVER_A, 80)]);
+    // In the client, statelessly: port 81 leaves as 80, and the server's answers from 80
+    // come back as from 81; the connection works, with checksums right on a real path.
+    let ns = &lab.client.ns;
+    assert!(blocked(ns, sa(SERVER_A, 81)));
+    let set_port = |offset: u32, port: u16| {
+        [
+            imm(r(0), &port.to_be_bytes()),
+            Expr::PayloadSet {
+                base: PayloadBase::Transport,
+                offset,
+                len: 2,
+                sreg: r(0),
+                csum_offset: Some(16),
+            },
+        ]
+    };
+    let sport_is = |port: u16| {
+        vec![
+            Expr::Meta {
+                key: MetaKey::L4Proto,
+                dreg: r(0),
+            },
+            cmp(r(0), &[6]),
+            Expr::Payload {
+                base: PayloadBase::Transport,
+                offset: 0,
+                len: 2,
+                dreg: r(0),
+            },
+            cmp(r(0), &port.to_be_bytes()),
+        ]
+    };
+    let nft = ok("nft", Nft::open(ns));
+    let mut b = nft.batch();
+    b.add_table(Family::Ip, "t");
+    b.add_chain(
+        Family::Ip,
+        "t",
+        "out",
+        base(ChainType::Filter, Hook::Output, -300),
+    );
+    b.add_chain(
+        Family::Ip,
+        "t",
+        "pre",
+        base(ChainType::Filter, Hook::Prerouting, -300),
+    );
+    b.add_rule(
+        Family::Ip,
+        "t",
+        "out",
+        &then(to4(SERVER_A, 81), set_port(2, 80)),
+    );
+    let from_server = then(
+        vec![ip4(false, r(0)), cmp(r(0), &SERVER_A.octets())],
+        sport_is(80),
+    );
+    b.add_rule(Family::Ip, "t", "pre", &then(from_server, set_port(0, 81)));
+    ok("apply", nft.apply(b));
+    let seen = reaches(ns, sa(SERVER_A, 81));
+    assert_eq!(
+        seen.local,
+        sa(SERVER_A, 80),
+        "the server answered on its own port"
+    );
+    let tracked = std::process::Command::new("nsenter")
+        .arg(format!("--net={}", ns.path().display()))
+        .args(["cat", "/proc/sys/net/netfilter/nf_conntrack_count"])
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+        .unwrap_or_default();
+    assert!(
+        tracked.is_empty() || tracked == "0",
+        "conntrack in the client: {tracked}"
+    );
 }
 
 #[tokio::test]

@@ -104,6 +104,13 @@ fn names_aliases_ptr_isolation_and_live_updates() {
         assert_eq!(short(&d, "db", name), std::slice::from_ref(&web), "{name}");
     }
     assert_eq!(short(&d, "db", "+tcp web"), std::slice::from_ref(&web));
+    // The way to the resolver is stateless: those queries left no connection-tracking
+    // entry in the sandbox, whose other traffic is then not tracked (nor slowed) either.
+    let tracked = ok_in(
+        &sandbox_ns(&d, "db"),
+        "cat /proc/sys/net/netfilter/nf_conntrack_count 2>/dev/null || echo 0",
+    );
+    assert_eq!(tracked.trim(), "0", "conntrack entries in the sandbox");
     let full = dig(&d, "db", "web");
     assert!(full.contains("\t5\tIN\tA\t"), "default TTL 5: {full}");
     // PTR gives NAME.NETWORK.

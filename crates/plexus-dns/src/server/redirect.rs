@@ -1,12 +1,16 @@
 //! The nftables table in a sandbox's namespace that sends `127.0.0.11:53` to the resolver's
-//! own ports there, as Docker's `docker-dns` table does: DNAT in `output` for the queries;
-//! conntrack rewrites the replies back to port 53. A program in the sandbox can still bind
-//! `0.0.0.0:53` itself: only packets for 127.0.0.11 port 53 are taken.
+//! own ports there, as Docker's DNS rules do, but without conntrack: Docker DNATs the
+//! queries and lets conntrack rewrite the replies, which turns connection tracking on for
+//! every packet of the sandbox (a tenth of a macvlan sandbox's TCP throughput here). This
+//! table instead rewrites ports statelessly in a `filter` chain on `output`: a query's
+//! destination port 53 becomes the resolver's port, the resolver's source port becomes 53
+//! again on the way back (both directions of a loopback exchange leave through `output`).
+//! A program in the sandbox can still bind `0.0.0.0:53` itself: only packets for
+//! 127.0.0.11 port 53 are taken.
 
 use plexus_sys::netns::Netns;
 use plexus_sys::nft::{
-    BaseChain, ChainType, CmpOp, Expr, Family, Hook, MetaKey, NatKind, Nft, PayloadBase, Verdict,
-    REG32_00,
+    BaseChain, ChainType, CmpOp, Expr, Family, Hook, MetaKey, Nft, PayloadBase, Verdict, REG32_00,
 };
 
 /// The table's name (`ip plexus-dns`).
@@ -14,58 +18,72 @@ pub const TABLE: &str = "plexus-dns";
 /// The address the resolver answers on in every sandbox.
 pub const RESOLVER_ADDR: [u8; 4] = [127, 0, 0, 11];
 const CHAIN: &str = "output";
+/// Before conntrack (-200), as `raw`: nothing here needs it.
+const PRIORITY: i32 = -300;
 const IPPROTO_TCP: u8 = 6;
 const IPPROTO_UDP: u8 = 17;
+/// Offsets in the IPv4 header and in the transport header.
+const IP_SADDR: u32 = 12;
+const IP_DADDR: u32 = 16;
+const SPORT: u32 = 0;
+const DPORT: u32 = 2;
 
-fn rule(proto: u8, port: u16) -> Vec<Expr> {
-    let r = |n: u32| REG32_00 + n;
+/// Where a transport protocol keeps its checksum.
+fn csum_offset(proto: u8) -> u32 {
+    if proto == IPPROTO_TCP {
+        16
+    } else {
+        6
+    }
+}
+
+/// `ip <addr_at> 127.0.0.11 <proto> <port_at> <from> <port_at> set <to>`: queries go with
+/// (`IP_DADDR`, `DPORT`, 53 → the resolver's port), answers with (`IP_SADDR`, `SPORT`, the
+/// resolver's port → 53).
+fn rewrite(proto: u8, addr_at: u32, port_at: u32, from: u16, to: u16) -> Vec<Expr> {
+    let r = REG32_00;
     vec![
         Expr::Payload {
             base: PayloadBase::Network,
-            offset: 16,
+            offset: addr_at,
             len: 4,
-            dreg: r(0),
+            dreg: r,
         },
         Expr::Cmp {
-            sreg: r(0),
+            sreg: r,
             op: CmpOp::Eq,
             data: RESOLVER_ADDR.to_vec(),
         },
         Expr::Meta {
             key: MetaKey::L4Proto,
-            dreg: r(0),
+            dreg: r,
         },
         Expr::Cmp {
-            sreg: r(0),
+            sreg: r,
             op: CmpOp::Eq,
             data: vec![proto],
         },
         Expr::Payload {
             base: PayloadBase::Transport,
-            offset: 2,
+            offset: port_at,
             len: 2,
-            dreg: r(0),
+            dreg: r,
         },
         Expr::Cmp {
-            sreg: r(0),
+            sreg: r,
             op: CmpOp::Eq,
-            data: 53u16.to_be_bytes().to_vec(),
+            data: from.to_be_bytes().to_vec(),
         },
         Expr::Immediate {
-            dreg: r(0),
-            data: RESOLVER_ADDR.to_vec(),
+            dreg: r,
+            data: to.to_be_bytes().to_vec(),
         },
-        Expr::Immediate {
-            dreg: r(1),
-            data: port.to_be_bytes().to_vec(),
-        },
-        Expr::Nat {
-            kind: NatKind::Dnat,
-            family: Family::Ip,
-            addr: Some(r(0)),
-            addr_max: None,
-            port: Some(r(1)),
-            port_max: None,
+        Expr::PayloadSet {
+            base: PayloadBase::Transport,
+            offset: port_at,
+            len: 2,
+            sreg: r,
+            csum_offset: Some(csum_offset(proto)),
         },
     ]
 }
@@ -81,14 +99,26 @@ pub fn install(ns: &Netns, udp_port: u16, tcp_port: u16) -> plexus_sys::Result<(
         TABLE,
         CHAIN,
         Some(BaseChain {
-            kind: ChainType::Nat,
+            kind: ChainType::Filter,
             hook: Hook::Output,
-            priority: -100,
+            priority: PRIORITY,
             policy: Verdict::Accept,
         }),
     );
-    b.add_rule(Family::Ip, TABLE, CHAIN, &rule(IPPROTO_UDP, udp_port));
-    b.add_rule(Family::Ip, TABLE, CHAIN, &rule(IPPROTO_TCP, tcp_port));
+    for (proto, port) in [(IPPROTO_UDP, udp_port), (IPPROTO_TCP, tcp_port)] {
+        b.add_rule(
+            Family::Ip,
+            TABLE,
+            CHAIN,
+            &rewrite(proto, IP_DADDR, DPORT, 53, port),
+        );
+        b.add_rule(
+            Family::Ip,
+            TABLE,
+            CHAIN,
+            &rewrite(proto, IP_SADDR, SPORT, port, 53),
+        );
+    }
     nft.apply(b)
 }
 

@@ -8,6 +8,9 @@ use super::types::{
 };
 use super::{millis, nest, nfta, put, put_be32, put_be64, put_data, put_str};
 
+/// `NFT_PAYLOAD_CSUM_INET`: the payload write updates an Internet checksum.
+const NFT_PAYLOAD_CSUM_INET: u32 = 1;
+
 /// One nf_tables expression. Registers are 32-bit register numbers
 /// ([`REG32_00`](super::types::REG32_00) + n), or [`REG_VERDICT`] for the verdict register.
 /// Data wider than 4 bytes spans consecutive registers.
@@ -37,6 +40,22 @@ pub enum Expr {
         len: u32,
         /// Destination register.
         dreg: u32,
+    },
+    /// Write `len` bytes from `sreg` into the packet (`tcp dport set …`), fixing the
+    /// checksum at `csum_offset` of the same header when given (the transport header's own
+    /// checksum for a port: 6 in UDP, 16 in TCP). A UDP datagram without a checksum keeps
+    /// none.
+    PayloadSet {
+        /// Which header.
+        base: PayloadBase,
+        /// Offset in the header.
+        offset: u32,
+        /// How many bytes.
+        len: u32,
+        /// Source register.
+        sreg: u32,
+        /// The offset of the Internet checksum to update, in the same header.
+        csum_offset: Option<u32>,
     },
     /// Compare a register with bytes; the rule stops if false.
     Cmp {
@@ -247,6 +266,23 @@ impl Expr {
                 put_be32(&mut b, 2, *base as u32);
                 put_be32(&mut b, 3, *offset);
                 put_be32(&mut b, 4, *len);
+                "payload"
+            }
+            Expr::PayloadSet {
+                base,
+                offset,
+                len,
+                sreg,
+                csum_offset,
+            } => {
+                put_be32(&mut b, 2, *base as u32);
+                put_be32(&mut b, 3, *offset);
+                put_be32(&mut b, 4, *len);
+                put_be32(&mut b, 5, *sreg); // NFTA_PAYLOAD_SREG
+                if let Some(at) = csum_offset {
+                    put_be32(&mut b, 6, NFT_PAYLOAD_CSUM_INET); // NFTA_PAYLOAD_CSUM_TYPE
+                    put_be32(&mut b, 7, *at); // NFTA_PAYLOAD_CSUM_OFFSET
+                }
                 "payload"
             }
             Expr::Cmp { sreg, op, data } => {
