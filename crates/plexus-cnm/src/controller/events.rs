@@ -451,9 +451,9 @@ impl Controller {
             let _ = self.events.live.send(event.clone());
         }
         drop(head);
-        for observer in &self.observers {
-            observer.committed(self, &events).await;
-        }
+        // Side by side: each observer's work (the resolver's round trip, the load
+        // balancer's tables) is independent of the others'.
+        futures::future::join_all(self.observers.iter().map(|o| o.committed(self, &events))).await;
         Ok(written)
     }
 }

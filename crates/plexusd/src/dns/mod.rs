@@ -472,9 +472,8 @@ impl Dns {
         let hosts = resolvconf::hosts(&[name], &all);
         for (file, text) in [("resolv.conf", resolv), ("hosts", hosts)] {
             let path = dir.join(file);
-            let tmp = dir.join(format!(".{file}.tmp"));
-            std::fs::write(&tmp, text).with_context(|| format!("writing {}", tmp.display()))?;
-            std::fs::rename(&tmp, &path).with_context(|| format!("writing {}", path.display()))?;
+            write_in_place(&path, text.as_bytes())
+                .with_context(|| format!("writing {}", path.display()))?;
         }
         Ok(())
     }
@@ -611,9 +610,53 @@ pub fn run_resolver(
     }
 }
 
+/// Writes `text` into the file at `path` in place, as Docker updates a container's `hosts`
+/// and `resolv.conf`: a runtime bind-mounts these files into its containers, and a mount
+/// keeps the inode it was given, so a file replaced by a rename would never show a change
+/// to a container started before it. An unchanged file is not written at all. Shrinking
+/// within the file's first block frees no block, so the filesystem has nothing to discard.
+fn write_in_place(path: &Path, text: &[u8]) -> std::io::Result<()> {
+    use std::io::{Read, Seek, Write};
+    let mut file = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .open(path)?;
+    let mut old = Vec::with_capacity(text.len());
+    file.read_to_end(&mut old)?;
+    if old == text {
+        return Ok(());
+    }
+    file.rewind()?;
+    file.write_all(text)?;
+    file.set_len(text.len() as u64)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn sandbox_files_change_in_place() {
+        use std::os::unix::fs::MetadataExt;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("hosts");
+        write_in_place(&path, b"127.0.0.1 localhost\n10.0.0.2 a\n").unwrap();
+        let inode = std::fs::metadata(&path).unwrap().ino();
+        write_in_place(&path, b"127.0.0.1 localhost\n").unwrap();
+        assert_eq!(std::fs::read(&path).unwrap(), b"127.0.0.1 localhost\n");
+        assert_eq!(
+            std::fs::metadata(&path).unwrap().ino(),
+            inode,
+            "a bind mount keeps seeing it"
+        );
+        write_in_place(&path, b"127.0.0.1 localhost\n10.0.0.3 longer-name\n").unwrap();
+        assert_eq!(
+            std::fs::read_to_string(&path).unwrap(),
+            "127.0.0.1 localhost\n10.0.0.3 longer-name\n"
+        );
+    }
 
     fn network(name: &str) -> Network {
         Network {
