@@ -25,6 +25,9 @@ set -uo pipefail
 HERE="$(cd "$(dirname "$0")" && pwd)"
 ROOT="$(cd "$HERE/../.." && pwd)"
 REPS=30; IPERF_SECS=5; IPERF_REPS=6
+# Pause before each timed command: the previous command's background work (either side's:
+# deferred link deletion, dockerd's clean-up) is over before the next clock starts.
+SETTLE=0.3
 while (($#)); do
   case "$1" in
     --quick) REPS=10; IPERF_SECS=3; IPERF_REPS=2 ;;
@@ -75,7 +78,7 @@ trap 'exit 130' INT TERM
 # tm FILE CMD...: appends CMD's wall-clock ms to FILE; fails if CMD fails
 tm() {
   local f=$1; shift
-  sleep 0.1
+  sleep "$SETTLE"
   local t0=$EPOCHREALTIME
   "$@" >/dev/null 2>"$TMP/last.err"; local rc=$?
   local t1=$EPOCHREALTIME
