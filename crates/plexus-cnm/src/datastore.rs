@@ -56,6 +56,13 @@ impl Datastore {
         self
     }
 
+    /// Makes the relaxed writes committed so far durable ([`Store::sync`]). Only the local
+    /// store takes relaxed writes: the part of a transaction for the cluster store is
+    /// always committed durably.
+    pub async fn sync(&self) -> Result<(), KvError> {
+        self.local.sync().await
+    }
+
     /// The local store.
     pub fn local_store(&self) -> &Arc<dyn Store> {
         &self.local

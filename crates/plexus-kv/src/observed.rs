@@ -37,6 +37,8 @@ pub enum StoreOp {
     AtomicDelete,
     /// [`Store::txn`].
     Txn,
+    /// [`Store::sync`].
+    Sync,
     /// [`Store::watch`].
     Watch,
     /// [`Store::watch_tree`].
@@ -45,7 +47,7 @@ pub enum StoreOp {
 
 impl StoreOp {
     /// Every operation, in declaration order.
-    pub const ALL: [StoreOp; 11] = [
+    pub const ALL: [StoreOp; 12] = [
         StoreOp::Put,
         StoreOp::Get,
         StoreOp::Delete,
@@ -55,6 +57,7 @@ impl StoreOp {
         StoreOp::AtomicPut,
         StoreOp::AtomicDelete,
         StoreOp::Txn,
+        StoreOp::Sync,
         StoreOp::Watch,
         StoreOp::WatchTree,
     ];
@@ -71,6 +74,7 @@ impl StoreOp {
             StoreOp::AtomicPut => "atomic_put",
             StoreOp::AtomicDelete => "atomic_delete",
             StoreOp::Txn => "txn",
+            StoreOp::Sync => "sync",
             StoreOp::Watch => "watch",
             StoreOp::WatchTree => "watch_tree",
         }
@@ -203,6 +207,12 @@ impl Store for Observed {
         let began = Instant::now();
         let result = self.inner.txn(txn).await;
         self.report(StoreOp::Txn, began, result)
+    }
+
+    async fn sync(&self) -> Result<()> {
+        let began = Instant::now();
+        let result = self.inner.sync().await;
+        self.report(StoreOp::Sync, began, result)
     }
 
     async fn watch(&self, key: &str) -> Result<WatchStream> {

@@ -217,6 +217,10 @@ impl Store for Prefixed {
             .map_err(|e| self.own_err(e))
     }
 
+    async fn sync(&self) -> Result<()> {
+        self.inner.sync().await
+    }
+
     async fn txn(&self, txn: Txn) -> Result<Vec<KvPair>> {
         let mut out = Txn {
             relaxed: txn.relaxed,

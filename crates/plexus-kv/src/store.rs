@@ -55,6 +55,12 @@ pub trait Store: Send + Sync + 'static {
     /// in order.
     async fn txn(&self, txn: Txn) -> Result<Vec<KvPair>>;
 
+    /// Makes every transaction committed so far durable, [relaxed](Txn::relaxed) ones
+    /// included. A caller can so commit relaxed, act on the change (it is seen at once) and
+    /// flush to disk at the same time, answering only once this returns. Backends that
+    /// commit every write durably (etcd, ZooKeeper) return at once.
+    async fn sync(&self) -> Result<()>;
+
     /// Watches one key: the current value first (`None` if absent), then every change,
     /// deletes included, in index order, until the stream is dropped.
     async fn watch(&self, key: &str) -> Result<WatchStream>;

@@ -51,7 +51,7 @@ macro_rules! kv_conformance {
                 invalid_keys_write_nothing, atomic_put_and_delete, cas_contention,
                 transactions_all_or_nothing, watch_sees_every_update, watch_sees_deletes,
                 watch_tree_snapshots_are_consistent, ttl_expiry, locks_are_exclusive,
-                dropped_lock_passes_on, closed_store_refuses);
+                dropped_lock_passes_on, relaxed_writes_and_sync, closed_store_refuses);
         }
     };
     (@tests $make:expr; $($test:ident),*) => {
@@ -572,6 +572,26 @@ pub async fn dropped_lock_passes_on(b: &impl KvBackend) {
     assert!(matches!(hc, Ok(Ok(_))), "lock did not pass on: {hc:?}");
 }
 
+/// A relaxed transaction is atomic and seen at once, by this client and another; `sync`
+/// then answers (durability across a crash is the redb crash tests' business).
+pub async fn relaxed_writes_and_sync(b: &impl KvBackend) {
+    let (s, other) = (b.client().await, b.client().await);
+    let txn = Txn::new()
+        .relaxed()
+        .put("rx/a", b"1".to_vec())
+        .put("rx/b", b"2".to_vec());
+    must("relaxed txn", s.txn(txn).await).await;
+    must("sync", s.sync().await).await;
+    for (key, value) in [("rx/a", b"1"), ("rx/b", b"2")] {
+        assert_eq!(
+            must("get", other.get(key).await).await.value,
+            value.to_vec()
+        );
+    }
+    // Nothing pending: a sync still answers.
+    must("sync again", s.sync().await).await;
+}
+
 /// After close, operations fail with `Closed` and watches end.
 pub async fn closed_store_refuses(b: &impl KvBackend) {
     let s = b.client().await;
@@ -583,6 +603,7 @@ pub async fn closed_store_refuses(b: &impl KvBackend) {
     ));
     must("close", s.close().await).await;
     assert!(matches!(s.get("cl/k").await, Err(KvError::Closed { .. })));
+    assert!(matches!(s.sync().await, Err(KvError::Closed { .. })));
     assert!(matches!(
         s.put("cl/k", b"v", PutOptions::default()).await,
         Err(KvError::Closed { .. })

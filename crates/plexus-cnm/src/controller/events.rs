@@ -348,7 +348,8 @@ impl Controller {
         // and the revision check drops the second copy.
         let live = self.events.live.subscribe();
         let closed = self.events.closed.subscribe();
-        let head = read_head(self.store.local_store().as_ref()).await?;
+        // Through the lock a commit holds until its events are on disk and published.
+        let head = self.event_revision().await?;
         let mut sub = Subscription {
             store: self.store.local_store().clone(),
             live,
@@ -397,8 +398,11 @@ impl Controller {
 
     /// Commits `txn` with `events` written into it (revisions assigned, the history
     /// trimmed), then publishes them. The events are lost with the transaction if it fails.
-    /// Transactions that carry events are always durable: a live subscriber must never see
-    /// a revision that a crash could take back and give to another event.
+    /// Transactions that carry events are always durable before this returns: a live
+    /// subscriber must never see a revision that a crash could take back and give to another
+    /// event. The transaction commits relaxed and the store is synced while the observers
+    /// follow it, so the disk flush and the observers' work overlap; events are published
+    /// once both are done.
     pub(super) async fn commit(
         &self,
         mut txn: Txn,
@@ -429,7 +433,7 @@ impl Controller {
         }
         let new_head = last + events.len() as u64;
         txn = txn.put(keys::EVENT_HEAD, encode(&new_head));
-        txn.relaxed = false;
+        txn.relaxed = true;
         let written = match self.store.txn(txn).await {
             Ok(w) => w,
             Err(e) => {
@@ -446,14 +450,22 @@ impl Controller {
                 Arc::new(event)
             })
             .collect();
+        // Side by side: the flush, and each observer (the resolver's round trip, the load
+        // balancer's tables), none of which depends on another.
+        let observed =
+            futures::future::join_all(self.observers.iter().map(|o| o.committed(self, &events)));
+        let (synced, _) = tokio::join!(self.store.sync(), observed);
         for event in &events {
             // No receiver is not an error: nobody listens.
             let _ = self.events.live.send(event.clone());
         }
+        // Held until now: a subscriber reads the head only once it is on disk.
         drop(head);
-        // Side by side: each observer's work (the resolver's round trip, the load
-        // balancer's tables) is independent of the others'.
-        futures::future::join_all(self.observers.iter().map(|o| o.committed(self, &events))).await;
+        if let Err(e) = synced {
+            // Applied (every read sees it) but perhaps not on disk: said, not hidden.
+            tracing::error!(error = %e, "the store could not flush a committed change to disk; a crash may lose it");
+            return Err(e.into());
+        }
         Ok(written)
     }
 }

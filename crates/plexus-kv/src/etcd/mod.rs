@@ -647,6 +647,11 @@ impl Store for EtcdStore {
         })
     }
 
+    async fn sync(&self) -> Result<()> {
+        // etcd acknowledges a write once a quorum has it on disk.
+        self.inner.check_open()
+    }
+
     async fn txn(&self, txn: Txn) -> Result<Vec<KvPair>> {
         let inner = &self.inner;
         inner.check_open()?;

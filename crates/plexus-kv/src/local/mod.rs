@@ -256,6 +256,10 @@ impl Store for LocalStore {
         self.call(|reply| Request::Txn { txn, reply }).await
     }
 
+    async fn sync(&self) -> Result<()> {
+        self.call(|reply| Request::Sync { reply }).await
+    }
+
     async fn watch(&self, key: &str) -> Result<WatchStream> {
         let key = key::leaf(key)?.to_string();
         let (tx, rx) = mpsc::unbounded_channel();

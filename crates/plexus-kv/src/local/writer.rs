@@ -42,6 +42,10 @@ pub(crate) enum Request {
         watcher: Watcher,
         reply: oneshot::Sender<Result<()>>,
     },
+    /// Commit durably now, with or without writes of its own (see `Store::sync`).
+    Sync {
+        reply: oneshot::Sender<Result<()>>,
+    },
     Close {
         reply: oneshot::Sender<()>,
     },
@@ -162,7 +166,8 @@ fn fail(request: Request, e: &KvError) {
         Request::Put { reply, .. } => drop(reply.send(Err(e))),
         Request::Delete { reply, .. }
         | Request::DeleteTree { reply, .. }
-        | Request::Watch { reply, .. } => drop(reply.send(Err(e))),
+        | Request::Watch { reply, .. }
+        | Request::Sync { reply } => drop(reply.send(Err(e))),
         Request::Txn { reply, .. } => drop(reply.send(Err(e))),
         Request::Close { reply } => drop(reply.send(())),
         Request::Shutdown => {}
@@ -189,6 +194,8 @@ impl Writer {
         let start_revision = self.revision;
         // Durable unless every write of the batch is a relaxed transaction.
         let mut durable = false;
+        // A sync commits even with nothing to write: that flushes the relaxed commits before.
+        let mut sync = false;
         let mut done = Vec::with_capacity(batch.len());
         let mut new_watchers = Vec::new();
         let mut closing = Vec::new();
@@ -228,6 +235,11 @@ impl Writer {
                     done.push(Done::Pairs(reply, r));
                 }
                 Request::Watch { watcher, reply } => new_watchers.push((watcher, reply)),
+                Request::Sync { reply } => {
+                    durable = true;
+                    sync = true;
+                    done.push(Done::Unit(reply, Ok(())));
+                }
                 Request::Close { reply } => {
                     closing.push(reply);
                     stop = true;
@@ -236,7 +248,7 @@ impl Writer {
             }
         }
 
-        let commit_err = if self.pending.is_empty() {
+        let commit_err = if self.pending.is_empty() && !sync {
             None
         } else {
             self.backing

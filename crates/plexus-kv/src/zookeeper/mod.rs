@@ -354,6 +354,11 @@ impl Store for ZkStore {
             .await
     }
 
+    async fn sync(&self) -> Result<()> {
+        // ZooKeeper acknowledges a write once a quorum has logged it to disk.
+        self.inner.run("sync", async { Ok(()) }).await
+    }
+
     async fn txn(&self, txn: Txn) -> Result<Vec<KvPair>> {
         let i = &self.inner;
         i.run("txn", i.txn(txn)).await
