@@ -91,7 +91,7 @@ fn a_plugin_serves_networks_and_addresses_and_survives_its_own_crash() {
     let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("tempdir: {e}"));
     let plugins = dir.path().to_path_buf();
     let state = plugins.join("state");
-    let d = Daemon::new(&[
+    let mut d = Daemon::new(&[
         "--plugin-dir",
         &plugins.display().to_string(),
         "--plugin-timeout",
@@ -241,6 +241,22 @@ fn a_plugin_serves_networks_and_addresses_and_survives_its_own_crash() {
     ]);
     assert!(ping.contains("1 received"), "{ping}");
 
+    // plexusd restarts while both are joined: leaving afterwards still takes the plugin's
+    // interface out of the sandbox and back under the plugin's name (its alias keeps it).
+    d.stop();
+    d.start();
+    d.ok(&["network", "disconnect", "tp", "s2"]);
+    let links = d.ok(&["sandbox", "exec", "s2", "--", "ip", "-o", "link", "show"]);
+    assert!(
+        !links.contains("eth0"),
+        "s2 still has the interface: {links}"
+    );
+    assert!(
+        plugin::strays(&state).is_empty(),
+        "{:?}",
+        plugin::strays(&state)
+    );
+
     // Removing everything gives everything back.
     d.ok(&["sandbox", "rm", "s1"]);
     d.ok(&["sandbox", "rm", "s2"]);
@@ -249,4 +265,9 @@ fn a_plugin_serves_networks_and_addresses_and_survives_its_own_crash() {
     d.ok(&["network", "rm", "tp"]);
     assert!(plugin::leases(&state).is_empty());
     assert!(plugin_links(&d).is_empty(), "{:?}", plugin_links(&d));
+    assert!(
+        plugin::strays(&state).is_empty(),
+        "{:?}",
+        plugin::strays(&state)
+    );
 }

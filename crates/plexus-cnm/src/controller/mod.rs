@@ -261,6 +261,7 @@ impl Controller {
         match resolver.resolve(name).await {
             Ok(d) => {
                 tracing::info!(driver = name, "driver plugin registered");
+                self.adopt_plugin_driver(name, d.as_ref()).await;
                 if let Ok(mut m) = self.resolved.lock() {
                     m.insert(name.to_string(), d.clone());
                 }

@@ -166,6 +166,61 @@ impl Controller {
         Ok(report)
     }
 
+    /// Tells a driver resolved from a plugin (after a restart, at its first use) what the
+    /// store holds of its networks and this host's endpoints, so it knows again where their
+    /// interfaces are: start-up reconciliation covers only the registered drivers. Nothing
+    /// is rolled back here; the plugin keeps its own state.
+    pub(super) async fn adopt_plugin_driver(&self, name: &str, driver: &dyn crate::Driver) {
+        let desired = match self.plugin_desired(name).await {
+            Ok(d) => d,
+            Err(e) => {
+                tracing::warn!(driver = name, error = %e, "cannot read the plugin driver's networks");
+                return;
+            }
+        };
+        if desired.networks.is_empty() {
+            return;
+        }
+        if let Err(e) = driver.reconcile(&desired, ReconcileMode::Startup).await {
+            tracing::warn!(driver = name, error = %e, "plugin driver reconciliation failed");
+        }
+    }
+
+    async fn plugin_desired(&self, name: &str) -> Result<Desired> {
+        let sandbox_keys: BTreeMap<String, String> = self
+            .sandboxes()
+            .await?
+            .into_iter()
+            .map(|s| (s.id, s.key))
+            .collect();
+        let mut desired = Desired::default();
+        for network in self.networks().await?.iter().filter(|n| n.driver == name) {
+            desired.networks.push(network_info(network));
+            for ep in self.endpoints(&network.id).await? {
+                if !(ep.host.is_empty() || ep.host == self.config.host_id) {
+                    continue;
+                }
+                let Some(key) = sandbox_keys.get(&ep.sandbox_id) else {
+                    continue;
+                };
+                desired.endpoints.push(DesiredEndpoint {
+                    sandbox_key: key.clone(),
+                    interface: ep.interface.clone(),
+                    info: EndpointInfo {
+                        network_id: ep.network_id.clone(),
+                        endpoint_id: ep.id.clone(),
+                        ipv4: ep.ipv4,
+                        ipv6: ep.ipv6,
+                        mac: ep.mac.clone(),
+                        ports: ep.ports.clone(),
+                        options: ep.options.clone(),
+                    },
+                });
+            }
+        }
+        Ok(desired)
+    }
+
     /// Records `interface` as the name of `endpoint`'s interface in its sandbox: what
     /// start-up reconciliation does when the data plane marks another name than the record
     /// (a crash after a join that had to take another name than the guess written with the

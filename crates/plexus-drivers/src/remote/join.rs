@@ -2,7 +2,8 @@
 //! namespace and names it in its Join answer; Plexus moves it into the sandbox under the
 //! sandbox's name for it, gives it the endpoint's addresses, the gateway and the static
 //! routes, as libnetwork's sandbox code does for remote drivers. At leave it goes back to
-//! the host namespace under the plugin's name.
+//! the host namespace under the plugin's name. The interface carries that name in its alias
+//! ([`SRC_ALIAS`]), so a daemon restarted in between still knows where it goes back.
 
 use std::collections::BTreeSet;
 use std::net::IpAddr;
@@ -19,6 +20,16 @@ use super::wire::{self, JoinPlan};
 use super::{plugin_error, EpState, RemoteDriver};
 use crate::{sandbox, sys_ctx};
 
+/// The alias a plugin's interface carries in a sandbox: this, then the plugin's `SrcName`.
+pub(super) const SRC_ALIAS: &str = "plexus-remote:";
+
+/// The plugin's name for a link that carries `alias`, if it is one of ours.
+fn src_name_of(alias: Option<&str>) -> Option<&str> {
+    alias
+        .and_then(|a| a.strip_prefix(SRC_ALIAS))
+        .filter(|n| !n.is_empty())
+}
+
 /// Where a joined endpoint's interface is.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(super) struct InSandbox {
@@ -26,7 +37,8 @@ pub(super) struct InSandbox {
     pub key: String,
     /// Its name there.
     pub ifname: String,
-    /// Its name in the host namespace (the plugin's `SrcName`).
+    /// Its name in the host namespace (the plugin's `SrcName`); empty when a restarted
+    /// daemon learned of the endpoint from the store (the interface's alias says it then).
     pub src_name: String,
 }
 
@@ -205,7 +217,10 @@ impl RemoteDriver {
             rs.set_mac(link.index, mac).await.map_err(sys_ctx(&what))?;
         }
         sandbox::add_addresses(rs, link.index, name, ep.ipv4, ep.ipv6).await?;
-        rs.set_up(link.index).await.map_err(sys_ctx(&what))?;
+        let alias = format!("{SRC_ALIAS}{}", plan.src_name);
+        rs.set_up_marked(link.index, &alias, true)
+            .await
+            .map_err(sys_ctx(&what))?;
         rs.set_up(LOOPBACK_IFINDEX)
             .await
             .map_err(sys_ctx("sandbox lo"))?;
@@ -257,11 +272,20 @@ impl RemoteDriver {
         let Ok(Some(link)) = rs.link(&at.ifname).await else {
             return;
         };
+        let src_name = match src_name_of(link.alias.as_deref()) {
+            Some(n) => n.to_string(),
+            None if !at.src_name.is_empty() => at.src_name.clone(),
+            None => {
+                // Not ours (another link took the name since), and nothing says whose.
+                tracing::warn!(plugin = self.name_str(), interface = %at.ifname, "the interface carries no plugin name; left in place");
+                return;
+            }
+        };
         if let Err(e) = rs.set_down(link.index).await {
             tracing::debug!(error = %e, "cannot set the interface down before it leaves");
         }
         let host = self.rtnl.netns().clone();
-        if let Err(e) = rs.move_to(link.index, &host, Some(&at.src_name)).await {
+        if let Err(e) = rs.move_to(link.index, &host, Some(&src_name)).await {
             tracing::warn!(plugin = self.name_str(), interface = %at.ifname, error = %e, "cannot move the interface back to the host namespace; deleting it");
             if let Err(e) = rs.delete_link(link.index).await {
                 tracing::warn!(interface = %at.ifname, error = %e, "cannot delete the interface");

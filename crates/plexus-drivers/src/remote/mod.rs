@@ -35,8 +35,8 @@ use std::sync::Arc;
 use async_trait::async_trait;
 use ipnet::IpNet;
 use plexus_cnm::{
-    Capability, Driver, DriverError, EndpointCreated, EndpointInfo, ExternalConnectivity,
-    InterfaceName, Joined, NetworkInfo, NodeDiscovery, Scope,
+    Capability, Desired, Driver, DriverError, EndpointCreated, EndpointInfo, ExternalConnectivity,
+    InterfaceName, Joined, NetworkInfo, NodeDiscovery, ReconcileMode, Reconciled, Scope,
 };
 use plexus_ipam::plugin::{PluginClient, PluginDirs, PluginError, Timeouts};
 use plexus_sys::netns::Netns;
@@ -464,6 +464,32 @@ impl Driver for RemoteDriver {
             &wire::ids(network_id, endpoint_id),
         )
         .await
+    }
+
+    async fn reconcile(
+        &self,
+        desired: &Desired,
+        _mode: ReconcileMode,
+    ) -> Result<Reconciled, DriverError> {
+        // The plugin keeps its own state and objects: the driver only learns again where
+        // the interfaces of endpoints it does not remember are, so that a leave after a
+        // restart takes each back to the plugin's name (which its alias carries).
+        let mut eps = self.endpoints.lock().await;
+        for d in &desired.endpoints {
+            eps.entry(d.info.endpoint_id.clone())
+                .or_insert_with(|| EpState {
+                    network_id: d.info.network_id.clone(),
+                    ipv4: d.info.ipv4,
+                    ipv6: d.info.ipv6,
+                    mac: d.info.mac.as_deref().and_then(crate::names::parse_mac),
+                    joined: d.interface.as_ref().map(|ifname| join::InSandbox {
+                        key: d.sandbox_key.clone(),
+                        ifname: ifname.clone(),
+                        src_name: String::new(),
+                    }),
+                });
+        }
+        Ok(Reconciled::default())
     }
 
     async fn discover_new(&self, node: &NodeDiscovery) -> Result<(), DriverError> {

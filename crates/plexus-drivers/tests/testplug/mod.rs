@@ -7,7 +7,9 @@
 //! gateway, a static route to `10.99.0.0/16` through it). It makes links with `ip` in the
 //! namespace it runs in. Addresses are leases, one file per address in `<dir>/leases`, so
 //! the plugin's state outlives the process (a killed and restarted plugin goes on) and a
-//! test can see what is allocated. Every call is appended to `<dir>/calls`.
+//! test can see what is allocated. Every call is appended to `<dir>/calls`. As libnetwork
+//! promises a plugin, the sandbox end must be back in the plugin's namespace under its
+//! `SrcName` by `DeleteEndpoint`; one that is not is written to `<dir>/strays`.
 //!
 //! A test makes it misbehave by writing `<call>:<how>` lines to `<dir>/mode`
 //! (`Join:garbage`, `CreateEndpoint:error`, `Join:hang`): `garbage` answers JSON of the
@@ -56,6 +58,15 @@ pub fn leases(dir: &Path) -> Vec<String> {
         .unwrap_or_default();
     out.sort();
     out
+}
+
+/// The sandbox ends that were not back under their `SrcName` at `DeleteEndpoint`.
+pub fn strays(dir: &Path) -> Vec<String> {
+    std::fs::read_to_string(dir.join("strays"))
+        .unwrap_or_default()
+        .lines()
+        .map(str::to_string)
+        .collect()
 }
 
 /// The calls the plugin was asked, in order.
@@ -246,6 +257,16 @@ fn answer(path: &str, body: &Value, dir: &Path) -> Value {
         }
         "/NetworkDriver.DeleteEndpoint" => {
             let eid = s(body, "EndpointID");
+            if ip(&["link", "show", &sandbox_end(eid)]).is_err() {
+                use std::io::Write;
+                if let Ok(mut f) = std::fs::OpenOptions::new()
+                    .create(true)
+                    .append(true)
+                    .open(dir.join("strays"))
+                {
+                    let _ = writeln!(f, "{}", sandbox_end(eid));
+                }
+            }
             let _ = ip(&["link", "del", &host_end(eid)]);
             json!({})
         }
