@@ -44,17 +44,11 @@ async fn bad_input_is_a_400_naming_the_option_and_leaves_nothing() {
             Ok(n) => panic!("{k}={v} gave {n:?}"),
         }
     }
-    // A bridge name someone else uses: a conflict naming the bridge; nothing made.
+    // A bridge name another kind of link uses: a conflict naming it; nothing made.
     ok(
-        "foreign bridge",
-        w.rh.add_bridge(
-            &BridgeSpec {
-                name: "br-taken",
-                ..Default::default()
-            },
-            "someone-else",
-        )
-        .await,
+        "a veth named like a bridge",
+        w.rh.add_veth("br-taken", "br-taken-p", None, "someone-else")
+            .await,
     );
     let taken = w
         .controller
@@ -67,7 +61,7 @@ async fn bad_input_is_a_400_naming_the_option_and_leaves_nothing() {
     assert!(taken
         .err()
         .is_some_and(|e| e.to_string().contains("br-taken")));
-    assert_eq!(w.host_links().await.len(), before + 1);
+    assert_eq!(w.host_links().await.len(), before + 2);
     assert!(w.marked_links().await.is_empty());
     let st = ok("state", w.bridge.firewall().state());
     assert!(st.bridges.is_empty() && st.subnets.is_empty(), "{st:?}");
@@ -114,6 +108,48 @@ async fn bad_input_is_a_400_naming_the_option_and_leaves_nothing() {
     }
     assert_eq!(w.marked_links().await, marked);
     assert_eq!(links_of(w.sb("s")).await.len(), 1);
+}
+
+#[tokio::test]
+async fn a_users_own_bridge_is_used_as_it_is_and_left_in_place() {
+    need_root!();
+    let w = World::new().await;
+    // A bridge the user made (its own alias, no mark of Plexus), as Docker users name
+    // one with com.docker.network.bridge.name.
+    let user = ok(
+        "user bridge",
+        w.rh.add_bridge(
+            &BridgeSpec {
+                name: "br-user",
+                ..Default::default()
+            },
+            "the user's",
+        )
+        .await,
+    );
+    let net = w
+        .network(
+            "u",
+            "10.91.0.0/24",
+            &[("com.docker.network.bridge.name", "br-user")],
+        )
+        .await;
+    let addrs = ok("addresses", w.rh.addresses(user.index).await);
+    assert!(
+        addrs.contains(&("10.91.0.1".parse().unwrap(), 24)),
+        "the gateway is on the user's bridge: {addrs:?}"
+    );
+    let link = ok("br-user", w.rh.require_link("br-user").await);
+    assert_eq!(link.alias.as_deref(), Some("the user's"), "never marked");
+    ok("rm", w.controller.delete_network(&net.id).await);
+    let link = ok("br-user after", w.rh.require_link("br-user").await);
+    assert_eq!(link.index, user.index, "the user's bridge stays");
+    let addrs = ok("addresses", w.rh.addresses(user.index).await);
+    assert!(
+        !addrs.iter().any(|(a, _)| a.to_string() == "10.91.0.1"),
+        "the gateway it was given went with the network: {addrs:?}"
+    );
+    ok("cleanup", w.rh.delete_link(user.index).await);
 }
 
 #[tokio::test]

@@ -300,3 +300,112 @@ fn a_dhcp_network_leases_renews_keeps_and_releases() {
     d.ok(&["network", "rm", "lan"]);
     assert!(d.log().contains("DHCP lease released"), "{}", d.log());
 }
+
+/// Runs `ip ARGS` in the daemon's namespace; its stdout (it must succeed).
+fn host_ip(d: &Daemon, args: &[&str]) -> String {
+    let mut cmd = Command::new("ip");
+    cmd.args(args).stdin(Stdio::null());
+    plexus_testkit::process::in_netns(&mut cmd, d.host_ns.fd());
+    let out = ok("ip", cmd.output());
+    assert!(
+        out.status.success(),
+        "ip {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+#[test]
+fn a_dhcp_bridge_network_on_the_hosts_own_lan_bridge() {
+    let mut d = Daemon::new(&[]);
+    let lan = Lan::new(&d);
+    // The host as many are set up: its LAN port on a bridge of its own, which holds the
+    // host's address.
+    host_ip(&d, &["link", "add", "brlan", "type", "bridge"]);
+    host_ip(&d, &["link", "set", "uplink", "master", "brlan"]);
+    host_ip(&d, &["addr", "del", "10.89.0.2/24", "dev", "uplink"]);
+    host_ip(&d, &["addr", "add", "10.89.0.2/24", "dev", "brlan"]);
+    host_ip(&d, &["link", "set", "brlan", "up"]);
+
+    d.ok(&[
+        "network",
+        "create",
+        "-d",
+        "bridge",
+        "-o",
+        "com.docker.network.bridge.name=brlan",
+        "--ipam-driver",
+        "dhcp",
+        "--ipam-opt",
+        "lease_timeout=3s",
+        "lanbr",
+    ]);
+    let net = json(&d.ok(&["network", "inspect", "lanbr"]));
+    assert_eq!(
+        net[0]["IPAM"]["Config"][0]["Subnet"], "10.89.0.0/24",
+        "{net}"
+    );
+    assert_eq!(net[0]["IPAM"]["Config"][0]["Gateway"], "10.89.0.1", "{net}");
+    // The LAN's router is the gateway: the bridge does not take its address.
+    assert_eq!(
+        net[0]["Options"]["com.docker.network.bridge.inhibit_ipv4"], "true",
+        "{net}"
+    );
+    let addrs = host_ip(&d, &["-o", "addr", "show", "dev", "brlan"]);
+    assert!(
+        addrs.contains("10.89.0.2/24") && !addrs.contains("10.89.0.1/"),
+        "{addrs}"
+    );
+
+    // The sandbox leases its address from the LAN's server through the bridge.
+    d.ok(&["sandbox", "create", "s1", "--network", "lanbr"]);
+    let s1 = json(&d.ok(&["sandbox", "inspect", "s1"]));
+    let ep = &s1[0]["Endpoints"][0];
+    let mac = ep["MacAddress"].as_str().unwrap_or_default().to_string();
+    let ip = ep["IPv4Address"]
+        .as_str()
+        .unwrap_or_default()
+        .split('/')
+        .next()
+        .unwrap_or_default()
+        .to_string();
+    let leases = lan.leases();
+    assert_eq!(leases.len(), 1, "{leases:?}");
+    assert_eq!(
+        (leases[0].1.as_str(), leases[0].2.as_str()),
+        (mac.as_str(), ip.as_str())
+    );
+    let ping = |d: &Daemon| {
+        d.ok(&[
+            "sandbox",
+            "exec",
+            "s1",
+            "--",
+            "ping",
+            "-c",
+            "1",
+            "-W",
+            "3",
+            "10.89.0.1",
+        ])
+    };
+    assert!(ping(&d).contains("1 received"));
+
+    // A restart finds the user's bridge again and uses it as it is.
+    let status = d.stop();
+    assert!(status.success(), "{status}");
+    d.start();
+    assert!(ping(&d).contains("1 received"));
+
+    // Leaving releases the lease; removing the network leaves the user's bridge, its port
+    // and its address as they were.
+    d.ok(&["sandbox", "rm", "s1"]);
+    wait_for("the release", Duration::from_secs(5), || {
+        lan.leases().is_empty()
+    });
+    d.ok(&["network", "rm", "lanbr"]);
+    let addrs = host_ip(&d, &["-o", "addr", "show", "dev", "brlan"]);
+    assert!(addrs.contains("10.89.0.2/24"), "{addrs}");
+    let port = host_ip(&d, &["-o", "link", "show", "uplink"]);
+    assert!(port.contains("master brlan"), "{port}");
+}

@@ -14,6 +14,9 @@ use crate::model::{
 };
 use crate::store_layout as keys;
 
+/// Docker's bridge option that keeps the IPv4 gateway address off the bridge.
+const BRIDGE_INHIBIT_IPV4: &str = "com.docker.network.bridge.inhibit_ipv4";
+
 impl Controller {
     /// Every network, sorted by name: this host's local ones and the cluster's global ones
     /// (left out, with a warning, while the cluster store does not answer).
@@ -179,6 +182,13 @@ impl Controller {
             spec.driver = self.config.default_driver.clone();
         }
         let driver = self.driver(&spec.driver).await?;
+        if spec.driver == "bridge" && spec.ipam_driver == "dhcp" {
+            // The LAN's router is the gateway of addresses from the LAN's DHCP server: the
+            // bridge must not take its address. Recorded as the option a user would write.
+            spec.options
+                .entry(BRIDGE_INHIBIT_IPV4.to_string())
+                .or_insert_with(|| "true".to_string());
+        }
         check_generic_options(&spec.options)?;
         driver
             .validate_options(&spec.options)

@@ -63,6 +63,10 @@ struct NetState {
     /// IPv4 GSO/GRO limit of its veth pairs (`plexus.bridge.gso_ipv4_max_size`, `auto`
     /// resolved when the network was made or restored); `None` for the kernel's 64 KiB.
     gso_ipv4_max_size: Option<u32>,
+    /// The bridge is one the user made (named by `com.docker.network.bridge.name`, carrying
+    /// no mark of Plexus), as Docker uses an existing bridge: used as it is, never marked,
+    /// renamed or deleted; only the gateway addresses Plexus gave it go with the network.
+    foreign: bool,
 }
 
 impl NetState {
@@ -327,7 +331,9 @@ impl Driver for BridgeDriver {
                     .teardown_network(&net.rules())
                     .map_err(sys_ctx(format!("firewall of {}", net.bridge)))?;
                 let alias = names::bridge_alias(&self.marker, network_id);
-                if let Some(link) = self.marked_link(&net.bridge, &alias).await? {
+                if net.foreign {
+                    self.remove_gateways(&net).await;
+                } else if let Some(link) = self.marked_link(&net.bridge, &alias).await? {
                     // Out of service at once (down: its routes go; renamed: a new network
                     // may take its name), deleted in the background.
                     let retired = names::retired_bridge(network_id);

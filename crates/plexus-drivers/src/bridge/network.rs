@@ -64,7 +64,7 @@ impl BridgeDriver {
             .make_network(info, &opts, &bridge, &alias, ipv6, &mut undo)
             .await;
         match r {
-            Ok((index, bridge_mac)) => {
+            Ok((index, bridge_mac, foreign)) => {
                 st.networks.insert(
                     info.id.clone(),
                     NetState {
@@ -74,6 +74,7 @@ impl BridgeDriver {
                         bridge_index: index,
                         bridge_mac,
                         gso_ipv4_max_size,
+                        foreign,
                     },
                 );
                 tracing::info!(network = %info.name, %bridge, ?gso_ipv4_max_size, "bridge network ready");
@@ -109,11 +110,18 @@ impl BridgeDriver {
         alias: &str,
         ipv6: bool,
         undo: &mut Vec<Undo>,
-    ) -> Result<(u32, [u8; 6]), DriverError> {
+    ) -> Result<(u32, [u8; 6], bool), DriverError> {
         let what = format!("bridge {bridge}");
+        let mut foreign = false;
         let br = match self.rtnl.link(bridge).await.map_err(sys_ctx(&what))? {
             // Ours already (a restart, or reconciliation): adopt it.
             Some(l) if l.alias.as_deref() == Some(alias) => l,
+            // The user's own bridge, named on purpose: used as Docker uses it.
+            Some(l) if opts.bridge_name.is_some() && self.is_users_bridge(&l) => {
+                tracing::info!(%bridge, "using an existing bridge that Plexus did not make; it stays when the network goes");
+                foreign = true;
+                l
+            }
             Some(l) => {
                 return Err(DriverError::Conflict(format!(
                     "bridge name {bridge:?} is already used by another interface{}",
@@ -180,7 +188,32 @@ impl BridgeDriver {
             .as_deref()
             .and_then(|m| <[u8; 6]>::try_from(m).ok())
             .unwrap_or_else(|| names::bridge_mac(&info.id));
-        Ok((br.index, mac))
+        Ok((br.index, mac, foreign))
+    }
+
+    /// Whether `link` is a bridge nobody in Plexus made: no mark of this driver's (nor a
+    /// name it derives), so a user's.
+    pub(super) fn is_users_bridge(&self, link: &Link) -> bool {
+        link.kind.as_deref() == Some("bridge") && !self.made_by_us(link)
+    }
+
+    /// Takes off a user's bridge the gateway addresses the network gave it.
+    pub(super) async fn remove_gateways(&self, net: &NetState) {
+        let v4 = net.info.ipv4.iter().filter(|_| !net.opts.inhibit_ipv4);
+        let ipv6 = net.info.enable_ipv6 && !net.info.ipv6.is_empty();
+        let v6 = net.info.ipv6.iter().filter(|_| ipv6);
+        for gw in v4.chain(v6).filter_map(|p| p.gateway) {
+            match self
+                .rtnl
+                .delete_address(net.bridge_index, gw.addr(), gw.prefix_len())
+                .await
+            {
+                Ok(()) | Err(SysError::NotFound { .. }) => {}
+                Err(e) => {
+                    tracing::warn!(bridge = %net.bridge, %gw, error = %e, "cannot take the gateway address off the bridge")
+                }
+            }
+        }
     }
 
     /// Removes a network's firewall elements and bridge, knowing only the kernel: the bridge

@@ -162,9 +162,11 @@ impl BridgeDriver {
                 continue;
             };
             let alias = names::bridge_alias(&self.marker, &id);
-            let present = links
-                .iter()
-                .find(|l| l.name == net.bridge && l.alias.as_deref() == Some(alias.as_str()));
+            let present = links.iter().find(|l| {
+                l.name == net.bridge
+                    && (l.alias.as_deref() == Some(alias.as_str())
+                        || (net.foreign && self.is_users_bridge(l)))
+            });
             match present {
                 Some(l) if l.up => continue,
                 Some(l) => {

@@ -43,6 +43,26 @@ impl Rtnl {
             })
     }
 
+    /// Takes `address`/`prefix` off link `index`; [`SysError::NotFound`] if it has none such.
+    pub async fn delete_address(&self, index: u32, address: IpAddr, prefix: u8) -> Result<()> {
+        let msgs = self.address_messages(index).await?;
+        let Some(msg) = msgs
+            .into_iter()
+            .find(|m| address_of(m) == Some(address) && m.header.prefix_len == prefix)
+        else {
+            return Err(SysError::NotFound {
+                what: format!("address {address}/{prefix} on link {index}"),
+            });
+        };
+        self.handle.address().del(msg).execute().await.map_err(|e| {
+            SysError::netlink(
+                format!("delete address {address}/{prefix} from link {index}"),
+                &format!("address {address}/{prefix}"),
+                e,
+            )
+        })
+    }
+
     /// The address messages of link `index`.
     async fn address_messages(&self, index: u32) -> Result<Vec<AddressMessage>> {
         self.handle
