@@ -152,7 +152,7 @@ pub async fn register_builtin(
 ) -> Result<Arc<BridgeDriver>, DriverError> {
     let bridge = Arc::new(BridgeDriver::new(config.clone()).await?);
     registry.register(bridge.clone());
-    let (macvlan, ipvlan) = MacvlanDriver::pair(&config).await?;
+    let (macvlan, ipvlan) = MacvlanDriver::pair_with(&config, bridge.reaper()).await?;
     registry.register(Arc::new(macvlan));
     registry.register(Arc::new(ipvlan));
     registry.register(Arc::new(HostDriver::new(config.host.clone())));

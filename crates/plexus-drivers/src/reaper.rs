@@ -1,4 +1,4 @@
-//! Deleting links in the background.
+//! Deleting links in the background, in the host namespace or a sandbox's.
 //!
 //! Deleting a link makes the kernel wait for RCU grace periods (10–60 ms for a veth or a
 //! bridge), far longer than everything else a disconnect or a network removal does. So the
@@ -23,8 +23,10 @@ use tokio::time::{Duration, Instant};
 /// How long a deletion waits after it was handed over (see the [module docs](self)).
 pub(crate) const DEFER: Duration = Duration::from_millis(20);
 
-/// A link to delete: its name, the alias it must carry, when it was handed over.
-type Job = (String, String, Instant);
+/// A link to delete: the namespace it is in (`None`: the reaper's own), its name, the
+/// alias it must carry, when it was handed over. A namespace held here stays alive until
+/// its deletion ran, even if its sandbox went meanwhile.
+type Job = (Option<Netns>, String, String, Instant);
 
 /// Deletes marked links on its own thread; see the [module docs](self).
 ///
@@ -80,9 +82,17 @@ impl Reaper {
                             return;
                         }
                     };
-                    while let Some((name, alias, handed)) = rx.recv().await {
+                    while let Some((ns, name, alias, handed)) = rx.recv().await {
                         tokio::time::sleep_until(handed + DEFER).await;
-                        delete_marked(&rtnl, &name, &alias).await;
+                        match ns {
+                            None => delete_marked(&rtnl, &name, &alias).await,
+                            Some(ns) => match Rtnl::connect(&ns).await {
+                                Ok(other) => delete_marked(&other, &name, &alias).await,
+                                Err(e) => {
+                                    tracing::debug!(link = %name, error = %e, "namespace gone before its link's deletion")
+                                }
+                            },
+                        }
                         let mut pending = p.lock().unwrap_or_else(PoisonError::into_inner);
                         if let Some(n) = pending.get_mut(&name) {
                             *n -= 1;
@@ -110,6 +120,15 @@ impl Reaper {
     /// somebody else made under that name meanwhile is never touched); an empty `alias`: the
     /// link carries none (its owner cleared the mark, as `leave` does with a host end).
     pub(crate) fn delete(&self, name: String, alias: String) {
+        self.hand_over(None, name, alias);
+    }
+
+    /// [`delete`](Self::delete) for a link in another namespace (a sandbox's).
+    pub(crate) fn delete_in(&self, ns: Netns, name: String, alias: String) {
+        self.hand_over(Some(ns), name, alias);
+    }
+
+    fn hand_over(&self, ns: Option<Netns>, name: String, alias: String) {
         *self
             .pending
             .lock()
@@ -118,7 +137,7 @@ impl Reaper {
             .or_default() += 1;
         if self
             .jobs
-            .send((name.clone(), alias, Instant::now()))
+            .send((ns, name.clone(), alias, Instant::now()))
             .is_err()
         {
             // The reaper thread is gone (it never stops before the driver): reconciliation

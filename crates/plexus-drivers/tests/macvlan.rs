@@ -192,9 +192,24 @@ async fn bridge_mode_sandboxes_reach_each_other_and_the_lan_over_ipv4_and_ipv6()
         "the host reached its own macvlan child"
     );
 
-    // Disconnect deletes the device; removing the network leaves the host's parent alone.
+    // Disconnect takes the device out of service at once and deletes it in the background;
+    // a reconnect right away works (the retired device holds neither name nor MAC). Removing
+    // the network leaves the host's parent alone.
     ok("disconnect", w.controller.disconnect("s1", "lan1").await);
     assert!(links_of(w.sb("s1")).await.iter().all(|l| l.name != "eth0"));
+    let again = w.connect("s1", "lan1").await;
+    assert_eq!(
+        reaches(w.sb("s1"), sa(ip4(&e2), 7000)),
+        ip4(&again).to_string()
+    );
+    ok("disconnect", w.controller.disconnect("s1", "lan1").await);
+    w.bridge.settle().await;
+    let left: Vec<String> = links_of(w.sb("s1"))
+        .await
+        .into_iter()
+        .map(|l| l.name)
+        .collect();
+    assert_eq!(left, ["lo"], "the retired device is deleted");
     ok("disconnect", w.controller.disconnect("s2", "lan1").await);
     ok("remove", w.controller.delete_network("lan1").await);
     assert!(ok("parent", w.rh.link(PARENT).await).is_some());

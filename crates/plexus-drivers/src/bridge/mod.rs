@@ -46,6 +46,7 @@ use crate::options::BridgeOptions;
 use crate::reaper::Reaper;
 use crate::{sys_ctx, DriverConfig};
 use network::subnets;
+use std::sync::Arc;
 
 /// The range ephemeral host ports are taken from (Docker's).
 pub const EPHEMERAL_PORTS: std::ops::RangeInclusive<u16> = 49153..=60999;
@@ -118,7 +119,7 @@ pub struct BridgeDriver {
     owns_namespace: bool,
     rtnl: Rtnl,
     fw: Firewall,
-    reaper: Reaper,
+    reaper: Arc<Reaper>,
     /// Held for the whole of every mutating call: calls of one driver run one at a time.
     state: Mutex<State>,
     base_ready: AtomicBool,
@@ -184,7 +185,7 @@ impl BridgeDriver {
             host,
             marker,
             owns_namespace,
-            reaper,
+            reaper: Arc::new(reaper),
             rtnl,
             fw,
             state: Mutex::new(State::default()),
@@ -193,11 +194,17 @@ impl BridgeDriver {
         })
     }
 
-    /// Waits until the links this driver is deleting in the background are gone (leave and
-    /// network removal return once the link is out of service; the kernel's deletion takes
-    /// longer). For tests and shutdown.
+    /// Waits until the links this driver (and the macvlan drivers registered with it by
+    /// [`register_builtin`](crate::register_builtin)) is deleting in the background are gone
+    /// (leave and network removal return once the link is out of service; the kernel's
+    /// deletion takes longer). For tests and shutdown.
     pub async fn settle(&self) {
         self.reaper.settle().await;
+    }
+
+    /// Its background deleter, for the drivers registered with it.
+    pub(crate) fn reaper(&self) -> Arc<Reaper> {
+        self.reaper.clone()
     }
 
     /// The marker of the links this driver makes.

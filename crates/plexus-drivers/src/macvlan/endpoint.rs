@@ -292,9 +292,14 @@ impl MacvlanDriver {
         Ok((link.index, gateways))
     }
 
-    /// Takes a joined endpoint's device out of its sandbox (deletes it; a sandbox or device
-    /// already gone is fine) and, if it gave the sandbox its default route, hands that over
-    /// to another joined endpoint of these drivers in the sandbox. Idempotent.
+    /// Takes a joined endpoint's device out of its sandbox (a sandbox or device already gone
+    /// is fine) and, if it gave the sandbox its default route, hands that over to another
+    /// joined endpoint of these drivers in the sandbox. Idempotent. A macvlan device is
+    /// retired at once (down, so its addresses and routes are out of service, and renamed
+    /// off its name) and deleted in the background: the kernel's deletion waits for RCU
+    /// grace periods, most of a disconnect. A down macvlan holds no place among its parent's
+    /// addresses. Passthru and ipvlan devices go at once: a passthru parent takes one device,
+    /// and an ipvlan's addresses stay claimed on the parent while it exists.
     pub(super) async fn unplug_locked(&self, st: &mut State, endpoint_id: &str) {
         let Some(ep) = st.endpoints.get_mut(endpoint_id) else {
             return;
@@ -305,6 +310,11 @@ impl MacvlanDriver {
         let Some(at) = joined else {
             return;
         };
+        let in_background = self.kind == super::Kind::Macvlan
+            && st
+                .networks
+                .get(&ep.network_id)
+                .is_some_and(|n| !n.passthru());
         let rs = match sandbox_rtnl(&at.key).await {
             Ok(rs) => rs,
             Err(e) => {
@@ -315,7 +325,12 @@ impl MacvlanDriver {
         };
         match rs.link(&at.ifname).await {
             Ok(Some(l)) if l.alias.as_deref() == Some(alias.as_str()) => {
-                if let Err(e) = rs.delete_link(l.index).await {
+                let retired = names::retired_device(endpoint_id);
+                if in_background && rs.retire(l.index, &retired).await.is_ok() {
+                    self.shared
+                        .reaper
+                        .delete_in(rs.netns().clone(), retired, alias.clone());
+                } else if let Err(e) = rs.delete_link(l.index).await {
                     tracing::warn!(endpoint = %endpoint_id, interface = %at.ifname, error = %e, "cannot delete the device");
                 }
             }

@@ -161,6 +161,8 @@ struct Shared {
     /// Link kinds the kernel was found to have (a missing one is asked again next time: a
     /// module may be loaded meanwhile).
     present: std::sync::Mutex<BTreeSet<Feature>>,
+    /// Deletes left macvlan devices in their sandboxes in the background.
+    reaper: Arc<crate::reaper::Reaper>,
 }
 
 /// The `macvlan` or `ipvlan` driver. See the [module docs](self).
@@ -183,6 +185,18 @@ impl MacvlanDriver {
     /// The `macvlan` and `ipvlan` drivers of `config.host`, sharing their memory (a parent
     /// serves one network of either kind), marking what they make with `config.marker`.
     pub async fn pair(config: &DriverConfig) -> Result<(Self, Self), DriverError> {
+        let reaper = crate::reaper::Reaper::new(&config.host)
+            .await
+            .map_err(sys_ctx("link reaper"))?;
+        Self::pair_with(config, Arc::new(reaper)).await
+    }
+
+    /// [`pair`](Self::pair) deleting in the background through `reaper` (the bridge
+    /// driver's, so that its `settle` waits for these deletions too).
+    pub(crate) async fn pair_with(
+        config: &DriverConfig,
+        reaper: Arc<crate::reaper::Reaper>,
+    ) -> Result<(Self, Self), DriverError> {
         let marker = config.marker.clone();
         if marker.is_empty() || marker.contains(':') || marker.len() > 64 {
             return Err(DriverError::Invalid(format!(
@@ -197,6 +211,7 @@ impl MacvlanDriver {
             rtnl,
             state: Mutex::new(State::default()),
             present: std::sync::Mutex::new(BTreeSet::new()),
+            reaper,
         });
         Ok((
             Self {
