@@ -384,6 +384,19 @@ mod tests {
                 json!({"InterfaceName": {"SrcName": "a-very-long-interface", "DstPrefix": "eth"}}),
                 "field InterfaceName.SrcName",
             ),
+            // Names the kernel refuses (its isspace: vertical tab, 0xa0 as in UTF-8 "à").
+            (
+                json!({"InterfaceName": {"SrcName": "a\u{b}b", "DstPrefix": "eth"}}),
+                "field InterfaceName.SrcName",
+            ),
+            (
+                json!({"InterfaceName": {"SrcName": "v\u{e0}", "DstPrefix": "eth"}}),
+                "field InterfaceName.SrcName",
+            ),
+            (
+                json!({"InterfaceName": {"SrcName": "x", "DstPrefix": "e\u{a0}"}}),
+                "field InterfaceName.DstPrefix",
+            ),
             (
                 json!({"InterfaceName": {"SrcName": "x", "DstPrefix": ""}}),
                 "field InterfaceName.DstPrefix",
