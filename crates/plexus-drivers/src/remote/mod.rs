@@ -742,6 +742,10 @@ mod tests {
                 r#"{"Interface":{"MacAddress":"01:00:5e:00:00:01"}}"#,
                 "Interface.MacAddress",
             ),
+            (
+                r#"{"Interface":{"MacAddress":"+2:42:0a:09:00:05"}}"#,
+                "Interface.MacAddress",
+            ),
         ] {
             let e = refusal(op, &ok(body), &ep);
             assert!(
