@@ -23,7 +23,7 @@ seconds=${1:-180}
 shift || true
 targets=("$@")
 if [ ${#targets[@]} -eq 0 ]; then
-  targets=(dns_packet api_json gossip_frame endpoint_record service_record)
+  targets=(dns_packet api_json gossip_frame endpoint_record service_record plugin_answer)
 fi
 
 command -v cargo-fuzz >/dev/null 2>&1 || cargo install cargo-fuzz --locked
@@ -37,6 +37,7 @@ feature() {
     api_json) echo api ;;
     gossip_frame) echo gossip ;;
     service_record) echo lb ;;
+    plugin_answer) echo drivers ;;
     *) echo "bench/fuzz/run.sh: unknown target $1" >&2; return 1 ;;
   esac
 }

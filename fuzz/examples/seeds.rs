@@ -1,6 +1,6 @@
 //! Writes the seed corpora of the fuzz targets into `fuzz/corpus/<target>/seed-*`:
 //! valid and broken DNS queries and upstream answers, API request bodies and query values,
-//! gossip frames made by the codec, endpoint records. Run from anywhere:
+//! network plugins' answers, gossip frames made by the codec, endpoint records. Run from anywhere:
 //!
 //! ```text
 //! cargo run --manifest-path fuzz/Cargo.toml --no-default-features --features dns,gossip,lb --example seeds
@@ -28,6 +28,7 @@ fn main() -> std::io::Result<()> {
     write(&root.join("gossip_frame"), gossip())?;
     write(&root.join("endpoint_record"), endpoint_records())?;
     write(&root.join("service_record"), service_records())?;
+    write(&root.join("plugin_answer"), plugin_answers())?;
     Ok(())
 }
 
@@ -422,6 +423,122 @@ fn api() -> Seeds {
     ];
     text.iter()
         .map(|(n, t)| (n.to_string(), t.as_bytes().to_vec()))
+        .collect()
+}
+
+/// A network plugin's answers (`plugin_answer`): a byte picking the call (its index in
+/// `plexus_drivers::remote::CALLS`; with the high bit, the endpoint that asks for a MAC
+/// address), then the HTTP answer as read off the plugin's socket, or its JSON body alone.
+fn plugin_answers() -> Seeds {
+    const CAPS: u8 = 0;
+    const CREATE_NETWORK: u8 = 1;
+    const ALLOCATE: u8 = 3;
+    const FREE: u8 = 4;
+    const CREATE_ENDPOINT: u8 = 5;
+    const DELETE_ENDPOINT: u8 = 6;
+    const OPER_INFO: u8 = 7;
+    const JOIN: u8 = 8;
+    const LEAVE: u8 = 9;
+    const REVOKE: u8 = 11;
+    const DISCOVER_NEW: u8 = 12;
+    const WITH_MAC: u8 = 0x80;
+    let sized = |body: &str| {
+        format!(
+            "HTTP/1.1 200 OK\r\nContent-Type: application/vnd.docker.plugins.v1.2+json\r\n\
+             Content-Length: {}\r\n\r\n{body}",
+            body.len()
+        )
+    };
+    let join = r#"{"InterfaceName":{"SrcName":"vethp1a2b","DstPrefix":"eth"},"Gateway":"10.9.0.1","GatewayIPv6":"fd00:9::1","StaticRoutes":[{"Destination":"10.77.0.0/16","RouteType":0,"NextHop":"10.9.0.254"},{"Destination":"fd00:77::/48","RouteType":1}],"DisableGatewayService":false}"#;
+    let seeds: Vec<(&str, u8, String)> = vec![
+        (
+            "drv-caps",
+            CAPS,
+            sized(r#"{"Scope":"local","ConnectivityScope":"global"}"#),
+        ),
+        ("drv-caps-json", CAPS, r#"{"Scope":"global"}"#.into()),
+        ("drv-caps-bad", CAPS, r#"{"Scope":"galaxy"}"#.into()),
+        ("drv-create-network", CREATE_NETWORK, sized("{}")),
+        (
+            "drv-allocate",
+            ALLOCATE,
+            r#"{"Options":{"com.docker.network.generic":"x"}}"#.into(),
+        ),
+        (
+            "drv-free-404",
+            FREE,
+            "HTTP/1.1 404 Not Found\r\nContent-Length: 19\r\n\r\n404 page not found\n".into(),
+        ),
+        (
+            "drv-endpoint",
+            CREATE_ENDPOINT,
+            sized(
+                r#"{"Interface":{"Address":"10.9.0.5/24","AddressIPv6":"fd00:9::5/64","MacAddress":"02:42:0a:09:00:05"}}"#,
+            ),
+        ),
+        (
+            "drv-endpoint-mac",
+            CREATE_ENDPOINT | WITH_MAC,
+            r#"{"Interface":{"MacAddress":"02-42-0A-09-00-07"}}"#.into(),
+        ),
+        (
+            "drv-endpoint-moved",
+            CREATE_ENDPOINT,
+            r#"{"Interface":{"Address":"10.9.0.99/24"}}"#.into(),
+        ),
+        (
+            "drv-endpoint-null",
+            CREATE_ENDPOINT,
+            r#"{"Interface":null}"#.into(),
+        ),
+        (
+            "drv-delete-500",
+            DELETE_ENDPOINT,
+            "HTTP/1.0 500 Internal Server Error\r\nContent-Length: 4\r\n\r\nboom".into(),
+        ),
+        (
+            "drv-oper-info",
+            OPER_INFO,
+            "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n10\r\n{\"Value\":{\"x\":[1\r\n\
+             13\r\n,2],\"y\":{\"z\":null}}}\r\n0\r\n\r\n"
+                .into(),
+        ),
+        ("drv-join", JOIN, sized(join)),
+        (
+            "drv-join-json",
+            JOIN,
+            r#"{"InterfaceName":{"SrcName":"tap0","DstPrefix":"ethwe"}}"#.into(),
+        ),
+        (
+            "drv-join-bad",
+            JOIN,
+            r#"{"InterfaceName":{"SrcName":"a/b:c d","DstPrefix":"eth"},"Gateway":"fd00::1"}"#
+                .into(),
+        ),
+        (
+            "drv-leave-err",
+            LEAVE,
+            sized(r#"{"Err":"endpoint e1 not found"}"#),
+        ),
+        ("drv-revoke-err-json", REVOKE, r#"{"Err":"busy"}"#.into()),
+        (
+            "drv-discover-404",
+            DISCOVER_NEW,
+            "HTTP/1.1 404 Not Found\r\n\r\n".into(),
+        ),
+        (
+            "drv-garbage",
+            DELETE_ENDPOINT,
+            "HTTP/9 abc\r\n\0\u{ff}".into(),
+        ),
+    ];
+    seeds
+        .into_iter()
+        .map(|(n, call, text)| {
+            let mut bytes = vec![call];
+            bytes.extend_from_slice(text.as_bytes());
+            (n.to_string(), bytes)
+        })
         .collect()
 }
 

@@ -204,7 +204,8 @@ pub(crate) fn parse_mac(s: &str) -> Option<[u8; 6]> {
     }
     let mut mac = [0u8; 6];
     for (i, p) in parts.iter().enumerate() {
-        if p.len() != 2 {
+        // Two hex digits: from_str_radix alone would take a sign ("+2").
+        if p.len() != 2 || !p.bytes().all(|b| b.is_ascii_hexdigit()) {
             return None;
         }
         mac[i] = u8::from_str_radix(p, 16).ok()?;
@@ -287,6 +288,9 @@ mod tests {
         assert_eq!(parse_mac("01:00:5e:00:00:01"), None);
         assert_eq!(parse_mac("02:42:ac:11:00"), None);
         assert_eq!(parse_mac("zz:42:ac:11:00:02"), None);
+        // A sign is no hex digit (a plugin's CreateEndpoint answer; fuzz: plugin_answer).
+        assert_eq!(parse_mac("+2:42:ac:11:00:02"), None);
+        assert_eq!(parse_mac("02:+4:ac:11:00:02"), None);
         assert_eq!(derive_mac(None, "e")[..2], [0x02, 0x42]);
     }
 }

@@ -389,10 +389,22 @@ fn parse_response(buf: &[u8]) -> Result<(u16, Vec<u8>), String> {
     Ok((status, body))
 }
 
-#[derive(Deserialize, Default)]
-struct ErrOnly {
-    #[serde(rename = "Err", default)]
-    err: String,
+/// The protocol's `Err` in an answer's body, read as dockerd's decoder reads it (the last of
+/// repeated keys counts): `Ok(Some(message))` for the plugin's failure, `Ok(None)` when it is
+/// missing, null or empty (or the body is no JSON object), `Err(kind)` when it is a JSON
+/// value of another kind than a string.
+fn answer_err(body: &[u8]) -> Result<Option<String>, &'static str> {
+    let Ok(serde_json::Value::Object(mut fields)) = serde_json::from_slice(body) else {
+        return Ok(None);
+    };
+    match fields.remove("Err") {
+        None | Some(serde_json::Value::Null) => Ok(None),
+        Some(serde_json::Value::String(s)) => Ok(Some(s).filter(|s| !s.is_empty())),
+        Some(serde_json::Value::Bool(_)) => Err("a boolean"),
+        Some(serde_json::Value::Number(_)) => Err("a number"),
+        Some(serde_json::Value::Array(_)) => Err("an array"),
+        Some(serde_json::Value::Object(_)) => Err("an object"),
+    }
 }
 
 /// Reads a plugin's raw HTTP answer to `op` (everything it sent, headers included): the
@@ -405,9 +417,9 @@ pub fn read_answer<R: DeserializeOwned>(
     raw: &[u8],
 ) -> Result<R, PluginError> {
     let (status, body) = parse_response(raw).map_err(|e| PluginError::call(plugin, op, e))?;
-    let err: ErrOnly = serde_json::from_slice(&body).unwrap_or_default();
-    if !err.err.is_empty() {
-        return Err(PluginError::call(plugin, op, err.err));
+    let err = answer_err(&body);
+    if let Ok(Some(message)) = err {
+        return Err(PluginError::call(plugin, op, message));
     }
     if status == 404 {
         return Err(PluginError::NotImplemented {
@@ -420,6 +432,15 @@ pub fn read_answer<R: DeserializeOwned>(
             plugin,
             op,
             format!("HTTP {status}: {}", String::from_utf8_lossy(&body).trim()),
+        ));
+    }
+    if let Err(kind) = err {
+        // dockerd's answer types carry `Err` as a string: another value fails the call.
+        return Err(PluginError::malformed(
+            plugin,
+            op,
+            "Err",
+            format!("{kind}, not a string"),
         ));
     }
     let de = &mut serde_json::Deserializer::from_slice(&body);
@@ -649,6 +670,40 @@ mod tests {
         let bad = b"HTTP/1.1 200 OK\r\n\r\n{";
         let e = read_answer::<serde_json::Value>("p", "/Op", bad).unwrap_err();
         assert!(e.to_string().contains("malformed answer"), "{e}");
+    }
+
+    #[test]
+    fn an_err_that_is_no_string_or_repeated_still_fails_the_call() {
+        // Read as dockerd does: the last of repeated keys counts, and an Err that is not a
+        // string fails the call. Both used to pass as a success (fuzz: plugin_answer).
+        let repeated = b"HTTP/1.1 200 OK\r\n\r\n{\"Err\":\"a\",\"Err\":\"b\"}";
+        let e = read_answer::<serde_json::Value>("p", "/Op", repeated).unwrap_err();
+        assert_eq!(e, PluginError::call("p", "/Op", "b"));
+        let cleared = b"HTTP/1.1 200 OK\r\n\r\n{\"Err\":\"a\",\"Err\":\"\"}";
+        assert!(read_answer::<serde_json::Value>("p", "/Op", cleared).is_ok());
+        for (body, kind) in [
+            (&b"{\"Err\":5}"[..], "a number"),
+            (b"{\"Err\":true}", "a boolean"),
+            (b"{\"Err\":[\"x\"]}", "an array"),
+            (
+                b"{\"Err\":{\"Message\":\"x\"},\"Pool\":\"10.0.0.0/8\"}",
+                "an object",
+            ),
+        ] {
+            let mut raw = b"HTTP/1.1 200 OK\r\n\r\n".to_vec();
+            raw.extend_from_slice(body);
+            let e = read_answer::<serde_json::Value>("p", "/Op", &raw).unwrap_err();
+            assert_eq!(
+                e.to_string(),
+                format!("plugin \"p\": /Op: malformed answer: field Err: {kind}, not a string")
+            );
+        }
+        let null = b"HTTP/1.1 200 OK\r\n\r\n{\"Err\":null,\"Pool\":\"x\"}";
+        assert!(read_answer::<serde_json::Value>("p", "/Op", null).is_ok());
+        // Another status says what it says, whatever the Err.
+        let status = b"HTTP/1.1 404 Not Found\r\n\r\n{\"Err\":7}";
+        let e = read_answer::<serde_json::Value>("p", "/Op", status).unwrap_err();
+        assert!(matches!(e, PluginError::NotImplemented { .. }), "{e}");
     }
 
     #[test]

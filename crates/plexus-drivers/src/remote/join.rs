@@ -56,7 +56,7 @@ impl RemoteDriver {
     ) -> Result<(Joined, InSandbox), DriverError> {
         let netns = Netns::open(Path::new(sandbox_key)).map_err(sys_ctx("sandbox"))?;
         let rs = Rtnl::connect(&netns).await.map_err(sys_ctx("sandbox"))?;
-        let op = "/NetworkDriver.Join";
+        let op = super::OP_JOIN;
         let answer = self
             .client
             .call::<_, wire::JoinReply>(
@@ -84,7 +84,7 @@ impl RemoteDriver {
             Ok(done) => Ok(done),
             Err(e) => {
                 if let Err(u) = self
-                    .call::<Value>("/NetworkDriver.Leave", &wire::ids(network_id, endpoint_id))
+                    .call::<Value>(super::OP_LEAVE, &wire::ids(network_id, endpoint_id))
                     .await
                 {
                     tracing::warn!(plugin = self.name_str(), error = %u, "cannot leave after a failed join");

@@ -111,6 +111,20 @@ pub(super) struct CreateEndpointReply {
     pub interface: Option<EndpointInterface>,
 }
 
+/// `/NetworkDriver.AllocateNetwork`'s answer.
+#[derive(Debug, Deserialize)]
+pub(super) struct AllocateNetworkReply {
+    #[serde(rename = "Options", default)]
+    pub options: Option<BTreeMap<String, String>>,
+}
+
+/// `/NetworkDriver.EndpointOperInfo`'s answer.
+#[derive(Debug, Deserialize)]
+pub(super) struct OperInfoReply {
+    #[serde(rename = "Value", default)]
+    pub value: Option<BTreeMap<String, Value>>,
+}
+
 /// Docker's port mapping, as `com.docker.network.portmap` carries it.
 fn port_map(ports: &[PortBinding]) -> Vec<Value> {
     ports
@@ -203,16 +217,25 @@ pub(super) struct JoinReply {
     pub disable_gateway_service: bool,
 }
 
-/// A Join's answer, checked.
+/// A Join's answer, checked (the driver's join,
+/// [`read_driver_answer`](super::read_driver_answer)): what Plexus does to put the plugin's
+/// interface in the sandbox.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub(super) struct JoinPlan {
-    /// The link the plugin made in the host namespace.
+pub struct JoinPlan {
+    /// The link the plugin made in the host namespace (`InterfaceName.SrcName`): an
+    /// interface name, 1 to 15 bytes.
     pub src_name: String,
-    /// The prefix of its name in the sandbox.
+    /// The prefix of its name in the sandbox (`InterfaceName.DstPrefix`): 1 to 12 bytes of
+    /// an interface name, so that it takes a number up to 999.
     pub dst_prefix: String,
+    /// The IPv4 default gateway (`Gateway`), if any.
     pub gateway: Option<IpAddr>,
+    /// The IPv6 default gateway (`GatewayIPv6`), if any.
     pub gateway_v6: Option<IpAddr>,
+    /// The static routes (`StaticRoutes`): destinations truncated to their prefix, a next
+    /// hop of the destination's family or none (directly connected).
     pub routes: Vec<StaticRoute>,
+    /// `DisableGatewayService`: no default routes through the gateways.
     pub disable_gateway: bool,
 }
 
@@ -226,7 +249,7 @@ pub(super) fn node_discovery(address: IpAddr, self_node: bool) -> Value {
 
 /// Checks a Join's answer before anything is done with it.
 pub(super) fn join_plan(plugin: &str, reply: JoinReply) -> Result<JoinPlan, PluginError> {
-    let op = "/NetworkDriver.Join";
+    let op = super::OP_JOIN;
     let bad = |field: &str, message: String| PluginError::malformed(plugin, op, field, message);
     let name = reply.interface_name.ok_or_else(|| {
         bad(
@@ -360,6 +383,19 @@ mod tests {
             (
                 json!({"InterfaceName": {"SrcName": "a-very-long-interface", "DstPrefix": "eth"}}),
                 "field InterfaceName.SrcName",
+            ),
+            // Names the kernel refuses (its isspace: vertical tab, 0xa0 as in UTF-8 "à").
+            (
+                json!({"InterfaceName": {"SrcName": "a\u{b}b", "DstPrefix": "eth"}}),
+                "field InterfaceName.SrcName",
+            ),
+            (
+                json!({"InterfaceName": {"SrcName": "v\u{e0}", "DstPrefix": "eth"}}),
+                "field InterfaceName.SrcName",
+            ),
+            (
+                json!({"InterfaceName": {"SrcName": "x", "DstPrefix": "e\u{a0}"}}),
+                "field InterfaceName.DstPrefix",
             ),
             (
                 json!({"InterfaceName": {"SrcName": "x", "DstPrefix": ""}}),

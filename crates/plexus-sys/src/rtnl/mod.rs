@@ -41,7 +41,8 @@ pub const GSO_LEGACY_MAX_SIZE: u32 = 65_536;
 /// (IPv6 since 5.19, IPv4 since 6.3): the kernel's `GSO_MAX_SIZE`.
 pub const GSO_MAX_SIZE: u32 = 524_280;
 
-/// Checks an interface name the way the kernel will, so the error names the field.
+/// Checks an interface name the way the kernel will (`dev_valid_name`), so the error names
+/// the field.
 pub fn check_ifname(field: &'static str, name: &str) -> Result<()> {
     let reason = if name.is_empty() {
         Some("must not be empty")
@@ -51,7 +52,7 @@ pub fn check_ifname(field: &'static str, name: &str) -> Result<()> {
         Some("is reserved")
     } else if name
         .bytes()
-        .any(|b| b == b'/' || b == b':' || b.is_ascii_whitespace() || b == 0)
+        .any(|b| b == b'/' || b == b':' || kernel_isspace(b) || b == 0)
     {
         Some("must not contain '/', ':' or spaces")
     } else {
@@ -65,6 +66,13 @@ pub fn check_ifname(field: &'static str, name: &str) -> Result<()> {
         }),
         None => Ok(()),
     }
+}
+
+/// The kernel's `isspace` (`lib/ctype.c`, Latin-1): tab, newline, vertical tab, form feed,
+/// carriage return, space and no-break space (0xa0, a byte of UTF-8 `U+00A0`, `à`, `Ġ`…).
+/// Rust's `is_ascii_whitespace` leaves out the vertical tab and 0xa0.
+fn kernel_isspace(b: u8) -> bool {
+    matches!(b, b'\t' | b'\n' | 0x0b | 0x0c | b'\r' | b' ' | 0xa0)
 }
 
 /// How a request names the link it changes: by index, or by name (no lookup first).
@@ -127,4 +135,35 @@ pub fn format_mac(mac: &[u8]) -> String {
         .map(|b| format!("{b:02x}"))
         .collect::<Vec<_>>()
         .join(":")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn interface_names_are_checked_as_the_kernel_does() {
+        for ok in ["eth0", "tpc1", "a", "veth-1_x.2", "123456789012345", "é"] {
+            assert!(check_ifname("name", ok).is_ok(), "{ok:?}");
+        }
+        // The kernel's isspace has the vertical tab and 0xa0 (as in UTF-8 "à" and U+00A0),
+        // which a network plugin's Join answer reached the kernel with (fuzz: plugin_answer).
+        for bad in [
+            "",
+            ".",
+            "..",
+            "a/b",
+            "a:b",
+            "a b",
+            "a\tb",
+            "a\x0bb",
+            "v\u{e0}",
+            "a\u{a0}b",
+            "a\0",
+            "1234567890123456",
+        ] {
+            let e = check_ifname("SrcName", bad).unwrap_err().to_string();
+            assert!(e.contains("SrcName"), "{bad:?}: {e}");
+        }
+    }
 }
