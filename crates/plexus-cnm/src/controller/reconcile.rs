@@ -30,6 +30,23 @@ pub(super) fn network_info(n: &Network) -> NetworkInfo {
     }
 }
 
+/// What a driver is told of a recorded endpoint in the sandbox at `sandbox_key`.
+fn desired_endpoint(ep: &Endpoint, sandbox_key: String) -> DesiredEndpoint {
+    DesiredEndpoint {
+        sandbox_key,
+        interface: ep.interface.clone(),
+        info: EndpointInfo {
+            network_id: ep.network_id.clone(),
+            endpoint_id: ep.id.clone(),
+            ipv4: ep.ipv4,
+            ipv6: ep.ipv6,
+            mac: ep.mac.clone(),
+            ports: ep.ports.clone(),
+            options: ep.options.clone(),
+        },
+    }
+}
+
 impl Controller {
     /// Makes every registered driver's kernel objects match the store, holding the operation
     /// lock so a pass never meets a connect or disconnect half done.
@@ -108,22 +125,10 @@ impl Controller {
                             .or_default()
                             .push((ep.clone(), network.clone()));
                     }
-                    desired.endpoints.push(DesiredEndpoint {
-                        sandbox_key: sandbox_keys
-                            .get(&ep.sandbox_id)
-                            .cloned()
-                            .unwrap_or_default(),
-                        interface: ep.interface.clone(),
-                        info: EndpointInfo {
-                            network_id: ep.network_id.clone(),
-                            endpoint_id: ep.id.clone(),
-                            ipv4: ep.ipv4,
-                            ipv6: ep.ipv6,
-                            mac: ep.mac.clone(),
-                            ports: ep.ports.clone(),
-                            options: ep.options.clone(),
-                        },
-                    });
+                    let key = sandbox_keys.get(&ep.sandbox_id).cloned();
+                    desired
+                        .endpoints
+                        .push(desired_endpoint(&ep, key.unwrap_or_default()));
                 }
             }
             if !lost.is_empty() {
@@ -203,19 +208,7 @@ impl Controller {
                 let Some(key) = sandbox_keys.get(&ep.sandbox_id) else {
                     continue;
                 };
-                desired.endpoints.push(DesiredEndpoint {
-                    sandbox_key: key.clone(),
-                    interface: ep.interface.clone(),
-                    info: EndpointInfo {
-                        network_id: ep.network_id.clone(),
-                        endpoint_id: ep.id.clone(),
-                        ipv4: ep.ipv4,
-                        ipv6: ep.ipv6,
-                        mac: ep.mac.clone(),
-                        ports: ep.ports.clone(),
-                        options: ep.options.clone(),
-                    },
-                });
+                desired.endpoints.push(desired_endpoint(&ep, key.clone()));
             }
         }
         Ok(desired)

@@ -27,6 +27,18 @@ pub(super) fn subnets(info: &NetworkInfo) -> Vec<(IpAddr, u8)> {
         .collect()
 }
 
+/// The gateway addresses a network's bridge holds: IPv4 unless `inhibit_ipv4`, IPv6 when
+/// the network has it.
+fn gateways<'a>(info: &'a NetworkInfo, opts: &BridgeOptions) -> impl Iterator<Item = IpNet> + 'a {
+    let (v4, v6) = (
+        !opts.inhibit_ipv4,
+        info.enable_ipv6 && !info.ipv6.is_empty(),
+    );
+    let v4 = info.ipv4.iter().filter(move |_| v4);
+    let v6 = info.ipv6.iter().filter(move |_| v6);
+    v4.chain(v6).filter_map(|p| p.gateway)
+}
+
 impl BridgeDriver {
     /// Makes (or adopts) a network's kernel objects and remembers it. `auto_gso` is
     /// `plexus.bridge.gso_ipv4_max_size=auto` on this host when the caller already knows it (one
@@ -159,9 +171,7 @@ impl BridgeDriver {
             // The gateway is usable at once (no duplicate address detection).
             self.sysctl(&format!("net.ipv6.conf.{bridge}.accept_dad"), "0")?;
         }
-        let v4 = info.ipv4.iter().filter(|_| !opts.inhibit_ipv4);
-        let v6 = info.ipv6.iter().filter(|_| ipv6);
-        for gw in v4.chain(v6).filter_map(|p| p.gateway) {
+        for gw in gateways(info, opts) {
             match self
                 .rtnl
                 .add_address(br.index, gw.addr(), gw.prefix_len())
@@ -199,10 +209,7 @@ impl BridgeDriver {
 
     /// Takes off a user's bridge the gateway addresses the network gave it.
     pub(super) async fn remove_gateways(&self, net: &NetState) {
-        let v4 = net.info.ipv4.iter().filter(|_| !net.opts.inhibit_ipv4);
-        let ipv6 = net.info.enable_ipv6 && !net.info.ipv6.is_empty();
-        let v6 = net.info.ipv6.iter().filter(|_| ipv6);
-        for gw in v4.chain(v6).filter_map(|p| p.gateway) {
+        for gw in gateways(&net.info, &net.opts) {
             match self
                 .rtnl
                 .delete_address(net.bridge_index, gw.addr(), gw.prefix_len())
