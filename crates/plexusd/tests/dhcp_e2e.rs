@@ -140,6 +140,15 @@ fn wait_for(what: &str, limit: Duration, mut f: impl FnMut() -> bool) {
     }
 }
 
+/// Asserts that `sandbox` gets an answer from the LAN's gateway.
+fn ping_lan_gateway(d: &Daemon, sandbox: &str) {
+    let gw = LAN_GW.to_string();
+    let ping = d.ok(&[
+        "sandbox", "exec", sandbox, "--", "ping", "-c", "1", "-W", "3", &gw,
+    ]);
+    assert!(ping.contains("1 received"), "{sandbox} -> {gw}: {ping}");
+}
+
 #[test]
 fn a_dhcp_network_leases_renews_keeps_and_releases() {
     let dir = ok("tempdir", tempfile::tempdir());
@@ -217,19 +226,7 @@ fn a_dhcp_network_leases_renews_keeps_and_releases() {
         "sandbox", "exec", "s1", "--", "ip", "route", "show", "default",
     ]);
     assert!(route.contains("default via 10.89.0.1 dev eth0"), "{route}");
-    let ping = d.ok(&[
-        "sandbox",
-        "exec",
-        "s1",
-        "--",
-        "ping",
-        "-c",
-        "1",
-        "-W",
-        "3",
-        "10.89.0.1",
-    ]);
-    assert!(ping.contains("1 received"), "{ping}");
+    ping_lan_gateway(&d, "s1");
     // Names outside go to the lease's DNS server.
     let dig = d.ok(&[
         "sandbox",
@@ -266,19 +263,7 @@ fn a_dhcp_network_leases_renews_keeps_and_releases() {
             now.len() == 1 && now[0].2 == ip && now[0].0 > before[0].0
         },
     );
-    let ping = d.ok(&[
-        "sandbox",
-        "exec",
-        "s1",
-        "--",
-        "ping",
-        "-c",
-        "1",
-        "-W",
-        "3",
-        "10.89.0.1",
-    ]);
-    assert!(ping.contains("1 received"), "{ping}");
+    ping_lan_gateway(&d, "s1");
 
     // Released when the endpoint leaves.
     d.ok(&["sandbox", "rm", "s1"]);
@@ -375,27 +360,13 @@ fn a_dhcp_bridge_network_on_the_hosts_own_lan_bridge() {
         (leases[0].1.as_str(), leases[0].2.as_str()),
         (mac.as_str(), ip.as_str())
     );
-    let ping = |d: &Daemon| {
-        d.ok(&[
-            "sandbox",
-            "exec",
-            "s1",
-            "--",
-            "ping",
-            "-c",
-            "1",
-            "-W",
-            "3",
-            "10.89.0.1",
-        ])
-    };
-    assert!(ping(&d).contains("1 received"));
+    ping_lan_gateway(&d, "s1");
 
     // A restart finds the user's bridge again and uses it as it is.
     let status = d.stop();
     assert!(status.success(), "{status}");
     d.start();
-    assert!(ping(&d).contains("1 received"));
+    ping_lan_gateway(&d, "s1");
 
     // Leaving releases the lease; removing the network leaves the user's bridge, its port
     // and its address as they were.
