@@ -2,6 +2,7 @@
 //! atomic batches and dumps.
 
 use std::io;
+use std::mem::ManuallyDrop;
 use std::sync::atomic::{AtomicU32, AtomicU8, Ordering};
 use std::sync::Mutex;
 
@@ -19,7 +20,8 @@ const RECV_BUF: usize = 256 * 1024;
 
 /// A connection to nf_tables in one namespace.
 pub struct Nft {
-    sock: Mutex<Socket>,
+    /// Never dropped in place: [`Drop`] hands it to the closing thread.
+    sock: Mutex<ManuallyDrop<Socket>>,
     ns: Netns,
     /// How deletions are sent: see `compat.rs`.
     pub(crate) delete_mode: AtomicU8,
@@ -31,13 +33,15 @@ impl Drop for Nft {
     /// period, whoever committed them), which would otherwise land on the caller's path.
     fn drop(&mut self) {
         use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
-        let fd = self.lock().as_raw_fd();
-        // SAFETY: `dup` of a descriptor this handle owns; the copy is owned from here on.
-        let copy = unsafe { nix::libc::dup(fd) };
-        if copy >= 0 {
-            // SAFETY: `copy` is a fresh descriptor nothing else owns.
-            closer::close_later(unsafe { OwnedFd::from_raw_fd(copy) });
-        }
+        let sock = self.sock.get_mut().unwrap_or_else(|p| p.into_inner());
+        // SAFETY: taken once, here, as the handle goes; nothing uses the field afterwards.
+        let sock = unsafe { ManuallyDrop::take(sock) };
+        // The socket's only descriptor moves to the closing thread, so the release (the
+        // last reference going) happens there and not here.
+        // SAFETY: `sock` owns the descriptor and is forgotten, so it is owned once.
+        let fd = unsafe { OwnedFd::from_raw_fd(sock.as_raw_fd()) };
+        std::mem::forget(sock);
+        closer::close_later(fd);
     }
 }
 
@@ -149,7 +153,7 @@ impl Nft {
             source,
         })?;
         Ok(Self {
-            sock: Mutex::new(sock),
+            sock: Mutex::new(ManuallyDrop::new(sock)),
             ns: ns.clone(),
             delete_mode: AtomicU8::new(super::compat::initial_delete_mode()),
         })
@@ -165,7 +169,7 @@ impl Nft {
         Batch::new()
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, Socket> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, ManuallyDrop<Socket>> {
         // A panic while holding the lock leaves nothing half-done on the socket we rely on:
         // every call drains its replies, so a poisoned lock is safe to reuse.
         self.sock.lock().unwrap_or_else(|p| p.into_inner())
