@@ -128,12 +128,6 @@ pub(crate) fn retired_bridge(network: &str) -> String {
     format!("plxd{}", short(network))
 }
 
-/// The name a macvlan device takes in its sandbox when its endpoint leaves (down, so its
-/// addresses and routes are out of service) until its background deletion is done.
-pub(crate) fn retired_device(endpoint: &str) -> String {
-    format!("plxr{}", short(endpoint))
-}
-
 /// Whether `name` is one this crate derives for a link of `kind`: a default bridge
 /// (`plx-`, or `plxd` once retired) or either end of a veth (`plxv`, `plxc`), then 11 hex digits. Such a link with
 /// no alias at all was left by a daemon that died between making and marking it (the kernel

@@ -150,7 +150,8 @@ impl Reaper {
         }
     }
 
-    fn idle(&self) -> bool {
+    /// Whether no deletion is pending.
+    pub(crate) fn idle(&self) -> bool {
         self.pending
             .lock()
             .unwrap_or_else(PoisonError::into_inner)

@@ -16,7 +16,7 @@ mod common;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use common::*;
-use plexus_cnm::{IpamPoolSpec, Network, NetworkSpec, ReconcileMode};
+use plexus_cnm::{EndpointSpec, IpamPoolSpec, Network, NetworkSpec, ReconcileMode};
 use plexus_drivers::{DriverConfig, MacvlanDriver};
 use plexus_sys::probe::{probe_link_kind, Feature, Outcome};
 use plexus_sys::rtnl::{BridgeSpec, PortFlags, Rtnl};
@@ -192,12 +192,27 @@ async fn bridge_mode_sandboxes_reach_each_other_and_the_lan_over_ipv4_and_ipv6()
         "the host reached its own macvlan child"
     );
 
-    // Disconnect takes the device out of service at once and deletes it in the background;
-    // a reconnect right away works (the retired device holds neither name nor MAC). Removing
-    // the network leaves the host's parent alone.
+    // Disconnect takes the device out of service at once (no address, no route in the
+    // sandbox) and deletes it in the background; a reconnect right away with the same
+    // address, so the same MAC, gets the same name. Removing the network leaves the host's
+    // parent alone.
     ok("disconnect", w.controller.disconnect("s1", "lan1").await);
-    assert!(links_of(w.sb("s1")).await.iter().all(|l| l.name != "eth0"));
-    let again = w.connect("s1", "lan1").await;
+    let r1 = ok("sandbox rtnl", Rtnl::connect(w.sb("s1")).await);
+    for l in ok("links", r1.links().await) {
+        if l.name != "lo" {
+            let held = ok("addresses", r1.addresses(l.index).await);
+            assert!(held.is_empty(), "{} still holds {held:?}", l.name);
+        }
+    }
+    let routes = ok("routes", r1.main_routes_v4().await);
+    assert!(routes.is_empty(), "{routes:?}");
+    let same = EndpointSpec {
+        ipv4: Some(ip4(&e1).to_string()),
+        ..EndpointSpec::default()
+    };
+    let again = w.connect_with("s1", "lan1", same).await;
+    assert_eq!(again.mac, e1.mac);
+    assert!(links_of(w.sb("s1")).await.iter().any(|l| l.name == "eth0"));
     assert_eq!(
         reaches(w.sb("s1"), sa(ip4(&e2), 7000)),
         ip4(&again).to_string()
@@ -640,10 +655,13 @@ async fn reconciliation_puts_a_deleted_device_back_and_removes_unknown_ones() {
         .iter()
         .all(|l| l.index != eth9.index));
     assert_eq!(reaches(w.sb("s1"), sa(LAN_GW, 7000)), ip4(&e1).to_string());
-    // The restored driver knows the endpoint: its leave deletes the device.
+    // The restored driver knows the endpoint: its leave takes the device out of service
+    // and deletes it.
     ok(
         "leave",
         plexus_cnm::Driver::leave(&macvlan, &net.id, &e1.id).await,
     );
+    assert!(blocked(w.sb("s1"), sa(LAN_GW, 7000)));
+    macvlan.settle().await;
     assert!(links_of(w.sb("s1")).await.iter().all(|l| l.name != "eth0"));
 }

@@ -129,4 +129,5 @@ pub(crate) mod libc_errno {
     pub const EEXIST: i32 = nix::libc::EEXIST;
     pub const ENODEV: i32 = nix::libc::ENODEV;
     pub const EOPNOTSUPP: i32 = nix::libc::EOPNOTSUPP;
+    pub const EADDRNOTAVAIL: i32 = nix::libc::EADDRNOTAVAIL;
 }

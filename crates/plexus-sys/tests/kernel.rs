@@ -92,6 +92,21 @@ async fn veth_between_two_namespaces_carries_tcp() {
     let _ = echo.join();
     // Nothing listens at .3: the connection fails (no route to a live host).
     assert!(echo_client(&a.ns, SocketAddr::from(([10, 77, 0, 3], 7000))).is_err());
+
+    // Out of service while running: its address off, IPv6 off; b reaches nothing.
+    let b_addr = IpAddr::V4(Ipv4Addr::new(10, 77, 0, 2));
+    ok(
+        "delete address",
+        rb.delete_address(eth0.index, b_addr, 24).await,
+    );
+    assert!(matches!(
+        rb.delete_address(eth0.index, b_addr, 24).await,
+        Err(SysError::NotFound { .. })
+    ));
+    ok("ipv6 off", rb.disable_ipv6("eth0").await);
+    assert_eq!(ok("addresses", rb.addresses(eth0.index).await), vec![]);
+    assert!(ok("routes", rb.main_routes_v4().await).is_empty());
+    assert!(echo_client(&a.ns, server).is_err());
 }
 
 #[tokio::test]

@@ -223,6 +223,7 @@ impl MacvlanDriver {
             Naming::Exact(_) => (0, 0),
         };
         let mut taken: Option<BTreeSet<String>> = None;
+        let mut settled = false;
         loop {
             let name = match naming {
                 Naming::Free(i) => format!("{}{n}", i.prefix),
@@ -242,6 +243,12 @@ impl MacvlanDriver {
             };
             match self.rtnl().add_sublink(&spec).await {
                 Ok(()) => return Ok(name),
+                // Perhaps a device retired a moment ago, running until the reaper deletes
+                // it; then the name is free again.
+                Err(SysError::Exists { .. }) if !settled && !self.shared.reaper.idle() => {
+                    self.shared.reaper.settle().await;
+                    settled = true;
+                }
                 Err(SysError::Exists { .. }) if matches!(naming, Naming::Exact(_)) => {
                     return Err(DriverError::Conflict(format!(
                         "interface name {name:?} is taken in the sandbox by another link"
@@ -279,9 +286,18 @@ impl MacvlanDriver {
         let link = rs.require_link(name).await.map_err(sys_ctx(&what))?;
         sandbox::add_addresses(rs, link.index, name, ep.ipv4, ep.ipv6).await?;
         let alias = device_alias(self.marker(), self.kind, &ep.network_id, endpoint_id);
-        rs.set_up_marked(link.index, &alias, ep.ipv6.is_some())
-            .await
-            .map_err(sys_ctx(&what))?;
+        let mut up = rs
+            .set_up_marked(link.index, &alias, ep.ipv6.is_some())
+            .await;
+        if up.as_ref().err().and_then(SysError::errno) == Some(nix::libc::EADDRINUSE) {
+            // A device retired a moment ago with this MAC still runs on the parent until the
+            // reaper deletes it.
+            self.shared.reaper.settle().await;
+            up = rs
+                .set_up_marked(link.index, &alias, ep.ipv6.is_some())
+                .await;
+        }
+        up.map_err(sys_ctx(&what))?;
         rs.set_up(LOOPBACK_IFINDEX)
             .await
             .map_err(sys_ctx("sandbox lo"))?;
@@ -295,16 +311,15 @@ impl MacvlanDriver {
     /// Takes a joined endpoint's device out of its sandbox (a sandbox or device already gone
     /// is fine) and, if it gave the sandbox its default route, hands that over to another
     /// joined endpoint of these drivers in the sandbox. Idempotent. A macvlan device is
-    /// retired at once (down, so its addresses and routes are out of service, and renamed
-    /// off its name) and deleted in the background: the kernel's deletion waits for RCU
-    /// grace periods, most of a disconnect. A down macvlan holds no place among its parent's
-    /// addresses. Passthru and ipvlan devices go at once: a passthru parent takes one device,
-    /// and an ipvlan's addresses stay claimed on the parent while it exists.
+    /// retired at once ([`retire`]) and deleted in the background: the kernel's deletion
+    /// waits for RCU grace periods, most of a disconnect. Passthru and ipvlan devices go at
+    /// once: a passthru parent takes one device, and an ipvlan's addresses stay claimed on
+    /// the parent while it exists.
     pub(super) async fn unplug_locked(&self, st: &mut State, endpoint_id: &str) {
         let Some(ep) = st.endpoints.get_mut(endpoint_id) else {
             return;
         };
-        let (joined, had_default) = (ep.joined.take(), !ep.gateways.is_empty());
+        let (joined, had_default, ipv4) = (ep.joined.take(), !ep.gateways.is_empty(), ep.ipv4);
         ep.gateways.clear();
         let alias = device_alias(self.marker(), self.kind, &ep.network_id, endpoint_id);
         let Some(at) = joined else {
@@ -325,11 +340,12 @@ impl MacvlanDriver {
         };
         match rs.link(&at.ifname).await {
             Ok(Some(l)) if l.alias.as_deref() == Some(alias.as_str()) => {
-                let retired = names::retired_device(endpoint_id);
-                if in_background && rs.retire(l.index, &retired).await.is_ok() {
-                    self.shared
-                        .reaper
-                        .delete_in(rs.netns().clone(), retired, alias.clone());
+                if in_background && retire(&rs, l.index, &at.ifname, ipv4).await {
+                    self.shared.reaper.delete_in(
+                        rs.netns().clone(),
+                        at.ifname.clone(),
+                        alias.clone(),
+                    );
                 } else if let Err(e) = rs.delete_link(l.index).await {
                     tracing::warn!(endpoint = %endpoint_id, interface = %at.ifname, error = %e, "cannot delete the device");
                 }
@@ -370,4 +386,30 @@ impl MacvlanDriver {
             e.gateways.extend(added);
         }
     }
+}
+
+/// Takes the joined macvlan device `index` (named `name`, IPv4 address `ipv4`) out of
+/// service while it runs, for the reaper to delete; `false` if it could not (delete it now).
+///
+/// Neither down nor renamed: each waits for an RCU grace period, as long as the rest of a
+/// disconnect. With its IPv4 address off (the kernel then drops its IPv4 routes) and IPv6
+/// turned off on it (addresses, link-local too, and routes), it carries nothing to or from
+/// the sandbox. Until the reaper deleted it, it keeps its name, and a join wanting that
+/// name waits for the reaper ([`MacvlanDriver::make_device`]); it keeps its MAC on the
+/// parent, and a join wanting that MAC does the same ([`MacvlanDriver::configure`]).
+async fn retire(rs: &Rtnl, index: u32, name: &str, ipv4: Option<IpNet>) -> bool {
+    if let Some(v4) = ipv4 {
+        match rs.delete_address(index, v4.addr(), v4.prefix_len()).await {
+            Ok(()) | Err(SysError::NotFound { .. }) => {}
+            Err(e) => {
+                tracing::debug!(link = name, error = %e, "cannot take the IPv4 address off");
+                return false;
+            }
+        }
+    }
+    if let Err(e) = rs.disable_ipv6(name).await {
+        tracing::debug!(link = name, error = %e, "cannot turn IPv6 off");
+        return false;
+    }
+    true
 }

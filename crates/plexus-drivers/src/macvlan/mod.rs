@@ -191,6 +191,13 @@ impl MacvlanDriver {
         Self::pair_with(config, Arc::new(reaper)).await
     }
 
+    /// Waits until the devices these drivers are deleting in the background are gone (leave
+    /// returns once a device is out of service; the kernel's deletion takes longer). For
+    /// tests and shutdown.
+    pub async fn settle(&self) {
+        self.shared.reaper.settle().await;
+    }
+
     /// [`pair`](Self::pair) deleting in the background through `reaper` (the bridge
     /// driver's, so that its `settle` waits for these deletions too).
     pub(crate) async fn pair_with(

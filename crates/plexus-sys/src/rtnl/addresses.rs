@@ -6,9 +6,10 @@ use futures::TryStreamExt;
 use rtnetlink::packet_route::address::{
     AddressAttribute, AddressFlags, AddressHeaderFlags, AddressMessage,
 };
+use rtnetlink::packet_route::AddressFamily;
 
 use super::Rtnl;
-use crate::error::{Result, SysError};
+use crate::error::{libc_errno, Result, SysError};
 
 /// The address an address message carries.
 fn address_of(m: &AddressMessage) -> Option<IpAddr> {
@@ -43,23 +44,32 @@ impl Rtnl {
             })
     }
 
-    /// Takes `address`/`prefix` off link `index`; [`SysError::NotFound`] if it has none such.
+    /// Takes `address`/`prefix` off link `index` in one request; [`SysError::NotFound`] if
+    /// it has none such. Taking a link's last IPv4 address off also takes its IPv4 routes
+    /// out (the kernel disables IPv4 on it).
     pub async fn delete_address(&self, index: u32, address: IpAddr, prefix: u8) -> Result<()> {
-        let msgs = self.address_messages(index).await?;
-        let Some(msg) = msgs
-            .into_iter()
-            .find(|m| address_of(m) == Some(address) && m.header.prefix_len == prefix)
-        else {
-            return Err(SysError::NotFound {
-                what: format!("address {address}/{prefix} on link {index}"),
-            });
+        let mut msg = AddressMessage::default();
+        msg.header.family = match address {
+            IpAddr::V4(_) => AddressFamily::Inet,
+            IpAddr::V6(_) => AddressFamily::Inet6,
         };
+        msg.header.prefix_len = prefix;
+        msg.header.index = index;
+        msg.attributes.push(AddressAttribute::Address(address));
+        if address.is_ipv4() {
+            msg.attributes.push(AddressAttribute::Local(address));
+        }
+        let what = format!("address {address}/{prefix} on link {index}");
         self.handle.address().del(msg).execute().await.map_err(|e| {
-            SysError::netlink(
+            match SysError::netlink(
                 format!("delete address {address}/{prefix} from link {index}"),
-                &format!("address {address}/{prefix}"),
+                &what,
                 e,
-            )
+            ) {
+                // The kernel's answer for an address the link does not hold.
+                e if e.errno() == Some(libc_errno::EADDRNOTAVAIL) => SysError::NotFound { what },
+                e => e,
+            }
         })
     }
 

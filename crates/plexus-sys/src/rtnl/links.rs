@@ -302,26 +302,34 @@ impl Rtnl {
         }
         let what = format!("veth {:?} (peer {:?})", pair.name, pair.peer_name);
         self.add(what, near.build()).await?;
-        // While it is down, so IPv6 never starts on it. Through the namespace's own conf
-        // directory, whose lookup cost does not grow with other namespaces (`SysctlDir`).
+        // While it is down, so IPv6 never starts on it.
+        if let Err(e) = self.disable_ipv6(pair.name).await {
+            if let Ok(Some(link)) = self.link(pair.name).await {
+                let _ = self.delete_link(link.index).await;
+            }
+            return Err(e);
+        }
+        Ok(())
+    }
+
+    /// Turns IPv6 off on link `name` (`net.ipv6.conf.<name>.disable_ipv6`): its IPv6
+    /// addresses, link-local too, and the routes through it go, and none comes back while it
+    /// is off. A kernel without IPv6, or a link that is gone, has nothing to turn off.
+    /// Written through the namespace's own conf directory, whose lookup cost does not grow
+    /// with other namespaces (`SysctlDir`).
+    pub async fn disable_ipv6(&self, name: &str) -> Result<()> {
         let written = self
             .ipv6_conf
             .get_or_try_init(|| async { sysctl::SysctlDir::open(&self.ns, "net.ipv6.conf") })
             .await
-            .and_then(|conf| conf.write(&[pair.name, "disable_ipv6"], "1"));
+            .and_then(|conf| conf.write(&[name, "disable_ipv6"], "1"));
         match written {
-            Ok(()) => Ok(()),
-            // A kernel without IPv6 (no /proc/sys/net/ipv6) has nothing to turn off.
+            // No /proc/sys/net/ipv6 (a kernel without IPv6) or no such link.
             Err(SysError::Io { source, .. }) if source.kind() == std::io::ErrorKind::NotFound => {
-                tracing::debug!(link = pair.name, "no IPv6 sysctls: IPv6 left as it is");
+                tracing::debug!(link = name, "no IPv6 sysctls: IPv6 left as it is");
                 Ok(())
             }
-            Err(e) => {
-                if let Ok(Some(link)) = self.link(pair.name).await {
-                    let _ = self.delete_link(link.index).await;
-                }
-                Err(e)
-            }
+            r => r,
         }
     }
 
