@@ -5,6 +5,8 @@
 #   1. attach / detach of an existing sandbox to a macvlan network through the CLI:
 #      `plexus network connect|disconnect` vs `docker network connect|disconnect`, alternating
 #      (Plexus, Docker, Docker, Plexus, ...), wall clock around each command, medians;
+#      and `plexus network ls -q` (the CLI's start and one small request) beside them;
+#   1b. the kernel's floor for the same device work (`ip -batch`, per device);
 #   2. TCP throughput (iperf3, one stream) between two sandboxes of a Plexus macvlan network
 #      in bridge mode against two macvlan devices made by hand (`ip link add … type macvlan
 #      mode bridge`) on a parent of the same kind, alternating, medians.
@@ -20,7 +22,8 @@
 # ../shared/anchors/00_setup.sh if it is not running (and stops it at the end).
 # Everything made here is named plxm-* and removed on exit, also on failure.
 # Last line: attach_ms= docker_attach_ms= speedup= detach_ms= docker_detach_ms=
-#   detach_speedup= tput_gbps= bare_tput_gbps= tput_ratio= targets=PASS|FAIL
+#   detach_speedup= cli_ms= kernel_attach_ms= kernel_delete_ms= tput_gbps= bare_tput_gbps= tput_ratio=
+#   targets=PASS|FAIL
 set -uo pipefail
 HERE="$(cd "$(dirname "$0")" && pwd)"
 ROOT="$(cd "$HERE/../.." && pwd)"
@@ -140,12 +143,14 @@ echo "plexus: $(git -C "$ROOT" rev-parse --short HEAD) release; docker: $( ((DOC
 
 # ---------- 1. attach / detach ----------
 log "1. attach/detach x$REPS (alternating)"
+pv() { tm cli_plexus.txt PX network ls -q; }
 pa() { tm attach_plexus.txt PX network connect plxm-mv plxm-sb; }
 pd() { tm detach_plexus.txt PX network disconnect plxm-mv plxm-sb; }
 da() { ((DOCKER)) && tm attach_docker.txt docker network connect plxm-dmv plxm-dsb; }
 dd() { ((DOCKER)) && tm detach_docker.txt docker network disconnect plxm-dmv plxm-dsb; }
 for r in $(seq 1 "$REPS"); do
   if ((r % 2)); then pa; da; pd; dd; else da; pa; dd; pd; fi
+  pv
 done
 # sanity: an attached Plexus sandbox reaches another on the LAN side of the network
 PX network connect plxm-mv plxm-sb >/dev/null
@@ -154,6 +159,29 @@ peer_ip=$(PX sandbox inspect plxm-peer | python3 -c 'import json,sys; print(json
 sb_ns=$(PX sandbox inspect plxm-sb | python3 -c 'import json,sys; print(json.load(sys.stdin)[0]["NetNs"])')
 peer_ns=$(PX sandbox inspect plxm-peer | python3 -c 'import json,sys; print(json.load(sys.stdin)[0]["NetNs"])')
 if nsenter --net="$sb_ns" busybox ping -c1 -W2 "$peer_ip" >/dev/null 2>&1; then echo "check: plexus macvlan sandbox -> peer $peer_ip ok"; else echo "check: ping $peer_ip FAILED"; fi
+
+# ---------- 1b. the kernel's floor ----------
+# The device work an attach and a detach ask of the kernel, without any program around it:
+# REPS macvlan devices made straight into a namespace, addressed and brought up, then taken
+# down and deleted, each step one `ip -batch` (one process for all REPS), per device.
+log "1b. kernel floor x$REPS: macvlan create+address+up, down, delete"
+ip netns add plxm-fl
+: >"$TMP/mk.b"; : >"$TMP/up.b"; : >"$TMP/down.b"; : >"$TMP/del.b"
+for i in $(seq 1 "$REPS"); do
+  echo "link add plxf$i link lan0 netns plxm-fl type macvlan mode bridge" >>"$TMP/mk.b"
+  printf 'address add 10.239.%d.%d/16 dev plxf%d\nlink set plxf%d up\n' $((i / 200)) $((i % 200 + 2)) "$i" "$i" >>"$TMP/up.b"
+  echo "link set plxf$i down" >>"$TMP/down.b"
+  echo "link del plxf$i" >>"$TMP/del.b"
+done
+batch() { # NETNS FILE: ms per device for the batch
+  local t0=$EPOCHREALTIME; ip -n "$1" -batch "$2" || log "FAILED: ip -n $1 -batch $2"; local t1=$EPOCHREALTIME
+  awk -v a="$t0" -v b="$t1" -v n="$REPS" 'BEGIN{printf "%.3f\n",(b-a)*1000/n}'
+}
+sleep "$SETTLE"; mk=$(batch plxm-host "$TMP/mk.b"); up=$(batch plxm-fl "$TMP/up.b")
+awk -v a="$mk" -v b="$up" 'BEGIN{printf "%.3f\n",a+b}' >"$D/floor_attach.txt"
+sleep "$SETTLE"; batch plxm-fl "$TMP/down.b" >"$D/floor_down.txt"
+sleep "$SETTLE"; batch plxm-fl "$TMP/del.b" >"$D/floor_delete.txt"
+ip netns del plxm-fl
 
 # ---------- 2. throughput ----------
 log "2. iperf3 ${IPERF_SECS}s x$IPERF_REPS each: Plexus macvlan pair vs bare macvlan pair"
@@ -188,6 +216,9 @@ pa, pd, da, dd = med("attach_plexus.txt"), med("detach_plexus.txt"), med("attach
 tp, tb = med("tput_plexus.txt"), med("tput_bare.txt")
 for label, f in [("plexus attach", "attach_plexus.txt"), ("docker attach", "attach_docker.txt"),
                  ("plexus detach", "detach_plexus.txt"), ("docker detach", "detach_docker.txt"),
+                 ("plexus network ls -q (CLI + a request)", "cli_plexus.txt"),
+                 ("kernel: create+address+up", "floor_attach.txt"), ("kernel: down", "floor_down.txt"),
+                 ("kernel: delete (down link)", "floor_delete.txt"),
                  ("plexus macvlan tput Gbit/s", "tput_plexus.txt"), ("bare macvlan tput Gbit/s", "tput_bare.txt")]:
     v = sorted(vals(f))
     if v:
@@ -197,10 +228,22 @@ dspeed = dd / pd if (pd and dd) else None
 ratio = tp / tb if (tp and tb) else None
 t1 = speed is not None and speed >= 10
 t2 = ratio is not None and ratio >= 0.95
+t3 = dspeed is not None and dspeed >= 10
+fa, fdn, fdl = med("floor_attach.txt"), med("floor_down.txt"), med("floor_delete.txt")
+fd = fdn + fdl if (fdn is not None and fdl is not None) else None
+print("-- the kernel's floor (one ip -batch per step, per device)")
+cv = med("cli_plexus.txt")
+print(f"  attach: kernel {fmt(fa)} ms of Plexus's {fmt(pa)}, Docker's {fmt(da)}; of Plexus's, "
+      f"{fmt(cv)} ms are the CLI's start and a bare request (`plexus network ls -q`)")
+print(f"  detach by deleting (down + delete): kernel {fmt(fd)} ms; Docker deletes in its detach "
+      f"({fmt(dd)} ms), so 10x Docker ({fmt(dd / 10 if dd else None)} ms) is under that floor; "
+      f"Plexus's detach ({fmt(pd)} ms) takes the device out of service running and deletes it afterwards")
 print("-- targets (issue 21)")
 print(f"  {'PASS' if t1 else 'FAIL'}  macvlan attach >= 10x faster than Docker's: {fmt(pa)} vs {fmt(da)} ms, {fmt(speed, 1)}x")
+print(f"  {'PASS' if t3 else 'FAIL'}  macvlan detach >= 10x faster than Docker's: {fmt(pd)} vs {fmt(dd)} ms, {fmt(dspeed, 1)}x")
 print(f"  {'PASS' if t2 else 'FAIL'}  throughput >= 0.95 of two bare macvlan devices: {fmt(tp, 3)} vs {fmt(tb, 3)} Gbit/s, {fmt(ratio, 3)}")
 print(f"attach_ms={fmt(pa)} docker_attach_ms={fmt(da)} speedup={fmt(speed, 1)} detach_ms={fmt(pd)} "
-      f"docker_detach_ms={fmt(dd)} detach_speedup={fmt(dspeed, 1)} tput_gbps={fmt(tp, 3)} "
-      f"bare_tput_gbps={fmt(tb, 3)} tput_ratio={fmt(ratio, 3)} targets={'PASS' if t1 and t2 else 'FAIL'}")
+      f"docker_detach_ms={fmt(dd)} detach_speedup={fmt(dspeed, 1)} cli_ms={fmt(cv)} kernel_attach_ms={fmt(fa)} "
+      f"kernel_delete_ms={fmt(fd)} tput_gbps={fmt(tp, 3)} "
+      f"bare_tput_gbps={fmt(tb, 3)} tput_ratio={fmt(ratio, 3)} targets={'PASS' if t1 and t2 and t3 else 'FAIL'}")
 EOF

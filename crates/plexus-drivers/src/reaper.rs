@@ -3,7 +3,9 @@
 //! Deleting a link makes the kernel wait for RCU grace periods (10–60 ms for a veth or a
 //! bridge), far longer than everything else a disconnect or a network removal does. So the
 //! drivers first take the link out of service at once (down, renamed off any name a later
-//! call may want) and hand its deletion to the [`Reaper`], which runs it on its own task.
+//! call may want; a left macvlan device, whose down and rename would each wait for a grace
+//! period too, only loses its addresses and keeps running, see `macvlan::endpoint`) and hand
+//! its deletion to the [`Reaper`], which runs it on its own task.
 //! A daemon that dies before the deletion ran leaves a marked link that the store no longer
 //! knows, which start-up reconciliation deletes.
 //!
