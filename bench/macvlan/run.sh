@@ -6,7 +6,8 @@
 #      `plexus network connect|disconnect` vs `docker network connect|disconnect`, alternating
 #      (Plexus, Docker, Docker, Plexus, ...), wall clock around each command, medians;
 #      and `plexus network ls -q` (the CLI's start and one small request) beside them;
-#   1b. the kernel's floor for the same device work (`ip -batch`, per device);
+#   1b. the kernel's floor for the same device work (`ip -batch`, per device), and the
+#       disk's flush (fdatasync) on the state dir's filesystem;
 #   2. TCP throughput (iperf3, one stream) between two sandboxes of a Plexus macvlan network
 #      in bridge mode against two macvlan devices made by hand (`ip link add … type macvlan
 #      mode bridge`) on a parent of the same kind, alternating, medians.
@@ -22,8 +23,8 @@
 # ../shared/anchors/00_setup.sh if it is not running (and stops it at the end).
 # Everything made here is named plxm-* and removed on exit, also on failure.
 # Last line: attach_ms= docker_attach_ms= speedup= detach_ms= docker_detach_ms=
-#   detach_speedup= cli_ms= kernel_attach_ms= kernel_delete_ms= tput_gbps= bare_tput_gbps= tput_ratio=
-#   targets=PASS|FAIL
+#   detach_speedup= cli_ms= flush_ms= kernel_attach_ms= kernel_delete_ms= tput_gbps=
+#   bare_tput_gbps= tput_ratio= targets=PASS|FAIL
 set -uo pipefail
 HERE="$(cd "$(dirname "$0")" && pwd)"
 ROOT="$(cd "$HERE/../.." && pwd)"
@@ -182,6 +183,18 @@ awk -v a="$mk" -v b="$up" 'BEGIN{printf "%.3f\n",a+b}' >"$D/floor_attach.txt"
 sleep "$SETTLE"; batch plxm-fl "$TMP/down.b" >"$D/floor_down.txt"
 sleep "$SETTLE"; batch plxm-fl "$TMP/del.b" >"$D/floor_delete.txt"
 ip netns del plxm-fl
+# The disk's flush, on the state dir's filesystem: a connect is on disk before it returns.
+python3 - "$TMP" "$REPS" >"$D/floor_flush.txt" <<'PY'
+import os, sys, time, statistics as st
+path = os.path.join(sys.argv[1], "flush-probe"); fd = os.open(path, os.O_RDWR | os.O_CREAT)
+v = []
+for i in range(int(sys.argv[2])):
+    os.pwrite(fd, b"x" * 49152, (i % 8) * 49152)
+    t = time.perf_counter(); os.fdatasync(fd); v.append((time.perf_counter() - t) * 1000)
+    time.sleep(0.05)
+os.close(fd); os.unlink(path)
+print("%.3f" % st.median(v))
+PY
 
 # ---------- 2. throughput ----------
 log "2. iperf3 ${IPERF_SECS}s x$IPERF_REPS each: Plexus macvlan pair vs bare macvlan pair"
@@ -219,6 +232,7 @@ for label, f in [("plexus attach", "attach_plexus.txt"), ("docker attach", "atta
                  ("plexus network ls -q (CLI + a request)", "cli_plexus.txt"),
                  ("kernel: create+address+up", "floor_attach.txt"), ("kernel: down", "floor_down.txt"),
                  ("kernel: delete (down link)", "floor_delete.txt"),
+                 ("disk: fdatasync of 48 KiB", "floor_flush.txt"),
                  ("plexus macvlan tput Gbit/s", "tput_plexus.txt"), ("bare macvlan tput Gbit/s", "tput_bare.txt")]:
     v = sorted(vals(f))
     if v:
@@ -232,9 +246,10 @@ t3 = dspeed is not None and dspeed >= 10
 fa, fdn, fdl = med("floor_attach.txt"), med("floor_down.txt"), med("floor_delete.txt")
 fd = fdn + fdl if (fdn is not None and fdl is not None) else None
 print("-- the kernel's floor (one ip -batch per step, per device)")
-cv = med("cli_plexus.txt")
+cv, ff = med("cli_plexus.txt"), med("floor_flush.txt")
 print(f"  attach: kernel {fmt(fa)} ms of Plexus's {fmt(pa)}, Docker's {fmt(da)}; of Plexus's, "
-      f"{fmt(cv)} ms are the CLI's start and a bare request (`plexus network ls -q`)")
+      f"{fmt(cv)} ms are the CLI's start and a bare request (`plexus network ls -q`), and "
+      f"{fmt(ff)} ms the disk's flush (the connect is on disk before it returns)")
 print(f"  detach by deleting (down + delete): kernel {fmt(fd)} ms; Docker deletes in its detach "
       f"({fmt(dd)} ms), so 10x Docker ({fmt(dd / 10 if dd else None)} ms) is under that floor; "
       f"Plexus's detach ({fmt(pd)} ms) takes the device out of service running and deletes it afterwards")
@@ -243,7 +258,8 @@ print(f"  {'PASS' if t1 else 'FAIL'}  macvlan attach >= 10x faster than Docker's
 print(f"  {'PASS' if t3 else 'FAIL'}  macvlan detach >= 10x faster than Docker's: {fmt(pd)} vs {fmt(dd)} ms, {fmt(dspeed, 1)}x")
 print(f"  {'PASS' if t2 else 'FAIL'}  throughput >= 0.95 of two bare macvlan devices: {fmt(tp, 3)} vs {fmt(tb, 3)} Gbit/s, {fmt(ratio, 3)}")
 print(f"attach_ms={fmt(pa)} docker_attach_ms={fmt(da)} speedup={fmt(speed, 1)} detach_ms={fmt(pd)} "
-      f"docker_detach_ms={fmt(dd)} detach_speedup={fmt(dspeed, 1)} cli_ms={fmt(cv)} kernel_attach_ms={fmt(fa)} "
+      f"docker_detach_ms={fmt(dd)} detach_speedup={fmt(dspeed, 1)} cli_ms={fmt(cv)} flush_ms={fmt(ff)} "
+      f"kernel_attach_ms={fmt(fa)} "
       f"kernel_delete_ms={fmt(fd)} tput_gbps={fmt(tp, 3)} "
       f"bare_tput_gbps={fmt(tb, 3)} tput_ratio={fmt(ratio, 3)} targets={'PASS' if t1 and t2 and t3 else 'FAIL'}")
 EOF
