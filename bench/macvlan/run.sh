@@ -47,10 +47,10 @@ export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-$ROOT/target}
 TMP=$(mktemp -d /tmp/plxm.XXXXXX)
 D=$TMP/data; mkdir -p "$D"
 IMG=plxm-bb:latest
-log() { echo "[$(date +%T)] $*" >&2; }
+. "$ROOT/bench/lib.sh"
 PX() { PLEXUS_HOST="unix://$TMP/plexus.sock" "$CARGO_TARGET_DIR/release/plexus" "$@"; }
 
-PLEXUSD_PID=""; DOCKERD_STARTED=0; DOCKERD_PID=""; IMG_IMPORTED=0; SRV=()
+PLEXUSD_PID=""; SRV=()
 cleanup() {
   set +e
   log "cleanup"
@@ -69,26 +69,13 @@ cleanup() {
     docker network rm plxm-dmv >/dev/null 2>&1
     [[ $IMG_IMPORTED == 1 ]] && docker image rm "$IMG" >/dev/null 2>&1
   fi
-  if [[ $DOCKERD_STARTED == 1 && -n $DOCKERD_PID ]]; then
-    kill "$DOCKERD_PID" 2>/dev/null; for _ in $(seq 150); do kill -0 "$DOCKERD_PID" 2>/dev/null || break; sleep 0.1; done
-  fi
+  stop_dockerd
   ip link del plxm-dp0 2>/dev/null
   for n in $(ip netns list | awk '{print $1}' | grep '^plxm-'); do ip netns del "$n"; done
   rm -rf "$TMP"
 }
 trap cleanup EXIT
 trap 'exit 130' INT TERM
-
-# tm FILE CMD...: appends CMD's wall-clock ms to FILE; fails if CMD fails
-tm() {
-  local f=$1; shift
-  sleep "$SETTLE"
-  local t0=$EPOCHREALTIME
-  "$@" >/dev/null 2>"$TMP/last.err"; local rc=$?
-  local t1=$EPOCHREALTIME
-  if ((rc)); then log "FAILED ($rc): $* : $(tail -2 "$TMP/last.err")"; return $rc; fi
-  awk -v a="$t0" -v b="$t1" 'BEGIN{printf "%.3f\n",(b-a)*1000}' >> "$D/$f"
-}
 
 # ---------- setup ----------
 export DEBIAN_FRONTEND=noninteractive
@@ -99,17 +86,10 @@ log "building plexusd + plexus (release)"
 (cd "$ROOT" && ./scripts/build -q) || { echo "build failed" >&2; exit 1; }
 
 DOCKER=1
-if ! docker info >/dev/null 2>&1; then
-  log "starting dockerd (as ../shared/anchors/00_setup.sh: dockerd --iptables=true)"
-  setsid dockerd --iptables=true >"$TMP/dockerd.log" 2>&1 &
-  DOCKERD_PID=$!; DOCKERD_STARTED=1
-  for _ in $(seq 60); do docker info >/dev/null 2>&1 && break; sleep 0.5; done
-fi
-if ! docker info >/dev/null 2>&1; then
+if ! start_dockerd; then
   DOCKER=0; echo "!! dockerd cannot run here: Docker is NOT measured (docker=unavailable)"
-elif ! docker image inspect "$IMG" >/dev/null 2>&1; then
-  r=$(mktemp -d); mkdir -p "$r/bin"; cp /bin/busybox "$r/bin/"; ln -s busybox "$r/bin/sleep"
-  tar -C "$r" -c . | docker import - "$IMG" >/dev/null && IMG_IMPORTED=1; rm -rf "$r"
+else
+  docker_busybox "$IMG" sleep
 fi
 
 # The LAN: a bridge in plxm-lan; each parent is a veth end plugged into it.
