@@ -414,11 +414,7 @@ pub struct SandboxCreate {
     #[serde(rename = "Service", default, skip_serializing_if = "String::is_empty")]
     pub service: String,
     /// Labels, only recorded ([`CNI_CONTAINER_LABEL`] marks the CNI plugin's sandboxes).
-    #[serde(
-        rename = "Labels",
-        default,
-        skip_serializing_if = "BTreeMap::is_empty"
-    )]
+    #[serde(rename = "Labels", default, skip_serializing_if = "BTreeMap::is_empty")]
     pub labels: BTreeMap<String, String>,
 }
 
@@ -530,11 +526,7 @@ pub struct SandboxResource {
     #[serde(rename = "Service", default, skip_serializing_if = "String::is_empty")]
     pub service: String,
     /// Its labels.
-    #[serde(
-        rename = "Labels",
-        default,
-        skip_serializing_if = "BTreeMap::is_empty"
-    )]
+    #[serde(rename = "Labels", default, skip_serializing_if = "BTreeMap::is_empty")]
     pub labels: BTreeMap<String, String>,
 }
 
