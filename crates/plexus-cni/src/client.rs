@@ -88,7 +88,7 @@ impl Client {
             ));
         }
         let body = match body {
-            Some(v) => serde_json::to_vec(v).map_err(|e| garbled(e))?,
+            Some(v) => serde_json::to_vec(v).map_err(garbled)?,
             None => Vec::new(),
         };
         let head = format!(
