@@ -32,6 +32,19 @@ pub fn check(path: &str) -> Result<()> {
     Ok(())
 }
 
+/// Whether two paths name the same namespace (the same path, or the same namespace file
+/// reached two ways: a bind mount and `/proc/PID/ns/net`).
+pub fn same(a: &str, b: &str) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    if a == b {
+        return true;
+    }
+    match (std::fs::metadata(a), std::fs::metadata(b)) {
+        (Ok(x), Ok(y)) => x.dev() == y.dev() && x.ino() == y.ino(),
+        _ => false,
+    }
+}
+
 /// The interfaces of a link inside the namespace: name → (up, addresses).
 pub type Links = BTreeMap<String, (bool, BTreeSet<IpAddr>)>;
 

@@ -188,7 +188,8 @@ impl Plugin {
         let netns_path = self.env.netns.clone().unwrap_or_default();
         netns::check(&netns_path)?;
         let (ipv4, ipv6) = self.addresses()?;
-        // Twice at most: a stale sandbox (its namespace gone) is removed, then made again.
+        // A few rounds at most: a stale sandbox (its namespace gone) is removed, then the
+        // sandbox made again; a sandbox made meanwhile by another call is read again.
         for _ in 0..3 {
             let Some(sb) = self.sandbox()? else {
                 match self.create(&netns_path, &ipv4, &ipv6)? {
@@ -206,7 +207,7 @@ impl Plugin {
                     ),
                 ));
             }
-            if sb.netns != netns_path {
+            if !netns::same(&sb.netns, &netns_path) {
                 if netns::check(&sb.netns).is_ok() {
                     return Err(CniError::new(
                         code::CONFLICT,
@@ -405,7 +406,7 @@ impl Plugin {
                 ))
             })?;
         let netns_path = self.env.netns.clone().unwrap_or_default();
-        if sb.netns != netns_path {
+        if !netns::same(&sb.netns, &netns_path) {
             return Err(failed(format!(
                 "CNI_NETNS={netns_path}, but the attachment is in {}",
                 sb.netns
