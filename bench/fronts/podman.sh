@@ -43,9 +43,11 @@ NS=plxf-host
 PLEXUSD_PID=""
 
 # pm BACKEND ARGS...: podman with this run's storage and the backend's configuration, in $NS.
+# nsenter, not `ip netns exec`: that one gives each command a mount namespace of its own, so
+# the container namespaces podman bind-mounts under /run/netns would be invisible to plexusd.
 pm() {
   local backend=$1; shift
-  CONTAINERS_CONF=$TMP/$backend.conf ip netns exec "$NS" podman --root "$TMP/root" \
+  CONTAINERS_CONF=$TMP/$backend.conf nsenter --net="/run/netns/$NS" podman --root "$TMP/root" \
     --runroot "$TMP/runroot" --tmpdir "$TMP/tmp" --storage-driver vfs "$@"
 }
 PX() { "$BIN/plexus" -H "unix://$TMP/plexus.sock" "$@"; }
@@ -75,7 +77,7 @@ mkdir -p "$TMP"/{cni-bin,cni-conf,nv-conf,root,runroot,tmp,img/bin}
 cp "$BIN/plexus-cni" "$TMP/cni-bin/"
 ip netns add "$NS" && ip netns exec "$NS" ip link set lo up
 log "starting plexusd in $NS"
-ip netns exec "$NS" "$BIN/plexusd" --state-dir "$TMP/state" --run-dir "$TMP/run" \
+nsenter --net="/run/netns/$NS" "$BIN/plexusd" --state-dir "$TMP/state" --run-dir "$TMP/run" \
   -H "unix://$TMP/plexus.sock" >"$TMP/plexusd.log" 2>&1 &
 PLEXUSD_PID=$!
 for _ in $(seq 200); do [[ -S $TMP/plexus.sock ]] && PX version >/dev/null 2>&1 && break; sleep 0.05; done
