@@ -33,6 +33,11 @@ use serde::{Deserialize, Serialize};
 /// The Docker Engine API version served.
 pub const API_VERSION: &str = "1.41";
 
+/// The sandbox label that marks a sandbox made by the CNI plugin (`plexus-cni`), with the
+/// runtime's container id (`CNI_CONTAINERID`) as its value: CNI's garbage collection, and
+/// plexusd's at start, release only sandboxes that carry it.
+pub const CNI_CONTAINER_LABEL: &str = "io.plexus.cni.container-id";
+
 /// `GET /info`: the part of dockerd's answer a network stack has, and the cluster store.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SystemInfo {
@@ -299,6 +304,14 @@ pub struct EndpointSettings {
     /// The endpoint's driver options.
     #[serde(rename = "DriverOpts", default)]
     pub driver_opts: Option<BTreeMap<String, String>>,
+    /// Plexus's own: the exact interface name inside the sandbox (CNI's `CNI_IFNAME`);
+    /// empty: the next `eth<n>`.
+    #[serde(
+        rename = "Interface",
+        default,
+        skip_serializing_if = "String::is_empty"
+    )]
+    pub interface: String,
 }
 
 /// `POST /networks/{id}/connect`.
@@ -400,6 +413,9 @@ pub struct SandboxCreate {
     /// `--service`: the service (name or id) it joins as a task; empty: none.
     #[serde(rename = "Service", default, skip_serializing_if = "String::is_empty")]
     pub service: String,
+    /// Labels, only recorded ([`CNI_CONTAINER_LABEL`] marks the CNI plugin's sandboxes).
+    #[serde(rename = "Labels", default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub labels: BTreeMap<String, String>,
 }
 
 /// A published port of an endpoint.
@@ -449,6 +465,16 @@ pub struct SandboxEndpoint {
     /// Published ports.
     #[serde(rename = "Ports")]
     pub ports: Vec<PortView>,
+    /// The default gateway its join gave the sandbox (IPv4), or empty.
+    #[serde(rename = "Gateway", default, skip_serializing_if = "String::is_empty")]
+    pub gateway: String,
+    /// The IPv6 default gateway its join gave the sandbox, or empty.
+    #[serde(
+        rename = "IPv6Gateway",
+        default,
+        skip_serializing_if = "String::is_empty"
+    )]
+    pub ipv6_gateway: String,
 }
 
 /// A sandbox as `GET /plexus/sandboxes/{name}` shows it.
@@ -499,6 +525,9 @@ pub struct SandboxResource {
     /// The id of the service it is a task of; empty: none.
     #[serde(rename = "Service", default, skip_serializing_if = "String::is_empty")]
     pub service: String,
+    /// Its labels.
+    #[serde(rename = "Labels", default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub labels: BTreeMap<String, String>,
 }
 
 /// Who an event is about (`Actor` of Docker's events).

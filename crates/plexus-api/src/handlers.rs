@@ -377,7 +377,7 @@ pub async fn connect(
         ports: Vec::new(),
         mac: non_empty(&settings.mac_address),
         options: settings.driver_opts.unwrap_or_default(),
-        interface: None,
+        interface: non_empty(&settings.interface),
     };
     state.controller.connect(&req.container, &id, spec).await?;
     Ok(StatusCode::OK)
@@ -429,7 +429,26 @@ fn endpoint_view(ep: &Endpoint, network: &Network) -> SandboxEndpoint {
                 host_port: p.host_port,
             })
             .collect(),
+        gateway: gateway_of(ep, ep.ipv4, &network.ipv4),
+        ipv6_gateway: gateway_of(ep, ep.ipv6, &network.ipv6),
     }
+}
+
+/// The default gateway an endpoint's join gave its sandbox in one family: its network's
+/// gateway in the pool its address came from, unless the join gave none.
+fn gateway_of(ep: &Endpoint, addr: Option<ipnet::IpNet>, pools: &[IpamPool]) -> String {
+    let Some(addr) = addr else {
+        return String::new();
+    };
+    if ep.disable_gateway {
+        return String::new();
+    }
+    pools
+        .iter()
+        .find(|p| p.subnet.contains(&addr.addr()))
+        .and_then(|p| p.gateway)
+        .map(|g| g.addr().to_string())
+        .unwrap_or_default()
 }
 
 /// Every endpoint with its network, by endpoint id.
@@ -488,6 +507,7 @@ fn sandbox_view(
             .map(|(ep, n)| endpoint_view(ep, n))
             .collect(),
         service: s.service.clone().unwrap_or_default(),
+        labels: s.labels.clone(),
     }
 }
 
@@ -529,6 +549,7 @@ pub fn sandbox_spec(req: SandboxCreate) -> Result<SandboxSpec, ApiError> {
         networks,
         ports,
         service: non_empty(&req.service),
+        labels: req.labels,
     })
 }
 

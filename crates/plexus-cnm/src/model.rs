@@ -312,6 +312,10 @@ pub struct Sandbox {
     /// The id of the service it is a task of (`--service`), if any.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub service: Option<String>,
+    /// Labels its creator gave it (the CNI plugin's container id label, for one); only
+    /// recorded.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub labels: BTreeMap<String, String>,
 }
 
 /// What a user asks for when creating a sandbox with
@@ -338,4 +342,7 @@ pub struct SandboxSpec {
     /// of the service's networks.
     #[serde(default)]
     pub service: Option<String>,
+    /// Labels to record with it.
+    #[serde(default)]
+    pub labels: BTreeMap<String, String>,
 }

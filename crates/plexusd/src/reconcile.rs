@@ -9,7 +9,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
-use plexus_cnm::{Controller, Endpoint, Network, ReconcileMode, ReconcileReport};
+use plexus_api_types::CNI_CONTAINER_LABEL;
+use plexus_cnm::{Controller, Endpoint, Network, ReconcileMode, ReconcileReport, Sandbox};
 use plexus_ipam::{BuiltinIpam, Ipam, LOCAL_SPACE};
 
 use crate::metrics::ReconcileMetrics;
@@ -85,7 +86,9 @@ pub async fn startup(
     if let Some((driver, error)) = report.failed.iter().next() {
         bail!("start-up reconciliation of the {driver} driver: {error}");
     }
-    let sandboxes = controller.sandboxes().await?;
+    let mut sandboxes = controller.sandboxes().await?;
+    let released = release_cni_orphans(controller, &mut sandboxes).await;
+    metrics.repaired(ReconcileMode::Startup, "cni_attachment", released);
     for s in &sandboxes {
         if !Path::new(&s.key).exists() {
             tracing::warn!(sandbox = %s.name, netns = %s.key, "the sandbox's namespace is gone (reboot?); remove the sandbox and create it again");
@@ -139,6 +142,48 @@ pub async fn startup(
     metrics.repaired(ReconcileMode::Startup, "ipam_pool", pools);
     metrics.repaired(ReconcileMode::Startup, "ipam_address", addresses);
     Ok(())
+}
+
+/// CNI's garbage collection as plexusd can run it alone: a sandbox the CNI plugin made
+/// (labelled [`CNI_CONTAINER_LABEL`]) whose namespace is gone (the runtime removed it and its
+/// DEL never came) is removed, endpoints, addresses and all; the namespace was the runtime's,
+/// so there is nothing else. Those removed leave `sandboxes`; returns how many.
+async fn release_cni_orphans(controller: &Controller, sandboxes: &mut Vec<Sandbox>) -> usize {
+    let mut released = 0;
+    let mut kept = Vec::with_capacity(sandboxes.len());
+    for s in sandboxes.drain(..) {
+        let cni = s.labels.contains_key(CNI_CONTAINER_LABEL);
+        if !cni || s.owned_netns || namespace_alive(&s.key) {
+            kept.push(s);
+            continue;
+        }
+        match controller.remove_sandbox(&s.id).await {
+            Ok(_) => {
+                released += 1;
+                tracing::info!(sandbox = %s.name, netns = %s.key, "released a CNI attachment whose namespace is gone");
+            }
+            Err(e) => {
+                tracing::warn!(sandbox = %s.name, netns = %s.key, error = %e, "cannot release a CNI attachment whose namespace is gone");
+                kept.push(s);
+            }
+        }
+    }
+    *sandboxes = kept;
+    released
+}
+
+/// Whether `path` still names a network namespace (a file left where a namespace was
+/// unmounted does not).
+fn namespace_alive(path: &str) -> bool {
+    match plexus_sys::netns::Netns::open(Path::new(path)) {
+        Ok(_) => true,
+        Err(plexus_sys::SysError::Invalid { .. }) => false,
+        Err(plexus_sys::SysError::Netns { source, .. }) => {
+            source.kind() != std::io::ErrorKind::NotFound
+        }
+        // Anything else: not sure it is gone, so keep it.
+        Err(_) => true,
+    }
 }
 
 /// Runs a periodic reconciliation every `interval` until the runtime stops: each pass repairs

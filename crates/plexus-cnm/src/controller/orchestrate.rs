@@ -232,6 +232,7 @@ impl Controller {
             dns_search: settings.dns_search,
             dns_options: settings.dns_options,
             service: service.as_ref().map(|(s, _)| s.id.clone()),
+            labels: spec.labels.clone(),
         };
         let mut made = Vec::new();
         let mut allocated = Vec::new();

@@ -64,6 +64,7 @@ impl Controller {
             dns_search: Vec::new(),
             dns_options: Vec::new(),
             service: None,
+            labels: Default::default(),
         };
         let txn = Txn::new()
             .compare_absent(keys::sandbox_name(name))

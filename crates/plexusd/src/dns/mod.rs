@@ -708,6 +708,7 @@ mod tests {
             dns_search: Vec::new(),
             dns_options: Vec::new(),
             service: None,
+            labels: Default::default(),
         };
         let (app, gw) = (network("app"), network("docker_gwbridge"));
         let eps = vec![
