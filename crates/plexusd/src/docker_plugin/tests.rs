@@ -1,0 +1,1 @@
+//! Protocol tests of the handlers, without dockerd.
