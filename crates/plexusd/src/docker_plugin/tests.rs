@@ -340,7 +340,10 @@ async fn a_network_and_a_container_through_dockerds_calls() {
     let rec = rec.unwrap_or_else(|| panic!("no endpoint record"));
     assert!(rec.attached);
     assert_eq!(rec.ports.len(), 1, "{:?}", rec.ports);
-    assert_eq!((rec.ports[0].container_port, rec.ports[0].host_port), (80, 8080));
+    assert_eq!(
+        (rec.ports[0].container_port, rec.ports[0].host_port),
+        (80, 8080)
+    );
     assert_eq!(lock(&w.bridge.joined).len(), 1);
     let e = refused(
         c,
