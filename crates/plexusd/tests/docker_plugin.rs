@@ -420,6 +420,8 @@ fn containers_on_a_plexus_network_talk_publish_and_leave_after_a_restart() {
         d.log()
     );
     assert!(pings(&docker, "cb", &ip_a), "b does not reach a");
+    // By name too: dockerd's resolver answers, Plexus's stays out of its containers.
+    assert!(pings(&docker, "ca", "cb"), "a does not reach b by name");
     let sandboxes = d.ok(&["sandbox", "ls", "--format", "{{.Name}}"]);
     assert_eq!(
         sandboxes

@@ -39,9 +39,13 @@
 //! gateway and addresses from Plexus's IPAM as given ones (so a subnet one of Plexus's
 //! networks has is refused).
 //!
-//! **Names.** dockerd sends a driver no network name (nor its labels): the Plexus network is
-//! `docker-<the first 12 digits of dockerd's network id>`, the id `docker network ls` shows,
-//! with the label `plexus.docker.network=<the whole id>`.
+//! **Network names.** dockerd sends a driver no network name (nor its labels): the Plexus
+//! network is `docker-<the first 12 digits of dockerd's network id>`, the id `docker network
+//! ls` shows, with the label `plexus.docker.network=<the whole id>`.
+//!
+//! **Container names.** dockerd answers its containers' names itself (its embedded resolver
+//! at 127.0.0.11, in the container's namespace), and tells a driver none of them: Plexus's
+//! embedded DNS stays out of these networks' sandboxes (`dns::serves_names`).
 //!
 //! **State.** Which Plexus network a dockerd network is, and each dockerd endpoint's address,
 //! ports and sandbox, are records in the local store ([`state`]), so a restarted plexusd
@@ -75,6 +79,7 @@ use serde_json::{json, Value};
 use tokio::sync::{watch, Mutex};
 
 pub use adopt::{AdoptResolver, WithDockerPools};
+pub use network::LABEL_DOCKER_NETWORK;
 pub use state::held_allocations;
 
 /// Where dockerd looks for the plugin by default: `plexus`.
@@ -157,6 +162,7 @@ impl Ctx {
 pub async fn dispatch(ctx: &Arc<Ctx>, path: &str, body: &[u8]) -> Option<Answer> {
     let _one = ctx.lock.lock().await;
     let op = path.trim_start_matches('/');
+    tracing::trace!(call = op, body = %String::from_utf8_lossy(body), "docker plugin call");
     let answer = match op {
         "NetworkDriver.GetCapabilities" => {
             answer(plexus_drivers::remote::wire::CapabilitiesReply {
