@@ -141,7 +141,12 @@ struct Args {
     /// Serve Docker's network and IPAM plugin protocol on this socket, for dockerd: the
     /// plugin's name is the file's name without `.sock` (`docker network create -d plexus
     /// --ipam-driver plexus`); `none` serves nothing.
-    #[arg(long = "docker-plugin-socket", value_name = "PATH", default_value = docker_plugin::DEFAULT_SOCKET)]
+    #[arg(
+        long = "docker-plugin-socket",
+        env = "PLEXUS_DOCKER_PLUGIN_SOCKET",
+        value_name = "PATH",
+        default_value = docker_plugin::DEFAULT_SOCKET
+    )]
     docker_plugin_socket: String,
     /// Run as the embedded DNS resolver that plexusd starts (internal).
     #[arg(long = "internal-resolver", hide = true)]

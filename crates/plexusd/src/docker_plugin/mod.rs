@@ -231,6 +231,8 @@ pub fn plugin_name(socket: &Path) -> Result<String> {
 }
 
 /// Binds `--docker-plugin-socket` (`none`: nothing) and starts answering `Plugin.Activate`.
+/// A socket another daemon serves is refused, but for the default one, which is then left to
+/// it (`None`).
 pub async fn bind(flag: &str) -> Result<Option<DockerPlugin>> {
     if flag == "none" {
         return Ok(None);
@@ -244,6 +246,12 @@ pub async fn bind(flag: &str) -> Result<Option<DockerPlugin>> {
                 dir.display()
             )
         })?;
+    }
+    if flag == DEFAULT_SOCKET && tokio::net::UnixStream::connect(&socket).await.is_ok() {
+        // Another daemon on this host serves dockerd's `plexus`; this one serves none rather
+        // than refusing to start (a path given with the flag is refused instead).
+        tracing::warn!(socket = %socket.display(), "another daemon serves the Docker plugin socket; serving none (--docker-plugin-socket to choose another)");
+        return Ok(None);
     }
     crate::clear_stale_socket(&socket)
         .await
