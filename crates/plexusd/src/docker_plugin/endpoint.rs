@@ -347,10 +347,12 @@ async fn attach(ctx: &Ctx, rec: &mut EndpointRecord, net: &NetworkRecord) -> Res
                 ),
             ))
         }
-        Ok(_) => {
-            ctx.controller.connect(&name, &net.plexus_id, spec).await?;
-            false
-        }
+        Ok(_) => match ctx.controller.connect(&name, &net.plexus_id, spec).await {
+            Ok(_) => false,
+            // Connected by a plexusd that stopped before recording it.
+            Err(CnmError::Exists { .. }) => false,
+            Err(e) => return Err(e.into()),
+        },
         Err(CnmError::NotFound { .. }) => {
             ctx.controller
                 .create_sandbox(SandboxSpec {
@@ -455,24 +457,24 @@ async fn leave_sandbox(
     let Some(name) = rec.sandbox.clone() else {
         return Ok(());
     };
-    if rec.attached {
-        match ctx.controller.disconnect(&name, plexus_network).await {
-            Ok(()) | Err(CnmError::NotFound { .. }) => {}
-            Err(e) => return Err(e.into()),
-        }
-        match ctx.controller.sandbox(&name).await {
-            Ok(sandbox) => {
-                let left = ctx.controller.sandbox_endpoints(&sandbox).await?;
-                if left.iter().all(|(ep, _)| ep.egress) {
-                    match ctx.controller.remove_sandbox(&name).await {
-                        Ok(_) | Err(CnmError::NotFound { .. }) => {}
-                        Err(e) => return Err(e.into()),
-                    }
+    // Whether or not the record says attached: a plexusd may have stopped between the
+    // controller's connect and the record.
+    match ctx.controller.disconnect(&name, plexus_network).await {
+        Ok(()) | Err(CnmError::NotFound { .. }) => {}
+        Err(e) => return Err(e.into()),
+    }
+    match ctx.controller.sandbox(&name).await {
+        Ok(sandbox) => {
+            let left = ctx.controller.sandbox_endpoints(&sandbox).await?;
+            if left.iter().all(|(ep, _)| ep.egress) {
+                match ctx.controller.remove_sandbox(&name).await {
+                    Ok(_) | Err(CnmError::NotFound { .. }) => {}
+                    Err(e) => return Err(e.into()),
                 }
             }
-            Err(CnmError::NotFound { .. }) => {}
-            Err(e) => return Err(e.into()),
         }
+        Err(CnmError::NotFound { .. }) => {}
+        Err(e) => return Err(e.into()),
     }
     rec.sandbox = None;
     rec.key = None;
