@@ -428,7 +428,10 @@ pub fn spawn_attach(ctx: Arc<Ctx>, id: String) {
     });
 }
 
-/// Finishes the joins a stopped plexusd left waiting (at start, once ready).
+/// At start, once ready: finishes the joins a stopped plexusd left waiting, and takes out of
+/// Plexus the containers that went while it was stopped (dockerd's `Leave` could not reach
+/// it; their namespace is no longer mounted). Their records stay for dockerd's
+/// `DeleteEndpoint`, as do their addresses, which are dockerd's to release.
 pub async fn resume_joins(ctx: Arc<Ctx>) {
     let waiting = match ctx
         .state
@@ -441,9 +444,30 @@ pub async fn resume_joins(ctx: Arc<Ctx>) {
             return;
         }
     };
-    for rec in waiting {
-        if rec.sandbox.is_some() && !rec.attached {
+    for mut rec in waiting {
+        if rec.sandbox.is_none() {
+            continue;
+        }
+        if !rec.attached {
             spawn_attach(ctx.clone(), rec.docker_id);
+            continue;
+        }
+        if rec.key.as_deref().is_some_and(mounted) {
+            continue;
+        }
+        let _one = ctx.lock.lock().await;
+        let gone = async {
+            let net = super::network::record(&ctx, &rec.network).await?;
+            leave_sandbox(&ctx, &mut rec, &net.plexus_id).await
+        }
+        .await;
+        match gone {
+            Ok(()) => {
+                tracing::info!(endpoint = %rec.docker_id, "a container gone while plexusd was stopped left")
+            }
+            Err(e) => {
+                tracing::warn!(endpoint = %rec.docker_id, error = %e, "cannot take a container gone while plexusd was stopped out of Plexus")
+            }
         }
     }
 }

@@ -626,3 +626,78 @@ async fn activation_answers_before_the_daemon_is_ready() {
         .err()
         .is_some_and(|e| e.to_string().contains("--docker-plugin-socket")));
 }
+
+/// A container being started: its namespace is not mounted yet when dockerd joins, so the
+/// join is recorded and answered, and finished later; a leave before that undoes the record
+/// only. A container gone while plexusd was stopped (attached, its namespace no longer
+/// mounted) is taken out of Plexus at start, its record kept for dockerd's `DeleteEndpoint`.
+#[tokio::test]
+async fn joins_wait_for_the_namespace_and_gone_containers_leave_at_start() {
+    let w = world().await;
+    let c = &w.ctx;
+    let dir = ok("tempdir", tempfile::tempdir());
+    let key = dir.path().join("netns-file");
+    ok("file", std::fs::write(&key, b""));
+    let key = key.display().to_string();
+    must(c, "NetworkDriver.CreateNetwork", json!({"NetworkID": NID, "IPv4Data": [{"Pool": "10.70.0.0/24", "Gateway": "10.70.0.1/24"}]})).await;
+    must(
+        c,
+        "NetworkDriver.CreateEndpoint",
+        json!({"NetworkID": NID, "EndpointID": EID, "Interface": {"Address": "10.70.0.2/24"}}),
+    )
+    .await;
+    let joined = must(
+        c,
+        "NetworkDriver.Join",
+        json!({"NetworkID": NID, "EndpointID": EID, "SandboxKey": key}),
+    )
+    .await;
+    assert_eq!(joined, json!({"DisableGatewayService": true}));
+    let rec: Option<state::EndpointRecord> =
+        ok("record", c.state.get(&state::endpoint_key(EID)).await);
+    let rec = rec.unwrap_or_else(|| panic!("no endpoint record"));
+    assert!(rec.sandbox.is_some() && !rec.attached, "{rec:?}");
+    assert!(
+        ok("sandboxes", c.controller.sandboxes().await).is_empty(),
+        "not joined yet"
+    );
+    must(
+        c,
+        "NetworkDriver.Leave",
+        json!({"NetworkID": NID, "EndpointID": EID}),
+    )
+    .await;
+    let rec: Option<state::EndpointRecord> =
+        ok("record", c.state.get(&state::endpoint_key(EID)).await);
+    assert!(rec.is_some_and(|r| r.sandbox.is_none()), "left");
+
+    // Joined for real, then the container goes while plexusd is away.
+    must(
+        c,
+        "NetworkDriver.Join",
+        json!({"NetworkID": NID, "EndpointID": EID, "SandboxKey": "/proc/self/ns/net"}),
+    )
+    .await;
+    assert_eq!(ok("sandboxes", c.controller.sandboxes().await).len(), 1);
+    let mut rec: state::EndpointRecord = ok("record", c.state.get(&state::endpoint_key(EID)).await)
+        .unwrap_or_else(|| panic!("no endpoint record"));
+    rec.key = Some(key);
+    ok(
+        "rewrite",
+        c.state.put(&state::endpoint_key(EID), &rec).await,
+    );
+    endpoint::resume_joins(c.clone()).await;
+    assert!(
+        ok("sandboxes", c.controller.sandboxes().await).is_empty(),
+        "gone container left"
+    );
+    assert!(lock(&w.bridge.joined).is_empty());
+    must(
+        c,
+        "NetworkDriver.DeleteEndpoint",
+        json!({"NetworkID": NID, "EndpointID": EID}),
+    )
+    .await;
+    must(c, "NetworkDriver.DeleteNetwork", json!({"NetworkID": NID})).await;
+    assert!(ok("records", w.store.list(state::ROOT).await).is_empty());
+}
