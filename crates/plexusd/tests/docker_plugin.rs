@@ -18,6 +18,7 @@ use std::process::{Command, Output, Stdio};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
+use plexus_sys::netns::Netns;
 use plexus_testkit::process::{in_netns, ChildGuard};
 
 mod common;
@@ -238,6 +239,62 @@ fn require_docker() {
     }
 }
 
+/// `ip ARGS` in `ns`, which must succeed.
+fn ip_in(ns: &Netns, args: &[&str]) {
+    let mut cmd = Command::new("ip");
+    cmd.args(args).stdin(Stdio::null());
+    in_netns(&mut cmd, ns.fd());
+    let out = cmd.output().unwrap_or_else(|e| panic!("ip {args:?}: {e}"));
+    assert!(
+        out.status.success(),
+        "ip {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// A namespace outside the host, plugged into the test's by a veth: the host is 192.0.2.1
+/// there, the outside 192.0.2.2 (with no route to the containers' subnets).
+struct Outside {
+    dir: tempfile::TempDir,
+    ns: Netns,
+}
+
+impl Outside {
+    fn new(d: &Daemon) -> Self {
+        let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("tempdir: {e}"));
+        let ns = Netns::create(dir.path(), "outside").unwrap_or_else(|e| panic!("netns: {e}"));
+        let path = ns.path().display().to_string();
+        ip_in(
+            &d.host_ns,
+            &[
+                "link", "add", "dpout", "type", "veth", "peer", "name", "dpin",
+            ],
+        );
+        ip_in(&d.host_ns, &["link", "set", "dpin", "netns", &path]);
+        ip_in(&d.host_ns, &["addr", "add", "192.0.2.1/24", "dev", "dpout"]);
+        ip_in(&d.host_ns, &["link", "set", "dpout", "up"]);
+        ip_in(&ns, &["addr", "add", "192.0.2.2/24", "dev", "dpin"]);
+        ip_in(&ns, &["link", "set", "dpin", "up"]);
+        ip_in(&ns, &["link", "set", "lo", "up"]);
+        Outside { dir, ns }
+    }
+
+    /// `curl URL` from the outside: the body.
+    fn curl(&self, url: &str) -> String {
+        let mut cmd = Command::new("curl");
+        cmd.args(["-s", "-m", "3", url]).stdin(Stdio::null());
+        in_netns(&mut cmd, self.ns.fd());
+        let out = cmd.output().unwrap_or_else(|e| panic!("curl: {e}"));
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+}
+
+impl Drop for Outside {
+    fn drop(&mut self) {
+        let _ = Netns::delete(self.dir.path(), "outside");
+    }
+}
+
 struct Setup {
     plugin: PluginSocket,
     d: Daemon,
@@ -434,6 +491,47 @@ fn containers_on_a_plexus_network_talk_publish_and_leave_after_a_restart() {
 
     assert_eq!(published(&d).trim(), "hello-from-plexus", "published port");
 
+    // Egress through Plexus (masqueraded: the outside has no route back), and the published
+    // port from the outside, to the host's address there.
+    let outside = Outside::new(&d);
+    assert!(
+        pings(&docker, "ca", "192.0.2.2"),
+        "no way out:\n{}",
+        d.log()
+    );
+    assert_eq!(
+        outside.curl("http://192.0.2.1:18080/").trim(),
+        "hello-from-plexus",
+        "published port from the outside"
+    );
+    // Isolation: a container of another plugin network does not reach them.
+    docker.ok(&[
+        "network",
+        "create",
+        "-d",
+        p,
+        "--ipam-driver",
+        p,
+        "--subnet",
+        "10.88.0.0/24",
+        "pn2",
+    ]);
+    docker.ok(&[
+        "run",
+        "-d",
+        "--name",
+        "cc",
+        "--network",
+        "pn2",
+        IMAGE,
+        "sleep",
+        "600",
+    ]);
+    let isolated = docker.docker(&["exec", "cc", "ping", "-c", "2", "-W", "1", &ip_a]);
+    assert!(!isolated.status.success(), "another network reaches {ip_a}");
+    docker.ok(&["rm", "-f", "cc"]);
+    docker.ok(&["network", "rm", "pn2"]);
+
     // dockerd's own IPAM: a second network, connected and disconnected on a running container.
     docker.ok(&[
         "network",
@@ -479,7 +577,10 @@ fn containers_on_a_plexus_network_talk_publish_and_leave_after_a_restart() {
     let deadline = Instant::now() + Duration::from_secs(15);
     loop {
         let links = String::from_utf8_lossy(&in_ns(&d, "ip", &["-o", "link"]).stdout).into_owned();
-        let others: Vec<&str> = links.lines().filter(|l| !l.contains(": lo:")).collect();
+        let others: Vec<&str> = links
+            .lines()
+            .filter(|l| !l.contains(": lo:") && !l.contains(": dpout@"))
+            .collect();
         if others.is_empty() {
             break;
         }
@@ -488,7 +589,7 @@ fn containers_on_a_plexus_network_talk_publish_and_leave_after_a_restart() {
     }
     let ruleset =
         String::from_utf8_lossy(&in_ns(&d, "nft", &["list", "ruleset"]).stdout).into_owned();
-    for gone in ["10.83.0.", "18080", "10.89.0."] {
+    for gone in ["10.83.0.", "18080", "10.89.0.", "10.88.0."] {
         assert!(!ruleset.contains(gone), "nft still has {gone}:\n{ruleset}");
     }
     // Nothing in the store.
