@@ -532,6 +532,54 @@ fn containers_on_a_plexus_network_talk_publish_and_leave_after_a_restart() {
     docker.ok(&["rm", "-f", "cc"]);
     docker.ok(&["network", "rm", "pn2"]);
 
+    // IPv6 (libnetwork turns it off in the container's namespace; the join turns it on for
+    // its interface): a container started on the network, one connected to it running.
+    docker.ok(&[
+        "network",
+        "create",
+        "-d",
+        p,
+        "--ipam-driver",
+        p,
+        "--ipv6",
+        "--subnet",
+        "10.91.0.0/24",
+        "--subnet",
+        "fd00:91::/64",
+        "n6",
+    ]);
+    docker.ok(&[
+        "run",
+        "-d",
+        "--name",
+        "cd",
+        "--network",
+        "n6",
+        IMAGE,
+        "sleep",
+        "600",
+    ]);
+    docker.ok(&["network", "connect", "n6", "ca"]);
+    let v6 = |name: &str| {
+        docker.ok(&[
+            "inspect",
+            "-f",
+            "{{(index .NetworkSettings.Networks \"n6\").GlobalIPv6Address}}",
+            name,
+        ])
+    };
+    let (v6_a, v6_d) = (v6("ca"), v6("cd"));
+    assert!(
+        v6_a.starts_with("fd00:91::") && v6_d.starts_with("fd00:91::"),
+        "{v6_a} {v6_d}"
+    );
+    let shown = docker.ok(&["exec", "cd", "ip", "-6", "addr", "show", "eth0"]);
+    assert!(shown.contains(&format!("inet6 {v6_d}/64")), "{shown}");
+    assert!(pings(&docker, "cd", &v6_a), "no IPv6 between containers");
+    docker.ok(&["network", "disconnect", "n6", "ca"]);
+    docker.ok(&["rm", "-f", "cd"]);
+    docker.ok(&["network", "rm", "n6"]);
+
     // dockerd's own IPAM: a second network, connected and disconnected on a running container.
     docker.ok(&[
         "network",
@@ -589,7 +637,9 @@ fn containers_on_a_plexus_network_talk_publish_and_leave_after_a_restart() {
     }
     let ruleset =
         String::from_utf8_lossy(&in_ns(&d, "nft", &["list", "ruleset"]).stdout).into_owned();
-    for gone in ["10.83.0.", "18080", "10.89.0.", "10.88.0."] {
+    for gone in [
+        "10.83.0.", "18080", "10.89.0.", "10.88.0.", "10.91.0.", "fd00:91:",
+    ] {
         assert!(!ruleset.contains(gone), "nft still has {gone}:\n{ruleset}");
     }
     // Nothing in the store.

@@ -284,6 +284,49 @@ fn mounted(key: &str) -> bool {
     }
 }
 
+/// How long a join with IPv6 waits for libnetwork to turn IPv6 off in the namespace it
+/// mounted, before turning it on again for the join.
+const SETUP_WAIT: Duration = Duration::from_secs(2);
+
+/// An endpoint with an IPv6 address needs IPv6 on the interface its join moves into the
+/// container's namespace, where libnetwork turns it off right after mounting it
+/// (`GetSandboxForExternalKey` writes `all`, hence `default`, which new interfaces take)
+/// and back on only for the interfaces it moves itself. So: wait for that (`all` reads 1),
+/// then turn `default` on.
+async fn allow_ipv6(key: &str) -> Result<(), Refusal> {
+    let ns = plexus_sys::netns::Netns::open(Path::new(key))
+        .map_err(|e| Refusal::field("SandboxKey", e))?;
+    let failed = |e: &dyn std::fmt::Display| {
+        Refusal(format!(
+            "turning IPv6 on in the container's namespace {key}: {e}"
+        ))
+    };
+    let deadline = Instant::now() + SETUP_WAIT;
+    loop {
+        let n = ns.clone();
+        let all = tokio::task::spawn_blocking(move || {
+            plexus_sys::sysctl::read(&n, "net.ipv6.conf.all.disable_ipv6")
+        })
+        .await
+        .map_err(|e| failed(&e))?
+        .map_err(|e| failed(&e))?;
+        if all == "1" {
+            break;
+        }
+        if Instant::now() > deadline {
+            tracing::debug!(netns = %key, "IPv6 was not turned off in the container's namespace");
+            break;
+        }
+        tokio::time::sleep(MOUNT_POLL).await;
+    }
+    tokio::task::spawn_blocking(move || {
+        plexus_sys::sysctl::write(&ns, "net.ipv6.conf.default.disable_ipv6", "0")
+    })
+    .await
+    .map_err(|e| failed(&e))?
+    .map_err(|e| failed(&e))
+}
+
 /// How long a join waits for dockerd to mount the container's namespace.
 const MOUNT_WAIT: Duration = Duration::from_secs(120);
 
@@ -330,6 +373,9 @@ async fn attach(ctx: &Ctx, rec: &mut EndpointRecord, net: &NetworkRecord) -> Res
     let (Some(name), Some(key)) = (rec.sandbox.clone(), rec.key.clone()) else {
         return Err(Refusal::field("EndpointID", "not joined"));
     };
+    if rec.ipv6.is_some() {
+        allow_ipv6(&key).await?;
+    }
     let spec = EndpointSpec {
         ipv4: rec.ipv4.map(|a| a.addr().to_string()),
         ipv6: rec.ipv6.map(|a| a.addr().to_string()),
