@@ -19,7 +19,10 @@
 //! finished by a task the moment the mount appears ([`endpoint::spawn_attach`]). The
 //! container's process may therefore start a few milliseconds before its interface is
 //! there: nothing in the protocol lets a driver act between `SetKey` and the process start.
-//! `docker network connect` to a running container joins before answering. The answer names no interface, no gateway and
+//! `docker network connect` to a running container joins before answering. libnetwork also
+//! turns IPv6 off in the namespace right after mounting it, and back on only for interfaces
+//! it moves itself: a join with an IPv6 address waits for that, then turns it on again
+//! (`endpoint::allow_ipv6`). The answer names no interface, no gateway and
 //! disables the gateway service, and libnetwork then moves nothing, configures nothing and
 //! adds no route (its `populateNetworkResources` acts only on an `InterfaceName.SrcName`,
 //! `updateGateway` only with a `Gateway`, and `needDefaultGW` is false for an endpoint with
