@@ -611,6 +611,9 @@ fn containers_on_a_plexus_network_talk_publish_and_leave_after_a_restart() {
         "hello-from-plexus",
         "published port after the restart"
     );
+    // The restart's reconciliation kept what dockerd holds: the pool is still taken.
+    let taken = d.fails(&["network", "create", "--subnet", "10.83.0.0/24", "clash"]);
+    assert!(taken.contains("overlaps 10.83.0.0/24"), "{taken}");
     docker.ok(&["rm", "-f", "ca", "cb"]);
     assert_eq!(d.ok(&["sandbox", "ls", "-q"]), "", "sandboxes left");
     docker.ok(&["network", "rm", "pn"]);
