@@ -291,8 +291,8 @@ impl Timeouts {
 /// The largest response accepted from a plugin.
 const MAX_RESPONSE: usize = 16 << 20;
 
-/// The media type of Docker's plugin protocol.
-const MEDIA_TYPE: &str = "application/vnd.docker.plugins.v1.2+json";
+/// The media type of Docker's plugin protocol: the content type of its requests and answers.
+pub const MEDIA_TYPE: &str = "application/vnd.docker.plugins.v1.2+json";
 
 async fn roundtrip<S: AsyncRead + AsyncWrite + Unpin>(
     mut s: S,

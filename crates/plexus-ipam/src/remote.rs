@@ -106,14 +106,18 @@ struct RequestPoolWire<'a> {
     v6: bool,
 }
 
-#[derive(Deserialize)]
+/// `/IpamDriver.RequestPool`'s answer (public: plexusd's Docker plugin server writes it).
+#[derive(Debug, Default, Serialize, Deserialize)]
 #[serde(rename_all = "PascalCase")]
-struct RequestPoolReply {
+pub struct RequestPoolReply {
+    /// The pool's id, given back in every later call on it.
     #[serde(rename = "PoolID")]
-    pool_id: String,
-    pool: String,
-    #[serde(default)]
-    data: Option<BTreeMap<String, String>>,
+    pub pool_id: String,
+    /// The pool, a CIDR.
+    pub pool: String,
+    /// Driver data (such as the gateway).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub data: Option<BTreeMap<String, String>>,
 }
 
 #[derive(Serialize)]
@@ -125,12 +129,15 @@ struct RequestAddressWire<'a> {
     options: &'a BTreeMap<String, String>,
 }
 
-#[derive(Deserialize)]
+/// `/IpamDriver.RequestAddress`'s answer.
+#[derive(Debug, Default, Serialize, Deserialize)]
 #[serde(rename_all = "PascalCase")]
-struct RequestAddressReply {
-    address: String,
-    #[serde(default)]
-    data: Option<BTreeMap<String, String>>,
+pub struct RequestAddressReply {
+    /// The address with the pool's prefix.
+    pub address: String,
+    /// Driver data.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub data: Option<BTreeMap<String, String>>,
 }
 
 #[derive(Serialize)]
@@ -147,20 +154,26 @@ struct ReleasePoolWire<'a> {
     pool_id: &'a str,
 }
 
-#[derive(Deserialize)]
+/// `/IpamDriver.GetCapabilities`'s answer.
+#[derive(Debug, Default, Serialize, Deserialize)]
 #[serde(rename_all = "PascalCase")]
-struct CapabilitiesReply {
+pub struct CapabilitiesReply {
+    /// The driver needs the endpoint's MAC address with each address request.
     #[serde(rename = "RequiresMACAddress", default)]
-    requires_mac_address: bool,
+    pub requires_mac_address: bool,
+    /// dockerd must replay its pools and addresses after a restart.
     #[serde(default)]
-    requires_request_replay: bool,
+    pub requires_request_replay: bool,
 }
 
-#[derive(Deserialize)]
+/// `/IpamDriver.GetDefaultAddressSpaces`'s answer.
+#[derive(Debug, Default, Serialize, Deserialize)]
 #[serde(rename_all = "PascalCase")]
-struct SpacesReply {
-    local_default_address_space: String,
-    global_default_address_space: String,
+pub struct SpacesReply {
+    /// The space of local-scope networks' pools.
+    pub local_default_address_space: String,
+    /// The space of global-scope networks' pools.
+    pub global_default_address_space: String,
 }
 
 /// A remote IPAM driver.

@@ -31,6 +31,7 @@ use tokio::signal::unix::{signal, SignalKind};
 mod cluster;
 mod dhcp;
 mod dns;
+mod docker_plugin;
 mod gossip;
 mod kernel;
 mod lb;
@@ -137,6 +138,16 @@ struct Args {
         hide = true
     )]
     plugin_timeout: u64,
+    /// Serve Docker's network and IPAM plugin protocol on this socket, for dockerd: the
+    /// plugin's name is the file's name without `.sock` (`docker network create -d plexus
+    /// --ipam-driver plexus`); `none` serves nothing.
+    #[arg(
+        long = "docker-plugin-socket",
+        env = "PLEXUS_DOCKER_PLUGIN_SOCKET",
+        value_name = "PATH",
+        default_value = docker_plugin::DEFAULT_SOCKET
+    )]
+    docker_plugin_socket: String,
     /// Run as the embedded DNS resolver that plexusd starts (internal).
     #[arg(long = "internal-resolver", hide = true)]
     internal_resolver: bool,
@@ -294,6 +305,8 @@ async fn run(args: Args) -> Result<()> {
     // Flags first: a bad one changes nothing.
     let bridge_flags = default_bridge_flags(&args)?;
     let reconcile_interval = reconcile::parse_interval(&args.reconcile_interval)?;
+    // dockerd's plugin activation is answered from now on; its other calls wait for `ready`.
+    let docker_plugin = docker_plugin::bind(&args.docker_plugin_socket).await?;
     // Then the kernel, in a scratch namespace: one Plexus cannot run on changes nothing.
     kernel::check().await?;
     // Bound now, so an address that is taken stops the start before anything changes.
@@ -450,12 +463,22 @@ async fn run(args: Args) -> Result<()> {
             .await
             .context("opening the dhcp IPAM driver's lease table")?,
     );
-    let mut controller = Controller::new(
+    // The pools dockerd holds (docker_plugin) in front of dhcp's, the dhcp driver by its
+    // name, any other name a plugin.
+    let (controller_ipam, ipam_resolver) = docker_plugin::wire_ipam(
         store.clone(),
         Arc::new(dhcp::WithDhcp::new(
             dhcp_ipam.clone(),
             Arc::new(routed_ipam),
         )),
+        Arc::new(dhcp::DhcpResolver::new(
+            dhcp_ipam.clone(),
+            Some(plugins.clone()),
+        )),
+    );
+    let mut controller = Controller::new(
+        store.clone(),
+        controller_ipam,
         drivers,
         ControllerConfig {
             host_id: host_id.clone(),
@@ -468,12 +491,8 @@ async fn run(args: Args) -> Result<()> {
         },
     )
     .with_namespaces(Arc::new(plexus_api::SysNamespaces::new(netns_dir.clone())))
-    .with_driver_resolver(plugins.clone())
-    // The dhcp driver by its name, any other name a plugin.
-    .with_ipam_resolver(Arc::new(dhcp::DhcpResolver::new(
-        dhcp_ipam.clone(),
-        Some(plugins),
-    )));
+    .with_driver_resolver(plugins)
+    .with_ipam_resolver(ipam_resolver);
     let mut resolver_args = vec![
         "--dns-resolv-conf".to_string(),
         args.dns_resolv_conf.display().to_string(),
@@ -617,6 +636,9 @@ async fn run(args: Args) -> Result<()> {
         })
     });
     let app = plexus_api::router(state);
+    if let Some(p) = &docker_plugin {
+        p.ready(controller.clone());
+    }
     tracing::info!(socket = %socket.display(), store = %url, "plexusd serving");
     // Streams of `/events` end when the signal comes, or the graceful shutdown would wait
     // for them forever.

@@ -138,7 +138,11 @@ pub async fn startup(
         .flat_map(|s| s.vips.iter())
         .map(|v| (v.pool_id.clone(), v.addr.addr()))
         .collect();
-    let (pools, addresses) = reconcile_ipam(ipam, &networks, &endpoints, &vips).await?;
+    // What dockerd holds through the Docker plugin is held too, until dockerd releases it.
+    let docker = crate::docker_plugin::held_allocations(controller.datastore().local_store())
+        .await
+        .map_err(|e| anyhow::anyhow!("reading the Docker plugin's records: {e}"))?;
+    let (pools, addresses) = reconcile_ipam(ipam, &networks, &endpoints, &vips, &docker).await?;
     metrics.repaired(ReconcileMode::Startup, "ipam_pool", pools);
     metrics.repaired(ReconcileMode::Startup, "ipam_address", addresses);
     Ok(())
@@ -238,7 +242,8 @@ pub fn spawn_periodic(
 }
 
 /// Makes IPAM match the records: releases local-space pools no network uses and addresses
-/// of used pools that no endpoint, gateway, aux address or service's virtual IP holds — what a crash between an
+/// of used pools that no endpoint, gateway, aux address, service's virtual IP or dockerd
+/// (through the Docker plugin, `docker`: pools with their addresses) holds — what a crash between an
 /// allocation and its record (or a record's removal and the release) leaves. Runs before the
 /// API serves; it assumes no other daemon allocates in this store's local space meanwhile.
 /// Returns how many pools and addresses it released.
@@ -247,8 +252,14 @@ async fn reconcile_ipam(
     networks: &[Network],
     endpoints: &[Endpoint],
     vips: &[(String, IpAddr)],
+    docker: &BTreeMap<String, Vec<IpAddr>>,
 ) -> Result<(usize, usize)> {
     let mut held: BTreeMap<&str, BTreeSet<IpAddr>> = BTreeMap::new();
+    for (pool, addrs) in docker {
+        held.entry(pool.as_str())
+            .or_default()
+            .extend(addrs.iter().copied());
+    }
     for pool in networks.iter().flat_map(|n| n.ipv4.iter().chain(&n.ipv6)) {
         let fixed = held.entry(pool.pool_id.as_str()).or_default();
         fixed.extend(pool.gateway.map(|g| g.addr()));

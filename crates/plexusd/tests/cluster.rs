@@ -100,7 +100,11 @@ impl Host {
 
     fn command(&self, args: &[String]) -> Command {
         let mut cmd = Command::new(plexusd_bin());
-        cmd.args(args).env("RUST_LOG", "info").stdin(Stdio::null());
+        cmd.args(args)
+            .env("RUST_LOG", "info")
+            // Not dockerd's plugin: tests run many daemons at once.
+            .env("PLEXUS_DOCKER_PLUGIN_SOCKET", "none")
+            .stdin(Stdio::null());
         plexus_testkit::process::in_netns(&mut cmd, self.ns.fd());
         cmd
     }

@@ -326,6 +326,7 @@ fn bad_daemon_flags_fail_clearly() {
             .arg("--run-dir")
             .arg(dir.path().join("run"))
             .args(extra)
+            .env("PLEXUS_DOCKER_PLUGIN_SOCKET", "none")
             .stdin(Stdio::null())
             .output()
             .unwrap_or_else(|e| panic!("running plexusd: {e}"));

@@ -26,6 +26,8 @@ fn run_plexusd(dir: &Path, ns: &Netns, env: &[(&str, &str)]) -> Output {
         .arg("--run-dir")
         .arg(dir.join("run"))
         .env("RUST_LOG", "info")
+        // Not dockerd's plugin: tests run many daemons at once.
+        .env("PLEXUS_DOCKER_PLUGIN_SOCKET", "none")
         .envs(env.iter().copied())
         .stdin(Stdio::null());
     plexus_testkit::process::in_netns(&mut cmd, ns.fd());

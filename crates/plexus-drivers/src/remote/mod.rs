@@ -27,7 +27,7 @@
 //! ```
 
 mod join;
-mod wire;
+pub mod wire;
 
 pub use wire::JoinPlan;
 

@@ -1,6 +1,10 @@
 //! Docker's `NetworkDriver.*` JSON shapes (moby's `libnetwork/drivers/remote/api`), and the
 //! checks that turn a plugin's answer into values Plexus can use: every field a plugin sends
 //! is untrusted, and a bad one is an error naming the call and the field.
+//!
+//! The shapes are public and go both ways (`Serialize` and `Deserialize`): plexusd's Docker
+//! plugin server (`plexusd/src/docker_plugin/`) reads dockerd's requests and writes its
+//! answers with them.
 
 use std::collections::BTreeMap;
 use std::net::IpAddr;
@@ -12,25 +16,33 @@ use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 
 /// `/NetworkDriver.GetCapabilities`'s answer.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Default, Clone, Serialize, Deserialize, PartialEq, Eq)]
 #[serde(rename_all = "PascalCase")]
-pub(super) struct CapabilitiesReply {
+pub struct CapabilitiesReply {
+    /// `local` or `global`.
     #[serde(default)]
     pub scope: String,
-    #[serde(default)]
+    /// `local` or `global`; empty for the data scope.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
     pub connectivity_scope: String,
 }
 
 /// libnetwork's `driverapi.IPAMData` as JSON: CIDR strings, the gateway with its prefix.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Default, Clone, Serialize, Deserialize, PartialEq, Eq)]
 #[serde(rename_all = "PascalCase")]
-pub(super) struct IpamData {
-    address_space: String,
-    pool: String,
-    #[serde(skip_serializing_if = "String::is_empty")]
-    gateway: String,
-    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
-    aux_addresses: BTreeMap<String, String>,
+pub struct IpamData {
+    /// The address space the pool came from (empty from Plexus's own IPAM).
+    #[serde(default)]
+    pub address_space: String,
+    /// The pool, a CIDR.
+    #[serde(default)]
+    pub pool: String,
+    /// The gateway with the pool's prefix (`10.1.0.1/24`); empty for none.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub gateway: String,
+    /// Reserved addresses by name, each with the pool's prefix.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub aux_addresses: BTreeMap<String, String>,
 }
 
 fn ipam_data(pools: &[IpamPool]) -> Vec<IpamData> {
@@ -54,12 +66,16 @@ fn ipam_data(pools: &[IpamPool]) -> Vec<IpamData> {
         .collect()
 }
 
-/// libnetwork's option keys.
-pub(super) const OPT_GENERIC: &str = "com.docker.network.generic";
-const OPT_ENABLE_IPV6: &str = "com.docker.network.enable_ipv6";
-const OPT_INTERNAL: &str = "com.docker.network.internal";
-const OPT_PORTMAP: &str = "com.docker.network.portmap";
-const OPT_EXPOSED: &str = "com.docker.network.endpoint.exposedports";
+/// libnetwork's option key of a network's driver options (`-o`), a string map.
+pub const OPT_GENERIC: &str = "com.docker.network.generic";
+/// libnetwork's option key of `--ipv6`.
+pub const OPT_ENABLE_IPV6: &str = "com.docker.network.enable_ipv6";
+/// libnetwork's option key of `--internal`.
+pub const OPT_INTERNAL: &str = "com.docker.network.internal";
+/// libnetwork's option key of an endpoint's published ports (`-p`).
+pub const OPT_PORTMAP: &str = "com.docker.network.portmap";
+/// libnetwork's option key of an endpoint's exposed ports.
+pub const OPT_EXPOSED: &str = "com.docker.network.endpoint.exposedports";
 
 /// `/NetworkDriver.CreateNetwork`'s request: the driver options under
 /// `com.docker.network.generic`, as dockerd sends them.
@@ -94,20 +110,24 @@ pub(super) fn ids(network_id: &str, endpoint_id: &str) -> Value {
 /// Docker's `Interface{Address, AddressIPv6, MacAddress}` (empty strings for none).
 #[derive(Debug, Default, Clone, Serialize, Deserialize, PartialEq, Eq)]
 #[serde(rename_all = "PascalCase")]
-pub(super) struct EndpointInterface {
+pub struct EndpointInterface {
+    /// The IPv4 address with its prefix.
     #[serde(default)]
     pub address: String,
+    /// The IPv6 address with its prefix.
     #[serde(default, rename = "AddressIPv6")]
     pub address_ipv6: String,
+    /// The MAC address.
     #[serde(default)]
     pub mac_address: String,
 }
 
 /// `/NetworkDriver.CreateEndpoint`'s answer.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Default, Serialize, Deserialize)]
 #[serde(rename_all = "PascalCase")]
-pub(super) struct CreateEndpointReply {
-    #[serde(default)]
+pub struct CreateEndpointReply {
+    /// What the driver chose of the interface; `None` keeps what dockerd sent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub interface: Option<EndpointInterface>,
 }
 
@@ -119,8 +139,9 @@ pub(super) struct AllocateNetworkReply {
 }
 
 /// `/NetworkDriver.EndpointOperInfo`'s answer.
-#[derive(Debug, Deserialize)]
-pub(super) struct OperInfoReply {
+#[derive(Debug, Default, Serialize, Deserialize)]
+pub struct OperInfoReply {
+    /// What the data plane holds for the endpoint.
     #[serde(rename = "Value", default)]
     pub value: Option<BTreeMap<String, Value>>,
 }
@@ -180,39 +201,54 @@ pub(super) fn endpoint_options(
 }
 
 /// `InterfaceName` of a Join's answer.
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Serialize, Deserialize)]
 #[serde(rename_all = "PascalCase")]
-pub(super) struct InterfaceNameWire {
+pub struct InterfaceNameWire {
+    /// The link the driver made in the host namespace.
     #[serde(default)]
     pub src_name: String,
+    /// The prefix of its name in the sandbox.
     #[serde(default)]
     pub dst_prefix: String,
 }
 
 /// A static route of a Join's answer: `RouteType` 0 through `NextHop`, 1 directly connected.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Serialize, Deserialize)]
 #[serde(rename_all = "PascalCase")]
-pub(super) struct StaticRouteWire {
+pub struct StaticRouteWire {
+    /// The destination, a CIDR.
     #[serde(default)]
     pub destination: String,
+    /// 0: through `NextHop`; 1: directly connected.
     #[serde(default)]
     pub route_type: i64,
+    /// The next hop, for route type 0.
     #[serde(default)]
     pub next_hop: String,
 }
 
 /// `/NetworkDriver.Join`'s answer.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Default, Serialize, Deserialize)]
 #[serde(rename_all = "PascalCase")]
-pub(super) struct JoinReply {
-    #[serde(default)]
+pub struct JoinReply {
+    /// The interface libnetwork moves into the sandbox; `None`: none (the driver did the
+    /// join itself).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub interface_name: Option<InterfaceNameWire>,
-    #[serde(default)]
+    /// The IPv4 default gateway libnetwork sets; empty for none.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
     pub gateway: String,
-    #[serde(default, rename = "GatewayIPv6")]
+    /// The IPv6 default gateway; empty for none.
+    #[serde(
+        default,
+        rename = "GatewayIPv6",
+        skip_serializing_if = "String::is_empty"
+    )]
     pub gateway_ipv6: String,
-    #[serde(default)]
+    /// Routes libnetwork adds.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub static_routes: Option<Vec<StaticRouteWire>>,
+    /// libnetwork gives the sandbox no way out through `docker_gwbridge` for this endpoint.
     #[serde(default)]
     pub disable_gateway_service: bool,
 }

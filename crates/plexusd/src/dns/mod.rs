@@ -68,9 +68,15 @@ fn named(ep: &Endpoint, n: &Network) -> bool {
 }
 
 /// Whether a network's sandboxes get the embedded DNS: every network but the default
-/// `bridge` (as in Docker) and the host and null ones (nothing to resolve to).
+/// `bridge` (as in Docker), the host and null ones (nothing to resolve to), and those made
+/// for dockerd by the Docker plugin (dockerd's own resolver answers its containers' names,
+/// which it never tells a driver).
 pub fn serves_names(n: &Network) -> bool {
     !matches!(n.driver.as_str(), "host" | "null")
+        && !n
+            .spec
+            .labels
+            .contains_key(crate::docker_plugin::LABEL_DOCKER_NETWORK)
         && n.spec
             .options
             .get(DEFAULT_BRIDGE_OPTION)

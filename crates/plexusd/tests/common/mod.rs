@@ -104,6 +104,8 @@ impl Daemon {
         let mut cmd = Command::new(plexusd_bin());
         cmd.args(args)
             .env("RUST_LOG", "info")
+            // Not dockerd's plugin: tests run many daemons at once.
+            .env("PLEXUS_DOCKER_PLUGIN_SOCKET", "none")
             .envs(self.env.iter().map(|(k, v)| (k, v)))
             .stdin(Stdio::null());
         plexus_testkit::process::in_netns(&mut cmd, self.host_ns.fd());

@@ -99,6 +99,8 @@ impl Daemon {
             // join it too, but it is never deleted (it cannot be).
             .args(["--bip", "10.79.0.1/24"])
             .env("RUST_LOG", "info")
+            // Not dockerd's plugin: tests run many daemons at once.
+            .env("PLEXUS_DOCKER_PLUGIN_SOCKET", "none")
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(log);

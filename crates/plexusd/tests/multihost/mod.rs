@@ -251,6 +251,8 @@ impl Host {
         let mut cmd = Command::new(plexusd_bin());
         cmd.args(&self.args)
             .env("RUST_LOG", "info")
+            // Not dockerd's plugin: tests run many daemons at once.
+            .env("PLEXUS_DOCKER_PLUGIN_SOCKET", "none")
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(log);
@@ -275,6 +277,7 @@ impl Host {
     pub fn run_to_exit(&mut self) -> Exited {
         let mut cmd = Command::new(plexusd_bin());
         cmd.args(&self.args)
+            .env("PLEXUS_DOCKER_PLUGIN_SOCKET", "none")
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped());
