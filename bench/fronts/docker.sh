@@ -1,0 +1,115 @@
+#!/usr/bin/env bash
+# Docker's front (issue 22): `docker run --rm --network N bb true` with N a Plexus network
+# (dockerd's network handed to plexusd through Docker's plugin protocol) against N a Docker
+# bridge network, in ONE run, alternating (Plexus, Docker, Docker, Plexus, ...), wall clock
+# around each command, medians.
+#
+# plexusd runs in a namespace of its own (its bridge and nftables stay there); its plugin
+# socket is /run/docker/plugins/plxf-bench.sock, where the machine's dockerd looks.
+# dockerd is started like ../shared/anchors/00_setup.sh does if it is not running (and
+# stopped at the end). Everything made here is named plxf-* and removed on exit.
+#
+# Usage: bench/fronts/docker.sh [--quick] [--reps N]   (default 20; --quick 5; root)
+# Last line: docker_run_plexus_ms= docker_run_bridge_ms= ratio= target=PASS|FAIL
+set -uo pipefail
+HERE="$(cd "$(dirname "$0")" && pwd)"
+ROOT="$(cd "$HERE/../.." && pwd)"
+REPS=20
+SETTLE=0.3
+while (($#)); do
+  case "$1" in
+    --quick) REPS=5 ;;
+    --reps) REPS=$2; shift ;;
+    -h|--help) sed -n 2,13p "$0"; exit 0 ;;
+    *) echo "unknown argument $1" >&2; exit 2 ;;
+  esac
+  shift
+done
+[[ $(id -u) == 0 ]] || { echo "run as root" >&2; exit 1; }
+export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-$ROOT/target}
+TMP=$(mktemp -d /tmp/plxf.XXXXXX)
+D=$TMP/data; mkdir -p "$D"
+IMG=plxf-bb:latest
+PLUGIN=plxf-bench
+SOCK=/run/docker/plugins/$PLUGIN.sock
+. "$ROOT/bench/lib.sh"
+PX() { PLEXUS_HOST="unix://$TMP/plexus.sock" "$CARGO_TARGET_DIR/release/plexus" "$@"; }
+
+PLEXUSD_PID=""
+cleanup() {
+  set +e
+  log "cleanup"
+  if docker info >/dev/null 2>&1; then
+    docker network rm plxf-px plxf-br >/dev/null 2>&1
+    [[ $IMG_IMPORTED == 1 ]] && docker image rm "$IMG" >/dev/null 2>&1
+  fi
+  if [[ -n $PLEXUSD_PID ]] && kill -0 "$PLEXUSD_PID" 2>/dev/null; then
+    kill "$PLEXUSD_PID"; for _ in $(seq 100); do kill -0 "$PLEXUSD_PID" 2>/dev/null || break; sleep 0.1; done
+    kill -9 "$PLEXUSD_PID" 2>/dev/null; wait "$PLEXUSD_PID" 2>/dev/null
+  fi
+  stop_dockerd
+  rm -f "$SOCK"
+  if [[ -d $TMP/run ]]; then
+    for m in $(awk -v p="$TMP/" 'index($5,p)==1{print $5}' /proc/self/mountinfo | sort -r); do umount -l "$m"; done
+  fi
+  ip netns del plxf-host 2>/dev/null
+  rm -rf "$TMP"
+}
+trap cleanup EXIT
+trap 'exit 130' INT TERM
+
+export DEBIAN_FRONTEND=noninteractive
+need=()
+for p in docker.io busybox-static; do dpkg -s "$p" >/dev/null 2>&1 || need+=("$p"); done
+if ((${#need[@]})); then log "apt-get install ${need[*]}"; apt-get update -qq && apt-get install -y -qq "${need[@]}" >/dev/null; fi
+log "building plexusd + plexus (release)"
+(cd "$ROOT" && ./scripts/build -q) || { echo "build failed" >&2; exit 1; }
+
+start_dockerd || { echo "!! dockerd cannot run here: nothing measured"; exit 1; }
+docker_busybox "$IMG" true
+
+ip netns add plxf-host; ip -n plxf-host link set lo up
+log "starting plexusd in netns plxf-host, plugin socket $SOCK"
+mkdir -p /run/docker/plugins
+nsenter --net=/run/netns/plxf-host "$CARGO_TARGET_DIR/release/plexusd" --state-dir "$TMP/state" \
+  --run-dir "$TMP/run" -H "unix://$TMP/plexus.sock" --bridge none --docker-plugin-socket "$SOCK" \
+  </dev/null >/dev/null 2>"$TMP/plexusd.log" &
+PLEXUSD_PID=$!
+for _ in $(seq 200); do PX network ls >/dev/null 2>&1 && break; sleep 0.1; done
+PX network ls >/dev/null 2>&1 || { echo "plexusd did not start:"; tail "$TMP/plexusd.log"; exit 1; }
+docker network create -d "$PLUGIN" --ipam-driver "$PLUGIN" --subnet 10.243.0.0/24 plxf-px >/dev/null || exit 1
+docker network create --subnet 10.244.0.0/24 plxf-br >/dev/null || exit 1
+
+echo "== docker front benchmark, $(date -u +%FT%TZ), $(nproc) CPUs, load $(cut -d' ' -f1-3 /proc/loadavg) =="
+echo "plexus: $(git -C "$ROOT" rev-parse --short HEAD) release; docker: $(docker version --format '{{.Server.Version}}')"
+log "docker run --rm x$REPS each (alternating)"
+px() { tm run_plexus.txt docker run --rm --network plxf-px "$IMG" /bin/true; }
+br() { tm run_bridge.txt docker run --rm --network plxf-br "$IMG" /bin/true; }
+for r in $(seq 1 "$REPS"); do
+  if ((r % 2)); then px; br; else br; px; fi
+done
+# sanity: a container on the Plexus network has its address from Plexus
+got=$(docker run --rm --network plxf-px "$IMG" /bin/busybox ip -4 -o addr show eth0 2>/dev/null | awk '{print $4}')
+echo "check: a container on plxf-px has ${got:-NO ADDRESS}"
+
+python3 - "$D" <<'EOF'
+import statistics as st, sys, os
+d = sys.argv[1]
+def vals(f):
+    p = os.path.join(d, f)
+    return sorted(float(x) for x in open(p).read().split()) if os.path.exists(p) else []
+def fmt(x, n=1):
+    return "NA" if x is None else f"{x:.{n}f}"
+px, br = vals("run_plexus.txt"), vals("run_bridge.txt")
+for label, v in [("docker run, Plexus network", px), ("docker run, Docker bridge", br)]:
+    if v:
+        print(f"  {label:<28} median {st.median(v):8.1f}  min {v[0]:8.1f}  max {v[-1]:8.1f}  n={len(v)}")
+mp = st.median(px) if px else None
+mb = st.median(br) if br else None
+ratio = mp / mb if (mp and mb) else None
+ok = ratio is not None and ratio <= 1.0
+print(f"  {'PASS' if ok else 'FAIL'}  docker run on a Plexus network no slower than on a Docker bridge: "
+      f"{fmt(mp)} vs {fmt(mb)} ms, ratio {fmt(ratio, 3)}")
+print(f"docker_run_plexus_ms={fmt(mp)} docker_run_bridge_ms={fmt(mb)} ratio={fmt(ratio, 3)} "
+      f"target={'PASS' if ok else 'FAIL'}")
+EOF
