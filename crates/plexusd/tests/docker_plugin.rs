@@ -18,12 +18,11 @@ use std::process::{Command, Output, Stdio};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use plexus_sys::netns::Netns;
 use plexus_testkit::process::{in_netns, ChildGuard};
 
 mod common;
 
-use common::{json, Daemon};
+use common::{json, Daemon, Outside};
 
 /// One dockerd at a time: each takes seconds and a few hundred MB to start.
 static SERIAL: Mutex<()> = Mutex::new(());
@@ -239,60 +238,19 @@ fn require_docker() {
     }
 }
 
-/// `ip ARGS` in `ns`, which must succeed.
-fn ip_in(ns: &Netns, args: &[&str]) {
-    let mut cmd = Command::new("ip");
-    cmd.args(args).stdin(Stdio::null());
-    in_netns(&mut cmd, ns.fd());
-    let out = cmd.output().unwrap_or_else(|e| panic!("ip {args:?}: {e}"));
-    assert!(
-        out.status.success(),
-        "ip {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+/// The world outside the host: the host is 192.0.2.1 there, the outside 192.0.2.2 (with no
+/// route to the containers' subnets).
+fn outside(d: &Daemon) -> Outside {
+    Outside::new(d, ("dpout", &["192.0.2.1/24"]), ("dpin", "192.0.2.2/24"))
 }
 
-/// A namespace outside the host, plugged into the test's by a veth: the host is 192.0.2.1
-/// there, the outside 192.0.2.2 (with no route to the containers' subnets).
-struct Outside {
-    dir: tempfile::TempDir,
-    ns: Netns,
-}
-
-impl Outside {
-    fn new(d: &Daemon) -> Self {
-        let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("tempdir: {e}"));
-        let ns = Netns::create(dir.path(), "outside").unwrap_or_else(|e| panic!("netns: {e}"));
-        let path = ns.path().display().to_string();
-        ip_in(
-            &d.host_ns,
-            &[
-                "link", "add", "dpout", "type", "veth", "peer", "name", "dpin",
-            ],
-        );
-        ip_in(&d.host_ns, &["link", "set", "dpin", "netns", &path]);
-        ip_in(&d.host_ns, &["addr", "add", "192.0.2.1/24", "dev", "dpout"]);
-        ip_in(&d.host_ns, &["link", "set", "dpout", "up"]);
-        ip_in(&ns, &["addr", "add", "192.0.2.2/24", "dev", "dpin"]);
-        ip_in(&ns, &["link", "set", "dpin", "up"]);
-        ip_in(&ns, &["link", "set", "lo", "up"]);
-        Outside { dir, ns }
-    }
-
-    /// `curl URL` from the outside: the body.
-    fn curl(&self, url: &str) -> String {
-        let mut cmd = Command::new("curl");
-        cmd.args(["-s", "-m", "3", url]).stdin(Stdio::null());
-        in_netns(&mut cmd, self.ns.fd());
-        let out = cmd.output().unwrap_or_else(|e| panic!("curl: {e}"));
-        String::from_utf8_lossy(&out.stdout).into_owned()
-    }
-}
-
-impl Drop for Outside {
-    fn drop(&mut self) {
-        let _ = Netns::delete(self.dir.path(), "outside");
-    }
+/// `curl URL` from the outside: the body.
+fn curl(outside: &Outside, url: &str) -> String {
+    let mut cmd = Command::new("curl");
+    cmd.args(["-s", "-m", "3", url]).stdin(Stdio::null());
+    in_netns(&mut cmd, outside.ns.fd());
+    let out = cmd.output().unwrap_or_else(|e| panic!("curl: {e}"));
+    String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
 struct Setup {
@@ -493,14 +451,14 @@ fn containers_on_a_plexus_network_talk_publish_and_leave_after_a_restart() {
 
     // Egress through Plexus (masqueraded: the outside has no route back), and the published
     // port from the outside, to the host's address there.
-    let outside = Outside::new(&d);
+    let outside = outside(&d);
     assert!(
         pings(&docker, "ca", "192.0.2.2"),
         "no way out:\n{}",
         d.log()
     );
     assert_eq!(
-        outside.curl("http://192.0.2.1:18080/").trim(),
+        curl(&outside, "http://192.0.2.1:18080/").trim(),
         "hello-from-plexus",
         "published port from the outside"
     );

@@ -13,63 +13,13 @@ use std::io::ErrorKind;
 use std::net::{Ipv4Addr, SocketAddr};
 use std::time::Duration;
 
-use common::Daemon;
+use common::{Daemon, Outside};
 use lb_traffic::*;
-use plexus_sys::netns::Netns;
 
 const HOST: Ipv4Addr = Ipv4Addr::new(10, 97, 0, 1);
 /// Another address of the host, not given to `--ingress-address`.
 const HOST_OTHER: Ipv4Addr = Ipv4Addr::new(10, 97, 0, 3);
 const CLIENT: Ipv4Addr = Ipv4Addr::new(10, 97, 0, 2);
-
-fn run(ns: &Netns, args: &[&str]) {
-    let out = std::process::Command::new("nsenter")
-        .arg(format!("--net={}", ns.path().display()))
-        .arg("ip")
-        .args(args)
-        .output()
-        .unwrap_or_else(|e| panic!("ip {args:?}: {e}"));
-    assert!(
-        out.status.success(),
-        "ip {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
-
-/// The outside namespace, plugged into the daemon's by a veth: the host is 10.97.0.1 and
-/// 10.97.0.3 there, the client 10.97.0.2.
-struct Outside {
-    dir: tempfile::TempDir,
-    path: String,
-}
-
-impl Outside {
-    fn new(d: &Daemon) -> Self {
-        let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("tempdir: {e}"));
-        let ns = Netns::create(dir.path(), "outside").unwrap_or_else(|e| panic!("netns: {e}"));
-        let path = ns.path().display().to_string();
-        run(
-            &d.host_ns,
-            &[
-                "link", "add", "hout", "type", "veth", "peer", "name", "cout",
-            ],
-        );
-        run(&d.host_ns, &["link", "set", "cout", "netns", &path]);
-        run(&d.host_ns, &["addr", "add", "10.97.0.1/24", "dev", "hout"]);
-        run(&d.host_ns, &["addr", "add", "10.97.0.3/24", "dev", "hout"]);
-        run(&d.host_ns, &["link", "set", "hout", "up"]);
-        run(&ns, &["addr", "add", "10.97.0.2/24", "dev", "cout"]);
-        run(&ns, &["link", "set", "cout", "up"]);
-        run(&ns, &["link", "set", "lo", "up"]);
-        Self { dir, path }
-    }
-}
-
-impl Drop for Outside {
-    fn drop(&mut self) {
-        let _ = Netns::delete(self.dir.path(), "outside");
-    }
-}
 
 #[test]
 fn published_ports_spread_keep_the_client_and_follow_the_service() {
@@ -81,7 +31,11 @@ fn published_ports_spread_keep_the_client_and_follow_the_service() {
         "--ingress-address",
         "10.97.0.1",
     ]);
-    let outside = Outside::new(&d);
+    let outside = Outside::new(
+        &d,
+        ("hout", &["10.97.0.1/24", "10.97.0.3/24"]),
+        ("cout", "10.97.0.2/24"),
+    );
     d.start();
     d.ok(&["network", "create", "--subnet", "10.242.0.0/24", "app"]);
     d.ok(&[

@@ -279,3 +279,70 @@ pub fn docker_cli() -> PathBuf {
             )
         })
 }
+
+/// Runs `ip ARGS` inside `ns` (the test's own set-up); fails the test if it fails.
+pub fn ip_in(ns: &Netns, args: &[&str]) {
+    let out = Command::new("nsenter")
+        .arg(format!("--net={}", ns.path().display()))
+        .arg("ip")
+        .args(args)
+        .output()
+        .unwrap_or_else(|e| panic!("ip {args:?}: {e}"));
+    assert!(
+        out.status.success(),
+        "ip {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// A namespace outside the daemon's, plugged into it by a veth pair: `daemon_end` in the
+/// daemon's namespace holding `daemon_addrs`, `outside_end` here holding `outside_addr`
+/// (CIDRs). Deleted when dropped.
+pub struct Outside {
+    dir: tempfile::TempDir,
+    /// The namespace.
+    pub ns: Netns,
+    /// Its path, for `nsenter --net=`.
+    pub path: String,
+}
+
+impl Outside {
+    pub fn new(
+        d: &Daemon,
+        (daemon_end, daemon_addrs): (&str, &[&str]),
+        (outside_end, outside_addr): (&str, &str),
+    ) -> Self {
+        let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("tempdir: {e}"));
+        let ns = Netns::create(dir.path(), "outside").unwrap_or_else(|e| panic!("netns: {e}"));
+        let path = ns.path().display().to_string();
+        let host = &d.host_ns;
+        ip_in(
+            host,
+            &[
+                "link",
+                "add",
+                daemon_end,
+                "type",
+                "veth",
+                "peer",
+                "name",
+                outside_end,
+            ],
+        );
+        ip_in(host, &["link", "set", outside_end, "netns", &path]);
+        for addr in daemon_addrs {
+            ip_in(host, &["addr", "add", addr, "dev", daemon_end]);
+        }
+        ip_in(host, &["link", "set", daemon_end, "up"]);
+        ip_in(&ns, &["addr", "add", outside_addr, "dev", outside_end]);
+        ip_in(&ns, &["link", "set", outside_end, "up"]);
+        ip_in(&ns, &["link", "set", "lo", "up"]);
+        Self { dir, ns, path }
+    }
+}
+
+impl Drop for Outside {
+    fn drop(&mut self) {
+        let _ = Netns::delete(self.dir.path(), "outside");
+    }
+}
