@@ -333,27 +333,14 @@ fn plexus_networks(d: &Daemon) -> Vec<String> {
 
 /// The records of the store under `dir`, with plexusd stopped.
 fn records(d: &Daemon, dir: &str) -> Vec<String> {
-    let url = format!(
-        "redb://{}",
-        d.dir.path().join("state").join("state.db").display()
-    );
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap_or_else(|e| panic!("runtime: {e}"));
-    rt.block_on(async {
-        let store = plexus_kv::open(&url, plexus_kv::OpenOptions::default())
-            .await
-            .unwrap_or_else(|e| panic!("opening {url}: {e}"));
-        let keys = store
+    d.with_store(|store| async move {
+        store
             .list(dir)
             .await
             .unwrap_or_else(|e| panic!("listing {dir}: {e}"))
             .into_iter()
             .map(|p| p.key)
-            .collect();
-        let _ = store.close().await;
-        keys
+            .collect()
     })
 }
 

@@ -242,18 +242,7 @@ fn a_record_left_with_a_guessed_interface_name_is_corrected_at_start() {
     d.kill9();
 
     // What the crash would have left: the record still says the guess.
-    let url = format!(
-        "redb://{}",
-        d.dir.path().join("state").join("state.db").display()
-    );
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap_or_else(|e| panic!("runtime: {e}"));
-    rt.block_on(async {
-        let store = plexus_kv::open(&url, plexus_kv::OpenOptions::default())
-            .await
-            .unwrap_or_else(|e| panic!("opening {url}: {e}"));
+    d.with_store(|store| async move {
         let records = store
             .list("plexus/v1/endpoint")
             .await
@@ -268,13 +257,7 @@ fn a_record_left_with_a_guessed_interface_name_is_corrected_at_start() {
             .txn(plexus_kv::Txn::new().put(records[0].key.clone(), value))
             .await
             .unwrap_or_else(|e| panic!("rewriting the record: {e}"));
-        // Released before the daemon opens it again.
-        store
-            .close()
-            .await
-            .unwrap_or_else(|e| panic!("closing the store: {e}"));
     });
-    drop(rt);
     d.start();
     assert_eq!(interface(&d), "eth1", "{}", d.log());
     // The runtime's own eth0 is untouched, and disconnecting removes only Plexus's eth1.

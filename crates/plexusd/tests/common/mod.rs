@@ -346,3 +346,32 @@ impl Drop for Outside {
         let _ = Netns::delete(self.dir.path(), "outside");
     }
 }
+
+impl Daemon {
+    /// Runs `f` on the daemon's own store, opened from the test (plexusd stopped: redb lets
+    /// one process at a time have it), and closes it again before returning.
+    pub fn with_store<T, F>(&self, f: impl FnOnce(std::sync::Arc<dyn plexus_kv::Store>) -> F) -> T
+    where
+        F: std::future::Future<Output = T>,
+    {
+        let url = format!(
+            "redb://{}",
+            self.dir.path().join("state").join("state.db").display()
+        );
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap_or_else(|e| panic!("runtime: {e}"));
+        rt.block_on(async {
+            let store = plexus_kv::open(&url, plexus_kv::OpenOptions::default())
+                .await
+                .unwrap_or_else(|e| panic!("opening {url}: {e}"));
+            let out = f(store.clone()).await;
+            store
+                .close()
+                .await
+                .unwrap_or_else(|e| panic!("closing {url}: {e}"));
+            out
+        })
+    }
+}
