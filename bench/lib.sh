@@ -57,3 +57,33 @@ docker_busybox() {
   tar -C "$r" -c . | docker import - "$img" >/dev/null && IMG_IMPORTED=1
   rm -rf "$r"
 }
+
+# start_plexusd NETNS ARGS...: the release plexusd in network namespace NETNS (entered with
+# nsenter, so it shares this mount namespace and sees the runtimes' namespace mounts), state
+# and run dirs and socket under $TMP, ARGS added; sets PLEXUSD_PID and waits until it answers
+# on $TMP/plexus.sock. Fails, showing its log, if it does not within 20 s.
+PLEXUSD_PID=""
+start_plexusd() {
+  local ns=$1; shift
+  log "starting plexusd in netns $ns"
+  nsenter --net="/run/netns/$ns" "$CARGO_TARGET_DIR/release/plexusd" --state-dir "$TMP/state" \
+    --run-dir "$TMP/run" -H "unix://$TMP/plexus.sock" "$@" </dev/null >/dev/null 2>"$TMP/plexusd.log" &
+  PLEXUSD_PID=$!
+  local px="$CARGO_TARGET_DIR/release/plexus"
+  for _ in $(seq 200); do "$px" -H "unix://$TMP/plexus.sock" network ls >/dev/null 2>&1 && return 0; sleep 0.1; done
+  echo "plexusd did not start:" >&2; tail "$TMP/plexusd.log" >&2; return 1
+}
+
+# stop_plexusd: stops the plexusd start_plexusd started (SIGTERM, then SIGKILL after 10 s)
+# and its DNS resolver (which outlives plexusd by design), and lazily unmounts what they
+# left mounted under $TMP (sandbox namespaces).
+stop_plexusd() {
+  if [[ -n $PLEXUSD_PID ]] && kill -0 "$PLEXUSD_PID" 2>/dev/null; then
+    kill "$PLEXUSD_PID"
+    for _ in $(seq 100); do kill -0 "$PLEXUSD_PID" 2>/dev/null || break; sleep 0.1; done
+    kill -9 "$PLEXUSD_PID" 2>/dev/null; wait "$PLEXUSD_PID" 2>/dev/null
+  fi
+  if [[ -f $TMP/run/dns/resolver.pid ]]; then kill "$(cat "$TMP/run/dns/resolver.pid")" 2>/dev/null; fi
+  local m
+  for m in $(awk -v p="$TMP/" 'index($5,p)==1{print $5}' /proc/self/mountinfo | sort -r); do umount -l "$m"; done
+}

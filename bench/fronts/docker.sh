@@ -35,7 +35,6 @@ SOCK=/run/docker/plugins/$PLUGIN.sock
 . "$ROOT/bench/lib.sh"
 PX() { PLEXUS_HOST="unix://$TMP/plexus.sock" "$CARGO_TARGET_DIR/release/plexus" "$@"; }
 
-PLEXUSD_PID=""
 cleanup() {
   set +e
   log "cleanup"
@@ -43,15 +42,9 @@ cleanup() {
     docker network rm plxf-px plxf-br >/dev/null 2>&1
     [[ $IMG_IMPORTED == 1 ]] && docker image rm "$IMG" >/dev/null 2>&1
   fi
-  if [[ -n $PLEXUSD_PID ]] && kill -0 "$PLEXUSD_PID" 2>/dev/null; then
-    kill "$PLEXUSD_PID"; for _ in $(seq 100); do kill -0 "$PLEXUSD_PID" 2>/dev/null || break; sleep 0.1; done
-    kill -9 "$PLEXUSD_PID" 2>/dev/null; wait "$PLEXUSD_PID" 2>/dev/null
-  fi
+  stop_plexusd
   stop_dockerd
   rm -f "$SOCK"
-  if [[ -d $TMP/run ]]; then
-    for m in $(awk -v p="$TMP/" 'index($5,p)==1{print $5}' /proc/self/mountinfo | sort -r); do umount -l "$m"; done
-  fi
   ip netns del plxf-host 2>/dev/null
   rm -rf "$TMP"
 }
@@ -69,14 +62,8 @@ start_dockerd || { echo "!! dockerd cannot run here: nothing measured"; exit 1; 
 docker_busybox "$IMG" true
 
 ip netns add plxf-host; ip -n plxf-host link set lo up
-log "starting plexusd in netns plxf-host, plugin socket $SOCK"
 mkdir -p /run/docker/plugins
-nsenter --net=/run/netns/plxf-host "$CARGO_TARGET_DIR/release/plexusd" --state-dir "$TMP/state" \
-  --run-dir "$TMP/run" -H "unix://$TMP/plexus.sock" --bridge none --docker-plugin-socket "$SOCK" \
-  </dev/null >/dev/null 2>"$TMP/plexusd.log" &
-PLEXUSD_PID=$!
-for _ in $(seq 200); do PX network ls >/dev/null 2>&1 && break; sleep 0.1; done
-PX network ls >/dev/null 2>&1 || { echo "plexusd did not start:"; tail "$TMP/plexusd.log"; exit 1; }
+start_plexusd plxf-host --bridge none --docker-plugin-socket "$SOCK" || exit 1
 docker network create -d "$PLUGIN" --ipam-driver "$PLUGIN" --subnet 10.243.0.0/24 plxf-px >/dev/null || exit 1
 docker network create --subnet 10.244.0.0/24 plxf-br >/dev/null || exit 1
 

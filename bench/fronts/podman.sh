@@ -34,13 +34,12 @@ if ((${#need[@]})); then
   apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need[@]}" >/dev/null
 fi
 export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-$ROOT/target}
-log() { echo "[$(date +%T)] $*" >&2; }
+TMP=$(mktemp -d /tmp/plxf.XXXXXX)
+. "$ROOT/bench/lib.sh"
 log "building (release)"
 "$ROOT/scripts/build" >&2 || { echo "build failed" >&2; exit 1; }
 BIN=$CARGO_TARGET_DIR/release
-TMP=$(mktemp -d /tmp/plxf.XXXXXX)
 NS=plxf-host
-PLEXUSD_PID=""
 
 # pm BACKEND ARGS...: podman with this run's storage and the backend's configuration, in $NS.
 # nsenter, not `ip netns exec`: that one gives each command a mount namespace of its own, so
@@ -60,13 +59,7 @@ cleanup() {
     pm netavark rm -af -t 0 >/dev/null 2>&1
     pm netavark rmi -af >/dev/null 2>&1
   fi
-  if [[ -n $PLEXUSD_PID ]] && kill -0 "$PLEXUSD_PID" 2>/dev/null; then
-    kill "$PLEXUSD_PID"; for _ in $(seq 100); do kill -0 "$PLEXUSD_PID" 2>/dev/null || break; sleep 0.1; done
-    kill -9 "$PLEXUSD_PID" 2>/dev/null; wait "$PLEXUSD_PID" 2>/dev/null
-  fi
-  # plexusd's resolver outlives it by design: stop the one this run started.
-  if [[ -f $TMP/run/dns/resolver.pid ]]; then kill "$(cat "$TMP/run/dns/resolver.pid")" 2>/dev/null; fi
-  for m in $(awk -v p="$TMP/" 'index($5,p)==1{print $5}' /proc/self/mountinfo | sort -r); do umount -l "$m"; done
+  stop_plexusd
   ip netns del "$NS" 2>/dev/null
   rm -rf "$TMP"
 }
@@ -76,11 +69,7 @@ trap 'exit 130' INT TERM
 mkdir -p "$TMP"/{cni-bin,cni-conf,nv-conf,root,runroot,tmp,img/bin}
 cp "$BIN/plexus-cni" "$TMP/cni-bin/"
 ip netns add "$NS" && ip netns exec "$NS" ip link set lo up
-log "starting plexusd in $NS"
-nsenter --net="/run/netns/$NS" "$BIN/plexusd" --state-dir "$TMP/state" --run-dir "$TMP/run" \
-  -H "unix://$TMP/plexus.sock" >"$TMP/plexusd.log" 2>&1 &
-PLEXUSD_PID=$!
-for _ in $(seq 200); do [[ -S $TMP/plexus.sock ]] && PX version >/dev/null 2>&1 && break; sleep 0.05; done
+start_plexusd "$NS" || exit 1
 PX network create --subnet 10.234.0.0/24 plxf-net >/dev/null || { cat "$TMP/plexusd.log" >&2; exit 1; }
 
 common='[containers]

@@ -50,7 +50,7 @@ IMG=plxm-bb:latest
 . "$ROOT/bench/lib.sh"
 PX() { PLEXUS_HOST="unix://$TMP/plexus.sock" "$CARGO_TARGET_DIR/release/plexus" "$@"; }
 
-PLEXUSD_PID=""; SRV=()
+SRV=()
 cleanup() {
   set +e
   log "cleanup"
@@ -58,12 +58,8 @@ cleanup() {
   if [[ -n $PLEXUSD_PID ]] && kill -0 "$PLEXUSD_PID" 2>/dev/null; then
     sbs=$(PX sandbox ls -q 2>/dev/null); [[ -n $sbs ]] && PX sandbox rm $sbs >/dev/null 2>&1
     PX network rm plxm-mv >/dev/null 2>&1
-    kill "$PLEXUSD_PID"; for _ in $(seq 100); do kill -0 "$PLEXUSD_PID" 2>/dev/null || break; sleep 0.1; done
-    kill -9 "$PLEXUSD_PID" 2>/dev/null; wait "$PLEXUSD_PID" 2>/dev/null
   fi
-  if [[ -d $TMP/run ]]; then
-    for m in $(awk -v p="$TMP/" 'index($5,p)==1{print $5}' /proc/self/mountinfo | sort -r); do umount -l "$m"; done
-  fi
+  stop_plexusd
   if docker info >/dev/null 2>&1; then
     docker rm -f plxm-dsb >/dev/null 2>&1
     docker network rm plxm-dmv >/dev/null 2>&1
@@ -106,12 +102,7 @@ plug plxm-host lan0 l-px
 ip netns add plxm-bare; plug plxm-bare lan0 l-bare
 ((DOCKER)) && plug - plxm-dp0 l-dk
 
-log "starting plexusd in netns plxm-host"
-nsenter --net=/run/netns/plxm-host "$CARGO_TARGET_DIR/release/plexusd" --state-dir "$TMP/state" --run-dir "$TMP/run" \
-  -H "unix://$TMP/plexus.sock" --bridge none </dev/null >/dev/null 2>"$TMP/plexusd.log" &
-PLEXUSD_PID=$!
-for _ in $(seq 200); do PX network ls >/dev/null 2>&1 && break; sleep 0.1; done
-PX network ls >/dev/null 2>&1 || { echo "plexusd did not start:"; tail "$TMP/plexusd.log"; exit 1; }
+start_plexusd plxm-host --bridge none || exit 1
 PX network create -d macvlan -o parent=lan0 --subnet 10.238.0.0/24 --gateway 10.238.0.1 plxm-mv >/dev/null || exit 1
 PX sandbox create plxm-sb >/dev/null || exit 1
 if ((DOCKER)); then
