@@ -550,6 +550,7 @@ pub fn sandbox_spec(req: SandboxCreate) -> Result<SandboxSpec, ApiError> {
         ports,
         service: non_empty(&req.service),
         labels: req.labels,
+        external_key: false,
     })
 }
 

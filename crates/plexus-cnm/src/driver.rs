@@ -99,6 +99,14 @@ pub struct EndpointCreated {
 /// [`InterfaceName::guess`] without listing the sandbox's links and look further only if the
 /// kernel says the name is taken. With `exact` (CNI's `CNI_IFNAME`) the name is that one and
 /// no other: a join whose name is taken in the sandbox fails with [`DriverError::Conflict`].
+///
+/// With `handoff` the interface is not put in the sandbox at all: the driver makes it in the
+/// daemon's own namespace, down and without addresses or routes, under a name of its choice
+/// (returned in [`Joined::interface`]), for the runtime that owns the sandbox to move in and
+/// configure itself (libnetwork's contract with remote drivers: `Join` answers `SrcName`,
+/// and dockerd moves and renames that link when it sets the container's namespace up). The
+/// sandbox's namespace need not exist yet. A driver that cannot do this refuses with
+/// [`DriverError::Unsupported`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct InterfaceName<'a> {
     /// The name's prefix (`eth`, or `com.docker.network.container_iface_prefix`).
@@ -107,6 +115,8 @@ pub struct InterfaceName<'a> {
     pub first: u32,
     /// The exact name asked for, if any (then `prefix` and `first` are not used).
     pub exact: Option<&'a str>,
+    /// Made in the daemon's namespace for the runtime to move in (see above).
+    pub handoff: bool,
 }
 
 impl<'a> InterfaceName<'a> {
@@ -116,6 +126,7 @@ impl<'a> InterfaceName<'a> {
             prefix,
             first,
             exact: None,
+            handoff: false,
         }
     }
 
@@ -125,13 +136,26 @@ impl<'a> InterfaceName<'a> {
             prefix: "",
             first: 0,
             exact: Some(name),
+            handoff: false,
         }
     }
 
-    /// The name to try first: the exact one, or `prefix` + `first` (`eth0`).
+    /// Made in the daemon's namespace, named by the driver, for the runtime to move in.
+    pub fn handoff() -> Self {
+        Self {
+            prefix: "",
+            first: 0,
+            exact: None,
+            handoff: true,
+        }
+    }
+
+    /// The name to try first: the exact one, or `prefix` + `first` (`eth0`); empty for a
+    /// hand-off, whose name the driver chooses.
     pub fn guess(&self) -> String {
         match self.exact {
             Some(name) => name.to_string(),
+            None if self.handoff => String::new(),
             None => format!("{}{}", self.prefix, self.first),
         }
     }
@@ -197,7 +221,8 @@ pub struct ExternalConnectivity {
 /// What a join put inside the sandbox.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Joined {
-    /// The interface's name inside the sandbox (`eth0`).
+    /// The interface's name inside the sandbox (`eth0`); for a hand-off, its name in the
+    /// daemon's namespace, which the runtime moves in.
     pub interface: Option<String>,
     /// The gateway(s) it routes through.
     pub gateways: Vec<IpAddr>,

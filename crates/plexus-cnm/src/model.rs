@@ -316,6 +316,12 @@ pub struct Sandbox {
     /// recorded.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub labels: BTreeMap<String, String>,
+    /// Its namespace belongs to a runtime that moves the interfaces in and configures them
+    /// itself (libnetwork's `OptionUseExternalKey`): joins hand interfaces over
+    /// ([`InterfaceName::handoff`](crate::InterfaceName::handoff)), the namespace may not
+    /// exist yet, and the sandbox gets no way out of Plexus's own (the runtime routes).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub external_key: bool,
 }
 
 /// What a user asks for when creating a sandbox with
@@ -345,4 +351,8 @@ pub struct SandboxSpec {
     /// Labels to record with it.
     #[serde(default)]
     pub labels: BTreeMap<String, String>,
+    /// `netns` belongs to a runtime that moves interfaces in itself and may mount it only
+    /// later (see [`Sandbox::external_key`]); needs `netns`.
+    #[serde(default)]
+    pub external_key: bool,
 }

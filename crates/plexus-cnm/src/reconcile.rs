@@ -38,8 +38,13 @@ pub struct DesiredEndpoint {
     pub info: EndpointInfo,
     /// The sandbox's namespace path.
     pub sandbox_key: String,
-    /// The interface's name in the sandbox (`eth0`).
+    /// The interface's name in the sandbox (`eth0`); for a handed-off one, the name the
+    /// driver gave it in the daemon's namespace.
     pub interface: Option<String>,
+    /// Its interface was handed over to the runtime of the sandbox
+    /// ([`InterfaceName::handoff`](crate::InterfaceName::handoff)), which configures it: a
+    /// driver repairs its own side only.
+    pub handed_off: bool,
 }
 
 /// The store's networks and endpoints of one driver: what the kernel must hold.

@@ -102,8 +102,9 @@ impl Driver for HostDriver {
         _network_id: &str,
         _endpoint_id: &str,
         sandbox_key: &str,
-        _interface: InterfaceName<'_>,
+        interface: InterfaceName<'_>,
     ) -> Result<Joined, DriverError> {
+        crate::sandbox::refuse_handoff("host", &interface)?;
         // The sandbox must be the host's namespace itself: the container runtime shares it.
         let host = identity(&Path::new("/proc/self/fd").join(self.host.fd_number()))?;
         let sandbox = identity(Path::new(sandbox_key))?;

@@ -74,8 +74,9 @@ impl Driver for NullDriver {
         _network_id: &str,
         _endpoint_id: &str,
         sandbox_key: &str,
-        _interface: InterfaceName<'_>,
+        interface: InterfaceName<'_>,
     ) -> Result<Joined, DriverError> {
+        crate::sandbox::refuse_handoff("null", &interface)?;
         let ns = Netns::open(Path::new(sandbox_key)).map_err(sys_ctx("sandbox"))?;
         let rtnl = Rtnl::connect(&ns).await.map_err(sys_ctx("sandbox"))?;
         let lo = rtnl.require_link("lo").await.map_err(sys_ctx("sandbox"))?;

@@ -85,3 +85,19 @@ pub(crate) async fn wait_usable(rs: &Rtnl, index: u32, addr: std::net::Ipv6Addr)
 pub(crate) async fn sandbox_rtnl(key: &str) -> Result<Rtnl, SysError> {
     Rtnl::connect(&Netns::open(Path::new(key))?).await
 }
+
+/// Refuses a join that would hand the interface over to the sandbox's runtime
+/// ([`plexus_cnm::InterfaceName::handoff`]), for a driver that only puts interfaces into
+/// sandboxes itself.
+pub(crate) fn refuse_handoff(
+    driver: &str,
+    interface: &plexus_cnm::InterfaceName<'_>,
+) -> Result<(), plexus_cnm::DriverError> {
+    if interface.handoff {
+        return Err(plexus_cnm::DriverError::Unsupported(format!(
+            "the {driver} driver cannot hand an interface over to the container's runtime; \
+             only bridge networks can be used this way"
+        )));
+    }
+    Ok(())
+}

@@ -553,6 +553,7 @@ async fn a_failed_join_leaves_nothing_and_reconcile_repairs_and_sweeps() {
     let desired = Desired {
         networks: vec![net.clone()],
         endpoints: vec![DesiredEndpoint {
+            handed_off: false,
             info: EndpointInfo {
                 network_id: net.id.clone(),
                 endpoint_id: e1.clone(),

@@ -175,6 +175,7 @@ async fn kernel_tables_match_the_control_plane_after_random_joins_leaves_kills_a
                         .iter()
                         .filter(|e| e.host == back)
                         .map(|e| DesiredEndpoint {
+                            handed_off: false,
                             info: EndpointInfo {
                                 network_id: nets[e.net].id.clone(),
                                 endpoint_id: e.id.clone(),

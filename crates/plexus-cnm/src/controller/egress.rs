@@ -140,6 +140,10 @@ impl Controller {
             return Ok(());
         }
         let (sandbox, _) = self.sandbox_indexed(sandbox_id).await?;
+        if sandbox.external_key {
+            // The runtime gives its containers their way out.
+            return Ok(());
+        }
         let Some(current) = self.complete_endpoints(&sandbox).await? else {
             tracing::warn!(sandbox = %sandbox.name, "not every endpoint of the sandbox can be read (cluster store away?): its way out is settled later");
             return Ok(());
@@ -250,7 +254,7 @@ impl Controller {
         let forgotten: BTreeSet<&str> = report.forgotten.iter().map(String::as_str).collect();
         let none = Vec::new();
         let mut settled = Vec::new();
-        for sandbox in sandboxes {
+        for sandbox in sandboxes.iter().filter(|s| !s.external_key) {
             let eps = kept.get(&sandbox.id).unwrap_or(&none);
             let known: BTreeSet<&str> = eps.iter().map(|(ep, _)| ep.id.as_str()).collect();
             let complete = sandbox

@@ -252,6 +252,7 @@ impl Controller {
         let id = endpoint.id.clone();
         let prefix = self.interface_prefix(network);
         let interface = match spec.interface.as_deref() {
+            _ if sandbox.external_key => InterfaceName::handoff(),
             Some(exact) => InterfaceName::exact(exact),
             None => InterfaceName::numbered(&prefix, first_free_interface(current, &prefix)),
         };

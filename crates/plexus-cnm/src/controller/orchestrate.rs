@@ -215,9 +215,25 @@ impl Controller {
             }
         }
         let (key, owned) = match &spec.netns {
+            // The runtime mounts it when it sets the container up, after the joins.
+            Some(path) if spec.external_key => {
+                if !path.starts_with('/') {
+                    return Err(CnmError::invalid(
+                        "netns",
+                        format!("{path:?}: the namespace's path must be absolute"),
+                    ));
+                }
+                (path.clone(), false)
+            }
             Some(path) => {
                 self.namespaces.check(path).await?;
                 (path.clone(), false)
+            }
+            None if spec.external_key => {
+                return Err(CnmError::invalid(
+                    "netns",
+                    "missing: a sandbox whose namespace the runtime sets up needs its path",
+                ))
             }
             None => (self.namespaces.create(&spec.name).await?, true),
         };
@@ -233,6 +249,7 @@ impl Controller {
             dns_options: settings.dns_options,
             service: service.as_ref().map(|(s, _)| s.id.clone()),
             labels: spec.labels.clone(),
+            external_key: spec.external_key,
         };
         let mut made = Vec::new();
         let mut allocated = Vec::new();
@@ -380,6 +397,10 @@ impl Controller {
         allocated: &mut Vec<(String, IpAddr)>,
         gateway_made: &mut Option<Network>,
     ) -> Result<Option<(Network, u64)>> {
+        if sandbox.external_key {
+            // The runtime gives its containers their way out.
+            return Ok(None);
+        }
         let current: Vec<(Endpoint, Network)> = made
             .iter()
             .map(|m| (m.endpoint.clone(), m.network.clone()))
@@ -446,6 +467,7 @@ impl Controller {
             .map(|m| (m.endpoint.clone(), m.network.clone()))
             .collect();
         let interface = match spec.interface.as_deref() {
+            _ if sandbox.external_key => InterfaceName::handoff(),
             Some(exact) => InterfaceName::exact(exact),
             None => InterfaceName::numbered(&prefix, first_free_interface(&current, &prefix)),
         };

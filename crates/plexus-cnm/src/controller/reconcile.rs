@@ -31,9 +31,10 @@ pub(super) fn network_info(n: &Network) -> NetworkInfo {
 }
 
 /// What a driver is told of a recorded endpoint in the sandbox at `sandbox_key`.
-fn desired_endpoint(ep: &Endpoint, sandbox_key: String) -> DesiredEndpoint {
+fn desired_endpoint(ep: &Endpoint, (sandbox_key, handed_off): (String, bool)) -> DesiredEndpoint {
     DesiredEndpoint {
         sandbox_key,
+        handed_off,
         interface: ep.interface.clone(),
         info: EndpointInfo {
             network_id: ep.network_id.clone(),
@@ -73,9 +74,9 @@ impl Controller {
             .iter()
             .flat_map(|s| s.endpoints.iter().map(String::as_str))
             .collect();
-        let sandbox_keys: BTreeMap<String, String> = sandboxes
+        let sandbox_keys: BTreeMap<String, (String, bool)> = sandboxes
             .iter()
-            .map(|s| (s.id.clone(), s.key.clone()))
+            .map(|s| (s.id.clone(), (s.key.clone(), s.external_key)))
             .collect();
         let mut report = ReconcileReport::default();
         // This host's endpoints the pass keeps, by sandbox, for settling the sandboxes' way
@@ -192,11 +193,11 @@ impl Controller {
     }
 
     async fn plugin_desired(&self, name: &str) -> Result<Desired> {
-        let sandbox_keys: BTreeMap<String, String> = self
+        let sandbox_keys: BTreeMap<String, (String, bool)> = self
             .sandboxes()
             .await?
             .into_iter()
-            .map(|s| (s.id, s.key))
+            .map(|s| (s.id, (s.key, s.external_key)))
             .collect();
         let mut desired = Desired::default();
         for network in self.networks().await?.iter().filter(|n| n.driver == name) {

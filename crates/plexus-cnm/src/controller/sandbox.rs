@@ -65,6 +65,7 @@ impl Controller {
             dns_options: Vec::new(),
             service: None,
             labels: Default::default(),
+            external_key: false,
         };
         let txn = Txn::new()
             .compare_absent(keys::sandbox_name(name))

@@ -119,6 +119,12 @@ impl BridgeDriver {
         if let Err(e) = self.rtnl.set_alias_named(&host_name, "").await {
             tracing::debug!(endpoint = %endpoint_id, error = %e, "host end not unmarked");
         }
+        if at.handed_off {
+            // Its other end is the runtime's (moved, renamed): deleting the host end takes
+            // it along wherever it is.
+            self.reaper.delete(host_name, String::new());
+            return None;
+        }
         let retired = async {
             let rs = sandbox_rtnl(&at.key).await?;
             rs.retire(at.ifindex, &names::peer_veth(endpoint_id))
@@ -194,6 +200,11 @@ impl BridgeDriver {
                 at.key
             )));
         }
+        if interface.handoff {
+            return self
+                .hand_off_locked(st, &net, &ep, endpoint_id, sandbox_key)
+                .await;
+        }
         let prefix = interface.prefix;
         let bad_prefix = prefix.is_empty() || prefix.len() > plexus_sys::rtnl::MAX_IFNAME - 3;
         if interface.exact.is_none() && bad_prefix {
@@ -222,10 +233,91 @@ impl BridgeDriver {
                 key: sandbox_key.to_string(),
                 ifname: name.clone(),
                 ifindex,
+                handed_off: false,
             });
             e.gateways = gateways.clone();
         }
         tracing::debug!(endpoint = %endpoint_id, sandbox = %sandbox_key, interface = %name, "joined");
+        Ok(Joined {
+            interface: Some(name),
+            gateways,
+            ..Joined::default()
+        })
+    }
+
+    /// A join that hands the interface over ([`InterfaceName::handoff`]): the pair made in
+    /// the driver's own namespace, the host end on the bridge and in service, the other end
+    /// named [`names::peer_veth`], marked, down and bare for the runtime to move into
+    /// `sandbox_key` and configure. The gateways are the runtime's to route through.
+    async fn hand_off_locked(
+        &self,
+        st: &mut State,
+        net: &NetState,
+        ep: &EpState,
+        endpoint_id: &str,
+        sandbox_key: &str,
+    ) -> Result<Joined, DriverError> {
+        let name = names::peer_veth(endpoint_id);
+        self.make_pair(net, endpoint_id, ep, &self.rtnl, Naming::Exact(&name))
+            .await?;
+        let host_name = names::host_veth(endpoint_id);
+        let done = async {
+            let what = format!("veth {name}");
+            let peer = self
+                .rtnl
+                .require_link(&name)
+                .await
+                .map_err(sys_ctx(&what))?;
+            let alias = names::veth_alias(&self.marker, &ep.network_id, endpoint_id);
+            self.rtnl
+                .set_alias_named(&name, &alias)
+                .await
+                .map_err(sys_ctx(&what))?;
+            let host_alias =
+                names::host_veth_alias(&self.marker, &ep.network_id, endpoint_id, &name);
+            self.rtnl
+                .activate_port(&host_name, self.port_flags(net, ep), &host_alias)
+                .await
+                .map_err(sys_ctx(format!("veth {host_name}")))?;
+            Ok::<_, DriverError>(peer.index)
+        }
+        .await;
+        let ifindex = match done {
+            Ok(ifindex) => ifindex,
+            Err(e) => {
+                // Deleting the host end takes the other along.
+                if let Err(u) = self.delete_veth(&ep.network_id, endpoint_id).await {
+                    tracing::warn!(error = %u, "cannot delete veth after failed hand-off");
+                }
+                if let Ok(Some(l)) = self.rtnl.link(&host_name).await {
+                    if let Err(u) = self.delete_link(l.index).await {
+                        tracing::warn!(error = %u, "cannot delete veth after failed hand-off");
+                    }
+                }
+                return Err(e);
+            }
+        };
+        let mut gateways = Vec::new();
+        if !net.info.internal {
+            let v4 = net.info.ipv4.first().filter(|_| ep.ipv4.is_some());
+            let v6 = net.info.ipv6.first().filter(|_| ep.ipv6.is_some());
+            gateways.extend(
+                v4.into_iter()
+                    .chain(v6)
+                    .filter_map(|p| p.gateway.map(|g| g.addr())),
+            );
+        }
+        if let Some(e) = st.endpoints.get_mut(endpoint_id) {
+            e.joined = Some(InSandbox {
+                key: sandbox_key.to_string(),
+                ifname: name.clone(),
+                ifindex,
+                handed_off: true,
+            });
+            // Routes are the runtime's: none of them is the driver's to hand over on leave.
+            e.gateways.clear();
+        }
+        tracing::debug!(endpoint = %endpoint_id, sandbox = %sandbox_key, interface = %name, "interface made for the sandbox's runtime");
         Ok(Joined {
             interface: Some(name),
             gateways,
@@ -342,7 +434,10 @@ impl BridgeDriver {
         let next = st.endpoints.iter().find_map(|(id, e)| {
             // The sandbox first: a string compare, where the network lookup hashes (this
             // walks every endpoint of the driver).
-            let at = e.joined.as_ref().filter(|at| at.key == key)?;
+            let at = e
+                .joined
+                .as_ref()
+                .filter(|at| at.key == key && !at.handed_off)?;
             let net = st.networks.get(&e.network_id)?;
             (!net.info.internal).then(|| (id.clone(), at.ifindex, net.clone(), e.clone()))
         });

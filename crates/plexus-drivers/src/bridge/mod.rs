@@ -104,6 +104,10 @@ struct InSandbox {
     key: String,
     ifname: String,
     ifindex: u32,
+    /// Handed over to the sandbox's runtime ([`InterfaceName::handoff`]): `ifname` and
+    /// `ifindex` are what the driver made in its own namespace; the runtime moved, renamed
+    /// and configured it, so the driver leaves the sandbox's side alone.
+    handed_off: bool,
 }
 
 #[derive(Default)]

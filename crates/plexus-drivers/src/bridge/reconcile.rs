@@ -257,7 +257,8 @@ impl BridgeDriver {
     async fn ensure_default_routes(&self, st: &State, desired: &Desired, out: &mut Reconciled) {
         let mut by_sandbox: BTreeMap<&str, Vec<&DesiredEndpoint>> = BTreeMap::new();
         for d in &desired.endpoints {
-            if !d.sandbox_key.is_empty() && Path::new(&d.sandbox_key).exists() {
+            // A handed-off interface's routes are its runtime's.
+            if !d.handed_off && !d.sandbox_key.is_empty() && Path::new(&d.sandbox_key).exists() {
                 by_sandbox.entry(&d.sandbox_key).or_default().push(d);
             }
         }
@@ -371,6 +372,11 @@ impl BridgeDriver {
     ) -> Result<String, String> {
         let id = &d.info.endpoint_id;
         let key = &d.sandbox_key;
+        if d.handed_off {
+            return Err(format!(
+                "its interface was handed over to the runtime of {key:?}, which alone configures it"
+            ));
+        }
         if key.is_empty() || !Path::new(key).exists() {
             return Err(format!("its sandbox's namespace {key:?} is gone"));
         }
@@ -408,6 +414,7 @@ impl BridgeDriver {
             key: key.clone(),
             ifname: name.clone(),
             ifindex,
+            handed_off: false,
         });
         e.gateways = gateways;
         Ok(name)

@@ -429,6 +429,7 @@ impl Driver for OverlayDriver {
         sandbox_key: &str,
         interface: InterfaceName<'_>,
     ) -> Result<Joined, DriverError> {
+        crate::sandbox::refuse_handoff(self.name(), &interface)?;
         let mut st = self.state.lock().await;
         self.join_locked(&mut st, network_id, endpoint_id, sandbox_key, interface)
             .await

@@ -531,6 +531,7 @@ impl Driver for RemoteDriver {
         sandbox_key: &str,
         interface: InterfaceName<'_>,
     ) -> Result<Joined, DriverError> {
+        crate::sandbox::refuse_handoff(self.name(), &interface)?;
         let mut eps = self.endpoints.lock().await;
         let ep = eps.get(endpoint_id).cloned().unwrap_or_else(|| EpState {
             network_id: network_id.to_string(),

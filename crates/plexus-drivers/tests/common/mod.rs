@@ -449,6 +449,7 @@ pub async fn desired(w: &World, networks: &[&Network], endpoints: &[&Endpoint]) 
     for ep in endpoints {
         let sandbox = ok("sandbox", w.controller.sandbox(&ep.sandbox_id).await);
         out.endpoints.push(DesiredEndpoint {
+            handed_off: false,
             info: EndpointInfo {
                 network_id: ep.network_id.clone(),
                 endpoint_id: ep.id.clone(),

@@ -715,6 +715,7 @@ mod tests {
             dns_options: Vec::new(),
             service: None,
             labels: Default::default(),
+            external_key: false,
         };
         let (app, gw) = (network("app"), network("docker_gwbridge"));
         let eps = vec![

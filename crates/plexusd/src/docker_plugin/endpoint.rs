@@ -7,12 +7,12 @@
 use std::collections::BTreeMap;
 use std::path::Path;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
 
 use ipnet::IpNet;
 use plexus_cnm::{CnmError, EndpointSpec, PortBinding, SandboxSpec};
 use plexus_drivers::remote::wire::{
-    CreateEndpointReply, EndpointInterface, JoinReply, OperInfoReply, OPT_PORTMAP,
+    CreateEndpointReply, EndpointInterface, InterfaceNameWire, JoinReply, OperInfoReply,
+    OPT_PORTMAP,
 };
 use serde::Deserialize;
 use serde_json::{json, Map, Value};
@@ -284,64 +284,16 @@ fn mounted(key: &str) -> bool {
     }
 }
 
-/// How long a join with IPv6 waits for libnetwork to turn IPv6 off in the namespace it
-/// mounted, before turning it on again for the join.
-const SETUP_WAIT: Duration = Duration::from_secs(2);
+/// The prefix of the interface's name in the container: libnetwork numbers it (`eth0`).
+const DST_PREFIX: &str = "eth";
 
-/// An endpoint with an IPv6 address needs IPv6 on the interface its join moves into the
-/// container's namespace, where libnetwork turns it off right after mounting it
-/// (`GetSandboxForExternalKey` writes `all`, hence `default`, which new interfaces take)
-/// and back on only for the interfaces it moves itself. So: wait for that (`all` reads 1),
-/// then turn `default` on.
-async fn allow_ipv6(key: &str) -> Result<(), Refusal> {
-    let ns = plexus_sys::netns::Netns::open(Path::new(key))
-        .map_err(|e| Refusal::field("SandboxKey", e))?;
-    let failed = |e: &dyn std::fmt::Display| {
-        Refusal(format!(
-            "turning IPv6 on in the container's namespace {key}: {e}"
-        ))
-    };
-    let deadline = Instant::now() + SETUP_WAIT;
-    loop {
-        let n = ns.clone();
-        let all = tokio::task::spawn_blocking(move || {
-            plexus_sys::sysctl::read(&n, "net.ipv6.conf.all.disable_ipv6")
-        })
-        .await
-        .map_err(|e| failed(&e))?
-        .map_err(|e| failed(&e))?;
-        if all == "1" {
-            break;
-        }
-        if Instant::now() > deadline {
-            tracing::debug!(netns = %key, "IPv6 was not turned off in the container's namespace");
-            break;
-        }
-        tokio::time::sleep(MOUNT_POLL).await;
-    }
-    tokio::task::spawn_blocking(move || {
-        plexus_sys::sysctl::write(&ns, "net.ipv6.conf.default.disable_ipv6", "0")
-    })
-    .await
-    .map_err(|e| failed(&e))?
-    .map_err(|e| failed(&e))
-}
-
-/// How long a join waits for dockerd to mount the container's namespace.
-const MOUNT_WAIT: Duration = Duration::from_secs(120);
-
-/// How often the mount is looked for.
-const MOUNT_POLL: Duration = Duration::from_millis(2);
-
-/// `Join`: the container's namespace connected through the controller; the answer leaves
-/// libnetwork nothing to do (no interface, no gateway, no gateway service).
-///
-/// For a container being started the namespace does not exist yet: dockerd mounts it at
-/// `SandboxKey` only after the join, when runc has made it (libnetwork's `SetKey`, from the
-/// container's prestart hook). The join is then recorded and finished by a task that waits
-/// for the mount ([`spawn_attach`]); for a running container (`docker network connect`) it
-/// is done before the answer.
-pub async fn join(ctx: &Arc<Ctx>, body: &[u8]) -> Answer {
+/// `Join`: the endpoint's interface made through the controller in plexusd's own namespace
+/// (a Plexus sandbox per container namespace whose joins hand interfaces over), and
+/// answered as libnetwork's remote drivers answer: `InterfaceName.SrcName` for dockerd to
+/// move into the container's namespace when it sets it up, with the gateway it routes
+/// through. The interface is in place before the container's process starts, and a
+/// running container (`docker network connect`) gets it at once.
+pub async fn join(ctx: &Ctx, body: &[u8]) -> Answer {
     let r: EndpointIdsRequest = request("Join", body)?;
     let net = network_record(ctx, &r.network_id).await?;
     let mut rec = endpoint_record(ctx, &r.network_id, &r.endpoint_id).await?;
@@ -352,30 +304,41 @@ pub async fn join(ctx: &Arc<Ctx>, body: &[u8]) -> Answer {
             format!("{:?} has joined {other} already", rec.docker_id),
         ));
     }
-    rec.sandbox = Some(name.clone());
+    rec.sandbox = Some(name);
     rec.key = Some(r.sandbox_key.clone());
     rec.attached = false;
-    if mounted(&r.sandbox_key) {
-        attach(ctx, &mut rec, &net).await?;
-    } else {
-        ctx.state.put(&endpoint_key(&rec.docker_id), &rec).await?;
-        spawn_attach(ctx.clone(), rec.docker_id.clone());
-    }
+    let (interface, network) = attach(ctx, &mut rec, &net).await?;
+    let gateway = |pools: &[plexus_cnm::IpamPool], has: bool| {
+        pools
+            .first()
+            .and_then(|p| p.gateway)
+            .filter(|_| has && !network.spec.internal)
+            .map(|g| g.addr().to_string())
+            .unwrap_or_default()
+    };
     answer(JoinReply {
+        interface_name: Some(InterfaceNameWire {
+            src_name: interface,
+            dst_prefix: DST_PREFIX.into(),
+        }),
+        gateway: gateway(&network.ipv4, rec.ipv4.is_some()),
+        gateway_ipv6: gateway(&network.ipv6, rec.ipv6.is_some()),
+        static_routes: None,
         disable_gateway_service: true,
-        ..JoinReply::default()
     })
 }
 
-/// Connects a joined endpoint's namespace through the controller and records it attached;
-/// undoes the connect if the record cannot be written.
-async fn attach(ctx: &Ctx, rec: &mut EndpointRecord, net: &NetworkRecord) -> Result<(), Refusal> {
+/// Connects a joined endpoint through the controller, its interface handed over for dockerd
+/// to move in, and records it attached; undoes the connect if the record cannot be written.
+/// Returns the interface's name in plexusd's namespace and the Plexus network.
+async fn attach(
+    ctx: &Ctx,
+    rec: &mut EndpointRecord,
+    net: &NetworkRecord,
+) -> Result<(String, plexus_cnm::Network), Refusal> {
     let (Some(name), Some(key)) = (rec.sandbox.clone(), rec.key.clone()) else {
         return Err(Refusal::field("EndpointID", "not joined"));
     };
-    if rec.ipv6.is_some() {
-        allow_ipv6(&key).await?;
-    }
     let spec = EndpointSpec {
         ipv4: rec.ipv4.map(|a| a.addr().to_string()),
         ipv6: rec.ipv6.map(|a| a.addr().to_string()),
@@ -383,7 +346,7 @@ async fn attach(ctx: &Ctx, rec: &mut EndpointRecord, net: &NetworkRecord) -> Res
         ports: rec.ports.clone(),
         ..EndpointSpec::default()
     };
-    let made = match ctx.controller.sandbox(&name).await {
+    let (endpoint, made) = match ctx.controller.sandbox(&name).await {
         Ok(s) if s.key != key => {
             return Err(Refusal::field(
                 "SandboxKey",
@@ -393,91 +356,79 @@ async fn attach(ctx: &Ctx, rec: &mut EndpointRecord, net: &NetworkRecord) -> Res
                 ),
             ))
         }
-        Ok(_) => match ctx.controller.connect(&name, &net.plexus_id, spec).await {
-            Ok(_) => false,
-            // Connected by a plexusd that stopped before recording it.
-            Err(CnmError::Exists { .. }) => false,
-            Err(e) => return Err(e.into()),
-        },
+        Ok(_) => (
+            ctx.controller.connect(&name, &net.plexus_id, spec).await?,
+            false,
+        ),
         Err(CnmError::NotFound { .. }) => {
-            ctx.controller
+            let sandbox = ctx
+                .controller
                 .create_sandbox(SandboxSpec {
                     name: name.clone(),
                     netns: Some(key.clone()),
                     networks: vec![(net.plexus_id.clone(), spec)],
+                    external_key: true,
                     ..SandboxSpec::default()
                 })
                 .await?;
-            true
+            let endpoint = ctx
+                .controller
+                .sandbox_endpoints(&sandbox)
+                .await
+                .ok()
+                .and_then(|eps| eps.into_iter().next().map(|(ep, _)| ep));
+            match endpoint {
+                Some(ep) => (ep, true),
+                None => {
+                    undo_attach(ctx, &name, &net.plexus_id, true).await;
+                    return Err(Refusal(format!(
+                        "the sandbox {name} was made without its endpoint"
+                    )));
+                }
+            }
         }
         Err(e) => return Err(e.into()),
     };
+    let network = match ctx.controller.network(&net.plexus_id).await {
+        Ok(n) => n,
+        Err(e) => {
+            undo_attach(ctx, &name, &net.plexus_id, made).await;
+            return Err(e.into());
+        }
+    };
+    let Some(interface) = endpoint.interface.filter(|i| !i.is_empty()) else {
+        undo_attach(ctx, &name, &net.plexus_id, made).await;
+        return Err(Refusal(format!(
+            "the {} driver made no interface for dockerd to move in",
+            network.driver
+        )));
+    };
     rec.attached = true;
     if let Err(e) = ctx.state.put(&endpoint_key(&rec.docker_id), &*rec).await {
-        let undone = if made {
-            ctx.controller.remove_sandbox(&name).await.map(|_| ())
-        } else {
-            ctx.controller.disconnect(&name, &net.plexus_id).await
-        };
-        if let Err(u) = undone {
-            tracing::warn!(sandbox = %name, error = %u, "cannot undo the join");
-        }
+        undo_attach(ctx, &name, &net.plexus_id, made).await;
         rec.attached = false;
         return Err(e);
     }
-    tracing::info!(endpoint = %rec.docker_id, sandbox = %name, network = %net.plexus_name, "dockerd's endpoint joined");
-    Ok(())
+    tracing::info!(endpoint = %rec.docker_id, sandbox = %name, network = %net.plexus_name, %interface, "dockerd's endpoint joined");
+    Ok((interface, network))
 }
 
-/// Finishes the join of endpoint `id` once dockerd has mounted its namespace (or gives up
-/// after [`MOUNT_WAIT`], or when it leaves first).
-pub fn spawn_attach(ctx: Arc<Ctx>, id: String) {
-    tokio::spawn(async move {
-        let deadline = Instant::now() + MOUNT_WAIT;
-        let mut polls: u32 = 0;
-        let mut key = None;
-        loop {
-            if key.is_none() || polls % 250 == 0 {
-                match ctx.state.get::<EndpointRecord>(&endpoint_key(&id)).await {
-                    Ok(Some(rec)) if rec.sandbox.is_some() && !rec.attached => key = rec.key,
-                    Ok(_) => return,
-                    Err(e) => {
-                        tracing::warn!(endpoint = %id, error = %e, "cannot read the endpoint's record");
-                    }
-                }
-            }
-            if key.as_deref().is_some_and(mounted) {
-                break;
-            }
-            if Instant::now() > deadline {
-                tracing::warn!(endpoint = %id, netns = ?key, "dockerd never mounted the container's namespace; the endpoint stays unconnected until it leaves");
-                return;
-            }
-            polls = polls.wrapping_add(1);
-            tokio::time::sleep(MOUNT_POLL).await;
-        }
-        let _one = ctx.lock.lock().await;
-        let result = async {
-            let Some(mut rec) = ctx.state.get::<EndpointRecord>(&endpoint_key(&id)).await? else {
-                return Ok(());
-            };
-            if rec.sandbox.is_none() || rec.attached {
-                return Ok(());
-            }
-            let net = network_record(&ctx, &rec.network).await?;
-            attach(&ctx, &mut rec, &net).await
-        }
-        .await;
-        if let Err(e) = result {
-            tracing::error!(endpoint = %id, error = %e, "cannot connect the container's namespace: it has no network on this endpoint");
-        }
-    });
+/// Undoes [`attach`]'s connect: the sandbox when it made it, else the endpoint.
+async fn undo_attach(ctx: &Ctx, sandbox: &str, network: &str, made: bool) {
+    let undone = if made {
+        ctx.controller.remove_sandbox(sandbox).await.map(|_| ())
+    } else {
+        ctx.controller.disconnect(sandbox, network).await
+    };
+    if let Err(u) = undone {
+        tracing::warn!(%sandbox, error = %u, "cannot undo the join");
+    }
 }
 
-/// At start, once ready: finishes the joins a stopped plexusd left waiting, and takes out of
-/// Plexus the containers that went while it was stopped (dockerd's `Leave` could not reach
-/// it; their namespace is no longer mounted). Their records stay for dockerd's
-/// `DeleteEndpoint`, as do their addresses, which are dockerd's to release.
+/// At start, once ready: takes out of Plexus the containers that went while it was stopped
+/// (dockerd's `Leave` could not reach it; their namespace is no longer mounted). Their
+/// records stay for dockerd's `DeleteEndpoint`, as do their addresses, which are dockerd's
+/// to release.
 pub async fn resume_joins(ctx: Arc<Ctx>) {
     let waiting = match ctx
         .state
@@ -492,10 +443,6 @@ pub async fn resume_joins(ctx: Arc<Ctx>) {
     };
     for mut rec in waiting {
         if rec.sandbox.is_none() {
-            continue;
-        }
-        if !rec.attached {
-            spawn_attach(ctx.clone(), rec.docker_id);
             continue;
         }
         if rec.key.as_deref().is_some_and(mounted) {
@@ -590,8 +537,7 @@ pub async fn oper_info(ctx: &Ctx, body: &[u8]) -> Answer {
 }
 
 /// `ProgramExternalConnectivity` and `RevokeExternalConnectivity`: the join published the
-/// ports already (libnetwork calls these only for an endpoint with a gateway, which the join
-/// never answers).
+/// ports already (from `CreateEndpoint`'s port map), and the leave takes them down.
 pub async fn external(ctx: &Ctx, op: &str, body: &[u8]) -> Answer {
     let r: EndpointIdsRequest = request(op, body)?;
     network_record(ctx, &r.network_id).await?;

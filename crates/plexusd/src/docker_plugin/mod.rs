@@ -10,29 +10,21 @@
 //! (after start-up reconciliation), then runs.
 //!
 //! **How a container joins.** dockerd asks `Join` with the container's namespace
-//! (`SandboxKey`). Plexus does the whole join itself, through its controller, as for its own
-//! sandboxes: a Plexus sandbox on that namespace (`docker-<namespace file name>`, made at the
-//! container's first join, removed at its last leave) connected to the Plexus network with
-//! the address and MAC dockerd already has. For a container being started, dockerd joins
-//! before the namespace exists (runc makes it; libnetwork's `SetKey` mounts it at the
-//! `SandboxKey` from the container's prestart hook), so the join is recorded, answered, and
-//! finished by a task the moment the mount appears ([`endpoint::spawn_attach`]). The
-//! container's process may therefore start a few milliseconds before its interface is
-//! there: nothing in the protocol lets a driver act between `SetKey` and the process start.
-//! `docker network connect` to a running container joins before answering. libnetwork also
-//! turns IPv6 off in the namespace right after mounting it, and back on only for interfaces
-//! it moves itself: a join with an IPv6 address waits for that, then turns it on again
-//! (`endpoint::allow_ipv6`). The answer names no interface, no gateway and
-//! disables the gateway service, and libnetwork then moves nothing, configures nothing and
-//! adds no route (its `populateNetworkResources` acts only on an `InterfaceName.SrcName`,
-//! `updateGateway` only with a `Gateway`, and `needDefaultGW` is false for an endpoint with
-//! `DisableGatewayService`, so no `docker_gwbridge`). The interface, its address, the routes,
-//! isolation and egress are Plexus's, exactly as on a Plexus sandbox. The price: without a
-//! `Gateway` libnetwork never calls `ProgramExternalConnectivity`, so published ports are
-//! taken from `CreateEndpoint`'s `com.docker.network.portmap` (dockerd sends the container's
-//! `-p` there, to its first network) and published by the join; and `docker inspect` shows
-//! no gateway. Answering with an interface instead was rejected: libnetwork would add its
-//! own default route (`SetGateway`) beside Plexus's and configure the link a second time.
+//! (`SandboxKey`), which for a container being started does not exist yet: runc makes it,
+//! and libnetwork's `SetKey` mounts it from the container's prestart hook, then moves in the
+//! interfaces its drivers named and configures them, before the container's process
+//! starts. Plexus answers as libnetwork's remote drivers do: the join goes through its
+//! controller, on a Plexus sandbox per container namespace (`docker-<namespace file name>`,
+//! made at the container's first join, removed at its last leave) whose joins hand the
+//! interface over ([`plexus_cnm::InterfaceName::handoff`]): the bridge driver makes the veth
+//! pair in plexusd's namespace, the host end on the network's bridge with isolation and
+//! published ports, the other end down and bare under `InterfaceName.SrcName`; dockerd
+//! moves it in as `eth<n>` (`DstPrefix`) with the address and MAC it already has, and
+//! routes through the answer's `Gateway`. So the interface is there when the process
+//! starts, `docker network connect` works on a running container, and `docker inspect`
+//! shows the gateway. `DisableGatewayService` keeps `docker_gwbridge` out. Published ports
+//! come from `CreateEndpoint`'s `com.docker.network.portmap` (dockerd sends the container's
+//! `-p` there, to its first network) and are published by the join.
 //!
 //! **Addresses.** With `--ipam-driver <plugin>`, pools and addresses are Plexus IPAM
 //! allocations ([`ipam`]), recorded as dockerd's ([`state`]); the Plexus network made by

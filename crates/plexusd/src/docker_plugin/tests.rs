@@ -71,9 +71,10 @@ impl Driver for FakeBridge {
         _: &str,
         interface: InterfaceName<'_>,
     ) -> Result<Joined, DriverError> {
+        assert!(interface.handoff, "dockerd's joins hand the interface over");
         lock(&self.joined).insert(id.to_string());
         Ok(Joined {
-            interface: Some(interface.guess()),
+            interface: Some(format!("plxc{}", &id[..8])),
             ..Joined::default()
         })
     }
@@ -327,10 +328,17 @@ async fn a_network_and_a_container_through_dockerds_calls() {
     );
     // A namespace that exists (this process's): the join is done before the answer.
     let joined = must(c, "NetworkDriver.Join", json!({"NetworkID": NID, "EndpointID": EID, "SandboxKey": "/proc/self/ns/net", "Options": {}})).await;
-    assert_eq!(joined, json!({"DisableGatewayService": true}));
     let sandbox = ok("sandbox", c.controller.sandbox("docker-net").await);
     let eps = ok("endpoints", c.controller.sandbox_endpoints(&sandbox).await);
     assert_eq!(eps.len(), 1);
+    assert_eq!(
+        joined,
+        json!({
+            "InterfaceName": {"SrcName": eps[0].0.interface, "DstPrefix": "eth"},
+            "Gateway": "10.60.0.1",
+            "DisableGatewayService": true,
+        })
+    );
     assert_eq!(
         eps[0].0.ipv4.map(|a| a.to_string()).as_deref(),
         Some("10.60.0.2/24")
@@ -627,12 +635,12 @@ async fn activation_answers_before_the_daemon_is_ready() {
         .is_some_and(|e| e.to_string().contains("--docker-plugin-socket")));
 }
 
-/// A container being started: its namespace is not mounted yet when dockerd joins, so the
-/// join is recorded and answered, and finished later; a leave before that undoes the record
-/// only. A container gone while plexusd was stopped (attached, its namespace no longer
-/// mounted) is taken out of Plexus at start, its record kept for dockerd's `DeleteEndpoint`.
+/// A container being started: its namespace is not mounted yet when dockerd joins, and the
+/// join is made and answered at once, with the interface for dockerd to move in. A
+/// container gone while plexusd was stopped (its namespace no longer mounted) is taken out
+/// of Plexus at start, its record kept for dockerd's `DeleteEndpoint`.
 #[tokio::test]
-async fn joins_wait_for_the_namespace_and_gone_containers_leave_at_start() {
+async fn joins_hand_the_interface_over_and_gone_containers_leave_at_start() {
     let w = world().await;
     let c = &w.ctx;
     let dir = ok("tempdir", tempfile::tempdir());
@@ -652,15 +660,28 @@ async fn joins_wait_for_the_namespace_and_gone_containers_leave_at_start() {
         json!({"NetworkID": NID, "EndpointID": EID, "SandboxKey": key}),
     )
     .await;
-    assert_eq!(joined, json!({"DisableGatewayService": true}));
     let rec: Option<state::EndpointRecord> =
         ok("record", c.state.get(&state::endpoint_key(EID)).await);
     let rec = rec.unwrap_or_else(|| panic!("no endpoint record"));
-    assert!(rec.sandbox.is_some() && !rec.attached, "{rec:?}");
-    assert!(
-        ok("sandboxes", c.controller.sandboxes().await).is_empty(),
-        "not joined yet"
+    assert!(rec.sandbox.is_some() && rec.attached, "{rec:?}");
+    let sandboxes = ok("sandboxes", c.controller.sandboxes().await);
+    assert_eq!(sandboxes.len(), 1);
+    assert!(sandboxes[0].external_key && sandboxes[0].key == key);
+    let eps = ok(
+        "endpoints",
+        c.controller.sandbox_endpoints(&sandboxes[0]).await,
     );
+    let src = eps[0].0.interface.clone().unwrap_or_default();
+    assert!(src.starts_with("plxc"), "{src}");
+    assert_eq!(
+        joined,
+        json!({
+            "InterfaceName": {"SrcName": src, "DstPrefix": "eth"},
+            "Gateway": "10.70.0.1",
+            "DisableGatewayService": true,
+        })
+    );
+    assert_eq!(lock(&w.bridge.joined).len(), 1);
     must(
         c,
         "NetworkDriver.Leave",
@@ -670,6 +691,8 @@ async fn joins_wait_for_the_namespace_and_gone_containers_leave_at_start() {
     let rec: Option<state::EndpointRecord> =
         ok("record", c.state.get(&state::endpoint_key(EID)).await);
     assert!(rec.is_some_and(|r| r.sandbox.is_none()), "left");
+    assert!(lock(&w.bridge.joined).is_empty());
+    assert!(ok("sandboxes", c.controller.sandboxes().await).is_empty());
 
     // Joined for real, then the container goes while plexusd is away.
     must(
