@@ -11,13 +11,15 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use tokio::io::{AsyncWriteExt, ReadHalf};
+use tokio::io::AsyncWriteExt;
 use tokio::sync::{mpsc, oneshot, Semaphore};
 use tokio::task::{JoinHandle, JoinSet};
 
 use crate::frame::{read_frame, write_frame, FrameError};
 use crate::identity::{NodeId, PeerIdentity};
-use crate::transport::{Stream, TlsConnection, TlsConnector, TlsListener, TransportError};
+use crate::transport::{
+    StreamReader, StreamWriter, TlsConnection, TlsConnector, TlsListener, TransportError,
+};
 
 const KIND_REQUEST: u8 = 0;
 const KIND_RESPONSE: u8 = 1;
@@ -92,7 +94,7 @@ fn decode(frame: &[u8]) -> Option<(u8, u64, &[u8])> {
 
 /// Runs the writing half: frames from `rx` until it closes or writing fails.
 async fn write_loop(
-    mut writer: tokio::io::WriteHalf<Box<dyn Stream>>,
+    mut writer: StreamWriter,
     mut rx: mpsc::Receiver<Vec<u8>>,
     max: usize,
 ) -> Result<(), FrameError> {
@@ -394,7 +396,7 @@ impl RpcClient {
 }
 
 async fn read_responses(
-    mut reader: ReadHalf<Box<dyn Stream>>,
+    mut reader: StreamReader,
     max: usize,
     addr: String,
     pending: Pending,

@@ -368,6 +368,11 @@ fn describe(e: &std::io::Error) -> String {
 pub trait Stream: AsyncRead + AsyncWrite + Unpin + Send + 'static {}
 impl<T: AsyncRead + AsyncWrite + Unpin + Send + 'static> Stream for T {}
 
+/// The reading half of a split connection.
+pub(crate) type StreamReader = ReadHalf<Box<dyn Stream>>;
+/// The writing half of a split connection.
+pub(crate) type StreamWriter = WriteHalf<Box<dyn Stream>>;
+
 /// A TLS connection to a cluster node carrying length-prefixed frames.
 pub struct TlsConnection {
     stream: Box<dyn Stream>,
@@ -428,7 +433,7 @@ impl TlsConnection {
     }
 
     /// Splits the connection into a reading and a writing half.
-    pub(crate) fn into_split(self) -> (ReadHalf<Box<dyn Stream>>, WriteHalf<Box<dyn Stream>>) {
+    pub(crate) fn into_split(self) -> (StreamReader, StreamWriter) {
         tokio::io::split(self.stream)
     }
 }

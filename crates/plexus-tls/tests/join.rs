@@ -296,3 +296,43 @@ async fn a_listener_presents_its_replaced_certificate_to_the_next_client() {
     assert!(server_creds.replace(foreign).is_err());
     assert_eq!(server_creds.current().not_after(), renewed.not_after());
 }
+
+#[tokio::test]
+async fn a_renewal_without_a_node_certificate_is_refused() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    let mut manager = Manager::start(HOUR).await;
+    // A client that trusts the CA but presents no certificate asks for a renewal.
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add(manager.ca.cert_der().clone()).unwrap();
+    let config = rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .unwrap()
+    .with_root_certificates(roots)
+    .with_no_client_auth();
+    let manager_id = manager.creds.current().node_id().to_string();
+    let tcp = tokio::net::TcpStream::connect(&manager.addr).await.unwrap();
+    let mut stream = tokio_rustls::TlsConnector::from(Arc::new(config))
+        .connect(
+            rustls::pki_types::ServerName::try_from(manager_id).unwrap(),
+            tcp,
+        )
+        .await
+        .unwrap();
+    let request = br#"{"renew":{"csr":"00"}}"#;
+    stream
+        .write_all(&(request.len() as u32).to_be_bytes())
+        .await
+        .unwrap();
+    stream.write_all(request).await.unwrap();
+    let mut len = [0u8; 4];
+    stream.read_exact(&mut len).await.unwrap();
+    let mut answer = vec![0u8; u32::from_be_bytes(len) as usize];
+    stream.read_exact(&mut answer).await.unwrap();
+    let answer = String::from_utf8(answer).unwrap();
+    assert!(answer.contains("no node certificate presented"), "{answer}");
+    let served = manager.next_result().await.unwrap_err();
+    assert!(served.contains("renewal from"), "{served}");
+}
