@@ -163,10 +163,12 @@ impl Enroller {
         role: Role,
         expires: Option<SystemTime>,
     ) -> Result<JoinToken, RandomError> {
-        let mut tokens = self.tokens();
-        let token = tokens.rotate(role, expires)?;
-        self.set_tokens(tokens);
-        Ok(token)
+        // Under the write lock, so that two rotations cannot lose one another's change.
+        let mut tokens = match self.tokens.write() {
+            Ok(tokens) => tokens,
+            Err(poisoned) => poisoned.into_inner(),
+        };
+        tokens.rotate(role, expires)
     }
 
     /// Answers one enrolment request on `conn`: a join (checked against the tokens) or a

@@ -367,25 +367,27 @@ impl RpcClient {
             addr: self.addr.clone(),
             reason: reason.to_owned(),
         };
+        let forget = || {
+            if let Ok(mut map) = conn.pending.lock() {
+                map.remove(&id);
+            }
+        };
         // The reader may have failed every pending call before this one was added.
-        if conn.closed.load(Ordering::SeqCst) {
-            return Err(lost("closed"));
-        }
-        if conn
-            .tx
-            .send(encode(KIND_REQUEST, id, request))
-            .await
-            .is_err()
+        if conn.closed.load(Ordering::SeqCst)
+            || conn
+                .tx
+                .send(encode(KIND_REQUEST, id, request))
+                .await
+                .is_err()
         {
+            forget();
             return Err(lost("closed"));
         }
         match tokio::time::timeout(self.timeout, reply_rx).await {
             Ok(Ok(result)) => result,
             Ok(Err(_)) => Err(lost("closed")),
             Err(_) => {
-                if let Ok(mut map) = conn.pending.lock() {
-                    map.remove(&id);
-                }
+                forget();
                 Err(RpcError::Timeout {
                     addr: self.addr.clone(),
                     after: self.timeout,
