@@ -1,0 +1,702 @@
+//! A member of the cluster: its Raft, its listener, its leader-only tasks, and the
+//! administration the daemon needs (initialize, learners, membership, metrics).
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::PathBuf;
+use std::sync::atomic::AtomicU64;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use openraft::error::{CheckIsLeaderError, ClientWriteError, RaftError};
+use openraft::{ChangeMembers, Config, Raft, ServerState, SnapshotPolicy};
+use plexus_kv::{KvError, Store};
+use tokio::task::JoinHandle;
+
+use crate::db;
+use crate::log_store::LogStore;
+use crate::rpc::{CallError, Network, Pool, Redirect, Request, Response};
+use crate::sm::{Shared, StateMachine};
+use crate::store::RaftStore;
+use crate::transport::{
+    read_frame, write_frame, BoxConn, RaftListener, RaftTransport, TcpTransport,
+};
+use crate::types::{Applied, Command, Peer, TypeConfig};
+
+/// The value limit of the Raft store, as plexus-kv's `max_value_bytes`: larger values are
+/// refused before anything is proposed.
+pub const DEFAULT_MAX_VALUE_BYTES: usize = 1 << 20;
+
+/// How to start a node.
+#[derive(Clone)]
+pub struct RaftConfig {
+    /// The node's id, unique in the cluster and independent of its address.
+    pub id: u64,
+    /// Where the node keeps its database (`raft.redb`).
+    pub data_dir: PathBuf,
+    /// The address to listen on (`host:port`; port 0 picks one).
+    pub listen: String,
+    /// The address other members use, when it differs from the bound one.
+    pub advertise: Option<String>,
+    /// How members reach each other.
+    pub transport: Arc<dyn RaftTransport>,
+    /// A snapshot is built, and the log before it purged, every this many entries.
+    pub snapshot_every: u64,
+    /// The leader's heartbeat period.
+    pub heartbeat: Duration,
+    /// A follower starts an election after a random wait in this range without a leader.
+    pub election_timeout: (Duration, Duration),
+    /// The largest value accepted.
+    pub max_value_bytes: usize,
+    /// How long a store operation waits for a leader and an answer.
+    pub op_timeout: Duration,
+    /// How often the leader looks for expired keys.
+    pub ttl_tick: Duration,
+}
+
+impl RaftConfig {
+    /// A configuration with the defaults: plain TCP, heartbeat 50 ms, elections after
+    /// 150–300 ms, a snapshot every 10,000 entries, 1 MiB values.
+    pub fn new(id: u64, data_dir: impl Into<PathBuf>, listen: impl Into<String>) -> Self {
+        Self {
+            id,
+            data_dir: data_dir.into(),
+            listen: listen.into(),
+            advertise: None,
+            transport: Arc::new(TcpTransport),
+            snapshot_every: 10_000,
+            heartbeat: Duration::from_millis(50),
+            election_timeout: (Duration::from_millis(150), Duration::from_millis(300)),
+            max_value_bytes: DEFAULT_MAX_VALUE_BYTES,
+            op_timeout: Duration::from_secs(10),
+            ttl_tick: Duration::from_millis(100),
+        }
+    }
+}
+
+/// Errors of starting and administering a node. Each names the node, address or path.
+#[derive(Debug, thiserror::Error)]
+pub enum RaftNodeError {
+    /// The data directory or its database could not be opened.
+    #[error("raft node {id}: data directory {path}: {reason}")]
+    Storage {
+        /// The node.
+        id: u64,
+        /// The directory.
+        path: PathBuf,
+        /// Why.
+        reason: String,
+    },
+    /// The listen address could not be bound.
+    #[error("raft node {id}: cannot listen on {addr}: {source}")]
+    Bind {
+        /// The node.
+        id: u64,
+        /// The address.
+        addr: String,
+        /// The error.
+        source: std::io::Error,
+    },
+    /// The configuration is invalid (timeouts out of order, ...).
+    #[error("raft node {id}: invalid configuration: {reason}")]
+    Config {
+        /// The node.
+        id: u64,
+        /// Why.
+        reason: String,
+    },
+    /// A cluster operation was refused or failed.
+    #[error("raft node {id}: {op} failed: {reason}")]
+    Cluster {
+        /// The node that was asked.
+        id: u64,
+        /// The operation.
+        op: &'static str,
+        /// Why.
+        reason: String,
+    },
+}
+
+/// What [`RaftNode::metrics`] reports.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NodeMetrics {
+    /// This node's id.
+    pub id: u64,
+    /// The leader this node knows, if any.
+    pub leader: Option<u64>,
+    /// Whether this node leads.
+    pub is_leader: bool,
+    /// Voters, with their addresses.
+    pub voters: BTreeMap<u64, String>,
+    /// Learners (members that do not vote), with their addresses.
+    pub learners: BTreeMap<u64, String>,
+    /// The index of the last entry applied here.
+    pub last_applied: u64,
+    /// The index of the last entry in the latest snapshot, if any.
+    pub snapshot: Option<u64>,
+    /// The current term.
+    pub term: u64,
+}
+
+pub(crate) struct Inner {
+    pub id: u64,
+    pub raft: Raft<TypeConfig>,
+    pub shared: Arc<Shared>,
+    pub pool: Pool,
+    pub addr: String,
+    pub url: String,
+    pub max_value_bytes: usize,
+    pub op_timeout: Duration,
+    pub next_client: AtomicU64,
+}
+
+/// A running member. Dropping it does not stop it: call [`RaftNode::shutdown`].
+pub struct RaftNode {
+    inner: Arc<Inner>,
+    tasks: Mutex<Vec<JoinHandle<()>>>,
+}
+
+fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+        .unwrap_or(0)
+}
+
+impl RaftNode {
+    /// Opens the data directory, binds the listener and starts Raft. A node restarted on
+    /// the same directory comes back with its log, vote and state; if it now listens on
+    /// another address, it tells the leader, which records it in the membership.
+    pub async fn start(config: RaftConfig) -> Result<RaftNode, RaftNodeError> {
+        let id = config.id;
+        let raft_config = Config {
+            cluster_name: "plexus".into(),
+            heartbeat_interval: millis(config.heartbeat),
+            election_timeout_min: millis(config.election_timeout.0),
+            election_timeout_max: millis(config.election_timeout.1),
+            snapshot_policy: SnapshotPolicy::LogsSinceLast(config.snapshot_every.max(1)),
+            max_in_snapshot_log_to_keep: 0,
+            snapshot_max_chunk_size: 1 << 20,
+            max_payload_entries: 256,
+            install_snapshot_timeout: 2_000,
+            ..Default::default()
+        }
+        .validate()
+        .map_err(|e| RaftNodeError::Config {
+            id,
+            reason: e.to_string(),
+        })?;
+        let dir = config.data_dir.clone();
+        let database = open_db(&dir)
+            .await
+            .map_err(|reason| RaftNodeError::Storage {
+                id,
+                path: dir.clone(),
+                reason,
+            })?;
+        let listener = config
+            .transport
+            .bind(&config.listen)
+            .await
+            .map_err(|source| RaftNodeError::Bind {
+                id,
+                addr: config.listen.clone(),
+                source,
+            })?;
+        let bound = listener
+            .local_addr()
+            .map_err(|source| RaftNodeError::Bind {
+                id,
+                addr: config.listen.clone(),
+                source,
+            })?;
+        let addr = config.advertise.clone().unwrap_or(bound);
+        let shared = Shared::new(database);
+        let raft = Raft::new(
+            id,
+            Arc::new(raft_config),
+            Network {
+                transport: config.transport.clone(),
+            },
+            LogStore::new(shared.db.clone()),
+            StateMachine::new(shared.clone()),
+        )
+        .await
+        .map_err(|e| RaftNodeError::Cluster {
+            id,
+            op: "start",
+            reason: e.to_string(),
+        })?;
+        let inner = Arc::new(Inner {
+            id,
+            raft,
+            shared,
+            pool: Pool::new(config.transport.clone()),
+            url: format!("raft://{id}@{addr}"),
+            addr,
+            max_value_bytes: config.max_value_bytes,
+            op_timeout: config.op_timeout,
+            next_client: AtomicU64::new(1),
+        });
+        let tasks = vec![
+            tokio::spawn(serve(listener, inner.clone())),
+            tokio::spawn(expire_keys(inner.clone(), config.ttl_tick)),
+            tokio::spawn(announce(inner.clone())),
+        ];
+        tracing::info!(id, addr = %inner.addr, "raft node started");
+        Ok(RaftNode {
+            inner,
+            tasks: Mutex::new(tasks),
+        })
+    }
+
+    /// This node's id.
+    pub fn id(&self) -> u64 {
+        self.inner.id
+    }
+
+    /// The address other members reach this node at.
+    pub fn addr(&self) -> &str {
+        &self.inner.addr
+    }
+
+    /// Makes a one-member cluster of this node. Refused if it is already in a cluster.
+    pub async fn initialize(&self) -> Result<(), RaftNodeError> {
+        let members = BTreeMap::from([(
+            self.inner.id,
+            Peer {
+                addr: self.inner.addr.clone(),
+            },
+        )]);
+        self.inner
+            .raft
+            .initialize(members)
+            .await
+            .map_err(|e| self.cluster_err("initialize", e))
+    }
+
+    /// Adds node `id`, listening at `addr`, as a learner, and waits until it has caught up
+    /// (by log or snapshot). Must be called on the leader.
+    pub async fn add_learner(&self, id: u64, addr: &str) -> Result<(), RaftNodeError> {
+        let peer = Peer {
+            addr: addr.to_string(),
+        };
+        self.inner
+            .raft
+            .add_learner(id, peer, true)
+            .await
+            .map(|_| ())
+            .map_err(|e| self.cluster_err("add_learner", e))
+    }
+
+    /// Makes exactly `voters` the voting members (each must be a member already); members
+    /// left out stay as learners when `keep_as_learners`, else are removed. Must be called
+    /// on the leader.
+    pub async fn change_membership(
+        &self,
+        voters: BTreeSet<u64>,
+        keep_as_learners: bool,
+    ) -> Result<(), RaftNodeError> {
+        if voters.is_empty() {
+            return Err(RaftNodeError::Cluster {
+                id: self.inner.id,
+                op: "change_membership",
+                reason: "a cluster needs at least one voter".into(),
+            });
+        }
+        let members = self.metrics();
+        for v in &voters {
+            if !members.voters.contains_key(v) && !members.learners.contains_key(v) {
+                return Err(RaftNodeError::Cluster {
+                    id: self.inner.id,
+                    op: "change_membership",
+                    reason: format!("node {v} is not a member; add it as a learner first"),
+                });
+            }
+        }
+        self.inner
+            .raft
+            .change_membership(ChangeMembers::ReplaceAllVoters(voters), keep_as_learners)
+            .await
+            .map(|_| ())
+            .map_err(|e| self.cluster_err("change_membership", e))
+    }
+
+    /// Removes learner `id` from the cluster (demote a voter first).
+    pub async fn remove_learner(&self, id: u64) -> Result<(), RaftNodeError> {
+        self.inner
+            .raft
+            .change_membership(ChangeMembers::RemoveNodes(BTreeSet::from([id])), false)
+            .await
+            .map(|_| ())
+            .map_err(|e| self.cluster_err("remove_learner", e))
+    }
+
+    /// Leader, members and progress as this node sees them.
+    pub fn metrics(&self) -> NodeMetrics {
+        let m = self.inner.raft.metrics().borrow().clone();
+        let membership = m.membership_config.membership();
+        let voter_ids: BTreeSet<u64> = membership.voter_ids().collect();
+        let mut voters = BTreeMap::new();
+        let mut learners = BTreeMap::new();
+        for (id, peer) in membership.nodes() {
+            if voter_ids.contains(id) {
+                voters.insert(*id, peer.addr.clone());
+            } else {
+                learners.insert(*id, peer.addr.clone());
+            }
+        }
+        NodeMetrics {
+            id: m.id,
+            leader: m.current_leader,
+            is_leader: m.state == ServerState::Leader,
+            voters,
+            learners,
+            last_applied: m.last_applied.map(|l| l.index).unwrap_or(0),
+            snapshot: m.snapshot.map(|l| l.index),
+            term: m.current_term,
+        }
+    }
+
+    /// Builds a snapshot now (and purges the log before it).
+    pub async fn trigger_snapshot(&self) -> Result<(), RaftNodeError> {
+        self.inner
+            .raft
+            .trigger()
+            .snapshot()
+            .await
+            .map_err(|e| self.cluster_err("snapshot", e))
+    }
+
+    /// A client of the key space on this node: writes go to the leader (forwarded if this
+    /// node does not lead), reads are linearizable, watches follow this node's state.
+    pub fn store(&self) -> Arc<dyn Store> {
+        Arc::new(RaftStore::new(self.inner.clone()))
+    }
+
+    /// Stops Raft, the listener and the node's tasks, and closes the database.
+    pub async fn shutdown(&self) -> Result<(), RaftNodeError> {
+        let tasks = std::mem::take(&mut *self.tasks.lock().unwrap_or_else(|p| p.into_inner()));
+        for t in &tasks {
+            t.abort();
+        }
+        for t in tasks {
+            let _ = t.await;
+        }
+        self.inner
+            .raft
+            .shutdown()
+            .await
+            .map_err(|e| self.cluster_err("shutdown", e))?;
+        // Watches end with the node.
+        *self.inner.shared.hub() = Default::default();
+        Ok(())
+    }
+
+    fn cluster_err(&self, op: &'static str, e: impl std::fmt::Display) -> RaftNodeError {
+        RaftNodeError::Cluster {
+            id: self.inner.id,
+            op,
+            reason: e.to_string(),
+        }
+    }
+}
+
+fn millis(d: Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
+}
+
+/// Opens the database, waiting a little for a previous run in this process to let go.
+async fn open_db(dir: &std::path::Path) -> Result<Arc<redb::Database>, String> {
+    let mut last = String::new();
+    for _ in 0..50 {
+        let d = dir.to_path_buf();
+        match tokio::task::spawn_blocking(move || db::open(&d))
+            .await
+            .map_err(|e| e.to_string())?
+        {
+            Ok(db) => return Ok(db),
+            Err(e) => last = e,
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    Err(last)
+}
+
+impl Inner {
+    /// Proposes a command on this node, if it leads; stamps TTL deadlines with its clock.
+    pub(crate) async fn propose(&self, mut cmd: Command) -> Result<Applied, Redirect> {
+        cmd.stamp(now_ms());
+        match self.raft.client_write(cmd).await {
+            Ok(resp) => Ok(resp.data),
+            Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f))) => {
+                Err(Redirect::NotLeader {
+                    id: f.leader_id,
+                    addr: f.leader_node.map(|n| n.addr),
+                })
+            }
+            Err(e) => Err(Redirect::Failed(e.to_string())),
+        }
+    }
+
+    fn unavailable(&self, reason: impl Into<String>) -> KvError {
+        KvError::Unavailable {
+            url: self.url.clone(),
+            reason: reason.into(),
+        }
+    }
+
+    /// Writes through the leader: here if this node leads, else forwarded. Retried only
+    /// while nothing can have been proposed (no leader, a member that does not lead, a
+    /// leader that cannot be reached), so a command is never applied twice.
+    pub(crate) async fn write(&self, cmd: Command) -> Result<Applied, KvError> {
+        let deadline = tokio::time::Instant::now() + self.op_timeout;
+        let mut last = String::from("no leader");
+        while tokio::time::Instant::now() < deadline {
+            match self.propose(cmd.clone()).await {
+                Ok(a) => return Ok(a),
+                Err(Redirect::Failed(e)) => return Err(self.unavailable(e)),
+                Err(Redirect::NotLeader {
+                    id: Some(leader),
+                    addr: Some(addr),
+                }) if leader != self.id => {
+                    match self.pool.call(&addr, &Request::Write(cmd.clone())).await {
+                        Ok(Response::Write(Ok(a))) => return Ok(a),
+                        Ok(Response::Write(Err(Redirect::Failed(e)))) => {
+                            return Err(self.unavailable(format!("leader {leader}: {e}")))
+                        }
+                        Ok(Response::Write(Err(Redirect::NotLeader { .. }))) => {
+                            last = format!("node {leader} no longer leads");
+                        }
+                        Ok(_) => {
+                            return Err(self.unavailable(format!(
+                                "leader {leader} at {addr} answered another request"
+                            )))
+                        }
+                        Err(CallError::Connect(e)) => {
+                            last = format!("leader {leader} at {addr}: {e}");
+                        }
+                        Err(CallError::Lost(e)) => {
+                            return Err(self.unavailable(format!(
+                                "leader {leader} at {addr} went away during the write \
+                                 (it may have been applied): {e}"
+                            )))
+                        }
+                    }
+                }
+                Err(Redirect::NotLeader { .. }) => {}
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        Err(KvError::Timeout {
+            url: format!("{} ({last})", self.url),
+            op: "write",
+            after: self.op_timeout,
+        })
+    }
+
+    /// Waits until this node has applied everything committed before the call: the leader
+    /// confirms it still leads (a heartbeat round) and gives its commit index.
+    pub(crate) async fn read_barrier(&self) -> Result<(), KvError> {
+        let deadline = tokio::time::Instant::now() + self.op_timeout;
+        let mut last = String::from("no leader");
+        while tokio::time::Instant::now() < deadline {
+            let index = match self.raft.get_read_log_id().await {
+                Ok((read, _)) => Some(read.map(|l| l.index)),
+                Err(RaftError::APIError(CheckIsLeaderError::ForwardToLeader(f))) => {
+                    match (f.leader_id, f.leader_node) {
+                        (Some(leader), Some(node)) if leader != self.id => {
+                            match self.pool.call(&node.addr, &Request::ReadIndex).await {
+                                Ok(Response::ReadIndex(Ok(i))) => Some(Some(i)),
+                                Ok(_) => {
+                                    last = format!("node {leader} no longer leads");
+                                    None
+                                }
+                                Err(e) => {
+                                    last = format!("leader {leader} at {}: {e:?}", node.addr);
+                                    None
+                                }
+                            }
+                        }
+                        _ => None,
+                    }
+                }
+                Err(e) => {
+                    last = e.to_string();
+                    None
+                }
+            };
+            if let Some(index) = index {
+                let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+                return self
+                    .raft
+                    .wait(Some(left))
+                    .applied_index_at_least(index, "read barrier")
+                    .await
+                    .map(|_| ())
+                    .map_err(|e| self.unavailable(format!("catching up to the leader: {e}")));
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        Err(KvError::Timeout {
+            url: format!("{} ({last})", self.url),
+            op: "read",
+            after: self.op_timeout,
+        })
+    }
+
+    async fn handle(&self, req: Request) -> Response {
+        match req {
+            Request::Append(r) => Response::Append(self.raft.append_entries(r).await),
+            Request::Vote(r) => Response::Vote(self.raft.vote(r).await),
+            Request::Snapshot(r) => Response::Snapshot(self.raft.install_snapshot(r).await),
+            Request::Write(cmd) => Response::Write(self.propose(cmd).await),
+            Request::ReadIndex => Response::ReadIndex(match self.raft.get_read_log_id().await {
+                Ok((read, _)) => Ok(read.map(|l| l.index).unwrap_or(0)),
+                Err(RaftError::APIError(CheckIsLeaderError::ForwardToLeader(f))) => {
+                    Err(Redirect::NotLeader {
+                        id: f.leader_id,
+                        addr: f.leader_node.map(|n| n.addr),
+                    })
+                }
+                Err(e) => Err(Redirect::Failed(e.to_string())),
+            }),
+            Request::Announce { id, addr } => Response::Announced(self.record_addr(id, addr).await),
+        }
+    }
+
+    /// On the leader: records a member's new address in the membership.
+    async fn record_addr(&self, id: u64, addr: String) -> Result<(), Redirect> {
+        let m = self.raft.metrics().borrow().clone();
+        if m.state != ServerState::Leader {
+            return Err(Redirect::NotLeader {
+                id: m.current_leader,
+                addr: m
+                    .current_leader
+                    .and_then(|l| m.membership_config.membership().get_node(&l).cloned())
+                    .map(|n| n.addr),
+            });
+        }
+        let known = m.membership_config.membership().get_node(&id).cloned();
+        match known {
+            Some(p) if p.addr == addr => Ok(()),
+            Some(_) => self
+                .raft
+                .change_membership(
+                    ChangeMembers::SetNodes(BTreeMap::from([(id, Peer { addr })])),
+                    true,
+                )
+                .await
+                .map(|_| ())
+                .map_err(|e| Redirect::Failed(e.to_string())),
+            None => Err(Redirect::Failed(format!("node {id} is not a member"))),
+        }
+    }
+}
+
+/// Accepts connections and serves each one's requests in order.
+async fn serve(listener: Box<dyn RaftListener>, inner: Arc<Inner>) {
+    let mut conns = tokio::task::JoinSet::new();
+    loop {
+        match listener.accept().await {
+            Ok(conn) => {
+                conns.spawn(serve_conn(conn, inner.clone()));
+            }
+            Err(e) => {
+                tracing::warn!(id = inner.id, error = %e, "raft accept failed");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+        while conns.try_join_next().is_some() {}
+    }
+}
+
+async fn serve_conn(mut conn: BoxConn, inner: Arc<Inner>) {
+    loop {
+        let req: Request = match read_frame(&mut conn).await {
+            Ok(r) => r,
+            Err(e) => {
+                if e.kind() != std::io::ErrorKind::UnexpectedEof {
+                    tracing::debug!(id = inner.id, error = %e, "raft connection closed");
+                }
+                return;
+            }
+        };
+        let resp = inner.handle(req).await;
+        let body = match crate::transport::encode_frame(&resp) {
+            Ok(b) => b,
+            Err(e) => {
+                tracing::warn!(id = inner.id, error = %e, "raft answer not sent");
+                return;
+            }
+        };
+        if write_frame(&mut conn, &body).await.is_err() {
+            return;
+        }
+    }
+}
+
+/// On the leader only: proposes the expiry of keys past their deadline. The deadline was
+/// stamped by a leader's clock; apply compares nothing with a clock.
+async fn expire_keys(inner: Arc<Inner>, tick: Duration) {
+    loop {
+        tokio::time::sleep(tick).await;
+        if inner.raft.metrics().borrow().state != ServerState::Leader {
+            continue;
+        }
+        let due = match inner.shared.due(now_ms(), 256) {
+            Ok(d) => d,
+            Err(e) => {
+                tracing::warn!(id = inner.id, error = %e, "reading deadlines failed");
+                continue;
+            }
+        };
+        for (key, index) in due {
+            if let Err(e) = inner.propose(Command::Expire { key, index }).await {
+                tracing::debug!(id = inner.id, error = ?e, "expiry not proposed");
+                break;
+            }
+        }
+    }
+}
+
+/// A restarted member listening on a new address tells the leader, through any member it
+/// knows, until the membership has its address.
+async fn announce(inner: Arc<Inner>) {
+    loop {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        let m = inner.raft.metrics().borrow().clone();
+        let membership = m.membership_config.membership().clone();
+        let recorded = match membership.get_node(&inner.id) {
+            Some(p) => p.addr.clone(),
+            // Not a member (yet): nothing to announce.
+            None => continue,
+        };
+        if recorded == inner.addr {
+            continue;
+        }
+        let req = Request::Announce {
+            id: inner.id,
+            addr: inner.addr.clone(),
+        };
+        if inner.raft.metrics().borrow().state == ServerState::Leader {
+            let _ = inner.record_addr(inner.id, inner.addr.clone()).await;
+            continue;
+        }
+        for (id, peer) in membership.nodes() {
+            if *id == inner.id {
+                continue;
+            }
+            match inner.pool.call(&peer.addr, &req).await {
+                Ok(Response::Announced(Ok(()))) => break,
+                Ok(Response::Announced(Err(Redirect::NotLeader {
+                    addr: Some(addr), ..
+                }))) => {
+                    if let Ok(Response::Announced(Ok(()))) = inner.pool.call(&addr, &req).await {
+                        break;
+                    }
+                }
+                _ => {}
+            }
+        }
+    }
+}
