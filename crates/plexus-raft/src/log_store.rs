@@ -49,13 +49,10 @@ impl LogStore {
         .map_err(write_err)
     }
 
-    fn get_meta<T: serde::de::DeserializeOwned>(
-        &self,
-        name: &str,
-    ) -> Result<Option<T>, StorageError<u64>> {
-        let txn = self.db.begin_read().map_err(read_err)?;
-        let table = txn.open_table(META).map_err(read_err)?;
-        db::meta_get(&table, name).map_err(read_err)
+    fn get_meta<T: serde::de::DeserializeOwned>(&self, name: &str) -> Result<Option<T>, String> {
+        let txn = self.db.begin_read().map_err(|e| e.to_string())?;
+        let table = txn.open_table(META).map_err(|e| e.to_string())?;
+        db::meta_get(&table, name)
     }
 }
 
@@ -92,7 +89,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     type LogReader = Self;
 
     async fn get_log_state(&mut self) -> Result<LogState<TypeConfig>, StorageError<u64>> {
-        let last_purged_log_id: Option<LogId<u64>> = self.get_meta(PURGED)?;
+        let last_purged_log_id: Option<LogId<u64>> = self.get_meta(PURGED).map_err(read_err)?;
         let txn = self.db.begin_read().map_err(read_err)?;
         let table = txn.open_table(LOG).map_err(read_err)?;
         let last = match table.last().map_err(read_err)? {
@@ -118,7 +115,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     }
 
     async fn read_vote(&mut self) -> Result<Option<Vote<u64>>, StorageError<u64>> {
-        self.get_meta(VOTE)
+        self.get_meta(VOTE).map_err(read_err)
     }
 
     async fn save_committed(
@@ -131,7 +128,10 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     }
 
     async fn read_committed(&mut self) -> Result<Option<LogId<u64>>, StorageError<u64>> {
-        Ok(self.get_meta::<Option<LogId<u64>>>(COMMITTED)?.flatten())
+        Ok(self
+            .get_meta::<Option<LogId<u64>>>(COMMITTED)
+            .map_err(read_err)?
+            .flatten())
     }
 
     async fn append<I>(
