@@ -147,6 +147,8 @@ pub(crate) struct Inner {
     pub max_value_bytes: usize,
     pub op_timeout: Duration,
     pub next_client: AtomicU64,
+    /// Set by shutdown: every store of the node then answers `Closed`.
+    pub stopped: std::sync::atomic::AtomicBool,
 }
 
 /// A running member. Dropping it does not stop it: call [`RaftNode::shutdown`].
@@ -236,6 +238,7 @@ impl RaftNode {
             max_value_bytes: config.max_value_bytes,
             op_timeout: config.op_timeout,
             next_client: AtomicU64::new(1),
+            stopped: Default::default(),
         });
         let tasks = vec![
             tokio::spawn(serve(listener, inner.clone())),
@@ -374,7 +377,14 @@ impl RaftNode {
     }
 
     /// Stops Raft, the listener and the node's tasks, and closes the database.
+    ///
+    /// The database file stays open until every store of the node is dropped too (they
+    /// answer `Closed` meanwhile): drop them before starting the node again on its
+    /// directory.
     pub async fn shutdown(&self) -> Result<(), RaftNodeError> {
+        self.inner
+            .stopped
+            .store(true, std::sync::atomic::Ordering::Release);
         let tasks = std::mem::take(&mut *self.tasks.lock().unwrap_or_else(|p| p.into_inner()));
         for t in &tasks {
             t.abort();
@@ -426,7 +436,15 @@ impl Inner {
     /// Proposes a command on this node, if it leads; stamps TTL deadlines with its clock.
     pub(crate) async fn propose(&self, mut cmd: Command) -> Result<Applied, Redirect> {
         cmd.stamp(now_ms());
-        match self.raft.client_write(cmd).await {
+        // A leader cut off from its quorum never commits: answer, rather than wait forever.
+        let write = tokio::time::timeout(self.op_timeout, self.raft.client_write(cmd));
+        let Ok(result) = write.await else {
+            return Err(Redirect::Failed(format!(
+                "not committed within {:?} (no quorum?); it may still be applied",
+                self.op_timeout
+            )));
+        };
+        match result {
             Ok(resp) => Ok(resp.data),
             Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f))) => {
                 Err(Redirect::NotLeader {
@@ -459,7 +477,16 @@ impl Inner {
                     id: Some(leader),
                     addr: Some(addr),
                 }) if leader != self.id => {
-                    match self.pool.call(&addr, &Request::Write(cmd.clone())).await {
+                    let req = Request::Write(cmd.clone());
+                    let call = self.pool.call(&addr, &req);
+                    let answer = match tokio::time::timeout(self.op_timeout, call).await {
+                        Ok(a) => a,
+                        Err(_) => Err(CallError::Lost(std::io::Error::new(
+                            std::io::ErrorKind::TimedOut,
+                            format!("no answer within {:?}", self.op_timeout),
+                        ))),
+                    };
+                    match answer {
                         Ok(Response::Write(Ok(a))) => return Ok(a),
                         Ok(Response::Write(Err(Redirect::Failed(e)))) => {
                             return Err(self.unavailable(format!("leader {leader}: {e}")))
@@ -487,11 +514,10 @@ impl Inner {
             }
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
-        Err(KvError::Timeout {
-            url: format!("{} ({last})", self.url),
-            op: "write",
-            after: self.op_timeout,
-        })
+        Err(self.unavailable(format!(
+            "no write accepted within {:?}: {last}",
+            self.op_timeout
+        )))
     }
 
     /// Waits until this node has applied everything committed before the call: the leader
@@ -500,12 +526,26 @@ impl Inner {
         let deadline = tokio::time::Instant::now() + self.op_timeout;
         let mut last = String::from("no leader");
         while tokio::time::Instant::now() < deadline {
-            let index = match self.raft.get_read_log_id().await {
+            let check = tokio::time::timeout(self.op_timeout, self.raft.get_read_log_id());
+            let Ok(check) = check.await else {
+                last = "leadership not confirmed by a quorum".into();
+                continue;
+            };
+            let index = match check {
                 Ok((read, _)) => Some(read.map(|l| l.index)),
                 Err(RaftError::APIError(CheckIsLeaderError::ForwardToLeader(f))) => {
                     match (f.leader_id, f.leader_node) {
                         (Some(leader), Some(node)) if leader != self.id => {
-                            match self.pool.call(&node.addr, &Request::ReadIndex).await {
+                            let call = self.pool.call(&node.addr, &Request::ReadIndex);
+                            let answer = tokio::time::timeout(self.op_timeout, call)
+                                .await
+                                .unwrap_or_else(|_| {
+                                    Err(CallError::Lost(std::io::Error::new(
+                                        std::io::ErrorKind::TimedOut,
+                                        "no answer",
+                                    )))
+                                });
+                            match answer {
                                 Ok(Response::ReadIndex(Ok(i))) => Some(Some(i)),
                                 Ok(_) => {
                                     last = format!("node {leader} no longer leads");
@@ -537,11 +577,10 @@ impl Inner {
             }
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
-        Err(KvError::Timeout {
-            url: format!("{} ({last})", self.url),
-            op: "read",
-            after: self.op_timeout,
-        })
+        Err(self.unavailable(format!(
+            "no read index within {:?}: {last}",
+            self.op_timeout
+        )))
     }
 
     async fn handle(&self, req: Request) -> Response {
@@ -550,17 +589,29 @@ impl Inner {
             Request::Vote(r) => Response::Vote(self.raft.vote(r).await),
             Request::Snapshot(r) => Response::Snapshot(self.raft.install_snapshot(r).await),
             Request::Write(cmd) => Response::Write(self.propose(cmd).await),
-            Request::ReadIndex => Response::ReadIndex(match self.raft.get_read_log_id().await {
-                Ok((read, _)) => Ok(read.map(|l| l.index).unwrap_or(0)),
-                Err(RaftError::APIError(CheckIsLeaderError::ForwardToLeader(f))) => {
-                    Err(Redirect::NotLeader {
-                        id: f.leader_id,
-                        addr: f.leader_node.map(|n| n.addr),
-                    })
-                }
-                Err(e) => Err(Redirect::Failed(e.to_string())),
-            }),
+            Request::ReadIndex => Response::ReadIndex(self.read_index().await),
             Request::Announce { id, addr } => Response::Announced(self.record_addr(id, addr).await),
+        }
+    }
+
+    /// On the leader: confirms leadership with a quorum and gives the commit index.
+    async fn read_index(&self) -> Result<u64, Redirect> {
+        let check = tokio::time::timeout(self.op_timeout, self.raft.get_read_log_id());
+        let Ok(check) = check.await else {
+            return Err(Redirect::Failed(format!(
+                "leadership not confirmed by a quorum within {:?}",
+                self.op_timeout
+            )));
+        };
+        match check {
+            Ok((read, _)) => Ok(read.map(|l| l.index).unwrap_or(0)),
+            Err(RaftError::APIError(CheckIsLeaderError::ForwardToLeader(f))) => {
+                Err(Redirect::NotLeader {
+                    id: f.leader_id,
+                    addr: f.leader_node.map(|n| n.addr),
+                })
+            }
+            Err(e) => Err(Redirect::Failed(e.to_string())),
         }
     }
 

@@ -42,7 +42,7 @@ impl RaftStore {
     }
 
     fn open(&self) -> Result<()> {
-        if self.closed.load(Ordering::Acquire) {
+        if self.closed.load(Ordering::Acquire) || self.inner.stopped.load(Ordering::Acquire) {
             return Err(KvError::Closed {
                 url: self.inner.url.clone(),
             });

@@ -12,6 +12,8 @@ pub struct Cluster {
     pub nodes: Vec<Option<RaftNode>>,
     pub dirs: Vec<tempfile::TempDir>,
     pub snapshot_every: u64,
+    /// How long a store operation waits for a leader and an answer.
+    pub op_timeout: Duration,
 }
 
 pub fn config(id: u64, dir: &std::path::Path, listen: &str, snapshot_every: u64) -> RaftConfig {
@@ -23,10 +25,16 @@ pub fn config(id: u64, dir: &std::path::Path, listen: &str, snapshot_every: u64)
 impl Cluster {
     /// `n` voters, node 1 initialized first, the others added as learners then promoted.
     pub async fn start(n: usize, snapshot_every: u64) -> Cluster {
+        Self::start_with(n, snapshot_every, Duration::from_secs(10)).await
+    }
+
+    /// Like [`Cluster::start`], with store operations bounded by `op_timeout`.
+    pub async fn start_with(n: usize, snapshot_every: u64, op_timeout: Duration) -> Cluster {
         let mut c = Cluster {
             nodes: Vec::new(),
             dirs: Vec::new(),
             snapshot_every,
+            op_timeout,
         };
         for _ in 0..n {
             c.add_node().await;
@@ -55,7 +63,9 @@ impl Cluster {
     pub async fn add_node(&mut self) -> usize {
         let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("tempdir: {e}"));
         let id = self.nodes.len() as u64 + 1;
-        let node = RaftNode::start(config(id, dir.path(), "127.0.0.1:0", self.snapshot_every))
+        let mut cfg = config(id, dir.path(), "127.0.0.1:0", self.snapshot_every);
+        cfg.op_timeout = self.op_timeout;
+        let node = RaftNode::start(cfg)
             .await
             .unwrap_or_else(|e| panic!("start node {id}: {e}"));
         self.nodes.push(Some(node));
