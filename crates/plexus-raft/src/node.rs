@@ -14,7 +14,7 @@ use tokio::task::JoinHandle;
 
 use crate::db;
 use crate::log_store::LogStore;
-use crate::rpc::{CallError, Network, Pool, Redirect, Request, Response};
+use crate::rpc::{Admin, CallError, Network, Pool, Redirect, Request, Response};
 use crate::sm::{Shared, StateMachine};
 use crate::store::RaftStore;
 use crate::transport::{
@@ -25,6 +25,9 @@ use crate::types::{Applied, Command, Peer, TypeConfig};
 /// The value limit of the Raft store, as plexus-kv's `max_value_bytes`: larger values are
 /// refused before anything is proposed.
 pub const DEFAULT_MAX_VALUE_BYTES: usize = 1 << 20;
+
+/// How long a membership change may take (a learner catching up on a large state).
+const ADMIN_TIMEOUT: Duration = Duration::from_secs(300);
 
 /// How to start a node.
 #[derive(Clone)]
@@ -278,60 +281,68 @@ impl RaftNode {
     }
 
     /// Adds node `id`, listening at `addr`, as a learner, and waits until it has caught up
-    /// (by log or snapshot). Must be called on the leader.
+    /// (by log or snapshot). Asked of any member, done by the leader.
     pub async fn add_learner(&self, id: u64, addr: &str) -> Result<(), RaftNodeError> {
-        let peer = Peer {
+        let op = Admin::AddLearner {
+            id,
             addr: addr.to_string(),
         };
         self.inner
-            .raft
-            .add_learner(id, peer, true)
+            .admin(op, None)
             .await
-            .map(|_| ())
-            .map_err(|e| self.cluster_err("add_learner", e))
+            .map_err(|reason| self.cluster_err("add_learner", reason))
+    }
+
+    /// Joins a cluster through the member listening at `via`: the leader adds this node
+    /// as a learner and sends it the state. Promote it with [`RaftNode::change_membership`].
+    pub async fn join(&self, via: &str) -> Result<(), RaftNodeError> {
+        let op = Admin::AddLearner {
+            id: self.inner.id,
+            addr: self.inner.addr.clone(),
+        };
+        self.inner
+            .admin(op, Some(via.to_string()))
+            .await
+            .map_err(|reason| self.cluster_err("join", reason))
     }
 
     /// Makes exactly `voters` the voting members (each must be a member already); members
-    /// left out stay as learners when `keep_as_learners`, else are removed. Must be called
-    /// on the leader.
+    /// left out stay as learners when `keep_as_learners`, else are removed. Asked of any
+    /// member, done by the leader.
     pub async fn change_membership(
         &self,
         voters: BTreeSet<u64>,
         keep_as_learners: bool,
     ) -> Result<(), RaftNodeError> {
         if voters.is_empty() {
-            return Err(RaftNodeError::Cluster {
-                id: self.inner.id,
-                op: "change_membership",
-                reason: "a cluster needs at least one voter".into(),
-            });
+            return Err(self.cluster_err("change_membership", "a cluster needs at least one voter"));
         }
-        let members = self.metrics();
-        for v in &voters {
-            if !members.voters.contains_key(v) && !members.learners.contains_key(v) {
-                return Err(RaftNodeError::Cluster {
-                    id: self.inner.id,
-                    op: "change_membership",
-                    reason: format!("node {v} is not a member; add it as a learner first"),
-                });
-            }
-        }
+        let op = Admin::ChangeMembership {
+            voters,
+            retain: keep_as_learners,
+        };
         self.inner
-            .raft
-            .change_membership(ChangeMembers::ReplaceAllVoters(voters), keep_as_learners)
+            .admin(op, None)
             .await
-            .map(|_| ())
-            .map_err(|e| self.cluster_err("change_membership", e))
+            .map_err(|reason| self.cluster_err("change_membership", reason))
     }
 
-    /// Removes learner `id` from the cluster (demote a voter first).
+    /// Removes learner `id` from the cluster (demote a voter first). Asked of any member,
+    /// done by the leader.
     pub async fn remove_learner(&self, id: u64) -> Result<(), RaftNodeError> {
+        if self.metrics().voters.contains_key(&id) {
+            return Err(self.cluster_err(
+                "remove_learner",
+                format!("node {id} is a voter; demote it first"),
+            ));
+        }
+        let op = Admin::RemoveNodes {
+            ids: BTreeSet::from([id]),
+        };
         self.inner
-            .raft
-            .change_membership(ChangeMembers::RemoveNodes(BTreeSet::from([id])), false)
+            .admin(op, None)
             .await
-            .map(|_| ())
-            .map_err(|e| self.cluster_err("remove_learner", e))
+            .map_err(|reason| self.cluster_err("remove_learner", reason))
     }
 
     /// Leader, members and progress as this node sees them.
@@ -591,6 +602,82 @@ impl Inner {
             Request::Write(cmd) => Response::Write(self.propose(cmd).await),
             Request::ReadIndex => Response::ReadIndex(self.read_index().await),
             Request::Announce { id, addr } => Response::Announced(self.record_addr(id, addr).await),
+            Request::Admin(op) => Response::Admin(self.admin_local(op).await),
+        }
+    }
+
+    /// Runs a membership change on the leader: here, or forwarded (first to `via`, when
+    /// this node is not a member yet).
+    async fn admin(&self, op: Admin, via: Option<String>) -> Result<(), String> {
+        let deadline = tokio::time::Instant::now() + ADMIN_TIMEOUT;
+        let mut target = via;
+        let mut last = String::from("no leader");
+        while tokio::time::Instant::now() < deadline {
+            let answer = match &target {
+                None => self.admin_local(op.clone()).await,
+                Some(addr) => match self.pool.call(addr, &Request::Admin(op.clone())).await {
+                    Ok(Response::Admin(r)) => r,
+                    Ok(_) => Err(Redirect::Failed(format!("{addr} answered another request"))),
+                    Err(CallError::Connect(e)) => {
+                        last = format!("{addr}: {e}");
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                        continue;
+                    }
+                    Err(CallError::Lost(e)) => Err(Redirect::Failed(format!("{addr}: {e}"))),
+                },
+            };
+            match answer {
+                Ok(()) => return Ok(()),
+                Err(Redirect::Failed(e)) => return Err(e),
+                Err(Redirect::NotLeader {
+                    id: Some(leader),
+                    addr: Some(addr),
+                }) if leader != self.id => target = Some(addr),
+                Err(Redirect::NotLeader { .. }) => {
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+            }
+        }
+        Err(format!(
+            "no leader took the change within {ADMIN_TIMEOUT:?}: {last}"
+        ))
+    }
+
+    /// A membership change on this node's Raft, if it leads.
+    async fn admin_local(&self, op: Admin) -> Result<(), Redirect> {
+        let result = match op {
+            Admin::AddLearner { id, addr } => self.raft.add_learner(id, Peer { addr }, true).await,
+            Admin::ChangeMembership { voters, retain } => {
+                // Checked against the membership the leader holds, which is the one that
+                // counts (a member's own view may lag).
+                let m = self.raft.metrics().borrow().clone();
+                if m.state == ServerState::Leader {
+                    let membership = m.membership_config.membership();
+                    if let Some(v) = voters.iter().find(|v| membership.get_node(v).is_none()) {
+                        return Err(Redirect::Failed(format!(
+                            "node {v} is not a member; add it as a learner first"
+                        )));
+                    }
+                }
+                self.raft
+                    .change_membership(ChangeMembers::ReplaceAllVoters(voters), retain)
+                    .await
+            }
+            Admin::RemoveNodes { ids } => {
+                self.raft
+                    .change_membership(ChangeMembers::RemoveNodes(ids), false)
+                    .await
+            }
+        };
+        match result {
+            Ok(_) => Ok(()),
+            Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f))) => {
+                Err(Redirect::NotLeader {
+                    id: f.leader_id,
+                    addr: f.leader_node.map(|n| n.addr),
+                })
+            }
+            Err(e) => Err(Redirect::Failed(e.to_string())),
         }
     }
 

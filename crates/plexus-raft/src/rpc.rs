@@ -33,6 +33,24 @@ pub(crate) enum Request {
         id: u64,
         addr: String,
     },
+    /// A membership change asked of any member, done by the leader.
+    Admin(Admin),
+}
+
+/// A membership change, forwarded to the leader like a write.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub(crate) enum Admin {
+    AddLearner {
+        id: u64,
+        addr: String,
+    },
+    ChangeMembership {
+        voters: std::collections::BTreeSet<u64>,
+        retain: bool,
+    },
+    RemoveNodes {
+        ids: std::collections::BTreeSet<u64>,
+    },
 }
 
 /// The answer to a [`Request`], variant for variant.
@@ -44,6 +62,7 @@ pub(crate) enum Response {
     Write(Result<Applied, Redirect>),
     ReadIndex(Result<u64, Redirect>),
     Announced(Result<(), Redirect>),
+    Admin(Result<(), Redirect>),
 }
 
 /// Why a member did not serve a client request.
