@@ -48,6 +48,7 @@
 mod apply;
 mod db;
 mod log_store;
+mod member;
 mod node;
 mod rpc;
 mod sm;

@@ -11,7 +11,7 @@ use plexus_kv::{
 };
 use tokio_stream::wrappers::UnboundedReceiverStream;
 
-use crate::node::Inner;
+use crate::member::Inner;
 use crate::types::{Applied, Cmp, Command, Op};
 
 /// The backend name in plexus-kv errors.
