@@ -34,6 +34,7 @@ pub(crate) const SNAP_DATA: &str = "snapshot_data";
 /// A stored key.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub(crate) struct Stored {
+    #[serde(with = "serde_bytes")]
     pub value: Vec<u8>,
     pub index: u64,
     pub expires_at_ms: Option<u64>,

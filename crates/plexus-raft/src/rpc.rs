@@ -18,6 +18,9 @@ use serde::{Deserialize, Serialize};
 use crate::transport::{encode_frame, read_frame, write_frame, BoxConn, RaftTransport};
 use crate::types::{Applied, Command, Peer, TypeConfig};
 
+/// The bytes of entries one append request carries, unless one entry alone is larger.
+const MAX_APPEND_BYTES: usize = 1 << 20;
+
 /// A request from one member to another.
 #[derive(Serialize, Deserialize)]
 pub(crate) enum Request {
@@ -248,6 +251,14 @@ impl RaftNetwork<TypeConfig> for PeerClient {
     ) -> Result<AppendEntriesResponse<u64>, RpcErr> {
         let n = rpc.entries.len();
         let body = match encode_frame(&Request::Append(rpc)) {
+            // openraft gives an append one heartbeat interval: a batch is kept small
+            // enough to be sent, written and fsynced by the follower in that time.
+            Ok(b) if b.len() > MAX_APPEND_BYTES && n > 1 => {
+                let hint = u64::try_from(n / 2).unwrap_or(1);
+                return Err(RPCError::PayloadTooLarge(
+                    PayloadTooLarge::new_entries_hint(hint),
+                ));
+            }
             Ok(b) => b,
             // Too big for one frame: openraft retries with fewer entries.
             Err(e) if n > 1 && e.kind() == io::ErrorKind::InvalidInput => {

@@ -12,7 +12,7 @@ use plexus_kv::{
 use tokio_stream::wrappers::UnboundedReceiverStream;
 
 use crate::member::Inner;
-use crate::types::{Applied, Cmp, Command, Op};
+use crate::types::{Applied, Cmp, Command, Op, Refusal};
 
 /// The backend name in plexus-kv errors.
 const BACKEND: &str = "raft";
@@ -66,9 +66,56 @@ impl RaftStore {
                 "{size} bytes in one operation, over the raft entry limit of {MAX_ENTRY_BYTES}"
             )));
         }
+        if let Some(refusal) = self.doomed(&cmd) {
+            return Err(refusal.into_kv());
+        }
         match self.inner.write(cmd).await? {
             Applied::Refused(r) => Err(r.into_kv()),
             a => Ok(a),
+        }
+    }
+
+    /// A compare-and-swap bound to fail, refused without a Raft round. Any member's
+    /// applied state is a committed state, and a key's index only grows (a key deleted and
+    /// written again gets a new, larger one): once it is past the expected index, the
+    /// comparison can never hold again. Anything less certain goes to the log.
+    fn doomed(&self, cmd: &Command) -> Option<Refusal> {
+        let index_now = |key: &str| {
+            self.inner
+                .shared
+                .get(key)
+                .ok()
+                .flatten()
+                .map(|p| p.last_index)
+        };
+        match cmd {
+            Command::Put {
+                key,
+                previous: Some(Some(expected)),
+                ..
+            }
+            | Command::Delete {
+                key,
+                previous: Some(expected),
+            } => match index_now(key) {
+                Some(found) if found > *expected => Some(Refusal::Modified {
+                    key: key.clone(),
+                    expected: *expected,
+                    found,
+                }),
+                _ => None,
+            },
+            Command::Txn { compares, .. } => compares.iter().find_map(|c| match c {
+                Cmp::Index(key, index) => match index_now(key) {
+                    Some(found) if found > *index => Some(Refusal::Conflict {
+                        key: key.clone(),
+                        reason: format!("expected index {index}, found {found}"),
+                    }),
+                    _ => None,
+                },
+                Cmp::Absent(_) => None,
+            }),
+            _ => None,
         }
     }
 

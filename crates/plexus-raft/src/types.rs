@@ -42,7 +42,7 @@ pub enum Cmp {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Op {
     /// Set the key.
-    Put(String, Vec<u8>),
+    Put(String, #[serde(with = "serde_bytes")] Vec<u8>),
     /// Delete the key (absent is fine).
     Delete(String),
 }
@@ -56,6 +56,7 @@ pub enum Command {
         /// The key.
         key: String,
         /// The value.
+        #[serde(with = "serde_bytes")]
         value: Vec<u8>,
         /// Time to live, as asked by the client.
         ttl_ms: Option<u64>,
@@ -113,6 +114,7 @@ pub struct Pair {
     /// The key.
     pub key: String,
     /// The value.
+    #[serde(with = "serde_bytes")]
     pub value: Vec<u8>,
     /// The revision that last modified it.
     pub index: u64,
