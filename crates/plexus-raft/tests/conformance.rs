@@ -28,6 +28,11 @@ impl KvBackend for Raft {
     fn ttl_slack(&self) -> Duration {
         Duration::from_secs(1)
     }
+    fn contention_increments(&self) -> usize {
+        // 16 × 25 contended increments: each retry is a read index and a proposal through
+        // debug-built openraft, CPU-bound on two cores.
+        25
+    }
 }
 
 /// Every client on the leader.

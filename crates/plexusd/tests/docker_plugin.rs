@@ -507,8 +507,49 @@ fn containers_on_a_plexus_network_talk_publish_and_leave_after_a_restart() {
     docker.ok(&["rm", "-f", "cc"]);
     docker.ok(&["network", "rm", "pn2"]);
 
-    // IPv6 (libnetwork turns it off in the container's namespace; the join turns it on for
-    // its interface): a container started on the network, one connected to it running.
+    // --internal: containers reach each other, nothing else; no default route.
+    docker.ok(&[
+        "network",
+        "create",
+        "-d",
+        p,
+        "--ipam-driver",
+        p,
+        "--internal",
+        "--subnet",
+        "10.87.0.0/24",
+        "pin",
+    ]);
+    for name in ["ci1", "ci2"] {
+        docker.ok(&[
+            "run",
+            "-d",
+            "--name",
+            name,
+            "--network",
+            "pin",
+            IMAGE,
+            "sleep",
+            "600",
+        ]);
+    }
+    let ip_i2 = address(&docker, "ci2");
+    assert!(
+        pings(&docker, "ci1", &ip_i2),
+        "internal network: no traffic inside"
+    );
+    let routes = docker.ok(&["exec", "ci1", "ip", "route"]);
+    assert!(!routes.contains("default"), "internal network: {routes}");
+    let out = docker.docker(&["exec", "ci1", "ping", "-c", "1", "-W", "1", "192.0.2.2"]);
+    assert!(
+        !out.status.success(),
+        "an internal network reaches the outside"
+    );
+    docker.ok(&["rm", "-f", "ci1", "ci2"]);
+    docker.ok(&["network", "rm", "pin"]);
+
+    // IPv6 (libnetwork turns IPv6 on for the interfaces it moves in): a container started
+    // on the network, one connected to it running.
     docker.ok(&[
         "network",
         "create",
