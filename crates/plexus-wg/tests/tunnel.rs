@@ -1,0 +1,272 @@
+//! Real traffic through two devices in two namespaces over a veth underlay.
+
+mod common;
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use common::*;
+use plexus_wg::{PresharedKey, PrivateKey};
+
+#[test]
+fn udp_and_tcp_cross_the_tunnel() {
+    need_root!();
+    let lab = Lab::new("xfer");
+    let a = udp(&lab.under.a.ns, TUNNEL_A);
+    let b = udp(&lab.under.b.ns, TUNNEL_B);
+    assert!(
+        udp_echo_once(&a, &b, b"ping over wireguard", Duration::from_secs(10)),
+        "no UDP echo across the tunnel"
+    );
+
+    let listener = tcp_listener(&lab.under.b.ns, TUNNEL_B);
+    let to = ok("addr", listener.local_addr());
+    let data = pattern(1 << 20, 7);
+    let mut want = Fnv::new();
+    want.update(&data);
+    let server = std::thread::spawn(move || {
+        let (s, _) = ok("accept", listener.accept());
+        drain(s, |_| {})
+    });
+    send_all(tcp_connect(&lab.under.a.ns, to), &data);
+    let (n, hash) = ok("server", server.join().map_err(|_| "server panicked"));
+    assert_eq!(n, data.len() as u64);
+    assert_eq!(hash, want.0, "TCP content changed on the way");
+
+    let ca = lab.dev_a.counters();
+    let cb = lab.dev_b.counters();
+    assert!(ca.handshakes + cb.handshakes >= 2, "{ca:?} {cb:?}");
+    assert!(ca.tx_bytes > data.len() as u64, "{ca:?}");
+    assert!(cb.rx_bytes > data.len() as u64, "{cb:?}");
+    assert_eq!(
+        ca.decrypt_failures() + cb.decrypt_failures(),
+        0,
+        "{ca:?} {cb:?}"
+    );
+    let peer = ca
+        .peer(&lab.key_b.public_key())
+        .expect("peer b in a's counters");
+    assert!(peer.last_handshake.is_some());
+    assert_eq!(
+        peer.endpoint,
+        Some(SocketAddr::new(
+            UNDERLAY_B.into(),
+            lab.dev_b.listen_addr().port()
+        ))
+    );
+}
+
+#[test]
+fn the_underlay_carries_no_plaintext() {
+    need_root!();
+    let lab = Lab::new("clear");
+    let a = udp(&lab.under.a.ns, TUNNEL_A);
+    let b = udp(&lab.under.b.ns, TUNNEL_B);
+    assert!(udp_echo_once(&a, &b, b"warm-up", Duration::from_secs(10)));
+    let capture = Capture::new(&lab.under.b.ns, "ul0");
+    let secret = b"PLEXUS-KNOWN-PAYLOAD-0123456789-PLEXUS-KNOWN-PAYLOAD";
+    let dest = ok("addr", b.local_addr());
+    let mut buf = [0u8; 2048];
+    let mut delivered = 0;
+    for _ in 0..20 {
+        ok("send", a.send_to(secret, dest));
+        if let Ok(n) = b.recv(&mut buf) {
+            if &buf[..n] == secret {
+                delivered += 1;
+            }
+        }
+    }
+    assert!(delivered >= 18, "the tunnel carried {delivered} of 20");
+    let frames = capture.frames();
+    let port = lab.dev_b.listen_addr().port();
+    let wg = frames
+        .iter()
+        .filter(|f| udp_payload_to(f, port).is_some())
+        .count();
+    // The capture must have seen the tunnel's datagrams, or its silence proves nothing.
+    assert!(
+        wg >= 18,
+        "captured {} frames, {wg} to the WireGuard port",
+        frames.len()
+    );
+    assert!(
+        !frames.iter().any(|f| contains(f, secret)),
+        "plaintext seen on the underlay"
+    );
+}
+
+#[test]
+fn forged_and_replayed_packets_are_dropped_and_counted() {
+    need_root!();
+    let lab = Lab::new("forge");
+    let a = udp(&lab.under.a.ns, TUNNEL_A);
+    let b = udp(&lab.under.b.ns, TUNNEL_B);
+    assert!(udp_echo_once(&a, &b, b"warm-up", Duration::from_secs(10)));
+    let capture = Capture::new(&lab.under.b.ns, "ul0");
+    let dest = ok("addr", b.local_addr());
+    ok("send", a.send_to(b"captured once", dest));
+    let mut buf = [0u8; 2048];
+    let n = ok("recv", b.recv(&mut buf));
+    assert_eq!(&buf[..n], b"captured once");
+    let port = lab.dev_b.listen_addr().port();
+    let frames = capture.frames();
+    let data = frames
+        .iter()
+        .filter_map(|f| udp_payload_to(f, port))
+        .find(|p| p.first() == Some(&4) && p.len() > 32)
+        .expect("a data message on the underlay")
+        .to_vec();
+
+    let attacker = udp(&lab.under.a.ns, UNDERLAY_A);
+    let wg_b = SocketAddr::new(UNDERLAY_B.into(), port);
+    let before = lab.dev_b.counters();
+    // The captured message again.
+    ok("replay", attacker.send_to(&data, wg_b));
+    // A data message for the live session with a fresh counter and made-up ciphertext.
+    let mut forged = data.clone();
+    forged[8..16].copy_from_slice(&u64::MAX.to_le_bytes()[..]);
+    forged[16..].copy_from_slice(&pattern(data.len() - 16, 3));
+    ok("forge", attacker.send_to(&forged, wg_b));
+    // Random bytes.
+    ok("noise", attacker.send_to(&pattern(200, 9), wg_b));
+
+    assert!(
+        eventually(Duration::from_secs(3), || {
+            let c = lab.dev_b.counters();
+            c.replays > before.replays
+                && c.bad_mac > before.bad_mac
+                && c.malformed > before.malformed
+        }),
+        "not counted: {:?}",
+        lab.dev_b.counters()
+    );
+    let after = lab.dev_b.counters();
+    assert_eq!(after.replays, before.replays + 1);
+    assert_eq!(after.bad_mac, before.bad_mac + 1);
+    assert_eq!(after.malformed, before.malformed + 1);
+    assert_eq!(
+        after.rx_packets, before.rx_packets,
+        "something reached the TUN"
+    );
+    assert!(b.recv(&mut buf).is_err(), "the replay was delivered");
+}
+
+#[test]
+fn a_peer_with_the_wrong_key_cannot_handshake() {
+    need_root!();
+    let opts = LabOptions {
+        b_thinks_a_is: Some(PrivateKey::generate().public_key()),
+        ..Default::default()
+    };
+    let lab = Lab::with("wrongkey", opts);
+    let a = udp(&lab.under.a.ns, TUNNEL_A);
+    let b = udp(&lab.under.b.ns, TUNNEL_B);
+    assert!(!udp_echo_once(&a, &b, b"let me in", Duration::from_secs(2)));
+    let ca = lab.dev_a.counters();
+    let cb = lab.dev_b.counters();
+    assert_eq!(ca.handshakes, 0, "{ca:?}");
+    assert_eq!(cb.handshakes, 0, "{cb:?}");
+    assert!(cb.unknown_peer >= 1, "b never saw a's initiation: {cb:?}");
+    assert_eq!(cb.rx_packets, 0);
+}
+
+#[test]
+fn removing_a_peer_stops_its_traffic() {
+    need_root!();
+    let lab = Lab::new("remove");
+    let a = udp(&lab.under.a.ns, TUNNEL_A);
+    let b = udp(&lab.under.b.ns, TUNNEL_B);
+    assert!(udp_echo_once(&a, &b, b"before", Duration::from_secs(10)));
+    ok("remove", lab.dev_b.remove_peer(&lab.key_a.public_key()));
+    assert!(lab.dev_b.peers().is_empty());
+    let before = lab.dev_b.counters();
+    assert!(!udp_echo_once(&a, &b, b"after", Duration::from_secs(1)));
+    let after = lab.dev_b.counters();
+    assert_eq!(after.rx_packets, before.rx_packets);
+    assert!(after.unknown_peer > before.unknown_peer, "{after:?}");
+    // Nothing routes back either.
+    ok(
+        "send",
+        b.send_to(b"to nobody", SocketAddr::new(TUNNEL_A.into(), 9)),
+    );
+    assert!(eventually(Duration::from_secs(2), || lab
+        .dev_b
+        .counters()
+        .no_route
+        > before.no_route));
+    let e = lab.dev_b.remove_peer(&lab.key_a.public_key()).unwrap_err();
+    assert_eq!(
+        e.to_string(),
+        format!("peer {} not found", lab.key_a.public_key())
+    );
+}
+
+#[test]
+fn psk_rotation_during_a_tcp_stream_loses_nothing() {
+    need_root!();
+    let opts = LabOptions {
+        psk: Some(PresharedKey::generate()),
+        ..Default::default()
+    };
+    let lab = Lab::with("rotate", opts);
+    let listener = tcp_listener(&lab.under.b.ns, TUNNEL_B);
+    let to = ok("addr", listener.local_addr());
+    let data = pattern(8 << 20, 11);
+    let mut want = Fnv::new();
+    want.update(&data);
+    let (progress_tx, progress_rx) = std::sync::mpsc::channel();
+    let server = std::thread::spawn(move || {
+        let (s, _) = ok("accept", listener.accept());
+        let mut told = false;
+        drain(s, |n| {
+            if !told && n >= 2 << 20 {
+                told = true;
+                let _ = progress_tx.send(());
+            }
+        })
+    });
+    let stream = tcp_connect(&lab.under.a.ns, to);
+    let client = std::thread::spawn(move || send_all(stream, &data));
+    ok(
+        "progress",
+        progress_rx.recv_timeout(Duration::from_secs(30)),
+    );
+    let handshakes_before = lab.dev_a.counters().handshakes + lab.dev_b.counters().handshakes;
+    let next = PresharedKey::generate();
+    ok(
+        "rotate a",
+        lab.dev_a
+            .set_preshared_key(&lab.key_b.public_key(), Some(next.clone())),
+    );
+    ok(
+        "rotate b",
+        lab.dev_b
+            .set_preshared_key(&lab.key_a.public_key(), Some(next)),
+    );
+    ok("client", client.join().map_err(|_| "client panicked"));
+    let (n, hash) = ok("server", server.join().map_err(|_| "server panicked"));
+    assert_eq!(n, 8 << 20, "bytes lost");
+    assert_eq!(hash, want.0, "content changed");
+    assert!(
+        eventually(Duration::from_secs(10), || {
+            lab.dev_a.counters().handshakes + lab.dev_b.counters().handshakes
+                >= handshakes_before + 2
+        }),
+        "no handshake with the new key: {:?} {:?}",
+        lab.dev_a.counters(),
+        lab.dev_b.counters()
+    );
+    let ca = lab.dev_a.counters();
+    let cb = lab.dev_b.counters();
+    assert_eq!(ca.decrypt_failures(), 0, "{ca:?}");
+    assert_eq!(cb.decrypt_failures(), 0, "{cb:?}");
+    // The new sessions carry traffic.
+    let a = udp(&lab.under.a.ns, TUNNEL_A);
+    let b = udp(&lab.under.b.ns, TUNNEL_B);
+    assert!(udp_echo_once(
+        &a,
+        &b,
+        b"after rotation",
+        Duration::from_secs(5)
+    ));
+}
