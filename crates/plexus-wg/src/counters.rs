@@ -118,4 +118,7 @@ pub struct PeerCounters {
     pub tx_bytes: u64,
     /// Plaintext bytes decrypted from it.
     pub rx_bytes: u64,
+    /// Whether a pre-shared key change awaits its confirmed handshake (the old session still
+    /// carries the traffic): true until the peer has the new key too.
+    pub rotation_pending: bool,
 }

@@ -385,9 +385,14 @@ impl Peer {
     /// This peer's counters.
     pub(crate) fn counters(&self) -> PeerCounters {
         let nanos = self.last_handshake_nanos.load(Ordering::Relaxed);
+        let (endpoint, rotation_pending) = {
+            let s = self.lock();
+            (s.endpoint, s.next.is_some())
+        };
         PeerCounters {
             public_key: self.key,
-            endpoint: self.lock().endpoint,
+            endpoint,
+            rotation_pending,
             last_handshake: (nanos != 0).then(|| UNIX_EPOCH + Duration::from_nanos(nanos)),
             handshakes: self.handshakes.load(Ordering::Relaxed),
             tx_bytes: self.tx_bytes.load(Ordering::Relaxed),

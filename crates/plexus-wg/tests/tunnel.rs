@@ -256,6 +256,17 @@ fn psk_rotation_during_a_tcp_stream_loses_nothing() {
         lab.dev_a.counters(),
         lab.dev_b.counters()
     );
+    let (ka, kb) = (lab.key_a.public_key(), lab.key_b.public_key());
+    assert!(
+        eventually(Duration::from_secs(5), || {
+            let pending = |c: plexus_wg::Counters, k| c.peer(&k).map(|p| p.rotation_pending);
+            pending(lab.dev_a.counters(), kb) == Some(false)
+                && pending(lab.dev_b.counters(), ka) == Some(false)
+        }),
+        "the new sessions never took over: {:?} {:?}",
+        lab.dev_a.counters(),
+        lab.dev_b.counters()
+    );
     let ca = lab.dev_a.counters();
     let cb = lab.dev_b.counters();
     assert_eq!(ca.decrypt_failures(), 0, "{ca:?}");
@@ -269,4 +280,84 @@ fn psk_rotation_during_a_tcp_stream_loses_nothing() {
         b"after rotation",
         Duration::from_secs(5)
     ));
+}
+
+#[test]
+fn a_one_sided_rotation_keeps_the_old_session_until_the_peer_follows() {
+    need_root!();
+    let lab = Lab::with(
+        "oneside",
+        LabOptions {
+            psk: Some(PresharedKey::generate()),
+            ..Default::default()
+        },
+    );
+    let a = udp(&lab.under.a.ns, TUNNEL_A);
+    let b = udp(&lab.under.b.ns, TUNNEL_B);
+    assert!(udp_echo_once(&a, &b, b"before", Duration::from_secs(10)));
+    let (ka, kb) = (lab.key_a.public_key(), lab.key_b.public_key());
+    let next = PresharedKey::generate();
+    ok(
+        "rotate a",
+        lab.dev_a.set_preshared_key(&kb, Some(next.clone())),
+    );
+    // b answers a's new handshake with the old key: a cannot confirm it.
+    assert!(eventually(Duration::from_secs(3), || {
+        lab.dev_a.counters().handshake_failures > 0
+    }));
+    let peer = |c: plexus_wg::Counters, k| c.peer(&k).cloned().expect("peer");
+    assert!(peer(lab.dev_a.counters(), kb).rotation_pending);
+    for i in 0..20u8 {
+        assert!(
+            udp_echo_once(&a, &b, &[i; 100], Duration::from_secs(1)),
+            "the old session stopped carrying traffic"
+        );
+    }
+    ok("rotate b", lab.dev_b.set_preshared_key(&ka, Some(next)));
+    assert!(
+        eventually(Duration::from_secs(5), || {
+            !peer(lab.dev_a.counters(), kb).rotation_pending
+                && !peer(lab.dev_b.counters(), ka).rotation_pending
+        }),
+        "{:?} {:?}",
+        lab.dev_a.counters(),
+        lab.dev_b.counters()
+    );
+    assert!(udp_echo_once(&a, &b, b"after", Duration::from_secs(5)));
+    assert_eq!(lab.dev_a.counters().decrypt_failures(), 0);
+    assert_eq!(lab.dev_b.counters().decrypt_failures(), 0);
+}
+
+#[test]
+fn packets_from_outside_a_peers_allowed_ips_are_dropped() {
+    need_root!();
+    let lab = Lab::new("cryptort");
+    // a gets a second tunnel address that b does not allow from it.
+    lab.under.rt.block_on(async {
+        let r = ok(
+            "rtnl",
+            plexus_sys::rtnl::Rtnl::connect(&lab.under.a.ns).await,
+        );
+        let wg = ok("wg0", r.require_link("wg0").await);
+        let spoof = std::net::Ipv4Addr::new(10, 99, 0, 3);
+        ok("address", r.add_address(wg.index, spoof.into(), 24).await);
+    });
+    let a = udp(&lab.under.a.ns, TUNNEL_A);
+    let b = udp(&lab.under.b.ns, TUNNEL_B);
+    assert!(udp_echo_once(&a, &b, b"allowed", Duration::from_secs(10)));
+    let spoofer = udp(&lab.under.a.ns, std::net::Ipv4Addr::new(10, 99, 0, 3));
+    let before = lab.dev_b.counters();
+    ok(
+        "send",
+        spoofer.send_to(b"spoofed", ok("addr", b.local_addr())),
+    );
+    assert!(eventually(Duration::from_secs(2), || {
+        lab.dev_b.counters().source_not_allowed > before.source_not_allowed
+    }));
+    let mut buf = [0u8; 64];
+    assert!(
+        b.recv(&mut buf).is_err(),
+        "a packet from outside the allowed IPs arrived"
+    );
+    assert_eq!(lab.dev_b.counters().rx_packets, before.rx_packets);
 }
