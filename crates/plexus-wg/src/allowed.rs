@@ -136,7 +136,7 @@ impl<T: Clone> PrefixTable<T> {
         self.entries.insert(at, (prefix, value));
     }
 
-    /// Removes every entry whose value `drop` picks.
+    /// Keeps only the entries whose value `keep` accepts.
     pub(crate) fn retain(&mut self, mut keep: impl FnMut(&T) -> bool) {
         self.entries.retain(|(_, v)| keep(v));
     }

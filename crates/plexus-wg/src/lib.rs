@@ -22,18 +22,19 @@
 //! lost; packets sent before a peer's first handshake wait in its tunnel's queue.
 //!
 //! ```no_run
-//! # async fn demo() -> plexus_wg::Result<()> {
+//! # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
+//! use std::net::SocketAddr;
 //! use plexus_sys::netns::Netns;
 //! use plexus_wg::{Device, DeviceConfig, PeerConfig, PrivateKey, PublicKey};
-//! let ns = Netns::host().map_err(|source| plexus_wg::WgError::Sys { device: "wg0".into(), source })?;
-//! let mut config = DeviceConfig::new("wg0", PrivateKey::generate(), ns);
-//! config.listen = "0.0.0.0:51820".parse().unwrap();
-//! config.addresses = vec![("10.99.0.1".parse().unwrap(), 24)];
+//! let mut config = DeviceConfig::new("wg0", PrivateKey::generate(), Netns::host()?);
+//! config.listen = SocketAddr::from(([0, 0, 0, 0], 51820));
+//! config.addresses = vec![("10.99.0.1".parse()?, 24)];
 //! let device = Device::create(config).await?;
 //! let mut peer = PeerConfig::new(PublicKey::from_base64("hSDwCYkwp1R0i33ctD73Wg2/Og0mOBr066SpjqqbTmo=")?);
-//! peer.endpoint = Some("192.0.2.2:51820".parse().unwrap());
+//! peer.endpoint = Some("192.0.2.2:51820".parse()?);
 //! peer.allowed_ips = vec!["10.99.0.2/32".parse()?];
 //! device.add_peer(peer)?;
+//! println!("{} peers, {} handshakes", device.peers().len(), device.counters().handshakes);
 //! # Ok(()) }
 //! ```
 //!

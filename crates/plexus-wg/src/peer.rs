@@ -200,13 +200,17 @@ impl Peer {
         if s.psk == psk {
             return None;
         }
-        s.generation = s.generation.wrapping_add(1);
-        let mut index = self.id * GENERATIONS + s.generation % GENERATIONS;
-        // The generation after next may still be `prev`'s: skip it.
-        if s.prev.as_ref().is_some_and(|(p, _)| p.index == index) {
+        // A generation whose index neither the active nor the previous tunnel holds (the
+        // pending `next`, if any, is replaced).
+        let index = loop {
             s.generation = s.generation.wrapping_add(1);
-            index = self.id * GENERATIONS + s.generation % GENERATIONS;
-        }
+            let index = self.id * GENERATIONS + s.generation % GENERATIONS;
+            let taken =
+                index == s.active.index || s.prev.as_ref().is_some_and(|(p, _)| p.index == index);
+            if !taken {
+                break index;
+            }
+        };
         let mut tunn = new_tunn(keys, &self.key, psk.as_ref(), s.keepalive, index);
         s.psk = psk;
         tracing::debug!(peer = %self.key, index, "pre-shared key changed: new handshake");
