@@ -396,3 +396,58 @@ fn repeated_rotations_keep_traffic_flowing() {
     assert_eq!(lab.dev_a.counters().decrypt_failures(), 0);
     assert_eq!(lab.dev_b.counters().decrypt_failures(), 0);
 }
+
+#[test]
+fn ipv6_crosses_the_tunnel() {
+    need_root!();
+    let lab = Lab::with(
+        "six",
+        LabOptions {
+            ipv6: true,
+            ..Default::default()
+        },
+    );
+    let a = udp(&lab.under.a.ns, TUNNEL6_A);
+    let b = udp(&lab.under.b.ns, TUNNEL6_B);
+    assert!(
+        udp_echo_once(&a, &b, b"ping over IPv6", Duration::from_secs(10)),
+        "no IPv6 echo across the tunnel: {:?}",
+        lab.dev_a.counters()
+    );
+    assert_eq!(lab.dev_b.counters().source_not_allowed, 0);
+}
+
+#[test]
+fn a_peer_without_an_endpoint_is_answered_where_it_spoke_from() {
+    need_root!();
+    let lab = Lab::with(
+        "roam",
+        LabOptions {
+            b_without_endpoint: true,
+            ..Default::default()
+        },
+    );
+    let a = udp(&lab.under.a.ns, TUNNEL_A);
+    let b = udp(&lab.under.b.ns, TUNNEL_B);
+    let ka = lab.key_a.public_key();
+    // b cannot start: it does not know where a is.
+    ok("send", b.send_to(b"hello?", ok("addr", a.local_addr())));
+    assert!(eventually(Duration::from_secs(2), || lab
+        .dev_b
+        .counters()
+        .dropped
+        > 0));
+    assert_eq!(
+        lab.dev_b.counters().peer(&ka).and_then(|p| p.endpoint),
+        None
+    );
+    // Once a spoke, b answers it where it came from.
+    assert!(udp_echo_once(&a, &b, b"here I am", Duration::from_secs(10)));
+    assert_eq!(
+        lab.dev_b.counters().peer(&ka).and_then(|p| p.endpoint),
+        Some(SocketAddr::new(
+            UNDERLAY_A.into(),
+            lab.dev_a.listen_addr().port()
+        ))
+    );
+}

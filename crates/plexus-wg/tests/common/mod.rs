@@ -3,7 +3,7 @@
 #![allow(dead_code)]
 
 use std::io::{Read, Write};
-use std::net::{IpAddr, Ipv4Addr, SocketAddr, TcpListener, TcpStream, UdpSocket};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, TcpListener, TcpStream, UdpSocket};
 use std::time::{Duration, Instant};
 
 use plexus_sys::netns::Netns;
@@ -116,7 +116,14 @@ pub struct LabOptions {
     pub psk: Option<PresharedKey>,
     /// The key `b` believes `a` has (default: `a`'s real one).
     pub b_thinks_a_is: Option<PublicKey>,
+    /// Also give the tunnel IPv6 addresses (`fd99::1/64`, `fd99::2/64`) and allow them.
+    pub ipv6: bool,
+    /// `b` is not told where `a` is: it learns it from `a`'s handshake.
+    pub b_without_endpoint: bool,
 }
+
+pub const TUNNEL6_A: Ipv6Addr = Ipv6Addr::new(0xfd99, 0, 0, 0, 0, 0, 0, 1);
+pub const TUNNEL6_B: Ipv6Addr = Ipv6Addr::new(0xfd99, 0, 0, 0, 0, 0, 0, 2);
 
 impl Lab {
     pub fn new(tag: &str) -> Self {
@@ -132,6 +139,10 @@ impl Lab {
             ca.addresses = vec![(TUNNEL_A.into(), 24)];
             let mut cb = DeviceConfig::new("wg0", key_b.clone(), under.b.ns.clone());
             cb.addresses = vec![(TUNNEL_B.into(), 24)];
+            if opts.ipv6 {
+                ca.addresses.push((TUNNEL6_A.into(), 64));
+                cb.addresses.push((TUNNEL6_B.into(), 64));
+            }
             (
                 ok("device a", Device::create(ca).await),
                 ok("device b", Device::create(cb).await),
@@ -143,14 +154,20 @@ impl Lab {
             dev_b.listen_addr().port(),
         ));
         pa.allowed_ips = vec![ok("prefix", format!("{TUNNEL_B}/32").parse())];
+        if opts.ipv6 {
+            pa.allowed_ips
+                .push(ok("prefix", format!("{TUNNEL6_B}/128").parse()));
+        }
         pa.preshared_key = opts.psk.clone();
         ok("peer of a", dev_a.add_peer(pa));
         let mut pb = PeerConfig::new(opts.b_thinks_a_is.unwrap_or(key_a.public_key()));
-        pb.endpoint = Some(SocketAddr::new(
-            UNDERLAY_A.into(),
-            dev_a.listen_addr().port(),
-        ));
+        pb.endpoint = (!opts.b_without_endpoint)
+            .then(|| SocketAddr::new(UNDERLAY_A.into(), dev_a.listen_addr().port()));
         pb.allowed_ips = vec![ok("prefix", format!("{TUNNEL_A}/32").parse())];
+        if opts.ipv6 {
+            pb.allowed_ips
+                .push(ok("prefix", format!("{TUNNEL6_A}/128").parse()));
+        }
         pb.preshared_key = opts.psk;
         ok("peer of b", dev_b.add_peer(pb));
         Self {
@@ -169,10 +186,11 @@ pub fn in_ns<T: Send>(ns: &Netns, f: impl FnOnce() -> T + Send) -> T {
 }
 
 /// A UDP socket bound in `ns` to `ip` (port 0), with a receive timeout.
-pub fn udp(ns: &Netns, ip: Ipv4Addr) -> UdpSocket {
+pub fn udp(ns: &Netns, ip: impl Into<IpAddr>) -> UdpSocket {
+    let ip = ip.into();
     let s = ok(
         "bind udp",
-        in_ns(ns, || UdpSocket::bind(SocketAddr::new(IpAddr::V4(ip), 0))),
+        in_ns(ns, || UdpSocket::bind(SocketAddr::new(ip, 0))),
     );
     ok(
         "timeout",
