@@ -6,7 +6,8 @@
 //! - `tunnel_tcp_mbps`: one TCP stream through two `Device`s over that veth.
 //!
 //! Needs root (namespaces). Run: `cargo run --release -p plexus-wg --example wg_bench`
-//! (`WG_BENCH_SECS` sets each measurement's length, 5 by default).
+//! (`WG_BENCH_SECS` sets each measurement's length, 5 by default; `WG_BENCH_QUEUES` the
+//! devices' TUN queues, 1 by default).
 
 use std::io::{Read, Write};
 use std::net::{IpAddr, Ipv4Addr, SocketAddr, TcpListener, TcpStream};
@@ -113,6 +114,10 @@ fn main() -> Result<(), Error> {
         .ok()
         .and_then(|s| s.parse().ok())
         .unwrap_or(5.0);
+    let queues: usize = std::env::var("WG_BENCH_QUEUES")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(1);
     seal(secs)?;
 
     let pid = std::process::id();
@@ -146,8 +151,10 @@ fn main() -> Result<(), Error> {
         }
         let mut ca = DeviceConfig::new("wg0", PrivateKey::generate(), a.ns.clone());
         ca.addresses = vec![(tn_a.into(), 24)];
+        ca.queues = queues;
         let mut cb = DeviceConfig::new("wg0", PrivateKey::generate(), b.ns.clone());
         cb.addresses = vec![(tn_b.into(), 24)];
+        cb.queues = queues;
         Ok::<_, Error>((Device::create(ca).await?, Device::create(cb).await?))
     })?;
     let mut pa = PeerConfig::new(dev_b.public_key());
@@ -169,6 +176,7 @@ fn main() -> Result<(), Error> {
     );
     let c = dev_a.counters();
     println!("tunnel_mtu={}", dev_a.mtu());
+    println!("tunnel_queues={queues}");
     println!("tunnel_tx_packets={}", c.tx_packets);
     println!("tunnel_dropped={}", c.dropped + dev_b.counters().dropped);
     Ok(())

@@ -26,6 +26,9 @@ pub const MIN_MTU: u32 = 576;
 /// The largest MTU accepted: an encrypted packet must still fit in one IPv6 UDP datagram.
 pub const MAX_MTU: u32 = 65_535 - 40 - 8 - 32;
 
+/// The most TUN queues (and TUN workers) a device takes.
+pub const MAX_QUEUES: usize = 64;
+
 /// Handshake messages a device takes per second before it asks for cookies (under load).
 /// Each initiation passes the limiter twice (device, then tunnel), hence twice WireGuard's.
 const HANDSHAKE_RATE_LIMIT: u64 = 200;
@@ -51,6 +54,9 @@ pub struct DeviceConfig {
     pub netns: Netns,
     /// The namespace the UDP socket is bound in (the underlay); `None`: `netns`.
     pub udp_netns: Option<Netns>,
+    /// TUN queues, each read by its own worker thread (above one the device is multi-queue
+    /// and the kernel spreads flows over them); 1..=[`MAX_QUEUES`], 1 by default.
+    pub queues: usize,
 }
 
 impl DeviceConfig {
@@ -65,6 +71,7 @@ impl DeviceConfig {
             addresses: Vec::new(),
             netns,
             udp_netns: None,
+            queues: 1,
         }
     }
 
@@ -74,6 +81,13 @@ impl DeviceConfig {
                 field: "mtu",
                 value: self.mtu.to_string(),
                 reason: "must be between 576 and 65455",
+            });
+        }
+        if !(1..=MAX_QUEUES).contains(&self.queues) {
+            return Err(WgError::Invalid {
+                field: "queues",
+                value: self.queues.to_string(),
+                reason: "must be between 1 and 64",
             });
         }
         plexus_sys::rtnl::check_ifname("tun name", &self.name).map_err(|source| WgError::Sys {
@@ -94,6 +108,9 @@ impl DeviceConfig {
     }
 }
 
+/// A worker thread's body.
+type WorkerBody = Box<dyn FnOnce() + Send>;
+
 /// The peers, by key, by id and by allowed IP.
 #[derive(Default)]
 pub(crate) struct Peers {
@@ -109,7 +126,8 @@ pub(crate) struct Shared {
     pub private_key: PrivateKey,
     pub public_key: PublicKey,
     pub rate_limiter: Arc<RateLimiter>,
-    pub tun: OwnedFd,
+    /// The TUN queues; decrypted packets are written to the first.
+    pub tun: Vec<OwnedFd>,
     pub udp: UdpSocket,
     pub mtu: u32,
     pub peers: RwLock<Peers>,
@@ -173,7 +191,11 @@ impl Device {
             device: name.clone(),
             source,
         };
-        let tun = Tun::create(&config.netns, &TunSpec::new(&config.name)).map_err(sys)?;
+        let spec = TunSpec {
+            queues: config.queues,
+            ..TunSpec::new(&config.name)
+        };
+        let tun = Tun::create(&config.netns, &spec).map_err(sys)?;
         let rtnl = Rtnl::connect(&config.netns).await.map_err(sys)?;
         let link = rtnl.require_link(&config.name).await.map_err(sys)?;
         rtnl.set_mtu(link.index, config.mtu).await.map_err(sys)?;
@@ -196,18 +218,19 @@ impl Device {
             .map_err(socket_err)?;
         io::tune_socket(&udp);
         let local = udp.local_addr().map_err(socket_err)?;
-        let queue = tun.into_queues().into_iter().next().ok_or_else(|| {
-            sys(plexus_sys::SysError::NotFound {
+        let queues = tun.into_queues();
+        if queues.is_empty() {
+            return Err(sys(plexus_sys::SysError::NotFound {
                 what: format!("queue of tun {:?}", config.name),
-            })
-        })?;
+            }));
+        }
         let public_key = config.private_key.public_key();
         let shared = Arc::new(Shared {
             name: config.name.clone(),
             rate_limiter: Arc::new(RateLimiter::new(&public_key.inner(), HANDSHAKE_RATE_LIMIT)),
             private_key: config.private_key,
             public_key,
-            tun: queue,
+            tun: queues,
             udp,
             mtu: config.mtu,
             peers: RwLock::new(Peers {
@@ -223,15 +246,31 @@ impl Device {
             workers: Vec::new(),
         };
         // On error the device is dropped: started workers stop, the interface goes.
-        for (worker, body) in [
-            ("tun", io::tun_worker as fn(Arc<Shared>)),
-            ("udp", io::udp_worker),
-            ("timers", io::timer_worker),
-        ] {
+        let mut workers: Vec<(String, &'static str, WorkerBody)> = Vec::new();
+        for q in 0..shared.tun.len() {
             let s = shared.clone();
+            workers.push((
+                format!("wg-tun{q}-{}", config.name),
+                "tun",
+                Box::new(move || io::tun_worker(s, q)),
+            ));
+        }
+        let s = shared.clone();
+        workers.push((
+            format!("wg-udp-{}", config.name),
+            "udp",
+            Box::new(move || io::udp_worker(s)),
+        ));
+        let s = shared.clone();
+        workers.push((
+            format!("wg-timers-{}", config.name),
+            "timers",
+            Box::new(move || io::timer_worker(s)),
+        ));
+        for (thread, worker, body) in workers {
             let handle = std::thread::Builder::new()
-                .name(format!("wg-{worker}-{}", config.name))
-                .spawn(move || body(s))
+                .name(thread)
+                .spawn(body)
                 .map_err(|source| WgError::Worker {
                     device: config.name.clone(),
                     worker,

@@ -1,6 +1,6 @@
 //! The workers: three threads per device, each batching its system calls.
 //!
-//! - `tun`: reads up to [`BATCH`] packets from the TUN queue per wake-up, encrypts each to
+//! - `tun` (one per TUN queue): reads up to [`BATCH`] packets from the TUN queue per wake-up, encrypts each to
 //!   its peer (longest-prefix match on the destination) straight into a send batch, and
 //!   sends the batch with one `sendmmsg`;
 //! - `udp`: receives up to [`BATCH`] datagrams with one `recvmmsg`, hands each to its peer
@@ -87,6 +87,11 @@ fn tx_slot(mtu: u32) -> usize {
     (mtu as usize + OVERHEAD + 64).max(256)
 }
 
+/// The queue decrypted packets are written to (any queue injects into the stack).
+fn first_queue(shared: &Shared) -> RawFd {
+    shared.tun.first().map(|q| q.as_raw_fd()).unwrap_or(-1)
+}
+
 /// Writes one packet to the TUN queue.
 fn write_tun(fd: RawFd, packet: &[u8], live: &Live) {
     // SAFETY: `packet` is valid for its length during the call.
@@ -97,9 +102,11 @@ fn write_tun(fd: RawFd, packet: &[u8], live: &Live) {
     }
 }
 
-/// TUN → peers → UDP.
-pub(crate) fn tun_worker(shared: Arc<Shared>) {
-    let tun = shared.tun.as_raw_fd();
+/// TUN queue `queue` → peers → UDP.
+pub(crate) fn tun_worker(shared: Arc<Shared>, queue: usize) {
+    let Some(tun) = shared.tun.get(queue).map(|q| q.as_raw_fd()) else {
+        return;
+    };
     let udp = udp_fd(&shared);
     let mut packet = vec![0u8; shared.mtu as usize + 64];
     let mut batch = Batch::new(BATCH, tx_slot(shared.mtu));
@@ -186,7 +193,7 @@ pub(crate) fn udp_worker(shared: Arc<Shared>) {
         let mut sink = Sink {
             tx: &mut tx,
             udp,
-            tun: shared.tun.as_raw_fd(),
+            tun: first_queue(&shared),
             live: &shared.live,
         };
         {
@@ -291,7 +298,7 @@ pub(crate) fn timer_worker(shared: Arc<Shared>) {
         let mut sink = Sink {
             tx: &mut tx,
             udp,
-            tun: shared.tun.as_raw_fd(),
+            tun: first_queue(&shared),
             live: &shared.live,
         };
         for peer in &peers {

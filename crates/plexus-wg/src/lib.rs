@@ -14,8 +14,8 @@
 //!   [`update_peer`](Device::update_peer), [`remove_peer`](Device::remove_peer),
 //!   [`set_preshared_key`](Device::set_preshared_key) at run time, and
 //!   [`counters`](Device::counters);
-//! - the I/O: three threads per device (TUN → UDP, UDP → TUN, timers every 100 ms) with
-//!   `recvmmsg`/`sendmmsg` batches and buffers allocated once.
+//! - the I/O: threads per device (TUN → UDP, one per TUN queue; UDP → TUN; timers every
+//!   100 ms) with `recvmmsg`/`sendmmsg` batches and buffers allocated once.
 //!
 //! A pre-shared key rotation starts a handshake with the new key at once and keeps the
 //! current session for traffic until the new one is confirmed, so no packet waits or is
@@ -38,8 +38,8 @@
 //! # Ok(()) }
 //! ```
 //!
-//! Not here (yet): multi-queue TUN with a worker per queue, and GSO/GRO offloads
-//! (`IFF_VNET_HDR`, UDP GSO): each packet is one read or write on the TUN device.
+//! Not here (yet): GSO/GRO offloads (`IFF_VNET_HDR`, UDP GSO): each packet is one read or
+//! write on the TUN device; one UDP worker decrypts everything.
 
 #![warn(missing_docs)]
 
@@ -54,7 +54,7 @@ mod peer;
 
 pub use allowed::AllowedIp;
 pub use counters::{Counters, PeerCounters};
-pub use device::{Device, DeviceConfig, DEFAULT_MTU, MAX_MTU, MIN_MTU};
+pub use device::{Device, DeviceConfig, DEFAULT_MTU, MAX_MTU, MAX_QUEUES, MIN_MTU};
 pub use error::{Result, WgError};
 pub use keys::{PresharedKey, PrivateKey, PublicKey};
 pub use peer::PeerConfig;

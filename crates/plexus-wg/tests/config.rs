@@ -56,6 +56,14 @@ fn bad_device_configurations_change_nothing() {
         "invalid mtu \"100\": must be between 576 and 65455"
     );
 
+    let mut c = DeviceConfig::new("wg0", PrivateKey::generate(), ns.clone());
+    c.queues = 0;
+    let e = create(&under, c).unwrap_err();
+    assert_eq!(
+        e.to_string(),
+        "invalid queues \"0\": must be between 1 and 64"
+    );
+
     let c = DeviceConfig::new("a-name-far-too-long", PrivateKey::generate(), ns.clone());
     let e = create(&under, c).unwrap_err().to_string();
     assert!(

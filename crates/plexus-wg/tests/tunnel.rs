@@ -11,7 +11,34 @@ use plexus_wg::{PresharedKey, PrivateKey};
 #[test]
 fn udp_and_tcp_cross_the_tunnel() {
     need_root!();
-    let lab = Lab::new("xfer");
+    udp_and_tcp_across(Lab::new("xfer"));
+}
+
+#[test]
+fn a_multi_queue_device_carries_udp_and_tcp() {
+    need_root!();
+    let lab = Lab::with(
+        "mq",
+        LabOptions {
+            queues: 3,
+            ..Default::default()
+        },
+    );
+    let link = lab.under.rt.block_on(async {
+        let r = ok(
+            "rtnl",
+            plexus_sys::rtnl::Rtnl::connect(&lab.under.a.ns).await,
+        );
+        ok("wg0", r.require_link("wg0").await)
+    });
+    // A multi-queue TUN device is made with the kernel's most queues (256), of which the
+    // opened ones are attached; a single-queue one has one.
+    assert!(link.tx_queues > Some(1), "not multi-queue: {link:?}");
+    assert_eq!(link.mtu, Some(plexus_wg::DEFAULT_MTU));
+    udp_and_tcp_across(lab);
+}
+
+fn udp_and_tcp_across(lab: Lab) {
     let a = udp(&lab.under.a.ns, TUNNEL_A);
     let b = udp(&lab.under.b.ns, TUNNEL_B);
     assert!(

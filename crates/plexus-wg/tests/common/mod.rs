@@ -120,6 +120,8 @@ pub struct LabOptions {
     pub ipv6: bool,
     /// `b` is not told where `a` is: it learns it from `a`'s handshake.
     pub b_without_endpoint: bool,
+    /// TUN queues of each device (0: the default).
+    pub queues: usize,
 }
 
 pub const TUNNEL6_A: Ipv6Addr = Ipv6Addr::new(0xfd99, 0, 0, 0, 0, 0, 0, 1);
@@ -139,6 +141,10 @@ impl Lab {
             ca.addresses = vec![(TUNNEL_A.into(), 24)];
             let mut cb = DeviceConfig::new("wg0", key_b.clone(), under.b.ns.clone());
             cb.addresses = vec![(TUNNEL_B.into(), 24)];
+            if opts.queues > 0 {
+                ca.queues = opts.queues;
+                cb.queues = opts.queues;
+            }
             if opts.ipv6 {
                 ca.addresses.push((TUNNEL6_A.into(), 64));
                 cb.addresses.push((TUNNEL6_B.into(), 64));
