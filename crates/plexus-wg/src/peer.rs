@@ -27,6 +27,11 @@ use crate::keys::{PresharedKey, PrivateKey, PublicKey};
 /// How long a replaced tunnel keeps decrypting after its successor took over.
 const PREV_LIFETIME: Duration = Duration::from_secs(30);
 
+/// The first byte of a WireGuard data message.
+const DATA_MESSAGE: u8 = 4;
+/// A data message's header and tag.
+const DATA_OVERHEAD: usize = 32;
+
 /// Tunnels per peer id: active, next and prev always have distinct generations.
 pub(crate) const GENERATIONS: u32 = 4;
 
@@ -242,12 +247,9 @@ impl Peer {
         };
         match slot.tunn.encapsulate(packet, dst) {
             TunnResult::WriteToNetwork(out) => {
-                let n = out.len();
-                Live::add(&live.tx_packets, 1);
-                Live::add(&live.tx_bytes, packet.len() as u64);
-                self.tx_bytes
-                    .fetch_add(packet.len() as u64, Ordering::Relaxed);
-                Some((n, endpoint))
+                // Or a handshake initiation, the packet waiting in the tunnel's queue.
+                self.count_sent(out, live);
+                Some((out.len(), endpoint))
             }
             TunnResult::Err(e) => {
                 tracing::debug!(peer = %self.key, error = ?e, "encapsulate");
@@ -308,6 +310,7 @@ impl Peer {
                 // Packets queued while the handshake ran go now.
                 while let TunnResult::WriteToNetwork(p) = slot.tunn.decapsulate(None, &[], scratch)
                 {
+                    self.count_sent(p, live);
                     out.network(p, from);
                 }
             }
@@ -325,6 +328,18 @@ impl Peer {
         }
         if which == Which::Next {
             promote(s, &self.key);
+        }
+    }
+
+    /// Counts a datagram about to be sent if it carries a packet (a data message, not a
+    /// keepalive or handshake): boringtun adds no padding, so the packet is the datagram less
+    /// the data message's overhead.
+    fn count_sent(&self, datagram: &[u8], live: &Live) {
+        if datagram.first() == Some(&DATA_MESSAGE) && datagram.len() > DATA_OVERHEAD {
+            let bytes = (datagram.len() - DATA_OVERHEAD) as u64;
+            Live::add(&live.tx_packets, 1);
+            Live::add(&live.tx_bytes, bytes);
+            self.tx_bytes.fetch_add(bytes, Ordering::Relaxed);
         }
     }
 

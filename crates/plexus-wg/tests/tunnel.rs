@@ -91,6 +91,7 @@ fn the_underlay_carries_no_plaintext() {
     let b = udp(&lab.under.b.ns, TUNNEL_B);
     assert!(udp_echo_once(&a, &b, b"warm-up", Duration::from_secs(10)));
     let capture = Capture::new(&lab.under.b.ns, "ul0");
+    let sent_before = lab.dev_a.counters();
     let secret = b"PLEXUS-KNOWN-PAYLOAD-0123456789-PLEXUS-KNOWN-PAYLOAD";
     let dest = ok("addr", b.local_addr());
     let mut buf = [0u8; 2048];
@@ -104,6 +105,13 @@ fn the_underlay_carries_no_plaintext() {
         }
     }
     assert!(delivered >= 18, "the tunnel carried {delivered} of 20");
+    // Each datagram is one IPv4 packet: 20 + 8 bytes of headers and the payload.
+    let sent = lab.dev_a.counters();
+    assert_eq!(sent.tx_packets - sent_before.tx_packets, 20);
+    assert_eq!(
+        sent.tx_bytes - sent_before.tx_bytes,
+        20 * (28 + secret.len() as u64)
+    );
     let frames = capture.frames();
     let port = lab.dev_b.listen_addr().port();
     let wg = frames
