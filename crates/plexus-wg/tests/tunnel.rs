@@ -486,3 +486,48 @@ fn a_peer_without_an_endpoint_is_answered_where_it_spoke_from() {
         ))
     );
 }
+
+#[test]
+fn peers_change_at_run_time() {
+    need_root!();
+    let lab = Lab::new("update");
+    let a = udp(&lab.under.a.ns, TUNNEL_A);
+    let b = udp(&lab.under.b.ns, TUNNEL_B);
+    assert!(udp_echo_once(&a, &b, b"before", Duration::from_secs(10)));
+    let (ka, kb) = (lab.key_a.public_key(), lab.key_b.public_key());
+    let b_sees_a = |allowed: &str| {
+        let mut p = plexus_wg::PeerConfig::new(ka);
+        p.allowed_ips = vec![ok("prefix", allowed.parse())];
+        p
+    };
+
+    // b no longer accepts 10.99.0.1 from a.
+    ok("narrow", lab.dev_b.update_peer(b_sees_a("10.99.0.128/25")));
+    let before = lab.dev_b.counters();
+    assert!(!udp_echo_once(&a, &b, b"refused", Duration::from_secs(1)));
+    assert!(lab.dev_b.counters().source_not_allowed > before.source_not_allowed);
+
+    // And accepts it again; the endpoint learnt is kept (the update names none).
+    ok("widen", lab.dev_b.update_peer(b_sees_a("10.99.0.0/24")));
+    assert!(udp_echo_once(&a, &b, b"accepted", Duration::from_secs(5)));
+    assert_eq!(
+        lab.dev_b.counters().peer(&ka).and_then(|p| p.endpoint),
+        Some(SocketAddr::new(
+            UNDERLAY_A.into(),
+            lab.dev_a.listen_addr().port()
+        ))
+    );
+
+    // A removed peer added back handshakes afresh.
+    let handshakes = lab.dev_a.counters().handshakes;
+    ok("remove", lab.dev_a.remove_peer(&kb));
+    let mut again = plexus_wg::PeerConfig::new(kb);
+    again.endpoint = Some(SocketAddr::new(
+        UNDERLAY_B.into(),
+        lab.dev_b.listen_addr().port(),
+    ));
+    again.allowed_ips = vec![ok("prefix", format!("{TUNNEL_B}/32").parse())];
+    ok("add again", lab.dev_a.add_peer(again));
+    assert!(udp_echo_once(&a, &b, b"again", Duration::from_secs(10)));
+    assert!(lab.dev_a.counters().handshakes > handshakes);
+}
