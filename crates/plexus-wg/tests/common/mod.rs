@@ -191,12 +191,18 @@ pub fn in_ns<T: Send>(ns: &Netns, f: impl FnOnce() -> T + Send) -> T {
     ok("run in netns", ns.run(f))
 }
 
-/// A UDP socket bound in `ns` to `ip` (port 0), with a receive timeout.
+/// A UDP socket bound in `ns` to `ip` (port 0), with a receive timeout. A fresh IPv6
+/// address may be tentative for a moment: binding is retried.
 pub fn udp(ns: &Netns, ip: impl Into<IpAddr>) -> UdpSocket {
     let ip = ip.into();
     let s = ok(
         "bind udp",
-        in_ns(ns, || UdpSocket::bind(SocketAddr::new(ip, 0))),
+        in_ns(ns, || {
+            plexus_testkit::net::bind_retrying(
+                || UdpSocket::bind(SocketAddr::new(ip, 0)),
+                Duration::from_secs(5),
+            )
+        }),
     );
     ok(
         "timeout",
@@ -205,20 +211,36 @@ pub fn udp(ns: &Netns, ip: impl Into<IpAddr>) -> UdpSocket {
     s
 }
 
-/// Sends `payload` from `from` to `to` until an answer comes (the first datagrams wait for
-/// the handshake), at most `within`. Answers whether one came.
+/// Reads from `s` until a datagram equal to `payload` comes (answered with its source) or
+/// the read times out. Other datagrams (late copies of earlier sends) are skipped.
+pub fn recv_matching(s: &UdpSocket, payload: &[u8]) -> Option<SocketAddr> {
+    let mut buf = [0u8; 2048];
+    loop {
+        match s.recv_from(&mut buf) {
+            Ok((n, src)) if &buf[..n] == payload => return Some(src),
+            Ok(_) => continue,
+            Err(_) => return None,
+        }
+    }
+}
+
+/// Reads and discards whatever `s` has until a read times out.
+pub fn drain_udp(s: &UdpSocket) {
+    let mut buf = [0u8; 2048];
+    while s.recv(&mut buf).is_ok() {}
+}
+
+/// Sends `payload` from `from` to `to` until `to` echoes it back (the first datagrams wait
+/// for the handshake), at most `within`. Answers whether the echo came.
 pub fn udp_echo_once(from: &UdpSocket, to: &UdpSocket, payload: &[u8], within: Duration) -> bool {
     let dest = ok("addr", to.local_addr());
     let deadline = Instant::now() + within;
-    let mut buf = [0u8; 2048];
     while Instant::now() < deadline {
         ok("send", from.send_to(payload, dest));
-        if let Ok((n, src)) = to.recv_from(&mut buf) {
-            if &buf[..n] == payload {
-                ok("answer", to.send_to(&buf[..n], src));
-                if let Ok((m, _)) = from.recv_from(&mut buf) {
-                    return &buf[..m] == payload;
-                }
+        if let Some(src) = recv_matching(to, payload) {
+            ok("answer", to.send_to(payload, src));
+            if recv_matching(from, payload).is_some() {
+                return true;
             }
         }
     }
