@@ -10,6 +10,7 @@
 //! - [`nft`]: nf_tables over netlink: tables, chains, rules, sets, maps and the expressions
 //!   rules are made of, in atomic batches (no policy: the drivers choose the rules);
 //! - [`sysctl`]: per-namespace `net.*` sysctls;
+//! - [`tun`]: TUN devices born inside a namespace (`/dev/net/tun`, `TUNSETIFF`);
 //! - [`probe`]: what the running kernel supports (its release; link kinds, nf_tables rule
 //!   kinds, `NFT_MSG_DESTROY`, IPVS, ESP, TUN), found by trying it in a scratch namespace.
 //!
@@ -36,5 +37,6 @@ pub mod probe;
 pub mod rtnl;
 mod socket;
 pub mod sysctl;
+pub mod tun;
 
 pub use error::{Result, SysError};
