@@ -40,8 +40,10 @@
 //!   from a leader refuses to vote, so a partitioned member coming back cannot depose it.
 //! - **Locks** are plexus-kv's [`plexus_kv::KvLocker`] over the store.
 //!
-//! The network is a [`RaftTransport`] (streams); [`TcpTransport`] is plain TCP. Mutual TLS
-//! plugs in as another implementation.
+//! The network is a [`RaftTransport`] (streams). [`TlsRaftTransport`] is mutual TLS 1.3
+//! with node certificates from the cluster CA (plexus-tls): a peer without one, or with one
+//! from another CA, is refused, and renewed certificates apply to the next connection.
+//! [`TcpTransport`] is plain TCP, for tests and trusted loopback.
 
 #![warn(missing_docs)]
 
@@ -53,11 +55,13 @@ mod node;
 mod rpc;
 mod sm;
 pub mod store;
+mod tls;
 pub mod transport;
 mod types;
 
 pub use db::DB_FILE;
 pub use node::{NodeMetrics, RaftConfig, RaftNode, RaftNodeError, DEFAULT_MAX_VALUE_BYTES};
 pub use store::RaftStore;
+pub use tls::TlsRaftTransport;
 pub use transport::{BoxConn, Conn, RaftListener, RaftTransport, TcpTransport};
 pub use types::{Applied, Cmp, Command, Op, Pair, Peer, Refusal, TypeConfig};

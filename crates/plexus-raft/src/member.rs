@@ -215,6 +215,12 @@ impl Inner {
                 Some(addr) => match self.pool.call(addr, &Request::Admin(op.clone())).await {
                     Ok(Response::Admin(r)) => r,
                     Ok(_) => Err(Redirect::Failed(format!("{addr} answered another request"))),
+                    // A refused certificate will be refused again: no use waiting.
+                    Err(CallError::Connect(e))
+                        if e.kind() == std::io::ErrorKind::PermissionDenied =>
+                    {
+                        return Err(format!("{addr}: {e}"));
+                    }
                     Err(CallError::Connect(e)) => {
                         last = format!("{addr}: {e}");
                         tokio::time::sleep(Duration::from_millis(50)).await;

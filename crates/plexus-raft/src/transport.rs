@@ -17,8 +17,8 @@ impl<T: AsyncRead + AsyncWrite + Send + Sync + Unpin + 'static> Conn for T {}
 /// A boxed [`Conn`].
 pub type BoxConn = Pin<Box<dyn Conn>>;
 
-/// How members reach each other: plain TCP here ([`TcpTransport`]); mutual TLS, with the
-/// peer's certificate checked, in plexus-tls.
+/// How members reach each other: plain TCP ([`TcpTransport`]) or mutual TLS with the
+/// peer's certificate checked ([`crate::TlsRaftTransport`]).
 #[async_trait]
 pub trait RaftTransport: Send + Sync + 'static {
     /// Listens on `addr` (`host:port`, port 0 for any).

@@ -359,14 +359,20 @@ fn describe(e: &std::io::Error) -> String {
         Some(rustls::Error::InvalidCertificate(CertificateError::Other(OtherError(why)))) => {
             format!("peer certificate refused: {why}")
         }
+        // rustls's own words name no CA; the cluster has one, so say which was missed.
+        Some(rustls::Error::InvalidCertificate(CertificateError::UnknownIssuer)) => {
+            "peer certificate is not from this cluster's CA (UnknownIssuer)".to_owned()
+        }
         Some(rustls_error) => rustls_error.to_string(),
         None => e.to_string(),
     }
 }
 
-/// A byte stream a [`TlsConnection`] runs over.
-pub trait Stream: AsyncRead + AsyncWrite + Unpin + Send + 'static {}
-impl<T: AsyncRead + AsyncWrite + Unpin + Send + 'static> Stream for T {}
+/// A byte stream a [`TlsConnection`] runs over. `Sync` so that a protocol holding one in
+/// shared state (a connection pool, Raft's network) may take it over
+/// ([`TlsConnection::into_stream`]).
+pub trait Stream: AsyncRead + AsyncWrite + Unpin + Send + Sync + 'static {}
+impl<T: AsyncRead + AsyncWrite + Unpin + Send + Sync + 'static> Stream for T {}
 
 /// The reading half of a split connection.
 pub(crate) type StreamReader = ReadHalf<Box<dyn Stream>>;
@@ -430,6 +436,16 @@ impl TlsConnection {
     /// The raw stream, for a protocol of its own (tests send malformed frames through it).
     pub fn stream_mut(&mut self) -> &mut dyn Stream {
         &mut *self.stream
+    }
+
+    /// The decrypted byte stream, for a protocol with framing of its own (plexus-raft's
+    /// transport). The handshake is done and the peer checked; frames are the caller's.
+    ///
+    /// With TLS 1.3 the client finishes its handshake before the server has checked the
+    /// client's certificate: a client the server refuses learns it on its first read, as
+    /// an I/O error carrying the server's alert.
+    pub fn into_stream(self) -> Box<dyn Stream> {
+        self.stream
     }
 
     /// Splits the connection into a reading and a writing half.

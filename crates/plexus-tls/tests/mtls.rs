@@ -144,7 +144,11 @@ async fn client_refuses_a_server_certificate_from_another_ca() {
         .await
         .unwrap_err();
     assert!(matches!(err, TransportError::Handshake { .. }), "{err}");
-    assert!(err.to_string().contains("UnknownIssuer"), "{err}");
+    assert!(
+        err.to_string()
+            .contains("not from this cluster's CA (UnknownIssuer)"),
+        "{err}"
+    );
 }
 
 #[tokio::test]
@@ -313,4 +317,35 @@ fn pkcs8_of(identity: &NodeIdentity) -> Vec<u8> {
     let pem = std::fs::read_to_string(dir.path().join("node-key.pem")).unwrap();
     let (_, pem) = x509_parser::pem::parse_x509_pem(pem.as_bytes()).unwrap();
     pem.contents
+}
+
+#[tokio::test]
+async fn into_stream_carries_raw_bytes_after_the_checked_handshake() {
+    use tokio::io::AsyncReadExt;
+    let ca = ClusterCa::create().unwrap();
+    let (server_id, server_creds) = node(&ca, Role::Manager);
+    let (client_id, client_creds) = node(&ca, Role::Manager);
+    let listener = TlsListener::bind("127.0.0.1:0", &server_creds, TransportOptions::default())
+        .await
+        .unwrap();
+    let addr = listener.local_addr().unwrap().to_string();
+    let server = tokio::spawn(async move {
+        let conn = listener.accept().await.unwrap().handshake().await.unwrap();
+        let peer = conn.peer().map(|p| p.node_id.clone());
+        let mut stream = conn.into_stream();
+        let mut buf = [0u8; 3];
+        stream.read_exact(&mut buf).await.unwrap();
+        stream.write_all(&buf).await.unwrap();
+        stream.flush().await.unwrap();
+        peer
+    });
+    let connector = TlsConnector::new(&client_creds, TransportOptions::default()).unwrap();
+    let conn = connector.connect(&addr, Some(&server_id)).await.unwrap();
+    let mut stream = conn.into_stream();
+    stream.write_all(b"raw").await.unwrap();
+    stream.flush().await.unwrap();
+    let mut buf = [0u8; 3];
+    stream.read_exact(&mut buf).await.unwrap();
+    assert_eq!(&buf, b"raw");
+    assert_eq!(server.await.unwrap(), Some(client_id));
 }
