@@ -30,6 +30,24 @@ start_dockerd() {
   docker info >/dev/null 2>&1
 }
 
+# start_dockerd_in NETNS: a dockerd of its own inside network namespace NETNS (entered with
+# nsenter, so it shares this mount namespace), data and exec roots under $TMP/docker, its
+# socket exported as DOCKER_HOST for the docker commands that follow. For runs where a
+# network plugin must share dockerd's namespace (a plugin hands dockerd interfaces there).
+# stop_dockerd stops it.
+start_dockerd_in() {
+  local ns=$1 r=$TMP/docker
+  mkdir -p "$r"
+  log "starting a dockerd of its own in netns $ns"
+  setsid nsenter --net="/run/netns/$ns" dockerd --data-root "$r/data" --exec-root "$r/exec" \
+    --pidfile "$r/dockerd.pid" -H "unix://$r/docker.sock" --iptables=true \
+    >"$TMP/dockerd.log" 2>&1 &
+  DOCKERD_PID=$!; DOCKERD_STARTED=1
+  export DOCKER_HOST=unix://$r/docker.sock
+  for _ in $(seq 120); do docker info >/dev/null 2>&1 && break; sleep 0.5; done
+  docker info >/dev/null 2>&1
+}
+
 # stop_dockerd: stops the dockerd start_dockerd started, if it did.
 stop_dockerd() {
   if [[ $DOCKERD_STARTED == 1 && -n $DOCKERD_PID ]]; then

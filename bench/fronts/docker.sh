@@ -4,10 +4,12 @@
 # bridge network, in ONE run, alternating (Plexus, Docker, Docker, Plexus, ...), wall clock
 # around each command, medians.
 #
-# plexusd runs in a namespace of its own (its bridge and nftables stay there); its plugin
-# socket is /run/docker/plugins/plxf-bench.sock, where the machine's dockerd looks.
-# dockerd is started like ../shared/anchors/00_setup.sh does if it is not running (and
-# stopped at the end). Everything made here is named plxf-* and removed on exit.
+# plexusd runs in a namespace of its own (its bridges and nftables stay there), with a
+# dockerd of the run's own beside it in that namespace (data and exec roots under the run's
+# temporary directory, iptables on as by default): plexusd hands dockerd each container's
+# interface in the namespace they share, as any network plugin does. The plugin socket is
+# /run/docker/plugins/plxf-bench.sock, where dockerd looks. Both networks are that dockerd's.
+# Everything made here is named plxf-* and removed on exit.
 #
 # Usage: bench/fronts/docker.sh [--quick] [--reps N]   (default 20; --quick 5; root)
 # Last line: docker_run_plexus_ms= docker_run_bridge_ms= ratio= target=PASS|FAIL
@@ -39,8 +41,8 @@ cleanup() {
   set +e
   log "cleanup"
   if docker info >/dev/null 2>&1; then
+    docker ps -aq | xargs -r docker rm -f >/dev/null 2>&1
     docker network rm plxf-px plxf-br >/dev/null 2>&1
-    [[ $IMG_IMPORTED == 1 ]] && docker image rm "$IMG" >/dev/null 2>&1
   fi
   stop_plexusd
   stop_dockerd
@@ -58,10 +60,10 @@ if ((${#need[@]})); then log "apt-get install ${need[*]}"; apt-get update -qq &&
 log "building plexusd + plexus (release)"
 (cd "$ROOT" && ./scripts/build -q) || { echo "build failed" >&2; exit 1; }
 
-start_dockerd || { echo "!! dockerd cannot run here: nothing measured"; exit 1; }
+ip netns add plxf-host; ip -n plxf-host link set lo up
+start_dockerd_in plxf-host || { echo "!! dockerd cannot run here: nothing measured"; tail -20 "$TMP/dockerd.log"; exit 1; }
 docker_busybox "$IMG" true
 
-ip netns add plxf-host; ip -n plxf-host link set lo up
 mkdir -p /run/docker/plugins
 start_plexusd plxf-host --bridge none --docker-plugin-socket "$SOCK" || exit 1
 docker network create -d "$PLUGIN" --ipam-driver "$PLUGIN" --subnet 10.243.0.0/24 plxf-px >/dev/null || exit 1

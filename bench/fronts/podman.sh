@@ -29,6 +29,9 @@ done
 [[ $(id -u) == 0 ]] || { echo "run as root" >&2; exit 1; }
 need=()
 command -v podman >/dev/null 2>&1 || need+=(podman)
+# podman's default backend, the peer measured here
+[[ -x /usr/lib/podman/netavark ]] || need+=(netavark)
+[[ -x /usr/lib/podman/aardvark-dns ]] || need+=(aardvark-dns)
 [[ -x /bin/busybox ]] || need+=(busybox-static)
 if ((${#need[@]})); then
   apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need[@]}" >/dev/null
