@@ -6,6 +6,7 @@
 //! - [`etcd`] / [`zookeeper`]: real servers from Debian's packages, on a free port with a
 //!   temporary data dir, stopped (and their data removed) on drop;
 //! - [`kv`]: the plexus-kv conformance suite, written once and run against every backend;
+//! - [`netns`]: network namespaces pinned in a temporary directory, removed on drop;
 //! - [`skip`]: tests that cannot lie: a kernel test without root fails
 //!   ([`require_root`]), one that needs a kernel feature this machine lacks says by name that
 //!   it is skipped and why ([`skip()`]).
@@ -15,6 +16,7 @@
 pub mod etcd;
 pub mod kv;
 pub mod net;
+pub mod netns;
 pub mod process;
 pub mod skip;
 pub mod zookeeper;

@@ -45,34 +45,7 @@ pub fn ok<T, E: std::fmt::Display>(what: &str, r: Result<T, E>) -> T {
     r.unwrap_or_else(|e| panic!("{what}: {e}"))
 }
 
-/// A namespace pinned in a temporary directory, removed on drop.
-pub struct PinnedNs {
-    pub dir: tempfile::TempDir,
-    pub name: String,
-    pub ns: Netns,
-}
-
-impl PinnedNs {
-    pub fn new(name: &str) -> Self {
-        let dir = ok("tempdir", tempfile::tempdir());
-        let ns = ok("create netns", Netns::create(dir.path(), name));
-        Self {
-            dir,
-            name: name.into(),
-            ns,
-        }
-    }
-
-    pub fn path(&self) -> String {
-        self.dir.path().join(&self.name).display().to_string()
-    }
-}
-
-impl Drop for PinnedNs {
-    fn drop(&mut self) {
-        let _ = Netns::delete(self.dir.path(), &self.name);
-    }
-}
+pub use plexus_testkit::netns::PinnedNs;
 
 /// A TCP server in a namespace that answers each connection with the peer address it sees.
 pub struct Server {

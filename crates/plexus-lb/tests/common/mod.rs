@@ -46,30 +46,16 @@ pub fn ok<T, E: std::fmt::Display>(what: &str, r: Result<T, E>) -> T {
     r.unwrap_or_else(|e| panic!("{what}: {e}"))
 }
 
-/// A namespace pinned in a temporary directory, removed on drop.
-pub struct PinnedNs {
-    dir: tempfile::TempDir,
-    name: String,
-    pub ns: Netns,
+pub use plexus_testkit::netns::PinnedNs;
+
+/// Shell commands inside a test namespace (set-up and inspection only).
+pub trait Sh {
+    /// Runs `cmd` with `sh -ec` inside the namespace; fails the test if it fails.
+    fn sh(&self, cmd: &str) -> String;
 }
 
-impl PinnedNs {
-    pub fn new(name: &str) -> Self {
-        let dir = ok("tempdir", tempfile::tempdir());
-        let ns = ok("create netns", Netns::create(dir.path(), name));
-        Self {
-            dir,
-            name: name.into(),
-            ns,
-        }
-    }
-
-    pub fn path(&self) -> String {
-        self.ns.path().display().to_string()
-    }
-
-    /// Runs a shell command inside the namespace (test setup and inspection only).
-    pub fn sh(&self, cmd: &str) -> String {
+impl Sh for PinnedNs {
+    fn sh(&self, cmd: &str) -> String {
         let out = ok(
             "nsenter",
             Command::new("nsenter")
@@ -83,12 +69,6 @@ impl PinnedNs {
             String::from_utf8_lossy(&out.stderr)
         );
         String::from_utf8_lossy(&out.stdout).into_owned()
-    }
-}
-
-impl Drop for PinnedNs {
-    fn drop(&mut self) {
-        let _ = Netns::delete(self.dir.path(), &self.name);
     }
 }
 

@@ -22,30 +22,7 @@ pub fn ok<T, E: std::fmt::Display>(what: &str, r: Result<T, E>) -> T {
     r.unwrap_or_else(|e| panic!("{what}: {e}"))
 }
 
-/// A namespace pinned in a temporary directory, removed on drop even if the test fails.
-pub struct PinnedNs {
-    dir: tempfile::TempDir,
-    name: String,
-    pub ns: Netns,
-}
-
-impl PinnedNs {
-    pub fn new(name: &str) -> Self {
-        let dir = ok("tempdir", tempfile::tempdir());
-        let ns = ok("create netns", Netns::create(dir.path(), name));
-        Self {
-            dir,
-            name: name.into(),
-            ns,
-        }
-    }
-}
-
-impl Drop for PinnedNs {
-    fn drop(&mut self) {
-        let _ = Netns::delete(self.dir.path(), &self.name);
-    }
-}
+pub use plexus_testkit::netns::PinnedNs;
 
 pub const UNDERLAY_A: Ipv4Addr = Ipv4Addr::new(192, 0, 2, 1);
 pub const UNDERLAY_B: Ipv4Addr = Ipv4Addr::new(192, 0, 2, 2);
