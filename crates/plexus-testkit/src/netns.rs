@@ -17,8 +17,8 @@ impl PinnedNs {
     /// Makes namespace `name`; fails the test if it cannot.
     pub fn new(name: &str) -> Self {
         let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("tempdir: {e}"));
-        let ns = Netns::create(dir.path(), name)
-            .unwrap_or_else(|e| panic!("create netns {name}: {e}"));
+        let ns =
+            Netns::create(dir.path(), name).unwrap_or_else(|e| panic!("create netns {name}: {e}"));
         Self {
             dir,
             name: name.into(),
