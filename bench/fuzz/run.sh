@@ -23,7 +23,7 @@ seconds=${1:-180}
 shift || true
 targets=("$@")
 if [ ${#targets[@]} -eq 0 ]; then
-  targets=(dns_packet api_json gossip_frame endpoint_record service_record plugin_answer cni_config)
+  targets=(dns_packet api_json gossip_frame endpoint_record service_record plugin_answer cni_config enrol_request)
 fi
 
 command -v cargo-fuzz >/dev/null 2>&1 || cargo install cargo-fuzz --locked
@@ -39,6 +39,7 @@ feature() {
     service_record) echo lb ;;
     plugin_answer) echo drivers ;;
     cni_config) echo cni ;;
+    enrol_request) echo tls ;;
     *) echo "bench/fuzz/run.sh: unknown target $1" >&2; return 1 ;;
   esac
 }

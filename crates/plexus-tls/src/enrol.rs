@@ -90,6 +90,41 @@ enum Request {
     Renew { csr: String },
 }
 
+/// An enrolment request as a manager reads it, before its token or key is checked: what
+/// anyone who reaches the join port may send.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum EnrolRequest {
+    /// First contact: the join token and the certificate signing request (DER).
+    Join {
+        /// The token, well formed (its secret is not checked yet).
+        token: JoinToken,
+        /// The CSR's DER bytes.
+        csr: Vec<u8>,
+    },
+    /// A renewal over the node's current certificate: the CSR (DER).
+    Renew {
+        /// The CSR's DER bytes.
+        csr: Vec<u8>,
+    },
+}
+
+impl EnrolRequest {
+    /// Reads one request frame (JSON: `{"join":{"token":…,"csr":<hex>}}` or
+    /// `{"renew":{"csr":<hex>}}`); the error says what is wrong.
+    pub fn parse(frame: &[u8]) -> Result<Self, String> {
+        let request: Request =
+            serde_json::from_slice(frame).map_err(|e| format!("bad request: {e}"))?;
+        let csr = |hex: &str| unhex_vec(hex).ok_or_else(|| "CSR is not hexadecimal".to_string());
+        Ok(match request {
+            Request::Join { token, csr: hex } => Self::Join {
+                token: token.parse().map_err(|e| format!("join token: {e}"))?,
+                csr: csr(&hex)?,
+            },
+            Request::Renew { csr: hex } => Self::Renew { csr: csr(&hex)? },
+        })
+    }
+}
+
 #[derive(Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 enum Response {
@@ -222,13 +257,9 @@ impl Enroller {
             .recv()
             .await?
             .ok_or_else(|| protocol("closed before the request".into()))?;
-        let request: Request =
-            serde_json::from_slice(&frame).map_err(|e| protocol(format!("bad request: {e}")))?;
+        let request = EnrolRequest::parse(&frame).map_err(protocol)?;
         let (enrolled, csr) = match request {
-            Request::Join { token, csr } => {
-                let token: JoinToken = token
-                    .parse()
-                    .map_err(|e| protocol(format!("join token: {e}")))?;
+            EnrolRequest::Join { token, csr } => {
                 let role = self
                     .tokens()
                     .check(&token, SystemTime::now())
@@ -243,7 +274,7 @@ impl Enroller {
                 };
                 (enrolled, csr)
             }
-            Request::Renew { csr } => {
+            EnrolRequest::Renew { csr } => {
                 let peer = conn
                     .peer()
                     .ok_or_else(|| EnrolError::NotAuthenticated { addr: addr.clone() })?;
@@ -255,7 +286,6 @@ impl Enroller {
                 (enrolled, csr)
             }
         };
-        let csr = unhex_vec(&csr).ok_or_else(|| protocol("CSR is not hexadecimal".into()))?;
         let cert = self
             .ca
             .issue_for_csr(&csr, &enrolled.node_id, enrolled.role, self.validity)?;

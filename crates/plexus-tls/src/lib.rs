@@ -44,7 +44,7 @@ pub mod transport;
 mod verify;
 
 pub use ca::{CaError, ClusterCa};
-pub use enrol::{EnrolError, Enrolled, Enroller};
+pub use enrol::{EnrolError, EnrolRequest, Enrolled, Enroller};
 pub use frame::{FrameError, DEFAULT_MAX_FRAME};
 pub use identity::{Credentials, CredentialsError, NodeId, NodeIdentity, PeerIdentity, Role};
 pub use token::{JoinToken, JoinTokens, RandomError, TokenError, TokenParseError};

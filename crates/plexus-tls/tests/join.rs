@@ -336,3 +336,35 @@ async fn a_renewal_without_a_node_certificate_is_refused() {
     let served = manager.next_result().await.unwrap_err();
     assert!(served.contains("renewal from"), "{served}");
 }
+
+/// What anyone may send to the join port is read, and refused by name, before any token or
+/// key is checked.
+#[test]
+fn enrol_requests_are_read_and_refused_by_name() {
+    use plexus_tls::EnrolRequest;
+    let token = format!("PLXTKN-1-{}-{}", "ab".repeat(32), "cd".repeat(16));
+    let ok =
+        EnrolRequest::parse(format!(r#"{{"join":{{"token":"{token}","csr":"3082"}}}}"#).as_bytes());
+    match ok {
+        Ok(EnrolRequest::Join { token: t, csr }) => {
+            assert_eq!(t.to_string(), token);
+            assert_eq!(csr, [0x30, 0x82]);
+        }
+        other => panic!("{other:?}"),
+    }
+    for (frame, says) in [
+        ("not json", "bad request"),
+        (r#"{"leave":{}}"#, "bad request"),
+        (
+            r#"{"join":{"token":"PLXTKN-2-aa-bb","csr":"00"}}"#,
+            "join token",
+        ),
+        (r#"{"renew":{"csr":"0g"}}"#, "CSR is not hexadecimal"),
+        (r#"{"renew":{"csr":"000"}}"#, "CSR is not hexadecimal"),
+    ] {
+        let e = EnrolRequest::parse(frame.as_bytes())
+            .err()
+            .unwrap_or_default();
+        assert!(e.contains(says), "{frame}: {e}");
+    }
+}
