@@ -132,6 +132,33 @@ impl RaftStore {
     }
 }
 
+impl RaftStore {
+    /// A watch on the local state machine, once it is up to date (a read barrier): `register`
+    /// reads the current value and registers the sender under the state machine's watch
+    /// lock, so the stream is the current value, then every change after it, none missed.
+    async fn watch_from<T: Send + 'static>(
+        &self,
+        register: impl FnOnce(
+                &crate::sm::Shared,
+                u64,
+                tokio::sync::mpsc::UnboundedSender<Result<T>>,
+            ) -> std::result::Result<T, String>
+            + Send
+            + 'static,
+    ) -> Result<std::pin::Pin<Box<dyn futures::Stream<Item = Result<T>> + Send>>> {
+        self.read_ready().await?;
+        let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+        let shared = self.inner.shared.clone();
+        let client = self.client;
+        let current = tokio::task::spawn_blocking(move || register(&shared, client, tx))
+            .await
+            .map_err(|e| self.backend(e.to_string()))?
+            .map_err(|e| self.backend(e))?;
+        let first = futures::stream::once(async move { Ok(current) });
+        Ok(Box::pin(first.chain(UnboundedReceiverStream::new(rx))))
+    }
+}
+
 fn ttl_ms(options: PutOptions) -> Option<u64> {
     options
         .ttl
@@ -262,30 +289,14 @@ impl Store for RaftStore {
 
     async fn watch(&self, key: &str) -> Result<WatchStream> {
         let key = key::leaf(key)?.to_string();
-        self.read_ready().await?;
-        let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
-        let shared = self.inner.shared.clone();
-        let client = self.client;
-        let current = tokio::task::spawn_blocking(move || shared.watch_key(client, &key, tx))
+        self.watch_from(move |shared, client, tx| shared.watch_key(client, &key, tx))
             .await
-            .map_err(|e| self.backend(e.to_string()))?
-            .map_err(|e| self.backend(e))?;
-        let first = futures::stream::once(async move { Ok(current) });
-        Ok(Box::pin(first.chain(UnboundedReceiverStream::new(rx))))
     }
 
     async fn watch_tree(&self, dir: &str) -> Result<TreeWatchStream> {
         let prefix = key::dir_prefix(key::directory(dir)?);
-        self.read_ready().await?;
-        let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
-        let shared = self.inner.shared.clone();
-        let client = self.client;
-        let current = tokio::task::spawn_blocking(move || shared.watch_tree(client, &prefix, tx))
+        self.watch_from(move |shared, client, tx| shared.watch_tree(client, &prefix, tx))
             .await
-            .map_err(|e| self.backend(e.to_string()))?
-            .map_err(|e| self.backend(e))?;
-        let first = futures::stream::once(async move { Ok(current) });
-        Ok(Box::pin(first.chain(UnboundedReceiverStream::new(rx))))
     }
 
     fn new_lock(&self, key: &str, options: LockOptions) -> Result<Box<dyn Locker>> {

@@ -189,35 +189,13 @@ impl Incoming {
     /// Runs the TLS handshake and reads the client's identity from its certificate.
     pub async fn handshake(self) -> Result<TlsConnection, TransportError> {
         let addr = self.addr.to_string();
-        let stream = tokio::time::timeout(
+        let stream = timed_handshake(
+            &addr,
             self.options.handshake_timeout,
             self.acceptor.accept(self.tcp),
         )
-        .await
-        .map_err(|_| TransportError::HandshakeTimeout {
-            addr: addr.clone(),
-            after: self.options.handshake_timeout,
-        })?
-        .map_err(|e| TransportError::Handshake {
-            addr: addr.clone(),
-            reason: describe(&e),
-        })?;
-        let peer = match stream
-            .get_ref()
-            .1
-            .peer_certificates()
-            .and_then(|c| c.first())
-        {
-            Some(cert) => {
-                Some(
-                    check_peer(cert, None, None).map_err(|e| TransportError::NotANode {
-                        addr: addr.clone(),
-                        reason: e.to_string(),
-                    })?,
-                )
-            }
-            None => None,
-        };
+        .await?;
+        let peer = peer_of(&addr, stream.get_ref().1.peer_certificates())?;
         tracing::debug!(%addr, peer = ?peer.as_ref().map(|p| &p.node_id), "TLS connection accepted");
         Ok(TlsConnection {
             stream: Box::new(TlsStream::Server(stream)),
@@ -314,39 +292,54 @@ pub(crate) async fn connect_with(
     let _ = tcp.set_nodelay(true);
     let server_name = ServerName::try_from(name.to_owned())
         .map_err(|e| TransportError::Config(format!("server name {name:?}: {e}")))?;
-    let stream = tokio::time::timeout(
+    let stream = timed_handshake(
+        addr,
         options.handshake_timeout,
         RustlsConnector::from(config).connect(server_name, tcp),
     )
-    .await
-    .map_err(|_| TransportError::HandshakeTimeout {
-        addr: addr.to_owned(),
-        after: options.handshake_timeout,
-    })?
-    .map_err(|e| TransportError::Handshake {
-        addr: addr.to_owned(),
-        reason: describe(&e),
-    })?;
-    let peer = match stream
-        .get_ref()
-        .1
-        .peer_certificates()
-        .and_then(|c| c.first())
-    {
-        Some(cert) => Some(
-            check_peer(cert, None, None).map_err(|e| TransportError::NotANode {
-                addr: addr.to_owned(),
-                reason: e.to_string(),
-            })?,
-        ),
-        None => None,
-    };
+    .await?;
+    let peer = peer_of(addr, stream.get_ref().1.peer_certificates())?;
     Ok(TlsConnection {
         stream: Box::new(TlsStream::Client(stream)),
         peer,
         addr: addr.to_owned(),
         max_frame: options.max_frame,
     })
+}
+
+/// Runs a TLS handshake (either side) within `limit`; the error names `addr`.
+async fn timed_handshake<S>(
+    addr: &str,
+    limit: Duration,
+    handshake: impl std::future::Future<Output = std::io::Result<S>>,
+) -> Result<S, TransportError> {
+    tokio::time::timeout(limit, handshake)
+        .await
+        .map_err(|_| TransportError::HandshakeTimeout {
+            addr: addr.to_owned(),
+            after: limit,
+        })?
+        .map_err(|e| TransportError::Handshake {
+            addr: addr.to_owned(),
+            reason: describe(&e),
+        })
+}
+
+/// The identity in the peer's certificate, if it sent one (the verifier has checked its
+/// chain); a certificate that names no node is refused.
+fn peer_of(
+    addr: &str,
+    certificates: Option<&[rustls::pki_types::CertificateDer<'static>]>,
+) -> Result<Option<PeerIdentity>, TransportError> {
+    certificates
+        .and_then(|c| c.first())
+        .map(|cert| {
+            check_peer(cert, None, None).map_err(|e| TransportError::NotANode {
+                addr: addr.to_owned(),
+                reason: e.to_string(),
+            })
+        })
+        .transpose()
 }
 
 /// Says why a handshake failed; a refusal by this crate's verifiers in its own words.
